@@ -1,0 +1,29 @@
+# The README's two commands are `make demo` and `make test`; both set everything up first.
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test test-slow lint format example clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup  ## the main job: the full demo on the embedded phantom data
+	$(BIN)/medfair demo --out reports/demo
+
+test: setup  ## lint, format check and the fast test tier
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest
+
+test-slow: setup  ## the slow tier (model quality bars, full pipelines)
+	$(BIN)/pytest -m slow
+
+lint: setup
+	$(BIN)/ruff check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache reports/demo

@@ -1,0 +1,1 @@
+"""The ``medfair`` command: a thin Typer layer over :mod:`medfair_audit`."""

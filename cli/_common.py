@@ -1,0 +1,86 @@
+"""Shared pieces of the CLI: the progress bar, option types and printing."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from medfair_audit.progress import ProgressEvent
+
+err_console = Console(stderr=True, highlight=False)
+out_console = Console(highlight=False)
+
+OutDir = Annotated[
+    Path,
+    typer.Option("--out", "-o", help="Folder to write (absent or empty unless --overwrite).",
+                 file_okay=False),
+]
+Overwrite = Annotated[
+    bool, typer.Option("--overwrite", help="Replace an existing output folder.")
+]
+Seed = Annotated[int, typer.Option("--seed", min=0, help="Seed of every random draw.")]
+
+
+@contextmanager
+def progress_bar(quiet: bool = False) -> Iterator[callable]:
+    """A progress callback that draws one Rich bar per stage on stderr."""
+    if quiet or not sys.stderr.isatty():
+        last: dict[str, float] = {}
+
+        def plain(event: ProgressEvent) -> None:
+            # Without a terminal: one line per stage at its end, so logs stay readable.
+            if event.total is not None and event.completed >= event.total:
+                if last.get(event.stage) != event.completed and not quiet:
+                    err_console.print(f"{event.stage}: {event.completed}/{event.total} done")
+                last[event.stage] = event.completed
+
+        yield plain
+        return
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err_console) as bar:
+        tasks: dict[str, TaskID] = {}
+        started: dict[str, float] = {}
+
+        def callback(event: ProgressEvent) -> None:
+            if event.stage not in tasks:
+                tasks[event.stage] = bar.add_task(event.stage, total=event.total, info="")
+                started[event.stage] = time.perf_counter()
+            rate = event.completed / max(time.perf_counter() - started[event.stage], 1e-9)
+            info = " ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in event.info.items()
+            )
+            bar.update(tasks[event.stage], completed=event.completed, total=event.total,
+                       info=f"{rate:.1f}/s {info}".strip())
+
+        yield callback
+
+
+def split_list(value: str | None) -> list[str] | None:
+    """Split a comma-separated option value (``None`` stays ``None``)."""
+    if value is None:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]

@@ -1,0 +1,181 @@
+"""``medfair data``: build the phantom, import BraTS18 or ROCO, compute target proportions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medfair_audit.data import (
+    SEQUENCES,
+    AnatomyModel,
+    BratsDataset,
+    PhantomConfig,
+    RocoDataset,
+    build_phantom,
+    export_image_folder,
+)
+from medfair_audit.exceptions import ConfigError
+from medfair_audit.target import parse_target, target_from_labels
+
+from ._common import OutDir, Overwrite, Seed, out_console, progress_bar, split_list
+
+app = typer.Typer(
+    help="Make and import data: the brain-MR phantom, BraTS18 volumes, ROCO captions, targets.",
+    no_args_is_help=True,
+)
+
+
+@app.command("phantom")
+def phantom(
+    out: OutDir,
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of images.")] = 2000,
+    seed: Seed = 0,
+    size: Annotated[int, typer.Option(help="Image side in pixels (multiple of 8, 32-256).")] = 64,
+    male_fraction: Annotated[
+        float, typer.Option(help="Share of male subjects, e.g. 0.85 for a skewed corpus.")
+    ] = 0.5,
+    tumour_rate: Annotated[float, typer.Option(help="Share of images with a glioma.")] = 0.7,
+    splits: Annotated[
+        str, typer.Option(help="Split fractions, NAME=FRACTION pairs summing to 1.")
+    ] = "train=0.8,val=0.1,test=0.1",
+    sequences: Annotated[
+        str, typer.Option(help=f"Sequences to draw from: any of {','.join(SEQUENCES)}.")
+    ] = ",".join(SEQUENCES),
+    bit_depth: Annotated[int, typer.Option(help="PNG bit depth: 8 or 16.")] = 8,
+    caption_sex_rate: Annotated[
+        float, typer.Option(help="Share of captions naming the patient's sex (0 = neutral).")
+    ] = 0.0,
+    effect_scale: Annotated[
+        float,
+        typer.Option(min=0.0, help="Multiplier of the male-female anatomy differences "
+                     "(1 = literature values; default 2 makes a good but imperfect classifier)."),
+    ] = 2.0,
+    overwrite: Overwrite = False,
+) -> None:
+    """Build synthetic axial brain-MR slices from the MNI152 template that nilearn ships.
+
+    Writes OUT/images/*.png, OUT/metadata.csv (file, subject, sex, age, tumour, sequence,
+    caption, split, ...) and OUT/dataset.json. Same seed and options give identical files.
+
+    Example:
+
+        medfair data phantom --out data/corpus --n 2000 --male-fraction 0.85 --seed 0
+    """
+    config = PhantomConfig(
+        n=n,
+        seed=seed,
+        size=size,
+        male_fraction=male_fraction,
+        tumour_rate=tumour_rate,
+        splits=splits,
+        sequences=split_list(sequences) or [],
+        bit_depth=bit_depth,
+        caption_sex_rate=caption_sex_rate,
+        anatomy=AnatomyModel(effect_scale=effect_scale),
+    )
+    with progress_bar() as callback:
+        result = build_phantom(out, config, overwrite=overwrite, progress=callback)
+    summary = ", ".join(
+        f"{split}: {c['male']} male / {c['female']} female" for split, c in result.counts.items()
+    )
+    out_console.print(f"wrote {config.n} images to {result.root} ({summary})")
+
+
+@app.command("target")
+def target(
+    out: Annotated[Path, typer.Option("--out", "-o", help="target.json to write.",
+                                      dir_okay=False)],
+    labels: Annotated[
+        Path | None, typer.Option(help="CSV with one row per labelled image or subject.")
+    ] = None,
+    column: Annotated[str, typer.Option(help="Column of --labels holding the groups.")] = "sex",
+    split: Annotated[
+        str | None, typer.Option(help="Count only rows whose 'split' column equals this.")
+    ] = None,
+    groups: Annotated[
+        str | None,
+        typer.Option(help="Known groups, comma-separated; others are an error, absent ones get 0."),
+    ] = None,
+    target_spec: Annotated[
+        str | None,
+        typer.Option("--target", help="Inline proportions instead of --labels, e.g. "
+                     "'male=0.58,female=0.42'."),
+    ] = None,
+) -> None:
+    """Write target subgroup proportions (target.json) from labels or inline values.
+
+    Examples:
+
+        medfair data target --labels data/brats_like/metadata.csv --column sex --out target.json
+
+        medfair data target --target male=0.58,female=0.42 --out target.json
+    """
+    if (labels is None) == (target_spec is None):
+        raise ConfigError("give exactly one of --labels CSV or --target GROUP=P,...",
+                          param="labels")
+    if labels is not None:
+        result = target_from_labels(
+            labels, column=column, groups=split_list(groups),
+            where={"split": split} if split else None,
+        )
+    else:
+        result = parse_target(target_spec, attribute=column)
+    result.save(out)
+    shares = ", ".join(f"{g}={p:.4f}" for g, p in result.proportions.items())
+    out_console.print(f"wrote {out}: {result.attribute} {shares}"
+                      + (f" (n={result.n})" if result.n else ""))
+
+
+@app.command("import-brats")
+def import_brats(
+    root: Annotated[Path, typer.Option(help="Folder with HGG/ and LGG/ subject folders.")],
+    sex_csv: Annotated[Path, typer.Option(help="CSV mapping subject → sex (M/F or male/female).")],
+    out: OutDir,
+    sequence: Annotated[str, typer.Option(help="flair, t1, t1ce or t2.")] = "flair",
+    slices: Annotated[
+        str, typer.Option(help="'brain' (spread over brain slices) or 'tumour' (band around it).")
+    ] = "brain",
+    slices_per_subject: Annotated[int, typer.Option(min=1)] = 10,
+    band: Annotated[int, typer.Option(min=0, help="Tumour band half-width in slices.")] = 5,
+    subject_column: Annotated[str, typer.Option()] = "subject",
+    sex_column: Annotated[str, typer.Option()] = "sex",
+    size: Annotated[int, typer.Option(min=8, help="Output side in pixels.")] = 64,
+    overwrite: Overwrite = False,
+) -> None:
+    """Turn BraTS18 NIfTI volumes plus a sex table into an image folder medfair reads.
+
+    Example:
+
+        medfair data import-brats --root MICCAI_BraTS_2018 --sex-csv sex.csv --out data/brats
+    """
+    dataset = BratsDataset(
+        root, sex_csv, sequence=sequence, slices=slices, slices_per_subject=slices_per_subject,
+        band=band, subject_column=subject_column, sex_column=sex_column, size=size,
+    )
+    with progress_bar() as callback:
+        export_image_folder(dataset, out, overwrite=overwrite, progress=callback)
+    note = f"; {len(dataset.skipped)} subjects had no sex label" if dataset.skipped else ""
+    out_console.print(f"wrote {len(dataset)} slices to {out}{note}")
+
+
+@app.command("import-roco")
+def import_roco(
+    images: Annotated[Path, typer.Option(help="Folder with the images.")],
+    captions: Annotated[Path, typer.Option(help="File of '<id>\\t<caption>' lines.")],
+    out: OutDir,
+    size: Annotated[int, typer.Option(min=8, help="Output side in pixels.")] = 64,
+    overwrite: Overwrite = False,
+) -> None:
+    """Turn ROCO-style images and captions into an image folder medfair reads.
+
+    Example:
+
+        medfair data import-roco --images roco/images --captions roco/captions.txt --out data/roco
+    """
+    dataset = RocoDataset(images, captions, size=size)
+    with progress_bar() as callback:
+        export_image_folder(dataset, out, overwrite=overwrite, progress=callback)
+    note = f"; {len(dataset.missing)} captions had no image" if dataset.missing else ""
+    out_console.print(f"wrote {len(dataset)} images to {out}{note}")

@@ -1,0 +1,40 @@
+"""``medfair demo``: the whole method on the embedded phantom data."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medfair_audit.demo import DemoConfig, run_demo
+
+from ._common import err_console, out_console, progress_bar
+
+
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.",
+                                      file_okay=False)] = Path("reports/demo"),
+    fast: Annotated[bool, typer.Option("--fast", help="Small configuration (tests).")] = False,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of every stage.")] = 0,
+) -> None:
+    """Run the embedded default end to end: phantom data, models, audit, remediation, report.
+
+    Finished stages are reused when re-run with the same settings. Stages present so far:
+    the biased training corpus (85% male), the BraTS18-like target set (58% male) and its
+    target.json.
+
+    Example:
+
+        medfair demo --out reports/demo
+    """
+    start = time.perf_counter()
+
+    def log(line: str) -> None:
+        err_console.print(f"{time.perf_counter() - start:7.1f}s  {line}")
+
+    with progress_bar() as callback:
+        result = run_demo(DemoConfig(out=out, fast=fast, seed=seed), progress=callback, log=log)
+    out_console.print(f"demo finished in {time.perf_counter() - start:.1f} s; outputs in "
+                      f"{result.out}")

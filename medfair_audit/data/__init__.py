@@ -1,0 +1,30 @@
+"""Data: the brain-MR phantom and loaders for image folders, BraTS18 and ROCO layouts."""
+
+from .brats import BratsDataset, normalise_sex
+from .datasets import ImageDataset, ImageFolderDataset, export_image_folder
+from .phantom import (
+    METADATA_COLUMNS,
+    SEQUENCES,
+    AnatomyModel,
+    PhantomConfig,
+    PhantomResult,
+    build_phantom,
+    render_phantom_slice,
+)
+from .roco import RocoDataset
+
+__all__ = [
+    "METADATA_COLUMNS",
+    "SEQUENCES",
+    "AnatomyModel",
+    "BratsDataset",
+    "ImageDataset",
+    "ImageFolderDataset",
+    "PhantomConfig",
+    "PhantomResult",
+    "RocoDataset",
+    "build_phantom",
+    "export_image_folder",
+    "normalise_sex",
+    "render_phantom_slice",
+]

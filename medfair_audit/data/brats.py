@@ -1,0 +1,229 @@
+"""BraTS18 volumes as axial 2-D slices with sex labels.
+
+Layout (as distributed for the BraTS 2018 challenge)::
+
+    <root>/HGG/<subject>/<subject>_flair.nii.gz   (_t1, _t1ce, _t2, _seg)
+    <root>/LGG/<subject>/...
+
+BraTS ships no sex labels: the user supplies a CSV mapping subject → sex (e.g. from the TCIA
+clinical tables). Values ``M``/``male``/``F``/``female`` (any case) are understood.
+
+Slices are taken along the volume's superior-inferior axis after reorienting to RAS, intensities are
+normalised per volume by percentiles of the brain voxels (BraTS volumes are skull-stripped, so
+the brain is the non-zero region), and each slice is shown in radiological convention (patient's
+right on the image's left, anterior at the top), the same as the phantom.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..exceptions import MSG_NOT_A_DIR, MSG_UNKNOWN_GROUPS, ConfigError, DataError
+from ..target import read_label_table
+from ._imageio import to_model_tensor
+from .datasets import ImageDataset
+from .phantom import SEQUENCE_NAMES
+
+__all__ = ["BRATS_GRADES", "BratsDataset", "normalise_sex"]
+
+BRATS_GRADES = ("HGG", "LGG")
+SEX_ALIASES = {"m": "male", "male": "male", "f": "female", "female": "female"}
+
+
+def normalise_sex(value: str) -> str | None:
+    """Map ``M``/``male``/``F``/``female`` (any case, padded) to ``male``/``female``; else None."""
+    return SEX_ALIASES.get(str(value).strip().lower())
+
+
+def _load_volume(path: Path, *, param: str) -> np.ndarray:
+    import nibabel as nib
+
+    try:
+        img = nib.as_closest_canonical(nib.load(str(path)))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise DataError(f"cannot read NIfTI '{path}': {exc}", param=param) from exc
+    if data.ndim == 4 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise DataError(
+            f"'{path}' has shape {tuple(data.shape)}, expected a 3-D volume", param=param
+        )
+    if not np.isfinite(data).all():
+        raise DataError(f"'{path}' contains NaN or infinite values", param=param)
+    return data
+
+
+def _to_display(axial: np.ndarray) -> np.ndarray:
+    """RAS ``(x, y)`` slice → rows anterior-first, columns patient's right first."""
+    return axial.T[::-1, ::-1]
+
+
+class BratsDataset(ImageDataset):
+    """Axial slices of BraTS18 subjects that have a sex label.
+
+    Args:
+        root: Folder holding ``HGG/`` and/or ``LGG/``.
+        sex_csv: CSV with a subject column and a sex column.
+        sequence: ``flair``, ``t1``, ``t1ce`` or ``t2``.
+        slices: ``"brain"``: slices evenly spread over those whose brain area is at least
+            ``min_brain_fraction`` of the largest; ``"tumour"``: a band of ``band`` slices either
+            side of the tumour's centre (needs ``<subject>_seg.nii.gz``).
+        slices_per_subject: Slices kept per subject in ``"brain"`` mode.
+        band: Half-width of the tumour band in slices.
+        min_brain_fraction: Brain-area threshold for ``"brain"`` mode.
+        percentiles: Lower and upper intensity percentiles (of brain voxels) mapped to 0 and 1.
+        subject_column: Column of ``sex_csv`` with subject IDs.
+        sex_column: Column of ``sex_csv`` with sex.
+        size: Output side in pixels.
+        channels: 1 or 3.
+        param: Argument name used in error messages.
+
+    Attributes:
+        skipped: Subjects found on disk but absent from ``sex_csv``.
+
+    Raises:
+        DataError: Bad layout, unreadable or non-3-D volumes, unknown sex values, no subjects.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        sex_csv: str | os.PathLike[str],
+        *,
+        sequence: str = "flair",
+        slices: str = "brain",
+        slices_per_subject: int = 10,
+        band: int = 5,
+        min_brain_fraction: float = 0.3,
+        percentiles: Sequence[float] = (1.0, 99.0),
+        subject_column: str = "subject",
+        sex_column: str = "sex",
+        size: int | None = 64,
+        channels: int = 1,
+        param: str = "root",
+    ) -> None:
+        super().__init__(size=size, channels=channels, param=param)
+        if sequence not in SEQUENCE_NAMES:
+            raise ConfigError(
+                f"expected one of {', '.join(SEQUENCE_NAMES)}, got '{sequence}'", param="sequence"
+            )
+        if slices not in ("brain", "tumour"):
+            raise ConfigError(f"expected 'brain' or 'tumour', got '{slices}'", param="slices")
+        if slices_per_subject < 1 or band < 0:
+            raise ConfigError("slices_per_subject must be ≥ 1 and band ≥ 0", param="slices")
+        lo_p, hi_p = percentiles
+        if not 0 <= lo_p < hi_p <= 100:
+            raise ConfigError(f"expected 0 ≤ low < high ≤ 100, got {percentiles}",
+                              param="percentiles")
+        root = Path(root)
+        if not root.is_dir():
+            raise DataError(MSG_NOT_A_DIR.format(path=root), param=param)
+        subjects: dict[str, tuple[str, Path]] = {}
+        for grade in BRATS_GRADES:
+            for folder in sorted((root / grade).glob("*")):
+                if folder.is_dir():
+                    subjects[folder.name] = (grade, folder)
+        if not subjects:
+            raise DataError(
+                f"no subject folders under '{root}/HGG' or '{root}/LGG' (BraTS18 layout expected)",
+                param=param,
+            )
+        table = read_label_table(sex_csv, [subject_column, sex_column], param="sex_csv")
+        sex_of: dict[str, str] = {}
+        bad = []
+        for sid, raw in zip(table[subject_column], table[sex_column], strict=True):
+            sex = normalise_sex(raw)
+            if sex is None:
+                bad.append(raw)
+            else:
+                sex_of[sid.strip()] = sex
+        if bad:
+            raise DataError(
+                MSG_UNKNOWN_GROUPS.format(known=["female", "male"], unknown=sorted(set(bad))[:5]),
+                param="sex_csv",
+            )
+        self.skipped = sorted(set(subjects) - set(sex_of))
+        labelled = [sid for sid in subjects if sid in sex_of]
+        if not labelled:
+            raise DataError(
+                f"none of the {len(subjects)} subjects under '{root}' is in '{sex_csv}'",
+                param="sex_csv",
+            )
+        self.sequence = sequence
+        self._slices: list[np.ndarray] = []
+        rows = []
+        for sid in labelled:
+            grade, folder = subjects[sid]
+            path = self._find(folder, sid, sequence)
+            vol = _load_volume(path, param=param)
+            brain = vol > 0
+            area = brain.sum(axis=(0, 1))
+            if area.max() == 0:
+                raise DataError(f"'{path}' is empty (all zero)", param=param)
+            valid = np.flatnonzero(area >= min_brain_fraction * area.max())
+            seg = None
+            seg_path = self._find(folder, sid, "seg", required=False)
+            if seg_path is not None:
+                seg = _load_volume(seg_path, param=param)
+                if seg.shape != vol.shape:
+                    raise DataError(
+                        f"'{seg_path}' has shape {seg.shape}, but the image has {vol.shape}",
+                        param=param,
+                    )
+            if slices == "tumour":
+                if seg is None or not (seg > 0).any():
+                    raise DataError(
+                        f"slices='tumour' needs a non-empty '{sid}_seg.nii.gz' in '{folder}'",
+                        param=param,
+                    )
+                centre = int(round(np.argwhere(seg > 0)[:, 2].mean()))
+                zs = [z for z in range(centre - band, centre + band + 1) if z in set(valid)]
+            else:
+                take = min(slices_per_subject, len(valid))
+                zs = sorted({int(valid[round(i)]) for i in np.linspace(0, len(valid) - 1, take)})
+            lo, hi = np.percentile(vol[brain], [lo_p, hi_p])
+            norm = np.where(brain, np.clip((vol - lo) / max(hi - lo, 1e-6), 0.0, 1.0), 0.0)
+            for z in zs:
+                arr = _to_display(norm[:, :, z]).astype(np.float32)
+                if size is not None:
+                    arr = ((to_model_tensor(arr, size=size, channels=1)[0] + 1) / 2).numpy()
+                self._slices.append(arr)
+                tumour = int(seg is not None and bool((seg[:, :, z] > 0).any()))
+                caption = (
+                    f"Axial {SEQUENCE_NAMES[sequence]} MRI of the brain showing a glioma."
+                    if tumour
+                    else f"Axial {SEQUENCE_NAMES[sequence]} MRI of the brain."
+                )
+                rows.append({
+                    "file": f"{path.relative_to(root).as_posix()}#z={z}",
+                    "subject": sid,
+                    "grade": grade,
+                    "sex": sex_of[sid],
+                    "sequence": sequence,
+                    "slice_index": z,
+                    "tumour": tumour,
+                    "caption": caption,
+                })
+        self.metadata = pd.DataFrame(rows)
+
+    @staticmethod
+    def _find(folder: Path, sid: str, kind: str, *, required: bool = True) -> Path | None:
+        for suffix in (".nii.gz", ".nii"):
+            path = folder / f"{sid}_{kind}{suffix}"
+            if path.is_file():
+                return path
+        if required:
+            raise DataError(
+                f"'{folder}' has no '{sid}_{kind}.nii.gz' (BraTS18 layout expected)", param="root"
+            )
+        return None
+
+    def load_array(self, index: int) -> np.ndarray:
+        """The normalised slice of item ``index`` (already at the output size)."""
+        return self._slices[index]

@@ -1,0 +1,161 @@
+"""The embedded default run: everything medfair does, on data it makes itself.
+
+The demo reproduces the paper's situation with phantom data:
+
+* a **training corpus** for the text-to-image model whose sex-neutral captions hide a skew
+  (85% male images), standing in for ROCO;
+* a **target set** standing in for BraTS18, every subject with a glioma, 58% male (close to
+  the male share among glioma patients, e.g. Ostrom et al., CBTRUS 2018: about 1.3-1.4 men per
+  woman for glioblastoma); its sex labels give the target proportions.
+
+Stages whose outputs exist with the same settings are reused, so a re-run continues where an
+earlier one stopped. Later stages (models, audit, remediation, report) are added by the issues
+that build them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._io import atomic_write_json
+from .data.phantom import PhantomConfig, build_phantom
+from .exceptions import ConfigError
+from .progress import ProgressCallback
+from .target import target_from_labels
+
+__all__ = ["DemoConfig", "DemoResult", "run_demo"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoConfig:
+    """Settings of the demo.
+
+    Args:
+        out: Output folder (default ``reports/demo``).
+        fast: A small configuration for tests and quick looks.
+        seed: Seed of every stage.
+        corpus_male_fraction: Male share of the text-to-image training corpus.
+        target_male_fraction: Male share of the BraTS18-like target set.
+    """
+
+    out: Path = Path("reports/demo")
+    fast: bool = False
+    seed: int = 0
+    corpus_male_fraction: float = 0.85
+    target_male_fraction: float = 0.58
+
+    def __post_init__(self) -> None:
+        for name in ("corpus_male_fraction", "target_male_fraction"):
+            value = getattr(self, name)
+            if not 0.0 < value < 1.0:
+                raise ConfigError(f"expected a fraction in (0, 1), got {value}", param=name)
+        object.__setattr__(self, "out", Path(self.out))
+
+    @property
+    def corpus(self) -> PhantomConfig:
+        """The biased text-to-image training corpus."""
+        return PhantomConfig(
+            n=240 if self.fast else 4000, seed=self.seed, male_fraction=self.corpus_male_fraction,
+            tumour_rate=0.7,
+        )
+
+    @property
+    def target_set(self) -> PhantomConfig:
+        """The BraTS18-like target set (classifier training and target proportions)."""
+        return PhantomConfig(
+            n=240 if self.fast else 3000, seed=self.seed + 1,
+            male_fraction=self.target_male_fraction, tumour_rate=1.0,
+            splits="train=0.7,val=0.15,test=0.15",
+        )
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """What the demo produced: output paths and per-stage timings (seconds)."""
+
+    out: Path
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _stamp(settings: Any) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _stage(
+    out: Path, name: str, settings: Any, work: Callable[[], dict[str, Any]],
+    log: Callable[[str], None] | None,
+) -> dict[str, Any]:
+    """Run ``work`` unless ``out/.stages/name.json`` records the same settings."""
+    stamp_file = out / ".stages" / f"{name}.json"
+    stamp = _stamp(settings)
+    if stamp_file.is_file():
+        done = json.loads(stamp_file.read_text())
+        if done.get("stamp") == stamp:
+            if log:
+                log(f"[{name}] reused (finished earlier in {done['seconds']:.1f} s)")
+            return {**done, "reused": True}
+    if log:
+        log(f"[{name}] running")
+    start = time.perf_counter()
+    info = work()
+    seconds = time.perf_counter() - start
+    record = {"stamp": stamp, "seconds": seconds, **info}
+    atomic_write_json(stamp_file, record)
+    if log:
+        log(f"[{name}] done in {seconds:.1f} s")
+    return {**record, "reused": False}
+
+
+def run_demo(
+    config: DemoConfig,
+    *,
+    progress: ProgressCallback | None = None,
+    log: Callable[[str], None] | None = None,
+) -> DemoResult:
+    """Run every stage of the demo that exists so far.
+
+    Args:
+        config: Demo settings.
+        progress: Progress callback for long stages.
+        log: Called with one line per stage start and end.
+
+    Returns:
+        Output folder and stage records.
+    """
+    out = config.out
+    data = out / "data"
+    stages: dict[str, dict[str, Any]] = {}
+
+    def phantom(name: str, cfg: PhantomConfig) -> dict[str, Any]:
+        def work() -> dict[str, Any]:
+            result = build_phantom(data / name, cfg, overwrite=True, progress=progress)
+            return {"path": str(result.root), "counts": result.counts}
+
+        return _stage(out, name, asdict(cfg), work, log)
+
+    stages["corpus"] = phantom("corpus", config.corpus)
+    stages["target_set"] = phantom("target_set", config.target_set)
+
+    def target_work() -> dict[str, Any]:
+        target = target_from_labels(data / "target_set" / "metadata.csv", column="sex",
+                                    groups=("female", "male"))
+        target.save(out / "target.json")
+        return {"path": str(out / "target.json"), "proportions": dict(target.proportions)}
+
+    stages["target"] = _stage(
+        out, "target", {"after": stages["target_set"]["stamp"]}, target_work, log
+    )
+    atomic_write_json(
+        out / "demo.json",
+        {"config": {k: str(v) if isinstance(v, os.PathLike) else v
+                    for k, v in asdict(config).items()},
+         "stages": stages},
+    )
+    return DemoResult(out=out, stages=stages)

@@ -1,0 +1,258 @@
+"""Target subgroup proportions: what the generated distribution should match.
+
+A target is a small JSON document::
+
+    {"schema_version": 1, "attribute": "sex",
+     "proportions": {"female": 0.42, "male": 0.58},
+     "source": "labels.csv", "n": 1200}
+
+It comes from a labelled dataset (:func:`target_from_labels`, e.g. the sex column of a BraTS18
+subject table) or is written inline (``"male=0.58,female=0.42"``, :func:`parse_target`). Every
+command that takes a target accepts either form.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ._io import atomic_write_json
+from .exceptions import (
+    MSG_MISSING_COLUMN,
+    MSG_NOT_A_FILE,
+    MSG_TARGET_NEGATIVE,
+    MSG_TARGET_SUM,
+    MSG_TARGET_TWO_GROUPS,
+    MSG_UNKNOWN_GROUPS,
+    ConfigError,
+    DataError,
+)
+
+__all__ = [
+    "TARGET_SCHEMA_VERSION",
+    "Target",
+    "parse_target",
+    "read_label_table",
+    "target_from_labels",
+]
+
+TARGET_SCHEMA_VERSION = 1
+SUM_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True, kw_only=True)
+class Target:
+    """Validated target proportions over the groups of one attribute.
+
+    Args:
+        attribute: The attribute the groups belong to (e.g. ``"sex"``).
+        proportions: Group name → proportion; non-negative, summing to 1 within 1e-6, at least
+            two groups. Stored sorted by group name.
+        source: Where the proportions came from (a file, ``"inline"``).
+        n: Number of labelled items they were computed from, if any.
+        param: Argument name used in error messages.
+
+    Raises:
+        ConfigError: The proportions are invalid.
+    """
+
+    attribute: str
+    proportions: Mapping[str, float]
+    source: str | None = None
+    n: int | None = None
+    param: str = field(default="target", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        props = {str(k): float(v) for k, v in self.proportions.items()}
+        if len(props) < 2:
+            raise ConfigError(MSG_TARGET_TWO_GROUPS.format(n=len(props)), param=self.param)
+        for group, value in props.items():
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(
+                    MSG_TARGET_NEGATIVE.format(group=group, value=value), param=self.param
+                )
+        total = sum(props.values())
+        if abs(total - 1.0) > SUM_TOLERANCE:
+            raise ConfigError(MSG_TARGET_SUM.format(total=total), param=self.param)
+        object.__setattr__(self, "proportions", dict(sorted(props.items())))
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """Group names, sorted."""
+        return tuple(self.proportions)
+
+    def vector(self, groups: Sequence[str] | None = None) -> list[float]:
+        """Proportions in the order of ``groups`` (default: sorted group names)."""
+        return [self.proportions[g] for g in (groups or self.groups)]
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dictionary (the ``target.json`` format)."""
+        return {
+            "schema_version": TARGET_SCHEMA_VERSION,
+            "attribute": self.attribute,
+            "proportions": dict(self.proportions),
+            "source": self.source,
+            "n": self.n,
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``target.json`` atomically."""
+        return atomic_write_json(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, param: str = "target") -> Target:
+        """Read a ``target.json`` written by :meth:`save`."""
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(MSG_NOT_A_FILE.format(path=path), param=param)
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DataError(f"cannot read target JSON '{path}': {exc}", param=param) from exc
+        if not isinstance(doc, dict) or not isinstance(doc.get("proportions"), dict):
+            raise DataError(
+                f"'{path}' is not a target file: expected an object with 'proportions'",
+                param=param,
+            )
+        version = doc.get("schema_version", TARGET_SCHEMA_VERSION)
+        if version != TARGET_SCHEMA_VERSION:
+            raise DataError(
+                f"'{path}' has schema_version {version}, expected {TARGET_SCHEMA_VERSION}",
+                param=param,
+            )
+        try:
+            props = {str(k): float(v) for k, v in doc["proportions"].items()}
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"'{path}': proportions must be numbers ({exc})", param=param) from exc
+        return cls(
+            attribute=str(doc.get("attribute", "sex")),
+            proportions=props,
+            source=doc.get("source", str(path)),
+            n=doc.get("n"),
+            param=param,
+        )
+
+
+def _parse_inline(spec: str, *, param: str) -> dict[str, float]:
+    props: dict[str, float] = {}
+    for part in spec.split(","):
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ConfigError(
+                f"expected GROUP=PROPORTION pairs such as 'male=0.58,female=0.42', got '{spec}'",
+                param=param,
+            )
+        if name in props:
+            raise ConfigError(f"group '{name}' is given twice in '{spec}'", param=param)
+        try:
+            props[name] = float(value)
+        except ValueError:
+            raise ConfigError(
+                f"proportion for '{name}' must be a number, got '{value.strip()}'", param=param
+            ) from None
+    return props
+
+
+def parse_target(spec: str, *, attribute: str = "sex", param: str = "target") -> Target:
+    """Read a target given as a JSON file path or inline as ``"male=0.58,female=0.42"``.
+
+    Args:
+        spec: Path to a ``target.json`` or an inline ``GROUP=PROPORTION,...`` list.
+        attribute: Attribute name recorded for an inline target.
+        param: Argument name used in error messages.
+
+    Returns:
+        The validated target.
+    """
+    if "=" in spec and not Path(spec).is_file():
+        return Target(
+            attribute=attribute,
+            proportions=_parse_inline(spec, param=param),
+            source="inline",
+            param=param,
+        )
+    return Target.load(spec, param=param)
+
+
+def read_label_table(
+    path: str | os.PathLike[str], columns: Sequence[str], *, param: str = "labels"
+) -> pd.DataFrame:
+    """Read a CSV and check that it has ``columns``.
+
+    Raises:
+        DataError: The file is missing, unreadable, empty, or lacks a column.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(MSG_NOT_A_FILE.format(path=path), param=param)
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DataError(f"cannot read CSV '{path}': {exc}", param=param) from exc
+    for column in columns:
+        if column not in table.columns:
+            raise DataError(
+                MSG_MISSING_COLUMN.format(
+                    path=path, column=column, found=", ".join(map(str, table.columns)) or "none"
+                ),
+                param=param,
+            )
+    return table
+
+
+def target_from_labels(
+    labels: str | os.PathLike[str],
+    *,
+    column: str = "sex",
+    groups: Sequence[str] | None = None,
+    where: Mapping[str, str] | None = None,
+) -> Target:
+    """Compute target proportions from a label column of a CSV.
+
+    Args:
+        labels: CSV file with one row per labelled item (e.g. a phantom ``metadata.csv`` or a
+            BraTS18 subject → sex table).
+        column: Column holding the group labels.
+        groups: The known groups. Labels outside them are an error; known groups without any
+            label get proportion 0. Default: the labels found.
+        where: Keep only rows whose columns equal these values (e.g. ``{"split": "test"}``).
+
+    Returns:
+        The target, with ``n`` the number of rows counted.
+
+    Raises:
+        DataError: Missing file or column, empty or blank labels, labels outside ``groups``.
+    """
+    where = dict(where or {})
+    table = read_label_table(labels, [column, *where], param="labels")
+    for key, value in where.items():
+        table = table[table[key] == value]
+    values = table[column].str.strip()
+    if len(values) == 0:
+        raise DataError(f"'{labels}' has no rows to count", param="labels")
+    if (values == "").any():
+        raise DataError(
+            f"column '{column}' of '{labels}' has {(values == '').sum()} empty labels",
+            param="labels",
+        )
+    counts = values.value_counts()
+    if groups is not None:
+        known = sorted({str(g) for g in groups})
+        unknown = sorted(set(counts.index) - set(known))
+        if unknown:
+            raise DataError(
+                MSG_UNKNOWN_GROUPS.format(known=known, unknown=unknown), param="labels"
+            )
+    else:
+        known = sorted(counts.index)
+    n = int(counts.sum())
+    props = {g: int(counts.get(g, 0)) / n for g in known}
+    return Target(attribute=column, proportions=props, source=str(labels), n=n, param="labels")
