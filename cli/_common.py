@@ -28,12 +28,11 @@ out_console = Console(highlight=False)
 
 OutDir = Annotated[
     Path,
-    typer.Option("--out", "-o", help="Folder to write (absent or empty unless --overwrite).",
-                 file_okay=False),
+    typer.Option(
+        "--out", "-o", help="Folder to write (absent or empty unless --overwrite).", file_okay=False
+    ),
 ]
-Overwrite = Annotated[
-    bool, typer.Option("--overwrite", help="Replace an existing output folder.")
-]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")]
 Seed = Annotated[int, typer.Option("--seed", min=0, help="Seed of every random draw.")]
 
 
@@ -73,8 +72,12 @@ def progress_bar(quiet: bool = False) -> Iterator[callable]:
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                 for k, v in event.info.items()
             )
-            bar.update(tasks[event.stage], completed=event.completed, total=event.total,
-                       info=f"{rate:.1f}/s {info}".strip())
+            bar.update(
+                tasks[event.stage],
+                completed=event.completed,
+                total=event.total,
+                info=f"{rate:.1f}/s {info}".strip(),
+            )
 
         yield callback
 

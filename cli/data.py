@@ -49,8 +49,11 @@ def phantom(
     ] = 0.0,
     effect_scale: Annotated[
         float,
-        typer.Option(min=0.0, help="Multiplier of the male-female anatomy differences "
-                     "(1 = literature values; default 2 makes a good but imperfect classifier)."),
+        typer.Option(
+            min=0.0,
+            help="Multiplier of the male-female anatomy differences "
+            "(1 = literature values; default 2 makes a good but imperfect classifier).",
+        ),
     ] = 2.0,
     overwrite: Overwrite = False,
 ) -> None:
@@ -60,7 +63,6 @@ def phantom(
     caption, split, ...) and OUT/dataset.json. Same seed and options give identical files.
 
     Example:
-
         medfair data phantom --out data/corpus --n 2000 --male-fraction 0.85 --seed 0
     """
     config = PhantomConfig(
@@ -85,8 +87,7 @@ def phantom(
 
 @app.command("target")
 def target(
-    out: Annotated[Path, typer.Option("--out", "-o", help="target.json to write.",
-                                      dir_okay=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="target.json to write.", dir_okay=False)],
     labels: Annotated[
         Path | None, typer.Option(help="CSV with one row per labelled image or subject.")
     ] = None,
@@ -100,32 +101,36 @@ def target(
     ] = None,
     target_spec: Annotated[
         str | None,
-        typer.Option("--target", help="Inline proportions instead of --labels, e.g. "
-                     "'male=0.58,female=0.42'."),
+        typer.Option(
+            "--target", help="Inline proportions instead of --labels, e.g. 'male=0.58,female=0.42'."
+        ),
     ] = None,
 ) -> None:
     """Write target subgroup proportions (target.json) from labels or inline values.
 
     Examples:
-
         medfair data target --labels data/brats_like/metadata.csv --column sex --out target.json
 
         medfair data target --target male=0.58,female=0.42 --out target.json
     """
     if (labels is None) == (target_spec is None):
-        raise ConfigError("give exactly one of --labels CSV or --target GROUP=P,...",
-                          param="labels")
+        raise ConfigError(
+            "give exactly one of --labels CSV or --target GROUP=P,...", param="labels"
+        )
     if labels is not None:
         result = target_from_labels(
-            labels, column=column, groups=split_list(groups),
+            labels,
+            column=column,
+            groups=split_list(groups),
             where={"split": split} if split else None,
         )
     else:
         result = parse_target(target_spec, attribute=column)
     result.save(out)
     shares = ", ".join(f"{g}={p:.4f}" for g, p in result.proportions.items())
-    out_console.print(f"wrote {out}: {result.attribute} {shares}"
-                      + (f" (n={result.n})" if result.n else ""))
+    out_console.print(
+        f"wrote {out}: {result.attribute} {shares}" + (f" (n={result.n})" if result.n else "")
+    )
 
 
 @app.command("import-brats")
@@ -147,12 +152,18 @@ def import_brats(
     """Turn BraTS18 NIfTI volumes plus a sex table into an image folder medfair reads.
 
     Example:
-
         medfair data import-brats --root MICCAI_BraTS_2018 --sex-csv sex.csv --out data/brats
     """
     dataset = BratsDataset(
-        root, sex_csv, sequence=sequence, slices=slices, slices_per_subject=slices_per_subject,
-        band=band, subject_column=subject_column, sex_column=sex_column, size=size,
+        root,
+        sex_csv,
+        sequence=sequence,
+        slices=slices,
+        slices_per_subject=slices_per_subject,
+        band=band,
+        subject_column=subject_column,
+        sex_column=sex_column,
+        size=size,
     )
     with progress_bar() as callback:
         export_image_folder(dataset, out, overwrite=overwrite, progress=callback)
@@ -171,7 +182,6 @@ def import_roco(
     """Turn ROCO-style images and captions into an image folder medfair reads.
 
     Example:
-
         medfair data import-roco --images roco/images --captions roco/captions.txt --out data/roco
     """
     dataset = RocoDataset(images, captions, size=size)

@@ -14,8 +14,9 @@ from ._common import err_console, out_console, progress_bar
 
 
 def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.",
-                                      file_okay=False)] = Path("reports/demo"),
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output folder.", file_okay=False)
+    ] = Path("reports/demo"),
     fast: Annotated[bool, typer.Option("--fast", help="Small configuration (tests).")] = False,
     seed: Annotated[int, typer.Option(min=0, help="Seed of every stage.")] = 0,
 ) -> None:
@@ -26,7 +27,6 @@ def demo(
     target.json.
 
     Example:
-
         medfair demo --out reports/demo
     """
     start = time.perf_counter()
@@ -36,5 +36,6 @@ def demo(
 
     with progress_bar() as callback:
         result = run_demo(DemoConfig(out=out, fast=fast, seed=seed), progress=callback, log=log)
-    out_console.print(f"demo finished in {time.perf_counter() - start:.1f} s; outputs in "
-                      f"{result.out}")
+    out_console.print(
+        f"demo finished in {time.perf_counter() - start:.1f} s; outputs in {result.out}"
+    )

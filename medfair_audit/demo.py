@@ -62,7 +62,9 @@ class DemoConfig:
     def corpus(self) -> PhantomConfig:
         """The biased text-to-image training corpus."""
         return PhantomConfig(
-            n=240 if self.fast else 4000, seed=self.seed, male_fraction=self.corpus_male_fraction,
+            n=240 if self.fast else 4000,
+            seed=self.seed,
+            male_fraction=self.corpus_male_fraction,
             tumour_rate=0.7,
         )
 
@@ -70,8 +72,10 @@ class DemoConfig:
     def target_set(self) -> PhantomConfig:
         """The BraTS18-like target set (classifier training and target proportions)."""
         return PhantomConfig(
-            n=240 if self.fast else 3000, seed=self.seed + 1,
-            male_fraction=self.target_male_fraction, tumour_rate=1.0,
+            n=240 if self.fast else 3000,
+            seed=self.seed + 1,
+            male_fraction=self.target_male_fraction,
+            tumour_rate=1.0,
             splits="train=0.7,val=0.15,test=0.15",
         )
 
@@ -89,7 +93,10 @@ def _stamp(settings: Any) -> str:
 
 
 def _stage(
-    out: Path, name: str, settings: Any, work: Callable[[], dict[str, Any]],
+    out: Path,
+    name: str,
+    settings: Any,
+    work: Callable[[], dict[str, Any]],
     log: Callable[[str], None] | None,
 ) -> dict[str, Any]:
     """Run ``work`` unless ``out/.stages/name.json`` records the same settings."""
@@ -144,8 +151,9 @@ def run_demo(
     stages["target_set"] = phantom("target_set", config.target_set)
 
     def target_work() -> dict[str, Any]:
-        target = target_from_labels(data / "target_set" / "metadata.csv", column="sex",
-                                    groups=("female", "male"))
+        target = target_from_labels(
+            data / "target_set" / "metadata.csv", column="sex", groups=("female", "male")
+        )
         target.save(out / "target.json")
         return {"path": str(out / "target.json"), "proportions": dict(target.proportions)}
 
@@ -154,8 +162,11 @@ def run_demo(
     )
     atomic_write_json(
         out / "demo.json",
-        {"config": {k: str(v) if isinstance(v, os.PathLike) else v
-                    for k, v in asdict(config).items()},
-         "stages": stages},
+        {
+            "config": {
+                k: str(v) if isinstance(v, os.PathLike) else v for k, v in asdict(config).items()
+            },
+            "stages": stages,
+        },
     )
     return DemoResult(out=out, stages=stages)

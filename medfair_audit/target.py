@@ -248,9 +248,7 @@ def target_from_labels(
         known = sorted({str(g) for g in groups})
         unknown = sorted(set(counts.index) - set(known))
         if unknown:
-            raise DataError(
-                MSG_UNKNOWN_GROUPS.format(known=known, unknown=unknown), param="labels"
-            )
+            raise DataError(MSG_UNKNOWN_GROUPS.format(known=known, unknown=unknown), param="labels")
     else:
         known = sorted(counts.index)
     n = int(counts.sum())

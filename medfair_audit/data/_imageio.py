@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..exceptions import DataError
 
-__all__ = ["IMAGE_SUFFIXES", "read_image", "to_model_tensor", "write_png"]
+__all__ = ["IMAGE_SUFFIXES", "png_bytes", "read_image", "to_model_tensor", "write_png"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -71,18 +72,26 @@ def to_model_tensor(arr: np.ndarray, *, size: int | None, channels: int) -> Any:
         top, left = (side - h) // 2, (side - w) // 2
         t = F.pad(t, (left, side - w - left, top, side - h - top))
     if size is not None and t.shape[-1] != size:
-        t = F.interpolate(t[None], size=(size, size), mode="bilinear", antialias=True,
-                          align_corners=False)[0]
+        t = F.interpolate(
+            t[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )[0]
     return (t.clamp(0.0, 1.0) * 2.0 - 1.0).contiguous()
 
 
 def write_png(path: str | os.PathLike[str], arr: np.ndarray, *, bit_depth: int = 8) -> Path:
     """Write a [0, 1] grey image ``(H, W)`` as an 8- or 16-bit PNG (deterministic bytes)."""
+    path = Path(path)
+    path.write_bytes(png_bytes(arr, bit_depth=bit_depth))
+    return path
+
+
+def png_bytes(arr: np.ndarray, *, bit_depth: int = 8) -> bytes:
+    """Encode a [0, 1] grey image ``(H, W)`` as 8-bit (``L``) or 16-bit (``I;16``) PNG bytes."""
     arr = np.clip(np.asarray(arr, dtype=np.float64), 0.0, 1.0)
     if bit_depth == 16:
-        im = Image.fromarray(np.round(arr * 65535).astype(np.uint16), mode="I;16")
+        im = Image.fromarray(np.round(arr * 65535).astype(np.uint16))  # mode I;16
     else:
-        im = Image.fromarray(np.round(arr * 255).astype(np.uint8), mode="L")
-    path = Path(path)
-    im.save(path, format="PNG", compress_level=6)
-    return path
+        im = Image.fromarray(np.round(arr * 255).astype(np.uint8))  # mode L
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()

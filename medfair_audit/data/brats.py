@@ -119,8 +119,9 @@ class BratsDataset(ImageDataset):
             raise ConfigError("slices_per_subject must be ≥ 1 and band ≥ 0", param="slices")
         lo_p, hi_p = percentiles
         if not 0 <= lo_p < hi_p <= 100:
-            raise ConfigError(f"expected 0 ≤ low < high ≤ 100, got {percentiles}",
-                              param="percentiles")
+            raise ConfigError(
+                f"expected 0 ≤ low < high ≤ 100, got {percentiles}", param="percentiles"
+            )
         root = Path(root)
         if not root.is_dir():
             raise DataError(MSG_NOT_A_DIR.format(path=root), param=param)
@@ -182,7 +183,7 @@ class BratsDataset(ImageDataset):
                         f"slices='tumour' needs a non-empty '{sid}_seg.nii.gz' in '{folder}'",
                         param=param,
                     )
-                centre = int(round(np.argwhere(seg > 0)[:, 2].mean()))
+                centre = round(np.argwhere(seg > 0)[:, 2].mean())
                 zs = [z for z in range(centre - band, centre + band + 1) if z in set(valid)]
             else:
                 take = min(slices_per_subject, len(valid))
@@ -200,16 +201,18 @@ class BratsDataset(ImageDataset):
                     if tumour
                     else f"Axial {SEQUENCE_NAMES[sequence]} MRI of the brain."
                 )
-                rows.append({
-                    "file": f"{path.relative_to(root).as_posix()}#z={z}",
-                    "subject": sid,
-                    "grade": grade,
-                    "sex": sex_of[sid],
-                    "sequence": sequence,
-                    "slice_index": z,
-                    "tumour": tumour,
-                    "caption": caption,
-                })
+                rows.append(
+                    {
+                        "file": f"{path.relative_to(root).as_posix()}#z={z}",
+                        "subject": sid,
+                        "grade": grade,
+                        "sex": sex_of[sid],
+                        "sequence": sequence,
+                        "slice_index": z,
+                        "tumour": tumour,
+                        "caption": caption,
+                    }
+                )
         self.metadata = pd.DataFrame(rows)
 
     @staticmethod

@@ -152,8 +152,12 @@ class ImageFolderDataset(ImageDataset):
                 raise DataError(MSG_NOT_A_FILE.format(path=source), param=param)
             try:
                 table = pd.read_csv(source, dtype=str, keep_default_na=False)
-            except (OSError, UnicodeDecodeError, pd.errors.ParserError,
-                    pd.errors.EmptyDataError) as exc:
+            except (
+                OSError,
+                UnicodeDecodeError,
+                pd.errors.ParserError,
+                pd.errors.EmptyDataError,
+            ) as exc:
                 raise DataError(f"cannot read CSV '{source}': {exc}", param=param) from exc
         for column in (file_column, *require, *(("split",) if split else ())):
             if column not in table.columns:

@@ -38,12 +38,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 
 from .._io import atomic_write_json, atomic_write_text, building_dir
 from ..exceptions import ConfigError
 from ..progress import ProgressCallback, report
+from ._imageio import png_bytes
 from ._template import TissueAtlas, load_atlas
 
 __all__ = [
@@ -104,9 +104,10 @@ class AnatomyModel:
       Intracranial volume is about 12% larger in men on average (Ruigrok et al. 2014,
       Neurosci. Biobehav. Rev. 39:34, meta-analysis), i.e. about 4% in linear size, with a
       within-sex SD of about 9-10% in volume (3% linear): Cohen's d about 1.3.
-    * **Ventricles** (``ventricle_gain_*``): strength of a local magnification centred on the lateral
-      ventricles. Lateral ventricles are larger in men (Ritchie et al. 2018, Cereb. Cortex 28:2959,
-      UK Biobank, d about 0.4-0.5) and grow with age in both sexes (``ventricle_gain_per_year``).
+    * **Ventricles** (``ventricle_gain_*``): strength of a local magnification centred on the
+      lateral ventricles. Lateral ventricles are larger in men (Ritchie et al. 2018, Cereb.
+      Cortex 28:2959, UK Biobank, d about 0.4-0.5) and grow with age in both sexes
+      (``ventricle_gain_per_year``).
     * **Grey/white balance** (``gm_shift_*``): a shift on the logit of the grey-matter share of
       tissue. Women have a higher proportion of grey matter and men of white matter (Gur et al.
       1999, J. Neurosci. 19:4065; Ritchie et al. 2018); grey matter declines with age.
@@ -145,11 +146,16 @@ class AnatomyModel:
         age = float(np.clip(rng.normal(self.age_mean, self.age_sd), 18, 90))
         years = age - 50.0
         head = float(
-            np.exp(rng.normal(mean(self.head_log_scale_male, self.head_log_scale_female),
-                              self.head_log_scale_sd))
+            np.exp(
+                rng.normal(
+                    mean(self.head_log_scale_male, self.head_log_scale_female),
+                    self.head_log_scale_sd,
+                )
+            )
         )
-        vent = rng.normal(mean(self.ventricle_gain_male, self.ventricle_gain_female),
-                          self.ventricle_gain_sd)
+        vent = rng.normal(
+            mean(self.ventricle_gain_male, self.ventricle_gain_female), self.ventricle_gain_sd
+        )
         vent = float(np.clip(vent + self.ventricle_gain_per_year * years, -0.1, 0.45))
         gm = rng.normal(mean(self.gm_shift_male, self.gm_shift_female), self.gm_shift_sd)
         gm = float(gm + self.gm_shift_per_year * years)
@@ -284,8 +290,14 @@ def _lobe(x: float, y: float, z: float) -> str:
     return "parietal"
 
 
-def _caption(rng: np.random.Generator, sequence: str, sex: str, age: int,
-             tumour: dict[str, Any] | None, name_sex: bool) -> str:
+def _caption(
+    rng: np.random.Generator,
+    sequence: str,
+    sex: str,
+    age: int,
+    tumour: dict[str, Any] | None,
+    name_sex: bool,
+) -> str:
     seq = SEQUENCE_NAMES[sequence]
     subject = f" of a {age}-year-old {sex} patient" if name_sex else ""
     if tumour is None:
@@ -434,8 +446,13 @@ def render_phantom_slice(
         "has_tumour": lesion is not None,
     }
     if return_tissue:
-        params.update(gm=gm, wm=wm, csf=csf, mask=mask,
-                      lesion=np.maximum(solid, oedema) if lesion is not None else None)
+        params.update(
+            gm=gm,
+            wm=wm,
+            csf=csf,
+            mask=mask,
+            lesion=np.maximum(solid, oedema) if lesion is not None else None,
+        )
     return img, params
 
 
@@ -462,8 +479,9 @@ def _assignments(cfg: PhantomConfig) -> tuple[list[str], list[bool], list[str], 
     return list(sexes), [bool(t) for t in tumours], [str(s) for s in splits], seqs
 
 
-def _render_one(cfg: PhantomConfig, i: int, sex: str, tumour: bool, split: str,
-                sequence: str) -> tuple[bytes, dict[str, Any]]:
+def _render_one(
+    cfg: PhantomConfig, i: int, sex: str, tumour: bool, split: str, sequence: str
+) -> tuple[bytes, dict[str, Any]]:
     atlas = load_atlas(1 if cfg.size > 128 else 2)
     rng = np.random.default_rng([cfg.seed, i])
     img, params = render_phantom_slice(
@@ -471,14 +489,10 @@ def _render_one(cfg: PhantomConfig, i: int, sex: str, tumour: bool, split: str,
     )
     lesion = {"side": params["tumour_side"], "lobe": params["tumour_lobe"]}
     name_sex = bool(rng.random() < cfg.caption_sex_rate)
-    caption = _caption(rng, sequence, sex, params["age"],
-                       lesion if params["has_tumour"] else None, name_sex)
-    if cfg.bit_depth == 8:
-        pil = Image.fromarray(np.round(img * 255).astype(np.uint8), mode="L")
-    else:
-        pil = Image.fromarray(np.round(img * 65535).astype(np.uint16), mode="I;16")
-    buf = io.BytesIO()
-    pil.save(buf, format="PNG", optimize=False, compress_level=6)
+    caption = _caption(
+        rng, sequence, sex, params["age"], lesion if params["has_tumour"] else None, name_sex
+    )
+    data = png_bytes(img, bit_depth=cfg.bit_depth)
     row = {
         "file": f"images/phantom_{i:06d}.png",
         "subject": f"phantom-{cfg.seed}-{i:06d}",
@@ -495,7 +509,7 @@ def _render_one(cfg: PhantomConfig, i: int, sex: str, tumour: bool, split: str,
         "ventricle_gain": f"{params['ventricle_gain']:.5f}",
         "gm_shift": f"{params['gm_shift']:.5f}",
     }
-    return buf.getvalue(), row
+    return data, row
 
 
 def _render_chunk(cfg: PhantomConfig, jobs: list[tuple[int, str, bool, str, str]]):

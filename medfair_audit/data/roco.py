@@ -1,4 +1,4 @@
-"""ROCO-style captioned radiology images.
+r"""ROCO-style captioned radiology images.
 
 Layout: an image folder and a captions file with one ``<id>\\t<caption>`` line per image (the
 ROCO release's ``captions.txt``). ``<id>`` is a file name in the folder, with or without its
@@ -21,7 +21,7 @@ __all__ = ["RocoDataset"]
 
 
 class RocoDataset(ImageDataset):
-    """Images with captions from a ``<id>\\t<caption>`` file.
+    r"""Images with captions from a ``<id>\\t<caption>`` file.
 
     Args:
         images: Folder with the images.
@@ -78,9 +78,7 @@ class RocoDataset(ImageDataset):
             else:
                 self.missing.append(ident)
         if not rows:
-            raise DataError(
-                f"no image in '{self.root}' matches an id of '{captions}'", param=param
-            )
+            raise DataError(f"no image in '{self.root}' matches an id of '{captions}'", param=param)
         self.metadata = pd.DataFrame(rows)
 
     def load_array(self, index: int) -> np.ndarray:

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+from medfair_cli.main import main
+
+from medfair_audit.demo import DemoConfig, run_demo
+
+
+def test_fast_demo_builds_biased_corpus_and_target_and_reuses_stages(tmp_path, capsys):
+    out = tmp_path / "demo"
+    result = run_demo(DemoConfig(out=out, fast=True))
+    corpus = pd.read_csv(out / "data" / "corpus" / "metadata.csv")
+    assert (corpus.sex == "male").mean() == 0.85
+    target = json.loads((out / "target.json").read_text())
+    target_set = pd.read_csv(out / "data" / "target_set" / "metadata.csv")
+    assert target["proportions"]["male"] == (target_set.sex == "male").mean()
+    assert abs(target["proportions"]["male"] - 0.58) < 0.01
+    assert target_set.tumour.all()
+    assert not any(s["reused"] for s in result.stages.values())
+    stamp = (out / "data" / "corpus" / "metadata.csv").stat().st_mtime_ns
+    # second run through the CLI reuses every stage
+    assert main(["demo", "--out", str(out), "--fast"]) == 0
+    assert "reused" in capsys.readouterr().err
+    assert (out / "data" / "corpus" / "metadata.csv").stat().st_mtime_ns == stamp
+    doc = json.loads((out / "demo.json").read_text())
+    assert all(s["reused"] for s in doc["stages"].values())
