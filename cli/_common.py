@@ -23,8 +23,8 @@ from rich.progress import (
 
 from medfair_audit.progress import ProgressEvent
 
-err_console = Console(stderr=True, highlight=False)
-out_console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False, markup=False)
+out_console = Console(highlight=False, markup=False)
 
 OutDir = Annotated[
     Path,
