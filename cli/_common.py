@@ -82,6 +82,28 @@ def progress_bar(quiet: bool = False) -> Iterator[callable]:
         yield callback
 
 
+@contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Silence the progress bars and advisory warnings of transformers and diffusers.
+
+    The CLI draws its own progress; the libraries' per-load bars would interleave with it.
+    """
+    import logging
+    import warnings
+
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    tlog.disable_progress_bar()
+    dlog.disable_progress_bar()
+    tlog.set_verbosity_error()
+    dlog.set_verbosity_error()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
 def split_list(value: str | None) -> list[str] | None:
     """Split a comma-separated option value (``None`` stays ``None``)."""
     if value is None:

@@ -10,7 +10,7 @@ import typer
 
 from medfair_audit.demo import DemoConfig, run_demo
 
-from ._common import err_console, out_console, progress_bar
+from ._common import err_console, out_console, progress_bar, quiet_libraries
 
 
 def demo(
@@ -24,7 +24,7 @@ def demo(
 
     Finished stages are reused when re-run with the same settings. Stages present so far:
     the biased training corpus (85% male), the BraTS18-like target set (58% male) and its
-    target.json.
+    target.json, then CLIP, the T2MedI pipeline and the sex classifier.
 
     Example:
         medfair demo --out reports/demo
@@ -34,7 +34,7 @@ def demo(
     def log(line: str) -> None:
         err_console.print(f"{time.perf_counter() - start:7.1f}s  {line}")
 
-    with progress_bar() as callback:
+    with quiet_libraries(), progress_bar() as callback:
         result = run_demo(DemoConfig(out=out, fast=fast, seed=seed), progress=callback, log=log)
     out_console.print(
         f"demo finished in {time.perf_counter() - start:.1f} s; outputs in {result.out}"

@@ -10,7 +10,7 @@ import typer
 from medfair_audit import __version__
 from medfair_audit.exceptions import MedfairError
 
-from . import data
+from . import data, train
 from .demo import demo
 
 app = typer.Typer(
@@ -29,6 +29,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(data.app, name="data")
+app.add_typer(train.app, name="train")
 app.command("demo")(demo)
 
 

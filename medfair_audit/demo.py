@@ -8,9 +8,12 @@ The demo reproduces the paper's situation with phantom data:
   the male share among glioma patients, e.g. Ostrom et al., CBTRUS 2018: about 1.3-1.4 men per
   woman for glioblastoma); its sex labels give the target proportions.
 
+On these it trains the three models: CLIP on the corpus, the T2MedI pipeline on the corpus with
+CLIP's text tower frozen, and the sex classifier on the target set.
+
 Stages whose outputs exist with the same settings are reused, so a re-run continues where an
-earlier one stopped. Later stages (models, audit, remediation, report) are added by the issues
-that build them.
+earlier one stopped. Later stages (audit, remediation, report) are added by the issues that
+build them.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from typing import Any
 from ._io import atomic_write_json
 from .data.phantom import PhantomConfig, build_phantom
 from .exceptions import ConfigError
+from .models.classifier import ClassifierConfig, train_classifier
+from .models.clip import CLIPTrainConfig, train_clip
+from .models.t2medi import T2IConfig, train_t2i
 from .progress import ProgressCallback
 from .target import target_from_labels
 
@@ -78,6 +84,32 @@ class DemoConfig:
             tumour_rate=1.0,
             splits="train=0.7,val=0.15,test=0.15",
         )
+
+
+    @property
+    def clip(self) -> CLIPTrainConfig:
+        """The CLIP model (text encoder of T2MedI, image encoder of remediation)."""
+        if self.fast:
+            return CLIPTrainConfig(width=32, layers=1, heads=2, projection_dim=32, epochs=1,
+                                   batch_size=64, seed=self.seed)
+        return CLIPTrainConfig(width=128, layers=2, epochs=6, lr=1e-3, seed=self.seed)
+
+    @property
+    def t2i(self) -> T2IConfig:
+        """The T2MedI pipeline."""
+        if self.fast:
+            return T2IConfig(vae_channels=(8, 8, 16), vae_steps=4, vae_batch_size=8,
+                             unet_channels=(16, 16, 32), unet_steps=6, batch_size=8,
+                             checkpoint_every=0, seed=self.seed)
+        return T2IConfig(vae_steps=250, unet_steps=700, seed=self.seed)
+
+    @property
+    def classifier(self) -> ClassifierConfig:
+        """The sex classifier."""
+        if self.fast:
+            return ClassifierConfig(widths=(8, 8, 16, 16), epochs=2, patience=1,
+                                    seed=self.seed)
+        return ClassifierConfig(seed=self.seed)
 
 
 @dataclass(frozen=True)
@@ -159,6 +191,41 @@ def run_demo(
 
     stages["target"] = _stage(
         out, "target", {"after": stages["target_set"]["stamp"]}, target_work, log
+    )
+    models = out / "models"
+
+    def clip_work() -> dict[str, Any]:
+        r = train_clip(data / "corpus", models / "clip", config.clip, overwrite=True,
+                       progress=progress)
+        return {"path": str(r.path), "recall_at_1": r.recall_at_1, "chance": r.chance}
+
+    stages["clip"] = _stage(
+        out, "clip", {"cfg": asdict(config.clip), "after": stages["corpus"]["stamp"]},
+        clip_work, log,
+    )
+
+    def t2i_work() -> dict[str, Any]:
+        r = train_t2i(data / "corpus", models / "t2medi", config.t2i, clip=models / "clip",
+                      overwrite=True, progress=progress)
+        return {"path": str(r.path), "vae_loss": r.vae_loss, "unet_loss": r.unet_loss}
+
+    stages["t2medi"] = _stage(
+        out, "t2medi", {"cfg": asdict(config.t2i), "after": stages["clip"]["stamp"]},
+        t2i_work, log,
+    )
+
+    def classifier_work() -> dict[str, Any]:
+        r = train_classifier(data / "target_set", models / "classifier", config.classifier,
+                             attribute="sex", groups=("female", "male"), overwrite=True,
+                             progress=progress)
+        ev = r.evaluation
+        return {"path": str(r.path), "balanced_accuracy": ev["balanced_accuracy"],
+                "roc_auc": ev["roc_auc"], "ece": ev["ece"]}
+
+    stages["classifier"] = _stage(
+        out, "classifier",
+        {"cfg": asdict(config.classifier), "after": stages["target_set"]["stamp"]},
+        classifier_work, log,
     )
     atomic_write_json(
         out / "demo.json",

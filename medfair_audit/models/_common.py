@@ -1,0 +1,141 @@
+"""Pieces shared by the training code: seeding, safe weight loading, checkpoints, data in memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._io import atomic_write_json
+from ..data.datasets import ImageDataset
+from ..exceptions import MSG_NOT_A_DIR, ModelError
+from ..progress import ProgressCallback, report
+
+__all__ = [
+    "PICKLE_SUFFIXES",
+    "check_no_pickle",
+    "load_images",
+    "seed_everything",
+]
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a torch generator seeded the same way."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def check_no_pickle(
+    folder: str | os.PathLike[str], *, trust_pickle: bool = False, param: str = "checkpoint"
+) -> Path:
+    """Refuse a model folder whose weights exist only in a pickle format.
+
+    Loading a pickle (``.bin``, ``.pt``, ``.ckpt``, ...) runs code stored in the file, so medfair
+    loads safetensors only unless the user passes ``--trust-pickle``.
+
+    Raises:
+        ModelError: The folder is missing, or holds pickle weights without a safetensors twin
+            and ``trust_pickle`` is false.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelError(MSG_NOT_A_DIR.format(path=folder), param=param)
+    if trust_pickle:
+        return folder
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() in PICKLE_SUFFIXES and path.is_file():
+            if any(path.parent.glob("*.safetensors")):
+                continue  # a safetensors twin is what gets loaded
+            raise ModelError(
+                f"'{path}' is a pickle file (loading it can run code); convert it to "
+                "safetensors or pass --trust-pickle if you trust its source",
+                param=param,
+            )
+    return folder
+
+
+def load_images(
+    dataset: ImageDataset, *, progress: ProgressCallback | None = None, stage: str = "load"
+) -> torch.Tensor:
+    """Load every image of a data set into one ``(N, C, H, W)`` float tensor in [-1, 1].
+
+    Small data sets (thousands of 64×64 images, tens of MB) fit in memory; reading them once
+    keeps PNG decoding out of every training epoch.
+    """
+    n = len(dataset)
+    first = dataset[0]["image"]
+    out = torch.empty((n, *first.shape), dtype=torch.float32)
+    out[0] = first
+    for i in range(1, n):
+        out[i] = dataset[i]["image"]
+        if i % 500 == 0 or i == n - 1:
+            report(progress, stage, i + 1, n)
+    return out
+
+
+class TrainingState:
+    """Checkpoints of a training loop: weights, optimiser, scheduler, EMA, step and RNG states.
+
+    Each checkpoint is a folder ``<root>/step-<N>`` written beside its final name and renamed
+    into place, so the latest complete checkpoint is always usable. Only tensors and plain
+    containers are saved, and they are read back with ``torch.load(weights_only=True)``.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, keep: int = 2) -> None:
+        self.root = Path(root)
+        self.keep = keep
+
+    def latest(self) -> Path | None:
+        """The newest complete checkpoint folder, if any."""
+        done = sorted(p for p in self.root.glob("step-*") if (p / "state.json").is_file())
+        return done[-1] if done else None
+
+    def save(self, step: int, tensors: dict[str, Any], info: dict[str, Any]) -> Path:
+        """Write checkpoint ``step`` with ``tensors`` (state dicts) and JSON ``info``."""
+        final = self.root / f"step-{step:07d}"
+        tmp = self.root / f".step-{step:07d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        torch.save(tensors, tmp / "state.pt")
+        atomic_write_json(tmp / "state.json", {"step": step, **info})
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in sorted(p for p in self.root.glob("step-*") if p != final)[: -self.keep + 1]:
+            if self.keep > 0:
+                shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    @staticmethod
+    def load(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Read a checkpoint written by :meth:`save`."""
+        tensors = torch.load(folder / "state.pt", weights_only=True)
+        info = json.loads((folder / "state.json").read_text())
+        return tensors, info
+
+
+def rng_state(generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Everything random a training loop here draws from, as tensors."""
+    return {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+
+
+def set_rng_state(state: dict[str, torch.Tensor], generator: torch.Generator) -> None:
+    """Restore what :func:`rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["generator"])
+
+
+def group_index(labels: Sequence[str], groups: Sequence[str]) -> torch.Tensor:
+    """Labels → integer indices into ``groups``."""
+    lookup = {g: i for i, g in enumerate(groups)}
+    return torch.tensor([lookup[label] for label in labels], dtype=torch.long)

@@ -1,0 +1,241 @@
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score
+
+from medfair_audit.exceptions import DataError, ModelError
+from medfair_audit.models._common import check_no_pickle, load_images
+from medfair_audit.models.classifier import (
+    ClassifierConfig,
+    SubgroupClassifier,
+    _fit_temperature,
+    evaluate_classifier,
+    expected_calibration_error,
+    train_classifier,
+)
+from medfair_audit.models.clip import CLIPTrainConfig, encode_images, load_clip, train_clip
+from medfair_audit.models.t2medi import T2IConfig, load_pipeline, sample_images, train_t2i
+from medfair_audit.models.tokenizer import train_caption_tokenizer
+
+TINY_CLIP = CLIPTrainConfig(width=32, layers=1, heads=2, projection_dim=16, epochs=1,
+                            batch_size=16, max_length=40)
+TINY_T2I = T2IConfig(vae_channels=(8, 8, 16), vae_steps=2, vae_batch_size=4,
+                     unet_channels=(16, 16, 32), unet_steps=4, batch_size=4,
+                     checkpoint_every=2, attention_head_dim=8)
+TINY_CLF = ClassifierConfig(widths=(8, 8, 16, 16), epochs=2, patience=2, batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def clip_dir(small_phantom, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clip") / "clip"
+    train_clip(small_phantom, out, TINY_CLIP)
+    return out
+
+
+@pytest.fixture(scope="module")
+def t2i_dir(small_phantom, clip_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("t2i") / "t2medi"
+    train_t2i(small_phantom, out, TINY_T2I, clip=clip_dir)
+    return out
+
+
+def test_tokenizer_handles_any_text_and_round_trips(tmp_path, small_phantom):
+    captions = pd.read_csv(small_phantom / "metadata.csv").caption.tolist()
+    tok = train_caption_tokenizer(captions, tmp_path / "tok", vocab_size=300, max_length=40)
+    from transformers import CLIPTokenizer
+
+    again = CLIPTokenizer.from_pretrained(str(tmp_path / "tok"))
+    assert again.model_max_length == 40
+    for text in (captions[0], "Xyzzy quux: a never-seen word 42!"):
+        ids = again(text)["input_ids"]
+        assert ids == tok(text)["input_ids"]
+        assert ids[0] == again.bos_token_id and ids[-1] == again.eos_token_id
+        assert again.unk_token_id not in ids[1:-1]  # every character is in the vocabulary
+        decoded = again.decode(ids, skip_special_tokens=True).replace(" ", "")
+        assert decoded == text.lower().replace(" ", "")
+
+
+def test_clip_reloads_with_identical_embeddings(clip_dir, small_phantom):
+    info = json.loads((clip_dir / "training.json").read_text())
+    assert 0.0 <= info["heldout"]["recall_at_1"] <= 1.0
+    meta = pd.read_csv(small_phantom / "metadata.csv")
+    held = meta[meta.split == "val"].caption
+    assert info["heldout"]["chance"] == pytest.approx(1 / held.nunique())
+    model, tok = load_clip(clip_dir)
+    again, _ = load_clip(clip_dir)
+    x = torch.rand(3, 1, 64, 64) * 2 - 1
+    assert torch.equal(encode_images(model, x), encode_images(again, x))
+    t = tok(["a glioma"], return_tensors="pt", padding="max_length", max_length=40)
+    with torch.inference_mode():
+        a = model.get_text_features(**t)
+        b = again.get_text_features(**t)
+    a = a if torch.is_tensor(a) else a.pooler_output
+    b = b if torch.is_tensor(b) else b.pooler_output
+    assert torch.equal(a, b)
+
+
+def test_pipeline_is_a_standard_diffusers_folder(t2i_dir, clip_dir):
+    from diffusers import DiffusionPipeline
+
+    index = json.loads((t2i_dir / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    assert index["unet"] == ["diffusers", "UNet2DConditionModel"]
+    assert index["scheduler"][1] == "DDIMScheduler"
+    assert list(t2i_dir.rglob("*.safetensors")) and not list(t2i_dir.rglob("*.bin"))
+    pipe = DiffusionPipeline.from_pretrained(str(t2i_dir))
+    out = pipe(prompt=["Axial FLAIR MRI of the brain.", "Axial T2-weighted MRI."],
+               num_images_per_prompt=2, generator=torch.Generator().manual_seed(0),
+               num_inference_steps=2, guidance_scale=2.0)
+    assert len(out.images) == 4 and out.images[0].size == (64, 64)
+    # the text encoder is CLIP's text tower, unchanged
+    clip, _ = load_clip(clip_dir)
+    ref = clip.text_model.state_dict()
+    got = pipe.text_encoder.state_dict()
+    assert len(got) == len(ref)
+    for name, value in got.items():
+        key = name if name in ref else name.removeprefix("text_model.")
+        assert torch.equal(value, ref[key]), name
+
+
+def test_sampling_is_reproducible_and_batch_size_invariant(t2i_dir):
+    a = sample_images(load_pipeline(t2i_dir), "Axial FLAIR MRI.", n=3, seed=5, steps=2,
+                      batch_size=3)
+    b = sample_images(load_pipeline(t2i_dir), "Axial FLAIR MRI.", n=3, seed=5, steps=2,
+                      batch_size=2)
+    assert a.shape == (3, 1, 64, 64) and a.min() >= -1 and a.max() <= 1
+    assert torch.allclose(a, b, atol=1e-5)
+    c = sample_images(load_pipeline(t2i_dir), "Axial FLAIR MRI.", n=3, seed=6, steps=2)
+    assert not torch.allclose(a, c)
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(small_phantom, clip_dir, tmp_path):
+    full = train_t2i(small_phantom, tmp_path / "full", TINY_T2I, clip=clip_dir).path
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(event):
+        if event.stage == "train unet" and event.completed == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_t2i(small_phantom, tmp_path / "cut", TINY_T2I, clip=clip_dir, progress=interrupt)
+    assert not (tmp_path / "cut").exists()  # nothing half-written where the pipeline goes
+    assert (tmp_path / "cut.partial" / "unet" / "step-0000002").is_dir()
+    cut = train_t2i(small_phantom, tmp_path / "cut", TINY_T2I, clip=clip_dir, resume=True).path
+    from safetensors.torch import load_file
+
+    for part in ("unet", "vae"):
+        a = load_file(next((full / part).glob("*.safetensors")))
+        b = load_file(next((cut / part).glob("*.safetensors")))
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (part, k)
+
+
+def test_fine_tune_from_init_keeps_the_vae(small_phantom, t2i_dir, tmp_path):
+    cfg = T2IConfig(vae_steps=0, unet_steps=2, batch_size=4, checkpoint_every=0)
+    out = train_t2i(small_phantom, tmp_path / "ft", cfg, init=t2i_dir).path
+    from safetensors.torch import load_file
+
+    a = load_file(next((t2i_dir / "vae").glob("*.safetensors")))
+    b = load_file(next((out / "vae").glob("*.safetensors")))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ua = load_file(next((t2i_dir / "unet").glob("*.safetensors")))
+    ub = load_file(next((out / "unet").glob("*.safetensors")))
+    assert any(not torch.equal(ua[k], ub[k]) for k in ua)
+
+
+def test_model_folder_errors(tmp_path, t2i_dir):
+    with pytest.raises(ModelError, match="not a diffusers pipeline"):
+        load_pipeline(tmp_path)
+    broken = tmp_path / "nounet"
+    shutil.copytree(t2i_dir, broken)
+    shutil.rmtree(broken / "unet")
+    with pytest.raises(ModelError, match="no unet"):
+        load_pipeline(broken)
+    pickled = tmp_path / "pickled"
+    shutil.copytree(t2i_dir, pickled)
+    for f in (pickled / "unet").glob("*.safetensors"):
+        f.rename(f.with_suffix(".bin"))
+    with pytest.raises(ModelError, match="pickle"):
+        load_pipeline(pickled)
+    assert check_no_pickle(pickled, trust_pickle=True) == pickled
+
+
+def test_classifier_trains_calibrates_and_round_trips(small_phantom, tmp_path):
+    r = train_classifier(small_phantom, tmp_path / "clf", TINY_CLF, attribute="sex")
+    ev = json.loads((tmp_path / "clf" / "evaluation.json").read_text())
+    meta = pd.read_csv(small_phantom / "metadata.csv")
+    n_test = int((meta.split == "test").sum())
+    assert ev["n"] == n_test and np.sum(ev["confusion_matrix"]) == n_test
+    assert ev["groups"] == ["female", "male"] and ev["split"] == "test"
+    assert set(ev["by_group"]) == {"sex", "tumour"}
+    assert ev == r.evaluation
+    clf = SubgroupClassifier.load(tmp_path / "clf")
+    from medfair_audit.data import ImageFolderDataset
+
+    x = load_images(ImageFolderDataset(small_phantom, split="test"))
+    p = clf.predict_proba(x)
+    assert torch.allclose(p.sum(1), torch.ones(len(x)))
+    pred = p.argmax(1).numpy()
+    y = (meta[meta.split == "test"].sex == "male").to_numpy().astype(int)
+    assert ev["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+    # three-channel and larger inputs are converted, not rejected
+    big = torch.nn.functional.interpolate(x[:2], size=128).repeat(1, 3, 1, 1)
+    assert clf.predict_proba(big).shape == (2, 2)
+    assert clf.features(x[:2]).shape[0] == 2
+
+
+def test_evaluation_matches_independent_computations():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    logits = rng.normal(0, 1, (400, 2))
+    logits[np.arange(400), y] += 1.2
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    meta = pd.DataFrame({"sex": np.where(y == 1, "male", "female"),
+                         "tumour": rng.integers(0, 2, 400)})
+    ev = evaluate_classifier(probs, y, ["female", "male"], meta)
+    pred = probs.argmax(1)
+    assert ev["confusion_matrix"] == confusion_matrix(y, pred).tolist()
+    assert ev["roc_auc"] == pytest.approx(roc_auc_score(y, probs[:, 1]))
+    cm = np.array(ev["confusion_rates"])
+    assert np.allclose(cm.sum(1), 1)
+    for t in ("0", "1"):
+        sel = meta.tumour.astype(str) == t
+        acc = (pred[sel] == y[sel]).mean()
+        assert ev["by_group"]["tumour"][t]["accuracy"] == pytest.approx(acc)
+        assert ev["by_group"]["tumour"][t]["selection_rate"] == pytest.approx(pred[sel].mean())
+    # by sex: the male group's false negative rate is 1 - its accuracy
+    male = ev["by_group"]["sex"]["male"]
+    assert male["false_negative_rate"] == pytest.approx(1 - male["accuracy"])
+
+
+def test_ece_by_hand_and_temperature_scaling_lowers_nll():
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    labels = np.array([0, 1, 1, 1])
+    # bins (15 equal): 0.9 -> alone, 0.8 -> alone, 0.7 -> alone, 0.6 -> alone
+    expected = (abs(1 - 0.9) + abs(0 - 0.8) + abs(1 - 0.7) + abs(0 - 0.6)) / 4
+    assert expected_calibration_error(probs, labels) == pytest.approx(expected)
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 2, (500,), generator=g)
+    logits = torch.randn(500, 2, generator=g)
+    logits[torch.arange(500), y] += 1.0
+    logits = logits * 4  # overconfident
+    t = _fit_temperature(logits, y)
+    nll = torch.nn.functional.cross_entropy
+    assert t > 1.5 and nll(logits / t, y) < nll(logits, y)
+
+
+def test_classifier_input_errors(small_phantom, tmp_path):
+    with pytest.raises(DataError, match="no column 'ethnicity'"):
+        train_classifier(small_phantom, tmp_path / "c", TINY_CLF, attribute="ethnicity")
+    with pytest.raises(DataError, match="outside the known groups"):
+        train_classifier(small_phantom, tmp_path / "c", TINY_CLF, groups=["female", "other"])
+    assert not (tmp_path / "c").exists()
