@@ -43,7 +43,9 @@ def grid(images: torch.Tensor, cols: int) -> Image.Image:
     canvas = np.zeros((rows * x.shape[1], cols * x.shape[2]), np.uint8)
     for i, im in enumerate(x):
         r, c = divmod(i, cols)
-        canvas[r * im.shape[0]:(r + 1) * im.shape[0], c * im.shape[1]:(c + 1) * im.shape[1]] = im
+        canvas[r * im.shape[0] : (r + 1) * im.shape[0], c * im.shape[1] : (c + 1) * im.shape[1]] = (
+            im
+        )
     return Image.fromarray(canvas)
 
 
@@ -51,9 +53,11 @@ def main(demo: Path, n: int) -> None:
     torch.set_num_threads(2)
     clf = SubgroupClassifier.load(demo / "models" / "classifier")
     ev = clf.evaluation
-    print(f"classifier: test balanced accuracy {ev['balanced_accuracy']:.3f}, "
-          f"AUC {ev['roc_auc']:.3f}, ECE {ev['ece']:.3f} (uncalibrated "
-          f"{ev['ece_uncalibrated']:.3f}), T={ev['temperature']:.2f}")
+    print(
+        f"classifier: test balanced accuracy {ev['balanced_accuracy']:.3f}, "
+        f"AUC {ev['roc_auc']:.3f}, ECE {ev['ece']:.3f} (uncalibrated "
+        f"{ev['ece_uncalibrated']:.3f}), T={ev['temperature']:.2f}"
+    )
     for column, table in ev["by_group"].items():
         for g, m in table.items():
             print(f"  {column}={g}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items()))
@@ -69,10 +73,14 @@ def main(demo: Path, n: int) -> None:
     male = clf.groups.index("male")
     share = float((p_gen.argmax(1) == male).float().mean())
     real_share = float((p_real.argmax(1) == male).float().mean())
-    print(f"share classified male: generated {share:.3f}, real corpus test split "
-          f"{real_share:.3f} (true {np.mean(real_ds.labels('sex') == np.array('male')):.3f})")
-    print(f"mean classifier confidence: generated {p_gen.max(1).values.mean():.3f}, "
-          f"real {p_real.max(1).values.mean():.3f}")
+    print(
+        f"share classified male: generated {share:.3f}, real corpus test split "
+        f"{real_share:.3f} (true {np.mean(real_ds.labels('sex') == np.array('male')):.3f})"
+    )
+    print(
+        f"mean classifier confidence: generated {p_gen.max(1).values.mean():.3f}, "
+        f"real {p_real.max(1).values.mean():.3f}"
+    )
     f_real = clf.features(real).numpy()
     half = len(f_real) // 2
     blurred = F.avg_pool2d(real, 5, stride=1, padding=2)
@@ -87,11 +95,20 @@ def main(demo: Path, n: int) -> None:
     print(f"KID real vs real (floor): {kid:.4f} ± {sd:.4f}")
     out = demo / "models" / "samples.png"
     grid(gen[torch.arange(0, len(gen), max(1, len(gen) // 32))][:32], 8).resize(
-        (8 * 128, 4 * 128), Image.NEAREST).save(out)
+        (8 * 128, 4 * 128), Image.NEAREST
+    ).save(out)
     print(f"sample grid: {out}")
-    (demo / "models" / "quality.json").write_text(json.dumps({
-        "male_share_generated": share, "male_share_real_classified": real_share,
-        "kid": results, "images_per_second": len(gen) / seconds}, indent=2))
+    (demo / "models" / "quality.json").write_text(
+        json.dumps(
+            {
+                "male_share_generated": share,
+                "male_share_real_classified": real_share,
+                "kid": results,
+                "images_per_second": len(gen) / seconds,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def phantom(
     Writes OUT/images/*.png, OUT/metadata.csv (file, subject, sex, age, tumour, sequence,
     caption, split, ...) and OUT/dataset.json. Same seed and options give identical files.
 
-    Example:
+    For example:
         medfair data phantom --out data/corpus --n 2000 --male-fraction 0.85 --seed 0
     """
     config = PhantomConfig(
@@ -108,7 +108,7 @@ def target(
 ) -> None:
     """Write target subgroup proportions (target.json) from labels or inline values.
 
-    Examples:
+    For example:
         medfair data target --labels data/brats_like/metadata.csv --column sex --out target.json
 
         medfair data target --target male=0.58,female=0.42 --out target.json
@@ -151,7 +151,7 @@ def import_brats(
 ) -> None:
     """Turn BraTS18 NIfTI volumes plus a sex table into an image folder medfair reads.
 
-    Example:
+    For example:
         medfair data import-brats --root MICCAI_BraTS_2018 --sex-csv sex.csv --out data/brats
     """
     dataset = BratsDataset(
@@ -181,7 +181,7 @@ def import_roco(
 ) -> None:
     """Turn ROCO-style images and captions into an image folder medfair reads.
 
-    Example:
+    For example:
         medfair data import-roco --images roco/images --captions roco/captions.txt --out data/roco
     """
     dataset = RocoDataset(images, captions, size=size)

@@ -26,7 +26,7 @@ def demo(
     the biased training corpus (85% male), the BraTS18-like target set (58% male) and its
     target.json, then CLIP, the T2MedI pipeline and the sex classifier.
 
-    Example:
+    For example:
         medfair demo --out reports/demo
     """
     start = time.perf_counter()

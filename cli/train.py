@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
 from medfair_audit.models.classifier import ClassifierConfig, train_classifier
 from medfair_audit.models.clip import CLIPTrainConfig, train_clip
@@ -24,8 +24,10 @@ Data = Annotated[
 ]
 TrustPickle = Annotated[
     bool,
-    typer.Option("--trust-pickle",
-                 help="Allow .bin/.pt/.ckpt weights (loading a pickle runs code from the file)."),
+    typer.Option(
+        "--trust-pickle",
+        help="Allow .bin/.pt/.ckpt weights (loading a pickle runs code from the file).",
+    ),
 ]
 
 
@@ -47,17 +49,19 @@ def clip(
     default image encoder of remediation's CLIP-consistency term. Prints held-out image→text
     recall@1.
 
-    Example:
+    For example:
 
         medfair train clip --data data/corpus --out models/clip
     """
-    config = CLIPTrainConfig(epochs=epochs, batch_size=batch_size, width=width, layers=layers,
-                             lr=lr, seed=seed)
+    config = CLIPTrainConfig(
+        epochs=epochs, batch_size=batch_size, width=width, layers=layers, lr=lr, seed=seed
+    )
     with quiet_libraries(), progress_bar() as callback:
         result = train_clip(data, out, config, overwrite=overwrite, progress=callback)
     out_console.print(
         f"wrote {result.path}: held-out image→text recall@1 {result.recall_at_1:.3f} "
-        f"(chance {result.chance:.3f}, n={result.n_heldout}) in {result.seconds:.0f} s")
+        f"(chance {result.chance:.3f}, n={result.n_heldout}) in {result.seconds:.0f} s"
+    )
 
 
 @app.command("t2i")
@@ -65,12 +69,14 @@ def t2i(
     data: Data,
     out: Annotated[Path, typer.Option("--out", "-o", help="Pipeline folder to write.")],
     clip: Annotated[
-        Path | None, typer.Option("--clip", help="CLIP folder: its text tower is the frozen "
-                                  "text encoder.")
+        Path | None,
+        typer.Option("--clip", help="CLIP folder: its text tower is the frozen text encoder."),
     ] = None,
     init: Annotated[
-        Path | None, typer.Option("--init", help="Existing pipeline to fine-tune instead of "
-                                  "training from scratch.")
+        Path | None,
+        typer.Option(
+            "--init", help="Existing pipeline to fine-tune instead of training from scratch."
+        ),
     ] = None,
     unet_steps: Annotated[int, typer.Option(min=1, help="UNet training steps.")] = 700,
     vae_steps: Annotated[
@@ -97,24 +103,40 @@ def t2i(
     Writes a standard Stable Diffusion pipeline folder that DiffusionPipeline.from_pretrained
     loads. Checkpoints go to OUT.partial/; --resume continues an interrupted run.
 
-    Examples:
+    For example:
 
         medfair train t2i --data data/corpus --clip models/clip --out models/t2medi
 
         medfair train t2i --data data/roco --init models/t2medi --vae-steps 0 --out models/ft
     """
     config = T2IConfig(
-        unet_steps=unet_steps, vae_steps=vae_steps, batch_size=batch_size, lr=lr,
-        caption_dropout=caption_dropout, ema=ema, checkpoint_every=checkpoint_every,
-        unet_channels=[int(c) for c in split_list(unet_channels) or []] or (0,), seed=seed,
+        unet_steps=unet_steps,
+        vae_steps=vae_steps,
+        batch_size=batch_size,
+        lr=lr,
+        caption_dropout=caption_dropout,
+        ema=ema,
+        checkpoint_every=checkpoint_every,
+        unet_channels=[int(c) for c in split_list(unet_channels) or []] or (0,),
+        seed=seed,
     )
     with quiet_libraries(), progress_bar() as callback:
-        result = train_t2i(data, out, config, clip=clip, init=init, resume=resume,
-                           overwrite=overwrite, trust_pickle=trust_pickle,
-                           keep_checkpoints=keep_checkpoints, progress=callback)
+        result = train_t2i(
+            data,
+            out,
+            config,
+            clip=clip,
+            init=init,
+            resume=resume,
+            overwrite=overwrite,
+            trust_pickle=trust_pickle,
+            keep_checkpoints=keep_checkpoints,
+            progress=callback,
+        )
     vae = f"VAE loss {result.vae_loss:.4f}, " if result.vae_loss is not None else ""
-    out_console.print(f"wrote {result.path}: {vae}UNet loss {result.unet_loss:.4f} "
-                      f"in {result.seconds:.0f} s")
+    out_console.print(
+        f"wrote {result.path}: {vae}UNet loss {result.unet_loss:.4f} in {result.seconds:.0f} s"
+    )
 
 
 @app.command("classifier")
@@ -137,21 +159,47 @@ def classifier(
     Writes the model, classifier.json (groups, temperature) and evaluation.json (held-out
     confusion matrix, accuracy, balanced accuracy, ROC AUC, ECE, per-subgroup rates).
 
-    Example:
+    For example:
 
         medfair train classifier --data data/target_set --attribute sex --out models/sex-clf
     """
-    config = ClassifierConfig(epochs=epochs, patience=patience, batch_size=batch_size, lr=lr,
-                              seed=seed)
+    config = ClassifierConfig(
+        epochs=epochs, patience=patience, batch_size=batch_size, lr=lr, seed=seed
+    )
     with quiet_libraries(), progress_bar() as callback:
-        result = train_classifier(data, out, config, attribute=attribute,
-                                  groups=split_list(groups), overwrite=overwrite,
-                                  progress=callback)
+        result = train_classifier(
+            data,
+            out,
+            config,
+            attribute=attribute,
+            groups=split_list(groups),
+            overwrite=overwrite,
+            progress=callback,
+        )
     ev = result.evaluation
     out_console.print(
         f"wrote {result.path}: test balanced accuracy {ev['balanced_accuracy']:.3f}, "
         f"ROC AUC {ev['roc_auc']:.3f}, ECE {ev['ece']:.3f} (n={ev['n']}) "
-        f"in {result.seconds:.0f} s")
-    for column, table in ev.get("by_group", {}).items():
-        out_console.print(f"  by {column}: " + json.dumps(
-            {g: {k: round(v, 3) for k, v in m.items()} for g, m in table.items()}))
+        f"in {result.seconds:.0f} s"
+    )
+    positive = ev.get("positive_group", "-")
+    table = Table(
+        title="per-subgroup metrics (test split)",
+        caption=f"rates treat '{positive}' as the positive class",
+    )
+    metrics = ["count", "accuracy", "selection_rate", "false_positive_rate", "false_negative_rate"]
+    table.add_column("subgroup")
+    for m in metrics:
+        table.add_column(m.replace("_", " "), justify="right")
+    for column, groups_ in ev.get("by_group", {}).items():
+        for group, values in groups_.items():
+            table.add_row(
+                f"{column}={group}",
+                *(
+                    f"{values[m]:.0f}"
+                    if m == "count"
+                    else (f"{values[m]:.3f}" if m in values else "-")
+                    for m in metrics
+                ),
+            )
+    out_console.print(table)

@@ -85,30 +85,42 @@ class DemoConfig:
             splits="train=0.7,val=0.15,test=0.15",
         )
 
-
     @property
     def clip(self) -> CLIPTrainConfig:
         """The CLIP model (text encoder of T2MedI, image encoder of remediation)."""
         if self.fast:
-            return CLIPTrainConfig(width=32, layers=1, heads=2, projection_dim=32, epochs=1,
-                                   batch_size=64, seed=self.seed)
+            return CLIPTrainConfig(
+                width=32,
+                layers=1,
+                heads=2,
+                projection_dim=32,
+                epochs=1,
+                batch_size=64,
+                seed=self.seed,
+            )
         return CLIPTrainConfig(width=128, layers=2, epochs=6, lr=1e-3, seed=self.seed)
 
     @property
     def t2i(self) -> T2IConfig:
         """The T2MedI pipeline."""
         if self.fast:
-            return T2IConfig(vae_channels=(8, 8, 16), vae_steps=4, vae_batch_size=8,
-                             unet_channels=(16, 16, 32), unet_steps=6, batch_size=8,
-                             checkpoint_every=0, seed=self.seed)
+            return T2IConfig(
+                vae_channels=(8, 8, 16),
+                vae_steps=4,
+                vae_batch_size=8,
+                unet_channels=(16, 16, 32),
+                unet_steps=6,
+                batch_size=8,
+                checkpoint_every=0,
+                seed=self.seed,
+            )
         return T2IConfig(vae_steps=250, unet_steps=700, seed=self.seed)
 
     @property
     def classifier(self) -> ClassifierConfig:
         """The sex classifier."""
         if self.fast:
-            return ClassifierConfig(widths=(8, 8, 16, 16), epochs=2, patience=1,
-                                    seed=self.seed)
+            return ClassifierConfig(widths=(8, 8, 16, 16), epochs=2, patience=1, seed=self.seed)
         return ClassifierConfig(seed=self.seed)
 
 
@@ -195,37 +207,62 @@ def run_demo(
     models = out / "models"
 
     def clip_work() -> dict[str, Any]:
-        r = train_clip(data / "corpus", models / "clip", config.clip, overwrite=True,
-                       progress=progress)
+        r = train_clip(
+            data / "corpus", models / "clip", config.clip, overwrite=True, progress=progress
+        )
         return {"path": str(r.path), "recall_at_1": r.recall_at_1, "chance": r.chance}
 
     stages["clip"] = _stage(
-        out, "clip", {"cfg": asdict(config.clip), "after": stages["corpus"]["stamp"]},
-        clip_work, log,
+        out,
+        "clip",
+        {"cfg": asdict(config.clip), "after": stages["corpus"]["stamp"]},
+        clip_work,
+        log,
     )
 
     def t2i_work() -> dict[str, Any]:
-        r = train_t2i(data / "corpus", models / "t2medi", config.t2i, clip=models / "clip",
-                      overwrite=True, progress=progress)
+        r = train_t2i(
+            data / "corpus",
+            models / "t2medi",
+            config.t2i,
+            clip=models / "clip",
+            overwrite=True,
+            progress=progress,
+        )
         return {"path": str(r.path), "vae_loss": r.vae_loss, "unet_loss": r.unet_loss}
 
     stages["t2medi"] = _stage(
-        out, "t2medi", {"cfg": asdict(config.t2i), "after": stages["clip"]["stamp"]},
-        t2i_work, log,
+        out,
+        "t2medi",
+        {"cfg": asdict(config.t2i), "after": stages["clip"]["stamp"]},
+        t2i_work,
+        log,
     )
 
     def classifier_work() -> dict[str, Any]:
-        r = train_classifier(data / "target_set", models / "classifier", config.classifier,
-                             attribute="sex", groups=("female", "male"), overwrite=True,
-                             progress=progress)
+        r = train_classifier(
+            data / "target_set",
+            models / "classifier",
+            config.classifier,
+            attribute="sex",
+            groups=("female", "male"),
+            overwrite=True,
+            progress=progress,
+        )
         ev = r.evaluation
-        return {"path": str(r.path), "balanced_accuracy": ev["balanced_accuracy"],
-                "roc_auc": ev["roc_auc"], "ece": ev["ece"]}
+        return {
+            "path": str(r.path),
+            "balanced_accuracy": ev["balanced_accuracy"],
+            "roc_auc": ev["roc_auc"],
+            "ece": ev["ece"],
+        }
 
     stages["classifier"] = _stage(
-        out, "classifier",
+        out,
+        "classifier",
         {"cfg": asdict(config.classifier), "after": stages["target_set"]["stamp"]},
-        classifier_work, log,
+        classifier_work,
+        log,
     )
     atomic_write_json(
         out / "demo.json",

@@ -55,8 +55,9 @@ def kernel_inception_distance(
         raise ValueError("KID needs at least 2 samples in each set")
     rng = np.random.default_rng(seed)
     values = [
-        mmd2_unbiased(x[rng.choice(len(x), size, replace=False)],
-                      y[rng.choice(len(y), size, replace=False)])
+        mmd2_unbiased(
+            x[rng.choice(len(x), size, replace=False)], y[rng.choice(len(y), size, replace=False)]
+        )
         for _ in range(subsets)
     ]
     return float(np.mean(values)), float(np.std(values))

@@ -12,6 +12,7 @@ and intensity jitter, but no rescaling (head size is one of the sex-linked cues)
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -75,8 +76,9 @@ class ClassifierConfig:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         object.__setattr__(self, "depths", tuple(int(d) for d in self.depths))
         if len(self.widths) != len(self.depths) or not self.widths:
-            raise ConfigError("widths and depths must have the same, non-zero length",
-                              param="widths")
+            raise ConfigError(
+                "widths and depths must have the same, non-zero length", param="widths"
+            )
         for name in ("epochs", "batch_size", "image_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"expected ≥ 1, got {getattr(self, name)}", param=name)
@@ -114,9 +116,17 @@ class SubgroupClassifier:
         evaluation: Its held-out evaluation (``evaluation.json``), if known.
     """
 
-    def __init__(self, model: Any, *, attribute: str, groups: Sequence[str],
-                 temperature: float = 1.0, image_size: int = 64, channels: int = 1,
-                 evaluation: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        *,
+        attribute: str,
+        groups: Sequence[str],
+        temperature: float = 1.0,
+        image_size: int = 64,
+        channels: int = 1,
+        evaluation: dict[str, Any] | None = None,
+    ) -> None:
         self.model = model.eval()
         self.attribute = attribute
         self.groups = tuple(groups)
@@ -126,8 +136,9 @@ class SubgroupClassifier:
         self.evaluation = evaluation
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], *, trust_pickle: bool = False,
-             param: str = "classifier") -> SubgroupClassifier:
+    def load(
+        cls, path: str | os.PathLike[str], *, trust_pickle: bool = False, param: str = "classifier"
+    ) -> SubgroupClassifier:
         """Load a folder written by :func:`train_classifier`.
 
         Raises:
@@ -138,35 +149,50 @@ class SubgroupClassifier:
         folder = check_no_pickle(path, trust_pickle=trust_pickle, param=param)
         meta_path = folder / "classifier.json"
         if not meta_path.is_file():
-            raise ModelError(f"'{folder}' has no classifier.json: not a medfair classifier",
-                             param=param)
+            raise ModelError(
+                f"'{folder}' has no classifier.json: not a medfair classifier", param=param
+            )
         meta = json.loads(meta_path.read_text())
         try:
             model = ResNetForImageClassification.from_pretrained(
-                str(folder), use_safetensors=not trust_pickle)
+                str(folder), use_safetensors=not trust_pickle
+            )
         except (OSError, ValueError) as exc:
-            raise ModelError(f"cannot load the classifier in '{folder}': {exc}",
-                             param=param) from exc
+            raise ModelError(
+                f"cannot load the classifier in '{folder}': {exc}", param=param
+            ) from exc
         evaluation = None
         if (folder / "evaluation.json").is_file():
             evaluation = json.loads((folder / "evaluation.json").read_text())
-        return cls(model, attribute=meta["attribute"], groups=meta["groups"],
-                   temperature=meta["temperature"], image_size=meta["image_size"],
-                   channels=meta["channels"], evaluation=evaluation)
+        return cls(
+            model,
+            attribute=meta["attribute"],
+            groups=meta["groups"],
+            temperature=meta["temperature"],
+            image_size=meta["image_size"],
+            channels=meta["channels"],
+            evaluation=evaluation,
+        )
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """Convert ``(N, C, H, W)`` images in [-1, 1] to this classifier's channels and size."""
         if images.ndim != 4:
-            raise DataError(f"expected images of shape (N, C, H, W), got {tuple(images.shape)}",
-                            param="images")
+            raise DataError(
+                f"expected images of shape (N, C, H, W), got {tuple(images.shape)}", param="images"
+            )
         x = images.float()
         if x.shape[1] == 3 and self.channels == 1:
             x = 0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
         elif x.shape[1] == 1 and self.channels == 3:
             x = x.repeat(1, 3, 1, 1)
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
-                              antialias=True, align_corners=False)
+            x = F.interpolate(
+                x,
+                size=(self.image_size, self.image_size),
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
+            )
         return x
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -176,15 +202,21 @@ class SubgroupClassifier:
     def predict_proba(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Calibrated probabilities ``(N, n_groups)``."""
         with torch.inference_mode():
-            out = [F.softmax(self.logits(images[i : i + batch_size]) / self.temperature, -1)
-                   for i in range(0, len(images), batch_size)]
+            out = [
+                F.softmax(self.logits(images[i : i + batch_size]) / self.temperature, -1)
+                for i in range(0, len(images), batch_size)
+            ]
         return torch.cat(out)
 
     def features(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Penultimate (pooled) features ``(N, D)``, e.g. for FID in the classifier's space."""
         with torch.inference_mode():
-            out = [self.model.resnet(pixel_values=self.prepare(images[i : i + batch_size]))
-                   .pooler_output.flatten(1) for i in range(0, len(images), batch_size)]
+            out = [
+                self.model.resnet(
+                    pixel_values=self.prepare(images[i : i + batch_size])
+                ).pooler_output.flatten(1)
+                for i in range(0, len(images), batch_size)
+            ]
         return torch.cat(out)
 
 
@@ -192,9 +224,14 @@ def _build(cfg: ClassifierConfig, groups: Sequence[str]) -> Any:
     from transformers import ResNetConfig, ResNetForImageClassification
 
     config = ResNetConfig(
-        num_channels=1, embedding_size=cfg.widths[0], hidden_sizes=list(cfg.widths),
-        depths=list(cfg.depths), layer_type="basic", num_labels=len(groups),
-        id2label=dict(enumerate(groups)), label2id={g: i for i, g in enumerate(groups)},
+        num_channels=1,
+        embedding_size=cfg.widths[0],
+        hidden_sizes=list(cfg.widths),
+        depths=list(cfg.depths),
+        layer_type="basic",
+        num_labels=len(groups),
+        id2label=dict(enumerate(groups)),
+        label2id={g: i for i, g in enumerate(groups)},
     )
     return ResNetForImageClassification(config)
 
@@ -205,11 +242,15 @@ def _augment(x: torch.Tensor, cfg: ClassifierConfig, generator: torch.Generator)
     shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * cfg.max_shift * 2
     flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
     cos, sin = torch.cos(angle), torch.sin(angle)
-    theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1),
-                         torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
+    theta = torch.stack(
+        [
+            torch.stack([cos * flip, -sin, shift[:, 0]], 1),
+            torch.stack([sin * flip, cos, shift[:, 1]], 1),
+        ],
+        1,
+    )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    out = F.grid_sample(x + 1, grid, mode="bilinear", padding_mode="zeros",
-                        align_corners=False) - 1
+    out = F.grid_sample(x + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1
     gain = 1 + (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * 0.1
     return ((out + 1) * gain - 1).clamp(-1, 1)
 
@@ -236,15 +277,16 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: in
     correct = (probs.argmax(axis=1) == labels).astype(float)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+    for lo, hi in itertools.pairwise(edges):
         sel = (conf > lo) & (conf <= hi)
         if sel.any():
             ece += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
     return float(ece)
 
 
-def evaluate_classifier(probs: np.ndarray, labels: np.ndarray, groups: Sequence[str],
-                        metadata: Any = None) -> dict[str, Any]:
+def evaluate_classifier(
+    probs: np.ndarray, labels: np.ndarray, groups: Sequence[str], metadata: Any = None
+) -> dict[str, Any]:
     """Held-out metrics of a classifier, with per-subgroup rates from fairlearn.
 
     Args:
@@ -285,7 +327,7 @@ def evaluate_classifier(probs: np.ndarray, labels: np.ndarray, groups: Sequence[
         auc = float(roc_auc_score(labels, probs, multi_class="ovr", labels=list(range(k))))
     result: dict[str, Any] = {
         "groups": list(groups),
-        "n": int(len(labels)),
+        "n": len(labels),
         "confusion_matrix": cm.tolist(),
         "confusion_rates": rates.tolist(),
         "accuracy": float(accuracy_score(labels, pred)),
@@ -298,14 +340,21 @@ def evaluate_classifier(probs: np.ndarray, labels: np.ndarray, groups: Sequence[
         return result
     metrics: dict[str, Any] = {"accuracy": accuracy_score, "count": lambda y, p: len(y)}
     if k == 2:
-        metrics.update(selection_rate=selection_rate, false_positive_rate=false_positive_rate,
-                       false_negative_rate=false_negative_rate)
+        metrics.update(
+            selection_rate=selection_rate,
+            false_positive_rate=false_positive_rate,
+            false_negative_rate=false_negative_rate,
+        )
         result["positive_group"] = groups[1]
     for column in ("sex", "tumour"):
         if column not in metadata.columns:
             continue
-        frame = MetricFrame(metrics=metrics, y_true=labels, y_pred=pred,
-                            sensitive_features=metadata[column].astype(str).to_numpy())
+        frame = MetricFrame(
+            metrics=metrics,
+            y_true=labels,
+            y_pred=pred,
+            sensitive_features=metadata[column].astype(str).to_numpy(),
+        )
         table = frame.by_group
         result["by_group"][column] = {
             str(g): {m: float(table.loc[g, m]) for m in table.columns} for g in table.index
@@ -318,8 +367,11 @@ def _splits(meta: Any, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return tuple(np.flatnonzero(meta.split == s) for s in ("train", "val", "test"))
     order = np.random.default_rng(seed).permutation(len(meta))
     n_val = n_test = max(1, len(meta) * 15 // 100)
-    return (np.sort(order[n_val + n_test:]), np.sort(order[:n_val]),
-            np.sort(order[n_val:n_val + n_test]))
+    return (
+        np.sort(order[n_val + n_test :]),
+        np.sort(order[:n_val]),
+        np.sort(order[n_val : n_val + n_test]),
+    )
 
 
 def train_classifier(
@@ -353,19 +405,18 @@ def train_classifier(
     cfg = config or ClassifierConfig()
     start = time.perf_counter()
     generator = seed_everything(cfg.seed)
-    dataset = ImageFolderDataset(data, require=(attribute,), size=cfg.image_size,
-                                 param="data")
+    dataset = ImageFolderDataset(data, require=(attribute,), size=cfg.image_size, param="data")
     meta = dataset.metadata
     labels_raw = meta[attribute].astype(str).str.strip()
     found = sorted(set(labels_raw))
     groups = tuple(sorted(groups)) if groups else tuple(found)
     unknown = sorted(set(found) - set(groups))
     if unknown:
-        raise DataError(f"labels outside the known groups {list(groups)}: {unknown}",
-                        param="data")
+        raise DataError(f"labels outside the known groups {list(groups)}: {unknown}", param="data")
     if len(groups) < 2:
-        raise DataError(f"column '{attribute}' needs at least two groups, found {found}",
-                        param="attribute")
+        raise DataError(
+            f"column '{attribute}' needs at least two groups, found {found}", param="attribute"
+        )
     y = group_index(labels_raw.tolist(), groups)
     train_idx, val_idx, test_idx = _splits(meta, cfg.seed)
     if min(len(train_idx), len(val_idx), len(test_idx)) == 0:
@@ -376,15 +427,20 @@ def train_classifier(
     per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
     total = cfg.epochs * per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+    )
     weights = torch.bincount(y[train_idx], minlength=len(groups)).float()
     weights = weights.sum() / (len(groups) * weights.clamp(min=1))  # balanced classes
 
     def val_logits() -> torch.Tensor:
         model.eval()
         with torch.inference_mode():
-            out = torch.cat([model(pixel_values=images[val_idx[i:i + 256]]).logits
-                             for i in range(0, len(val_idx), 256)])
+            out = torch.cat(
+                [
+                    model(pixel_values=images[val_idx[i : i + 256]]).logits
+                    for i in range(0, len(val_idx), 256)
+                ]
+            )
         model.train()
         return out
 
@@ -398,7 +454,7 @@ def train_classifier(
         order = train_t[torch.randperm(len(train_t), generator=generator)]
         running = 0.0
         for b in range(per_epoch):
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             x = _augment(images[idx], cfg, generator)
             loss = F.cross_entropy(model(pixel_values=x).logits, y[idx], weight=weights)
             opt.zero_grad(set_to_none=True)
@@ -407,11 +463,11 @@ def train_classifier(
             sched.step()
             step += 1
             running += loss.item()
-            report(progress, "train classifier", step, total, loss=loss.item(),
-                   epoch=epoch + 1)
+            report(progress, "train classifier", step, total, loss=loss.item(), epoch=epoch + 1)
         score = balanced_accuracy_score(y[val_idx].numpy(), val_logits().argmax(1).numpy())
-        history.append({"epoch": epoch + 1, "loss": running / per_epoch,
-                        "val_balanced_accuracy": float(score)})
+        history.append(
+            {"epoch": epoch + 1, "loss": running / per_epoch, "val_balanced_accuracy": float(score)}
+        )
         if score > best:
             best, best_epoch = score, epoch + 1
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -420,14 +476,25 @@ def train_classifier(
     model.load_state_dict(best_state)
     model.eval()
     temperature = _fit_temperature(val_logits(), y[val_idx])
-    clf = SubgroupClassifier(model, attribute=attribute, groups=groups, temperature=temperature,
-                             image_size=cfg.image_size, channels=1)
+    clf = SubgroupClassifier(
+        model,
+        attribute=attribute,
+        groups=groups,
+        temperature=temperature,
+        image_size=cfg.image_size,
+        channels=1,
+    )
     probs = clf.predict_proba(images[test_idx]).numpy()
-    evaluation = evaluate_classifier(probs, y[test_idx].numpy(), groups,
-                                     meta.iloc[test_idx].reset_index(drop=True))
+    evaluation = evaluate_classifier(
+        probs, y[test_idx].numpy(), groups, meta.iloc[test_idx].reset_index(drop=True)
+    )
     with torch.inference_mode():
-        raw = torch.cat([F.softmax(clf.logits(images[test_idx[i:i + 256]]), -1)
-                         for i in range(0, len(test_idx), 256)]).numpy()
+        raw = torch.cat(
+            [
+                F.softmax(clf.logits(images[test_idx[i : i + 256]]), -1)
+                for i in range(0, len(test_idx), 256)
+            ]
+        ).numpy()
     evaluation.update(
         attribute=attribute,
         split="test",
@@ -439,19 +506,22 @@ def train_classifier(
     seconds = time.perf_counter() - start
     with building_dir(out, overwrite=overwrite) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
-        atomic_write_json(tmp / "classifier.json", {
-            "kind": "medfair-subgroup-classifier",
-            "attribute": attribute,
-            "groups": list(groups),
-            "temperature": temperature,
-            "image_size": cfg.image_size,
-            "channels": 1,
-            "input": "(N, C, H, W) float in [-1, 1]; other sizes and channels are converted",
-            "data": str(data),
-            "config": asdict(cfg),
-            "history": history,
-            "seconds": seconds,
-        })
+        atomic_write_json(
+            tmp / "classifier.json",
+            {
+                "kind": "medfair-subgroup-classifier",
+                "attribute": attribute,
+                "groups": list(groups),
+                "temperature": temperature,
+                "image_size": cfg.image_size,
+                "channels": 1,
+                "input": "(N, C, H, W) float in [-1, 1]; other sizes and channels are converted",
+                "data": str(data),
+                "config": asdict(cfg),
+                "history": history,
+                "seconds": seconds,
+            },
+        )
         atomic_write_json(tmp / "evaluation.json", evaluation)
     clf.evaluation = evaluation
     return ClassifierResult(path=Path(out), evaluation=evaluation, seconds=seconds)

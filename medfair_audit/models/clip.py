@@ -66,11 +66,21 @@ class CLIPTrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "patch_size", "width", "layers", "heads", "projection_dim",
-                     "max_length", "epochs", "batch_size"):
+        for name in (
+            "image_size",
+            "patch_size",
+            "width",
+            "layers",
+            "heads",
+            "projection_dim",
+            "max_length",
+            "epochs",
+            "batch_size",
+        ):
             if getattr(self, name) < 1:
-                raise ConfigError(f"expected a positive integer, got {getattr(self, name)}",
-                                  param=name)
+                raise ConfigError(
+                    f"expected a positive integer, got {getattr(self, name)}", param=name
+                )
         if self.image_size % self.patch_size:
             raise ConfigError("image_size must be a multiple of patch_size", param="patch_size")
         if self.width % self.heads:
@@ -129,8 +139,9 @@ def _model(cfg: CLIPTrainConfig, tokenizer: Any) -> Any:
     return CLIPModel(config)
 
 
-def load_clip(path: str | os.PathLike[str], *, trust_pickle: bool = False,
-              param: str = "clip") -> tuple[Any, Any]:
+def load_clip(
+    path: str | os.PathLike[str], *, trust_pickle: bool = False, param: str = "clip"
+) -> tuple[Any, Any]:
     """Load a CLIP folder written by :func:`train_clip` (or any local CLIP) in eval mode.
 
     Returns:
@@ -153,15 +164,18 @@ def load_clip(path: str | os.PathLike[str], *, trust_pickle: bool = False,
 
 
 def _tokens(tokenizer: Any, captions: list[str], max_length: int) -> dict[str, torch.Tensor]:
-    return tokenizer(captions, padding="max_length", max_length=max_length, truncation=True,
-                     return_tensors="pt")
+    return tokenizer(
+        captions, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
+    )
 
 
 @torch.inference_mode()
 def encode_images(model: Any, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """L2-normalised CLIP image embeddings of ``(N, C, H, W)`` images in [-1, 1]."""
-    out = [model.get_image_features(pixel_values=images[i : i + batch_size])
-           for i in range(0, len(images), batch_size)]
+    out = [
+        model.get_image_features(pixel_values=images[i : i + batch_size])
+        for i in range(0, len(images), batch_size)
+    ]
     feats = torch.cat([o if torch.is_tensor(o) else o.pooler_output for o in out])
     return torch.nn.functional.normalize(feats, dim=-1)
 
@@ -169,15 +183,20 @@ def encode_images(model: Any, images: torch.Tensor, batch_size: int = 256) -> to
 @torch.inference_mode()
 def _encode_text(model: Any, tokens: dict[str, torch.Tensor], batch_size: int = 256):
     n = tokens["input_ids"].shape[0]
-    out = [model.get_text_features(input_ids=tokens["input_ids"][i : i + batch_size],
-                                   attention_mask=tokens["attention_mask"][i : i + batch_size])
-           for i in range(0, n, batch_size)]
+    out = [
+        model.get_text_features(
+            input_ids=tokens["input_ids"][i : i + batch_size],
+            attention_mask=tokens["attention_mask"][i : i + batch_size],
+        )
+        for i in range(0, n, batch_size)
+    ]
     feats = torch.cat([o if torch.is_tensor(o) else o.pooler_output for o in out])
     return torch.nn.functional.normalize(feats, dim=-1)
 
 
-def retrieval_recall_at_1(model: Any, tokenizer: Any, images: torch.Tensor,
-                          captions: list[str], max_length: int) -> tuple[float, float]:
+def retrieval_recall_at_1(
+    model: Any, tokenizer: Any, images: torch.Tensor, captions: list[str], max_length: int
+) -> tuple[float, float]:
     """Image→text recall@1 over the distinct captions, and its chance level.
 
     Phantom captions repeat (several images share one text), so each image is ranked against
@@ -229,13 +248,16 @@ def train_clip(
         cut = max(1, len(meta) // 10)
         held_idx, train_idx = np.sort(order[:cut]), np.sort(order[cut:])
     if len(train_idx) < 2 or len(held_idx) < 1:
-        raise ConfigError("need at least 2 training and 1 held-out captioned images",
-                          param="data")
+        raise ConfigError("need at least 2 training and 1 held-out captioned images", param="data")
     images = load_images(full, progress=progress, stage="load images")
     captions = full.captions
     with building_dir(out, overwrite=overwrite) as tmp:
-        tokenizer = train_caption_tokenizer([captions[i] for i in train_idx], tmp,
-                                            vocab_size=cfg.vocab_size, max_length=cfg.max_length)
+        tokenizer = train_caption_tokenizer(
+            [captions[i] for i in train_idx],
+            tmp,
+            vocab_size=cfg.vocab_size,
+            max_length=cfg.max_length,
+        )
         model = _model(cfg, tokenizer)
         tokens = _tokens(tokenizer, captions, cfg.max_length)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -256,9 +278,12 @@ def train_clip(
                 idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
                 if len(idx) < 2:
                     continue
-                out_ = model(input_ids=tokens["input_ids"][idx],
-                             attention_mask=tokens["attention_mask"][idx],
-                             pixel_values=images[idx], return_loss=True)
+                out_ = model(
+                    input_ids=tokens["input_ids"][idx],
+                    attention_mask=tokens["attention_mask"][idx],
+                    pixel_values=images[idx],
+                    return_loss=True,
+                )
                 opt.zero_grad(set_to_none=True)
                 out_.loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -266,8 +291,7 @@ def train_clip(
                 sched.step()
                 step += 1
                 running += out_.loss.item()
-                report(progress, "train clip", step, total, loss=out_.loss.item(),
-                       epoch=epoch + 1)
+                report(progress, "train clip", step, total, loss=out_.loss.item(), epoch=epoch + 1)
             losses.append(running / per_epoch)
         model.eval()
         recall, chance = retrieval_recall_at_1(
@@ -282,11 +306,16 @@ def train_clip(
                 "data": str(data),
                 "config": asdict(cfg),
                 "epoch_loss": losses,
-                "heldout": {"recall_at_1": recall, "chance": chance, "n": int(len(held_idx))},
-                "n_train": int(len(train_idx)),
+                "heldout": {"recall_at_1": recall, "chance": chance, "n": len(held_idx)},
+                "n_train": len(train_idx),
                 "seconds": seconds,
             },
         )
-    return CLIPTrainResult(path=Path(out), recall_at_1=recall, chance=chance,
-                           n_train=int(len(train_idx)), n_heldout=int(len(held_idx)),
-                           seconds=seconds)
+    return CLIPTrainResult(
+        path=Path(out),
+        recall_at_1=recall,
+        chance=chance,
+        n_train=len(train_idx),
+        n_heldout=len(held_idx),
+        seconds=seconds,
+    )

@@ -109,8 +109,9 @@ class T2IConfig:
         if len(self.vae_channels) != 3 or len(self.unet_channels) != 3:
             raise ConfigError("expected three channel counts", param="unet_channels")
         if self.image_size % 4 or self.image_size < 16:
-            raise ConfigError(f"expected a multiple of 4 ≥ 16, got {self.image_size}",
-                              param="image_size")
+            raise ConfigError(
+                f"expected a multiple of 4 ≥ 16, got {self.image_size}", param="image_size"
+            )
         for name in ("vae_steps", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"expected ≥ 0, got {getattr(self, name)}", param=name)
@@ -120,11 +121,14 @@ class T2IConfig:
         if not (self.lr > 0 and self.vae_lr > 0):
             raise ConfigError("learning rates must be positive", param="lr")
         if not 0.0 <= self.caption_dropout < 1.0:
-            raise ConfigError(f"expected a probability in [0, 1), got {self.caption_dropout}",
-                              param="caption_dropout")
+            raise ConfigError(
+                f"expected a probability in [0, 1), got {self.caption_dropout}",
+                param="caption_dropout",
+            )
         if not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError(f"expected a decay in [0, 1), got {self.ema_decay}",
-                              param="ema_decay")
+            raise ConfigError(
+                f"expected a decay in [0, 1), got {self.ema_decay}", param="ema_decay"
+            )
 
 
 @dataclass(frozen=True)
@@ -201,15 +205,20 @@ def _schedulers() -> tuple[Any, Any]:
     from diffusers import DDIMScheduler, DDPMScheduler
 
     train = DDPMScheduler(
-        num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-        beta_end=0.012, prediction_type="epsilon", clip_sample=False,
+        num_train_timesteps=1000,
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        prediction_type="epsilon",
+        clip_sample=False,
     )
     sample = DDIMScheduler.from_config(train.config, set_alpha_to_one=False, steps_offset=1)
     return train, sample
 
 
-def load_pipeline(path: str | os.PathLike[str], *, trust_pickle: bool = False,
-                  param: str = "checkpoint") -> Any:
+def load_pipeline(
+    path: str | os.PathLike[str], *, trust_pickle: bool = False, param: str = "checkpoint"
+) -> Any:
     """Load a local diffusers text-to-image pipeline folder for inference on the CPU.
 
     Args:
@@ -225,15 +234,17 @@ def load_pipeline(path: str | os.PathLike[str], *, trust_pickle: bool = False,
     folder = check_no_pickle(path, trust_pickle=trust_pickle, param=param)
     index = folder / "model_index.json"
     if not index.is_file():
-        raise ModelError(f"'{folder}' is not a diffusers pipeline folder (no model_index.json)",
-                         param=param)
+        raise ModelError(
+            f"'{folder}' is not a diffusers pipeline folder (no model_index.json)", param=param
+        )
     try:
         components = json.loads(index.read_text())
     except json.JSONDecodeError as exc:
         raise ModelError(f"'{index}' is not valid JSON: {exc}", param=param) from exc
     if "unet" not in components or not (folder / "unet").is_dir():
-        raise ModelError(f"'{folder}' has no unet/ folder: not a text-to-image UNet pipeline",
-                         param=param)
+        raise ModelError(
+            f"'{folder}' has no unet/ folder: not a text-to-image UNet pipeline", param=param
+        )
     extra = {}
     if "safety_checker" in components:
         extra = {"safety_checker": None, "requires_safety_checker": False}
@@ -248,32 +259,53 @@ def load_pipeline(path: str | os.PathLike[str], *, trust_pickle: bool = False,
 
 
 @torch.inference_mode()
-def encode_prompts(text_encoder: Any, tokenizer: Any, prompts: Sequence[str],
-                   batch_size: int = 256) -> torch.Tensor:
+def encode_prompts(
+    text_encoder: Any, tokenizer: Any, prompts: Sequence[str], batch_size: int = 256
+) -> torch.Tensor:
     """Last hidden states of the text encoder, as the pipeline computes them."""
     out = []
     for i in range(0, len(prompts), batch_size):
-        tokens = tokenizer(list(prompts[i : i + batch_size]), padding="max_length",
-                           max_length=tokenizer.model_max_length, truncation=True,
-                           return_tensors="pt")
+        tokens = tokenizer(
+            list(prompts[i : i + batch_size]),
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
         out.append(text_encoder(tokens.input_ids)[0])
     return torch.cat(out)
 
 
-def sample_images(pipe: Any, prompt: str, *, n: int, seed: int = 0, steps: int = 25,
-                  guidance: float = 3.0, batch_size: int = 64) -> torch.Tensor:
+def sample_images(
+    pipe: Any,
+    prompt: str,
+    *,
+    n: int,
+    seed: int = 0,
+    steps: int = 25,
+    guidance: float = 3.0,
+    batch_size: int = 64,
+) -> torch.Tensor:
     """Generate ``n`` images for one prompt, image ``i`` from its own generator ``seed + i``.
 
     Returns:
         ``(n, C, H, W)`` float tensor in [-1, 1] (results do not depend on ``batch_size``).
     """
     images = []
-    for start in range(0, n, batch_size):
-        count = min(batch_size, n - start)
-        gens = [torch.Generator().manual_seed(seed + start + j) for j in range(count)]
-        out = pipe(prompt=[prompt] * count, generator=gens, num_inference_steps=steps,
-                   guidance_scale=guidance, output_type="pt")
-        images.append(out.images * 2 - 1)
+    with torch.inference_mode():
+        for start in range(0, n, batch_size):
+            count = min(batch_size, n - start)
+            gens = [torch.Generator().manual_seed(seed + start + j) for j in range(count)]
+            # One prompt with num_images_per_prompt: the text is encoded once per batch.
+            out = pipe(
+                prompt=prompt,
+                num_images_per_prompt=count,
+                generator=gens,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                output_type="pt",
+            )
+            images.append(out.images * 2 - 1)
     return torch.cat(images).clamp(-1, 1)
 
 
@@ -302,8 +334,14 @@ def _cosine(step: int, total: int, warm: int, floor: float = 0.1) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p))
 
 
-def _train_vae(vae: Any, images: torch.Tensor, cfg: T2IConfig, state: TrainingState,
-               generator: torch.Generator, progress: ProgressCallback | None) -> float:
+def _train_vae(
+    vae: Any,
+    images: torch.Tensor,
+    cfg: T2IConfig,
+    state: TrainingState,
+    generator: torch.Generator,
+    progress: ProgressCallback | None,
+) -> float:
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     warm = max(1, cfg.vae_steps // 30)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, cfg.vae_steps, warm))
@@ -333,11 +371,18 @@ def _train_vae(vae: Any, images: torch.Tensor, cfg: T2IConfig, state: TrainingSt
         report(progress, "train vae", step + 1, cfg.vae_steps, loss=losses[-1])
         done = step + 1
         if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.vae_steps:
-            state.save(done, {"model": vae.state_dict(), "optimizer": opt.state_dict(),
-                              "scheduler": sched.state_dict(), "rng": rng_state(generator)},
-                       {"losses": losses})
+            state.save(
+                done,
+                {
+                    "model": vae.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "rng": rng_state(generator),
+                },
+                {"losses": losses},
+            )
     vae.eval()
-    tail = losses[-max(1, len(losses) // 10):]
+    tail = losses[-max(1, len(losses) // 10) :]
     return float(np.mean(tail)) if tail else float("nan")
 
 
@@ -351,10 +396,19 @@ def _latent_stats(vae: Any, images: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return torch.cat(means), torch.cat(stds)
 
 
-def _train_unet(unet: Any, mean: torch.Tensor, std: torch.Tensor, scale: float,
-                cond: torch.Tensor, caption_idx: torch.Tensor, empty_idx: int, cfg: T2IConfig,
-                state: TrainingState, generator: torch.Generator,
-                progress: ProgressCallback | None) -> tuple[list[float], _EMA | None]:
+def _train_unet(
+    unet: Any,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    scale: float,
+    cond: torch.Tensor,
+    caption_idx: torch.Tensor,
+    empty_idx: int,
+    cfg: T2IConfig,
+    state: TrainingState,
+    generator: torch.Generator,
+    progress: ProgressCallback | None,
+) -> tuple[list[float], _EMA | None]:
     noise_sched, _ = _schedulers()
     alphas = noise_sched.alphas_cumprod
     snr = alphas / (1 - alphas)
@@ -380,8 +434,9 @@ def _train_unet(unet: Any, mean: torch.Tensor, std: torch.Tensor, scale: float,
         eps0 = torch.randn(mean[idx].shape, generator=generator)
         latents = (mean[idx] + std[idx] * eps0) * scale
         noise = torch.randn(latents.shape, generator=generator)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (cfg.batch_size,),
-                          generator=generator)
+        t = torch.randint(
+            0, noise_sched.config.num_train_timesteps, (cfg.batch_size,), generator=generator
+        )
         drop = torch.rand(cfg.batch_size, generator=generator) < cfg.caption_dropout
         cap = torch.where(drop, torch.full_like(caption_idx[idx], empty_idx), caption_idx[idx])
         noisy = noise_sched.add_noise(latents, noise, t)
@@ -401,8 +456,12 @@ def _train_unet(unet: Any, mean: torch.Tensor, std: torch.Tensor, scale: float,
         report(progress, "train unet", step + 1, cfg.unet_steps, loss=losses[-1])
         done = step + 1
         if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.unet_steps:
-            tensors = {"model": unet.state_dict(), "optimizer": opt.state_dict(),
-                       "scheduler": sched.state_dict(), "rng": rng_state(generator)}
+            tensors = {
+                "model": unet.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "rng": rng_state(generator),
+            }
             if ema is not None:
                 tensors["ema"] = ema.shadow
             state.save(done, tensors, {"losses": losses})
@@ -449,8 +508,9 @@ def train_t2i(
     start_time = time.perf_counter()
     out = Path(out)
     if (out / "model_index.json").exists() and not overwrite:
-        raise DataError(f"'{out}' already holds a pipeline; pass --overwrite to replace it",
-                        param="out")
+        raise DataError(
+            f"'{out}' already holds a pipeline; pass --overwrite to replace it", param="out"
+        )
     if clip is None and init is None:
         raise ConfigError("give --clip CLIP_DIR (or --init CKPT to fine-tune)", param="clip")
     work = out.with_name(out.name + ".partial")
@@ -461,8 +521,7 @@ def train_t2i(
     # Cheap checks first (the table, then the model folders), pixels last.
     dataset = ImageFolderDataset(data, require=("caption",), size=cfg.image_size)
     if "split" in dataset.metadata.columns and (dataset.metadata.split == "train").any():
-        dataset = ImageFolderDataset(data, require=("caption",), split="train",
-                                     size=cfg.image_size)
+        dataset = ImageFolderDataset(data, require=("caption",), split="train", size=cfg.image_size)
     base = load_pipeline(init, trust_pickle=trust_pickle, param="init") if init else None
     if clip is not None:
         clip_model, tokenizer = load_clip(clip, trust_pickle=trust_pickle)
@@ -497,34 +556,54 @@ def train_t2i(
         unet = base.unet
     else:
         unet = _build_unet(cfg, text_encoder.config.hidden_size)
-    losses, ema = _train_unet(unet, mean, std, scale, cond, caption_idx, len(distinct), cfg,
-                              TrainingState(work / "unet"), generator, progress)
+    losses, ema = _train_unet(
+        unet,
+        mean,
+        std,
+        scale,
+        cond,
+        caption_idx,
+        len(distinct),
+        cfg,
+        TrainingState(work / "unet"),
+        generator,
+        progress,
+    )
     if ema is not None:
         ema.copy_to(unet)
     _, ddim = _schedulers()
     if base is not None:
         ddim = base.scheduler
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=ddim,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=ddim,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     seconds = time.perf_counter() - start_time
-    unet_loss = float(np.mean(losses[-max(1, len(losses) // 10):]))
+    unet_loss = float(np.mean(losses[-max(1, len(losses) // 10) :]))
     with building_dir(out, overwrite=True) as tmp:
         pipe.save_pretrained(str(tmp), safe_serialization=True)
-        atomic_write_json(tmp / "medfair.json", {
-            "kind": "medfair-t2medi",
-            "data": str(data),
-            "clip": str(clip) if clip else None,
-            "init": str(init) if init else None,
-            "config": asdict(cfg),
-            "n_train": len(images),
-            "n_captions": len(distinct),
-            "vae_loss": vae_loss,
-            "unet_loss_curve": losses[:: max(1, len(losses) // 200)],
-            "unet_loss": unet_loss,
-            "seconds": seconds,
-        })
+        atomic_write_json(
+            tmp / "medfair.json",
+            {
+                "kind": "medfair-t2medi",
+                "data": str(data),
+                "clip": str(clip) if clip else None,
+                "init": str(init) if init else None,
+                "config": asdict(cfg),
+                "n_train": len(images),
+                "n_captions": len(distinct),
+                "vae_loss": vae_loss,
+                "unet_loss_curve": losses[:: max(1, len(losses) // 200)],
+                "unet_loss": unet_loss,
+                "seconds": seconds,
+            },
+        )
     if not keep_checkpoints:
         shutil.rmtree(work, ignore_errors=True)
     return T2IResult(path=out, vae_loss=vae_loss, unet_loss=unet_loss, seconds=seconds)

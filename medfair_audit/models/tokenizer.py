@@ -12,13 +12,20 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..exceptions import DataError
+
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer
 
 __all__ = ["train_caption_tokenizer"]
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
-CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+CLIP_SPLIT = (  # CLIP's pre-tokenisation pattern
+    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|"""
+    r"""[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+)
 
 
 def train_caption_tokenizer(
@@ -27,7 +34,7 @@ def train_caption_tokenizer(
     *,
     vocab_size: int = 2000,
     max_length: int = 77,
-):
+) -> CLIPTokenizer:
     """Train a CLIP-compatible byte-level BPE on ``captions`` and save it to ``out``.
 
     Every byte appears in the vocabulary both inside and at the end of a word, so any text can

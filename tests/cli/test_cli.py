@@ -31,15 +31,20 @@ def assert_one_line_error(code, err, *needles):
 def test_help_lists_commands_and_every_command_has_an_example(capsys):
     code, out, _ = run(capsys, "--help")
     assert code == 0 and "data" in out and "demo" in out
-    for cmd in (
+    assert "train" in out
+    commands = [
         ["data", "phantom"],
         ["data", "target"],
         ["data", "import-brats"],
         ["data", "import-roco"],
         ["demo"],
-    ):
+        ["train", "clip"],
+        ["train", "t2i"],
+        ["train", "classifier"],
+    ]
+    for cmd in commands:
         code, out, _ = run(capsys, *cmd, "--help")
-        assert code == 0 and "Example" in out, cmd
+        assert code == 0 and "For example" in out and "medfair " in out, cmd
 
 
 def test_no_arguments_shows_help(capsys):

@@ -28,22 +28,75 @@ def captionless(tmp_path_factory, small_phantom):
 
 
 def test_train_clip_and_classifier_from_the_cli(capsys, small_phantom, tmp_path):
-    code, out, _ = run(capsys, "train", "clip", "--data", small_phantom, "--out",
-                       tmp_path / "clip", "--epochs", 1, "--width", 32, "--layers", 1,
-                       "--batch-size", 16)
+    code, out, _ = run(
+        capsys,
+        "train",
+        "clip",
+        "--data",
+        small_phantom,
+        "--out",
+        tmp_path / "clip",
+        "--epochs",
+        1,
+        "--width",
+        32,
+        "--layers",
+        1,
+        "--batch-size",
+        16,
+    )
     assert code == 0 and "recall@1" in out
-    code, out, _ = run(capsys, "train", "classifier", "--data", small_phantom, "--out",
-                       tmp_path / "clf", "--epochs", 1, "--batch-size", 16)
+    code, out, _ = run(
+        capsys,
+        "train",
+        "classifier",
+        "--data",
+        small_phantom,
+        "--out",
+        tmp_path / "clf",
+        "--epochs",
+        1,
+        "--batch-size",
+        16,
+    )
     assert code == 0 and "balanced accuracy" in out and "by sex" in out
     ev = json.loads((tmp_path / "clf" / "evaluation.json").read_text())
     assert ev["attribute"] == "sex"
-    code, out, _ = run(capsys, "train", "t2i", "--data", small_phantom, "--clip",
-                       tmp_path / "clip", "--out", tmp_path / "t2i", "--unet-steps", 2,
-                       "--vae-steps", 1, "--batch-size", 4, "--unet-channels", "16,16,32",
-                       "--checkpoint-every", 0)
+    code, out, _ = run(
+        capsys,
+        "train",
+        "t2i",
+        "--data",
+        small_phantom,
+        "--clip",
+        tmp_path / "clip",
+        "--out",
+        tmp_path / "t2i",
+        "--unet-steps",
+        2,
+        "--vae-steps",
+        1,
+        "--batch-size",
+        4,
+        "--unet-channels",
+        "16,16,32",
+        "--checkpoint-every",
+        0,
+    )
     assert code == 0 and (tmp_path / "t2i" / "model_index.json").is_file()
-    code, _, err = run(capsys, "train", "t2i", "--data", small_phantom, "--clip",
-                       tmp_path / "clip", "--out", tmp_path / "t2i", "--unet-steps", 2)
+    code, _, err = run(
+        capsys,
+        "train",
+        "t2i",
+        "--data",
+        small_phantom,
+        "--clip",
+        tmp_path / "clip",
+        "--out",
+        tmp_path / "t2i",
+        "--unet-steps",
+        2,
+    )
     assert_one_line_error(code, err, "--out", "--overwrite")
 
 
@@ -52,15 +105,20 @@ def test_train_clip_and_classifier_from_the_cli(capsys, small_phantom, tmp_path)
     [
         (["train", "clip", "--data", "{tmp}/none", "--out", "{tmp}/c"], ["--data", "exist"]),
         (["train", "clip", "--data", "{nocap}", "--out", "{tmp}/c"], ["--data", "caption"]),
-        (["train", "t2i", "--data", "{nocap}", "--clip", "{tmp}", "--out", "{tmp}/t"],
-         ["caption"]),
+        (["train", "t2i", "--data", "{nocap}", "--clip", "{tmp}", "--out", "{tmp}/t"], ["caption"]),
         (["train", "t2i", "--data", "{data}", "--out", "{tmp}/t"], ["--clip"]),
-        (["train", "t2i", "--data", "{data}", "--init", "{tmp}", "--out", "{tmp}/t"],
-         ["--init", "not a diffusers pipeline"]),
-        (["train", "classifier", "--data", "{data}", "--attribute", "race", "--out", "{tmp}/c"],
-         ["--data", "no column 'race'"]),
-        (["train", "classifier", "--data", "{empty}", "--out", "{tmp}/c"],
-         ["--data", "no images found"]),
+        (
+            ["train", "t2i", "--data", "{data}", "--init", "{tmp}", "--out", "{tmp}/t"],
+            ["--init", "not a diffusers pipeline"],
+        ),
+        (
+            ["train", "classifier", "--data", "{data}", "--attribute", "race", "--out", "{tmp}/c"],
+            ["--data", "no column 'race'"],
+        ),
+        (
+            ["train", "classifier", "--data", "{empty}", "--out", "{tmp}/c"],
+            ["--data", "no images found"],
+        ),
         (["train", "clip", "--data", "{data}", "--out", "{tmp}/c", "--lr", "-1"], ["--lr"]),
     ],
 )
@@ -68,8 +126,12 @@ def test_train_bad_input(capsys, tmp_path, small_phantom, captionless, args, nee
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "metadata.csv").write_text("file,sex,caption\n")
-    subs = {"{tmp}": str(tmp_path), "{data}": str(small_phantom), "{nocap}": str(captionless),
-            "{empty}": str(empty)}
+    subs = {
+        "{tmp}": str(tmp_path),
+        "{data}": str(small_phantom),
+        "{nocap}": str(captionless),
+        "{empty}": str(empty),
+    }
     for k, v in subs.items():
         args = [a.replace(k, v) for a in args]
     code, _, err = run(capsys, *args)
@@ -81,6 +143,7 @@ def test_pickle_weights_are_refused_without_trust(capsys, tmp_path, small_phanto
     (fake / "unet").mkdir(parents=True)
     (fake / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
     (fake / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"\x80\x04pickle")
-    code, _, err = run(capsys, "train", "t2i", "--data", small_phantom, "--init", fake,
-                       "--out", tmp_path / "t")
+    code, _, err = run(
+        capsys, "train", "t2i", "--data", small_phantom, "--init", fake, "--out", tmp_path / "t"
+    )
     assert_one_line_error(code, err, "--init", "pickle", "--trust-pickle")

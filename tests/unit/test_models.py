@@ -23,11 +23,19 @@ from medfair_audit.models.clip import CLIPTrainConfig, encode_images, load_clip,
 from medfair_audit.models.t2medi import T2IConfig, load_pipeline, sample_images, train_t2i
 from medfair_audit.models.tokenizer import train_caption_tokenizer
 
-TINY_CLIP = CLIPTrainConfig(width=32, layers=1, heads=2, projection_dim=16, epochs=1,
-                            batch_size=16, max_length=40)
-TINY_T2I = T2IConfig(vae_channels=(8, 8, 16), vae_steps=2, vae_batch_size=4,
-                     unet_channels=(16, 16, 32), unet_steps=4, batch_size=4,
-                     checkpoint_every=2, attention_head_dim=8)
+TINY_CLIP = CLIPTrainConfig(
+    width=32, layers=1, heads=2, projection_dim=16, epochs=1, batch_size=16, max_length=40
+)
+TINY_T2I = T2IConfig(
+    vae_channels=(8, 8, 16),
+    vae_steps=2,
+    vae_batch_size=4,
+    unet_channels=(16, 16, 32),
+    unet_steps=4,
+    batch_size=4,
+    checkpoint_every=2,
+    attention_head_dim=8,
+)
 TINY_CLF = ClassifierConfig(widths=(8, 8, 16, 16), epochs=2, patience=2, batch_size=16)
 
 
@@ -89,9 +97,13 @@ def test_pipeline_is_a_standard_diffusers_folder(t2i_dir, clip_dir):
     assert index["scheduler"][1] == "DDIMScheduler"
     assert list(t2i_dir.rglob("*.safetensors")) and not list(t2i_dir.rglob("*.bin"))
     pipe = DiffusionPipeline.from_pretrained(str(t2i_dir))
-    out = pipe(prompt=["Axial FLAIR MRI of the brain.", "Axial T2-weighted MRI."],
-               num_images_per_prompt=2, generator=torch.Generator().manual_seed(0),
-               num_inference_steps=2, guidance_scale=2.0)
+    out = pipe(
+        prompt=["Axial FLAIR MRI of the brain.", "Axial T2-weighted MRI."],
+        num_images_per_prompt=2,
+        generator=torch.Generator().manual_seed(0),
+        num_inference_steps=2,
+        guidance_scale=2.0,
+    )
     assert len(out.images) == 4 and out.images[0].size == (64, 64)
     # the text encoder is CLIP's text tower, unchanged
     clip, _ = load_clip(clip_dir)
@@ -104,10 +116,12 @@ def test_pipeline_is_a_standard_diffusers_folder(t2i_dir, clip_dir):
 
 
 def test_sampling_is_reproducible_and_batch_size_invariant(t2i_dir):
-    a = sample_images(load_pipeline(t2i_dir), "Axial FLAIR MRI.", n=3, seed=5, steps=2,
-                      batch_size=3)
-    b = sample_images(load_pipeline(t2i_dir), "Axial FLAIR MRI.", n=3, seed=5, steps=2,
-                      batch_size=2)
+    a = sample_images(
+        load_pipeline(t2i_dir), "Axial FLAIR MRI.", n=3, seed=5, steps=2, batch_size=3
+    )
+    b = sample_images(
+        load_pipeline(t2i_dir), "Axial FLAIR MRI.", n=3, seed=5, steps=2, batch_size=2
+    )
     assert a.shape == (3, 1, 64, 64) and a.min() >= -1 and a.max() <= 1
     assert torch.allclose(a, b, atol=1e-5)
     c = sample_images(load_pipeline(t2i_dir), "Axial FLAIR MRI.", n=3, seed=6, steps=2)
@@ -199,8 +213,9 @@ def test_evaluation_matches_independent_computations():
     logits = rng.normal(0, 1, (400, 2))
     logits[np.arange(400), y] += 1.2
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    meta = pd.DataFrame({"sex": np.where(y == 1, "male", "female"),
-                         "tumour": rng.integers(0, 2, 400)})
+    meta = pd.DataFrame(
+        {"sex": np.where(y == 1, "male", "female"), "tumour": rng.integers(0, 2, 400)}
+    )
     ev = evaluate_classifier(probs, y, ["female", "male"], meta)
     pred = probs.argmax(1)
     assert ev["confusion_matrix"] == confusion_matrix(y, pred).tolist()

@@ -1,0 +1,94 @@
+"""Subgroup proportions: intervals, goodness of fit, classifier-error correction, sample size."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import optimize, stats
+
+__all__ = [
+    "chi_square_gof",
+    "corrected_proportions",
+    "required_sample_size",
+    "wilson_interval",
+]
+
+
+def wilson_interval(count: int, n: int, *, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (Wilson 1927).
+
+    Unlike the normal (Wald) interval it stays inside [0, 1] and behaves at counts of 0 and n.
+    With ``n == 0`` the interval is the whole of [0, 1].
+    """
+    if n < 0 or not 0 <= count <= n:
+        raise ValueError(f"expected 0 ≤ count ≤ n, got count={count}, n={n}")
+    if n == 0:
+        return 0.0, 1.0
+    z = stats.norm.ppf(0.5 + confidence / 2)
+    p = count / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def chi_square_gof(counts: np.ndarray, target: np.ndarray) -> tuple[float, float]:
+    """Pearson's chi-square test of observed group counts against target proportions.
+
+    Groups whose target proportion is 0 are left out of the test, with the images in them (their
+    expected count is 0; such images show in the gaps instead). Returns ``(statistic, p_value)``;
+    with fewer than two usable groups or no images the test is undefined: ``(nan, nan)``.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    keep = target > 0
+    observed = counts[keep]
+    n = observed.sum()
+    if n == 0 or keep.sum() < 2:
+        return float("nan"), float("nan")
+    expected = n * target[keep] / target[keep].sum()
+    stat = float(((observed - expected) ** 2 / expected).sum())
+    return stat, float(stats.chi2.sf(stat, keep.sum() - 1))
+
+
+def corrected_proportions(observed: np.ndarray, confusion_rates: np.ndarray) -> np.ndarray:
+    """Adjusted classify-and-count: the true proportions that explain the observed ones.
+
+    With ``C[i, j] = P(predicted j | true i)`` measured on held-out real images, the expected
+    observed proportions are ``Cᵀ q`` for true proportions ``q``. The estimate solves
+    ``min ‖Cᵀ q - observed‖²`` over the probability simplex (Forman 2008; constrained as in
+    Saerens et al. 2002), so it is always a distribution, even when sampling noise pushes the
+    unconstrained solution outside [0, 1].
+    """
+    obs = np.asarray(observed, dtype=np.float64)
+    c = np.asarray(confusion_rates, dtype=np.float64)
+    k = len(obs)
+    if c.shape != (k, k):
+        raise ValueError(f"confusion rates must be {k}×{k}, got {c.shape}")
+    a = c.T
+    res = optimize.minimize(
+        lambda q: float(((a @ q - obs) ** 2).sum()),
+        x0=np.full(k, 1.0 / k),
+        jac=lambda q: 2 * a.T @ (a @ q - obs),
+        bounds=[(0.0, 1.0)] * k,
+        constraints=[
+            {"type": "eq", "fun": lambda q: q.sum() - 1.0, "jac": lambda q: np.ones_like(q)}
+        ],
+        method="SLSQP",
+        options={"ftol": 1e-14, "maxiter": 500},
+    )
+    q = np.clip(res.x, 0.0, 1.0)
+    return q / q.sum()
+
+
+def required_sample_size(p: float, half_width: float, *, confidence: float = 0.95) -> int:
+    """Images needed for a Wald interval of ``± half_width`` around a proportion near ``p``.
+
+    ``n = z² p (1 - p) / h²``; ``p = 0.5`` gives the worst case.
+    """
+    if not 0 < half_width < 1:
+        raise ValueError(f"half_width must be in (0, 1), got {half_width}")
+    z = stats.norm.ppf(0.5 + confidence / 2)
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return math.ceil(z * z * p * (1 - p) / half_width**2)
