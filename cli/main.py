@@ -11,6 +11,7 @@ from medfair_audit import __version__
 from medfair_audit.exceptions import MedfairError
 
 from . import data, train
+from .audit import audit
 from .demo import demo
 
 app = typer.Typer(
@@ -30,6 +31,7 @@ app = typer.Typer(
 )
 app.add_typer(data.app, name="data")
 app.add_typer(train.app, name="train")
+app.command("audit")(audit)
 app.command("demo")(demo)
 
 

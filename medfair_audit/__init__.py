@@ -6,6 +6,7 @@ keyword-only config; errors caused by user input are :class:`MedfairError`.
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .audit import AuditConfig, AuditResult, run_audit
 from .data import (
     AnatomyModel,
     BratsDataset,
@@ -25,11 +26,18 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+local"
 
+from .generation import GenerationConfig
+
+audit = run_audit  # the library call behind `medfair audit`
+
 __all__ = [
     "AnatomyModel",
+    "AuditConfig",
+    "AuditResult",
     "BratsDataset",
     "ConfigError",
     "DataError",
+    "GenerationConfig",
     "ImageDataset",
     "ImageFolderDataset",
     "MedfairError",
@@ -40,8 +48,10 @@ __all__ = [
     "RocoDataset",
     "Target",
     "__version__",
+    "audit",
     "build_phantom",
     "export_image_folder",
     "parse_target",
+    "run_audit",
     "target_from_labels",
 ]

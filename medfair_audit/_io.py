@@ -26,6 +26,7 @@ __all__ = [
     "atomic_write_text",
     "building_dir",
     "file_sha256",
+    "folder_sha256",
 ]
 
 
@@ -102,4 +103,18 @@ def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
+    return h.hexdigest()
+
+
+def folder_sha256(folder: str | os.PathLike[str], *, skip: tuple[str, ...] = (".partial",)) -> str:
+    """Hex SHA-256 over the relative paths and bytes of every file in a folder (sorted)."""
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if any(part.endswith(skip) for part in rel.split("/")):
+            continue
+        h.update(rel.encode())
+        h.update(b"\0")
+        h.update(file_sha256(path).encode())
     return h.hexdigest()

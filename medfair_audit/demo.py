@@ -12,8 +12,9 @@ On these it trains the three models: CLIP on the corpus, the T2MedI pipeline on 
 CLIP's text tower frozen, and the sex classifier on the target set.
 
 Stages whose outputs exist with the same settings are reused, so a re-run continues where an
-earlier one stopped. Later stages (audit, remediation, report) are added by the issues that
-build them.
+earlier one stopped. It then audits the biased model on sex-neutral prompts (``before/``).
+Later stages (remediation, the second audit, the report) are added by the issues that build
+them.
 """
 
 from __future__ import annotations
@@ -28,13 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from ._io import atomic_write_json
+from .audit import AuditConfig, run_audit
 from .data.phantom import PhantomConfig, build_phantom
 from .exceptions import ConfigError
+from .generation import GenerationConfig
 from .models.classifier import ClassifierConfig, train_classifier
 from .models.clip import CLIPTrainConfig, train_clip
 from .models.t2medi import T2IConfig, train_t2i
 from .progress import ProgressCallback
-from .target import target_from_labels
+from .target import Target, target_from_labels
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo"]
 
@@ -122,6 +125,23 @@ class DemoConfig:
         if self.fast:
             return ClassifierConfig(widths=(8, 8, 16, 16), epochs=2, patience=1, seed=self.seed)
         return ClassifierConfig(seed=self.seed)
+
+    @property
+    def audit_generation(self) -> GenerationConfig:
+        """Images drawn by each demo audit (seeds never used in training)."""
+        if self.fast:
+            return GenerationConfig(n_per_prompt=4, seed=10_000 + self.seed, steps=2, shard_size=4)
+        return GenerationConfig(n_per_prompt=64, seed=10_000 + self.seed, steps=25, shard_size=32)
+
+
+# Sex-neutral prompts in the corpus's caption style (the paper audits neutral prompts).
+DEMO_PROMPTS = (
+    "Axial FLAIR MRI of the brain showing a glioma in the left frontal lobe.",
+    "Axial T2-weighted MRI of the brain showing a glioma in the right parietal lobe.",
+    "Axial T1-weighted MRI of the brain with no focal lesion.",
+    "Axial contrast-enhanced T1-weighted brain MRI: glioma of the left temporal lobe with rim "
+    "enhancement.",
+)
 
 
 @dataclass(frozen=True)
@@ -262,6 +282,42 @@ def run_demo(
         "classifier",
         {"cfg": asdict(config.classifier), "after": stages["target_set"]["stamp"]},
         classifier_work,
+        log,
+    )
+
+    def audit_work() -> dict[str, Any]:
+        target = Target.load(out / "target.json")
+        r = run_audit(
+            AuditConfig(
+                checkpoint=models / "t2medi",
+                classifier=models / "classifier",
+                prompts=DEMO_PROMPTS,
+                target=target,
+                out=out / "before",
+                generation=config.audit_generation,
+                reference=data / "target_set",
+                reference_split="test",
+                n_boot=200 if config.fast else 1000,
+            ),
+            progress=progress,
+        )
+        male = r.data["proportions"]["corrected"]["male"]
+        return {
+            "path": str(out / "before"),
+            "male_raw": r.data["proportions"]["raw"]["male"],
+            "male_corrected": male,
+            "kl": r.data["kl_divergence"]["corrected"]["target_to_generated"],
+        }
+
+    stages["audit_before"] = _stage(
+        out,
+        "audit_before",
+        {
+            "gen": asdict(config.audit_generation),
+            "prompts": DEMO_PROMPTS,
+            "after": [stages[k]["stamp"] for k in ("t2medi", "classifier", "target")],
+        },
+        audit_work,
         log,
     )
     atomic_write_json(

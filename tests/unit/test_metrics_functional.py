@@ -154,3 +154,18 @@ def test_kid_matches_torchmetrics_estimator_on_one_subset():
     assert ours == pytest.approx(ref, rel=1e-9)
     same, _ = kernel_inception_distance(a, a, subsets=5, subset_size=50)
     assert abs(same) < 1e-9 + abs(ours) * 1e-6 or same < ours
+
+
+def test_feature_moments_are_chunking_invariant():
+    from medfair_audit.metrics.accumulators import FeatureMoments
+
+    x = np.random.default_rng(5).normal(size=(257, 7))
+    whole = FeatureMoments(7).update(x)
+    parts = [FeatureMoments(7).update(c) for c in np.array_split(x, [3, 100, 101])]
+    merged = FeatureMoments(7)
+    for p in parts:
+        merged.merge(p)
+    for m in (whole, merged):
+        assert m.n == 257
+        assert np.allclose(m.mean, x.mean(0), atol=1e-12)
+        assert np.allclose(m.cov, np.cov(x, rowvar=False), atol=1e-12)

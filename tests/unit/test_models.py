@@ -12,45 +12,26 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_s
 from medfair_audit.exceptions import DataError, ModelError
 from medfair_audit.models._common import check_no_pickle, load_images
 from medfair_audit.models.classifier import (
-    ClassifierConfig,
     SubgroupClassifier,
     _fit_temperature,
     evaluate_classifier,
     expected_calibration_error,
     train_classifier,
 )
-from medfair_audit.models.clip import CLIPTrainConfig, encode_images, load_clip, train_clip
+from medfair_audit.models.clip import encode_images, load_clip
 from medfair_audit.models.t2medi import T2IConfig, load_pipeline, sample_images, train_t2i
 from medfair_audit.models.tokenizer import train_caption_tokenizer
-
-TINY_CLIP = CLIPTrainConfig(
-    width=32, layers=1, heads=2, projection_dim=16, epochs=1, batch_size=16, max_length=40
-)
-TINY_T2I = T2IConfig(
-    vae_channels=(8, 8, 16),
-    vae_steps=2,
-    vae_batch_size=4,
-    unet_channels=(16, 16, 32),
-    unet_steps=4,
-    batch_size=4,
-    checkpoint_every=2,
-    attention_head_dim=8,
-)
-TINY_CLF = ClassifierConfig(widths=(8, 8, 16, 16), epochs=2, patience=2, batch_size=16)
+from tests.conftest import TINY_CLF, TINY_T2I
 
 
 @pytest.fixture(scope="module")
-def clip_dir(small_phantom, tmp_path_factory):
-    out = tmp_path_factory.mktemp("clip") / "clip"
-    train_clip(small_phantom, out, TINY_CLIP)
-    return out
+def clip_dir(tiny_models):
+    return tiny_models["clip"]
 
 
 @pytest.fixture(scope="module")
-def t2i_dir(small_phantom, clip_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("t2i") / "t2medi"
-    train_t2i(small_phantom, out, TINY_T2I, clip=clip_dir)
-    return out
+def t2i_dir(tiny_models):
+    return tiny_models["t2medi"]
 
 
 def test_tokenizer_handles_any_text_and_round_trips(tmp_path, small_phantom):

@@ -30,7 +30,9 @@ def wilson_interval(count: int, n: int, *, confidence: float = 0.95) -> tuple[fl
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    lo = 0.0 if count == 0 else max(0.0, centre - half)  # exact at the edges, not 1e-17
+    hi = 1.0 if count == n else min(1.0, centre + half)
+    return lo, hi
 
 
 def chi_square_gof(counts: np.ndarray, target: np.ndarray) -> tuple[float, float]:

@@ -1,0 +1,119 @@
+"""``medfair audit``: subgroup proportions, distances to a target and FID per subgroup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medfair_audit.audit import AuditConfig, read_prompts, run_audit
+from medfair_audit.exceptions import ConfigError
+from medfair_audit.generation import GenerationConfig
+from medfair_audit.target import parse_target
+
+from ._common import out_console, progress_bar, quiet_libraries
+
+
+def audit(
+    checkpoint: Annotated[
+        Path, typer.Argument(metavar="CKPT", help="Diffusers text-to-image pipeline folder.")
+    ],
+    classifier: Annotated[Path, typer.Option(help="Subgroup classifier folder.")],
+    target: Annotated[
+        str, typer.Option(help="target.json or inline proportions, e.g. male=0.58,female=0.42.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    prompts: Annotated[
+        Path | None, typer.Option(help="Text file, one prompt per line ('#' comments).")
+    ] = None,
+    prompt: Annotated[
+        list[str] | None, typer.Option(help="A prompt (repeatable); instead of --prompts.")
+    ] = None,
+    n_per_prompt: Annotated[int, typer.Option(help="Images per prompt.")] = 128,
+    reference: Annotated[
+        Path | None, typer.Option(help="Real images with the attribute column, for FID/KID.")
+    ] = None,
+    reference_split: Annotated[
+        str | None, typer.Option(help="Use only this split of --reference.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Global seed (each image's seed derives from it).")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Images per batch and per shard.")] = 32,
+    steps: Annotated[int, typer.Option(help="Denoising steps.")] = 25,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 3.0,
+    features: Annotated[
+        str, typer.Option(help="FID/KID features: classifier, inception:WEIGHTS, or a CLIP folder.")
+    ] = "classifier",
+    mode: Annotated[
+        str, typer.Option(help="marginal (neutral prompts) or conditional (prompts name a group).")
+    ] = "marginal",
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for intervals.")] = 1000,
+    half_width: Annotated[
+        float, typer.Option(help="Interval half-width for the sample-size estimate.")
+    ] = 0.05,
+    save_images: Annotated[
+        bool, typer.Option("--save-images", help="Also write every image as PNG.")
+    ] = False,
+    trust_pickle: Annotated[
+        bool, typer.Option("--trust-pickle", help="Allow pickle weights (runs code).")
+    ] = False,
+) -> None:
+    """Audit a text-to-image checkpoint's subgroup distribution against a target.
+
+    Generates N images per prompt with per-image seeds, classifies each, and writes
+    OUT/audit.json, OUT/audit.html, OUT/images.csv and a sample grid per group. Finished shards
+    in OUT/shards are reused when re-run with the same settings, so a killed audit resumes. For
+    several processes or GPUs: accelerate launch --num_processes 2 -m medfair_cli.main audit ...
+
+    For example:
+
+        medfair audit models/t2medi --classifier models/sex-classifier --target target.json
+        --prompt "Axial FLAIR MRI of the brain showing a glioma." --n-per-prompt 256
+        --reference data/target_set --out reports/audit
+    """
+    if (prompts is None) == (not prompt):
+        raise ConfigError(
+            "give --prompts FILE or at least one --prompt TEXT (not both)", param="prompts"
+        )
+    texts = read_prompts(prompts) if prompts is not None else list(prompt)
+    config = AuditConfig(
+        checkpoint=checkpoint,
+        classifier=classifier,
+        prompts=texts,
+        target=parse_target(target),
+        out=out,
+        reference=reference,
+        reference_split=reference_split,
+        features=features,
+        mode=mode,
+        n_boot=n_boot,
+        half_width=half_width,
+        save_images=save_images,
+        trust_pickle=trust_pickle,
+        generation=GenerationConfig(
+            n_per_prompt=n_per_prompt,
+            seed=seed,
+            steps=steps,
+            guidance=guidance,
+            shard_size=batch_size,
+        ),
+    )
+    with quiet_libraries(), progress_bar() as callback:
+        result = run_audit(config, progress=callback)
+    if result is None:  # a non-main process under accelerate
+        return
+    a = result.data
+    shares = ", ".join(
+        f"{g} {a['proportions']['raw'][g]['value']:.1%} raw / "
+        f"{a['proportions']['corrected'][g]['value']:.1%} corrected "
+        f"(target {a['target'][g]:.1%})"
+        for g in a["groups"]
+    )
+    kl = a["kl_divergence"]["corrected"]["target_to_generated"]
+    out_console.print(f"{a['n_images']} images: {shares}")
+    out_console.print(
+        f"KL(target‖generated, corrected) = {kl['value']:.4f} "
+        f"[{kl['ci'][0]:.4f}, {kl['ci'][1]:.4f}]; report: {out / 'audit.html'}"
+    )
+    for w in a["warnings"]:
+        out_console.print(f"warning: {w}")

@@ -1,0 +1,215 @@
+"""The generation engine: shards of images, written atomically, resumable, split over processes.
+
+Work is cut into shards of ``shard_size`` images of one prompt. A shard is the unit of batching,
+of distribution (process ``r`` of ``w`` takes shards ``r, r + w, ...``) and of resumption: a
+finished shard is a ``.safetensors`` file plus a ``.json`` manifest, both renamed into place,
+so a killed run that is started again with the same settings skips it. Each shard stores what
+the audit needs downstream (images as uint8, classifier probabilities and features), so the
+expensive part never runs twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._io import atomic_write_bytes, atomic_write_json
+from ..exceptions import ConfigError, DataError
+from ..progress import ProgressCallback, report
+from .seeds import image_seed
+
+__all__ = ["GenerationConfig", "Shard", "iter_shards", "plan_shards", "run_shards"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationConfig:
+    """How images are drawn.
+
+    Args:
+        n_per_prompt: Images per prompt.
+        seed: Global seed (image seeds derive from it, the prompt index and the image index).
+        steps: Denoising steps.
+        guidance: Classifier-free guidance scale.
+        shard_size: Images per shard, which is also the generation batch.
+    """
+
+    n_per_prompt: int
+    seed: int = 0
+    steps: int = 25
+    guidance: float = 3.0
+    shard_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.n_per_prompt < 1:
+            raise ConfigError(
+                f"expected at least 1 image per prompt, got {self.n_per_prompt}",
+                param="n_per_prompt",
+            )
+        if self.steps < 1:
+            raise ConfigError(f"expected at least 1 step, got {self.steps}", param="steps")
+        if self.shard_size < 1:
+            raise ConfigError(
+                f"expected a positive batch size, got {self.shard_size}", param="batch_size"
+            )
+        if self.seed < 0:
+            raise ConfigError(f"expected a non-negative seed, got {self.seed}", param="seed")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Images ``start .. stop-1`` of prompt ``prompt_index``."""
+
+    prompt_index: int
+    start: int
+    stop: int
+
+    @property
+    def name(self) -> str:
+        """File stem of the shard."""
+        return f"p{self.prompt_index:04d}-i{self.start:07d}"
+
+
+def plan_shards(n_prompts: int, config: GenerationConfig) -> list[Shard]:
+    """All shards, in a fixed order that does not depend on the number of processes."""
+    return [
+        Shard(p, a, min(a + config.shard_size, config.n_per_prompt))
+        for p in range(n_prompts)
+        for a in range(0, config.n_per_prompt, config.shard_size)
+    ]
+
+
+def settings_hash(settings: dict[str, Any]) -> str:
+    """Hash of everything that determines a shard's content."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _to_uint8(images: torch.Tensor) -> torch.Tensor:
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def load_shard(folder: Path, shard: Shard) -> dict[str, Any] | None:
+    """A finished shard's arrays and manifest, or ``None`` if it is not (completely) there."""
+    from safetensors.torch import load_file
+
+    meta_path = folder / f"{shard.name}.json"
+    data_path = folder / f"{shard.name}.safetensors"
+    if not (meta_path.is_file() and data_path.is_file()):
+        return None
+    return {"meta": json.loads(meta_path.read_text()), **load_file(str(data_path))}
+
+
+def run_shards(
+    pipe: Any,
+    prompts: Sequence[str],
+    config: GenerationConfig,
+    folder: str | os.PathLike[str],
+    *,
+    analyse: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    settings: dict[str, Any],
+    rank: int = 0,
+    world: int = 1,
+    progress: ProgressCallback | None = None,
+) -> list[Shard]:
+    """Generate this process's shards that are not finished yet.
+
+    Args:
+        pipe: A diffusers text-to-image pipeline.
+        prompts: The prompts, indexed as in the plan.
+        config: Generation settings.
+        folder: Where shards go.
+        analyse: Maps images ``(N, C, H, W)`` in [-1, 1] to (probabilities, features).
+        settings: Everything that determines the content (checkpoint hash, classifier hash,
+            extractor, ...); a shard written under other settings is regenerated.
+        rank: This process's index.
+        world: Number of processes.
+        progress: Called after each shard with images done by this process.
+
+    Returns:
+        The whole plan (all processes' shards).
+
+    Raises:
+        DataError: The pipeline produced NaN or infinite values (reported with prompt and
+            seed); shards finished before stay on disk.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    plan = plan_shards(len(prompts), config)
+    stamp = settings_hash({**settings, **asdict(config), "prompts": list(prompts)})
+    mine = plan[rank::world]
+    total = sum(s.stop - s.start for s in mine)
+    done = 0
+    report(progress, "generate", 0, total)
+    from safetensors.torch import save
+
+    for shard in mine:
+        existing = load_shard(folder, shard)
+        if existing is not None and existing["meta"].get("settings") == stamp:
+            done += shard.stop - shard.start
+            report(progress, "generate", done, total, resumed=True)
+            continue
+        prompt = prompts[shard.prompt_index]
+        seeds = [
+            image_seed(config.seed, shard.prompt_index, i) for i in range(shard.start, shard.stop)
+        ]
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        with torch.inference_mode():
+            out = pipe(
+                prompt=prompt,
+                num_images_per_prompt=len(seeds),
+                generator=gens,
+                num_inference_steps=config.steps,
+                guidance_scale=config.guidance,
+                output_type="pt",
+            )
+            images = out.images.float() * 2 - 1  # [0, 1] -> [-1, 1]
+            bad = ~torch.isfinite(images).flatten(1).all(dim=1)
+            if bad.any():
+                j = int(bad.nonzero()[0])
+                raise DataError(
+                    f"the pipeline produced NaN/inf pixels for prompt {shard.prompt_index} "
+                    f"('{prompt[:60]}'), image {shard.start + j}, seed {seeds[j]}: the "
+                    "checkpoint may be broken",
+                    param="checkpoint",
+                )
+            probs, feats = analyse(images)
+        arrays = {
+            "images": _to_uint8(images).contiguous(),
+            "probs": probs.double().contiguous(),
+            "features": feats.double().contiguous(),
+            "seeds": torch.tensor(seeds, dtype=torch.int64),
+        }
+        atomic_write_bytes(folder / f"{shard.name}.safetensors", save(arrays))
+        atomic_write_json(
+            folder / f"{shard.name}.json",
+            {
+                "prompt_index": shard.prompt_index,
+                "prompt": prompt,
+                "start": shard.start,
+                "stop": shard.stop,
+                "settings": stamp,
+            },
+        )
+        done += shard.stop - shard.start
+        report(progress, "generate", done, total)
+    return plan
+
+
+def iter_shards(folder: str | os.PathLike[str], plan: Sequence[Shard]) -> Iterator[dict[str, Any]]:
+    """Finished shards of the plan, one at a time, in plan order.
+
+    Raises:
+        DataError: A shard is missing (another process has not finished it).
+    """
+    folder = Path(folder)
+    for shard in plan:
+        data = load_shard(folder, shard)
+        if data is None:
+            raise DataError(f"shard {shard.name} is missing from '{folder}'", param="out")
+        yield data

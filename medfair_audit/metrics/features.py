@@ -1,0 +1,144 @@
+"""Pluggable feature extractors for FID and KID.
+
+* ``classifier`` (default): the subgroup classifier's pooled penultimate features: an encoder
+  trained on the user's own domain, which is what the DESIGN notes recommend for medical images.
+* ``inception:PATH``: the standard FID Inception-v3 (torch-fidelity's implementation) with weights
+  from a local file the user supplies (``pt_inception-2015-12-05-6726825d.pth``); needs the
+  ``torch-fidelity`` package. Grey images are repeated to three channels and mapped to 0-255;
+  torch-fidelity resizes to 299×299 as in the reference implementation.
+* a folder path: a local CLIP model's image embeddings (e.g. the one ``medfair train clip`` made).
+
+The extractor's name and its input handling are recorded in every audit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..exceptions import ConfigError, ModelError
+
+__all__ = ["FeatureExtractor", "get_extractor"]
+
+
+@dataclass
+class FeatureExtractor:
+    """A named function from images ``(N, C, H, W)`` in [-1, 1] to features ``(N, D)``."""
+
+    name: str
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Features ``(N, D)`` in float64, computed in batches without gradients."""
+        with torch.inference_mode():
+            return torch.cat(
+                [
+                    self.fn(images[i : i + batch_size]).double()
+                    for i in range(0, len(images), batch_size)
+                ]
+            )
+
+
+def _inception(path: str) -> FeatureExtractor:
+    weights = Path(path)
+    if not weights.is_file():
+        raise ConfigError(
+            f"Inception weights file '{weights}' does not exist (give the local "
+            "FID Inception weights, e.g. pt_inception-2015-12-05-6726825d.pth)",
+            param="features",
+        )
+    try:
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    except ImportError as exc:
+        raise ConfigError(
+            "--features inception needs the torch-fidelity package "
+            f"(pip install torch-fidelity): {exc}",
+            param="features",
+        ) from exc
+    net = FeatureExtractorInceptionV3(
+        "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights)
+    ).eval()
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x = x.repeat(1, 3, 1, 1)
+        x8 = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return net(x8)[0].flatten(1)
+
+    return FeatureExtractor(
+        "inception-v3-fid",
+        fn,
+        {
+            "weights": str(weights),
+            "grayscale": "repeated to 3 channels",
+            "resize": "299x299 bilinear (torch-fidelity, TF1-compatible)",
+            "dim": 2048,
+        },
+    )
+
+
+def _clip(folder: Path, trust_pickle: bool) -> FeatureExtractor:
+    from ..models.clip import load_clip
+
+    model, _ = load_clip(folder, trust_pickle=trust_pickle, param="features")
+    size = model.config.vision_config.image_size
+    channels = model.config.vision_config.num_channels
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != channels:
+            x = x.mean(1, keepdim=True) if channels == 1 else x.repeat(1, 3, 1, 1)
+        if x.shape[-1] != size:
+            x = torch.nn.functional.interpolate(
+                x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
+        out = model.get_image_features(pixel_values=x)
+        return out if torch.is_tensor(out) else out.pooler_output
+
+    return FeatureExtractor(
+        f"clip:{folder}",
+        fn,
+        {
+            "grayscale": f"converted to {channels} channel(s)",
+            "resize": f"{size}x{size}",
+            "dim": model.config.projection_dim,
+        },
+    )
+
+
+def get_extractor(
+    spec: str, classifier: Any = None, *, trust_pickle: bool = False
+) -> FeatureExtractor:
+    """Resolve ``--features``: ``classifier``, ``inception:PATH`` or a CLIP folder path."""
+    if spec == "classifier":
+        if classifier is None:
+            raise ConfigError("'classifier' features need a classifier", param="features")
+        return FeatureExtractor(
+            "classifier-penultimate",
+            classifier.features,
+            {
+                "grayscale": f"{classifier.channels} channel(s)",
+                "resize": f"{classifier.image_size}x{classifier.image_size}",
+                "layer": "pooled output of the last ResNet stage",
+            },
+        )
+    if spec.startswith("inception"):
+        _, _, path = spec.partition(":")
+        if not path:
+            raise ConfigError("give the weights file: --features inception:PATH", param="features")
+        return _inception(path)
+    folder = Path(spec)
+    if folder.is_dir():
+        try:
+            return _clip(folder, trust_pickle)
+        except ModelError as exc:
+            raise ConfigError(
+                f"'{folder}' is not a CLIP model folder: {exc.message}", param="features"
+            ) from exc
+    raise ConfigError(
+        f"expected 'classifier', 'inception:PATH' or a CLIP folder, got '{spec}'", param="features"
+    )

@@ -1,0 +1,105 @@
+"""HTML rendering of audits: one self-contained file (plots and images embedded).
+
+Templates are Jinja2 with autoescaping on: prompts and paths are user text.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+__all__ = ["proportion_plot_png", "render_audit_html"]
+
+
+def _env() -> Any:
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(
+        loader=PackageLoader("medfair_audit.reporting", "templates"),
+        autoescape=select_autoescape(["html", "j2"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["pct"] = lambda v: "–" if v is None else f"{100 * v:.1f}%"
+    env.filters["num"] = lambda v, d=3: "–" if v is None else f"{v:.{d}f}"
+    env.filters["b64"] = lambda b: base64.b64encode(b).decode("ascii")
+    return env
+
+
+def proportion_plot_png(audits: dict[str, dict[str, Any]]) -> bytes:
+    """Bar plot of group proportions (raw and corrected, 95% intervals) with the target line.
+
+    Args:
+        audits: Label → ``audit.json`` content (one or more models).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    rows = []
+    for label, audit in audits.items():
+        for kind in ("raw", "corrected"):
+            for g, v in audit["proportions"].get(kind, {}).items():
+                rows.append(
+                    {
+                        "model": label,
+                        "reading": kind,
+                        "group": g,
+                        "value": v["value"],
+                        "lo": v["ci"][0],
+                        "hi": v["ci"][1],
+                    }
+                )
+    frame = pd.DataFrame(rows)
+    groups = list(next(iter(audits.values()))["groups"])
+    target = next(iter(audits.values()))["target"]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.8 * len(groups) * len(audits), 3.2), dpi=110)
+    frame["bar"] = frame["model"] + " · " + frame["reading"]
+    sns.barplot(
+        frame, x="group", y="value", hue="bar", order=groups, ax=ax, errorbar=None, palette="muted"
+    )
+    for patch_group, (_, sub) in zip(ax.containers, frame.groupby("bar", sort=False), strict=False):
+        sub = sub.set_index("group").loc[groups]
+        xs = [p.get_x() + p.get_width() / 2 for p in patch_group]
+        ax.errorbar(
+            xs,
+            sub["value"],
+            yerr=[sub["value"] - sub["lo"], sub["hi"] - sub["value"]],
+            fmt="none",
+            ecolor="black",
+            capsize=3,
+            lw=1,
+        )
+    for i, g in enumerate(groups):
+        ax.hlines(
+            target[g],
+            i - 0.45,
+            i + 0.45,
+            colors="crimson",
+            linestyles="--",
+            lw=2,
+            label="target" if i == 0 else None,
+        )
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("share of images")
+    ax.set_xlabel("")
+    ax.legend(fontsize=7, loc="upper left", frameon=False)
+    sns.despine(fig)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def render_audit_html(audit: dict[str, Any], grids: dict[str, bytes] | None = None) -> str:
+    """A single-file HTML page for one ``audit.json``."""
+    return (
+        _env()
+        .get_template("audit.html.j2")
+        .render(a=audit, plot=proportion_plot_png({"model": audit}), grids=grids or {})
+    )

@@ -1,0 +1,263 @@
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from medfair_audit.audit import AuditConfig, run_audit
+from medfair_audit.exceptions import ConfigError, DataError
+from medfair_audit.generation import GenerationConfig, image_seed, plan_shards
+from medfair_audit.target import parse_target
+from tests.cli.test_cli import assert_one_line_error, run
+
+PROMPTS = ["Axial FLAIR MRI of the brain showing a glioma.", "Axial T1-weighted MRI <b>x</b>."]
+
+
+def config(models, out, *, n=6, shard=3, reference=None, **kw):
+    return AuditConfig(
+        checkpoint=models["t2medi"],
+        classifier=models["classifier"],
+        prompts=kw.pop("prompts", PROMPTS),
+        target=parse_target("male=0.58,female=0.42"),
+        out=out,
+        reference=reference,
+        generation=GenerationConfig(
+            n_per_prompt=n, seed=1, steps=2, guidance=2.0, shard_size=shard
+        ),
+        n_boot=50,
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def audited(tiny_models, small_phantom, tmp_path_factory):
+    out = tmp_path_factory.mktemp("audit") / "a"
+    result = run_audit(config(tiny_models, out, reference=small_phantom))
+    return out, result
+
+
+def test_audit_outputs_and_invariants(audited, small_phantom):
+    out, result = audited
+    a = json.loads((out / "audit.json").read_text())
+    assert a == result.data and a["schema_version"] == 1
+    assert a["n_images"] == 12 and a["groups"] == ["female", "male"]
+    for kind in ("raw", "probabilistic", "corrected"):
+        props = a["proportions"][kind]
+        assert set(props) == {"female", "male"}  # every group, empty ones too
+        assert sum(v["value"] for v in props.values()) == pytest.approx(1)
+        for v in props.values():
+            assert v["ci"][0] <= v["value"] + 1e-12 and v["value"] <= v["ci"][1] + 1e-12
+        kl = a["kl_divergence"][kind]["target_to_generated"]
+        assert np.isfinite(kl["value"])
+    assert sum(a["counts"].values()) == 12
+    assert [p["n"] for p in a["by_prompt"]] == [6, 6]
+    assert set(a["fid_by_group"]) == {"female", "male", "overall"}
+    assert a["fid_by_group"]["overall"]["n_reference"] == 60
+    assert a["config"]["features"]["name"] == "classifier-penultimate"
+    assert len(a["config"]["checkpoint_sha256"]) == 64
+    table = pd.read_csv(out / "images.csv")
+    assert len(table) == 12 and table.seed.nunique() == 12
+    assert table.seed.tolist()[:2] == [image_seed(1, 0, 0), image_seed(1, 0, 1)]
+    assert np.allclose(table[["p_female", "p_male"]].sum(axis=1), 1)
+    html = (out / "audit.html").read_text()
+    assert (
+        'id="headline-table"' in html and "&lt;b&gt;x&lt;/b&gt;" in html and "<b>x</b>" not in html
+    )
+    assert (out / "grid_male.png").is_file() and (out / "grid_female.png").is_file()
+    frames = result.to_frame()
+    assert set(frames) == {"overall", "by_prompt", "by_group"}
+    assert len(frames["overall"]) == 6 and len(frames["by_prompt"]) == 12
+
+
+def test_results_do_not_depend_on_batch_size(tiny_models, tmp_path, audited):
+    out, _ = audited
+    other = run_audit(config(tiny_models, tmp_path / "b", shard=4))
+    a = pd.read_csv(out / "images.csv")
+    b = other.images
+    assert a.seed.tolist() == b.seed.tolist()
+    assert np.allclose(a.p_male, b.p_male, atol=1e-4)
+
+
+def test_killed_audit_resumes_to_the_same_result(tiny_models, tmp_path):
+    full = run_audit(config(tiny_models, tmp_path / "full", n=4, shard=2))
+
+    class Kill(Exception):
+        pass
+
+    def killer(event):
+        if event.stage == "generate" and event.completed >= 4:
+            raise Kill
+
+    with pytest.raises(Kill):
+        run_audit(config(tiny_models, tmp_path / "cut", n=4, shard=2), progress=killer)
+    assert len(list((tmp_path / "cut" / "shards").glob("*.safetensors"))) == 2
+    events = []
+    again = run_audit(config(tiny_models, tmp_path / "cut", n=4, shard=2), progress=events.append)
+    assert any(e.info.get("resumed") for e in events)
+    assert (tmp_path / "cut" / "audit.json").read_bytes() == (
+        tmp_path / "full" / "audit.json"
+    ).read_bytes()
+    assert again.data == full.data
+
+
+def test_two_processes_equal_one(tiny_models, tmp_path):
+    args = [
+        "audit",
+        str(tiny_models["t2medi"]),
+        "--classifier",
+        str(tiny_models["classifier"]),
+        "--target",
+        "male=0.58,female=0.42",
+        "--prompt",
+        PROMPTS[0],
+        "--prompt",
+        PROMPTS[1],
+        "--n-per-prompt",
+        "4",
+        "--batch-size",
+        "2",
+        "--steps",
+        "2",
+        "--n-boot",
+        "30",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run(
+        [sys.executable, "-m", "medfair_cli.main", *args, "--out", str(tmp_path / "one")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--cpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "medfair_cli.main",
+            *args,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert (tmp_path / "one" / "audit.json").read_bytes() == (
+        tmp_path / "two" / "audit.json"
+    ).read_bytes()
+    assert (tmp_path / "one" / "images.csv").read_bytes() == (
+        tmp_path / "two" / "images.csv"
+    ).read_bytes()
+
+
+def test_conditional_mode(tiny_models, tmp_path):
+    prompts = [
+        "Axial FLAIR MRI of a male patient's brain.",
+        "Axial FLAIR MRI of a female patient's brain.",
+    ]
+    r = run_audit(
+        config(tiny_models, tmp_path / "c", n=4, shard=4, prompts=prompts, mode="conditional")
+    )
+    cond = [p["conditional"] for p in r.data["by_prompt"]]
+    assert [c["named_group"] for c in cond] == ["male", "female"]
+    for p, c in zip(r.data["by_prompt"], cond, strict=True):
+        assert c["share"] == p["counts"][c["named_group"]] / p["n"]
+    with pytest.raises(ConfigError, match="exactly one"):
+        config(tiny_models, tmp_path / "d", prompts=["Axial MRI."], mode="conditional")
+        run_audit(config(tiny_models, tmp_path / "d", prompts=["Axial MRI."], mode="conditional"))
+
+
+def test_nan_images_are_reported_with_prompt_and_seed(tiny_models, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_models["t2medi"], broken)
+    f = next((broken / "unet").glob("*.safetensors"))
+    weights = load_file(f)
+    key = next(k for k in weights if k.endswith("conv_out.bias"))
+    weights[key] = torch.full_like(weights[key], float("nan"))
+    save_file(weights, f)
+    cfg = AuditConfig(
+        checkpoint=broken,
+        classifier=tiny_models["classifier"],
+        prompts=PROMPTS[:1],
+        target=parse_target("male=0.5,female=0.5"),
+        out=tmp_path / "o",
+        generation=GenerationConfig(n_per_prompt=2, seed=3, steps=1, shard_size=2),
+    )
+    with pytest.raises(DataError, match=rf"prompt 0 .* seed {image_seed(3, 0, 0)}"):
+        run_audit(cfg)
+
+
+@pytest.mark.parametrize(
+    "extra,needles",
+    [
+        (["--target", "male=0.5,other=0.5"], ["--target", "differ from the classifier"]),
+        (["--target", "male=0.5,female=0.5", "--n-per-prompt", "0"], ["--n-per-prompt"]),
+        (["--target", "male=0.5,female=0.5", "--prompts", "{empty}"], ["--prompts", "no prompts"]),
+        (
+            ["--target", "male=0.5,female=0.5", "--reference", "{nolabels}"],
+            ["--reference", "no column 'sex'"],
+        ),
+        (["--target", "male=0.5,female=0.5", "--features", "bogus"], ["--features"]),
+        (["--target", "male=0.5,female=0.5", "--mode", "joint"], ["--mode"]),
+    ],
+)
+def test_audit_bad_input(capsys, tiny_models, tmp_path, extra, needles):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# only a comment\n\n")
+    nolabels = tmp_path / "nolabels"
+    nolabels.mkdir()
+    (nolabels / "metadata.csv").write_text("file\n")
+    subs = {"{empty}": str(empty), "{nolabels}": str(nolabels)}
+    extra = [subs.get(a, a) for a in extra]
+    prompt = [] if "--prompts" in extra else ["--prompt", "Axial MRI."]
+    code, _, err = run(
+        capsys,
+        "audit",
+        tiny_models["t2medi"],
+        "--classifier",
+        tiny_models["classifier"],
+        "--out",
+        tmp_path / "o",
+        "--steps",
+        1,
+        "--n-per-prompt",
+        2,
+        *prompt,
+        *extra,
+    )
+    assert_one_line_error(code, err, *needles)
+
+
+def test_shard_plan_is_independent_of_processes():
+    plan = plan_shards(3, GenerationConfig(n_per_prompt=10, shard_size=4))
+    assert [(s.prompt_index, s.start, s.stop) for s in plan][:3] == [
+        (0, 0, 4),
+        (0, 4, 8),
+        (0, 8, 10),
+    ]
+    assert sum(s.stop - s.start for s in plan) == 30
+    assert sorted(plan[0::2] + plan[1::2], key=plan.index) == plan
+    seeds = {image_seed(0, p, i) for p in range(3) for i in range(10)}
+    assert len(seeds) == 30
