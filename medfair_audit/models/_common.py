@@ -123,6 +123,51 @@ class TrainingState:
         info = json.loads((folder / "state.json").read_text())
         return tensors, info
 
+    def resume(
+        self, model: torch.nn.Module, optimizer: Any, scheduler: Any, generator: torch.Generator
+    ) -> tuple[int, list[float], dict[str, Any]]:
+        """Restore a training loop from the newest checkpoint, if there is one.
+
+        Returns:
+            The step to continue from, the loss history so far, and the checkpoint's tensors
+            (for extra state such as an EMA); ``(0, [], {})`` when starting fresh.
+        """
+        latest = self.latest()
+        if latest is None:
+            return 0, [], {}
+        tensors, info = self.load(latest)
+        model.load_state_dict(tensors["model"])
+        optimizer.load_state_dict(tensors["optimizer"])
+        scheduler.load_state_dict(tensors["scheduler"])
+        set_rng_state(tensors["rng"], generator)
+        return info["step"], info["losses"], tensors
+
+    def maybe_save(
+        self,
+        done: int,
+        total: int,
+        every: int,
+        model: torch.nn.Module,
+        optimizer: Any,
+        scheduler: Any,
+        generator: torch.Generator,
+        losses: list[float],
+        **extra: Any,
+    ) -> None:
+        """Checkpoint a training loop every ``every`` steps (0: never) and at its last step."""
+        if (every and done % every == 0) or done == total:
+            self.save(
+                done,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": rng_state(generator),
+                    **extra,
+                },
+                {"losses": losses},
+            )
+
 
 def rng_state(generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Everything random a training loop here draws from, as tensors."""

@@ -43,9 +43,7 @@ from ._common import (
     TrainingState,
     check_no_pickle,
     load_images,
-    rng_state,
     seed_everything,
-    set_rng_state,
 )
 from .clip import load_clip
 
@@ -345,15 +343,7 @@ def _train_vae(
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     warm = max(1, cfg.vae_steps // 30)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, cfg.vae_steps, warm))
-    start, losses = 0, []
-    latest = state.latest()
-    if latest is not None:
-        tensors, info = TrainingState.load(latest)
-        vae.load_state_dict(tensors["model"])
-        opt.load_state_dict(tensors["optimizer"])
-        sched.load_state_dict(tensors["scheduler"])
-        set_rng_state(tensors["rng"], generator)
-        start, losses = info["step"], info["losses"]
+    start, losses, _ = state.resume(vae, opt, sched, generator)
     vae.train()
     for step in range(start, cfg.vae_steps):
         idx = torch.randint(len(images), (cfg.vae_batch_size,), generator=generator)
@@ -369,18 +359,9 @@ def _train_vae(
         sched.step()
         losses.append(loss.item())
         report(progress, "train vae", step + 1, cfg.vae_steps, loss=losses[-1])
-        done = step + 1
-        if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.vae_steps:
-            state.save(
-                done,
-                {
-                    "model": vae.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "rng": rng_state(generator),
-                },
-                {"losses": losses},
-            )
+        state.maybe_save(
+            step + 1, cfg.vae_steps, cfg.checkpoint_every, vae, opt, sched, generator, losses
+        )
     vae.eval()
     tail = losses[-max(1, len(losses) // 10) :]
     return float(np.mean(tail)) if tail else float("nan")
@@ -416,17 +397,9 @@ def _train_unet(
     warm = max(1, cfg.unet_steps // 30)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, cfg.unet_steps, warm))
     ema = _EMA(unet, cfg.ema_decay) if cfg.ema else None
-    start, losses = 0, []
-    latest = state.latest()
-    if latest is not None:
-        tensors, info = TrainingState.load(latest)
-        unet.load_state_dict(tensors["model"])
-        opt.load_state_dict(tensors["optimizer"])
-        sched.load_state_dict(tensors["scheduler"])
-        if ema is not None:
-            ema.shadow = tensors["ema"]
-        set_rng_state(tensors["rng"], generator)
-        start, losses = info["step"], info["losses"]
+    start, losses, restored = state.resume(unet, opt, sched, generator)
+    if ema is not None and "ema" in restored:
+        ema.shadow = restored["ema"]
     unet.train()
     n = len(mean)
     for step in range(start, cfg.unet_steps):
@@ -454,17 +427,18 @@ def _train_unet(
             ema.update(unet, step)
         losses.append(loss.item())
         report(progress, "train unet", step + 1, cfg.unet_steps, loss=losses[-1])
-        done = step + 1
-        if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.unet_steps:
-            tensors = {
-                "model": unet.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "rng": rng_state(generator),
-            }
-            if ema is not None:
-                tensors["ema"] = ema.shadow
-            state.save(done, tensors, {"losses": losses})
+        extra = {"ema": ema.shadow} if ema is not None else {}
+        state.maybe_save(
+            step + 1,
+            cfg.unet_steps,
+            cfg.checkpoint_every,
+            unet,
+            opt,
+            sched,
+            generator,
+            losses,
+            **extra,
+        )
     unet.eval()
     return losses, ema
 

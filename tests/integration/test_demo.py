@@ -19,8 +19,15 @@ def test_fast_demo_builds_biased_corpus_and_target_and_reuses_stages(tmp_path, c
     assert abs(target["proportions"]["male"] - 0.58) < 0.01
     assert target_set.tumour.all()
     assert not any(s["reused"] for s in result.stages.values())
-    assert set(result.stages) == {"corpus", "target_set", "target", "clip", "t2medi",
-                                  "classifier", "audit_before"}
+    assert set(result.stages) == {
+        "corpus",
+        "target_set",
+        "target",
+        "clip",
+        "t2medi",
+        "classifier",
+        "audit_before",
+    }
     audit = json.loads((out / "before" / "audit.json").read_text())
     assert audit["n_images"] == 16 and audit["target"]["male"] == target["proportions"]["male"]
     assert (out / "models" / "t2medi" / "model_index.json").is_file()
