@@ -80,10 +80,17 @@ def train_caption_tokenizer(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tok.model.save(str(out))
-    vocab = json.loads((out / "vocab.json").read_text(encoding="utf-8"))
-    for char in sorted(alphabet):
-        for piece in (char, char + "</w>"):
-            vocab.setdefault(piece, len(vocab))
+    # Canonical ids: the trainer numbers single characters in hash-map order, which differs
+    # between processes. Renumbering (special tokens, sorted characters with and without the
+    # end-of-word mark, then merge results in merge order) keeps tokenisation identical and makes
+    # the files, and so the models trained on them, reproducible.
+    trained = json.loads((out / "vocab.json").read_text(encoding="utf-8"))
+    lines = (out / "merges.txt").read_text(encoding="utf-8").splitlines()
+    merges = [line.split(" ") for line in lines if line and not line.startswith("#version")]
+    chars = sorted(set(alphabet) | {t[:-4] for t in trained if t.endswith("</w>") and len(t) == 5})
+    order = [BOS, EOS, *chars, *(c + "</w>" for c in chars), *(a + b for a, b in merges)]
+    order += sorted(set(trained) - set(order))
+    vocab = {token: i for i, token in enumerate(dict.fromkeys(order))}
     (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     tokenizer = CLIPTokenizer.from_pretrained(str(out), model_max_length=max_length)
     tokenizer.save_pretrained(str(out))

@@ -235,3 +235,19 @@ def test_classifier_input_errors(small_phantom, tmp_path):
     with pytest.raises(DataError, match="outside the known groups"):
         train_classifier(small_phantom, tmp_path / "c", TINY_CLF, groups=["female", "other"])
     assert not (tmp_path / "c").exists()
+
+
+def test_tokenizer_files_are_identical_across_processes(tmp_path, small_phantom):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pandas as pd\n"
+        "from medfair_audit.models.tokenizer import train_caption_tokenizer\n"
+        f"caps = pd.read_csv({str(small_phantom / 'metadata.csv')!r}).caption.tolist()\n"
+        "train_caption_tokenizer(caps, sys.argv[1], vocab_size=300)\n"
+    )
+    for name in ("a", "b"):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / name)], check=True)
+    for f in ("vocab.json", "merges.txt"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
