@@ -261,3 +261,63 @@ def test_shard_plan_is_independent_of_processes():
     assert sorted(plan[0::2] + plan[1::2], key=plan.index) == plan
     seeds = {image_seed(0, p, i) for p in range(3) for i in range(10)}
     assert len(seeds) == 30
+
+
+def test_audits_a_three_channel_stable_diffusion_folder(tiny_models, tmp_path):
+    """Any diffusers text-to-image folder: RGB output at another size is converted explicitly."""
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+
+    from medfair_audit.models.clip import load_clip
+    from medfair_audit.models.t2medi import _schedulers, _text_encoder
+
+    torch.manual_seed(0)
+    clip, tokenizer = load_clip(tiny_models["clip"])
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=clip.config.text_config.hidden_size,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=_text_encoder(clip),
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=_schedulers()[1],
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(str(tmp_path / "sd"))
+    cfg = AuditConfig(
+        checkpoint=tmp_path / "sd",
+        classifier=tiny_models["classifier"],
+        prompts=PROMPTS[:1],
+        target=parse_target("male=0.5,female=0.5"),
+        out=tmp_path / "o",
+        generation=GenerationConfig(n_per_prompt=3, seed=0, steps=2, shard_size=3),
+        n_boot=10,
+    )
+    r = run_audit(cfg)
+    assert r.data["n_images"] == 3
+    from safetensors.torch import load_file
+
+    shard = load_file(next((tmp_path / "o" / "shards").glob("*.safetensors")))
+    assert shard["images"].shape == (3, 3, 32, 32)  # stored as generated
+    assert np.allclose(shard["probs"].sum(1).numpy(), 1)  # classified after conversion
