@@ -12,6 +12,7 @@ Run: .venv/bin/python benchmarks/bench_models.py [DEMO_DIR] [N_PER_PROMPT]
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import time
@@ -27,6 +28,7 @@ from medfair_audit.metrics import kernel_inception_distance
 from medfair_audit.models._common import load_images
 from medfair_audit.models.classifier import SubgroupClassifier
 from medfair_audit.models.t2medi import load_pipeline, sample_images
+from medfair_audit.reporting import image_grid_png
 
 PROMPTS = [
     "Axial FLAIR MRI of the brain showing a glioma in the left frontal lobe.",
@@ -35,18 +37,6 @@ PROMPTS = [
     "Axial contrast-enhanced T1-weighted brain MRI: glioma of the left temporal lobe with rim "
     "enhancement.",
 ]
-
-
-def grid(images: torch.Tensor, cols: int) -> Image.Image:
-    x = ((images[:, 0].clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
-    rows = int(np.ceil(len(x) / cols))
-    canvas = np.zeros((rows * x.shape[1], cols * x.shape[2]), np.uint8)
-    for i, im in enumerate(x):
-        r, c = divmod(i, cols)
-        canvas[r * im.shape[0] : (r + 1) * im.shape[0], c * im.shape[1] : (c + 1) * im.shape[1]] = (
-            im
-        )
-    return Image.fromarray(canvas)
 
 
 def main(demo: Path, n: int) -> None:
@@ -94,9 +84,9 @@ def main(demo: Path, n: int) -> None:
     kid, sd = kernel_inception_distance(f_real[:half], f_real[half:], subset_size=100)
     print(f"KID real vs real (floor): {kid:.4f} ± {sd:.4f}")
     out = demo / "models" / "samples.png"
-    grid(gen[torch.arange(0, len(gen), max(1, len(gen) // 32))][:32], 8).resize(
-        (8 * 128, 4 * 128), Image.NEAREST
-    ).save(out)
+    picked = gen[torch.arange(0, len(gen), max(1, len(gen) // 32))][:32]
+    png = image_grid_png(((picked.clamp(-1, 1) + 1) * 127.5).round().byte(), 8)
+    Image.open(io.BytesIO(png)).resize((8 * 128, 4 * 128), Image.NEAREST).save(out)
     print(f"sample grid: {out}")
     (demo / "models" / "quality.json").write_text(
         json.dumps(

@@ -10,7 +10,6 @@ shards and the main process writes the result, which equals the single-process o
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import sys
@@ -36,6 +35,7 @@ from .models._common import load_images
 from .models.classifier import SubgroupClassifier
 from .models.t2medi import load_pipeline
 from .progress import ProgressCallback, report
+from .reporting import image_grid_png
 from .target import Target
 
 __all__ = ["AUDIT_SCHEMA_VERSION", "AuditConfig", "AuditResult", "read_prompts", "run_audit"]
@@ -202,21 +202,6 @@ class AuditResult:
             atomic_write_bytes(out / f"grid_{g}.png", png)
         atomic_write_text(out / "audit.html", render_audit_html(self.data, self.grids))
         return out
-
-
-def _grid_png(images: torch.Tensor, cols: int = 8) -> bytes:
-    from PIL import Image
-
-    x = images[:, 0].numpy() if images.shape[1] == 1 else images.float().mean(1).byte().numpy()
-    rows = max(1, -(-len(x) // cols))
-    h, w = x.shape[1:] if len(x) else (64, 64)
-    canvas = np.zeros((rows * h, cols * w), np.uint8)
-    for i, im in enumerate(x):
-        r, c = divmod(i, cols)
-        canvas[r * h : (r + 1) * h, c * w : (c + 1) * w] = im
-    buf = io.BytesIO()
-    Image.fromarray(canvas).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _named_groups(prompts: Sequence[str], groups: Sequence[str]) -> list[str]:
@@ -530,7 +515,7 @@ def run_audit(
             "predicted": [groups[j] for j in pred],
         }
     )
-    grids = {g: _grid_png(data["images"][j]) for j, g in enumerate(groups)}
+    grids = {g: image_grid_png(data["images"][j]) for j, g in enumerate(groups)}
     table["file"] = ""
     if cfg.save_images:
         from PIL import Image

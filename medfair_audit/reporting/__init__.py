@@ -9,7 +9,7 @@ import base64
 import io
 from typing import Any
 
-__all__ = ["proportion_plot_png", "render_audit_html"]
+__all__ = ["image_grid_png", "proportion_plot_png", "render_audit_html"]
 
 
 def _env() -> Any:
@@ -25,6 +25,29 @@ def _env() -> Any:
     env.filters["num"] = lambda v, d=3: "–" if v is None else f"{v:.{d}f}"
     env.filters["b64"] = lambda b: base64.b64encode(b).decode("ascii")
     return env
+
+
+def image_grid_png(images: Any, cols: int = 8) -> bytes:
+    """PNG bytes of a grid of images.
+
+    Args:
+        images: ``(N, C, H, W)`` uint8 tensor or array (colour is averaged to grey).
+        cols: Images per row.
+    """
+    import numpy as np
+    from PIL import Image
+
+    x = np.asarray(images)
+    x = x[:, 0] if x.shape[1] == 1 else x.astype(np.float32).mean(1).round().astype(np.uint8)
+    rows = max(1, -(-len(x) // cols))
+    h, w = x.shape[1:] if len(x) else (64, 64)
+    canvas = np.zeros((rows * h, cols * w), np.uint8)
+    for i, im in enumerate(x):
+        r, c = divmod(i, cols)
+        canvas[r * h : (r + 1) * h, c * w : (c + 1) * w] = im
+    buf = io.BytesIO()
+    Image.fromarray(canvas).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def proportion_plot_png(audits: dict[str, dict[str, Any]]) -> bytes:
