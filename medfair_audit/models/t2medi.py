@@ -494,8 +494,9 @@ def train_t2i(
 
     # Cheap checks first (the table, then the model folders), pixels last.
     dataset = ImageFolderDataset(data, require=("caption",), size=cfg.image_size)
-    if "split" in dataset.metadata.columns and (dataset.metadata.split == "train").any():
-        dataset = ImageFolderDataset(data, require=("caption",), split="train", size=cfg.image_size)
+    meta = dataset.metadata
+    if "split" in meta.columns and (meta.split == "train").any():
+        dataset.metadata = meta[meta.split == "train"].reset_index(drop=True)  # read once
     base = load_pipeline(init, trust_pickle=trust_pickle, param="init") if init else None
     if clip is not None:
         clip_model, tokenizer = load_clip(clip, trust_pickle=trust_pickle)

@@ -69,8 +69,12 @@ def test_clip_reloads_with_identical_embeddings(clip_dir, small_phantom):
     assert torch.equal(a, b)
 
 
-def test_pipeline_is_a_standard_diffusers_folder(t2i_dir, clip_dir):
+def test_pipeline_is_a_standard_diffusers_folder(t2i_dir, clip_dir, small_phantom):
     from diffusers import DiffusionPipeline
+
+    meta = pd.read_csv(small_phantom / "metadata.csv")
+    info = json.loads((t2i_dir / "medfair.json").read_text())
+    assert info["n_train"] == int((meta.split == "train").sum())  # the train split only
 
     index = json.loads((t2i_dir / "model_index.json").read_text())
     assert index["_class_name"] == "StableDiffusionPipeline"
