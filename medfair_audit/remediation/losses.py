@@ -1,0 +1,78 @@
+"""Losses of subgroup distribution aligned tuning (Han et al. 2024; Shen et al. 2023).
+
+* :func:`alignment_kl`: the paper's loss. For images generated from one prompt, ``p̄`` is the
+  mean of the classifier's (calibrated) probabilities and ``L = KL(target ‖ p̄)``.
+* :func:`ot_assign` + :func:`ot_cross_entropy`: Shen et al.'s alternative. Each image gets a
+  target group so that the batch matches the target proportions, by optimal transport with cost
+  ``-log p`` (for two groups this is a sort), and the loss is cross-entropy to those groups.
+* :func:`clip_consistency`: the knowledge-distillation term that keeps image quality,
+  ``1 - cos(E(x_tuned), E(x_original))`` averaged over the batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["alignment_kl", "clip_consistency", "ot_assign", "ot_cross_entropy", "target_counts"]
+
+
+def alignment_kl(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """``KL(target ‖ mean(probs))`` in nats; groups with zero target weight contribute 0.
+
+    Args:
+        probs: ``(B, K)`` probabilities of a batch (differentiable).
+        target: ``(K,)`` target proportions.
+        eps: Floor on the batch mean inside the logarithm.
+    """
+    p_bar = probs.mean(dim=0).clamp_min(eps)
+    t = target.to(probs)
+    terms = torch.where(
+        t > 0, t * (torch.log(t.clamp_min(eps)) - torch.log(p_bar)), torch.zeros_like(t)
+    )
+    return terms.sum()
+
+
+def target_counts(target: np.ndarray, batch: int) -> np.ndarray:
+    """Integer group counts for a batch that match ``target`` best (largest remainders)."""
+    target = np.asarray(target, dtype=np.float64)
+    raw = target * batch
+    counts = np.floor(raw).astype(int)
+    for i in np.argsort(-(raw - counts), kind="stable")[: batch - counts.sum()]:
+        counts[i] += 1
+    return counts
+
+
+def ot_assign(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Assign each image a group so the batch has the target's counts, at least total cost.
+
+    The cost of giving image ``i`` group ``g`` is ``-log p_i[g]``; the assignment is an exact
+    optimal transport between the images and the target counts (``linear_sum_assignment`` on
+    the cost matrix with each group repeated by its count). For two groups this is the same as
+    sorting images by ``p_i[1]`` and giving the top ``count[1]`` group 1.
+
+    Returns:
+        ``(B,)`` long tensor of assigned group indices (no gradient).
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    p = probs.detach().double().clamp_min(1e-12).cpu().numpy()
+    counts = target_counts(target.detach().cpu().numpy(), len(p))
+    columns = np.repeat(np.arange(p.shape[1]), counts)
+    cost = -np.log(p)[:, columns]
+    rows, cols = linear_sum_assignment(cost)
+    assigned = np.empty(len(p), dtype=np.int64)
+    assigned[rows] = columns[cols]
+    return torch.from_numpy(assigned)
+
+
+def ot_cross_entropy(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Cross-entropy of ``probs`` to the groups :func:`ot_assign` gives them."""
+    assigned = ot_assign(probs, target).to(probs.device)
+    return F.nll_loss(torch.log(probs.clamp_min(eps)), assigned)
+
+
+def clip_consistency(tuned: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    """``mean(1 - cos(tuned_i, original_i))`` between image embeddings ``(B, D)``."""
+    return (1.0 - F.cosine_similarity(tuned, original.detach(), dim=-1)).mean()
