@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .._io import atomic_write_json, building_dir
+from .._validate import require_at_least
 from ..data.datasets import ImageFolderDataset
 from ..exceptions import ConfigError, DataError, ModelError
 from ..progress import ProgressCallback, report
@@ -79,9 +80,7 @@ class ClassifierConfig:
             raise ConfigError(
                 "widths and depths must have the same, non-zero length", param="widths"
             )
-        for name in ("epochs", "batch_size", "image_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"expected ≥ 1, got {getattr(self, name)}", param=name)
+        require_at_least(self, 1, "epochs", "batch_size", "image_size")
         if self.patience < 1:
             raise ConfigError(f"expected ≥ 1, got {self.patience}", param="patience")
         if not self.lr > 0:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .._io import atomic_write_json, building_dir
+from .._validate import require_at_least
 from ..data.datasets import ImageFolderDataset
 from ..exceptions import ConfigError, ModelError
 from ..progress import ProgressCallback, report
@@ -66,7 +67,9 @@ class CLIPTrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in (
+        require_at_least(
+            self,
+            1,
             "image_size",
             "patch_size",
             "width",
@@ -76,11 +79,7 @@ class CLIPTrainConfig:
             "max_length",
             "epochs",
             "batch_size",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(
-                    f"expected a positive integer, got {getattr(self, name)}", param=name
-                )
+        )
         if self.image_size % self.patch_size:
             raise ConfigError("image_size must be a multiple of patch_size", param="patch_size")
         if self.width % self.heads:

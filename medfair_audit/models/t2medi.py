@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from .._io import atomic_write_json, building_dir
+from .._validate import require_at_least
 from ..data.datasets import ImageFolderDataset
 from ..exceptions import ConfigError, DataError, ModelError
 from ..progress import ProgressCallback, report
@@ -110,12 +111,8 @@ class T2IConfig:
             raise ConfigError(
                 f"expected a multiple of 4 ≥ 16, got {self.image_size}", param="image_size"
             )
-        for name in ("vae_steps", "checkpoint_every"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"expected ≥ 0, got {getattr(self, name)}", param=name)
-        for name in ("unet_steps", "batch_size", "vae_batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"expected ≥ 1, got {getattr(self, name)}", param=name)
+        require_at_least(self, 0, "vae_steps", "checkpoint_every")
+        require_at_least(self, 1, "unet_steps", "batch_size", "vae_batch_size")
         if not (self.lr > 0 and self.vae_lr > 0):
             raise ConfigError("learning rates must be positive", param="lr")
         if not 0.0 <= self.caption_dropout < 1.0:
