@@ -12,9 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["TISSUES", "TissueAtlas", "load_atlas"]
-
-TISSUES = ("gm", "wm", "csf", "mask")
+__all__ = ["TissueAtlas", "load_atlas"]
 
 
 @dataclass(frozen=True)

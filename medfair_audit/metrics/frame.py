@@ -33,9 +33,7 @@ from .functional import (
     wilson_interval,
 )
 
-__all__ = ["KINDS", "summarise"]
-
-KINDS = ("raw", "probabilistic", "corrected")
+__all__ = ["summarise"]
 
 
 def _distributions(probs: np.ndarray, confusion: np.ndarray | None) -> dict[str, np.ndarray]:
