@@ -7,9 +7,7 @@ from typing import Annotated
 
 import typer
 
-from medfair_audit.audit import AuditConfig, read_prompts, run_audit
 from medfair_audit.exceptions import ConfigError
-from medfair_audit.generation import GenerationConfig
 from medfair_audit.target import parse_target
 
 from ._common import out_console, progress_bar, quiet_libraries
@@ -71,6 +69,8 @@ def audit(
         --prompt "Axial FLAIR MRI of the brain showing a glioma." --n-per-prompt 256
         --reference data/target_set --out reports/audit
     """
+    from medfair_audit import AuditConfig, GenerationConfig, read_prompts, run_audit
+
     if (prompts is None) == (not prompt):
         raise ConfigError(
             "give --prompts FILE or at least one --prompt TEXT (not both)", param="prompts"

@@ -8,8 +8,6 @@ from typing import Annotated
 
 import typer
 
-from medfair_audit.demo import DemoConfig, run_demo
-
 from ._common import err_console, out_console, progress_bar, quiet_libraries
 
 
@@ -29,6 +27,8 @@ def demo(
     For example:
         medfair demo --out reports/demo
     """
+    from medfair_audit.demo import DemoConfig, run_demo
+
     start = time.perf_counter()
 
     def log(line: str) -> None:

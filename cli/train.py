@@ -8,10 +8,6 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from medfair_audit.models.classifier import ClassifierConfig, train_classifier
-from medfair_audit.models.clip import CLIPTrainConfig, train_clip
-from medfair_audit.models.t2medi import T2IConfig, train_t2i
-
 from ._common import Overwrite, Seed, out_console, progress_bar, quiet_libraries, split_list
 
 app = typer.Typer(
@@ -53,6 +49,8 @@ def clip(
 
         medfair train clip --data data/corpus --out models/clip
     """
+    from medfair_audit.models.clip import CLIPTrainConfig, train_clip
+
     config = CLIPTrainConfig(
         epochs=epochs, batch_size=batch_size, width=width, layers=layers, lr=lr, seed=seed
     )
@@ -109,6 +107,8 @@ def t2i(
 
         medfair train t2i --data data/roco --init models/t2medi --vae-steps 0 --out models/ft
     """
+    from medfair_audit.models.t2medi import T2IConfig, train_t2i
+
     config = T2IConfig(
         unet_steps=unet_steps,
         vae_steps=vae_steps,
@@ -163,6 +163,8 @@ def classifier(
 
         medfair train classifier --data data/target_set --attribute sex --out models/sex-clf
     """
+    from medfair_audit.models.classifier import ClassifierConfig, train_classifier
+
     config = ClassifierConfig(
         epochs=epochs, patience=patience, batch_size=batch_size, lr=lr, seed=seed
     )

@@ -6,7 +6,6 @@ keyword-only config; errors caused by user input are :class:`MedfairError`.
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .audit import AuditConfig, AuditResult, run_audit
 from .data import (
     AnatomyModel,
     BratsDataset,
@@ -26,9 +25,29 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+local"
 
-from .generation import GenerationConfig
+# The audit pulls in torch, diffusers and scipy; resolve its names on first use so that
+# `import medfair_audit` (and so every `medfair` command, `--help` included) starts fast.
+_LAZY = {
+    "AuditConfig": ("_audit", "AuditConfig"),
+    "AuditResult": ("_audit", "AuditResult"),
+    "read_prompts": ("_audit", "read_prompts"),
+    "run_audit": ("_audit", "run_audit"),
+    "audit": ("_audit", "run_audit"),  # the library call behind `medfair audit`
+    "GenerationConfig": ("generation", "GenerationConfig"),
+}
 
-audit = run_audit  # the library call behind `medfair audit`
+
+def __getattr__(name: str) -> object:
+    """Import the audit's names when first used (PEP 562)."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'medfair_audit' has no attribute '{name}'")
+    import importlib
+
+    module, attr = _LAZY[name]
+    value = getattr(importlib.import_module(f".{module}", __name__), attr)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AnatomyModel",
@@ -52,6 +71,7 @@ __all__ = [
     "build_phantom",
     "export_image_folder",
     "parse_target",
+    "read_prompts",
     "run_audit",
     "target_from_labels",
 ]

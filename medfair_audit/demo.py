@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._audit import AuditConfig, run_audit
 from ._io import atomic_write_json
-from .audit import AuditConfig, run_audit
 from .data.phantom import PhantomConfig, build_phantom
 from .exceptions import ConfigError
 from .generation import GenerationConfig

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from medfair_audit.audit import AuditConfig, run_audit
+from medfair_audit import AuditConfig, run_audit
 from medfair_audit.exceptions import ConfigError, DataError
 from medfair_audit.generation import GenerationConfig, image_seed, plan_shards
 from medfair_audit.target import parse_target
