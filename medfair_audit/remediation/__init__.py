@@ -1,5 +1,19 @@
-"""Remediation (issue in progress): the losses of subgroup distribution aligned tuning."""
+"""Remediation: subgroup distribution aligned tuning (Han et al. 2024; Shen et al. 2023)."""
 
+from .encoders import ImageEncoder, load_image_encoder
 from .losses import alignment_kl, clip_consistency, ot_assign, ot_cross_entropy
+from .tuning import LOSSES, RemediationConfig, RemediationResult, ddim_sample, remediate
 
-__all__ = ["alignment_kl", "clip_consistency", "ot_assign", "ot_cross_entropy"]
+__all__ = [
+    "LOSSES",
+    "ImageEncoder",
+    "RemediationConfig",
+    "RemediationResult",
+    "alignment_kl",
+    "clip_consistency",
+    "ddim_sample",
+    "load_image_encoder",
+    "ot_assign",
+    "ot_cross_entropy",
+    "remediate",
+]

@@ -67,10 +67,24 @@ def ot_assign(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(assigned)
 
 
-def ot_cross_entropy(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Cross-entropy of ``probs`` to the groups :func:`ot_assign` gives them."""
+def ot_cross_entropy(
+    probs: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    max_uncertainty: float = 1.0,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """Cross-entropy of ``probs`` to the groups :func:`ot_assign` gives them.
+
+    Images whose binomial uncertainty ``1 - max_g p[g]`` (the probability that the classifier's
+    own label is wrong) exceeds ``max_uncertainty`` are left out: their group is not known well
+    enough to push them anywhere. The loss is averaged over the images kept (0 with no gradient
+    signal when none is kept).
+    """
     assigned = ot_assign(probs, target).to(probs.device)
-    return F.nll_loss(torch.log(probs.clamp_min(eps)), assigned)
+    nll = F.nll_loss(torch.log(probs.clamp_min(eps)), assigned, reduction="none")
+    keep = (1 - probs.detach().max(dim=-1).values) <= max_uncertainty
+    return (nll * keep).sum() / keep.sum().clamp_min(1)
 
 
 def clip_consistency(tuned: torch.Tensor, original: torch.Tensor) -> torch.Tensor:

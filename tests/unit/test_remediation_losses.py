@@ -91,3 +91,21 @@ def test_clip_consistency():
     y = b.clone().requires_grad_(True)
     clip_consistency(x, y).backward()
     assert x.grad is not None and y.grad is None  # the frozen original gets no gradient
+
+
+def test_ot_cross_entropy_drops_uncertain_images_by_hand():
+    # Target 50/50 over 4 images: the two most "male" (index 1) images are assigned male.
+    probs = torch.tensor([[0.05, 0.95], [0.3, 0.7], [0.55, 0.45], [0.9, 0.1]])
+    target = torch.tensor([0.5, 0.5])
+    assert ot_assign(probs, target).tolist() == [1, 1, 0, 0]
+    # 1 - max p = 0.05, 0.3, 0.45, 0.1: at 0.2 only images 0 and 3 remain.
+    kept = ot_cross_entropy(probs, target, max_uncertainty=0.2)
+    assert kept.item() == pytest.approx(-(math.log(0.95) + math.log(0.9)) / 2, rel=1e-6)
+    every = ot_cross_entropy(probs, target, max_uncertainty=1.0)
+    expected = -(math.log(0.95) + math.log(0.7) + math.log(0.55) + math.log(0.9)) / 4
+    assert every.item() == pytest.approx(expected, rel=1e-6)
+    # Nothing confident enough: zero loss, still differentiable.
+    p = torch.full((2, 2), 0.5, requires_grad=True)
+    loss = ot_cross_entropy(p, target, max_uncertainty=0.1)
+    loss.backward()
+    assert loss.item() == 0 and torch.equal(p.grad, torch.zeros_like(p))

@@ -1,0 +1,135 @@
+"""λ = 0 ablation of the CLIP-consistency term, and the remediation result bar (remediation issue).
+
+Needs a finished demo (``medfair demo``: ``before/``, ``after/`` and ``models/``). Remediates the
+demo's biased T2MedI again with the demo's settings but ``lambda_clip = 0``, audits it with the
+demo's audit seeds, and compares both remediated models with the biased one:
+
+* KL(target ‖ generated) (raw and corrected) and its reduction, corrected male share and interval;
+* FID/KID per subgroup against the real target-set images;
+* drift of paired images (same prompt and seed): mean 1 − cos of the demo CLIP's image
+  embeddings, mean absolute pixel change, and the share whose predicted group changed.
+
+Run: .venv/bin/python benchmarks/bench_ablation.py [DEMO_DIR]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from medfair_audit import AuditConfig, run_audit
+from medfair_audit.demo import DEMO_PROMPTS, DemoConfig
+from medfair_audit.models.clip import encode_images, load_clip
+from medfair_audit.remediation import remediate
+from medfair_audit.target import Target
+
+
+def _images(folder: Path) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
+    shards = sorted((folder / "shards").glob("*.safetensors"))
+    parts = [load_file(str(s)) for s in shards]
+    seeds = np.concatenate([p["seeds"].numpy() for p in parts])
+    images = torch.cat([p["images"] for p in parts]).float() / 127.5 - 1
+    labels = np.concatenate([p["probs"].numpy().argmax(1) for p in parts])
+    return seeds, images, labels
+
+
+def drift(before: Path, after: Path, clip: object) -> dict[str, float]:
+    """Paired-image change between two audits made with the same seeds."""
+    sa, ia, la = _images(before)
+    sb, ib, lb = _images(after)
+    assert np.array_equal(sa, sb), "the audits must use the same seeds"
+    ea, eb = encode_images(clip, ia), encode_images(clip, ib)
+    return {
+        "clip_1_minus_cos": float((1 - (ea * eb).sum(-1)).mean()),
+        "mean_abs_pixel_change_255": float((ia - ib).abs().mean() * 127.5),
+        "changed_group": float((la != lb).mean()),
+    }
+
+
+def summary(audit: dict) -> dict:
+    """The numbers of the result bar from one audit.json."""
+    return {
+        "male_raw": audit["proportions"]["raw"]["male"],
+        "male_corrected": audit["proportions"]["corrected"]["male"],
+        "kl_raw": audit["kl_divergence"]["raw"]["target_to_generated"],
+        "kl_corrected": audit["kl_divergence"]["corrected"]["target_to_generated"],
+        "fid": {g: v["fid"] for g, v in audit["fid_by_group"].items()},
+        "kid": {g: [v["kid"], v["std"]] for g, v in audit["kid_by_group"].items()},
+    }
+
+
+def main(demo: Path) -> None:
+    torch.set_num_threads(2)
+    cfg = DemoConfig(out=demo)
+    models, out = demo / "models", demo / "ablation"
+    target = Target.load(demo / "target.json")
+    start = time.perf_counter()
+    if not (out / "t2medi-fair-l0" / "model_index.json").is_file():
+        remediate(
+            models / "t2medi",
+            classifier=models / "classifier",
+            target=target,
+            prompts=DEMO_PROMPTS,
+            out=out / "t2medi-fair-l0",
+            config=dataclasses.replace(cfg.remediation, lambda_clip=0.0),
+            overwrite=True,
+        )
+    print(f"λ = 0 remediation: {time.perf_counter() - start:.0f} s", flush=True)
+    if not (out / "after-l0" / "audit.json").is_file():
+        run_audit(
+            AuditConfig(
+                checkpoint=out / "t2medi-fair-l0",
+                classifier=models / "classifier",
+                prompts=DEMO_PROMPTS,
+                target=target,
+                out=out / "after-l0",
+                generation=cfg.audit_generation,
+                reference=demo / "data" / "target_set",
+                reference_split="test",
+            )
+        )
+    clip, _ = load_clip(models / "clip")
+    rows = {}
+    for label, folder in (
+        ("before", demo / "before"),
+        ("after (λ=1)", demo / "after"),
+        ("after (λ=0)", out / "after-l0"),
+    ):
+        rows[label] = summary(json.loads((folder / "audit.json").read_text()))
+        if label != "before":
+            rows[label]["drift"] = drift(demo / "before", folder, clip)
+            kl0, kl1 = rows["before"]["kl_raw"]["value"], rows[label]["kl_raw"]["value"]
+            klc0 = rows["before"]["kl_corrected"]["value"]
+            klc1 = rows[label]["kl_corrected"]["value"]
+            rows[label]["kl_reduction"] = {"raw": 1 - kl1 / kl0, "corrected": 1 - klc1 / klc0}
+    for label, r in rows.items():
+        m = r["male_corrected"]
+        line = (
+            f"{label:12s} male raw {r['male_raw']['value']:.3f}, corrected {m['value']:.3f} "
+            f"[{m['ci'][0]:.3f}, {m['ci'][1]:.3f}]; KL raw {r['kl_raw']['value']:.4f}, "
+            f"corrected {r['kl_corrected']['value']:.4f}; "
+            + ", ".join(f"FID {g} {v:.2f}" for g, v in r["fid"].items())
+            + "; "
+            + ", ".join(f"KID {g} {v[0]:.3f}±{v[1]:.3f}" for g, v in r["kid"].items())
+        )
+        if "drift" in r:
+            d = r["drift"]
+            line += (
+                f"; drift 1-cos {d['clip_1_minus_cos']:.4f}, |Δpixel| "
+                f"{d['mean_abs_pixel_change_255']:.2f}, group changed {d['changed_group']:.3f}"
+                f"; KL reduction raw {r['kl_reduction']['raw']:.1%}, corrected "
+                f"{r['kl_reduction']['corrected']:.1%}"
+            )
+        print(line)
+    (out / "ablation.json").write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("reports/demo"))

@@ -1,0 +1,262 @@
+"""`medfair remediate` on tiny models: outputs, gradient flow, resume equivalence, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from medfair_audit.exceptions import ConfigError
+from medfair_audit.models.t2medi import load_pipeline
+from medfair_audit.remediation import RemediationConfig, remediate
+from medfair_audit.remediation.tuning import _load_models, _train_step
+from medfair_audit.target import parse_target
+from tests.cli.test_cli import assert_one_line_error, run
+
+PROMPTS = ["Axial FLAIR MRI of the brain showing a glioma.", "Axial T1-weighted MRI of the brain."]
+TARGET = parse_target("male=0.58,female=0.42")
+
+
+def tiny(**kw):
+    base = dict(
+        steps=4,
+        batch_per_prompt=2,
+        sampling_steps=3,
+        grad_steps=2,
+        lora_rank=2,
+        audit_images=2,
+        audit_steps=2,
+        checkpoint_every=2,
+        warmup=1,
+        lr=1e-2,
+    )
+    return RemediationConfig(**{**base, **kw})
+
+
+def _run(models, out, cfg, **kw):
+    return remediate(
+        models["t2medi"],
+        classifier=models["classifier"],
+        target=TARGET,
+        prompts=PROMPTS,
+        out=out,
+        config=cfg,
+        image_encoder=models["clip"],
+        **kw,
+    )
+
+
+def _unet_weights(folder):
+    return load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def remediated(tiny_models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rem") / "fair"
+    events = []
+    result = _run(tiny_models, out, tiny(audit_every=2), progress=events.append)
+    return out, result, events
+
+
+def test_outputs_are_a_pipeline_adapters_and_a_record(remediated, tiny_models):
+    out, result, events = remediated
+    data = json.loads((out / "remediation.json").read_text())
+    assert data == json.loads(json.dumps(result.data))
+    assert data["steps_done"] == 4 and data["config"]["loss"] == "kl"
+    assert [a["step"] for a in data["audits"]] == [0, 2, 4]  # before, every 2, final
+    for a in data["audits"]:
+        assert sum(a["share"].values()) == pytest.approx(1) and a["n"] == 4 and a["kl"] >= 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    assert all(r["clip"] is not None and r["clip"] >= -1e-6 for r in log)
+    assert [r["prompts"] for r in log] == [[0], [1], [0], [1]]  # prompts cycle
+    assert [e.completed for e in events if e.stage == "remediate"] == [1, 2, 3, 4]
+    assert not out.with_name(out.name + ".partial").exists()
+    # A normal pipeline folder whose UNet changed, and adapters with the LoRA weights.
+    pipe = load_pipeline(out)
+    assert pipe.unet.config.in_channels == 4
+    before, after = _unet_weights(tiny_models["t2medi"]), _unet_weights(out)
+    assert before.keys() == after.keys()  # merged: no LoRA names left
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed and all(any(t in k for t in ("to_q", "to_k", "to_v", "to_out")) for k in changed)
+    assert (out / "adapters" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_merged_pipeline_equals_base_plus_adapters(remediated, tiny_models):
+    out, _, _ = remediated
+    merged = load_pipeline(out)
+    base = load_pipeline(tiny_models["t2medi"])
+    base.load_lora_weights(str(out / "adapters"))
+    kw = dict(prompt=PROMPTS[0], num_inference_steps=3, guidance_scale=2.0, output_type="pt")
+    a = merged(generator=torch.Generator().manual_seed(1), **kw).images
+    b = base(generator=torch.Generator().manual_seed(1), **kw).images
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
+def test_gradients_reach_only_the_tuned_parameters(tiny_models):
+    from accelerate import Accelerator
+
+    for full in (False, True):
+        cfg = tiny(full=full)
+        acc = Accelerator()
+        m, clf = _load_models(
+            tiny_models["t2medi"],
+            tiny_models["classifier"],
+            TARGET,
+            PROMPTS,
+            tiny_models["clip"],
+            cfg,
+            acc.device,
+            False,
+        )
+        opt = torch.optim.SGD(m.trainable, lr=0.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        _train_step(m, cfg, 0, opt, sched, acc, None)
+        tuned = {id(p) for p in m.trainable}
+        assert tuned and all(p.grad is not None for p in m.trainable)
+        # (LoRA's B starts at zero, so at step 0 only the B matrices get a non-zero gradient.)
+        assert sum(bool(p.grad.abs().sum() > 0) for p in m.trainable) >= len(tuned) // 2
+        frozen = [
+            *m.pipe.vae.parameters(),
+            *m.pipe.text_encoder.parameters(),
+            *clf.model.parameters(),
+            *m.encoder.parameters(),
+            *(m.original_unet.parameters() if full else []),
+            *(p for p in m.unet.parameters() if id(p) not in tuned),
+        ]
+        assert frozen and all(p.grad is None for p in frozen)
+        names = [n for n, p in m.unet.named_parameters() if p.requires_grad]
+        if not full:
+            assert all("lora_" in n for n in names)
+            assert sum(p.numel() for p in m.trainable) < 0.1 * sum(
+                p.numel() for p in m.unet.parameters()
+            )
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_resume_after_an_interruption_equals_an_uninterrupted_run(tiny_models, tmp_path):
+    cfg = tiny(steps=5, ema_decay=0.5)
+    _run(tiny_models, tmp_path / "a", cfg)
+
+    def die_at_4(event):
+        if event.completed == 4:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        _run(tiny_models, tmp_path / "b", cfg, progress=die_at_4)
+    partial = tmp_path / "b.partial"
+    assert (partial / "checkpoints" / "step-0000004").is_dir()  # saved before the callback
+    assert not (tmp_path / "b" / "model_index.json").exists()
+    # The run died after step 4's checkpoint; pretend it died before it, at the step-2 one.
+    shutil.rmtree(partial / "checkpoints" / "step-0000004")
+    # Resuming with other settings is refused and leaves the checkpoint alone.
+    with pytest.raises(ConfigError, match="other settings"):
+        _run(tiny_models, tmp_path / "b", tiny(steps=5, ema_decay=0.5, lr=0.5), resume=True)
+    _run(tiny_models, tmp_path / "b", cfg, resume=True)
+    a, b = _unet_weights(tmp_path / "a"), _unet_weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    la = (tmp_path / "a" / "log.jsonl").read_text()
+    lb = (tmp_path / "b" / "log.jsonl").read_text()
+    assert la == lb and len(la.splitlines()) == 5
+
+
+def test_full_tuning_and_ot_loss(tiny_models, tmp_path):
+    result = _run(tiny_models, tmp_path / "f", tiny(steps=1, full=True, loss="ot"))
+    assert not (tmp_path / "f" / "adapters").exists()
+    before, after = _unet_weights(tiny_models["t2medi"]), _unet_weights(tmp_path / "f")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert result.data["config"]["full"] and result.data["config"]["loss"] == "ot"
+
+
+def test_lambda_zero_needs_no_encoder_and_skips_the_original(tiny_models, tmp_path):
+    result = remediate(
+        tiny_models["t2medi"],
+        classifier=tiny_models["classifier"],
+        target=TARGET,
+        prompts=PROMPTS,
+        out=tmp_path / "z",
+        config=tiny(steps=1, lambda_clip=0.0),
+    )
+    assert result.data["image_encoder"] is None and result.data["curves"]["clip"] == [None]
+
+
+def test_cli_remediate_and_bad_input(capsys, tiny_models, tmp_path):
+    common = [
+        "remediate",
+        tiny_models["t2medi"],
+        "--classifier",
+        tiny_models["classifier"],
+        "--prompt",
+        PROMPTS[0],
+        "--image-encoder",
+        tiny_models["clip"],
+    ]
+    small = [
+        "--batch-per-prompt",
+        2,
+        "--sampling-steps",
+        2,
+        "--audit-images",
+        2,
+        "--audit-every",
+        0,
+    ]
+    out = tmp_path / "cli"
+    code, stdout, err = run(
+        capsys,
+        *common,
+        "--target",
+        "male=0.58,female=0.42",
+        "--out",
+        out,
+        "--steps",
+        1,
+        "--lora-rank",
+        2,
+        *small,
+    )
+    assert code == 0, err
+    assert "quick audit before" in stdout and (out / "model_index.json").is_file()
+    bad = [
+        (["--target", "a=0.5,b=0.5"], "--target", "classifier"),
+        (["--target", "male=0.5,female=0.5", "--lr", 0], "--lr", "> 0"),
+        (["--target", "male=0.5,female=0.5", "--steps", 0], "--steps", "≥ 1"),
+        (["--target", "male=0.5,female=0.5", "--grad-steps", 3], "--grad-steps", "K ≤ T"),
+    ]
+    for extra, flag, needle in bad:
+        code, _, err = run(capsys, *common, *small, "--out", tmp_path / "x", *extra)
+        assert_one_line_error(code, err, flag, needle)
+    code, _, err = run(
+        capsys,
+        *common[:-2],
+        *small,
+        "--target",
+        "male=0.5,female=0.5",
+        "--out",
+        tmp_path / "x",
+        "--image-encoder",
+        tmp_path / "nope",
+    )
+    assert_one_line_error(code, err, "--image-encoder")
+    (tmp_path / "nounet").mkdir()
+    (tmp_path / "nounet" / "model_index.json").write_text('{"vae": ["diffusers", "AutoencoderKL"]}')
+    code, _, err = run(
+        capsys,
+        "remediate",
+        tmp_path / "nounet",
+        *common[2:],
+        *small,
+        "--target",
+        "male=0.5,female=0.5",
+        "--out",
+        tmp_path / "x",
+    )
+    assert_one_line_error(code, err, "unet")
+    # Nothing was written for the failures; the earlier output is untouched.
+    assert not (tmp_path / "x").exists() and (out / "model_index.json").is_file()
