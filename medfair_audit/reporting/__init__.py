@@ -9,7 +9,22 @@ import base64
 import io
 from typing import Any
 
-__all__ = ["image_grid_png", "proportion_plot_png", "render_audit_html"]
+__all__ = [
+    "image_grid_png",
+    "proportion_plot_png",
+    "render_audit_html",
+    "render_report",
+    "write_report",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """``render_report``/``write_report`` live in :mod:`.compare` (imported on first use)."""
+    if name in ("render_report", "write_report"):
+        from . import compare
+
+        return getattr(compare, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _env() -> Any:
@@ -120,9 +135,7 @@ def proportion_plot_png(audits: dict[str, dict[str, Any]]) -> bytes:
 
 
 def render_audit_html(audit: dict[str, Any], grids: dict[str, bytes] | None = None) -> str:
-    """A single-file HTML page for one ``audit.json``."""
-    return (
-        _env()
-        .get_template("audit.html.j2")
-        .render(a=audit, plot=proportion_plot_png({"model": audit}), grids=grids or {})
-    )
+    """A single-file HTML page for one ``audit.json`` (the report template with one column)."""
+    from .compare import AuditColumn, render_html
+
+    return render_html([AuditColumn(label="model", data=audit, grids=grids or {})])

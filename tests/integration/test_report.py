@@ -1,0 +1,199 @@
+"""`medfair report`: the before-and-after comparison in HTML, Markdown and LaTeX."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medfair_audit import AuditConfig, run_audit
+from medfair_audit.generation import GenerationConfig
+from medfair_audit.remediation import RemediationConfig, remediate
+from medfair_audit.reporting.compare import headline_rows, load_audit, write_report
+from medfair_audit.target import parse_target
+from tests.cli.test_cli import assert_one_line_error, run
+
+PROMPTS = ["Axial FLAIR MRI of the brain showing a glioma.", "Axial T1-weighted MRI <b>x</b>."]
+TARGET = parse_target("male=0.58,female=0.42")
+
+
+def _audit(models, checkpoint, out, reference):
+    return run_audit(
+        AuditConfig(
+            checkpoint=checkpoint,
+            classifier=models["classifier"],
+            prompts=PROMPTS,
+            target=TARGET,
+            out=out,
+            reference=reference,
+            generation=GenerationConfig(n_per_prompt=6, seed=4, steps=2, shard_size=3),
+            n_boot=50,
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def audits(tiny_models, small_phantom, tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    fair = root / "fair"
+    remediate(
+        tiny_models["t2medi"],
+        classifier=tiny_models["classifier"],
+        target=TARGET,
+        prompts=PROMPTS,
+        out=fair,
+        config=RemediationConfig(
+            steps=2,
+            batch_per_prompt=2,
+            sampling_steps=2,
+            lora_rank=2,
+            lr=0.05,
+            audit_images=2,
+            audit_steps=2,
+            warmup=1,
+        ),
+        image_encoder=tiny_models["clip"],
+    )
+    _audit(tiny_models, tiny_models["t2medi"], root / "before", small_phantom)
+    _audit(tiny_models, fair, root / "after", small_phantom)
+    return root
+
+
+def test_html_report_is_self_contained_and_compares(audits, tmp_path):
+    out = write_report([audits / "before" / "audit.json", audits / "after"], tmp_path / "r.html")
+    html = out.read_text()
+    assert 'id="headline-table"' in html and "Δ after − before" in html
+    assert "&lt;b&gt;x&lt;/b&gt;" in html and "<b>x</b>" not in html  # prompts are escaped
+    # Nothing is fetched from elsewhere: every image is a data URI, no script, no stylesheet link.
+    srcs = re.findall(r'src="([^"]*)"', html)
+    assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert "<script" not in html and "<link" not in html and "http://" not in html
+    assert 'id="paired"' in html and "12 image pairs" in html
+    assert "The measuring instrument" in html and "Methods" in html
+
+
+def test_paired_summary_matches_the_image_tables(audits):
+    from medfair_audit.reporting.compare import paired_images
+
+    before, after = load_audit(audits / "before", "before"), load_audit(audits / "after", "after")
+    paired = paired_images(before, after)
+    a = pd.read_csv(audits / "before" / "images.csv")
+    b = pd.read_csv(audits / "after" / "images.csv")
+    both = a.merge(b, on=["prompt_index", "seed"], suffixes=("_a", "_b"))
+    assert len(both) == 12 == paired["summary"]["n_pairs"]  # same seeds in both audits
+    changed = (both.predicted_a != both.predicted_b).mean()
+    assert paired["summary"]["changed_group"] == pytest.approx(changed)
+    assert paired["summary"]["mean_abs_pixel_change"] > 0  # remediation changed the images
+    assert [len(p["before"]) for p in paired["pairs"]] == [6, 6]
+
+
+def test_markdown_and_latex_tables_carry_the_audit_numbers(audits, tmp_path):
+    paths = [audits / "before" / "audit.json", audits / "after" / "audit.json"]
+    docs = [json.loads(p.read_text()) for p in paths]
+    md = write_report(paths, tmp_path / "t.md").read_text()
+    tex = write_report(paths, tmp_path / "t.txt", fmt="latex").read_text()
+    rows = headline_rows([load_audit(p, str(i)) for i, p in enumerate(paths)])
+    table = [line for line in md.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + len(rows)
+    male = next(line for line in table if line.startswith("| male share, raw"))
+    cells = [c.strip() for c in male.strip("|").split("|")]
+    values = [d["proportions"]["raw"]["male"]["value"] for d in docs]
+    assert cells[1] == "58.0%"
+    assert cells[2].startswith(f"{100 * values[0]:.1f}%") and cells[3].startswith(
+        f"{100 * values[1]:.1f}%"
+    )
+    assert cells[4] == f"{100 * (values[1] - values[0]):+.1f} pp"
+    kl = next(line for line in table if line.startswith("| KL(target‖generated), corrected"))
+    v = docs[1]["kl_divergence"]["corrected"]["target_to_generated"]
+    assert f"{v['value']:.4f} [{v['ci'][0]:.4f}, {v['ci'][1]:.4f}]" in kl
+    # LaTeX: booktabs, escaped percent signs, the same number of cells on every row.
+    for rule in ("\\toprule", "\\midrule", "\\bottomrule", "\\begin{tabular}{lrrrr}"):
+        assert rule in tex
+    body = tex[tex.index("\\midrule") : tex.index("\\bottomrule")].splitlines()[1:]
+    assert len(body) == len(rows) and all(line.count(" & ") == 4 for line in body)
+    assert "58.0\\%" in tex and re.search(r"[^\\]%", body[0]) is None
+
+
+def test_a_single_audit_renders_alone(audits, tmp_path):
+    html = write_report([audits / "before"], tmp_path / "one.html", labels=["t2medi"]).read_text()
+    assert 'id="headline-table"' in html and "Δ" not in html and 'id="paired"' not in html
+    # audit.html written by the audit comes from the same template.
+    own = (audits / "before" / "audit.html").read_text()
+    assert 'id="headline-table"' in own and "The measuring instrument" in own
+
+
+def test_cli_report_formats_and_bad_input(capsys, audits, tmp_path):
+    a, b = audits / "before" / "audit.json", audits / "after" / "audit.json"
+    for fmt, needle in (("html", "<!doctype html>"), ("md", "| measure |"), ("latex", "\\toprule")):
+        out = tmp_path / f"r.{fmt}"
+        code, _stdout, err = run(
+            capsys, "report", a, b, "--labels", "old,new", "--out", out, "--format", fmt
+        )
+        assert code == 0, err
+        assert needle in out.read_text() and "old" in out.read_text()
+    other = tmp_path / "other"
+    shutil.copytree(audits / "after", other, ignore=shutil.ignore_patterns("shards"))
+    doc = json.loads((other / "audit.json").read_text())
+    doc["target"] = {"female": 0.5, "male": 0.5}
+    (other / "audit.json").write_text(json.dumps(doc))
+    bad_schema = tmp_path / "bad.json"
+    bad_schema.write_text(json.dumps({"schema_version": 99}))
+    cases = [
+        ([a, b, "--labels", "x"], "--labels", "2"),
+        ([a, tmp_path / "missing.json"], "AUDIT_JSON", "does not exist"),
+        ([a, bad_schema], "AUDIT_JSON", "schema_version"),
+        ([a, other], "AUDIT_JSON", "another target"),
+        ([a, b, "--format", "pdf"], "--format", "html, md, latex"),
+    ]
+    for args, flag, needle in cases:
+        code, _, err = run(capsys, "report", *args, "--out", tmp_path / "no" / "r.html")
+        assert_one_line_error(code, err, flag, needle)
+    assert not (tmp_path / "no").exists()
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (Debian package 'chromium')")
+def test_report_renders_in_headless_chromium(audits, tmp_path):
+    from PIL import Image
+
+    out = write_report([audits / "before", audits / "after"], tmp_path / "report.html")
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1200,1400",
+    ]
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [CHROMIUM, *flags, f"--screenshot={shot}", out.as_uri()],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    dom = subprocess.run(
+        [CHROMIUM, *flags, "--dump-dom", out.as_uri()],
+        check=True,
+        capture_output=True,
+        timeout=120,
+        text=True,
+    ).stdout
+    assert 'id="headline-table"' in dom and "male share, raw" in dom
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
+    assert pixels.shape == (1400, 1200)
+    ink = (pixels < 200).mean()
+    assert ink > 0.01 and pixels.std() > 10  # text, table borders and the plot drew something
+    top = pixels[:400]
+    assert (top < 128).mean() > 0.002  # the title and the headline table sit near the top
