@@ -13,6 +13,8 @@ from medfair_audit.exceptions import MedfairError
 from . import data, train
 from .audit import audit
 from .demo import demo
+from .remediate import remediate
+from .report import report
 
 app = typer.Typer(
     name="medfair",
@@ -32,6 +34,8 @@ app = typer.Typer(
 app.add_typer(data.app, name="data")
 app.add_typer(train.app, name="train")
 app.command("audit")(audit)
+app.command("remediate")(remediate)
+app.command("report")(report)
 app.command("demo")(demo)
 
 

@@ -34,6 +34,9 @@ _LAZY = {
     "run_audit": ("_audit", "run_audit"),
     "audit": ("_audit", "run_audit"),  # the library call behind `medfair audit`
     "GenerationConfig": ("generation", "GenerationConfig"),
+    "RemediationConfig": ("remediation", "RemediationConfig"),
+    "RemediationResult": ("remediation", "RemediationResult"),
+    "remediate": ("remediation", "remediate"),
 }
 
 
@@ -64,6 +67,8 @@ __all__ = [
     "PhantomConfig",
     "ProgressCallback",
     "ProgressEvent",
+    "RemediationConfig",
+    "RemediationResult",
     "RocoDataset",
     "Target",
     "__version__",
@@ -72,6 +77,7 @@ __all__ = [
     "export_image_folder",
     "parse_target",
     "read_prompts",
+    "remediate",
     "run_audit",
     "target_from_labels",
 ]

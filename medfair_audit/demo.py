@@ -11,10 +11,11 @@ The demo reproduces the paper's situation with phantom data:
 On these it trains the three models: CLIP on the corpus, the T2MedI pipeline on the corpus with
 CLIP's text tower frozen, and the sex classifier on the target set.
 
-Stages whose outputs exist with the same settings are reused, so a re-run continues where an
-earlier one stopped. It then audits the biased model on sex-neutral prompts (``before/``).
-Later stages (remediation, the second audit, the report) are added by the issues that build
-them.
+It then audits the biased model on sex-neutral prompts (``before/``), remediates it with
+subgroup distribution aligned tuning (``models/t2medi-fair``), audits the remediated model with
+the same seeds (``after/``, so images pair up), and writes the before-and-after report
+(``report.html``). Stages whose outputs exist with the same settings are reused, so a re-run
+continues where an earlier one stopped.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from .models.classifier import ClassifierConfig, train_classifier
 from .models.clip import CLIPTrainConfig, train_clip
 from .models.t2medi import T2IConfig, train_t2i
 from .progress import ProgressCallback
+from .remediation.tuning import RemediationConfig, remediate
 from .target import Target, target_from_labels
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo"]
@@ -125,6 +127,23 @@ class DemoConfig:
         if self.fast:
             return ClassifierConfig(widths=(8, 8, 16, 16), epochs=2, patience=1, seed=self.seed)
         return ClassifierConfig(seed=self.seed)
+
+    @property
+    def remediation(self) -> RemediationConfig:
+        """Subgroup distribution aligned tuning of the biased T2MedI."""
+        if self.fast:
+            return RemediationConfig(
+                steps=2,
+                batch_per_prompt=2,
+                sampling_steps=2,
+                grad_steps=1,
+                lora_rank=2,
+                audit_images=2,
+                audit_steps=2,
+                checkpoint_every=0,
+                seed=self.seed,
+            )
+        return RemediationConfig(audit_every=50, seed=self.seed)
 
     @property
     def audit_generation(self) -> GenerationConfig:
@@ -285,39 +304,97 @@ def run_demo(
         log,
     )
 
-    def audit_work() -> dict[str, Any]:
-        target = Target.load(out / "target.json")
-        r = run_audit(
-            AuditConfig(
-                checkpoint=models / "t2medi",
-                classifier=models / "classifier",
-                prompts=DEMO_PROMPTS,
-                target=target,
-                out=out / "before",
-                generation=config.audit_generation,
-                reference=data / "target_set",
-                reference_split="test",
-                n_boot=200 if config.fast else 1000,
-            ),
-            progress=progress,
-        )
-        male = r.data["proportions"]["corrected"]["male"]
-        return {
-            "path": str(out / "before"),
-            "male_raw": r.data["proportions"]["raw"]["male"],
-            "male_corrected": male,
-            "kl": r.data["kl_divergence"]["corrected"]["target_to_generated"],
-        }
+    def audit(checkpoint: Path, folder: str) -> Callable[[], dict[str, Any]]:
+        def work() -> dict[str, Any]:
+            r = run_audit(
+                AuditConfig(
+                    checkpoint=checkpoint,
+                    classifier=models / "classifier",
+                    prompts=DEMO_PROMPTS,
+                    target=Target.load(out / "target.json"),
+                    out=out / folder,
+                    generation=config.audit_generation,
+                    reference=data / "target_set",
+                    reference_split="test",
+                    n_boot=200 if config.fast else 1000,
+                ),
+                progress=progress,
+            )
+            return {
+                "path": str(out / folder),
+                "male_raw": r.data["proportions"]["raw"]["male"],
+                "male_corrected": r.data["proportions"]["corrected"]["male"],
+                "kl": r.data["kl_divergence"]["corrected"]["target_to_generated"],
+                "kl_raw": r.data["kl_divergence"]["raw"]["target_to_generated"],
+            }
 
+        return work
+
+    audit_settings = {"gen": asdict(config.audit_generation), "prompts": DEMO_PROMPTS}
     stages["audit_before"] = _stage(
         out,
         "audit_before",
         {
-            "gen": asdict(config.audit_generation),
-            "prompts": DEMO_PROMPTS,
+            **audit_settings,
             "after": [stages[k]["stamp"] for k in ("t2medi", "classifier", "target")],
         },
-        audit_work,
+        audit(models / "t2medi", "before"),
+        log,
+    )
+
+    def remediate_work() -> dict[str, Any]:
+        r = remediate(
+            models / "t2medi",
+            classifier=models / "classifier",
+            target=Target.load(out / "target.json"),
+            prompts=DEMO_PROMPTS,
+            out=models / "t2medi-fair",
+            config=config.remediation,
+            image_encoder=models / "clip",
+            overwrite=True,
+            progress=progress,
+        )
+        first, last = r.data["audits"][0], r.final_audit
+        return {
+            "path": str(r.path),
+            "quick_audit_before": {"share": first["share"], "kl": first["kl"]},
+            "quick_audit_after": {"share": last["share"], "kl": last["kl"]},
+        }
+
+    stages["remediate"] = _stage(
+        out,
+        "remediate",
+        {
+            "cfg": asdict(config.remediation),
+            "prompts": DEMO_PROMPTS,
+            "after": [stages[k]["stamp"] for k in ("t2medi", "classifier", "target", "clip")],
+        },
+        remediate_work,
+        log,
+    )
+    stages["audit_after"] = _stage(
+        out,
+        "audit_after",
+        {**audit_settings, "after": [stages[k]["stamp"] for k in ("remediate", "audit_before")]},
+        audit(models / "t2medi-fair", "after"),
+        log,
+    )
+
+    def report_work() -> dict[str, Any]:
+        from .reporting.compare import write_report
+
+        audits = [out / "before" / "audit.json", out / "after" / "audit.json"]
+        paths = [
+            write_report(audits, out / name, labels=["before", "after"])
+            for name in ("report.html", "report.md", "report.tex")
+        ]
+        return {"paths": [str(p) for p in paths]}
+
+    stages["report"] = _stage(
+        out,
+        "report",
+        {"after": [stages[k]["stamp"] for k in ("audit_before", "audit_after")]},
+        report_work,
         log,
     )
     atomic_write_json(

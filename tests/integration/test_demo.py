@@ -27,10 +27,22 @@ def test_fast_demo_builds_biased_corpus_and_target_and_reuses_stages(tmp_path, c
         "t2medi",
         "classifier",
         "audit_before",
+        "remediate",
+        "audit_after",
+        "report",
     }
     audit = json.loads((out / "before" / "audit.json").read_text())
     assert audit["n_images"] == 16 and audit["target"]["male"] == target["proportions"]["male"]
     assert (out / "models" / "t2medi" / "model_index.json").is_file()
+    # remediated with the same audit seeds, so the report pairs every image
+    after = json.loads((out / "after" / "audit.json").read_text())
+    assert after["config"]["checkpoint"].endswith("t2medi-fair") and after["n_images"] == 16
+    assert after["config"]["seed"] == audit["config"]["seed"]
+    remediation = json.loads((out / "models" / "t2medi-fair" / "remediation.json").read_text())
+    assert remediation["steps_done"] == 2 and len(remediation["audits"]) == 2
+    html = (out / "report.html").read_text()
+    assert 'id="headline-table"' in html and "16 image pairs" in html
+    assert (out / "report.md").is_file() and "\\toprule" in (out / "report.tex").read_text()
     stamp = (out / "data" / "corpus" / "metadata.csv").stat().st_mtime_ns
     # second run through the CLI reuses every stage
     assert main(["demo", "--out", str(out), "--fast"]) == 0
