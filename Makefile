@@ -25,5 +25,8 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+example: setup  ## refresh reports/example/ from a finished demo
+	BIN=$(BIN) bash scripts/make_example.sh reports/demo reports/example
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache reports/demo

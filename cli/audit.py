@@ -60,8 +60,9 @@ def audit(
 
     Generates N images per prompt with per-image seeds, classifies each, and writes
     OUT/audit.json, OUT/audit.html, OUT/images.csv and a sample grid per group. Finished shards
-    in OUT/shards are reused when re-run with the same settings, so a killed audit resumes. For
-    several processes or GPUs: accelerate launch --num_processes 2 -m medfair_cli.main audit ...
+    in OUT/shards are reused when re-run with the same settings, so a killed audit resumes.
+    Several processes: torchrun --standalone --nproc_per_node 2 -m medfair_cli.main audit ... on
+    CPUs, accelerate launch --num_processes 4 -m medfair_cli.main audit ... on 4 GPUs.
 
     For example:
 
@@ -110,7 +111,12 @@ def audit(
         for g in a["groups"]
     )
     kl = a["kl_divergence"]["corrected"]["target_to_generated"]
-    out_console.print(f"{a['n_images']} images: {shares}")
+    from medfair_audit._dist import partial_state
+
+    world = partial_state().num_processes
+    out_console.print(
+        f"{a['n_images']} images ({world} process{'es' if world > 1 else ''}): {shares}"
+    )
     out_console.print(
         f"KL(target‖generated, corrected) = {kl['value']:.4f} "
         f"[{kl['ci'][0]:.4f}, {kl['ci'][1]:.4f}]; report: {out / 'audit.html'}"

@@ -51,6 +51,12 @@ def remediate(
     loss: Annotated[
         str, typer.Option(help="kl (paper: KL(target‖batch mean)) or ot (Shen et al.).")
     ] = "kl",
+    align_to: Annotated[
+        str,
+        typer.Option(
+            help="probabilities (paper) or corrected (undo the classifier's confusion first)."
+        ),
+    ] = "probabilities",
     ot_max_uncertainty: Annotated[
         float, typer.Option(help="With --loss ot: drop images whose 1 − max p exceeds this.")
     ] = 0.2,
@@ -92,7 +98,9 @@ def remediate(
     adapters on the UNet attention projections are tuned unless --full. Writes OUT (a normal
     pipeline folder, adapters merged: medfair audit OUT works), OUT/adapters,
     OUT/remediation.json and OUT/log.jsonl; checkpoints go to OUT.partial/ and --resume continues
-    there. Several processes or GPUs: accelerate launch -m medfair_cli.main remediate ...
+    there. Several processes (gradients averaged): torchrun --standalone --nproc_per_node 2 -m
+    medfair_cli.main remediate ... on CPUs, accelerate launch -m medfair_cli.main remediate ...
+    on GPUs.
 
     For example:
 
@@ -121,6 +129,7 @@ def remediate(
         lora_rank=lora_rank,
         full=full,
         loss=loss,
+        align_to=align_to,
         ot_max_uncertainty=ot_max_uncertainty,
         detach_per_step=detach_per_step,
         ema_decay=ema_decay,
@@ -147,6 +156,10 @@ def remediate(
             trust_pickle=trust_pickle,
             progress=callback,
         )
+    from medfair_audit._dist import partial_state
+
+    if not partial_state().is_main_process:
+        return
     first, last = result.data["audits"][0], result.final_audit
     for label, a in (("before", first), ("after", last)):
         shares = ", ".join(f"{g} {v:.1%}" for g, v in a["share"].items())

@@ -4,8 +4,9 @@ The audit generates ``n_per_prompt`` images per prompt with per-image seeds (see
 :mod:`medfair_audit.generation`), classifies each with the subgroup classifier, and reports the
 subgroup proportions (raw, probabilistic, error-corrected) with intervals, their distances to the
 target, a goodness-of-fit test, the sample size a requested precision needs, and FID/KID per
-subgroup against labelled reference images. Run under ``accelerate launch``, processes split the
-shards and the main process writes the result, which equals the single-process one exactly.
+subgroup against labelled reference images. Run under ``torchrun`` or ``accelerate launch``,
+processes split the shards and the main process writes the result, which equals the
+single-process one exactly.
 """
 
 from __future__ import annotations
@@ -349,16 +350,17 @@ def run_audit(
 ) -> AuditResult | None:
     """Run an audit and write its outputs into ``config.out``.
 
-    Under ``accelerate launch`` every process generates its share of the shards; the main
-    process then computes and writes the result, and the others return ``None``.
+    Under ``torchrun`` (CPUs) or ``accelerate launch`` (GPUs) every process generates its share
+    of the shards; the main process then computes and writes the result, and the others return
+    ``None``.
 
     Returns:
         The result (main process), else ``None``.
     """
-    from accelerate import PartialState
+    from ._dist import partial_state
 
     cfg = config
-    state = PartialState()
+    state = partial_state()
     clf = SubgroupClassifier.load(cfg.classifier, trust_pickle=cfg.trust_pickle)
     groups = list(clf.groups)
     if set(cfg.target.groups) != set(groups):

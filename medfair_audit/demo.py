@@ -143,7 +143,12 @@ class DemoConfig:
                 checkpoint_every=0,
                 seed=self.seed,
             )
-        return RemediationConfig(audit_every=50, seed=self.seed)
+        # Two prompts per step balance the prompts' gradients; the batch mean is corrected for
+        # the classifier's errors so the audit's corrected share, not what the classifier sees,
+        # moves to the target (the paper's form is align_to="probabilities").
+        return RemediationConfig(
+            steps=150, prompts_per_step=2, align_to="corrected", audit_every=50, seed=self.seed
+        )
 
     @property
     def audit_generation(self) -> GenerationConfig:

@@ -15,23 +15,58 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["alignment_kl", "clip_consistency", "ot_assign", "ot_cross_entropy", "target_counts"]
+__all__ = [
+    "alignment_kl",
+    "clip_consistency",
+    "correct_for_confusion",
+    "ot_assign",
+    "ot_cross_entropy",
+    "target_counts",
+]
 
 
-def alignment_kl(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+def alignment_kl(
+    probs: torch.Tensor,
+    target: torch.Tensor,
+    eps: float = 1e-8,
+    *,
+    confusion_rates: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``KL(target ‖ mean(probs))`` in nats; groups with zero target weight contribute 0.
 
     Args:
         probs: ``(B, K)`` probabilities of a batch (differentiable).
         target: ``(K,)`` target proportions.
         eps: Floor on the batch mean inside the logarithm.
+        confusion_rates: If given, the batch mean is first corrected for the classifier's
+            errors (:func:`correct_for_confusion`), so the loss aligns the estimated true
+            shares rather than what the classifier sees.
     """
-    p_bar = probs.mean(dim=0).clamp_min(eps)
+    p_bar = probs.mean(dim=0)
+    if confusion_rates is not None:
+        p_bar = correct_for_confusion(p_bar, confusion_rates)
+    p_bar = p_bar.clamp_min(eps)
     t = target.to(probs)
     terms = torch.where(
         t > 0, t * (torch.log(t.clamp_min(eps)) - torch.log(p_bar)), torch.zeros_like(t)
     )
     return terms.sum()
+
+
+def correct_for_confusion(
+    mean_probs: torch.Tensor, confusion_rates: torch.Tensor, eps: float = 1e-6
+) -> torch.Tensor:
+    """Differentiable confusion-matrix correction of a batch's mean probabilities.
+
+    With ``C[i, j] = P(classifier says j | truly i)`` from held-out real images, a batch whose
+    true group shares are ``π`` shows the classifier's shares ``π C``; this returns
+    ``π = p̄ C⁻¹``, floored at ``eps`` and renormalised (the audit's corrected reading, applied
+    to the mean probability so that gradients flow).
+    """
+    c = confusion_rates.to(mean_probs)
+    pi = torch.linalg.solve(c.T, mean_probs)  # solves Cᵀ π = p̄
+    pi = pi.clamp_min(eps)
+    return pi / pi.sum()
 
 
 def target_counts(target: np.ndarray, batch: int) -> np.ndarray:

@@ -11,9 +11,9 @@ One training step, for each prompt of the step:
    (Shen et al. 2023). The frozen original model generates from the same noise and prompt and
    ``λ · (1 − cos(E(x_tuned), E(x_original)))`` with a CLIP image encoder ``E`` keeps the images
    close to what the original drew.
-3. **step**: gradients (averaged across processes under ``accelerate launch``) update LoRA
-   adapters on the UNet's attention projections (or the whole UNet with ``full``); AdamW,
-   linear warm-up, gradient clipping, optional EMA.
+3. **step**: gradients (averaged across the processes of ``torchrun``/``accelerate launch``)
+   update LoRA adapters on the UNet's attention projections (or the whole UNet with ``full``);
+   AdamW, linear warm-up and cosine decay, gradient clipping, optional EMA.
 4. **checkpoint** every N steps (trainable weights, optimiser, scheduler, EMA, RNG, log), so an
    interrupted run resumes to the same final weights.
 5. **evaluate** every M steps: a quick audit on held-out seeds (share per group, KL to the target).
@@ -60,6 +60,7 @@ __all__ = [
 ]
 
 LOSSES = ("kl", "ot")
+ALIGN_TO = ("probabilities", "corrected")
 # Attention projections of diffusers' UNet blocks (self- and cross-attention).
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 _TAG_TRAIN = 0x7452  # keeps training seeds in their own SeedSequence branch
@@ -84,6 +85,10 @@ class RemediationConfig:
         full: Tune every UNet weight instead of LoRA adapters.
         loss: ``kl`` (paper: KL(target ‖ batch mean)) or ``ot`` (Shen et al.: cross-entropy to
             optimal-transport assignments).
+        align_to: ``probabilities`` (paper: the classifier's mean probability is aligned) or
+            ``corrected`` (the mean is first corrected with the classifier's held-out confusion
+            rates, the audit's corrected reading, so a classifier that misses one group more
+            often than the other does not bias the result; needs ``evaluation.json``).
         ot_max_uncertainty: With ``loss="ot"``, images whose binomial uncertainty ``1 − max p``
             exceeds this are left out of the loss (1 keeps all).
         detach_per_step: Shen et al.'s variant: the UNet input is detached at every gradient
@@ -114,6 +119,7 @@ class RemediationConfig:
     lora_alpha: float | None = None
     full: bool = False
     loss: str = "kl"
+    align_to: str = "probabilities"
     ot_max_uncertainty: float = 0.2
     detach_per_step: bool = False
     gradient_checkpointing: bool = True
@@ -145,6 +151,12 @@ class RemediationConfig:
             raise ConfigError(
                 f"expected one of {', '.join(LOSSES)}, got '{self.loss}'", param="loss"
             )
+        if self.align_to not in ALIGN_TO:
+            raise ConfigError(
+                f"expected one of {', '.join(ALIGN_TO)}, got '{self.align_to}'", param="align_to"
+            )
+        if self.align_to == "corrected" and self.loss != "kl":
+            raise ConfigError("--align-to corrected works with --loss kl", param="align_to")
         if not self.lambda_clip >= 0:
             raise ConfigError(f"expected λ ≥ 0, got {self.lambda_clip}", param="lambda_clip")
         if not 0 < self.ot_max_uncertainty <= 1:
@@ -251,8 +263,9 @@ def _decode(vae: Any, latents: torch.Tensor) -> torch.Tensor:
     return vae.decode(latents / vae.config.scaling_factor).sample.clamp(-1, 1)
 
 
-def _step_seed(seed: int, step: int, process: int, prompt: int) -> int:
-    ss = np.random.SeedSequence([_TAG_TRAIN, seed, step, process, prompt])
+def _step_seed(seed: int, step: int, slot: int) -> int:
+    """Seed of the noise of batch ``slot`` (process × prompts per step + prompt) of ``step``."""
+    ss = np.random.SeedSequence([_TAG_TRAIN, seed, step, slot])
     return int(ss.generate_state(1, dtype=np.uint64)[0] % (2**63))
 
 
@@ -292,6 +305,7 @@ class _Models:
     cond: torch.Tensor  # (P, L, D) prompt states
     uncond: torch.Tensor  # (1, L, D)
     target: torch.Tensor
+    confusion: torch.Tensor | None
     latent_shape: tuple[int, int, int]
     device: torch.device
     trainable: list[torch.nn.Parameter] = field(default_factory=list)
@@ -318,10 +332,10 @@ class _Models:
         return F.softmax(clf.logits(images) / clf.temperature, dim=-1)
 
 
-def _alignment(probs: torch.Tensor, target: torch.Tensor, cfg: RemediationConfig) -> torch.Tensor:
+def _alignment(m: _Models, probs: torch.Tensor, cfg: RemediationConfig) -> torch.Tensor:
     if cfg.loss == "ot":
-        return ot_cross_entropy(probs, target, max_uncertainty=cfg.ot_max_uncertainty)
-    return alignment_kl(probs, target)
+        return ot_cross_entropy(probs, m.target, max_uncertainty=cfg.ot_max_uncertainty)
+    return alignment_kl(probs, m.target, confusion_rates=m.confusion)
 
 
 def _sample_pair(
@@ -356,7 +370,7 @@ def _losses(
     m: _Models, cfg: RemediationConfig, tuned: torch.Tensor, original: torch.Tensor | None
 ) -> dict[str, torch.Tensor]:
     probs = m.probs(tuned)
-    align = _alignment(probs, m.target, cfg)
+    align = _alignment(m, probs, cfg)
     out = {"align": align, "probs": probs.detach().mean(0)}
     if original is not None:
         with torch.no_grad():
@@ -380,26 +394,47 @@ def _train_step(
     """One optimiser step over ``prompts_per_step`` prompts; returns the logged numbers."""
     n_prompts = len(m.cond)
     rank, world = accelerator.process_index, accelerator.num_processes
+    per = cfg.prompts_per_step
+    # Batch slots are numbered across processes, so N processes × 1 prompt per step draw the
+    # same prompts and noise as 1 process × N prompts per step.
+    first = step * world * per
     optimizer.zero_grad(set_to_none=True)
-    record: dict[str, Any] = {"step": step + 1, "prompts": [], "loss": 0.0, "align": 0.0}
-    probs = []
-    clip_terms = []
-    for j in range(cfg.prompts_per_step):
-        prompt = ((step * world + rank) * cfg.prompts_per_step + j) % n_prompts
-        tuned, original = _sample_pair(m, cfg, prompt, _step_seed(cfg.seed, step, rank, j))
+    stats = []
+    for slot in range(rank * per, (rank + 1) * per):
+        prompt = (first + slot) % n_prompts
+        tuned, original = _sample_pair(m, cfg, prompt, _step_seed(cfg.seed, step, slot))
         terms = _losses(m, cfg, tuned, original)
-        (terms["loss"] / cfg.prompts_per_step).backward()
-        record["prompts"].append(prompt)
-        record["loss"] += terms["loss"].item() / cfg.prompts_per_step
-        record["align"] += terms["align"].item() / cfg.prompts_per_step
-        probs.append(terms["probs"])
-        if "clip" in terms:
-            clip_terms.append(terms["clip"].item())
-    for p in m.trainable:  # mean over processes (a no-op with one)
+        (terms["loss"] / per).backward()
+        clip = terms["clip"].detach() if "clip" in terms else torch.tensor(float("nan"))
+        stats.append(
+            torch.cat(
+                [
+                    torch.stack([terms["loss"].detach(), terms["align"].detach(), clip]),
+                    terms["probs"],
+                ]
+            )
+            .float()
+            .cpu()
+        )
+    mean = torch.stack(stats).mean(0).to(accelerator.device)
+    if world > 1:
+        mean = accelerator.reduce(mean, reduction="mean")
+    mean = mean.cpu()
+    record: dict[str, Any] = {
+        "step": step + 1,
+        "prompts": [(first + s) % n_prompts for s in range(world * per)],
+        "loss": float(mean[0]),
+        "align": float(mean[1]),
+        "clip": None if torch.isnan(mean[2]) else float(mean[2]),
+        "mean_probs": mean[3:].tolist(),
+    }
+    for p in m.trainable:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-        if world > 1:
-            p.grad = accelerator.reduce(p.grad, reduction="mean")
+    if world > 1:  # mean over processes, in one flat all-reduce
+        flat = accelerator.reduce(torch.cat([p.grad.flatten() for p in m.trainable]), "mean")
+        for p, g in zip(m.trainable, flat.split([p.numel() for p in m.trainable]), strict=True):
+            p.grad.copy_(g.view_as(p))
     if cfg.max_grad_norm > 0:
         norm = torch.nn.utils.clip_grad_norm_(m.trainable, cfg.max_grad_norm)
         record["grad_norm"] = float(norm)
@@ -409,8 +444,6 @@ def _train_step(
         with torch.no_grad():
             for shadow, p in zip(ema.values(), m.trainable, strict=True):
                 shadow.lerp_(p.detach(), 1 - cfg.ema_decay)
-    record["clip"] = float(np.mean(clip_terms)) if clip_terms else None
-    record["mean_probs"] = torch.stack(probs).mean(0).tolist()
     record["lr"] = scheduler.get_last_lr()[0]
     return record
 
@@ -489,6 +522,23 @@ def _load_models(
             f"{sorted(classifier.groups)}",
             param="target",
         )
+    confusion = None
+    if cfg.align_to == "corrected":
+        ev = classifier.evaluation or {}
+        if "confusion_rates" not in ev:
+            raise ModelError(
+                f"'{classifier_dir}' has no evaluation.json with confusion rates, which "
+                "--align-to corrected needs",
+                param="classifier",
+            )
+        order = [list(ev["groups"]).index(g) for g in classifier.groups]
+        rates = np.asarray(ev["confusion_rates"], dtype=np.float64)[np.ix_(order, order)]
+        if abs(np.linalg.det(rates)) < 1e-6:
+            raise ModelError(
+                "the classifier's confusion matrix is singular: it cannot tell the groups apart",
+                param="classifier",
+            )
+        confusion = torch.tensor(rates, dtype=torch.float32, device=device)
     encoder = None
     if cfg.lambda_clip > 0:
         if image_encoder is None:
@@ -523,6 +573,7 @@ def _load_models(
         cond=states[:-1].clone(),
         uncond=states[-1:].clone(),
         target=torch.tensor(target.vector(classifier.groups), device=device),
+        confusion=confusion,
         latent_shape=(unet.config.in_channels, size, size),
         device=device,
         trainable=[p for p in unet.parameters() if p.requires_grad],
@@ -700,7 +751,7 @@ def remediate(
     Returns:
         The output path, the ``remediation.json`` content and the time taken.
     """
-    from accelerate import Accelerator
+    from .._dist import accelerator as make_accelerator
 
     cfg = config or RemediationConfig()
     started = time.perf_counter()
@@ -714,7 +765,7 @@ def remediate(
         )
     if out.resolve() == checkpoint.resolve():
         raise ConfigError("--out must differ from the checkpoint being remediated", param="out")
-    accelerator = Accelerator()
+    accelerator = make_accelerator()
     torch.manual_seed(cfg.seed)
     m, clf = _load_models(
         checkpoint,

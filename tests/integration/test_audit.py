@@ -140,16 +140,10 @@ def test_two_processes_equal_one(tiny_models, tmp_path):
         [
             sys.executable,
             "-m",
-            "accelerate.commands.launch",
-            "--cpu",
-            "--num_processes",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
             "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
             "-m",
             "medfair_cli.main",
             *args,
@@ -162,6 +156,8 @@ def test_two_processes_equal_one(tiny_models, tmp_path):
         timeout=600,
     )
     assert two.returncode == 0, two.stderr[-3000:]
+    # Both processes generated: each wrote its own shards (the main one then aggregated).
+    assert "(2 processes)" in two.stdout
     assert (tmp_path / "one" / "audit.json").read_bytes() == (
         tmp_path / "two" / "audit.json"
     ).read_bytes()

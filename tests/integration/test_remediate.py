@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -167,7 +170,9 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(tiny_models, t
 
 
 def test_full_tuning_and_ot_loss(tiny_models, tmp_path):
-    result = _run(tiny_models, tmp_path / "f", tiny(steps=1, full=True, loss="ot"))
+    result = _run(
+        tiny_models, tmp_path / "f", tiny(steps=1, full=True, loss="ot", ot_max_uncertainty=1.0)
+    )
     assert not (tmp_path / "f" / "adapters").exists()
     before, after = _unet_weights(tiny_models["t2medi"]), _unet_weights(tmp_path / "f")
     assert any(not torch.equal(before[k], after[k]) for k in before)
@@ -260,3 +265,65 @@ def test_cli_remediate_and_bad_input(capsys, tiny_models, tmp_path):
     assert_one_line_error(code, err, "unet")
     # Nothing was written for the failures; the earlier output is untouched.
     assert not (tmp_path / "x").exists() and (out / "model_index.json").is_file()
+
+
+def test_two_processes_equal_one_process_with_both_batches(tiny_models, tmp_path):
+    """Under `torchrun` (or `accelerate launch`) gradients are averaged: 2 processes × 1 prompt
+    per step give the weights of 1 process × 2 prompts per step (same prompts, same noise)."""
+    args = [
+        "remediate",
+        str(tiny_models["t2medi"]),
+        "--classifier",
+        str(tiny_models["classifier"]),
+        "--target",
+        "male=0.58,female=0.42",
+        "--image-encoder",
+        str(tiny_models["clip"]),
+        *("--prompt", PROMPTS[0], "--prompt", PROMPTS[1]),
+        *("--steps", "2", "--batch-per-prompt", "2", "--sampling-steps", "2"),
+        *("--lora-rank", "2", "--lr", "0.05", "--audit-images", "2", "--audit-every", "0"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medfair_cli.main",
+            *args,
+            "--prompts-per-step",
+            "2",
+            "--out",
+            str(tmp_path / "one"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    launch = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+    ]
+    two = subprocess.run(
+        [*launch, "-m", "medfair_cli.main", *args, "--out", str(tmp_path / "two")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _unet_weights(tmp_path / "one"), _unet_weights(tmp_path / "two")
+    assert any(not torch.equal(a[k], w) for k, w in _unet_weights(tiny_models["t2medi"]).items())
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+    logs = [
+        [json.loads(x) for x in (tmp_path / n / "log.jsonl").read_text().splitlines()]
+        for n in ("one", "two")
+    ]
+    assert [r["prompts"] for r in logs[0]] == [r["prompts"] for r in logs[1]] == [[0, 1]] * 2
+    assert json.loads((tmp_path / "two" / "remediation.json").read_text())["processes"] == 2

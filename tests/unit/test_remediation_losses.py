@@ -109,3 +109,26 @@ def test_ot_cross_entropy_drops_uncertain_images_by_hand():
     loss = ot_cross_entropy(p, target, max_uncertainty=0.1)
     loss.backward()
     assert loss.item() == 0 and torch.equal(p.grad, torch.zeros_like(p))
+
+
+def test_confusion_correction_inverts_the_classifier_by_hand():
+    from medfair_audit.metrics.functional import corrected_proportions
+    from medfair_audit.remediation import correct_for_confusion
+
+    rates = torch.tensor([[0.93, 0.07], [0.15, 0.85]])  # rows: true female, male
+    true = torch.tensor([0.42, 0.58])
+    seen = true @ rates  # what the classifier reports for such a batch
+    torch.testing.assert_close(correct_for_confusion(seen, rates), true)
+    # agrees with the audit's (constrained least-squares) correction inside the simplex
+    q = torch.tensor([0.45, 0.55])
+    np.testing.assert_allclose(
+        correct_for_confusion(q, rates).numpy(),
+        corrected_proportions(q.numpy(), rates.numpy()),
+        atol=1e-6,
+    )
+    # male share 0.55 seen → (0.55 - 0.07) / (0.85 - 0.07) truly male
+    assert correct_for_confusion(q, rates)[1].item() == pytest.approx(0.48 / 0.78, rel=1e-6)
+    # and the corrected KL is zero exactly when the corrected shares meet the target
+    probs = seen.repeat(4, 1)
+    assert alignment_kl(probs, true, confusion_rates=rates).item() == pytest.approx(0, abs=1e-6)
+    assert alignment_kl(probs, true).item() > 1e-3
