@@ -36,6 +36,21 @@ Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existin
 Seed = Annotated[int, typer.Option("--seed", min=0, help="Seed of every random draw.")]
 
 
+def prompt_texts(prompts: Path | None, prompt: list[str] | None) -> list[str]:
+    """The prompts of ``--prompts FILE`` or the repeated ``--prompt TEXT`` (exactly one of them)."""
+    from medfair_audit.exceptions import ConfigError
+
+    if (prompts is None) == (not prompt):
+        raise ConfigError(
+            "give --prompts FILE or at least one --prompt TEXT (not both)", param="prompts"
+        )
+    if prompts is None:
+        return list(prompt)
+    from medfair_audit import read_prompts
+
+    return read_prompts(prompts)
+
+
 @contextmanager
 def progress_bar(quiet: bool = False) -> Iterator[callable]:
     """A progress callback that draws one Rich bar per stage on stderr."""

@@ -7,10 +7,9 @@ from typing import Annotated
 
 import typer
 
-from medfair_audit.exceptions import ConfigError
 from medfair_audit.target import parse_target
 
-from ._common import out_console, progress_bar, quiet_libraries
+from ._common import out_console, progress_bar, prompt_texts, quiet_libraries
 
 
 def audit(
@@ -70,13 +69,9 @@ def audit(
         --prompt "Axial FLAIR MRI of the brain showing a glioma." --n-per-prompt 256
         --reference data/target_set --out reports/audit
     """
-    from medfair_audit import AuditConfig, GenerationConfig, read_prompts, run_audit
+    from medfair_audit import AuditConfig, GenerationConfig, run_audit
 
-    if (prompts is None) == (not prompt):
-        raise ConfigError(
-            "give --prompts FILE or at least one --prompt TEXT (not both)", param="prompts"
-        )
-    texts = read_prompts(prompts) if prompts is not None else list(prompt)
+    texts = prompt_texts(prompts, prompt)
     config = AuditConfig(
         checkpoint=checkpoint,
         classifier=classifier,

@@ -20,9 +20,12 @@ def demo(
 ) -> None:
     """Run the embedded default end to end: phantom data, models, audit, remediation, report.
 
-    Finished stages are reused when re-run with the same settings. Stages present so far:
-    the biased training corpus (85% male), the BraTS18-like target set (58% male) and its
-    target.json, then CLIP, the T2MedI pipeline and the sex classifier.
+    Stages: the biased training corpus (85% male) and the BraTS18-like target set (58% male)
+    with its target.json; CLIP, the T2MedI pipeline and the sex classifier; the audit of the
+    biased model (OUT/before); remediation (OUT/models/t2medi-fair); the audit of the
+    remediated model with the same seeds (OUT/after); the before-and-after report
+    (OUT/report.html, report.md, report.tex). Finished stages are reused when re-run with the
+    same settings. About 25 minutes on 2 CPU cores.
 
     For example:
         medfair demo --out reports/demo
@@ -39,3 +42,6 @@ def demo(
     out_console.print(
         f"demo finished in {time.perf_counter() - start:.1f} s; outputs in {result.out}"
     )
+    report = result.stages.get("report")
+    if report:
+        out_console.print(f"before-and-after report: {report['paths'][0]}")

@@ -10,7 +10,7 @@ import typer
 from medfair_audit.exceptions import ConfigError
 from medfair_audit.target import parse_target
 
-from ._common import out_console, progress_bar, quiet_libraries
+from ._common import out_console, progress_bar, prompt_texts, quiet_libraries
 
 
 def remediate(
@@ -110,13 +110,7 @@ def remediate(
     from medfair_audit.remediation import RemediationConfig
     from medfair_audit.remediation import remediate as run
 
-    if (prompts is None) == (not prompt):
-        raise ConfigError(
-            "give --prompts FILE or at least one --prompt TEXT (not both)", param="prompts"
-        )
-    from medfair_audit import read_prompts
-
-    texts = read_prompts(prompts) if prompts is not None else list(prompt)
+    texts = prompt_texts(prompts, prompt)
     config = RemediationConfig(
         steps=steps,
         lr=lr,

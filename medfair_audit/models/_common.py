@@ -180,6 +180,23 @@ def set_rng_state(state: dict[str, torch.Tensor], generator: torch.Generator) ->
     generator.set_state(state["generator"])
 
 
+def adapt_images(images: torch.Tensor, channels: int, size: int) -> torch.Tensor:
+    """``(N, C, H, W)`` images → ``channels`` (luma or repetition) and ``size``² (antialiased).
+
+    Differentiable, so remediation can backpropagate through a model's input.
+    """
+    x = images.float()
+    if x.shape[1] == 3 and channels == 1:
+        x = 0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+    elif x.shape[1] == 1 and channels == 3:
+        x = x.repeat(1, 3, 1, 1)
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = torch.nn.functional.interpolate(
+            x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
+    return x
+
+
 def group_index(labels: Sequence[str], groups: Sequence[str]) -> torch.Tensor:
     """Labels → integer indices into ``groups``."""
     lookup = {g: i for i, g in enumerate(groups)}

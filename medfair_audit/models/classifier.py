@@ -31,7 +31,13 @@ from .._validate import require_at_least
 from ..data.datasets import ImageFolderDataset
 from ..exceptions import ConfigError, DataError, ModelError
 from ..progress import ProgressCallback, report
-from ._common import check_no_pickle, group_index, load_images, seed_everything
+from ._common import (
+    adapt_images,
+    check_no_pickle,
+    group_index,
+    load_images,
+    seed_everything,
+)
 
 __all__ = [
     "ClassifierConfig",
@@ -179,20 +185,7 @@ class SubgroupClassifier:
             raise DataError(
                 f"expected images of shape (N, C, H, W), got {tuple(images.shape)}", param="images"
             )
-        x = images.float()
-        if x.shape[1] == 3 and self.channels == 1:
-            x = 0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
-        elif x.shape[1] == 1 and self.channels == 3:
-            x = x.repeat(1, 3, 1, 1)
-        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            x = F.interpolate(
-                x,
-                size=(self.image_size, self.image_size),
-                mode="bilinear",
-                antialias=True,
-                align_corners=False,
-            )
-        return x
+        return adapt_images(images, self.channels, self.image_size)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Uncalibrated logits (differentiable: remediation backpropagates through them)."""

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..exceptions import ModelError
-from ..models._common import check_no_pickle
+from ..models._common import adapt_images, check_no_pickle
 
 __all__ = ["ImageEncoder", "load_image_encoder"]
 
@@ -54,15 +54,7 @@ class ImageEncoder(torch.nn.Module):
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """``(N, C, H, W)`` images in [-1, 1] → the tower's channels, size and normalisation."""
-        x = images
-        if x.shape[1] == 3 and self.channels == 1:
-            x = 0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
-        elif x.shape[1] == 1 and self.channels == 3:
-            x = x.repeat(1, 3, 1, 1)
-        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            x = F.interpolate(
-                x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
-            )
+        x = adapt_images(images, self.channels, self.image_size)
         if self.mean is not None:
             x = ((x + 1) / 2 - self.mean) / self.std
         return x

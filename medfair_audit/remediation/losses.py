@@ -38,14 +38,15 @@ def alignment_kl(
         probs: ``(B, K)`` probabilities of a batch (differentiable).
         target: ``(K,)`` target proportions.
         eps: Floor on the batch mean inside the logarithm.
-        confusion_rates: If given, the batch mean is first corrected for the classifier's
-            errors (:func:`correct_for_confusion`), so the loss aligns the estimated true
-            shares rather than what the classifier sees.
+        confusion_rates: ``C[i, j] = P(classifier says j | truly i)``. If given, the target is
+            compared with the batch as the classifier would see a batch with the target's true
+            shares, ``target @ C``: the minimum is where the confusion-corrected shares
+            (:func:`correct_for_confusion`) equal the target, and unlike correcting the batch
+            mean (which leaves the simplex and must be clipped) the loss stays smooth.
     """
-    p_bar = probs.mean(dim=0)
+    p_bar = probs.mean(dim=0).clamp_min(eps)
     if confusion_rates is not None:
-        p_bar = correct_for_confusion(p_bar, confusion_rates)
-    p_bar = p_bar.clamp_min(eps)
+        target = target.to(probs) @ confusion_rates.to(probs)
     t = target.to(probs)
     terms = torch.where(
         t > 0, t * (torch.log(t.clamp_min(eps)) - torch.log(p_bar)), torch.zeros_like(t)

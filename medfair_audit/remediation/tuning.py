@@ -85,10 +85,11 @@ class RemediationConfig:
         full: Tune every UNet weight instead of LoRA adapters.
         loss: ``kl`` (paper: KL(target ‖ batch mean)) or ``ot`` (Shen et al.: cross-entropy to
             optimal-transport assignments).
-        align_to: ``probabilities`` (paper: the classifier's mean probability is aligned) or
-            ``corrected`` (the mean is first corrected with the classifier's held-out confusion
-            rates, the audit's corrected reading, so a classifier that misses one group more
-            often than the other does not bias the result; needs ``evaluation.json``).
+        align_to: ``probabilities`` (paper: the classifier's mean probability meets the target)
+            or ``corrected`` (it meets the target as the classifier would report it, target ·
+            C with the held-out confusion rates C, so that the audit's confusion-corrected
+            shares meet the target and a classifier that misses one group more often does not
+            bias the result; needs ``evaluation.json``).
         ot_max_uncertainty: With ``loss="ot"``, images whose binomial uncertainty ``1 − max p``
             exceeds this are left out of the loss (1 keeps all).
         detach_per_step: Shen et al.'s variant: the UNet input is detached at every gradient

@@ -31,13 +31,16 @@ def assert_one_line_error(code, err, *needles):
 def test_help_lists_commands_and_every_command_has_an_example(capsys):
     code, out, _ = run(capsys, "--help")
     assert code == 0 and "data" in out and "demo" in out
-    assert "train" in out
+    assert "train" in out and "audit" in out and "remediate" in out and "report" in out
     commands = [
         ["data", "phantom"],
         ["data", "target"],
         ["data", "import-brats"],
         ["data", "import-roco"],
         ["demo"],
+        ["audit"],
+        ["remediate"],
+        ["report"],
         ["train", "clip"],
         ["train", "t2i"],
         ["train", "classifier"],

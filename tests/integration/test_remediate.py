@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from medfair_audit.exceptions import ConfigError
+from medfair_audit.exceptions import ConfigError, ModelError
 from medfair_audit.models.t2medi import load_pipeline
 from medfair_audit.remediation import RemediationConfig, remediate
 from medfair_audit.remediation.tuning import _load_models, _train_step
@@ -327,3 +327,46 @@ def test_two_processes_equal_one_process_with_both_batches(tiny_models, tmp_path
     ]
     assert [r["prompts"] for r in logs[0]] == [r["prompts"] for r in logs[1]] == [[0, 1]] * 2
     assert json.loads((tmp_path / "two" / "remediation.json").read_text())["processes"] == 2
+
+
+def test_align_to_corrected_uses_the_classifier_confusion(tiny_models, tmp_path):
+    clf = tmp_path / "clf"
+    shutil.copytree(tiny_models["classifier"], clf)
+    ev = json.loads((clf / "evaluation.json").read_text())
+    ev["confusion_rates"] = [[0.9, 0.1], [0.2, 0.8]]
+    (clf / "evaluation.json").write_text(json.dumps(ev))
+    cfg = tiny(steps=1, align_to="corrected")
+    models = {**tiny_models, "classifier": clf}
+    result = _run(models, tmp_path / "c", cfg)
+    assert result.data["config"]["align_to"] == "corrected"
+    ev["confusion_rates"] = [[0.5, 0.5], [0.5, 0.5]]  # cannot tell the groups apart
+    (clf / "evaluation.json").write_text(json.dumps(ev))
+    with pytest.raises(ModelError, match="singular"):
+        _run(models, tmp_path / "d", cfg)
+    with pytest.raises(ConfigError, match="--loss kl"):
+        tiny(align_to="corrected", loss="ot")
+
+
+def test_until_kl_stops_at_the_first_audit_that_meets_it(tiny_models, tmp_path):
+    result = _run(tiny_models, tmp_path / "u", tiny(steps=6, audit_every=2, until_kl=100.0))
+    assert result.data["steps_done"] == 2 and result.data["stopped_early"]
+    assert [a["step"] for a in result.data["audits"]] == [0, 2]
+    with pytest.raises(ConfigError, match="--audit-every"):
+        tiny(until_kl=0.1)
+
+
+def test_missing_default_image_encoder_is_named(tiny_models, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_models["t2medi"], ckpt)
+    (ckpt / "medfair.json").unlink()  # no record of the CLIP it was trained with
+    with pytest.raises(ModelError, match="--image-encoder") as info:
+        remediate(
+            ckpt,
+            classifier=tiny_models["classifier"],
+            target=TARGET,
+            prompts=PROMPTS,
+            out=tmp_path / "o",
+            config=tiny(steps=1),
+        )
+    assert info.value.param == "image_encoder"
+    assert not (tmp_path / "o").exists()

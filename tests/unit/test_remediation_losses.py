@@ -128,7 +128,18 @@ def test_confusion_correction_inverts_the_classifier_by_hand():
     )
     # male share 0.55 seen → (0.55 - 0.07) / (0.85 - 0.07) truly male
     assert correct_for_confusion(q, rates)[1].item() == pytest.approx(0.48 / 0.78, rel=1e-6)
-    # and the corrected KL is zero exactly when the corrected shares meet the target
+    # The corrected KL compares the batch with the target as the classifier would see it:
+    # zero exactly when the corrected shares meet the target.
     probs = seen.repeat(4, 1)
     assert alignment_kl(probs, true, confusion_rates=rates).item() == pytest.approx(0, abs=1e-6)
     assert alignment_kl(probs, true).item() > 1e-3
+    t_seen = true @ rates
+    biased = torch.tensor([[0.1, 0.9], [0.2, 0.8]], requires_grad=True)
+    loss = alignment_kl(biased, true, confusion_rates=rates)
+    expected = sum(t_seen[i] * math.log(t_seen[i] / [0.15, 0.85][i]) for i in range(2))
+    assert loss.item() == pytest.approx(float(expected), rel=1e-5)
+    # It keeps pushing where correcting the mean would leave the simplex: 95% seen male is
+    # more than 100% truly male with these rates (0.88 / 0.78), yet descending lowers it.
+    logits = torch.log(torch.tensor([[0.05, 0.95], [0.05, 0.95]])).requires_grad_(True)
+    alignment_kl(torch.softmax(logits, -1), true, confusion_rates=rates).backward()
+    assert (logits.grad[:, 1] > 0.1).all()
