@@ -54,7 +54,7 @@ def remediate(
     align_to: Annotated[
         str,
         typer.Option(
-            help="probabilities (paper) or corrected (undo the classifier's confusion first)."
+            help="probabilities (paper) or corrected (the confusion-corrected shares meet it)."
         ),
     ] = "probabilities",
     ot_max_uncertainty: Annotated[

@@ -160,9 +160,10 @@ def _fmt(value: float | None, kind: str) -> str:
 def _fmt_delta(value: float | None, kind: str) -> str:
     if value is None or not np.isfinite(value):
         return "–"
+    sign = "+" if value >= 0 else "−"  # a true minus sign, as in the other cells' deltas
     if kind == "share":
-        return f"{100 * value:+.1f} pp"
-    return ("+" if value >= 0 else "−") + _fmt(abs(value), kind)
+        return f"{sign}{100 * abs(value):.1f} pp"
+    return sign + _fmt(abs(value), kind)
 
 
 def _cell(cell: tuple[float | None, Any], kind: str) -> str:

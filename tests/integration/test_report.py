@@ -107,7 +107,8 @@ def test_markdown_and_latex_tables_carry_the_audit_numbers(audits, tmp_path):
     assert cells[2].startswith(f"{100 * values[0]:.1f}%") and cells[3].startswith(
         f"{100 * values[1]:.1f}%"
     )
-    assert cells[4] == f"{100 * (values[1] - values[0]):+.1f} pp"
+    delta = values[1] - values[0]
+    assert cells[4] == f"{'+' if delta >= 0 else '−'}{100 * abs(delta):.1f} pp"
     kl = next(line for line in table if line.startswith("| KL(target‖generated), corrected"))
     v = docs[1]["kl_divergence"]["corrected"]["target_to_generated"]
     assert f"{v['value']:.4f} [{v['ci'][0]:.4f}, {v['ci'][1]:.4f}]" in kl
