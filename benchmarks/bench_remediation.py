@@ -1,9 +1,11 @@
 """Time and memory of one remediation step as K (gradient sampling steps) grows (remediation issue).
 
-For each K in 1, 2, 4 (and K = 4 without gradient checkpointing, for contrast) a fresh process
+For each K in 1, 2, 4, with and without gradient checkpointing, a fresh process
 loads the demo's models, runs one warm-up step, then times ``STEPS`` steps of the default
-configuration (8 images per prompt, T = 10 DDIM steps, LoRA rank 8, λ = 1). Memory is the growth
-of the process's peak resident set over the loaded-models baseline, which is what a step costs.
+configuration (8 images per prompt, 1 prompt per step, T = 10 DDIM steps, LoRA rank 8, λ = 1).
+Memory is the process's peak resident set, its growth over the loaded-models baseline (what a
+step costs, allocator effects included), and the bytes autograd keeps for backward during one
+batch (deduplicated storages seen by a saved-tensors hook: the quantity checkpointing bounds).
 
 Run: .venv/bin/python benchmarks/bench_remediation.py [DEMO_DIR] [STEPS]
 """
@@ -21,7 +23,7 @@ from accelerate import Accelerator
 from pathlib import Path
 from medfair_audit.demo import DEMO_PROMPTS
 from medfair_audit.remediation.tuning import (
-    RemediationConfig, _load_models, _lr_schedule, _train_step)
+    RemediationConfig, _load_models, _losses, _lr_schedule, _sample_pair, _train_step)
 from medfair_audit.target import Target
 torch.set_num_threads(2)
 demo, k, ckpt, steps = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4])
@@ -32,21 +34,30 @@ m, _ = _load_models(demo / "models" / "t2medi", demo / "models" / "classifier", 
                     list(DEMO_PROMPTS), None, cfg, acc.device, False)
 opt = torch.optim.AdamW(m.trainable, lr=cfg.lr)
 sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_schedule(cfg))
+# What autograd keeps for backward (deduplicated storages), independent of the allocator.
+kept = {}
+def pack(t):
+    kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return t
+with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    _losses(m, cfg, *_sample_pair(m, cfg, 0, 123))
+saved = sum(kept.values())
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # models loaded
 _train_step(m, cfg, 0, opt, sched, acc, None)  # warm-up: allocator and optimiser state
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
 for s in range(1, steps + 1):
     _train_step(m, cfg, s, opt, sched, acc, None)
 seconds = (time.perf_counter() - start) / steps
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"k": k, "checkpointing": ckpt, "s_per_step": seconds,
+                  "saved_for_backward_mib": saved / 2**20,
                   "baseline_mib": base / 1024, "peak_mib": peak / 1024}))
 """
 
 
 def main(demo: Path, steps: int) -> None:
     rows = []
-    for k, ckpt in ((1, True), (2, True), (4, True), (4, False)):
+    for k, ckpt in ((1, True), (2, True), (4, True), (1, False), (2, False), (4, False)):
         out = subprocess.run(
             [sys.executable, "-c", CHILD, str(demo), str(k), "1" if ckpt else "0", str(steps)],
             capture_output=True,
@@ -57,7 +68,9 @@ def main(demo: Path, steps: int) -> None:
         r = rows[-1]
         print(
             f"K={k} checkpointing={ckpt}: {r['s_per_step']:.2f} s/step, peak RSS "
-            f"{r['peak_mib']:.0f} MiB (models loaded {r['baseline_mib']:.0f} MiB)",
+            f"{r['peak_mib']:.0f} MiB, of which the step {r['peak_mib'] - r['baseline_mib']:.0f} "
+            f"MiB (models loaded: {r['baseline_mib']:.0f} MiB); autograd keeps "
+            f"{r['saved_for_backward_mib']:.1f} MiB for backward",
             flush=True,
         )
     print(json.dumps(rows, indent=2))
