@@ -157,5 +157,8 @@ def remediate(
     first, last = result.data["audits"][0], result.final_audit
     for label, a in (("before", first), ("after", last)):
         shares = ", ".join(f"{g} {v:.1%}" for g, v in a["share"].items())
+        if "share_corrected" in a:
+            shares += " raw; " + ", ".join(f"{g} {v:.1%}" for g, v in a["share_corrected"].items())
+            shares += " corrected"
         out_console.print(f"quick audit {label} (step {a['step']}): {shares}; KL {a['kl']:.4f}")
     out_console.print(f"{result.data['steps_done']} steps in {result.seconds:.0f} s; wrote {out}")

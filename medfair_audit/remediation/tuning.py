@@ -46,7 +46,7 @@ from .._io import atomic_write_json, building_dir
 from .._validate import require_at_least
 from ..exceptions import ConfigError, DataError, ModelError
 from ..generation.seeds import image_seed
-from ..metrics.functional import kl_divergence
+from ..metrics.functional import corrected_proportions, kl_divergence
 from ..progress import ProgressCallback, report
 from ..target import Target
 from .losses import alignment_kl, clip_consistency, ot_cross_entropy
@@ -456,8 +456,10 @@ def quick_audit(
     """Classify ``audit_images`` images per prompt from held-out seeds with the tuned model.
 
     Returns:
-        Share per group (hard labels) overall and per prompt, mean probabilities, and
-        KL(target ‖ share) with the audit's smoothing.
+        Share per group (hard labels) overall and per prompt, mean probabilities,
+        KL(target ‖ share) with the audit's smoothing (``kl_raw``) and, with
+        ``align_to="corrected"``, the confusion-corrected share and its KL; ``kl`` is the KL of
+        the reading being aligned (what ``until_kl`` compares).
     """
     counts = np.zeros((len(m.cond), len(groups)), dtype=np.int64)
     prob_sum = np.zeros(len(groups))
@@ -488,15 +490,21 @@ def quick_audit(
     total = counts.sum()
     share = counts.sum(0) / total
     tvec = np.asarray(target.vector(groups))
-    return {
+    out = {
         "n": int(total),
         "share": dict(zip(groups, share.tolist(), strict=True)),
         "mean_probs": dict(zip(groups, (prob_sum / total).tolist(), strict=True)),
-        "kl": kl_divergence(tvec, share),
+        "kl_raw": kl_divergence(tvec, share),
         "by_prompt": [
             dict(zip(groups, (c / c.sum()).tolist(), strict=True)) for c in counts.astype(float)
         ],
     }
+    out["kl"] = out["kl_raw"]
+    if m.confusion is not None:  # align_to="corrected": judge the reading that was aligned
+        corrected = corrected_proportions(share, m.confusion.double().cpu().numpy())
+        out["share_corrected"] = dict(zip(groups, corrected.tolist(), strict=True))
+        out["kl"] = out["kl_corrected"] = kl_divergence(tvec, corrected)
+    return out
 
 
 # ------------------------------------------------------------------------------- loading

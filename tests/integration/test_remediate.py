@@ -8,11 +8,13 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from medfair_audit.exceptions import ConfigError, ModelError
+from medfair_audit.metrics.functional import corrected_proportions
 from medfair_audit.models.t2medi import load_pipeline
 from medfair_audit.remediation import RemediationConfig, remediate
 from medfair_audit.remediation.tuning import _load_models, _train_step
@@ -339,6 +341,11 @@ def test_align_to_corrected_uses_the_classifier_confusion(tiny_models, tmp_path)
     models = {**tiny_models, "classifier": clf}
     result = _run(models, tmp_path / "c", cfg)
     assert result.data["config"]["align_to"] == "corrected"
+    final = result.final_audit
+    raw = np.array([final["share"]["female"], final["share"]["male"]])
+    expected = corrected_proportions(raw, np.array([[0.9, 0.1], [0.2, 0.8]]))
+    assert list(final["share_corrected"].values()) == pytest.approx(expected.tolist())
+    assert final["kl"] == final["kl_corrected"] and "kl_raw" in final
     ev["confusion_rates"] = [[0.5, 0.5], [0.5, 0.5]]  # cannot tell the groups apart
     (clf / "evaluation.json").write_text(json.dumps(ev))
     with pytest.raises(ModelError, match="singular"):
