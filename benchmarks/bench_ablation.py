@@ -7,7 +7,8 @@ demo's audit seeds, and compares both remediated models with the biased one:
 * KL(target ‖ generated) (raw and corrected) and its reduction, corrected male share and interval;
 * FID/KID per subgroup against the real target-set images;
 * drift of paired images (same prompt and seed): mean 1 − cos of the demo CLIP's image
-  embeddings, mean absolute pixel change, and the share whose predicted group changed.
+  embeddings, mean absolute pixel change, the share whose predicted group changed, the pairs'
+  pixel correlation, and the change of brain area where the label went from male to female.
 
 Run: .venv/bin/python benchmarks/bench_ablation.py [DEMO_DIR]
 """
@@ -46,10 +47,21 @@ def drift(before: Path, after: Path, clip: object) -> dict[str, float]:
     sb, ib, lb = _images(after)
     assert np.array_equal(sa, sb), "the audits must use the same seeds"
     ea, eb = encode_images(clip, ia), encode_images(clip, ib)
+    # Same anatomy and sequence: pixel correlation of each pair. Sex-linked change: the brain's
+    # area (pixels above 10% intensity) after / before, for pairs whose label went male → female.
+    a, b = ia[:, 0].flatten(1).numpy(), ib[:, 0].flatten(1).numpy()
+    corr = np.array([np.corrcoef(x, y)[0, 1] for x, y in zip(a, b, strict=True)])
+    ratio = ((b > -0.8).mean(1)) / ((a > -0.8).mean(1))
+    male = 1  # groups are sorted: female, male
+    flipped, kept = (la == male) & (lb != male), (la == male) & (lb == male)
     return {
         "clip_1_minus_cos": float((1 - (ea * eb).sum(-1)).mean()),
         "mean_abs_pixel_change_255": float((ia - ib).abs().mean() * 127.5),
         "changed_group": float((la != lb).mean()),
+        "pixel_correlation_median": float(np.median(corr)),
+        "pixel_correlation_p5": float(np.percentile(corr, 5)),
+        "brain_area_ratio_male_to_female": float(ratio[flipped].mean()),
+        "brain_area_ratio_male_kept": float(ratio[kept].mean()),
     }
 
 
@@ -124,6 +136,9 @@ def main(demo: Path) -> None:
             line += (
                 f"; drift 1-cos {d['clip_1_minus_cos']:.4f}, |Δpixel| "
                 f"{d['mean_abs_pixel_change_255']:.2f}, group changed {d['changed_group']:.3f}"
+                f"; pixel corr. median {d['pixel_correlation_median']:.3f}; brain area "
+                f"male→female {d['brain_area_ratio_male_to_female']:.3f}, male kept "
+                f"{d['brain_area_ratio_male_kept']:.3f}"
                 f"; KL reduction raw {r['kl_reduction']['raw']:.1%}, corrected "
                 f"{r['kl_reduction']['corrected']:.1%}"
             )
