@@ -1,10 +1,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -16,6 +13,7 @@ from medfair_audit.exceptions import ConfigError, DataError
 from medfair_audit.generation import GenerationConfig, image_seed, plan_shards
 from medfair_audit.target import parse_target
 from tests.cli.test_cli import assert_one_line_error, run
+from tests.launch import medfair_processes
 
 PROMPTS = ["Axial FLAIR MRI of the brain showing a glioma.", "Axial T1-weighted MRI <b>x</b>."]
 
@@ -128,34 +126,8 @@ def test_two_processes_equal_one(tiny_models, tmp_path):
         "--n-boot",
         "30",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run(
-        [sys.executable, "-m", "medfair_cli.main", *args, "--out", str(tmp_path / "one")],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    assert one.returncode == 0, one.stderr
-    two = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "medfair_cli.main",
-            *args,
-            "--out",
-            str(tmp_path / "two"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert two.returncode == 0, two.stderr[-3000:]
+    medfair_processes(*args, "--out", tmp_path / "one")
+    two = medfair_processes(*args, "--out", tmp_path / "two", processes=2)
     # Both processes generated: each wrote its own shards (the main one then aggregated).
     assert "(2 processes)" in two.stdout
     assert (tmp_path / "one" / "audit.json").read_bytes() == (

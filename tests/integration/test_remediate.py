@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,6 +17,7 @@ from medfair_audit.remediation import RemediationConfig, remediate
 from medfair_audit.remediation.tuning import _load_models, _train_step
 from medfair_audit.target import parse_target
 from tests.cli.test_cli import assert_one_line_error, run
+from tests.launch import medfair_processes
 
 PROMPTS = ["Axial FLAIR MRI of the brain showing a glioma.", "Axial T1-weighted MRI of the brain."]
 TARGET = parse_target("male=0.58,female=0.42")
@@ -285,40 +283,8 @@ def test_two_processes_equal_one_process_with_both_batches(tiny_models, tmp_path
         *("--steps", "2", "--batch-per-prompt", "2", "--sampling-steps", "2"),
         *("--lora-rank", "2", "--lr", "0.05", "--audit-images", "2", "--audit-every", "0"),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "medfair_cli.main",
-            *args,
-            "--prompts-per-step",
-            "2",
-            "--out",
-            str(tmp_path / "one"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert one.returncode == 0, one.stderr[-3000:]
-    launch = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-    ]
-    two = subprocess.run(
-        [*launch, "-m", "medfair_cli.main", *args, "--out", str(tmp_path / "two")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert two.returncode == 0, two.stderr[-3000:]
+    medfair_processes(*args, "--prompts-per-step", 2, "--out", tmp_path / "one")
+    medfair_processes(*args, "--out", tmp_path / "two", processes=2)
     a, b = _unet_weights(tmp_path / "one"), _unet_weights(tmp_path / "two")
     assert any(not torch.equal(a[k], w) for k, w in _unet_weights(tiny_models["t2medi"]).items())
     for k in a:
