@@ -377,13 +377,9 @@ def render_html(columns: Sequence[AuditColumn], *, paired: bool = True, small: b
         for p in pairs:
             for q in p["pairs"]:
                 q["png"] = _shrink_png(q["png"])
-    versions = {}
-    try:
-        from importlib.metadata import version
+    from .. import __version__
 
-        versions = {"medfair (report)": version("medfair")}
-    except Exception:  # running from a source tree
-        versions = {}
+    versions = {"medfair (report)": __version__}
     return (
         _env()
         .get_template("report.html.j2")
