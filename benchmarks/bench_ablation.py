@@ -23,22 +23,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from medfair_audit import AuditConfig, run_audit
 from medfair_audit.demo import DEMO_PROMPTS, DemoConfig
 from medfair_audit.models.clip import encode_images, load_clip
 from medfair_audit.remediation import remediate
+from medfair_audit.reporting.compare import audit_images
 from medfair_audit.target import Target
 
 
 def _images(folder: Path) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
-    shards = sorted((folder / "shards").glob("*.safetensors"))
-    parts = [load_file(str(s)) for s in shards]
-    seeds = np.concatenate([p["seeds"].numpy() for p in parts])
-    images = torch.cat([p["images"] for p in parts]).float() / 127.5 - 1
-    labels = np.concatenate([p["probs"].numpy().argmax(1) for p in parts])
-    return seeds, images, labels
+    arrays = audit_images(folder)
+    images = torch.from_numpy(arrays["images"]).float() / 127.5 - 1
+    return arrays["seeds"], images, arrays["probs"].argmax(1)
 
 
 def drift(before: Path, after: Path, clip: object) -> dict[str, float]:

@@ -168,15 +168,25 @@ def _tokens(tokenizer: Any, captions: list[str], max_length: int) -> dict[str, t
     )
 
 
+def image_embeddings(model: Any, pixel_values: torch.Tensor) -> torch.Tensor:
+    """L2-normalised CLIP image embeddings, differentiable with respect to the pixels.
+
+    transformers 5 returns a model output from ``get_image_features``, version 4 a tensor.
+    """
+    out = model.get_image_features(pixel_values=pixel_values)
+    feats = out if torch.is_tensor(out) else out.pooler_output
+    return torch.nn.functional.normalize(feats, dim=-1)
+
+
 @torch.inference_mode()
 def encode_images(model: Any, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """L2-normalised CLIP image embeddings of ``(N, C, H, W)`` images in [-1, 1]."""
-    out = [
-        model.get_image_features(pixel_values=images[i : i + batch_size])
-        for i in range(0, len(images), batch_size)
-    ]
-    feats = torch.cat([o if torch.is_tensor(o) else o.pooler_output for o in out])
-    return torch.nn.functional.normalize(feats, dim=-1)
+    return torch.cat(
+        [
+            image_embeddings(model, images[i : i + batch_size])
+            for i in range(0, len(images), batch_size)
+        ]
+    )
 
 
 @torch.inference_mode()

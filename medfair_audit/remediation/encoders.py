@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..exceptions import ModelError
 from ..models._common import adapt_images, check_no_pickle
+from ..models.clip import image_embeddings
 
 __all__ = ["ImageEncoder", "load_image_encoder"]
 
@@ -61,9 +61,7 @@ class ImageEncoder(torch.nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised embeddings ``(N, D)``; differentiable with respect to ``images``."""
-        out = self.model.get_image_features(pixel_values=self.prepare(images))
-        feats = out if torch.is_tensor(out) else out.pooler_output
-        return F.normalize(feats, dim=-1)
+        return image_embeddings(self.model, self.prepare(images))
 
 
 def load_image_encoder(

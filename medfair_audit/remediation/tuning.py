@@ -790,8 +790,9 @@ def remediate(
     optimizer = torch.optim.AdamW(m.trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_schedule(cfg))
     names = list(_named_trainable(m.unet))
-    ema = {n: p.detach().clone() for n, p in zip(names, m.trainable, strict=True)}
-    ema = ema if cfg.ema_decay > 0 else None
+    ema = None
+    if cfg.ema_decay > 0:
+        ema = {n: p.detach().clone() for n, p in zip(names, m.trainable, strict=True)}
 
     work = out.with_name(out.name + ".partial")
     if work.exists() and not resume and accelerator.is_main_process:

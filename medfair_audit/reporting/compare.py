@@ -26,6 +26,7 @@ from ..exceptions import ConfigError, DataError
 __all__ = [
     "FORMATS",
     "AuditColumn",
+    "audit_images",
     "headline_rows",
     "load_audit",
     "paired_images",
@@ -262,11 +263,25 @@ def render_latex(columns: Sequence[AuditColumn]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _shard_arrays(folder: Path, prompt_index: int) -> list[dict[str, Any]]:
+def audit_images(folder: str | os.PathLike[str], prompt_index: int | None = None) -> dict | None:
+    """The arrays an audit's shards hold, concatenated in plan order (per prompt, by image).
+
+    Args:
+        folder: The audit's output folder (with ``shards/``).
+        prompt_index: Only this prompt's images; ``None`` for all.
+
+    Returns:
+        ``seeds``, ``images`` (uint8 ``(N, C, H, W)``) and ``probs`` as numpy arrays, or ``None``
+        when there are no shards (deleted, or the audit was made elsewhere).
+    """
     from safetensors.torch import load_file
 
-    shards = sorted((folder / "shards").glob(f"p{prompt_index:04d}-i*.safetensors"))
-    return [load_file(str(s)) for s in shards]
+    pattern = "p*" if prompt_index is None else f"p{prompt_index:04d}"
+    shards = sorted((Path(folder) / "shards").glob(f"{pattern}-i*.safetensors"))
+    if not shards:
+        return None
+    parts = [load_file(str(s)) for s in shards]
+    return {k: np.concatenate([s[k].numpy() for s in parts]) for k in ("seeds", "images", "probs")}
 
 
 def paired_images(
@@ -290,17 +305,9 @@ def paired_images(
     for p, prompt in enumerate(prompts_a):
         if p >= len(prompts_b) or prompts_b[p] != prompt:
             continue
-        a_shards, b_shards = _shard_arrays(before.folder, p), _shard_arrays(after.folder, p)
-        if not a_shards or not b_shards:
+        a, b = audit_images(before.folder, p), audit_images(after.folder, p)
+        if a is None or b is None:
             continue
-        a = {
-            k: np.concatenate([s[k].numpy() for s in a_shards])
-            for k in ("seeds", "images", "probs")
-        }
-        b = {
-            k: np.concatenate([s[k].numpy() for s in b_shards])
-            for k in ("seeds", "images", "probs")
-        }
         common, ia, ib = np.intersect1d(a["seeds"], b["seeds"], return_indices=True)
         if not len(common):
             continue
