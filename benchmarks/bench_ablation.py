@@ -63,15 +63,38 @@ def drift(before: Path, after: Path, clip: object) -> dict[str, float]:
 
 
 def summary(audit: dict) -> dict:
-    """The numbers of the result bar from one audit.json."""
+    """The numbers of the result bar from one audit.json (FID/KID at the audit's equal n)."""
+    reading, n = audit["default_reading"], str(audit["quality"]["equal_n"])
+    at_n = {g: v["at_n"].get(n) for g, v in audit["quality"]["by_group"].items()}
     return {
         "male_raw": audit["proportions"]["raw"]["male"],
-        "male_corrected": audit["proportions"]["corrected"]["male"],
-        "kl_raw": audit["kl_divergence"]["raw"]["target_to_generated"],
-        "kl_corrected": audit["kl_divergence"]["corrected"]["target_to_generated"],
-        "fid": {g: v["fid"] for g, v in audit["fid_by_group"].items()},
-        "kid": {g: [v["kid"], v["std"]] for g, v in audit["kid_by_group"].items()},
+        "male_corrected": audit["proportions"][reading]["male"],
+        "kl_raw": audit["distances"]["raw"]["kl_target_to_generated"],
+        "kl_corrected": audit["distances"][reading]["kl_target_to_generated"],
+        "equal_n": int(n),
+        "fid": {g: v["fid"]["mean"] for g, v in at_n.items() if v},
+        "kid": {g: [v["kid"]["mean"], v["kid"]["sd"]] for g, v in at_n.items() if v},
     }
+
+
+def _reduction(before: dict, after: dict) -> float | None:
+    """Relative KL change, only between two measured (not censored) values."""
+    if before["value"] is None or after["value"] is None:
+        return None
+    return 1 - after["value"] / before["value"]
+
+
+def _text(entry: dict, fmt: str = ".3f") -> str:
+    """A value with its interval, or its bound when censored ("–" when there is neither)."""
+    ci = entry.get("ci")
+    interval = f" [{ci[0]:{fmt}}, {ci[1]:{fmt}}]" if ci else ""
+    if entry.get("value") is None:
+        bound = entry.get("bound") or {}
+        if bound:
+            ((side, x),) = bound.items()
+            return f"{'≤' if side == 'at_most' else '≥'} {x:{fmt}} (censored){interval}"
+        return "–" + (" (censored)" if ci else "")
+    return f"{entry['value']:{fmt}}{interval}"
 
 
 def main(demo: Path) -> None:
@@ -114,16 +137,16 @@ def main(demo: Path) -> None:
         rows[label] = summary(json.loads((folder / "audit.json").read_text()))
         if label != "before":
             rows[label]["drift"] = drift(demo / "before", folder, clip)
-            kl0, kl1 = rows["before"]["kl_raw"]["value"], rows[label]["kl_raw"]["value"]
-            klc0 = rows["before"]["kl_corrected"]["value"]
-            klc1 = rows[label]["kl_corrected"]["value"]
-            rows[label]["kl_reduction"] = {"raw": 1 - kl1 / kl0, "corrected": 1 - klc1 / klc0}
+            rows[label]["kl_reduction"] = {
+                kind: _reduction(rows["before"][f"kl_{kind}"], rows[label][f"kl_{kind}"])
+                for kind in ("raw", "corrected")
+            }
     for label, r in rows.items():
         m = r["male_corrected"]
         line = (
-            f"{label:12s} male raw {r['male_raw']['value']:.3f}, corrected {m['value']:.3f} "
-            f"[{m['ci'][0]:.3f}, {m['ci'][1]:.3f}]; KL raw {r['kl_raw']['value']:.4f}, "
-            f"corrected {r['kl_corrected']['value']:.4f}; "
+            f"{label:12s} male raw {r['male_raw']['value']:.3f}, corrected {_text(m)}; "
+            f"KL raw {_text(r['kl_raw'], '.4f')}, corrected {_text(r['kl_corrected'], '.4f')}; "
+            f"at n = {r['equal_n']}: "
             + ", ".join(f"FID {g} {v:.2f}" for g, v in r["fid"].items())
             + "; "
             + ", ".join(f"KID {g} {v[0]:.3f}±{v[1]:.3f}" for g, v in r["kid"].items())
@@ -136,8 +159,8 @@ def main(demo: Path) -> None:
                 f"; pixel corr. median {d['pixel_correlation_median']:.3f}; brain area "
                 f"male→female {d['brain_area_ratio_male_to_female']:.3f}, male kept "
                 f"{d['brain_area_ratio_male_kept']:.3f}"
-                f"; KL reduction raw {r['kl_reduction']['raw']:.1%}, corrected "
-                f"{r['kl_reduction']['corrected']:.1%}"
+                f"; KL reduction raw {_text({'value': r['kl_reduction']['raw']}, '.1%')}, "
+                f"corrected {_text({'value': r['kl_reduction']['corrected']}, '.1%')}"
             )
         print(line)
     (out / "ablation.json").write_text(json.dumps(rows, indent=2))

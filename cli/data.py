@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -105,6 +106,13 @@ def target(
             "--target", help="Inline proportions instead of --labels, e.g. 'male=0.58,female=0.42'."
         ),
     ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="What the target stands for, shown in reports (default: BraTS18 for labels of a "
+            "`medfair data import-brats` folder)."
+        ),
+    ] = None,
 ) -> None:
     """Write target subgroup proportions (target.json) from labels or inline values.
 
@@ -123,13 +131,18 @@ def target(
             column=column,
             groups=split_list(groups),
             where={"split": split} if split else None,
+            name=name,
         )
     else:
         result = parse_target(target_spec, attribute=column)
+        if name:
+            result = dataclasses.replace(result, name=name)
     result.save(out)
     shares = ", ".join(f"{g}={p:.4f}" for g, p in result.proportions.items())
     out_console.print(
-        f"wrote {out}: {result.attribute} {shares}" + (f" (n={result.n})" if result.n else "")
+        f"wrote {out}: {result.attribute} {shares}"
+        + (f" (n={result.n})" if result.n else "")
+        + (f", {result.name}" if result.name else "")
     )
 
 

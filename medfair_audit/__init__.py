@@ -28,11 +28,10 @@ except PackageNotFoundError:  # running from a source tree without installation
 # The audit pulls in torch, diffusers and scipy; resolve its names on first use so that
 # `import medfair_audit` (and so every `medfair` command, `--help` included) starts fast.
 _LAZY = {
-    "AuditConfig": ("_audit", "AuditConfig"),
-    "AuditResult": ("_audit", "AuditResult"),
-    "read_prompts": ("_audit", "read_prompts"),
-    "run_audit": ("_audit", "run_audit"),
-    "audit": ("_audit", "run_audit"),  # the library call behind `medfair audit`
+    "AuditConfig": ("audit", "AuditConfig"),
+    "AuditResult": ("audit", "AuditResult"),
+    "read_prompts": ("audit", "read_prompts"),
+    "run_audit": ("audit", "run_audit"),
     "GenerationConfig": ("generation", "GenerationConfig"),
     "RemediationConfig": ("remediation", "RemediationConfig"),
     "RemediationResult": ("remediation", "RemediationResult"),
@@ -72,7 +71,6 @@ __all__ = [
     "RocoDataset",
     "Target",
     "__version__",
-    "audit",
     "build_phantom",
     "export_image_folder",
     "parse_target",

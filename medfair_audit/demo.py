@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._audit import AuditConfig, run_audit
 from ._io import atomic_write_json
+from .audit import AuditConfig, run_audit
 from .data.phantom import PhantomConfig, build_phantom
 from .exceptions import ConfigError
 from .generation import GenerationConfig
@@ -240,7 +240,10 @@ def run_demo(
 
     def target_work() -> dict[str, Any]:
         target = target_from_labels(
-            data / "target_set" / "metadata.csv", column="sex", groups=("female", "male")
+            data / "target_set" / "metadata.csv",
+            column="sex",
+            groups=("female", "male"),
+            name="BraTS18 (phantom stand-in)",
         )
         target.save(out / "target.json")
         return {"path": str(out / "target.json"), "proportions": dict(target.proportions)}
@@ -327,10 +330,9 @@ def run_demo(
             )
             return {
                 "path": str(out / folder),
-                "male_raw": r.data["proportions"]["raw"]["male"],
-                "male_corrected": r.data["proportions"]["corrected"]["male"],
-                "kl": r.data["kl_divergence"]["corrected"]["target_to_generated"],
-                "kl_raw": r.data["kl_divergence"]["raw"]["target_to_generated"],
+                "male_raw": r.share("male", "raw"),
+                "male_corrected": r.share("male"),
+                "kl": r.kl(),
             }
 
         return work

@@ -2,9 +2,11 @@
 
 A target is a small JSON document::
 
-    {"schema_version": 1, "attribute": "sex",
+    {"schema_version": 1, "attribute": "sex", "name": "BraTS18",
      "proportions": {"female": 0.42, "male": 0.58},
      "source": "labels.csv", "n": 1200}
+
+``name`` says what the target stands for; reports show it in their title and methods.
 
 It comes from a labelled dataset (:func:`target_from_labels`, e.g. the sex column of a BraTS18
 subject table) or is written inline (``"male=0.58,female=0.42"``, :func:`parse_target`). Every
@@ -57,6 +59,7 @@ class Target:
             two groups. Stored sorted by group name.
         source: Where the proportions came from (a file, ``"inline"``).
         n: Number of labelled items they were computed from, if any.
+        name: What the proportions stand for (e.g. ``"BraTS18"``), shown in reports.
         param: Argument name used in error messages.
 
     Raises:
@@ -67,6 +70,7 @@ class Target:
     proportions: Mapping[str, float]
     source: str | None = None
     n: int | None = None
+    name: str | None = None
     param: str = field(default="target", repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -97,6 +101,7 @@ class Target:
         return {
             "schema_version": TARGET_SCHEMA_VERSION,
             "attribute": self.attribute,
+            "name": self.name,
             "proportions": dict(self.proportions),
             "source": self.source,
             "n": self.n,
@@ -136,6 +141,7 @@ class Target:
             proportions=props,
             source=doc.get("source", str(path)),
             n=doc.get("n"),
+            name=doc.get("name"),
             param=param,
         )
 
@@ -214,6 +220,7 @@ def target_from_labels(
     column: str = "sex",
     groups: Sequence[str] | None = None,
     where: Mapping[str, str] | None = None,
+    name: str | None = None,
 ) -> Target:
     """Compute target proportions from a label column of a CSV.
 
@@ -224,6 +231,8 @@ def target_from_labels(
         groups: The known groups. Labels outside them are an error; known groups without any
             label get proportion 0. Default: the labels found.
         where: Keep only rows whose columns equal these values (e.g. ``{"split": "test"}``).
+        name: What the target stands for. Default: read from the ``dataset.json`` beside
+            ``labels`` when medfair imported the data (``BraTS18`` for a BraTS import).
 
     Returns:
         The target, with ``n`` the number of rows counted.
@@ -253,4 +262,23 @@ def target_from_labels(
         known = sorted(counts.index)
     n = int(counts.sum())
     props = {g: int(counts.get(g, 0)) / n for g in known}
-    return Target(attribute=column, proportions=props, source=str(labels), n=n, param="labels")
+    return Target(
+        attribute=column,
+        proportions=props,
+        source=str(labels),
+        n=n,
+        name=name or _dataset_name(Path(labels).parent),
+        param="labels",
+    )
+
+
+#: ``dataset.json`` kinds written by ``export_image_folder`` → the data set they import.
+DATASET_NAMES = {"BratsDataset": "BraTS18", "RocoDataset": "ROCO"}
+
+
+def _dataset_name(folder: Path) -> str | None:
+    try:
+        kind = json.loads((folder / "dataset.json").read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return DATASET_NAMES.get(kind)

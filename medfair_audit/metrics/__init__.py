@@ -1,5 +1,8 @@
-"""Metrics: pure functions over features and probabilities."""
+"""Metrics: pure functions (``functional``), streaming accumulators, estimates and result frames.
 
-from .kid import kernel_inception_distance
+Nothing here loads a model: feature extractors live in :mod:`medfair_audit.models.features`.
+"""
+
+from .functional import kernel_inception_distance
 
 __all__ = ["kernel_inception_distance"]

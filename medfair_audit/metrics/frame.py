@@ -1,17 +1,11 @@
-"""Subgroup distribution statistics of a set of generated images, with uncertainty.
+"""The audit's numbers for one set of images, and across prompts, as JSON-ready dictionaries.
 
-:func:`summarise` turns per-image classifier probabilities into the numbers an audit reports, for
-three readings of "the share of each group":
-
-* ``raw``: classify and count (argmax), with Wilson intervals;
-* ``probabilistic``: the mean of the calibrated probabilities;
-* ``corrected``: adjusted classify-and-count, which inverts the classifier's held-out confusion
-  matrix (:func:`~medfair_audit.metrics.functional.corrected_proportions`).
-
-Each reading gets its distances to the target (KL both ways, Jensen-Shannon, total variation, the
-L2 fairness discrepancy of Choi et al. 2020) and per-group gaps, with percentile bootstrap
-intervals over images (``n_boot`` resamples, seeded, so results are reproducible). Every group
-appears in every table, empty ones too.
+:func:`summarise` turns per-image probabilities and the classifier's held-out outputs into
+every reading's shares (with intervals that carry the classifier's own error), their distances to
+the target (with intervals that can contain 0), a goodness-of-fit test with the right null and
+the sample size a requested precision needs. :func:`dispersion` compares prompts. Every group
+appears in every table, empty ones too. Readings are described in
+:data:`~medfair_audit.metrics.estimates.READINGS`.
 """
 
 from __future__ import annotations
@@ -20,47 +14,109 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
-from .functional import (
-    DEFAULT_SMOOTHING,
-    chi_square_gof,
-    corrected_proportions,
-    jensen_shannon,
-    kl_divergence,
-    l2_fairness_discrepancy,
-    required_sample_size,
-    total_variation,
-    wilson_interval,
+from .estimates import (
+    CENSORED_NOTE,
+    CORRECTED_READINGS,
+    DEFAULT_READING,
+    HeldOut,
+    ShareEstimates,
+    distance_interval,
+    distances_with_intervals,
+    estimate_shares,
+    gof_test,
+    region_from_intervals,
+    sample_size,
+    share_intervals,
+    simultaneous_level,
 )
+from .functional import DEFAULT_SMOOTHING, MAX_CONDITION, corrected_proportions
 
-__all__ = ["summarise"]
+__all__ = ["dispersion", "proportions_entry", "shen_bias", "summarise"]
+
+_TOL = 1e-9
 
 
-def _distributions(probs: np.ndarray, confusion: np.ndarray | None) -> dict[str, np.ndarray]:
-    k = probs.shape[1]
-    raw = np.bincount(probs.argmax(1), minlength=k) / max(len(probs), 1)
-    out = {"raw": raw, "probabilistic": probs.mean(0) if len(probs) else np.full(k, 1 / k)}
-    if confusion is not None:
-        out["corrected"] = corrected_proportions(raw, confusion)
+def shen_bias(q: np.ndarray) -> float:
+    """Per-prompt bias of Shen et al. (2024): mean over group pairs of ``|q_i - q_j|``."""
+    q = np.asarray(q, dtype=np.float64)
+    pairs = [abs(a - b) for i, a in enumerate(q) for b in q[i + 1 :]]
+    return float(np.mean(pairs))
+
+
+def is_censored(est: ShareEstimates, reading: str) -> bool:
+    """Whether a corrected reading's point estimate sits outside (ACC/PACC) or on (EM) [0, 1]."""
+    q = est.point.get(reading)
+    if reading not in CORRECTED_READINGS or q is None or not est.identifiable:
+        return False
+    if reading == "em":
+        return bool(((q <= _TOL) | (q >= 1 - _TOL)).any())
+    return bool(((q < -_TOL) | (q > 1 + _TOL)).any())
+
+
+def proportions_entry(
+    est: ShareEstimates,
+    reading: str,
+    groups: Sequence[str],
+    heldout: HeldOut | None,
+    confidence: float,
+) -> dict[str, Any]:
+    """``{group: {value, ci, method[, censored, bound, note]}}`` for one reading."""
+    q = est.point[reading]
+    cis = share_intervals(est, reading, confidence)
+    method = {"raw": "wilson"}.get(reading, "bootstrap (images and held-out images)")
+    if reading == "probabilistic":
+        method = "bootstrap (images)"
+    out: dict[str, Any] = {}
+    if reading in CORRECTED_READINGS and not est.identifiable:
+        cond = max(est.condition.values())
+        note = (
+            f"not identifiable: the confusion matrix's condition number {cond:.3g} exceeds "
+            f"{MAX_CONDITION:g} (the classifier barely separates the groups)"
+        )
+        return {
+            g: {"value": None, "ci": [0.0, 1.0], "method": method, "note": note} for g in groups
+        }
+    censored = is_censored(est, reading)
+    constrained = None
+    if censored and reading != "em":
+        m = heldout.matrix(soft=reading == "pacc")
+        obs = est.point["raw" if reading == "acc" else "probabilistic"]
+        constrained = corrected_proportions(obs, m)
+    for i, g in enumerate(groups):
+        lo, hi = cis[i]
+        entry: dict[str, Any] = {"value": float(q[i]), "ci": [lo, hi], "method": method}
+        edge = _TOL if reading == "em" else -_TOL  # EM sits on the boundary, ACC/PACC beyond it
+        below, above = censored and q[i] < edge, censored and q[i] > 1 - edge
+        if below or above:
+            entry.update(
+                value=None,
+                censored="below" if below else "above",
+                bound={"at_most": hi} if below else {"at_least": lo},
+                note=CENSORED_NOTE,
+            )
+        elif constrained is not None:
+            entry["value"] = float(constrained[i])
+            entry["method"] += "; simplex-constrained because another group is censored"
+        out[g] = entry
     return out
 
 
-def _distances(p: np.ndarray, target: np.ndarray, eps: float) -> dict[str, float]:
-    gaps = p - target
-    return {
-        "kl_target_to_generated": kl_divergence(target, p, eps=eps),
-        "kl_generated_to_target": kl_divergence(p, target, eps=eps),
-        "js": jensen_shannon(target, p),
-        "tv": total_variation(p, target),
-        "l2_fairness_discrepancy": l2_fairness_discrepancy(p, target),
-        "max_abs_gap": float(np.abs(gaps).max()),
-        **{f"gap[{i}]": float(g) for i, g in enumerate(gaps)},
-    }
-
-
-def _interval(values: np.ndarray, confidence: float) -> list[float]:
-    a = (1 - confidence) / 2
-    return [float(np.quantile(values, a)), float(np.quantile(values, 1 - a))]
+def _gaps(props: dict[str, Any], target: np.ndarray, groups: Sequence[str]) -> dict[str, Any]:
+    out = {}
+    for i, g in enumerate(groups):
+        e = props[g]
+        t = float(target[i])
+        gap: dict[str, Any] = {
+            "value": None if e["value"] is None else e["value"] - t,
+            "ci": [e["ci"][0] - t, e["ci"][1] - t],
+        }
+        if e.get("censored"):
+            gap["censored"] = e["censored"]
+            gap["bound"] = {k: v - t for k, v in e["bound"].items()}
+        out[g] = gap
+    return out
 
 
 def summarise(
@@ -68,90 +124,156 @@ def summarise(
     groups: Sequence[str],
     target: np.ndarray,
     *,
-    confusion: np.ndarray | None = None,
+    heldout: HeldOut | None = None,
     n_boot: int = 1000,
     confidence: float = 0.95,
     smoothing: float = DEFAULT_SMOOTHING,
     half_width: float = 0.05,
     seed: int = 0,
+    estimates: ShareEstimates | None = None,
 ) -> dict[str, Any]:
-    """Proportions, distances to the target and their intervals for one set of images.
+    """Shares, distances, test and sample size for one set of images.
 
     Args:
         probs: Calibrated probabilities ``(N, K)``, columns in ``groups`` order.
         groups: Group names.
         target: Target proportions ``(K,)``.
-        confusion: Row-normalised held-out confusion matrix ``P(pred j | true i)`` for the
-            corrected reading (omitted when ``None``).
-        n_boot: Bootstrap resamples (0 disables bootstrap intervals).
+        heldout: The classifier's held-out outputs (``None``: raw and probabilistic only).
+        n_boot: Bootstrap replicates (also the simulations of the goodness-of-fit test).
         confidence: Interval level.
-        smoothing: ε of the KL/JS smoothing toward uniform.
+        smoothing: ε of the KL smoothing toward uniform.
         half_width: Target interval half-width for the sample-size estimate.
         seed: Seed of the bootstrap.
+        estimates: Precomputed :func:`~medfair_audit.metrics.estimates.estimate_shares`.
 
     Returns:
         A JSON-ready dictionary (see the README's audit.json section).
     """
-    probs = np.asarray(probs, dtype=np.float64)
-    target = np.asarray(target, dtype=np.float64)
-    n, k = probs.shape
     groups = list(groups)
-    point = _distributions(probs, confusion)
-    counts = np.bincount(probs.argmax(1), minlength=k) if n else np.zeros(k, int)
-    boots: dict[str, list[np.ndarray]] = {kind: [] for kind in point}
-    if n_boot and n > 1:
-        rng = np.random.default_rng(seed)
-        for _ in range(n_boot):
-            sample = probs[rng.integers(0, n, n)]
-            for kind, p in _distributions(sample, confusion).items():
-                boots[kind].append(p)
-    result: dict[str, Any] = {
-        "n": int(n),
-        "counts": dict(zip(groups, map(int, counts), strict=True)),
-    }
-    proportions: dict[str, Any] = {}
-    distances: dict[str, Any] = {}
-    for kind, p in point.items():
-        per_group = {}
-        dist = _distances(p, target, smoothing)
-        samples = np.array(boots[kind]) if boots[kind] else None
-        for i, g in enumerate(groups):
-            if kind == "raw":
-                ci = list(wilson_interval(int(counts[i]), n, confidence=confidence))
-                method = "wilson"
-            elif samples is not None:
-                ci, method = _interval(samples[:, i], confidence), "bootstrap"
-            else:
-                ci, method = [float("nan"), float("nan")], "none"
-            per_group[g] = {"value": float(p[i]), "ci": ci, "method": method}
-        proportions[kind] = per_group
-        boot_dist = (
-            [_distances(s, target, smoothing) for s in samples] if samples is not None else None
+    target = np.asarray(target, dtype=np.float64)
+    est = estimates or estimate_shares(probs, heldout, n_boot=n_boot, seed=seed)
+    proportions = {r: proportions_entry(est, r, groups, heldout, confidence) for r in est.point}
+    distances = {}
+    for r in est.point:
+        if r == "probabilistic":
+            continue
+        censored = any(e.get("censored") for e in proportions[r].values())
+        unknown = any(e["value"] is None and not e.get("censored") for e in proportions[r].values())
+        d = distances_with_intervals(
+            est, r, target, confidence=confidence, smoothing=smoothing, censored=censored
         )
-        entry = {}
-        for name, value in dist.items():
-            ci = (
-                _interval(np.array([b[name] for b in boot_dist]), confidence)
-                if boot_dist
-                else [float("nan"), float("nan")]
-            )
-            entry[name] = {"value": value, "ci": ci}
-        gaps = {g: entry.pop(f"gap[{i}]") for i, g in enumerate(groups)}
-        distances[kind] = {"gaps": gaps, **entry}
-    stat, pval = chi_square_gof(counts, target)
-    result.update(
-        proportions=proportions,
-        distances=distances,
-        chi_square={"statistic": stat, "p_value": pval, "df": int((target > 0).sum() - 1)},
-        sample_size={
+        if unknown:
+            for e in d.values():
+                e["value"] = None
+        distances[r] = {"gaps": _gaps(proportions[r], target, groups), **d}
+    result: dict[str, Any] = {
+        "n": est.n,
+        "counts": dict(zip(groups, map(int, est.counts), strict=True)),
+        "proportions": proportions,
+        "distances": distances,
+        "chi_square": gof_test(est.counts, target, heldout, n_sim=max(n_boot, 200), seed=seed),
+        "condition_number": est.condition,
+        "identifiable": est.identifiable,
+    }
+    reading = DEFAULT_READING if DEFAULT_READING in est.point else "acc"
+    if heldout is not None and est.n > 1 and reading in est.point:
+        result["sample_size"] = {
+            "reading": reading,
             "half_width": half_width,
             "confidence": confidence,
-            "needed": max(
-                required_sample_size(float(p), half_width, confidence=confidence)
-                for p in point["raw"]
-            )
-            if n
-            else None,
-        },
-    )
+            **sample_size(
+                est.probs,
+                heldout,
+                est.point[reading],
+                half_width=half_width,
+                confidence=confidence,
+                soft=reading == "pacc",
+            ),
+        }
     return result
+
+
+def dispersion(
+    estimates: Sequence[ShareEstimates],
+    summaries: Sequence[dict[str, Any]],
+    prompts: Sequence[str],
+    groups: Sequence[str],
+    target: np.ndarray,
+    *,
+    reading: str,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """How prompts differ: Shen et al.'s per-prompt bias, mean and worst gap, homogeneity.
+
+    Intervals of the mean and the worst prompt hold for all prompts at once (Bonferroni over
+    prompts), and come from each prompt's share region, so they can contain 0.
+    """
+    target = np.asarray(target, dtype=np.float64)
+    k, n_prompts = len(groups), len(prompts)
+    uniform = np.full(k, 1 / k)
+    joint = simultaneous_level(confidence, k, n_prompts)
+    single = simultaneous_level(confidence, k)
+
+    def gap_fn(q: np.ndarray) -> float:
+        return float(np.abs(np.asarray(q) - target).max())
+
+    per_prompt, gap_ranges, gaps = [], [], []
+    for est, summ in zip(estimates, summaries, strict=True):
+        props = summ["proportions"].get(reading, {})
+        censored = any(e.get("censored") for e in props.values())
+        unknown = any(e["value"] is None for e in props.values())
+        q = np.clip(est.point[reading], 0, 1)
+        verts = region_from_intervals(share_intervals(est, reading, single))
+        verts_joint = region_from_intervals(share_intervals(est, reading, joint))
+        bias = {
+            "value": None if unknown else shen_bias(q),
+            "ci": list(distance_interval(shen_bias, verts, uniform)),
+        }
+        if censored:
+            bias["censored"] = True
+        per_prompt.append(bias)
+        gap_ranges.append(distance_interval(gap_fn, verts_joint, target))
+        gaps.append(None if unknown else gap_fn(q))
+    known = [g for g in gaps if g is not None]
+    worst_i = int(np.argmax([g if g is not None else -1.0 for g in gaps]))
+    counts = np.array([[s["counts"][g] for g in groups] for s in summaries])
+    used = counts.sum(0) > 0
+    homogeneity: dict[str, Any] = {"statistic": None, "p_value": None, "df": None}
+    if n_prompts > 1 and used.sum() > 1 and (counts.sum(1) > 0).all():
+        chi = stats.chi2_contingency(counts[:, used], correction=False)
+        homogeneity = {
+            "statistic": float(chi.statistic),
+            "p_value": float(chi.pvalue),
+            "df": int(chi.dof),
+        }
+    homogeneity["test"] = (
+        "Pearson chi-square of prompts × predicted groups: under 'every prompt has the same true "
+        "shares' the label distributions are equal too (one classifier), so no correction is needed"
+    )
+    return {
+        "reading": reading,
+        "shen_bias": {
+            "per_prompt": per_prompt,
+            "mean": {
+                "value": None
+                if any(b["value"] is None for b in per_prompt)
+                else float(np.mean([b["value"] for b in per_prompt])),
+            },
+            "definition": "mean over pairs of groups of |share_i − share_j| (Shen et al. 2024)",
+        },
+        "mean_abs_gap": {
+            "value": float(np.mean(known)) if len(known) == n_prompts else None,
+            "ci": [
+                float(np.mean([r[0] for r in gap_ranges])),
+                float(np.mean([r[1] for r in gap_ranges])),
+            ],
+        },
+        "worst_prompt": {
+            "index": worst_i,
+            "prompt": prompts[worst_i],
+            "abs_gap": {"value": gaps[worst_i], "ci": list(gap_ranges[worst_i])},
+        },
+        "homogeneity": homogeneity,
+        "note": f"{reading} reading; |gap| = largest |share − target| over groups; the mean and "
+        "worst-prompt intervals hold jointly over prompts (Bonferroni)",
+    }

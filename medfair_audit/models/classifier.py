@@ -12,7 +12,6 @@ and intensity jitter, but no rescaling (head size is one of the sex-linked cues)
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
@@ -30,6 +29,7 @@ from .._io import atomic_write_json, building_dir
 from .._validate import require_at_least
 from ..data.datasets import ImageFolderDataset
 from ..exceptions import ConfigError, DataError, ModelError
+from ..metrics.functional import expected_calibration_error, mean_output_matrix
 from ..progress import ProgressCallback, report
 from ._common import (
     adapt_images,
@@ -44,7 +44,6 @@ __all__ = [
     "ClassifierResult",
     "SubgroupClassifier",
     "evaluate_classifier",
-    "expected_calibration_error",
     "train_classifier",
 ]
 
@@ -263,19 +262,6 @@ def _fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float(log_t.detach().exp().clamp(0.05, 20.0))
 
 
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
-    """ECE: the confidence-weighted gap between confidence and accuracy over equal-width bins."""
-    conf = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == labels).astype(float)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    ece = 0.0
-    for lo, hi in itertools.pairwise(edges):
-        sel = (conf > lo) & (conf <= hi)
-        if sel.any():
-            ece += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
-    return float(ece)
-
-
 def evaluate_classifier(
     probs: np.ndarray, labels: np.ndarray, groups: Sequence[str], metadata: Any = None
 ) -> dict[str, Any]:
@@ -291,7 +277,10 @@ def evaluate_classifier(
     Returns:
         JSON-ready metrics. ``confusion_matrix[i][j]`` counts images of true group ``i``
         predicted as ``j``; ``confusion_rates`` is its row-normalised form,
-        P(predicted j | true i), which the audit uses to correct proportions.
+        P(predicted j | true i); ``soft_confusion[i][j]`` is the mean probability of ``j`` on
+        images of true group ``i``; ``heldout`` keeps each image's label and probabilities (6
+        decimals), which the audit resamples so that corrected shares carry the classifier's
+        own uncertainty.
     """
     from fairlearn.metrics import (
         MetricFrame,
@@ -322,6 +311,11 @@ def evaluate_classifier(
         "n": len(labels),
         "confusion_matrix": cm.tolist(),
         "confusion_rates": rates.tolist(),
+        "soft_confusion": mean_output_matrix(labels, probs, k).tolist(),
+        "heldout": {
+            "labels": [int(v) for v in labels],
+            "probs": np.round(np.asarray(probs, dtype=np.float64), 6).tolist(),
+        },
         "accuracy": float(accuracy_score(labels, pred)),
         "balanced_accuracy": float(balanced_accuracy_score(labels, pred)),
         "roc_auc": auc,
@@ -354,16 +348,37 @@ def evaluate_classifier(
     return result
 
 
-def _splits(meta: Any, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _splits(meta: Any, seed: int) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], str]:
+    """Train/val/test indices and the unit that was split (no subject spans two splits)."""
+    has_subject = "subject" in meta.columns and meta["subject"].astype(str).str.strip().ne("").all()
     if "split" in meta.columns and {"train", "val", "test"} <= set(meta.split):
-        return tuple(np.flatnonzero(meta.split == s) for s in ("train", "val", "test"))
-    order = np.random.default_rng(seed).permutation(len(meta))
+        if has_subject:
+            spans = meta.groupby(meta["subject"].astype(str))["split"].nunique()
+            leaking = spans[spans > 1]
+            if len(leaking):
+                raise DataError(
+                    f"{len(leaking)} subjects have images in more than one split (e.g. "
+                    f"'{leaking.index[0]}'): held-out errors would be optimistic; give each "
+                    "subject one split",
+                    param="data",
+                )
+        return tuple(np.flatnonzero(meta.split == s) for s in ("train", "val", "test")), (
+            "predefined split column" + (" (subject-disjoint)" if has_subject else "")
+        )
+    rng = np.random.default_rng(seed)
+    if has_subject:
+        subjects = meta["subject"].astype(str).to_numpy()
+        unique = rng.permutation(np.unique(subjects))
+        n_val = n_test = max(1, len(unique) * 15 // 100)
+        parts = (unique[n_val + n_test :], unique[:n_val], unique[n_val : n_val + n_test])
+        return tuple(np.flatnonzero(np.isin(subjects, p)) for p in parts), "subject"
+    order = rng.permutation(len(meta))
     n_val = n_test = max(1, len(meta) * 15 // 100)
     return (
         np.sort(order[n_val + n_test :]),
         np.sort(order[:n_val]),
         np.sort(order[n_val : n_val + n_test]),
-    )
+    ), "image"
 
 
 def train_classifier(
@@ -379,8 +394,10 @@ def train_classifier(
     """Train a subgroup classifier on labelled images and save it with its evaluation.
 
     Uses the ``train``/``val``/``test`` splits of ``metadata.csv`` when all three exist, else a
-    seeded 70/15/15 split. Early stopping and temperature scaling use ``val``; every number in
-    ``evaluation.json`` comes from ``test``.
+    seeded 70/15/15 split, by subject where a ``subject`` column exists (slices of one BraTS
+    subject never land in two splits; ``evaluation.json`` records the unit as ``split_unit``).
+    Early stopping and temperature scaling use ``val``; every number in ``evaluation.json``
+    comes from ``test``.
 
     Args:
         data: Image folder whose ``metadata.csv`` has the ``attribute`` column.
@@ -410,7 +427,7 @@ def train_classifier(
             f"column '{attribute}' needs at least two groups, found {found}", param="attribute"
         )
     y = group_index(labels_raw.tolist(), groups)
-    train_idx, val_idx, test_idx = _splits(meta, cfg.seed)
+    (train_idx, val_idx, test_idx), split_unit = _splits(meta, cfg.seed)
     if min(len(train_idx), len(val_idx), len(test_idx)) == 0:
         raise DataError("the train, val and test splits must each hold images", param="data")
     images = load_images(dataset, progress=progress, stage="load images")
@@ -490,6 +507,7 @@ def train_classifier(
     evaluation.update(
         attribute=attribute,
         split="test",
+        split_unit=split_unit,
         temperature=temperature,
         ece_uncalibrated=expected_calibration_error(raw, y[test_idx].numpy()),
         best_epoch=best_epoch,

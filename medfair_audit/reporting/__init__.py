@@ -66,7 +66,9 @@ def image_grid_png(images: Any, cols: int = 8) -> bytes:
 
 
 def proportion_plot_png(audits: dict[str, dict[str, Any]]) -> bytes:
-    """Bar plot of group proportions (raw and corrected, 95% intervals) with the target line.
+    """Bar plot of group proportions (labels and corrected, with intervals) and the target line.
+
+    A censored corrected share has no bar, only its interval.
 
     Args:
         audits: Label → ``audit.json`` content (one or more models).
@@ -80,14 +82,16 @@ def proportion_plot_png(audits: dict[str, dict[str, Any]]) -> bytes:
 
     rows = []
     for label, audit in audits.items():
-        for kind in ("raw", "corrected"):
+        for kind in ("raw", audit["default_reading"]):
             for g, v in audit["proportions"].get(kind, {}).items():
+                value = v["value"]
                 rows.append(
                     {
                         "model": label,
-                        "reading": kind,
+                        "reading": "labels" if kind == "raw" else kind.upper(),
                         "group": g,
-                        "value": v["value"],
+                        "value": 0.0 if value is None else value,  # censored: no bar
+                        "mid": (v["ci"][0] + v["ci"][1]) / 2 if value is None else value,
                         "lo": v["ci"][0],
                         "hi": v["ci"][1],
                     }
@@ -105,8 +109,8 @@ def proportion_plot_png(audits: dict[str, dict[str, Any]]) -> bytes:
         xs = [p.get_x() + p.get_width() / 2 for p in patch_group]
         ax.errorbar(
             xs,
-            sub["value"],
-            yerr=[sub["value"] - sub["lo"], sub["hi"] - sub["value"]],
+            sub["mid"],
+            yerr=[sub["mid"] - sub["lo"], sub["hi"] - sub["mid"]],
             fmt="none",
             ecolor="black",
             capsize=3,
@@ -134,8 +138,13 @@ def proportion_plot_png(audits: dict[str, dict[str, Any]]) -> bytes:
     return buf.getvalue()
 
 
-def render_audit_html(audit: dict[str, Any], grids: dict[str, bytes] | None = None) -> str:
-    """A single-file HTML page for one ``audit.json`` (the report template with one column)."""
+def render_audit_html(result: Any) -> str:
+    """A single-file HTML page for one :class:`~medfair_audit.audit.AuditResult`.
+
+    The report template with one column.
+    """
     from .compare import AuditColumn, render_html
 
-    return render_html([AuditColumn(label="model", data=audit, grids=grids or {})])
+    return render_html(
+        [AuditColumn("model", result.data, result.folder, result.grids, result.images)]
+    )

@@ -1,8 +1,13 @@
 """Before-and-after reports: one or more ``audit.json`` side by side, in HTML, Markdown or LaTeX.
 
 The headline table is built once (:func:`headline_rows`) and formatted three ways, so the numbers
-in a paper's LaTeX table are the ones in the HTML report. The HTML is a single self-contained
-file (plots and images embedded as data URIs) rendered by Jinja2 with autoescaping on.
+in a paper's LaTeX table are the ones in the HTML report. A censored value (a share beyond what
+the classifier's errors explain, a KL at the ε ceiling) is printed as its bound (``≤ 2.3%``,
+``≥ 0.91``) and no change is computed from it. FID and KID are compared only at a subsample size
+every audit has. When audits share prompts and seeds, the paired analysis
+(:func:`~medfair_audit.metrics.paired.paired_change`) joins the table. The HTML is a single
+self-contained file (plots and images embedded as data URIs) rendered by Jinja2 with
+autoescaping on.
 Paired grids show the same seed before and after: audits made with the same ``--seed``,
 prompts and number of images draw the same initial noise for image ``i`` of prompt ``p``, and
 their shards hold the images.
@@ -11,7 +16,6 @@ their shards hold the images.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .._io import atomic_write_text
+from ..audit.quality import common_n
 from ..exceptions import ConfigError, DataError
 
 __all__ = [
@@ -35,8 +40,6 @@ __all__ = [
 ]
 
 FORMATS = ("html", "md", "latex")
-SCHEMA_VERSION = 1
-_REQUIRED = ("groups", "target", "proportions", "kl_divergence", "distances", "config")
 
 
 @dataclass
@@ -46,103 +49,123 @@ class AuditColumn:
     Attributes:
         label: Column label (e.g. ``before``).
         data: The ``audit.json`` content.
-        folder: The audit's folder (grids and shards are read from it), if known.
+        folder: The audit's folder (grids, shards and ``images.csv`` are read from it), if known.
         grids: Group → PNG bytes of images classified as that group.
+        images: The per-image table (``images.csv``), if known.
     """
 
     label: str
     data: dict[str, Any]
     folder: Path | None = None
     grids: dict[str, bytes] = field(default_factory=dict)
+    images: Any = None
 
 
 def load_audit(
     path: str | os.PathLike[str], label: str, *, param: str = "AUDIT_JSON"
 ) -> AuditColumn:
-    """Read an ``audit.json`` (or the folder holding one) and the grids beside it.
+    """Read a saved audit (its ``audit.json`` or folder) with the grids and table beside it.
 
     Raises:
         DataError: Missing file, invalid JSON, another schema version or missing fields.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "audit.json"
-    if not path.is_file():
-        raise DataError(f"'{path}' does not exist (expected an audit.json)", param=param)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"cannot read '{path}': {exc}", param=param) from exc
-    if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
-        found = data.get("schema_version") if isinstance(data, dict) else None
-        raise DataError(
-            f"'{path}' is not a medfair audit.json of schema_version {SCHEMA_VERSION} "
-            f"(found {found!r})",
-            param=param,
-        )
-    missing = [k for k in _REQUIRED if k not in data]
-    if missing:
-        raise DataError(f"'{path}' lacks {', '.join(missing)}", param=param)
-    folder = path.parent
-    grids = {
-        g: (folder / f"grid_{g}.png").read_bytes()
-        for g in data["groups"]
-        if (folder / f"grid_{g}.png").is_file()
-    }
-    return AuditColumn(label=label, data=data, folder=folder, grids=grids)
+    from ..audit.result import AuditResult
+
+    result = AuditResult.load(path, param=param)
+    return AuditColumn(label, result.data, result.folder, result.grids, result.images)
 
 
-def _value(entry: dict[str, Any] | None) -> tuple[float | None, tuple[float, float] | None]:
+def _cell(entry: dict[str, Any] | None) -> dict[str, Any]:
+    """``{value, ci, bound}`` of an estimate entry; ``bound`` is ``('≤' | '≥', x)`` if censored."""
     if not entry:
-        return None, None
+        return {"value": None, "ci": None, "bound": None}
+    bound = None
+    b = entry.get("bound") or {}
+    if entry.get("value") is None and "at_most" in b:
+        bound = ("≤", b["at_most"])
+    elif entry.get("value") is None and "at_least" in b:
+        bound = ("≥", b["at_least"])
     ci = entry.get("ci")
-    return entry.get("value"), (tuple(ci) if ci else None)
+    return {"value": entry.get("value"), "ci": tuple(ci) if ci else None, "bound": bound}
+
+
+def _reading_name(reading: str) -> str:
+    return {"acc": "ACC", "pacc": "PACC", "em": "EM"}.get(reading, reading)
 
 
 def headline_rows(columns: Sequence[AuditColumn]) -> list[dict[str, Any]]:
     """The headline table: one row per measure, one cell per audit, changes between columns.
 
-    Each row has ``measure``, ``kind`` (``share`` in [0, 1], ``kl``, ``fid``, ``kid``),
-    ``target`` (or ``None``), ``cells`` (``(value, ci)`` per column, ``ci`` may be ``None``) and
-    ``deltas`` (column ``i`` minus column ``i - 1``).
+    Each row has ``measure``, ``kind`` (``share`` in [0, 1], ``kl``, ``p``, ``fid``, ``kid``),
+    ``target`` (or ``None``), ``cells`` (``{value, ci, bound}`` per column; ``value`` is
+    ``None`` for a censored or missing value, whose ``bound`` is then shown) and ``deltas``
+    (column ``i`` minus column ``i - 1``, ``None`` where either side has no value).
     """
     first = columns[0].data
     groups = list(first["groups"])
+    reading = first["default_reading"]
+    name = _reading_name(reading)
     rows: list[dict[str, Any]] = []
 
-    def add(measure: str, kind: str, cells: list[Any], target: float | None = None) -> None:
-        values = [c[0] for c in cells]
+    def add(measure: str, kind: str, cells: list[dict], target: float | None = None) -> None:
+        values = [c["value"] for c in cells]
         deltas = [None if a is None or b is None else b - a for a, b in itertools.pairwise(values)]
         rows.append(
             {"measure": measure, "kind": kind, "target": target, "cells": cells, "deltas": deltas}
         )
 
     for g in groups:
-        for reading in ("raw", "corrected"):
-            cells = [_value(c.data["proportions"].get(reading, {}).get(g)) for c in columns]
-            add(f"{g} share, {reading}", "share", cells, first["target"].get(g))
-    for reading in ("corrected", "raw"):
-        cells = [
-            _value(c.data["kl_divergence"].get(reading, {}).get("target_to_generated"))
-            for c in columns
-        ]
-        add(f"KL(target‖generated), {reading}", "kl", cells)
-    cells = [_value(c.data["distances"].get("corrected", {}).get("max_abs_gap")) for c in columns]
-    add("largest gap, corrected", "share", cells)
-    if any(c.data.get("fid_by_group") for c in columns):
-        for g in [*groups, "overall"]:
-            cells = [
-                ((c.data.get("fid_by_group") or {}).get(g, {}).get("fid"), None) for c in columns
-            ]
-            add(f"FID, {g}", "fid", cells)
-        for g in groups:
-            cells = []
-            for c in columns:
-                k = (c.data.get("kid_by_group") or {}).get(g)
-                cells.append(
-                    (k["kid"], (k["kid"] - k["std"], k["kid"] + k["std"])) if k else (None, None)
-                )
-            add(f"KID, {g} (± sd)", "kid", cells)
+        add(
+            f"{g} share, corrected ({name})",
+            "share",
+            [_cell(c.data["proportions"].get(reading, {}).get(g)) for c in columns],
+            first["target"].get(g),
+        )
+        add(
+            f"{g} share, classifier's labels",
+            "share",
+            [_cell(c.data["proportions"]["raw"].get(g)) for c in columns],
+        )
+    dist = [c.data["distances"].get(reading, {}) for c in columns]
+    add(
+        f"KL(target‖generated), {name}",
+        "kl",
+        [_cell(d.get("kl_target_to_generated")) for d in dist],
+    )
+    add(f"largest |gap|, {name}", "share", [_cell(d.get("max_abs_gap")) for d in dist])
+    add(
+        "mean |gap| over prompts",
+        "share",
+        [_cell(c.data["dispersion"]["mean_abs_gap"]) for c in columns],
+    )
+    add(
+        "worst prompt |gap|",
+        "share",
+        [_cell(c.data["dispersion"]["worst_prompt"]["abs_gap"]) for c in columns],
+    )
+    cells = []
+    for c in columns:
+        chi = c.data["chi_square"]
+        bound = ("≤", chi["p_value"]) if chi.get("p_value_is_bound") else None
+        cells.append({"value": None if bound else chi.get("p_value"), "ci": None, "bound": bound})
+    add("on-target test p (labels vs target·C)", "p", cells)
+    qualities = [(c.data.get("quality") or {}).get("by_group", {}) for c in columns]
+    if any(qualities):
+        for metric in ("fid", "kid"):
+            for g in [*groups, "overall"]:
+                entries = [q.get(g) for q in qualities]
+                n = common_n(entries)
+                cells = []
+                for e in entries:
+                    at = (e or {}).get("at_n", {}).get(n) if n else None
+                    m = (at or {}).get(metric)
+                    cells.append(
+                        {"value": m["mean"], "ci": None, "sd": m["sd"], "bound": None}
+                        if m
+                        else {"value": None, "ci": None, "bound": None}
+                    )
+                size = f"n = {n} each side" if n else "no common n"
+                add(f"{metric.upper()}, {g} ({size}; ± sd)", metric, cells)
     return rows
 
 
@@ -155,11 +178,13 @@ def _fmt(value: float | None, kind: str) -> str:
         return f"{value:.4f}"
     if kind == "kid":
         return f"{value:.3f}"
+    if kind == "p":
+        return f"{value:.3g}"
     return f"{value:.2f}"
 
 
 def _fmt_delta(value: float | None, kind: str) -> str:
-    if value is None or not np.isfinite(value):
+    if value is None or not np.isfinite(value) or kind == "p":
         return "–"
     sign = "+" if value >= 0 else "−"  # a true minus sign, as in the other cells' deltas
     if kind == "share":
@@ -167,14 +192,18 @@ def _fmt_delta(value: float | None, kind: str) -> str:
     return sign + _fmt(abs(value), kind)
 
 
-def _cell(cell: tuple[float | None, Any], kind: str) -> str:
-    value, ci = cell
-    text = _fmt(value, kind)
-    if kind == "kid" and ci is not None and value is not None:
-        return f"{text} ± {_fmt((ci[1] - ci[0]) / 2, kind)}"
-    if ci is not None and value is not None:
-        text += f" [{_fmt(ci[0], kind)}, {_fmt(ci[1], kind)}]"
-    return text
+def _cell_text(cell: dict[str, Any], kind: str) -> str:
+    ci = cell.get("ci")
+    interval = f" [{_fmt(ci[0], kind)}, {_fmt(ci[1], kind)}]" if ci is not None else ""
+    if cell.get("bound") is not None:
+        sign, x = cell["bound"]
+        return f"{sign} {_fmt(x, kind)} (censored){interval}"
+    if cell.get("value") is None:
+        return "–"
+    text = _fmt(cell["value"], kind)
+    if cell.get("sd") is not None:
+        return f"{text} ± {_fmt(cell['sd'], kind)}"
+    return text + interval
 
 
 def format_rows(columns: Sequence[AuditColumn]) -> tuple[list[str], list[list[str]]]:
@@ -190,27 +219,112 @@ def format_rows(columns: Sequence[AuditColumn]) -> tuple[list[str], list[list[st
             [
                 r["measure"],
                 target,
-                *[_cell(c, r["kind"]) for c in r["cells"]],
+                *[_cell_text(c, r["kind"]) for c in r["cells"]],
                 *[_fmt_delta(d, r["kind"]) for d in r["deltas"]],
             ]
         )
     return header, out
 
 
-def render_markdown(columns: Sequence[AuditColumn]) -> str:
-    """The headline table as GitHub Markdown."""
+def paired_analysis(
+    before: AuditColumn, after: AuditColumn, *, n_boot: int | None = None
+) -> dict[str, Any] | None:
+    """Paired statistics of two audits whose images share prompts and seeds (else ``None``).
+
+    Images are matched on (prompt text, seed) through each audit's ``images.csv``.
+    """
+    from ..metrics.estimates import HeldOut
+    from ..metrics.paired import paired_change
+
+    ta, tb = before.images, after.images
+    if ta is None or tb is None or not len(ta) or not len(tb):
+        return None
+    groups = list(before.data["groups"])
+    cols = [f"p_{g}" for g in groups]
+    if any(c not in ta.columns or c not in tb.columns for c in cols):
+        return None
+    merged = ta.merge(tb, on=["prompt", "seed"], suffixes=("_a", "_b"))
+    if not len(merged):
+        return None
+    same = before.data["config"]["classifier_sha256"] == after.data["config"]["classifier_sha256"]
+    held_a = HeldOut.from_evaluation(before.data["classifier"]["evaluation"], groups)
+    held_b = (
+        held_a if same else HeldOut.from_evaluation(after.data["classifier"]["evaluation"], groups)
+    )
+    result = paired_change(
+        merged[[f"{c}_a" for c in cols]].to_numpy(),
+        merged[[f"{c}_b" for c in cols]].to_numpy(),
+        groups,
+        heldout_before=held_a,
+        heldout_after=held_b,
+        same_classifier=same,
+        reading=before.data["default_reading"],
+        n_boot=n_boot or before.data.get("n_boot") or 1000,
+        confidence=before.data.get("confidence", 0.95),
+        seed=int(before.data["config"].get("seed", 0)),
+    )
+    return {"before": before.label, "after": after.label, **result}
+
+
+def paired_rows(paired: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The paired analysis as a small table (shared by every format)."""
+    name = _reading_name(paired["reading"])
+    header = ["paired (same prompt and seed)", f"{paired['before']} → {paired['after']}"]
+    rows = [
+        ["image pairs", str(paired["n_pairs"])],
+        ["label changed", _fmt(paired["changed"], "share")],
+    ]
+    for g, to in paired["flips"].items():
+        for h, share in to.items():
+            rows.append([f"labels {g} → {h}", _fmt(share, "share")])
+    for g, m in paired["mcnemar"].items():
+        rows.append(
+            [
+                f"McNemar exact p ({g}: {m['left']} left, {m['entered']} entered)",
+                _fmt(m["p_value"], "p"),
+            ]
+        )
+    for g, c in paired["change"].items():
+        rows.append([f"Δ {g} share, {name} (paired bootstrap)", _delta_text(_cell(c))])
+    return header, rows
+
+
+def _delta_text(cell: dict[str, Any]) -> str:
+    ci = cell.get("ci")
+    interval = f" [{_fmt_delta(ci[0], 'share')}, {_fmt_delta(ci[1], 'share')}]" if ci else ""
+    if cell.get("value") is None:
+        return "censored" + interval
+    return _fmt_delta(cell["value"], "share") + interval
+
+
+def _title(columns: Sequence[AuditColumn]) -> str:
+    first = columns[0].data
+    against = first.get("target_name") or "the target"
+    return f"{first.get('attribute', '')} distribution of generated images against {against}"
+
+
+def render_markdown(columns: Sequence[AuditColumn], paired: Sequence[dict[str, Any]] = ()) -> str:
+    """The headline table (and paired tables) as GitHub Markdown."""
     header, rows = format_rows(columns)
     conf = round(100 * columns[0].data.get("confidence", 0.95))
     lines = [
         f"<!-- medfair report: {', '.join(c.label for c in columns)} -->",
-        f"Values with {conf}% intervals (KID: ± sd); shares of "
-        f"{columns[0].data.get('attribute', '')} groups among generated images.",
+        f"**{_title(columns)[:1].upper() + _title(columns)[1:]}.** Values with {conf}% "
+        "intervals; censored values are shown as their bound; FID/KID at a common subsample "
+        "size (mean ± sd over draws).",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
     ]
-    for r in rows:
-        lines.append("| " + " | ".join(x.replace("|", "\\|") for x in r) + " |")
+
+    def table(head: list[str], body: list[list[str]]) -> None:
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
+        for r in body:
+            lines.append("| " + " | ".join(x.replace("|", "\\|") for x in r) + " |")
+
+    table(header, rows)
+    for p in paired:
+        lines.append("")
+        table(*paired_rows(p))
     return "\n".join(lines) + "\n"
 
 
@@ -236,30 +350,44 @@ def _latex(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
 
 
-def render_latex(columns: Sequence[AuditColumn]) -> str:
-    """The headline table as a LaTeX ``table`` with booktabs rules."""
-    header, rows = format_rows(columns)
+def render_latex(columns: Sequence[AuditColumn], paired: Sequence[dict[str, Any]] = ()) -> str:
+    """The headline table (and paired tables) as LaTeX ``table`` floats with booktabs rules."""
     conf = round(100 * columns[0].data.get("confidence", 0.95))
-    lines = [
-        "% medfair report; needs \\usepackage{booktabs}",
-        "\\begin{table}[t]",
-        "\\centering",
-        "\\small",
-        "\\begin{tabular}{l" + "r" * (len(header) - 1) + "}",
-        "\\toprule",
-        " & ".join(_latex(h) for h in header) + " \\\\",
-        "\\midrule",
-    ]
-    for r in rows:
-        lines.append(" & ".join(_latex(x) for x in r) + " \\\\")
-    lines += [
-        "\\bottomrule",
-        "\\end{tabular}",
-        f"\\caption{{Subgroup proportions of generated images against the target, with {conf}"
-        "\\% intervals (KID: $\\pm$ sd), and the change between models.}",
-        "\\label{tab:medfair}",
-        "\\end{table}",
-    ]
+
+    def table(head: list[str], body: list[list[str]], caption: str, label: str) -> list[str]:
+        out = [
+            "\\begin{table}[t]",
+            "\\centering",
+            "\\small",
+            "\\begin{tabular}{l" + "r" * (len(head) - 1) + "}",
+            "\\toprule",
+            " & ".join(_latex(h) for h in head) + " \\\\",
+            "\\midrule",
+        ]
+        out += [" & ".join(_latex(x) for x in r) + " \\\\" for r in body]
+        out += [
+            "\\bottomrule",
+            "\\end{tabular}",
+            f"\\caption{{{caption}}}",
+            f"\\label{{{label}}}",
+            "\\end{table}",
+        ]
+        return out
+
+    lines = ["% medfair report; needs \\usepackage{booktabs}"]
+    lines += table(
+        *format_rows(columns),
+        _latex(_title(columns)[:1].upper() + _title(columns)[1:])
+        + f", with {conf}\\% intervals; censored values are shown as their bound; FID/KID "
+        "at a common subsample size (mean $\\pm$ sd over draws).",
+        "tab:medfair",
+    )
+    for i, p in enumerate(paired):
+        lines += table(
+            *paired_rows(p),
+            "Paired comparison of images with the same prompt and seed.",
+            f"tab:medfair-paired{i or ''}",
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -359,13 +487,20 @@ def _shrink_png(png: bytes, factor: int = 2) -> bytes:
     return buf.getvalue()
 
 
-def render_html(columns: Sequence[AuditColumn], *, paired: bool = True, small: bool = False) -> str:
+def render_html(
+    columns: Sequence[AuditColumn],
+    *,
+    paired: bool = True,
+    small: bool = False,
+    paired_stats: Sequence[dict[str, Any]] = (),
+) -> str:
     """The self-contained HTML report (one audit renders alone as well).
 
     Args:
         columns: The audits, in column order.
         paired: Add paired grids of the seeds the first audit shares with each later one.
         small: Half-size grids and fewer pairs (for a report committed to a repository).
+        paired_stats: :func:`paired_analysis` results to show.
     """
     from . import _env
 
@@ -378,7 +513,9 @@ def render_html(columns: Sequence[AuditColumn], *, paired: bool = True, small: b
                 pairs.append(p)
     if small:
         columns = [
-            AuditColumn(c.label, c.data, c.folder, {g: _shrink_png(v) for g, v in c.grids.items()})
+            AuditColumn(
+                c.label, c.data, c.folder, {g: _shrink_png(v) for g, v in c.grids.items()}, c.images
+            )
             for c in columns
         ]
         for p in pairs:
@@ -397,6 +534,8 @@ def render_html(columns: Sequence[AuditColumn], *, paired: bool = True, small: b
             rows=rows,
             plot=_plot(columns),
             pairs=pairs,
+            paired_stats=[(p, paired_rows(p)) for p in paired_stats],
+            title=_title(columns),
             report_versions=versions,
         )
     )
@@ -404,13 +543,14 @@ def render_html(columns: Sequence[AuditColumn], *, paired: bool = True, small: b
 
 def render_report(columns: Sequence[AuditColumn], fmt: str = "html", *, small: bool = False) -> str:
     """The report in ``html``, ``md`` or ``latex`` (``small``: see :func:`render_html`)."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"expected one of {', '.join(FORMATS)}, got '{fmt}'", param="format")
+    paired = [p for later in columns[1:] if (p := paired_analysis(columns[0], later)) is not None]
     if fmt == "html":
-        return render_html(columns, small=small)
+        return render_html(columns, small=small, paired_stats=paired)
     if fmt == "md":
-        return render_markdown(columns)
-    if fmt == "latex":
-        return render_latex(columns)
-    raise ConfigError(f"expected one of {', '.join(FORMATS)}, got '{fmt}'", param="format")
+        return render_markdown(columns, paired)
+    return render_latex(columns, paired)
 
 
 def _check_comparable(columns: Sequence[AuditColumn]) -> None:

@@ -42,24 +42,43 @@ def audited(tiny_models, small_phantom, tmp_path_factory):
 
 
 def test_audit_outputs_and_invariants(audited, small_phantom):
+    import jsonschema
+
+    from medfair_audit.audit import AuditResult, audit_schema
+
     out, result = audited
     a = json.loads((out / "audit.json").read_text())
-    assert a == result.data and a["schema_version"] == 1
+    assert a == result.data and a["schema_version"] == 2
+    jsonschema.validate(a, audit_schema())
     assert a["n_images"] == 12 and a["groups"] == ["female", "male"]
-    for kind in ("raw", "probabilistic", "corrected"):
-        props = a["proportions"][kind]
+    assert set(a["proportions"]) == {"raw", "probabilistic", "acc", "pacc", "em"}
+    assert a["default_reading"] == "pacc" and set(a["readings"]) == set(a["proportions"])
+    for kind, props in a["proportions"].items():
         assert set(props) == {"female", "male"}  # every group, empty ones too
-        assert sum(v["value"] for v in props.values()) == pytest.approx(1)
         for v in props.values():
-            assert v["ci"][0] <= v["value"] + 1e-12 and v["value"] <= v["ci"][1] + 1e-12
-        kl = a["kl_divergence"][kind]["target_to_generated"]
-        assert np.isfinite(kl["value"])
+            assert 0 <= v["ci"][0] <= v["ci"][1] <= 1
+            if v["value"] is not None:
+                assert v["ci"][0] - 1e-12 <= v["value"] <= v["ci"][1] + 1e-12
+            else:
+                assert v.get("censored") or not a["identifiable"]
+        if kind in ("raw", "probabilistic"):
+            assert sum(v["value"] for v in props.values()) == pytest.approx(1)
+    for kind, d in a["distances"].items():
+        assert kind != "probabilistic"
+        assert 0 <= d["kl_target_to_generated"]["ci"][0] <= d["kl_target_to_generated"]["ci"][1]
+    assert "kl_divergence" not in a and "proportion_gaps" not in a  # no key written twice
+    assert a["chi_square"]["null"].startswith("predicted label shares = target · C")
     assert sum(a["counts"].values()) == 12
     assert [p["n"] for p in a["by_prompt"]] == [6, 6]
-    assert set(a["fid_by_group"]) == {"female", "male", "overall"}
-    assert a["fid_by_group"]["overall"]["n_reference"] == 60
+    assert a["dispersion"]["worst_prompt"]["index"] in (0, 1)
+    assert set(a["quality"]["by_group"]) == {"female", "male", "overall"}
+    overall = a["quality"]["by_group"]["overall"]
+    assert overall["n_reference"] == 60 and overall["n_generated"] == 12
+    n_eq = str(a["quality"]["equal_n"])  # the within-audit equal n, beside the ladder's 8
+    assert set(overall["at_n"]) == {n_eq, "8"} and overall["at_n"]["8"]["generated_subsampled"]
     assert a["config"]["features"]["name"] == "classifier-penultimate"
     assert len(a["config"]["checkpoint_sha256"]) == 64
+    assert a["classifier"]["evaluation"]["split_unit"].startswith("predefined")
     table = pd.read_csv(out / "images.csv")
     assert len(table) == 12 and table.seed.nunique() == 12
     assert table.seed.tolist()[:2] == [image_seed(1, 0, 0), image_seed(1, 0, 1)]
@@ -71,7 +90,49 @@ def test_audit_outputs_and_invariants(audited, small_phantom):
     assert (out / "grid_male.png").is_file() and (out / "grid_female.png").is_file()
     frames = result.to_frame()
     assert set(frames) == {"overall", "by_prompt", "by_group"}
-    assert len(frames["overall"]) == 6 and len(frames["by_prompt"]) == 12
+    assert len(frames["overall"]) == 10 and len(frames["by_prompt"]) == 20
+    loaded = AuditResult.load(out)
+    assert loaded.data == result.data and loaded.images.seed.tolist() == table.seed.tolist()
+    assert loaded.share("male") == a["proportions"]["pacc"]["male"]
+    assert loaded.kl("raw") == a["distances"]["raw"]["kl_target_to_generated"]
+    assert any(line.startswith("male:") for line in loaded.summary())
+
+
+def test_an_empty_group_with_a_reference_gives_a_complete_audit(
+    tiny_models, small_phantom, tmp_path
+):
+    """A classifier that calls every image male: the female group is empty everywhere."""
+    from safetensors.torch import load_file, save_file
+
+    from medfair_audit.reporting.compare import write_report
+
+    clf = tmp_path / "all-male"
+    shutil.copytree(tiny_models["classifier"], clf)
+    f = next(clf.glob("*.safetensors"))
+    weights = load_file(f)
+    key = next(k for k in weights if k.endswith("classifier.1.bias"))
+    weights[key] = torch.tensor([-50.0, 50.0])
+    save_file(weights, f)
+    out = tmp_path / "audit"
+    r = run_audit(
+        AuditConfig(
+            checkpoint=tiny_models["t2medi"],
+            classifier=clf,
+            prompts=PROMPTS,
+            target=parse_target("male=0.58,female=0.42"),
+            out=out,
+            reference=small_phantom,
+            generation=GenerationConfig(n_per_prompt=3, seed=1, steps=1, shard_size=3),
+            n_boot=30,
+        )
+    )
+    q = r.data["quality"]["by_group"]["female"]
+    assert r.data["counts"]["female"] == 0 and q["fid"] is None and "fewer than 2" in q["reason"]
+    for name in ("audit.json", "audit.html", "images.csv", "grid_female.png", "grid_male.png"):
+        assert (out / name).is_file(), name
+    for suffix in ("html", "md", "tex"):
+        report = write_report([out, out], tmp_path / f"r.{suffix}")
+        assert report.stat().st_size > 0
 
 
 def test_results_do_not_depend_on_batch_size(tiny_models, tmp_path, audited):
@@ -289,3 +350,30 @@ def test_audits_a_three_channel_stable_diffusion_folder(tiny_models, tmp_path):
     shard = load_file(next((tmp_path / "o" / "shards").glob("*.safetensors")))
     assert shard["images"].shape == (3, 3, 32, 32)  # stored as generated
     assert np.allclose(shard["probs"].sum(1).numpy(), 1)  # classified after conversion
+
+
+def test_a_nan_confusion_matrix_is_a_one_line_error(capsys, tiny_models, tmp_path):
+    clf = tmp_path / "clf"
+    shutil.copytree(tiny_models["classifier"], clf)
+    ev = json.loads((clf / "evaluation.json").read_text())
+    ev["heldout"]["probs"][0][0] = float("nan")
+    (clf / "evaluation.json").write_text(json.dumps(ev))
+    code, _, err = run(
+        capsys,
+        "audit",
+        tiny_models["t2medi"],
+        "--classifier",
+        clf,
+        "--out",
+        tmp_path / "o",
+        "--steps",
+        1,
+        "--n-per-prompt",
+        2,
+        "--prompt",
+        "Axial MRI.",
+        "--target",
+        "male=0.5,female=0.5",
+    )
+    assert_one_line_error(code, err, "--classifier", "finite")
+    assert not (tmp_path / "o" / "audit.json").exists()

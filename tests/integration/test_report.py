@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -19,7 +20,7 @@ from medfair_audit.target import parse_target
 from tests.cli.test_cli import assert_one_line_error, run
 
 PROMPTS = ["Axial FLAIR MRI of the brain showing a glioma.", "Axial T1-weighted MRI <b>x</b>."]
-TARGET = parse_target("male=0.58,female=0.42")
+TARGET = dataclasses.replace(parse_target("male=0.58,female=0.42"), name="BraTS18 (test)")
 
 
 def _audit(models, checkpoint, out, reference):
@@ -74,7 +75,9 @@ def test_html_report_is_self_contained_and_compares(audits, tmp_path):
     assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "<script" not in html and "<link" not in html and "http://" not in html
     assert 'id="paired"' in html and "12 image pairs" in html
+    assert 'id="paired-table"' in html and "McNemar exact p" in html
     assert "The measuring instrument" in html and "Methods" in html
+    assert "against BraTS18 (test)" in html  # the target's name in the title
 
 
 def test_paired_summary_matches_the_image_tables(audits):
@@ -98,26 +101,53 @@ def test_markdown_and_latex_tables_carry_the_audit_numbers(audits, tmp_path):
     md = write_report(paths, tmp_path / "t.md").read_text()
     tex = write_report(paths, tmp_path / "t.txt", fmt="latex").read_text()
     rows = headline_rows([load_audit(p, str(i)) for i, p in enumerate(paths)])
-    table = [line for line in md.splitlines() if line.startswith("|")]
+    lines = md.splitlines()
+    table = [line for line in lines[: lines.index("", 3)] if line.startswith("|")]
     assert len(table) == 2 + len(rows)
-    male = next(line for line in table if line.startswith("| male share, raw"))
+    male = next(line for line in table if line.startswith("| male share, classifier's labels"))
     cells = [c.strip() for c in male.strip("|").split("|")]
     values = [d["proportions"]["raw"]["male"]["value"] for d in docs]
-    assert cells[1] == "58.0%"
     assert cells[2].startswith(f"{100 * values[0]:.1f}%") and cells[3].startswith(
         f"{100 * values[1]:.1f}%"
     )
     delta = values[1] - values[0]
     assert cells[4] == f"{'+' if delta >= 0 else '−'}{100 * abs(delta):.1f} pp"
-    kl = next(line for line in table if line.startswith("| KL(target‖generated), corrected"))
-    v = docs[1]["kl_divergence"]["corrected"]["target_to_generated"]
-    assert f"{v['value']:.4f} [{v['ci'][0]:.4f}, {v['ci'][1]:.4f}]" in kl
+    corrected = next(line for line in table if line.startswith("| male share, corrected (PACC)"))
+    assert corrected.split("|")[2].strip() == "58.0%"  # the target column
+    kl = next(line for line in table if line.startswith("| KL(target‖generated), PACC"))
+    v = docs[1]["distances"]["pacc"]["kl_target_to_generated"]
+    if v["value"] is None:  # censored: the bound, never a point value
+        assert f"≥ {v['bound']['at_least']:.4f} (censored)" in kl
+    else:
+        assert f"{v['value']:.4f} [{v['ci'][0]:.4f}, {v['ci'][1]:.4f}]" in kl
+    assert "worst prompt \\|gap\\|" in md and "McNemar exact p" in md  # dispersion and pairs
     # LaTeX: booktabs, escaped percent signs, the same number of cells on every row.
     for rule in ("\\toprule", "\\midrule", "\\bottomrule", "\\begin{tabular}{lrrrr}"):
         assert rule in tex
     body = tex[tex.index("\\midrule") : tex.index("\\bottomrule")].splitlines()[1:]
     assert len(body) == len(rows) and all(line.count(" & ") == 4 for line in body)
     assert "58.0\\%" in tex and re.search(r"[^\\]%", body[0]) is None
+    assert "tab:medfair-paired" in tex and "McNemar" in tex
+
+
+def test_censored_values_show_as_bounds_and_give_no_change(audits):
+    before, after = load_audit(audits / "before", "before"), load_audit(audits / "after", "after")
+    entry = {
+        "value": None,
+        "ci": [0.0, 0.023],
+        "method": "m",
+        "censored": "below",
+        "bound": {"at_most": 0.023},
+    }
+    before.data["proportions"]["pacc"]["female"] = entry
+    rows = headline_rows([before, after])
+    row = next(r for r in rows if r["measure"] == "female share, corrected (PACC)")
+    assert row["cells"][0]["bound"] == ("≤", 0.023) and row["deltas"] == [None]
+    from medfair_audit.reporting.compare import format_rows
+
+    _, text = format_rows([before, after])
+    cell = next(r for r in text if r[0] == "female share, corrected (PACC)")
+    assert cell[2].startswith("≤ 2.3% (censored)") and cell[4] == "–"
 
 
 def test_a_single_audit_renders_alone(audits, tmp_path):
@@ -143,11 +173,11 @@ def test_cli_report_formats_and_bad_input(capsys, audits, tmp_path):
     doc["target"] = {"female": 0.5, "male": 0.5}
     (other / "audit.json").write_text(json.dumps(doc))
     bad_schema = tmp_path / "bad.json"
-    bad_schema.write_text(json.dumps({"schema_version": 99}))
+    bad_schema.write_text(json.dumps({"schema_version": 1, "groups": ["female", "male"]}))
     cases = [
         ([a, b, "--labels", "x"], "--labels", "2"),
         ([a, tmp_path / "missing.json"], "AUDIT_JSON", "does not exist"),
-        ([a, bad_schema], "AUDIT_JSON", "schema_version"),
+        ([a, bad_schema], "AUDIT_JSON", "schema_version 1; this medfair reads version 2"),
         ([a, other], "AUDIT_JSON", "another target"),
         ([a, b, "--format", "pdf"], "--format", "html, md, latex"),
     ]
@@ -191,7 +221,7 @@ def test_report_renders_in_headless_chromium(audits, tmp_path):
         timeout=120,
         text=True,
     ).stdout
-    assert 'id="headline-table"' in dom and "male share, raw" in dom
+    assert 'id="headline-table"' in dom and "male share, corrected (PACC)" in dom
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
     assert pixels.shape == (1400, 1200)
     ink = (pixels < 200).mean()

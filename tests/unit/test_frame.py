@@ -1,47 +1,269 @@
-from __future__ import annotations
+"""The audit's statistics: estimators, intervals with known truth, censoring, tests, pairs."""
+
+import itertools
 
 import numpy as np
 import pytest
+from scipy import stats
 
-from medfair_audit.metrics.frame import summarise
-from medfair_audit.metrics.functional import kl_divergence, wilson_interval
+from medfair_audit.exceptions import ConfigError
+from medfair_audit.metrics.estimates import (
+    HeldOut,
+    distance_interval,
+    estimate_shares,
+    gof_test,
+    region_from_intervals,
+    sample_size,
+    share_intervals,
+)
+from medfair_audit.metrics.frame import dispersion, summarise
+from medfair_audit.metrics.functional import (
+    MAX_CONDITION,
+    adjusted_count,
+    em_prior_shift,
+    kl_divergence,
+    stationary_prior,
+    total_variation,
+)
+from medfair_audit.metrics.paired import paired_change
+from medfair_audit.metrics.simulate import (
+    SimulatedClassifier,
+    coverage_study,
+    dispersion_study,
+    paired_study,
+)
+
+GROUPS = ["female", "male"]
+TARGET = np.array([0.42, 0.58])
 
 
-def test_summary_numbers_match_their_definitions():
-    rng = np.random.default_rng(0)
-    p_male = rng.beta(5, 1, 200)
-    probs = np.stack([1 - p_male, p_male], 1)
-    target = np.array([0.42, 0.58])
-    confusion = np.array([[0.9, 0.1], [0.15, 0.85]])
-    s = summarise(probs, ["female", "male"], target, confusion=confusion, n_boot=200)
-    n_male = int((p_male > 0.5).sum())
-    assert s["counts"] == {"female": 200 - n_male, "male": n_male}
-    raw = s["proportions"]["raw"]["male"]
-    assert raw["value"] == n_male / 200 and raw["ci"] == list(wilson_interval(n_male, 200))
-    assert s["proportions"]["probabilistic"]["male"]["value"] == pytest.approx(p_male.mean())
-    corrected = s["proportions"]["corrected"]["male"]["value"]
-    assert corrected == pytest.approx(min(1.0, (n_male / 200 - 0.1) / 0.75), abs=1e-6)
-    d = s["distances"]["raw"]
-    assert d["kl_target_to_generated"]["value"] == pytest.approx(
-        kl_divergence(target, np.array([1 - n_male / 200, n_male / 200]))
+def _held(seed=0, per_group=200):
+    return SimulatedClassifier().heldout(np.random.default_rng(seed), per_group)
+
+
+def _generated(q_male, n, seed=1):
+    rng = np.random.default_rng(seed)
+    return SimulatedClassifier().probs(rng, (rng.random(n) < q_male).astype(int))
+
+
+def test_adjusted_count_inverts_the_confusion_matrix_for_k_groups():
+    c = np.array([[0.8, 0.15, 0.05], [0.1, 0.7, 0.2], [0.05, 0.05, 0.9]])
+    q = np.array([0.2, 0.5, 0.3])
+    assert adjusted_count(q @ c, c) == pytest.approx(q, abs=1e-12)
+    batch = adjusted_count(np.stack([q @ c, np.array([1.0, 0, 0])]), c)
+    assert batch[0] == pytest.approx(q)
+    assert batch[1].sum() == pytest.approx(1.0) and (batch[1] > 1).any()  # left the simplex
+    assert np.isnan(adjusted_count(q, np.full((3, 3), 1 / 3))).all()  # singular: undefined
+
+
+def test_em_equals_plain_em_iterations_and_the_stationary_prior_recovers_calibration():
+    clf = SimulatedClassifier(calibration_prior=0.7)
+    held = clf.heldout(np.random.default_rng(0), 20_000)
+    assert stationary_prior(held.matrix(soft=True))[1] == pytest.approx(0.7, abs=0.01)
+    p = _generated(0.3, 500)
+    pi = np.array([0.42, 0.58])
+    q = pi.copy()
+    for _ in range(5000):  # the textbook EM of Saerens et al. (2002)
+        a = p * q / pi
+        a /= a.sum(1, keepdims=True)
+        q = a.mean(0)
+    assert em_prior_shift(p, pi) == pytest.approx(q, abs=1e-8)
+    # Three groups go through the general iteration; weights act as repeated images.
+    p3 = np.random.default_rng(2).dirichlet([2, 3, 4], 300)
+    pi3 = np.array([0.3, 0.3, 0.4])
+    w = np.random.default_rng(3).integers(0, 3, (1, 300)).astype(float)
+    rep = np.repeat(p3, w[0].astype(int), axis=0)
+    assert em_prior_shift(p3, pi3, w)[0] == pytest.approx(em_prior_shift(rep, pi3), abs=1e-6)
+
+
+def test_raw_interval_is_wilson_as_statsmodels_computes_it():
+    from statsmodels.stats.proportion import proportion_confint
+
+    probs = _generated(0.8, 150)
+    s = summarise(probs, GROUPS, TARGET, heldout=_held(), n_boot=50)
+    k = s["counts"]["male"]
+    lo, hi = proportion_confint(k, 150, alpha=0.05, method="wilson")
+    assert s["proportions"]["raw"]["male"]["ci"] == pytest.approx([lo, hi], abs=1e-12)
+
+
+@pytest.mark.parametrize("male", [0.58, 0.90, 0.98])
+def test_corrected_share_intervals_cover_the_truth(male):
+    """Fast version of benchmarks/bench_calibration.py (fixed seeds, 150 audits)."""
+    r = coverage_study(male_share=male, n=256, reps=150, n_boot=300, seed=7)
+    for reading in ("acc", "pacc", "em", "raw", "probabilistic"):
+        assert 0.89 <= r["shares"][reading]["coverage"] <= 1.0, (reading, r["shares"])
+    kl = r["distances"]["pacc"]["kl_target_to_generated"]
+    if male == 0.58:
+        assert kl["contains_zero"] >= 0.89  # intervals can contain 0
+        assert r["chi_square_rejection"] <= 0.09  # the right null: target · C
+    else:
+        assert kl["coverage"] >= 0.89 and kl["contains_zero"] == 0.0
+        assert r["chi_square_rejection"] == 1.0
+
+
+def test_holding_the_confusion_matrix_fixed_would_under_cover():
+    """Why the held-out images are resampled: the same study with C frozen covers less."""
+    clf = SimulatedClassifier()
+    rng = np.random.default_rng(11)
+    hits = {"joint": [], "fixed": []}
+    for rep in range(150):
+        held = clf.heldout(rng, 200)
+        probs = _generated(0.98, 256, seed=1000 + rep)
+        joint = estimate_shares(probs, held, n_boot=300, seed=rep)
+        frozen = {
+            "hard": np.broadcast_to(held.matrix(soft=False), (300, 2, 2)),
+            "soft": np.broadcast_to(held.matrix(soft=True), (300, 2, 2)),
+        }
+        fixed = estimate_shares(probs, held, n_boot=300, seed=rep, confusion_draws=frozen)
+        for key, est in (("joint", joint), ("fixed", fixed)):
+            lo, hi = share_intervals(est, "pacc", 0.95)[1]
+            hits[key].append(lo <= 0.98 <= hi)
+    assert np.mean(hits["joint"]) > np.mean(hits["fixed"]) + 0.03
+
+
+def test_all_male_generator_is_censored_not_a_point_at_zero():
+    # 7.8% of images look female: fewer than the classifier calls female among real men (~12%),
+    # as in the demo's biased model.
+    probs = np.tile([[0.02, 0.98]], (256, 1))
+    probs[:20] = [0.9, 0.1]
+    s = summarise(probs, GROUPS, TARGET, heldout=_held(), n_boot=300)
+    female = s["proportions"]["acc"]["female"]
+    assert female["value"] is None and female["censored"] == "below"
+    assert female["bound"]["at_most"] == female["ci"][1] > 0
+    male = s["proportions"]["acc"]["male"]
+    assert male["censored"] == "above" and male["bound"]["at_least"] == male["ci"][0]
+    kl = s["distances"]["acc"]["kl_target_to_generated"]
+    assert kl["value"] is None and kl["censored"] and kl["bound"]["at_least"] == kl["ci"][0]
+    # A raw share of exactly 0 puts KL at the ε ceiling: a bound, not a measurement.
+    hard = np.tile([[0.0, 1.0]], (50, 1))
+    raw_kl = summarise(hard, GROUPS, TARGET, heldout=_held(), n_boot=50)["distances"]["raw"]
+    assert raw_kl["kl_target_to_generated"]["value"] is None
+    assert raw_kl["tv"]["value"] == pytest.approx(0.42)
+
+
+def test_unidentifiable_or_malformed_confusion_matrices():
+    held = HeldOut.from_evaluation(
+        {"groups": GROUPS, "confusion_matrix": [[50, 50], [50, 50]]}, GROUPS
     )
-    assert d["gaps"]["male"]["value"] == pytest.approx(n_male / 200 - 0.58)
-    lo, hi = d["kl_target_to_generated"]["ci"]
-    assert lo <= d["kl_target_to_generated"]["value"] <= hi
-    assert s["chi_square"]["df"] == 1 and s["sample_size"]["needed"] > 0
+    s = summarise(_generated(0.7, 100), GROUPS, TARGET, heldout=held, n_boot=50)
+    assert not s["identifiable"] and s["condition_number"]["hard"] > MAX_CONDITION
+    e = s["proportions"]["acc"]["male"]
+    assert e["value"] is None and e["ci"] == [0.0, 1.0] and "not identifiable" in e["note"]
+    with pytest.raises(ConfigError, match="confusion_matrix"):
+        HeldOut.from_evaluation(
+            {"groups": GROUPS, "confusion_matrix": [[1, float("nan")], [0, 1]]}, GROUPS
+        )
+    with pytest.raises(ConfigError, match="finite"):
+        HeldOut.from_evaluation(
+            {"groups": GROUPS, "heldout": {"labels": [0, 1], "probs": [[0.5, np.nan], [0, 1]]}},
+            GROUPS,
+        )
 
 
-def test_empty_group_is_present_and_finite():
-    probs = np.tile([0.1, 0.9], (50, 1))
-    s = summarise(probs, ["female", "male"], np.array([0.42, 0.58]), n_boot=20)
-    assert s["counts"]["female"] == 0
-    assert s["proportions"]["raw"]["female"]["value"] == 0.0
-    assert s["proportions"]["raw"]["female"]["ci"][0] == 0.0
-    kl = s["distances"]["raw"]["kl_target_to_generated"]
-    assert np.isfinite(kl["value"]) and all(np.isfinite(kl["ci"]))
+def test_heldout_reorders_groups_of_the_evaluation():
+    ev = {
+        "groups": ["male", "female"],
+        "heldout": {"labels": [0, 0, 1], "probs": [[0.9, 0.1], [0.8, 0.2], [0.3, 0.7]]},
+    }
+    held = HeldOut.from_evaluation(ev, ["female", "male"])
+    assert held.labels.tolist() == [1, 1, 0]
+    assert held.probs[0].tolist() == [0.1, 0.9]
 
 
-def test_bootstrap_is_seeded():
-    probs = np.random.default_rng(1).dirichlet([1, 1, 1], 80)
-    t = np.array([0.2, 0.3, 0.5])
-    assert summarise(probs, list("abc"), t, seed=4) == summarise(probs, list("abc"), t, seed=4)
+def test_distance_intervals_are_the_range_over_the_share_region():
+    # Two groups: the region is the share interval, so the range is at its ends (or 0 inside).
+    verts = region_from_intervals([(0.30, 0.40), (0.60, 0.70)])
+    fn = lambda q: kl_divergence(TARGET, q)  # noqa: E731
+    lo, hi = distance_interval(fn, verts, TARGET)
+    assert lo == pytest.approx(fn(np.array([0.40, 0.60])))
+    assert hi == pytest.approx(fn(np.array([0.30, 0.70])))
+    assert distance_interval(fn, region_from_intervals([(0.35, 0.5), (0.5, 0.65)]), TARGET)[0] == 0
+    # Three groups: the range matches a brute-force grid over the box ∩ simplex.
+    box = [(0.1, 0.3), (0.2, 0.5), (0.3, 0.6)]
+    t3 = np.array([0.5, 0.2, 0.3])
+    tv = lambda q: total_variation(q, t3)  # noqa: E731
+    lo, hi = distance_interval(tv, region_from_intervals(box), t3)
+    grid = [
+        np.array([a, b, 1 - a - b])
+        for a, b in itertools.product(np.linspace(0.1, 0.3, 81), np.linspace(0.2, 0.5, 121))
+        if 0.3 - 1e-9 <= 1 - a - b <= 0.6 + 1e-9
+    ]
+    values = [tv(q) for q in grid]
+    assert hi == pytest.approx(max(values), abs=1e-9)
+    assert lo == pytest.approx(min(values), abs=3e-3)
+
+
+def test_goodness_of_fit_reduces_to_pearson_with_a_perfect_classifier():
+    counts = np.array([130, 126])
+    held = HeldOut(labels=np.repeat([0, 1], 500), probs=None, predicted=np.repeat([0, 1], 500))
+    r = gof_test(counts, TARGET, held, n_sim=20_000, seed=0)
+    ref = stats.chisquare(counts, 256 * TARGET)
+    assert r["statistic"] == pytest.approx(ref.statistic)
+    assert r["p_value"] == pytest.approx(ref.pvalue, abs=0.02)
+
+
+def test_sample_size_predicts_the_bootstrap_half_width_and_its_floor():
+    held = _held(per_group=200)
+    probs = _generated(0.7, 400)
+    s = sample_size(probs, held, np.array([0.3, 0.7]), half_width=0.05, confidence=0.95, soft=True)
+    assert s["floor_half_width"] > 0
+    n = s["needed"]
+    est = estimate_shares(_generated(0.7, n, seed=5), held, n_boot=600, seed=1)
+    lo, hi = share_intervals(est, "pacc", 0.95)[1]
+    assert (hi - lo) / 2 == pytest.approx(0.05, rel=0.25)
+    unreachable = sample_size(
+        probs,
+        held,
+        np.array([0.3, 0.7]),
+        half_width=0.5 * s["floor_half_width"],
+        confidence=0.95,
+        soft=True,
+    )
+    assert unreachable["needed"] is None
+
+
+def test_dispersion_matches_scipy_and_contains_zero_on_target():
+    held = _held()
+    ests, sums = [], []
+    for i in range(3):
+        probs = _generated(0.58, 300, seed=20 + i)
+        est = estimate_shares(probs, held, n_boot=400, seed=i)
+        ests.append(est)
+        sums.append(summarise(probs, GROUPS, TARGET, heldout=held, estimates=est))
+    d = dispersion(ests, sums, ["a", "b", "c"], GROUPS, TARGET, reading="pacc")
+    table = np.array([[s["counts"][g] for g in GROUPS] for s in sums])
+    assert d["homogeneity"]["p_value"] == pytest.approx(
+        stats.chi2_contingency(table, correction=False).pvalue
+    )
+    q = np.clip(ests[0].point["pacc"], 0, 1)
+    assert d["shen_bias"]["per_prompt"][0]["value"] == pytest.approx(abs(q[1] - q[0]))
+    assert d["mean_abs_gap"]["ci"][0] == 0.0
+    r = dispersion_study(male_share=0.9, n_per_prompt=64, prompts=3, reps=40, n_boot=300)
+    assert r["mean_abs_gap_coverage"] >= 0.85 and r["worst_prompt_coverage"] >= 0.85
+
+
+def test_paired_change_matches_statsmodels_mcnemar_and_covers():
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    a, b = _generated(0.9, 200, seed=3), _generated(0.6, 200, seed=4)
+    held = _held()
+    r = paired_change(
+        a,
+        b,
+        GROUPS,
+        heldout_before=held,
+        heldout_after=held,
+        same_classifier=True,
+        reading="pacc",
+        n_boot=300,
+    )
+    la, lb = a.argmax(1), b.argmax(1)
+    table = np.array([[np.sum((la == i) & (lb == j)) for j in (0, 1)] for i in (0, 1)])
+    assert r["mcnemar"]["female"]["p_value"] == pytest.approx(mcnemar(table, exact=True).pvalue)
+    assert r["changed"] == pytest.approx(
+        r["flips"]["female"]["male"] + r["flips"]["male"]["female"]
+    )
+    study = paired_study(before=0.9, after=0.6, n=256, reps=60, n_boot=300)
+    assert study["change_coverage"] >= 0.88
+    null = paired_study(before=0.7, after=0.7, n=256, reps=60, n_boot=200, seed=1)
+    assert null["mcnemar_rejection"] <= 0.12

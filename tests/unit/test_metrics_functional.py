@@ -12,13 +12,13 @@ from medfair_audit.metrics.functional import (
     corrected_proportions,
     fid_from_moments,
     jensen_shannon,
+    kernel_inception_distance,
     kl_divergence,
     l2_fairness_discrepancy,
     required_sample_size,
     total_variation,
     wilson_interval,
 )
-from medfair_audit.metrics.kid import kernel_inception_distance
 
 dists = st.lists(st.floats(0.01, 1.0), min_size=2, max_size=5).map(
     lambda v: np.array(v) / np.sum(v)

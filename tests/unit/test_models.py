@@ -10,12 +10,12 @@ import torch
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score
 
 from medfair_audit.exceptions import DataError, ModelError
+from medfair_audit.metrics.functional import expected_calibration_error
 from medfair_audit.models._common import check_no_pickle, load_images
 from medfair_audit.models.classifier import (
     SubgroupClassifier,
     _fit_temperature,
     evaluate_classifier,
-    expected_calibration_error,
     train_classifier,
 )
 from medfair_audit.models.clip import encode_images, load_clip
@@ -207,6 +207,10 @@ def test_evaluation_matches_independent_computations():
     assert ev["roc_auc"] == pytest.approx(roc_auc_score(y, probs[:, 1]))
     cm = np.array(ev["confusion_rates"])
     assert np.allclose(cm.sum(1), 1)
+    soft = np.array(ev["soft_confusion"])  # E[p | y], what PACC inverts
+    assert soft[1] == pytest.approx(probs[y == 1].mean(0)) and np.allclose(soft.sum(1), 1)
+    assert ev["heldout"]["labels"] == y.tolist()
+    assert np.allclose(ev["heldout"]["probs"], probs, atol=5e-7)
     for t in ("0", "1"):
         sel = meta.tumour.astype(str) == t
         acc = (pred[sel] == y[sel]).mean()
@@ -255,3 +259,21 @@ def test_tokenizer_files_are_identical_across_processes(tmp_path, small_phantom)
         subprocess.run([sys.executable, "-c", code, str(tmp_path / name)], check=True)
     for f in ("vocab.json", "merges.txt"):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+
+
+def test_splits_keep_each_subject_in_one_split():
+    import pandas as pd
+
+    from medfair_audit.models.classifier import _splits
+
+    meta = pd.DataFrame({"subject": [f"s{i // 5}" for i in range(200)]})  # 5 slices a subject
+    (train, val, test), unit = _splits(meta, seed=0)
+    assert unit == "subject"
+    subjects = [set(meta.subject[idx]) for idx in (train, val, test)]
+    assert not (subjects[0] & subjects[1] or subjects[0] & subjects[2] or subjects[1] & subjects[2])
+    assert sorted(np.concatenate([train, val, test]).tolist()) == list(range(200))
+    leaking = meta.assign(split=["train", "val", "test", "train", "train"] * 40)
+    with pytest.raises(DataError, match="more than one split"):
+        _splits(leaking, seed=0)
+    (_, _, _), unit = _splits(pd.DataFrame({"x": range(40)}), seed=0)
+    assert unit == "image"

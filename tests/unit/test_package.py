@@ -16,9 +16,10 @@ def test_import_and_cli_start_without_torch():
 
 def test_audit_names_resolve_to_the_library_call():
     import medfair_audit
-    import medfair_audit._audit as module
+    import medfair_audit.audit as module
 
-    assert medfair_audit.audit is medfair_audit.run_audit is module.run_audit
+    assert medfair_audit.run_audit is module.run_audit
     assert medfair_audit.AuditConfig is module.AuditConfig
+    assert medfair_audit.AuditResult is module.AuditResult
     assert medfair_audit.GenerationConfig.__module__ == "medfair_audit.generation.engine"
     assert not hasattr(medfair_audit, "no_such_name")

@@ -115,3 +115,22 @@ def test_missing_or_corrupt_target_file(tmp_path):
     bad.write_text('{"proportions": {"a": 1}, "schema_version": 99}')
     with pytest.raises(DataError, match="schema_version 99"):
         parse_target(str(bad))
+
+
+def test_target_name_round_trips_and_defaults_to_the_imported_data_set(tmp_path):
+    import json
+
+    from medfair_audit.target import Target, target_from_labels
+
+    folder = tmp_path / "brats"
+    folder.mkdir()
+    (folder / "metadata.csv").write_text("file,sex\na.png,male\nb.png,female\nc.png,male\n")
+    (folder / "dataset.json").write_text(json.dumps({"kind": "BratsDataset", "n": 3}))
+    target = target_from_labels(folder / "metadata.csv", column="sex")
+    assert target.name == "BraTS18"
+    target.save(tmp_path / "t.json")
+    assert Target.load(tmp_path / "t.json").name == "BraTS18"
+    named = target_from_labels(folder / "metadata.csv", column="sex", name="my cohort")
+    assert named.name == "my cohort"
+    (folder / "dataset.json").write_text(json.dumps({"kind": "ImageFolderDataset"}))
+    assert target_from_labels(folder / "metadata.csv", column="sex").name is None

@@ -5,6 +5,7 @@ Every function takes plain arrays and returns numbers; accumulation over many im
 :mod:`medfair_audit.metrics.frame`.
 """
 
+from ._calibration import expected_calibration_error
 from ._divergence import (
     DEFAULT_SMOOTHING,
     jensen_shannon,
@@ -14,24 +15,42 @@ from ._divergence import (
     total_variation,
 )
 from ._fid import fid_from_moments, sqrtm_psd_product_trace
+from ._kid import kernel_inception_distance, mmd2_unbiased
 from ._proportions import (
     chi_square_gof,
     corrected_proportions,
     required_sample_size,
     wilson_interval,
 )
+from ._quantification import (
+    MAX_CONDITION,
+    adjusted_count,
+    condition_number,
+    em_prior_shift,
+    mean_output_matrix,
+    stationary_prior,
+)
 
 __all__ = [
     "DEFAULT_SMOOTHING",
+    "MAX_CONDITION",
+    "adjusted_count",
     "chi_square_gof",
+    "condition_number",
     "corrected_proportions",
+    "em_prior_shift",
+    "expected_calibration_error",
     "fid_from_moments",
     "jensen_shannon",
+    "kernel_inception_distance",
     "kl_divergence",
     "l2_fairness_discrepancy",
+    "mean_output_matrix",
+    "mmd2_unbiased",
     "proportion_gaps",
     "required_sample_size",
     "sqrtm_psd_product_trace",
+    "stationary_prior",
     "total_variation",
     "wilson_interval",
 ]

@@ -1,0 +1,102 @@
+"""What an audit takes: :class:`AuditConfig` and the prompts file reader."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..exceptions import ConfigError, DataError
+from ..generation.engine import GenerationConfig
+from ..metrics.functional import DEFAULT_SMOOTHING
+from ..target import Target
+
+__all__ = ["AuditConfig", "read_prompts"]
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """Prompts from a text file: one per line; blank lines and ``#`` comments are skipped.
+
+    Raises:
+        DataError: Missing or empty file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"file '{path}' does not exist or is not a file", param="prompts")
+    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    prompts = [p for p in prompts if p and not p.startswith("#")]
+    if not prompts:
+        raise DataError(f"'{path}' holds no prompts (one per line expected)", param="prompts")
+    return prompts
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditConfig:
+    """Everything an audit needs.
+
+    Args:
+        checkpoint: Diffusers text-to-image pipeline folder.
+        classifier: Subgroup classifier folder (``medfair train classifier``).
+        prompts: Prompts to audit.
+        target: Target proportions; its groups must be the classifier's.
+        out: Output folder (``audit.json``, ``audit.html``, ``images.csv``, grids, shards).
+        generation: Images per prompt, seed, steps, guidance, batch (shard) size.
+        reference: Image folder of real images with the attribute column, for FID/KID.
+        reference_split: Use only this ``split`` of the reference.
+        features: Feature extractor: ``classifier``, ``inception:PATH`` or a CLIP folder.
+        mode: ``marginal`` (neutral prompts vs the target) or ``conditional`` (each prompt names
+            one group; the share of images showing it).
+        n_boot: Bootstrap resamples for intervals (also the simulations of the χ² null).
+        confidence: Interval level.
+        smoothing: ε of KL/JS smoothing (stated in the report).
+        half_width: Interval half-width for the sample-size estimate.
+        min_group_n: Below this many images a group's full-n FID carries a warning.
+        quality_draws: Subsamples per size for FID/KID at equal n.
+        trust_pickle: Allow pickle weights.
+        save_images: Also write every generated image as PNG.
+    """
+
+    checkpoint: Path
+    classifier: Path
+    prompts: Sequence[str]
+    target: Target
+    out: Path
+    generation: GenerationConfig
+    reference: Path | None = None
+    reference_split: str | None = None
+    features: str = "classifier"
+    mode: str = "marginal"
+    n_boot: int = 1000
+    confidence: float = 0.95
+    smoothing: float = DEFAULT_SMOOTHING
+    half_width: float = 0.05
+    min_group_n: int = 50
+    quality_draws: int = 20
+    trust_pickle: bool = False
+    save_images: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prompts", tuple(self.prompts))
+        object.__setattr__(self, "out", Path(self.out))
+        if not self.prompts or any(not p.strip() for p in self.prompts):
+            raise ConfigError("expected at least one non-empty prompt", param="prompts")
+        if self.mode not in ("marginal", "conditional"):
+            raise ConfigError(
+                f"expected 'marginal' or 'conditional', got '{self.mode}'", param="mode"
+            )
+        if self.n_boot < 0:
+            raise ConfigError(f"expected n_boot ≥ 0, got {self.n_boot}", param="n_boot")
+        if self.quality_draws < 2:
+            raise ConfigError(
+                f"expected quality_draws ≥ 2, got {self.quality_draws}", param="quality_draws"
+            )
+        if not 0 < self.half_width < 1:
+            raise ConfigError(
+                f"expected a half-width in (0, 1), got {self.half_width}", param="half_width"
+            )
+        if not 0 < self.confidence < 1:
+            raise ConfigError(
+                f"expected a level in (0, 1), got {self.confidence}", param="confidence"
+            )
+        if not 0 <= self.smoothing < 1:
+            raise ConfigError(f"expected ε in [0, 1), got {self.smoothing}", param="smoothing")

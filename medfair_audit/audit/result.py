@@ -1,0 +1,223 @@
+"""The outcome of an audit: one typed object, saved and loaded as a folder.
+
+Like fairlearn's ``MetricFrame`` it is one object with accessors (:meth:`AuditResult.share`,
+:meth:`AuditResult.kl`, :meth:`AuditResult.to_frame`, :meth:`AuditResult.summary`); like a
+diffusers model it round-trips through :meth:`AuditResult.save` and :meth:`AuditResult.load`.
+The folder holds ``audit.json`` (schema version :data:`AUDIT_SCHEMA_VERSION`, described by the
+JSON Schema shipped as ``audit.schema.json``), ``images.csv``, ``grid_<group>.png`` and
+``audit.html``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .._io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..exceptions import DataError
+
+__all__ = ["AUDIT_SCHEMA_VERSION", "AuditResult", "audit_schema", "read_audit_json"]
+
+AUDIT_SCHEMA_VERSION = 2
+MSG_OLD_SCHEMA = (
+    "'{path}' is an audit.json of schema_version {found}; this medfair reads version {want} "
+    "(re-run `medfair audit` to get intervals that include the classifier's own error)"
+)
+
+
+def audit_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of ``audit.json``, shipped with the package."""
+    text = resources.files("medfair_audit.audit").joinpath("audit.schema.json").read_text()
+    return json.loads(text)
+
+
+def read_audit_json(path: str | os.PathLike[str], *, param: str = "audit") -> dict[str, Any]:
+    """Read an ``audit.json`` (or the folder holding one) of the current schema version.
+
+    Raises:
+        DataError: Missing, unreadable, another schema version, or missing top-level keys.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "audit.json"
+    if not path.is_file():
+        raise DataError(f"'{path}' does not exist (expected an audit.json)", param=param)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"cannot read '{path}': {exc}", param=param) from exc
+    found = data.get("schema_version") if isinstance(data, dict) else None
+    if found != AUDIT_SCHEMA_VERSION:
+        raise DataError(
+            MSG_OLD_SCHEMA.format(path=path, found=found, want=AUDIT_SCHEMA_VERSION), param=param
+        )
+    missing = [k for k in audit_schema()["required"] if k not in data]
+    if missing:
+        raise DataError(f"'{path}' lacks {', '.join(missing)}", param=param)
+    return data
+
+
+@dataclass
+class AuditResult:
+    """The outcome of an audit.
+
+    Attributes:
+        data: The ``audit.json`` content.
+        images: One row per generated image (prompt, seed, probabilities, predicted group).
+        grids: Group name → PNG bytes of a sample grid of images classified as that group.
+        folder: Where it was saved or loaded from, if anywhere.
+    """
+
+    data: dict[str, Any]
+    images: pd.DataFrame
+    grids: dict[str, bytes] = field(default_factory=dict)
+    folder: Path | None = None
+
+    @property
+    def groups(self) -> list[str]:
+        """Group names in the classifier's order."""
+        return list(self.data["groups"])
+
+    @property
+    def default_reading(self) -> str:
+        """The reading headlines use (see ``readings`` in the JSON)."""
+        return self.data["default_reading"]
+
+    def share(self, group: str, reading: str | None = None) -> dict[str, Any]:
+        """One group's share: ``{value, ci, method[, censored, bound, note]}``.
+
+        ``value`` is ``None`` when the estimate is censored (then ``bound`` holds the one-sided
+        limit) or not identifiable.
+        """
+        return self.data["proportions"][reading or self.default_reading][group]
+
+    def kl(self, reading: str | None = None, direction: str = "target_to_generated") -> dict:
+        """KL divergence to the target: ``{value, ci[, censored, bound]}`` (nats)."""
+        return self.data["distances"][reading or self.default_reading][f"kl_{direction}"]
+
+    def to_frame(self) -> dict[str, pd.DataFrame]:
+        """Tables: ``overall`` and ``by_prompt`` (one row per reading × group) and ``by_group``."""
+
+        def rows(summary: dict[str, Any], **extra: Any) -> list[dict[str, Any]]:
+            out = []
+            for kind, per in summary["proportions"].items():
+                for g, v in per.items():
+                    gap = summary["distances"].get(kind, {}).get("gaps", {}).get(g, {})
+                    out.append(
+                        {
+                            **extra,
+                            "reading": kind,
+                            "group": g,
+                            "proportion": v["value"],
+                            "ci_low": v["ci"][0],
+                            "ci_high": v["ci"][1],
+                            "censored": v.get("censored"),
+                            "target": self.data["target"][g],
+                            "gap": gap.get("value"),
+                        }
+                    )
+            return out
+
+        by_prompt = [
+            r
+            for p in self.data["by_prompt"]
+            for r in rows(p, prompt_index=p["index"], prompt=p["prompt"])
+        ]
+        quality = (self.data.get("quality") or {}).get("by_group", {})
+        by_group = pd.DataFrame(
+            [
+                {
+                    "group": g,
+                    "n_generated": quality.get(g, {}).get("n_generated"),
+                    "n_reference": quality.get(g, {}).get("n_reference"),
+                    "fid_full_n": quality.get(g, {}).get("fid"),
+                }
+                for g in [*self.groups, "overall"]
+            ]
+        )
+        return {
+            "overall": pd.DataFrame(rows(self.data)),
+            "by_prompt": pd.DataFrame(by_prompt),
+            "by_group": by_group,
+        }
+
+    def summary(self) -> list[str]:
+        """Plain-text lines: each group's raw and default-reading share, KL, test, worst prompt."""
+        d, reading = self.data, self.default_reading
+        lines = []
+        for g in self.groups:
+            raw, est = self.share(g, "raw"), self.share(g)
+            lines.append(
+                f"{g}: {_share_text(raw)} raw, {_share_text(est)} {reading} "
+                f"(target {d['target'][g]:.1%})"
+            )
+        kl = self.kl()
+        lines.append(f"KL(target‖generated, {reading}) = {_value_text(kl, '.4f')}")
+        chi = d["chi_square"]
+        if chi.get("p_value") is not None:
+            sign = "≤" if chi.get("p_value_is_bound") else "="
+            lines.append(
+                f"on-target test (null: labels follow target·C): p {sign} {chi['p_value']:.3g}"
+            )
+        worst = d.get("dispersion", {}).get("worst_prompt")
+        if worst and len(d["by_prompt"]) > 1:
+            lines.append(
+                f"worst prompt #{worst['index']}: |gap| {_value_text(worst['abs_gap'], '.1%')}"
+            )
+        return lines
+
+    def save(self, out: str | os.PathLike[str] | None = None) -> Path:
+        """Write ``audit.json``, ``images.csv``, grids and ``audit.html`` into ``out``."""
+        from ..reporting import render_audit_html
+
+        out = Path(out or self.folder)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "audit.json", self.data)
+        atomic_write_text(out / "images.csv", self.images.to_csv(index=False))
+        for g, png in self.grids.items():
+            atomic_write_bytes(out / f"grid_{g}.png", png)
+        self.folder = out
+        atomic_write_text(out / "audit.html", render_audit_html(self))
+        return out
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str], *, param: str = "audit") -> AuditResult:
+        """Read a saved audit (its folder or its ``audit.json``).
+
+        Raises:
+            DataError: Missing or unreadable files, or another schema version.
+        """
+        path = Path(folder)
+        data = read_audit_json(path, param=param)
+        folder = path if path.is_dir() else path.parent
+        table = folder / "images.csv"
+        images = pd.read_csv(table, keep_default_na=False) if table.is_file() else pd.DataFrame()
+        grids = {
+            g: (folder / f"grid_{g}.png").read_bytes()
+            for g in data["groups"]
+            if (folder / f"grid_{g}.png").is_file()
+        }
+        return cls(data=data, images=images, grids=grids, folder=folder)
+
+
+def _value_text(entry: dict[str, Any], fmt: str) -> str:
+    ci = entry.get("ci") or [None, None]
+    interval = f" [{ci[0]:{fmt}}, {ci[1]:{fmt}}]" if ci[0] is not None else ""
+    if entry.get("value") is None:
+        bound = entry.get("bound") or {}
+        if "at_most" in bound:
+            return f"≤ {bound['at_most']:{fmt}} (censored){interval}"
+        if "at_least" in bound:
+            return f"≥ {bound['at_least']:{fmt}} (censored){interval}"
+        return f"not identifiable{interval}"
+    return f"{entry['value']:{fmt}}{interval}"
+
+
+def _share_text(entry: dict[str, Any]) -> str:
+    return _value_text(entry, ".1%")

@@ -1,0 +1,302 @@
+"""``run_audit``: how far a text-to-image model's subgroup distribution is from a target.
+
+The audit generates ``n_per_prompt`` images per prompt with per-image seeds (see
+:mod:`medfair_audit.generation`), classifies each with the subgroup classifier, and reports each
+group's share five ways (the classifier's labels, its mean probability, and three estimates
+corrected for its held-out errors, with intervals that resample those errors too), distances to
+the target with intervals that can contain 0, a goodness-of-fit test against the labels a
+generator on target would produce, the sample size a requested precision needs, how prompts
+differ, and FID/KID per subgroup at equal n. Run under ``torchrun`` or ``accelerate launch``,
+processes split the shards and the main process writes the result, which equals the
+single-process one exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .._io import folder_sha256
+from ..data.datasets import ImageFolderDataset
+from ..exceptions import ConfigError, DataError
+from ..generation.engine import iter_shards, run_shards
+from ..metrics.accumulators import ShardAggregate
+from ..metrics.estimates import DEFAULT_READING, READINGS, HeldOut, estimate_shares
+from ..metrics.frame import dispersion, summarise
+from ..metrics.functional import wilson_interval
+from ..models._common import load_images
+from ..models.classifier import SubgroupClassifier
+from ..models.features import get_extractor
+from ..models.t2medi import load_pipeline
+from ..progress import ProgressCallback, report
+from ..reporting import image_grid_png
+from .config import AuditConfig
+from .quality import quality_by_group
+from .result import AUDIT_SCHEMA_VERSION, AuditResult
+
+__all__ = ["run_audit"]
+
+
+def _named_groups(prompts: Sequence[str], groups: Sequence[str]) -> list[str]:
+    named = []
+    for p in prompts:
+        hits = [g for g in groups if re.search(rf"\b{re.escape(g)}\b", p, re.IGNORECASE)]
+        if len(hits) != 1:
+            raise ConfigError(
+                f"conditional mode needs each prompt to name exactly one of {list(groups)}; "
+                f"'{p[:60]}' names {hits or 'none'}",
+                param="prompts",
+            )
+        named.append(hits[0])
+    return named
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for name in ("medfair", "torch", "diffusers", "transformers", "numpy", "scipy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def run_audit(
+    config: AuditConfig, *, progress: ProgressCallback | None = None
+) -> AuditResult | None:
+    """Run an audit and write its outputs into ``config.out``.
+
+    Under ``torchrun`` (CPUs) or ``accelerate launch`` (GPUs) every process generates its share
+    of the shards; the main process then computes and writes the result, and the others return
+    ``None``.
+
+    Returns:
+        The result (main process), else ``None``.
+    """
+    from .._dist import partial_state
+
+    cfg = config
+    state = partial_state()
+    clf = SubgroupClassifier.load(cfg.classifier, trust_pickle=cfg.trust_pickle)
+    groups = list(clf.groups)
+    if set(cfg.target.groups) != set(groups):
+        raise ConfigError(
+            f"the target's groups {list(cfg.target.groups)} differ from the classifier's {groups}",
+            param="target",
+        )
+    if clf.evaluation is None:
+        raise ConfigError(
+            f"'{cfg.classifier}' has no evaluation.json (held-out outputs or confusion matrix)",
+            param="classifier",
+        )
+    heldout = HeldOut.from_evaluation(clf.evaluation, groups)
+    named = _named_groups(cfg.prompts, groups) if cfg.mode == "conditional" else None
+    ref = None
+    if cfg.reference is not None:
+        ref = ImageFolderDataset(
+            cfg.reference,
+            require=(clf.attribute,),
+            split=cfg.reference_split,
+            size=None,
+            param="reference",
+        )
+        unknown = sorted(set(ref.labels(clf.attribute)) - set(groups))
+        if unknown:
+            raise DataError(
+                f"reference labels outside the classifier's groups {groups}: {unknown}",
+                param="reference",
+            )
+    pipe = load_pipeline(cfg.checkpoint, trust_pickle=cfg.trust_pickle)
+    extractor = get_extractor(cfg.features, clf, trust_pickle=cfg.trust_pickle)
+    target = np.array(cfg.target.vector(groups))
+    settings = {
+        "checkpoint_sha256": folder_sha256(cfg.checkpoint),
+        "classifier_sha256": folder_sha256(cfg.classifier),
+        "features": extractor.name,
+    }
+
+    def analyse(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return clf.predict_proba(images), extractor(images)
+
+    shard_dir = cfg.out / "shards"
+    plan = run_shards(
+        pipe,
+        cfg.prompts,
+        cfg.generation,
+        shard_dir,
+        analyse=analyse,
+        settings=settings,
+        rank=state.process_index,
+        world=state.num_processes,
+        progress=progress,
+    )
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
+
+    agg = ShardAggregate(len(groups))
+    for shard in iter_shards(shard_dir, plan):
+        agg.add(shard)
+    data = agg.finish()
+    probs, pred = data["probs"], data["probs"].argmax(1)
+    kw = {
+        "heldout": heldout,
+        "n_boot": cfg.n_boot,
+        "confidence": cfg.confidence,
+        "smoothing": cfg.smoothing,
+        "half_width": cfg.half_width,
+    }
+    report(progress, "statistics", 0, len(cfg.prompts) + 1)
+    overall = summarise(probs, groups, target, seed=cfg.generation.seed, **kw)
+    by_prompt, prompt_estimates = [], []
+    for i, prompt in enumerate(cfg.prompts):
+        sel = data["prompt_index"] == i
+        seed = cfg.generation.seed + 1 + i
+        est = estimate_shares(probs[sel], heldout, n_boot=cfg.n_boot, seed=seed)
+        prompt_estimates.append(est)
+        entry = {
+            "index": i,
+            "prompt": prompt,
+            **summarise(probs[sel], groups, target, seed=seed, estimates=est, **kw),
+        }
+        if named is not None:
+            hit = int((pred[sel] == groups.index(named[i])).sum())
+            entry["conditional"] = {
+                "named_group": named[i],
+                "share": hit / int(sel.sum()),
+                "ci": list(wilson_interval(hit, int(sel.sum()), confidence=cfg.confidence)),
+                "method": "wilson, classifier's labels",
+            }
+        by_prompt.append(entry)
+        report(progress, "statistics", i + 1, len(cfg.prompts) + 1)
+    reading = DEFAULT_READING if DEFAULT_READING in overall["proportions"] else "acc"
+    spread = dispersion(
+        prompt_estimates,
+        by_prompt,
+        cfg.prompts,
+        groups,
+        target,
+        reading=reading,
+        confidence=cfg.confidence,
+    )
+    warnings: list[str] = []
+    if not overall["identifiable"]:
+        warnings.append(
+            "the classifier's confusion matrix is ill-conditioned (condition number "
+            f"{max(overall['condition_number'].values()):.3g}): corrected shares are not "
+            "identifiable and are reported as [0, 1]"
+        )
+    quality = None
+    if ref is not None:
+        ref_images = load_images(ref, progress=progress, stage="reference")
+        ref_feats = extractor(ref_images).numpy()
+        ref_labels = np.array([groups.index(v) for v in ref.labels(clf.attribute)])
+        quality, quality_warnings = quality_by_group(
+            data["moments"],
+            data["samples"],
+            ref_feats,
+            ref_labels,
+            groups,
+            draws=cfg.quality_draws,
+            seed=cfg.generation.seed,
+            min_group_n=cfg.min_group_n,
+        )
+        warnings += quality_warnings
+    for g, n_g in overall["counts"].items():
+        if n_g == 0:
+            warnings.append(f"no generated image was classified '{g}'")
+    report(progress, "statistics", len(cfg.prompts) + 1, len(cfg.prompts) + 1)
+    per_prompt_needed = [p.get("sample_size", {}).get("needed") for p in by_prompt]
+    overall_size = overall.pop("sample_size", {})
+    sample_size = {
+        "reading": overall_size.get("reading", reading),
+        "half_width": cfg.half_width,
+        "confidence": cfg.confidence,
+        "needed_total": overall_size.get("needed"),
+        "needed_per_prompt": None
+        if not per_prompt_needed or None in per_prompt_needed
+        else max(per_prompt_needed),
+        "floor_half_width": overall_size.get("floor_half_width"),
+        "note": "needed_total: images in all for a ± half-width interval on the pooled share; "
+        "needed_per_prompt: images per prompt for that interval on each prompt's own share "
+        "(the largest over prompts); floor_half_width: the smallest half-width the held-out "
+        "confusion matrix's own error allows, however many images are drawn; null: unreachable",
+    }
+    gen = cfg.generation
+    doc = {
+        "schema_version": AUDIT_SCHEMA_VERSION,
+        "mode": cfg.mode,
+        "attribute": clf.attribute,
+        "groups": groups,
+        "target": dict(zip(groups, map(float, target), strict=True)),
+        "target_name": cfg.target.name,
+        "n_images": len(probs),
+        "n_prompts": len(cfg.prompts),
+        "confidence": cfg.confidence,
+        "smoothing": {"epsilon": cfg.smoothing, "method": "p' = (1 - ε) p + ε / K before KL"},
+        "n_boot": cfg.n_boot,
+        "default_reading": reading,
+        "readings": {k: READINGS[k] for k in overall["proportions"]},
+        **overall,
+        "sample_size": sample_size,
+        "dispersion": spread,
+        "quality": quality,
+        "by_prompt": by_prompt,
+        "warnings": warnings,
+        "classifier": {"path": str(cfg.classifier), "evaluation": clf.evaluation},
+        "config": {
+            "checkpoint": str(cfg.checkpoint),
+            "checkpoint_sha256": settings["checkpoint_sha256"],
+            "classifier": str(cfg.classifier),
+            "classifier_sha256": settings["classifier_sha256"],
+            "prompts": list(cfg.prompts),
+            "n_per_prompt": gen.n_per_prompt,
+            "seed": gen.seed,
+            "seeding": "image seed = SeedSequence([seed, prompt index, image index])",
+            "steps": gen.steps,
+            "guidance": gen.guidance,
+            "batch_size": gen.shard_size,
+            "features": {"name": extractor.name, **extractor.details},
+            "reference": str(cfg.reference) if cfg.reference else None,
+            "reference_split": cfg.reference_split,
+            "target_source": cfg.target.source,
+            "versions": _versions(),
+        },
+    }
+    doc = json.loads(json.dumps(doc, default=float))  # plain JSON types, stable on disk
+    table = pd.DataFrame(
+        {
+            "prompt_index": data["prompt_index"],
+            "prompt": [cfg.prompts[i] for i in data["prompt_index"]],
+            "image_index": data["image_index"],
+            "seed": data["seeds"],
+            **{f"p_{g}": probs[:, j] for j, g in enumerate(groups)},
+            "predicted": [groups[j] for j in pred],
+        }
+    )
+    grids = {g: image_grid_png(data["images"][j]) for j, g in enumerate(groups)}
+    table["file"] = ""
+    if cfg.save_images:
+        from PIL import Image
+
+        (cfg.out / "images").mkdir(parents=True, exist_ok=True)
+        k = 0
+        for shard in iter_shards(shard_dir, plan):
+            for img in shard["images"]:
+                name = f"images/p{table.prompt_index[k]:04d}_i{table.image_index[k]:06d}.png"
+                Image.fromarray(
+                    img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()
+                ).save(cfg.out / name)
+                table.loc[k, "file"] = name
+                k += 1
+    result = AuditResult(doc, table, grids)
+    result.save(cfg.out)
+    return result
