@@ -17,9 +17,7 @@ from ._divergence import (
 from ._fid import fid_from_moments, sqrtm_psd_product_trace
 from ._kid import kernel_inception_distance, mmd2_unbiased
 from ._proportions import (
-    chi_square_gof,
     corrected_proportions,
-    required_sample_size,
     wilson_interval,
 )
 from ._quantification import (
@@ -35,7 +33,6 @@ __all__ = [
     "DEFAULT_SMOOTHING",
     "MAX_CONDITION",
     "adjusted_count",
-    "chi_square_gof",
     "condition_number",
     "corrected_proportions",
     "em_prior_shift",
@@ -48,7 +45,6 @@ __all__ = [
     "mean_output_matrix",
     "mmd2_unbiased",
     "proportion_gaps",
-    "required_sample_size",
     "sqrtm_psd_product_trace",
     "stationary_prior",
     "total_variation",

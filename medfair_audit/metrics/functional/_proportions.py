@@ -1,4 +1,4 @@
-"""Subgroup proportions: intervals, goodness of fit, classifier-error correction, sample size."""
+"""Subgroup proportions: Wilson intervals and the simplex-constrained error correction."""
 
 from __future__ import annotations
 
@@ -7,12 +7,7 @@ import math
 import numpy as np
 from scipy import optimize, stats
 
-__all__ = [
-    "chi_square_gof",
-    "corrected_proportions",
-    "required_sample_size",
-    "wilson_interval",
-]
+__all__ = ["corrected_proportions", "wilson_interval"]
 
 
 def wilson_interval(count: int, n: int, *, confidence: float = 0.95) -> tuple[float, float]:
@@ -33,25 +28,6 @@ def wilson_interval(count: int, n: int, *, confidence: float = 0.95) -> tuple[fl
     lo = 0.0 if count == 0 else max(0.0, centre - half)  # exact at the edges, not 1e-17
     hi = 1.0 if count == n else min(1.0, centre + half)
     return lo, hi
-
-
-def chi_square_gof(counts: np.ndarray, target: np.ndarray) -> tuple[float, float]:
-    """Pearson's chi-square test of observed group counts against target proportions.
-
-    Groups whose target proportion is 0 are left out of the test, with the images in them (their
-    expected count is 0; such images show in the gaps instead). Returns ``(statistic, p_value)``;
-    with fewer than two usable groups or no images the test is undefined: ``(nan, nan)``.
-    """
-    counts = np.asarray(counts, dtype=np.float64)
-    target = np.asarray(target, dtype=np.float64)
-    keep = target > 0
-    observed = counts[keep]
-    n = observed.sum()
-    if n == 0 or keep.sum() < 2:
-        return float("nan"), float("nan")
-    expected = n * target[keep] / target[keep].sum()
-    stat = float(((observed - expected) ** 2 / expected).sum())
-    return stat, float(stats.chi2.sf(stat, keep.sum() - 1))
 
 
 def corrected_proportions(observed: np.ndarray, confusion_rates: np.ndarray) -> np.ndarray:
@@ -82,15 +58,3 @@ def corrected_proportions(observed: np.ndarray, confusion_rates: np.ndarray) -> 
     )
     q = np.clip(res.x, 0.0, 1.0)
     return q / q.sum()
-
-
-def required_sample_size(p: float, half_width: float, *, confidence: float = 0.95) -> int:
-    """Images needed for a Wald interval of ``± half_width`` around a proportion near ``p``.
-
-    ``n = z² p (1 - p) / h²``; ``p = 0.5`` gives the worst case.
-    """
-    if not 0 < half_width < 1:
-        raise ValueError(f"half_width must be in (0, 1), got {half_width}")
-    z = stats.norm.ppf(0.5 + confidence / 2)
-    p = min(max(p, 1e-6), 1 - 1e-6)
-    return math.ceil(z * z * p * (1 - p) / half_width**2)
