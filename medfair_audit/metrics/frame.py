@@ -31,11 +31,21 @@ from .estimates import (
     share_intervals,
     simultaneous_level,
 )
-from .functional import DEFAULT_SMOOTHING, MAX_CONDITION, corrected_proportions
+from .functional import (
+    DEFAULT_SMOOTHING,
+    MAX_CONDITION,
+    corrected_proportions,
+    em_boundary_limit,
+    stationary_prior,
+)
 
 __all__ = ["dispersion", "proportions_entry", "shen_bias", "summarise"]
 
 _TOL = 1e-9
+EM_BOUNDARY_NOTE = (
+    "the maximum-likelihood share sits on the boundary of [0, 1]: only a one-sided bound is "
+    "reported"
+)
 
 
 def shen_bias(q: np.ndarray) -> float:
@@ -79,6 +89,13 @@ def proportions_entry(
             g: {"value": None, "ci": [0.0, 1.0], "method": method, "note": note} for g in groups
         }
     censored = is_censored(est, reading)
+    if censored and reading == "em" and len(groups) == 2:
+        # The bootstrap is degenerate on the boundary: invert the likelihood-ratio test instead.
+        limit = em_boundary_limit(
+            est.probs, stationary_prior(heldout.matrix(soft=True)), confidence
+        )
+        cis = [(1 - limit, 1 - limit), (limit, limit)]
+        cis = [(min(c[0], q0), max(c[1], q0)) for c, q0 in zip(cis, np.clip(q, 0, 1), strict=True)]
     constrained = None
     if censored and reading != "em":
         m = heldout.matrix(soft=reading == "pacc")
@@ -94,8 +111,10 @@ def proportions_entry(
                 value=None,
                 censored="below" if below else "above",
                 bound={"at_most": hi} if below else {"at_least": lo},
-                note=CENSORED_NOTE,
+                note=CENSORED_NOTE if reading != "em" else EM_BOUNDARY_NOTE,
             )
+            if reading == "em" and len(groups) == 2:
+                entry["method"] = "likelihood-ratio test inversion (the MLE is on the boundary)"
         elif constrained is not None:
             entry["value"] = float(constrained[i])
             entry["method"] += "; simplex-constrained because another group is censored"

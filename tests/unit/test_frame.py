@@ -134,6 +134,11 @@ def test_all_male_generator_is_censored_not_a_point_at_zero():
     assert male["censored"] == "above" and male["bound"]["at_least"] == male["ci"][0]
     kl = s["distances"]["acc"]["kl_target_to_generated"]
     assert kl["value"] is None and kl["censored"] and kl["bound"]["at_least"] == kl["ci"][0]
+    # EM's likelihood peaks on the boundary: its bound comes from the likelihood ratio, so the
+    # interval keeps a width although every bootstrap replicate sits on the boundary too.
+    em = s["proportions"]["em"]["male"]
+    assert em["censored"] == "above" and 0.5 < em["bound"]["at_least"] < 1.0
+    assert em["ci"] == [em["bound"]["at_least"], 1.0] and "likelihood-ratio" in em["method"]
     # A raw share of exactly 0 puts KL at the ε ceiling: a bound, not a measurement.
     hard = np.tile([[0.0, 1.0]], (50, 1))
     raw_kl = summarise(hard, GROUPS, TARGET, heldout=_held(), n_boot=50)["distances"]["raw"]

@@ -24,6 +24,7 @@ __all__ = [
     "MAX_CONDITION",
     "adjusted_count",
     "condition_number",
+    "em_boundary_limit",
     "em_prior_shift",
     "mean_output_matrix",
     "stationary_prior",
@@ -195,3 +196,36 @@ def em_prior_shift(
             if done:
                 break
     return q[0] if single else q
+
+
+def em_boundary_limit(probs: np.ndarray, prior: np.ndarray, confidence: float) -> float:
+    """One-sided limit of a two-group EM share whose maximum likelihood sits on 0 or 1.
+
+    On the boundary every bootstrap replicate tends to sit there too, which would give a
+    zero-width interval. Instead the likelihood-ratio test is inverted: the limit is where the
+    log-likelihood of group 1's share falls by ``χ²₁(1 - 2α) / 2`` below its maximum, with ``α =
+    (1 - confidence) / 2`` (the statistic is a 50:50 mixture of 0 and χ²₁ at the boundary).
+
+    Returns:
+        The lower limit of group 1's share when the MLE is 1, the upper limit when it is 0.
+    """
+    from scipy import stats
+
+    ratio = np.asarray(probs, np.float64) / np.maximum(np.asarray(prior, np.float64), 1e-300)
+    d, r0 = ratio[:, 1] - ratio[:, 0], ratio[:, 0]
+
+    def loglik(q: float) -> float:
+        return float(np.log(np.maximum(r0 + q * d, 1e-300)).sum())
+
+    q_hat = float(em_prior_shift(probs, prior)[1])
+    drop = stats.chi2.ppf(confidence, 1) / 2  # 1 - 2α = confidence
+    top = loglik(q_hat)
+    lo, hi = (0.0, q_hat) if q_hat >= 0.5 else (q_hat, 1.0)
+    for _ in range(60):  # bisection: the log-likelihood is concave, monotone on each side
+        mid = 0.5 * (lo + hi)
+        inside = top - loglik(mid) <= drop
+        if q_hat >= 0.5:
+            lo, hi = (lo, mid) if inside else (mid, hi)
+        else:
+            lo, hi = (mid, hi) if inside else (lo, mid)
+    return 0.5 * (lo + hi)
