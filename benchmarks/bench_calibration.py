@@ -21,6 +21,7 @@ from pathlib import Path
 from medfair_audit.metrics.simulate import coverage_study, dispersion_study, paired_study
 
 OUT = Path(__file__).with_name("calibration.json")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _coverage(args: tuple[float, int, int, int, int]) -> dict:
@@ -104,35 +105,84 @@ def main() -> None:
     }
     OUT.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {OUT} in {result['seconds']:.0f} s")
-    print(
-        "| true female share | n | raw (q·C) | probabilistic (q·S) | ACC | PACC (default) | EM "
-        "| PACC censored | KL interval ∋ 0 (on target) / covers true KL | TV covers "
-        "| χ² rejection |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for s in studies:
-        sh, d = s["shares"], s["distances"]["pacc"]
+    lines = table(result)
+    print("\n".join(lines))
+    for path in (ROOT / "README.md", Path(__file__).with_name("RESULTS.md")):
+        splice(path, lines)
+
+
+def table(result: dict) -> list[str]:
+    """The results as Markdown (written into README.md and RESULTS.md between markers)."""
+    s = result["settings"]
+    errors = result["coverage"][0]["true_error_rates"]
+    lines = [
+        f"{s['reps']} simulated audits per row, {s['n_boot']} bootstrap draws each; a calibrated "
+        f"classifier calling {errors['female_as_male']:.1%} of women men and "
+        f"{errors['male_as_female']:.1%} of men women, its confusion matrix estimated from "
+        f"{s['held_out_per_group']} held-out images "
+        "per group; target 58% male. Coverage of nominal 95% intervals (each reading against its "
+        "own estimand: the true share for ACC/PACC/EM, q·C for the labels, q·S for the mean "
+        "probability); the KL column is the share of intervals containing 0 when the generator "
+        "is on target, else the coverage of the true KL; χ² rejection at α = 0.05.",
+        "",
+        "| true female share | n | labels (q·C) | mean prob. (q·S) | ACC | **PACC** | EM "
+        "| PACC censored | KL: ∋ 0 on target / covers | TV covers | χ² rejects |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in result["coverage"]:
+        sh, d = c["shares"], c["distances"]["pacc"]
         kl = d["kl_target_to_generated"]
-        on_target = abs(s["male_share"] - s["target"][1]) < 1e-9
-        print(
-            f"| {1 - s['male_share']:.2f} | {s['n']} | {sh['raw']['coverage']:.3f} | "
+        on_target = abs(c["male_share"] - c["target"][1]) < 1e-9
+        lines.append(
+            f"| {1 - c['male_share']:.2f} | {c['n']} | {sh['raw']['coverage']:.3f} | "
             f"{sh['probabilistic']['coverage']:.3f} | {sh['acc']['coverage']:.3f} | "
-            f"{sh['pacc']['coverage']:.3f} | {sh['em']['coverage']:.3f} | "
+            f"**{sh['pacc']['coverage']:.3f}** | {sh['em']['coverage']:.3f} | "
             f"{sh['pacc']['censored']:.3f} | "
             f"{(kl['contains_zero'] if on_target else kl['coverage']):.3f} | "
-            f"{d['tv']['coverage']:.3f} | {s['chi_square_rejection']:.3f} |"
+            f"{d['tv']['coverage']:.3f} | {c['chi_square_rejection']:.3f} |"
         )
-    for d in side[:2]:
-        print(
-            f"prompts: male {d['male_share']}: mean |gap| {d['mean_abs_gap_coverage']:.3f}, "
-            f"worst {d['worst_prompt_coverage']:.3f}, homogeneity rejection "
-            f"{d['homogeneity_rejection']:.3f}"
+    lines += [
+        "",
+        "Mean width of the 95% interval of the male share (n = 256 / 1024): "
+        + "; ".join(
+            f"{r.upper()} "
+            + " / ".join(
+                f"{c['shares'][r]['mean_width']:.3f}"
+                for c in result["coverage"]
+                if c["male_share"] == 0.58
+            )
+            for r in ("acc", "pacc", "em")
         )
-    for p in side[2:]:
-        print(
-            f"paired {p['before']}→{p['after']}: change coverage {p['change_coverage']:.3f}, "
-            f"McNemar rejection {p['mcnemar_rejection']:.3f}"
+        + " (on target).",
+        "",
+    ]
+    for d in result["dispersion"]:
+        lines.append(
+            f"- {d['prompts']} prompts × {d['n_per_prompt']} images, true female share "
+            f"{1 - d['male_share']:.2f} in every prompt ({d['reps']} audits): mean |gap| interval "
+            f"covers {d['mean_abs_gap_coverage']:.3f}, worst-prompt |gap| "
+            f"{d['worst_prompt_coverage']:.3f}; homogeneity test rejects "
+            f"{d['homogeneity_rejection']:.3f}."
         )
+    for p in result["paired"]:
+        lines.append(
+            f"- Paired, male share {p['before']:.2f} → {p['after']:.2f}, {p['n']} pairs "
+            f"({p['reps']} audits): the interval of the change covers "
+            f"{p['change_coverage']:.3f}; McNemar rejects {p['mcnemar_rejection']:.3f}."
+        )
+    lines.append(f"\n({result['seconds']:.0f} s on 2 cores; `benchmarks/calibration.json`.)")
+    return lines
+
+
+def splice(path: Path, lines: list[str]) -> None:
+    """Replace the text between the calibration-table markers of ``path``."""
+    start, end = "<!-- calibration-table:start -->", "<!-- calibration-table:end -->"
+    text = path.read_text()
+    if start not in text:
+        return
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(head + start + "\n" + "\n".join(lines) + "\n" + end + tail)
 
 
 if __name__ == "__main__":
