@@ -210,6 +210,13 @@ def run_audit(
             min_group_n=cfg.min_group_n,
         )
         warnings += quality_warnings
+    for where, summ in [("overall", overall)] + [(f"prompt {p['index']}", p) for p in by_prompt]:
+        if any(e.get("label_shift_fails") for e in summ["proportions"][reading].values()):
+            warnings.append(
+                f"{where}: every bootstrap draw of the {reading.upper()} share lies beyond [0, 1]; "
+                "the images do not look to the classifier as its held-out images do (label "
+                "shift fails), so the corrected share there is only a bound at the boundary"
+            )
     for g, n_g in overall["counts"].items():
         if n_g == 0:
             warnings.append(f"no generated image was classified '{g}'")

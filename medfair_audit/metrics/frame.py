@@ -42,6 +42,11 @@ from .functional import (
 __all__ = ["dispersion", "proportions_entry", "shen_bias", "summarise"]
 
 _TOL = 1e-9
+BEYOND_NOTE = (
+    "every bootstrap draw lies beyond [0, 1]: these images do not look to the classifier as its "
+    "held-out images do (label shift fails here), so the correction cannot place the share; "
+    "read the classifier's labels instead"
+)
 EM_BOUNDARY_NOTE = (
     "the maximum-likelihood share sits on the boundary of [0, 1]: only a one-sided bound is "
     "reported"
@@ -113,6 +118,9 @@ def proportions_entry(
                 bound={"at_most": hi} if below else {"at_least": lo},
                 note=CENSORED_NOTE if reading != "em" else EM_BOUNDARY_NOTE,
             )
+            if hi - lo <= 0:  # zero width: no draw inside the simplex
+                entry["note"] = BEYOND_NOTE
+                entry["label_shift_fails"] = True
             if reading == "em" and len(groups) == 2:
                 entry["method"] = "likelihood-ratio test inversion (the MLE is on the boundary)"
         elif constrained is not None:
@@ -236,7 +244,7 @@ def dispersion(
     def gap_fn(q: np.ndarray) -> float:
         return float(np.abs(np.asarray(q) - target).max())
 
-    per_prompt, gap_ranges, gaps = [], [], []
+    per_prompt, gap_ranges, shen_ranges, gaps = [], [], [], []
     for est, summ in zip(estimates, summaries, strict=True):
         props = summ["proportions"].get(reading, {})
         censored = any(e.get("censored") for e in props.values())
@@ -251,10 +259,23 @@ def dispersion(
         if censored:
             bias["censored"] = True
         per_prompt.append(bias)
+        shen_ranges.append(distance_interval(shen_bias, verts_joint, uniform))
         gap_ranges.append(distance_interval(gap_fn, verts_joint, target))
         gaps.append(None if unknown else gap_fn(q))
-    known = [g for g in gaps if g is not None]
-    worst_i = int(np.argmax([g if g is not None else -1.0 for g in gaps]))
+    # A prompt whose share is censored has no point value: rank it by the lower end of its range.
+    worst_i = int(
+        np.argmax([g if g is not None else r[0] for g, r in zip(gaps, gap_ranges, strict=True)])
+    )
+
+    def mean_entry(values: list[float | None], ranges: list[tuple[float, float]]) -> dict:
+        ci = [float(np.mean([r[0] for r in ranges])), float(np.mean([r[1] for r in ranges]))]
+        if all(v is not None for v in values):
+            return {"value": float(np.mean(values)), "ci": ci}
+        return {"value": None, "ci": ci, "censored": True, "bound": {"at_least": ci[0]}}
+
+    worst_gap: dict[str, Any] = {"value": gaps[worst_i], "ci": list(gap_ranges[worst_i])}
+    if gaps[worst_i] is None:
+        worst_gap.update(censored=True, bound={"at_least": gap_ranges[worst_i][0]})
     counts = np.array([[s["counts"][g] for g in groups] for s in summaries])
     used = counts.sum(0) > 0
     homogeneity: dict[str, Any] = {"statistic": None, "p_value": None, "df": None}
@@ -273,25 +294,11 @@ def dispersion(
         "reading": reading,
         "shen_bias": {
             "per_prompt": per_prompt,
-            "mean": {
-                "value": None
-                if any(b["value"] is None for b in per_prompt)
-                else float(np.mean([b["value"] for b in per_prompt])),
-            },
+            "mean": mean_entry([b["value"] for b in per_prompt], shen_ranges),
             "definition": "mean over pairs of groups of |share_i − share_j| (Shen et al. 2024)",
         },
-        "mean_abs_gap": {
-            "value": float(np.mean(known)) if len(known) == n_prompts else None,
-            "ci": [
-                float(np.mean([r[0] for r in gap_ranges])),
-                float(np.mean([r[1] for r in gap_ranges])),
-            ],
-        },
-        "worst_prompt": {
-            "index": worst_i,
-            "prompt": prompts[worst_i],
-            "abs_gap": {"value": gaps[worst_i], "ci": list(gap_ranges[worst_i])},
-        },
+        "mean_abs_gap": mean_entry(gaps, gap_ranges),
+        "worst_prompt": {"index": worst_i, "prompt": prompts[worst_i], "abs_gap": worst_gap},
         "homogeneity": homogeneity,
         "note": f"{reading} reading; |gap| = largest |share − target| over groups; the mean and "
         "worst-prompt intervals hold jointly over prompts (Bonferroni)",

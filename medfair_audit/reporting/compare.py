@@ -197,6 +197,8 @@ def _cell_text(cell: dict[str, Any], kind: str) -> str:
     interval = f" [{_fmt(ci[0], kind)}, {_fmt(ci[1], kind)}]" if ci is not None else ""
     if cell.get("bound") is not None:
         sign, x = cell["bound"]
+        if kind == "p":  # a simulated p-value with no exceedance: a bound, not a censored share
+            return f"{sign} {_fmt(x, kind)}"
         return f"{sign} {_fmt(x, kind)} (censored){interval}"
     if cell.get("value") is None:
         return "–"

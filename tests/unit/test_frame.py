@@ -146,6 +146,16 @@ def test_all_male_generator_is_censored_not_a_point_at_zero():
     assert raw_kl["tv"]["value"] == pytest.approx(0.42)
 
 
+def test_every_draw_beyond_the_simplex_is_flagged_as_a_label_shift_failure():
+    # No image looks female at all, far fewer than the ~12% the classifier calls female among
+    # real men: no bootstrap draw can reach the simplex, and the entry says why.
+    probs = np.tile([[0.02, 0.98]], (128, 1))
+    s = summarise(probs, GROUPS, TARGET, heldout=_held(), n_boot=200)
+    female = s["proportions"]["pacc"]["female"]
+    assert female["value"] is None and female["ci"] == [0.0, 0.0]
+    assert female["label_shift_fails"] and "label shift fails" in female["note"]
+
+
 def test_unidentifiable_or_malformed_confusion_matrices():
     held = HeldOut.from_evaluation(
         {"groups": GROUPS, "confusion_matrix": [[50, 50], [50, 50]]}, GROUPS
