@@ -170,7 +170,9 @@ def table(result: dict) -> list[str]:
             f"({p['reps']} audits): the interval of the change covers "
             f"{p['change_coverage']:.3f}; McNemar rejects {p['mcnemar_rejection']:.3f}."
         )
-    lines.append(f"\n({result['seconds']:.0f} s on 2 cores; `benchmarks/calibration.json`.)")
+    lines.append(
+        f"\n({result['seconds']:.0f} s wall time on 2 cores; `benchmarks/calibration.json`.)"
+    )
     return lines
 
 
