@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from medfair_audit import AuditConfig, run_audit
+from medfair_audit.audit.result import format_estimate
 from medfair_audit.demo import DEMO_PROMPTS, DemoConfig
 from medfair_audit.models.clip import encode_images, load_clip
 from medfair_audit.remediation import remediate
@@ -84,19 +85,6 @@ def _reduction(before: dict, after: dict) -> float | None:
     return 1 - after["value"] / before["value"]
 
 
-def _text(entry: dict, fmt: str = ".3f") -> str:
-    """A value with its interval, or its bound when censored ("–" when there is neither)."""
-    ci = entry.get("ci")
-    interval = f" [{ci[0]:{fmt}}, {ci[1]:{fmt}}]" if ci else ""
-    if entry.get("value") is None:
-        bound = entry.get("bound") or {}
-        if bound:
-            ((side, x),) = bound.items()
-            return f"{'≤' if side == 'at_most' else '≥'} {x:{fmt}} (censored){interval}"
-        return "–" + (" (censored)" if ci else "")
-    return f"{entry['value']:{fmt}}{interval}"
-
-
 def main(demo: Path) -> None:
     torch.set_num_threads(2)
     cfg = DemoConfig(out=demo)
@@ -144,8 +132,10 @@ def main(demo: Path) -> None:
     for label, r in rows.items():
         m = r["male_corrected"]
         line = (
-            f"{label:12s} male raw {r['male_raw']['value']:.3f}, corrected {_text(m)}; "
-            f"KL raw {_text(r['kl_raw'], '.4f')}, corrected {_text(r['kl_corrected'], '.4f')}; "
+            f"{label:12s} male raw {r['male_raw']['value']:.3f}, "
+            f"corrected {format_estimate(m, '.3f')}; "
+            f"KL raw {format_estimate(r['kl_raw'], '.4f')}, "
+            f"corrected {format_estimate(r['kl_corrected'], '.4f')}; "
             f"at n = {r['equal_n']}: "
             + ", ".join(f"FID {g} {v:.2f}" for g, v in r["fid"].items())
             + "; "
@@ -159,8 +149,11 @@ def main(demo: Path) -> None:
                 f"; pixel corr. median {d['pixel_correlation_median']:.3f}; brain area "
                 f"male→female {d['brain_area_ratio_male_to_female']:.3f}, male kept "
                 f"{d['brain_area_ratio_male_kept']:.3f}"
-                f"; KL reduction raw {_text({'value': r['kl_reduction']['raw']}, '.1%')}, "
-                f"corrected {_text({'value': r['kl_reduction']['corrected']}, '.1%')}"
+                + "; KL reduction "
+                + ", ".join(
+                    f"{kind} " + ("– (censored)" if v is None else f"{v:.1%}")
+                    for kind, v in r["kl_reduction"].items()
+                )
             )
         print(line)
     (out / "ablation.json").write_text(json.dumps(rows, indent=2))

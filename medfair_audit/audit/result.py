@@ -22,7 +22,13 @@ import pandas as pd
 from .._io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..exceptions import DataError
 
-__all__ = ["AUDIT_SCHEMA_VERSION", "AuditResult", "audit_schema", "read_audit_json"]
+__all__ = [
+    "AUDIT_SCHEMA_VERSION",
+    "AuditResult",
+    "audit_schema",
+    "format_estimate",
+    "read_audit_json",
+]
 
 AUDIT_SCHEMA_VERSION = 2
 MSG_OLD_SCHEMA = (
@@ -158,7 +164,7 @@ class AuditResult:
                 f"(target {d['target'][g]:.1%})"
             )
         kl = self.kl()
-        lines.append(f"KL(target‖generated, {reading}) = {_value_text(kl, '.4f')}")
+        lines.append(f"KL(target‖generated, {reading}) = {format_estimate(kl, '.4f')}")
         chi = d["chi_square"]
         if chi.get("p_value") is not None:
             sign = "≤" if chi.get("p_value_is_bound") else "="
@@ -168,7 +174,7 @@ class AuditResult:
         worst = d.get("dispersion", {}).get("worst_prompt")
         if worst and len(d["by_prompt"]) > 1:
             lines.append(
-                f"worst prompt #{worst['index']}: |gap| {_value_text(worst['abs_gap'], '.1%')}"
+                f"worst prompt #{worst['index']}: |gap| {format_estimate(worst['abs_gap'], '.1%')}"
             )
         return lines
 
@@ -206,7 +212,8 @@ class AuditResult:
         return cls(data=data, images=images, grids=grids, folder=folder)
 
 
-def _value_text(entry: dict[str, Any], fmt: str) -> str:
+def format_estimate(entry: dict[str, Any], fmt: str) -> str:
+    """An estimate as text: ``value [lo, hi]``, or its bound when censored (``≥ x (censored)``)."""
     ci = entry.get("ci") or [None, None]
     interval = f" [{ci[0]:{fmt}}, {ci[1]:{fmt}}]" if ci[0] is not None else ""
     if entry.get("value") is None:
@@ -220,4 +227,4 @@ def _value_text(entry: dict[str, Any], fmt: str) -> str:
 
 
 def _share_text(entry: dict[str, Any]) -> str:
-    return _value_text(entry, ".1%")
+    return format_estimate(entry, ".1%")
