@@ -27,7 +27,7 @@ from ..data.datasets import ImageFolderDataset
 from ..exceptions import ConfigError, DataError
 from ..generation.engine import iter_shards, run_shards
 from ..metrics.accumulators import ShardAggregate
-from ..metrics.estimates import DEFAULT_READING, READINGS, HeldOut, estimate_shares
+from ..metrics.estimates import READINGS, HeldOut, estimate_shares, headline_reading
 from ..metrics.frame import dispersion, summarise
 from ..metrics.functional import wilson_interval
 from ..models._common import load_images
@@ -177,7 +177,7 @@ def run_audit(
             }
         by_prompt.append(entry)
         report(progress, "statistics", i + 1, len(cfg.prompts) + 1)
-    reading = DEFAULT_READING if DEFAULT_READING in overall["proportions"] else "acc"
+    reading = headline_reading(overall["proportions"])
     spread = dispersion(
         prompt_estimates,
         by_prompt,

@@ -48,6 +48,7 @@ __all__ = [
     "distance_interval",
     "estimate_shares",
     "gof_test",
+    "headline_reading",
     "region_from_intervals",
     "sample_size",
 ]
@@ -68,6 +69,12 @@ READINGS: dict[str, str] = {
 CORRECTED_READINGS = ("acc", "pacc", "em")
 #: The reading used for headlines, sample sizes, tests across prompts and paired changes.
 DEFAULT_READING = "pacc"
+
+
+def headline_reading(readings: Any) -> str:
+    """:data:`DEFAULT_READING` where available, else ``acc`` (held-out counts without outputs)."""
+    return DEFAULT_READING if DEFAULT_READING in readings else "acc"
+
 
 CENSORED_NOTE = (
     "the unconstrained estimate lies outside [0, 1]: the data sit beyond what the classifier's "
@@ -171,11 +178,6 @@ class HeldOut:
     def counts_per_group(self) -> np.ndarray:
         """Held-out images per true group."""
         return np.bincount(self.labels, minlength=self.k)
-
-    def prior(self) -> np.ndarray:
-        """Held-out share of each true group."""
-        c = self.counts_per_group()
-        return c / c.sum()
 
     def matrix(self, soft: bool) -> np.ndarray:
         """Hard confusion rates ``C`` or soft ``S = E[p | y]``."""

@@ -19,13 +19,13 @@ from scipy import stats
 from .estimates import (
     CENSORED_NOTE,
     CORRECTED_READINGS,
-    DEFAULT_READING,
     HeldOut,
     ShareEstimates,
     distance_interval,
     distances_with_intervals,
     estimate_shares,
     gof_test,
+    headline_reading,
     region_from_intervals,
     sample_size,
     share_intervals,
@@ -202,7 +202,7 @@ def summarise(
         "condition_number": est.condition,
         "identifiable": est.identifiable,
     }
-    reading = DEFAULT_READING if DEFAULT_READING in est.point else "acc"
+    reading = headline_reading(est.point)
     if heldout is not None and est.n > 1 and reading in est.point:
         result["sample_size"] = {
             "reading": reading,
