@@ -37,14 +37,31 @@ def remediate(
     ] = 8,
     prompts_per_step: Annotated[int, typer.Option(help="Prompts per step (they cycle).")] = 1,
     lambda_clip: Annotated[
-        float, typer.Option(help="Weight of the CLIP-consistency term (0: off).")
+        float, typer.Option(help="Weight λ of the semantics-preservation term (0: off).")
     ] = 1.0,
+    gradient: Annotated[
+        str,
+        typer.Option(
+            help="last-k (truncated backprop through the last K steps, as DRaFT-K) or adjusted "
+            "(Shen et al.'s adjusted DFT: per-step detach and gradient rescaling)."
+        ),
+    ] = "last-k",
     grad_steps: Annotated[
-        int, typer.Option(help="K: gradients flow through the last K sampling steps.")
-    ] = 2,
+        int | None,
+        typer.Option(
+            help="K: last-k keeps the last K steps (default 2); adjusted a random K (default all)."
+        ),
+    ] = None,
     sampling_steps: Annotated[int, typer.Option(help="T: DDIM steps while training.")] = 10,
+    sampling_steps_max: Annotated[
+        int | None,
+        typer.Option(help="Draw T per batch from --sampling-steps … this (Shen et al.: 19–23)."),
+    ] = None,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 3.0,
     lora_rank: Annotated[int, typer.Option(help="Rank of the LoRA adapters.")] = 8,
+    lora_on: Annotated[
+        str, typer.Option(help="LoRA adapters on the unet, the text encoder (text), or both.")
+    ] = "unet",
     full: Annotated[
         bool, typer.Option("--full", help="Tune the whole UNet instead of LoRA adapters.")
     ] = False,
@@ -54,21 +71,33 @@ def remediate(
     align_to: Annotated[
         str,
         typer.Option(
-            help="probabilities (paper) or corrected (the confusion-corrected shares meet it)."
+            help="probabilities (paper) or corrected (the mean probability meets target·S, S the "
+            "classifier's soft confusion matrix: the PACC share the audit reports meets it)."
         ),
     ] = "probabilities",
     ot_max_uncertainty: Annotated[
-        float, typer.Option(help="With --loss ot: drop images whose 1 − max p exceeds this.")
+        float,
+        typer.Option(
+            help="With --loss ot: drop images whose OT assignment is less sure than 1 − this."
+        ),
     ] = 0.2,
-    detach_per_step: Annotated[
-        bool,
-        typer.Option("--detach-per-step", help="Detach the UNet input at each gradient step."),
-    ] = False,
+    changed_weight: Annotated[
+        float,
+        typer.Option(
+            help="With --loss ot: consistency weight of an image assigned another group than the "
+            "original's label (Shen et al.: 0.2)."
+        ),
+    ] = 0.2,
     image_encoder: Annotated[
-        Path | None,
-        typer.Option(help="CLIP folder for the consistency term (default: the CKPT's CLIP)."),
+        list[str] | None,
+        typer.Option(
+            help="PATH[:WEIGHT] of a CLIP or DINOv2 folder for the semantics-preservation term "
+            "(repeatable; default: the CKPT's CLIP, weight 1)."
+        ),
     ] = None,
-    ema_decay: Annotated[float, typer.Option(help="EMA of the tuned weights (0: off).")] = 0.0,
+    ema_decay: Annotated[
+        float, typer.Option(help="Largest decay of an EMA of the tuned weights (0: off).")
+    ] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of the training noise.")] = 0,
     checkpoint_every: Annotated[
         int, typer.Option(help="Save a resumable checkpoint every N steps.")
@@ -92,10 +121,14 @@ def remediate(
 ) -> None:
     """Fine-tune a checkpoint so its subgroup distribution matches the target.
 
-    Generates a batch per prompt, sends gradients through the last K sampling steps, and
-    minimises KL(target ‖ mean classifier probability) plus λ·(1 − cos) between CLIP embeddings
-    of the tuned and the frozen original's images from the same noise (Han et al. 2024). LoRA
-    adapters on the UNet attention projections are tuned unless --full. Writes OUT (a normal
+    Generates a batch per prompt, sends gradients through the last K sampling steps (or, with
+    --gradient adjusted, through every step with Shen et al.'s rescaling), and minimises
+    KL(target ‖ mean classifier probability) (--loss ot: cross-entropy to expected-OT
+    assignments) plus λ·(1 − cos) between image-encoder embeddings of the tuned and the frozen
+    original's images from the same noise (Han et al. 2024). LoRA adapters (--lora-on unet, text
+    or both) are tuned unless --full. Judge the result with `medfair audit` on held-out prompts
+    and a classifier this run never saw: the quick audits printed here use the training
+    classifier on the training prompts. Writes OUT (a normal
     pipeline folder, adapters merged: medfair audit OUT works), OUT/adapters,
     OUT/remediation.json and OUT/log.jsonl; checkpoints go to OUT.partial/ and --resume continues
     there. Several processes (gradients averaged): torchrun --standalone --nproc_per_node 2 -m
@@ -107,7 +140,7 @@ def remediate(
         medfair remediate models/t2medi --classifier models/sex-classifier
         --target data/target.json --prompts prompts.txt --out models/t2medi-fair
     """
-    from medfair_audit.remediation import RemediationConfig
+    from medfair_audit.remediation import RemediationConfig, parse_encoder_spec
     from medfair_audit.remediation import remediate as run
 
     texts = prompt_texts(prompts, prompt)
@@ -117,15 +150,18 @@ def remediate(
         batch_per_prompt=batch_per_prompt,
         prompts_per_step=prompts_per_step,
         lambda_clip=lambda_clip,
+        gradient=gradient,
         grad_steps=grad_steps,
         sampling_steps=sampling_steps,
+        sampling_steps_max=sampling_steps_max,
         guidance=guidance,
         lora_rank=lora_rank,
+        lora_on=lora_on,
         full=full,
         loss=loss,
         align_to=align_to,
         ot_max_uncertainty=ot_max_uncertainty,
-        detach_per_step=detach_per_step,
+        changed_weight=changed_weight,
         ema_decay=ema_decay,
         seed=seed,
         checkpoint_every=checkpoint_every,
@@ -134,8 +170,10 @@ def remediate(
         until_kl=until_kl,
     )
     tgt = parse_target(target)
-    if image_encoder is not None and not image_encoder.is_dir():
-        raise ConfigError(f"'{image_encoder}' is not a folder", param="image_encoder")
+    encoders = [parse_encoder_spec(spec) for spec in image_encoder or ()]
+    for path, _ in encoders:
+        if not path.is_dir():
+            raise ConfigError(f"'{path}' is not a folder", param="image_encoder")
     with quiet_libraries(), progress_bar() as callback:
         result = run(
             checkpoint,
@@ -144,7 +182,7 @@ def remediate(
             prompts=texts,
             out=out,
             config=config,
-            image_encoder=image_encoder,
+            image_encoders=encoders,
             resume=resume,
             overwrite=overwrite,
             trust_pickle=trust_pickle,

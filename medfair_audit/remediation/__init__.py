@@ -1,26 +1,34 @@
-"""Remediation: subgroup distribution aligned tuning (Han et al. 2024; Shen et al. 2023)."""
+"""Remediation: subgroup distribution aligned tuning (Han et al. 2024; Shen et al. 2023).
 
-from .encoders import ImageEncoder, load_image_encoder
-from .losses import (
-    alignment_kl,
-    clip_consistency,
-    correct_for_confusion,
-    ot_assign,
-    ot_cross_entropy,
-)
-from .tuning import LOSSES, RemediationConfig, RemediationResult, ddim_sample, remediate
+Modules by concern: :mod:`.config` (settings), :mod:`.sampling` (the DDIM chain with gradients:
+last-K or adjusted DFT), :mod:`.wiring` (loading, adapters, the frozen original, merging),
+:mod:`.losses` (alignment KL, expected-OT cross-entropy, semantics preservation),
+:mod:`.encoders` (CLIP and DINOv2 image encoders), :mod:`.step` (one optimiser step),
+:mod:`.evaluate` (quick audits), :mod:`.state` (checkpoints), :mod:`.output` (the pipeline folder)
+and :mod:`.loop` (:func:`remediate`).
+"""
+
+from .config import ALIGN_TO, LORA_ON, LOSSES, RemediationConfig
+from .encoders import ImageEncoder, load_image_encoder, parse_encoder_spec
+from .loop import RemediationResult, remediate
+from .losses import alignment_kl, consistency, ot_cross_entropy, ot_targets
+from .sampling import GRADIENTS, adjusted_coefficients, ddim_sample
 
 __all__ = [
+    "ALIGN_TO",
+    "GRADIENTS",
+    "LORA_ON",
     "LOSSES",
     "ImageEncoder",
     "RemediationConfig",
     "RemediationResult",
+    "adjusted_coefficients",
     "alignment_kl",
-    "clip_consistency",
-    "correct_for_confusion",
+    "consistency",
     "ddim_sample",
     "load_image_encoder",
-    "ot_assign",
     "ot_cross_entropy",
+    "ot_targets",
+    "parse_encoder_spec",
     "remediate",
 ]

@@ -1,9 +1,11 @@
-"""Differentiable image encoders for the CLIP-consistency term.
+"""Differentiable image encoders for the semantics-preservation term.
 
 The knowledge-distillation term compares ``E(x_tuned)`` with ``E(x_original)``, so ``E`` must let
 gradients through (unlike :func:`medfair_audit.models.clip.encode_images`, which runs under
-``inference_mode``). Any local CLIP folder works: medfair's own CLIP (one channel, images in
-[-1, 1]) or a standard CLIP whose ``preprocessor_config.json`` gives the normalisation.
+``inference_mode``). Two kinds of local folder load: a CLIP model (medfair's own CLIP, one
+channel, images in [-1, 1], or a standard CLIP) and a DINOv2 model (its CLS token, as Shen et al.
+combine CLIP and DINO features); a ``preprocessor_config.json`` beside the weights gives the
+normalisation. Several encoders with weights are given as ``PATH[:WEIGHT]`` specs.
 """
 
 from __future__ import annotations
@@ -19,19 +21,22 @@ from ..exceptions import ModelError
 from ..models._common import adapt_images, check_no_pickle
 from ..models.clip import image_embeddings
 
-__all__ = ["ImageEncoder", "load_image_encoder"]
+__all__ = ["ENCODER_KINDS", "ImageEncoder", "load_image_encoder", "parse_encoder_spec"]
+
+ENCODER_KINDS = ("clip", "dinov2")
 
 
 class ImageEncoder(torch.nn.Module):
-    """A frozen CLIP vision tower returning L2-normalised embeddings, with gradients to pixels.
+    """A frozen vision tower returning L2-normalised embeddings, with gradients to pixels.
 
     Args:
-        model: A ``CLIPModel`` (or ``CLIPVisionModelWithProjection``).
+        model: A ``CLIPModel`` or a ``Dinov2Model``.
         image_size: Input side the tower expects.
         channels: Input channels the tower expects.
         mean: Per-channel mean after mapping pixels to [0, 1], or ``None`` to feed [-1, 1].
         std: Per-channel std matching ``mean``.
         source: Where it was loaded from (recorded in ``remediation.json``).
+        kind: ``clip`` (projected image features) or ``dinov2`` (the CLS token).
     """
 
     def __init__(
@@ -43,12 +48,14 @@ class ImageEncoder(torch.nn.Module):
         mean: list[float] | None = None,
         std: list[float] | None = None,
         source: str = "",
+        kind: str = "clip",
     ) -> None:
         super().__init__()
         self.model = model.eval().requires_grad_(False)
         self.image_size = image_size
         self.channels = channels
         self.source = source
+        self.kind = kind
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) if mean else None)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) if std else None)
 
@@ -61,18 +68,44 @@ class ImageEncoder(torch.nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised embeddings ``(N, D)``; differentiable with respect to ``images``."""
-        return image_embeddings(self.model, self.prepare(images))
+        x = self.prepare(images)
+        if self.kind == "clip":
+            return image_embeddings(self.model, x)
+        cls = self.model(pixel_values=x).pooler_output
+        return torch.nn.functional.normalize(cls, dim=-1)
+
+
+def parse_encoder_spec(
+    spec: str | os.PathLike[str], *, param: str = "image_encoder"
+) -> tuple[Path, float]:
+    """``PATH[:WEIGHT]`` → (path, weight); the weight defaults to 1.
+
+    Raises:
+        ModelError: A weight that is not a number ≥ 0.
+    """
+    text = str(spec)
+    head, sep, tail = text.rpartition(":")
+    if not sep or not head or "/" in tail or "\\" in tail:
+        return Path(text), 1.0
+    try:
+        weight = float(tail)
+    except ValueError:
+        return Path(text), 1.0
+    if not weight >= 0:
+        raise ModelError(f"expected PATH[:WEIGHT] with a weight ≥ 0, got '{text}'", param=param)
+    return Path(head), weight
 
 
 def load_image_encoder(
     path: str | os.PathLike[str], *, trust_pickle: bool = False, param: str = "image_encoder"
 ) -> ImageEncoder:
-    """Load a local CLIP folder as an :class:`ImageEncoder`.
+    """Load a local CLIP or DINOv2 folder as an :class:`ImageEncoder`.
 
     Raises:
-        ModelError: Missing folder, not a CLIP model, or pickle weights without ``trust_pickle``.
+        ModelError: Missing folder, neither CLIP nor DINOv2, or pickle weights without
+            ``trust_pickle``.
     """
-    from transformers import CLIPModel
+    from transformers import CLIPModel, Dinov2Model
 
     folder = check_no_pickle(path, trust_pickle=trust_pickle, param=param)
     config_path = folder / "config.json"
@@ -80,13 +113,20 @@ def load_image_encoder(
         raise ModelError(
             f"'{folder}' has no config.json: expected a CLIP model folder", param=param
         )
+    kind = json.loads(config_path.read_text()).get("model_type")
+    if kind not in ENCODER_KINDS:
+        raise ModelError(
+            f"'{folder}' holds a '{kind}' model: expected one of {', '.join(ENCODER_KINDS)}",
+            param=param,
+        )
+    cls = CLIPModel if kind == "clip" else Dinov2Model
     try:
-        model = CLIPModel.from_pretrained(str(folder), use_safetensors=not trust_pickle)
+        model = cls.from_pretrained(str(folder), use_safetensors=not trust_pickle)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(
-            f"cannot load a CLIP image encoder from '{folder}': {exc}", param=param
+            f"cannot load a {kind} image encoder from '{folder}': {exc}", param=param
         ) from exc
-    vision = model.config.vision_config
+    vision = model.config.vision_config if kind == "clip" else model.config
     mean = std = None
     pre = Path(folder) / "preprocessor_config.json"
     if pre.is_file():
@@ -99,4 +139,5 @@ def load_image_encoder(
         mean=mean,
         std=std,
         source=str(folder),
+        kind=kind,
     )

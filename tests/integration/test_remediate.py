@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from medfair_audit.exceptions import ConfigError, ModelError
-from medfair_audit.metrics.functional import corrected_proportions
 from medfair_audit.models.t2medi import load_pipeline
 from medfair_audit.remediation import RemediationConfig, remediate
-from medfair_audit.remediation.tuning import _load_models, _train_step
+from medfair_audit.remediation.step import train_step
+from medfair_audit.remediation.wiring import load_models
 from medfair_audit.target import parse_target
 from tests.cli.test_cli import assert_one_line_error, run
 from tests.launch import medfair_processes
@@ -47,7 +47,7 @@ def _run(models, out, cfg, **kw):
         prompts=PROMPTS,
         out=out,
         config=cfg,
-        image_encoder=models["clip"],
+        image_encoders=kw.pop("image_encoders", [(models["clip"], 1.0)]),
         **kw,
     )
 
@@ -105,28 +105,29 @@ def test_gradients_reach_only_the_tuned_parameters(tiny_models):
     for full in (False, True):
         cfg = tiny(full=full)
         acc = Accelerator()
-        m, clf = _load_models(
+        m = load_models(
             tiny_models["t2medi"],
             tiny_models["classifier"],
             TARGET,
             PROMPTS,
-            tiny_models["clip"],
+            [(tiny_models["clip"], 1.0)],
             cfg,
             acc.device,
             False,
         )
-        opt = torch.optim.SGD(m.trainable, lr=0.0)
+        params = list(m.trainable.values())
+        opt = torch.optim.SGD(params, lr=0.0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-        _train_step(m, cfg, 0, opt, sched, acc, None)
-        tuned = {id(p) for p in m.trainable}
-        assert tuned and all(p.grad is not None for p in m.trainable)
+        train_step(m, cfg, 0, opt, sched, acc, None)
+        tuned = {id(p) for p in params}
+        assert tuned and all(p.grad is not None for p in params)
         # (LoRA's B starts at zero, so at step 0 only the B matrices get a non-zero gradient.)
-        assert sum(bool(p.grad.abs().sum() > 0) for p in m.trainable) >= len(tuned) // 2
+        assert sum(bool(p.grad.abs().sum() > 0) for p in params) >= len(tuned) // 2
         frozen = [
             *m.pipe.vae.parameters(),
             *m.pipe.text_encoder.parameters(),
-            *clf.model.parameters(),
-            *m.encoder.parameters(),
+            *m.classifier.model.parameters(),
+            *(p for enc, _ in m.encoders for p in enc.parameters()),
             *(m.original_unet.parameters() if full else []),
             *(p for p in m.unet.parameters() if id(p) not in tuned),
         ]
@@ -134,7 +135,7 @@ def test_gradients_reach_only_the_tuned_parameters(tiny_models):
         names = [n for n, p in m.unet.named_parameters() if p.requires_grad]
         if not full:
             assert all("lora_" in n for n in names)
-            assert sum(p.numel() for p in m.trainable) < 0.1 * sum(
+            assert sum(p.numel() for p in params) < 0.1 * sum(
                 p.numel() for p in m.unet.parameters()
             )
 
@@ -161,6 +162,13 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(tiny_models, t
     # Resuming with other settings is refused and leaves the checkpoint alone.
     with pytest.raises(ConfigError, match="other settings"):
         _run(tiny_models, tmp_path / "b", tiny(steps=5, ema_decay=0.5, lr=0.5), resume=True)
+    # So is a checkpoint made by another number of processes (they draw other noise).
+    state = partial / "checkpoints" / "step-0000002" / "state.json"
+    doc = json.loads(state.read_text())
+    state.write_text(json.dumps({**doc, "config": {**doc["config"], "processes": 2}}))
+    with pytest.raises(ConfigError, match="processes"):
+        _run(tiny_models, tmp_path / "b", cfg, resume=True)
+    state.write_text(json.dumps(doc))
     _run(tiny_models, tmp_path / "b", cfg, resume=True)
     a, b = _unet_weights(tmp_path / "a"), _unet_weights(tmp_path / "b")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -188,7 +196,7 @@ def test_lambda_zero_needs_no_encoder_and_skips_the_original(tiny_models, tmp_pa
         out=tmp_path / "z",
         config=tiny(steps=1, lambda_clip=0.0),
     )
-    assert result.data["image_encoder"] is None and result.data["curves"]["clip"] == [None]
+    assert result.data["image_encoders"] == [] and result.data["curves"]["clip"] == [None]
 
 
 def test_cli_remediate_and_bad_input(capsys, tiny_models, tmp_path):
@@ -233,6 +241,13 @@ def test_cli_remediate_and_bad_input(capsys, tiny_models, tmp_path):
         (["--target", "male=0.5,female=0.5", "--lr", 0], "--lr", "> 0"),
         (["--target", "male=0.5,female=0.5", "--steps", 0], "--steps", "≥ 1"),
         (["--target", "male=0.5,female=0.5", "--grad-steps", 3], "--grad-steps", "K ≤ T"),
+        (["--target", "male=0.5,female=0.5", "--gradient", "all"], "--gradient", "adjusted"),
+        (["--target", "male=0.5,female=0.5", "--lora-on", "vae"], "--lora-on", "text"),
+        (
+            ["--target", "male=0.5,female=0.5", "--sampling-steps-max", 1],
+            "--sampling-steps-max",
+            "≥",
+        ),
     ]
     for extra, flag, needle in bad:
         code, _, err = run(capsys, *common, *small, "--out", tmp_path / "x", *extra)
@@ -297,27 +312,140 @@ def test_two_processes_equal_one_process_with_both_batches(tiny_models, tmp_path
     assert json.loads((tmp_path / "two" / "remediation.json").read_text())["processes"] == 2
 
 
-def test_align_to_corrected_uses_the_classifier_confusion(tiny_models, tmp_path):
+def test_align_to_corrected_uses_the_soft_confusion_matrix(tiny_models, tmp_path):
+    from medfair_audit.metrics.functional import adjusted_count
+
     clf = tmp_path / "clf"
     shutil.copytree(tiny_models["classifier"], clf)
     ev = json.loads((clf / "evaluation.json").read_text())
-    ev["confusion_rates"] = [[0.9, 0.1], [0.2, 0.8]]
+    soft = [[0.8, 0.2], [0.3, 0.7]]
+    ev["soft_confusion"] = soft
     (clf / "evaluation.json").write_text(json.dumps(ev))
     cfg = tiny(steps=1, align_to="corrected")
     models = {**tiny_models, "classifier": clf}
     result = _run(models, tmp_path / "c", cfg)
     assert result.data["config"]["align_to"] == "corrected"
     final = result.final_audit
-    raw = np.array([final["share"]["female"], final["share"]["male"]])
-    expected = corrected_proportions(raw, np.array([[0.9, 0.1], [0.2, 0.8]]))
-    assert list(final["share_corrected"].values()) == pytest.approx(expected.tolist())
+    mean = np.array([final["mean_probs"]["female"], final["mean_probs"]["male"]])
+    pacc = np.linalg.solve(np.array(soft).T, mean)  # PACC: Sᵀ q = mean probability
+    np.testing.assert_allclose(adjusted_count(mean, np.array(soft)), pacc)
+    clipped = np.clip(pacc, 0, None) / np.clip(pacc, 0, None).sum()
+    assert list(final["share_corrected"].values()) == pytest.approx(clipped.tolist())
+    assert final["pacc_clipped"] == bool((pacc < 0).any() or (pacc > 1).any())
     assert final["kl"] == final["kl_corrected"] and "kl_raw" in final
-    ev["confusion_rates"] = [[0.5, 0.5], [0.5, 0.5]]  # cannot tell the groups apart
+    ev["soft_confusion"] = [[0.5, 0.5], [0.5, 0.5]]  # cannot tell the groups apart
     (clf / "evaluation.json").write_text(json.dumps(ev))
-    with pytest.raises(ModelError, match="singular"):
+    with pytest.raises(ModelError, match="condition number"):
+        _run(models, tmp_path / "d", cfg)
+    del ev["soft_confusion"]
+    (clf / "evaluation.json").write_text(json.dumps(ev))
+    with pytest.raises(ModelError, match="soft confusion"):
         _run(models, tmp_path / "d", cfg)
     with pytest.raises(ConfigError, match="--loss kl"):
         tiny(align_to="corrected", loss="ot")
+
+
+def test_ema_follows_diffusers_warmup_and_is_what_gets_saved(tiny_models, tmp_path):
+    from diffusers.training_utils import EMAModel
+
+    from medfair_audit.remediation.loop import _saved_weights
+
+    cfg = tiny(steps=3, ema_decay=0.9)
+    result = _run(tiny_models, tmp_path / "e", cfg)
+    ref = EMAModel(
+        [torch.nn.Parameter(torch.zeros(1))], decay=0.9, use_ema_warmup=True, power=2 / 3
+    )
+    assert result.data["curves"]["ema_decay"] == pytest.approx(
+        [ref.get_decay(s) for s in (1, 2, 3)]
+    )
+    # Within _saved_weights the tuned parameters hold the EMA, and get their values back after.
+    m = load_models(
+        tiny_models["t2medi"], tiny_models["classifier"], TARGET, PROMPTS, [],
+        tiny(lambda_clip=0.0), torch.device("cpu"), False,
+    )  # fmt: skip
+    params = list(m.trainable.values())
+    ema = EMAModel(params, decay=0.5)
+    raw = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p in params:
+            p.add_(1.0)
+    ema.step(params)  # decay at step 1 is 0: the shadow becomes the new values
+    shadow = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p in params:
+            p.add_(1.0)
+    now = [p.detach().clone() for p in params]
+    with _saved_weights(m, ema):
+        assert all(torch.equal(p, s) for p, s in zip(params, shadow, strict=True))
+    assert all(torch.equal(p, n) for p, n in zip(params, now, strict=True))
+    assert not torch.equal(now[0], raw[0])
+
+
+def test_adjusted_gradient_with_random_step_counts_runs_and_is_recorded(tiny_models, tmp_path):
+    cfg = tiny(
+        steps=2, gradient="adjusted", sampling_steps=2, sampling_steps_max=3, grad_steps=None
+    )
+    result = _run(tiny_models, tmp_path / "adj", cfg)
+    assert result.data["config"]["gradient"] == "adjusted"
+    before, after = _unet_weights(tiny_models["t2medi"]), _unet_weights(tmp_path / "adj")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert cfg.k == 3 and tiny(gradient="adjusted", grad_steps=1).k == 1
+    assert RemediationConfig().k == 2
+
+
+def _tiny_dinov2(folder):
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    cfg = Dinov2Config(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=64,
+    )  # fmt: skip
+    Dinov2Model(cfg).save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(
+        json.dumps({"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]})
+    )
+    return folder
+
+
+def test_text_lora_and_several_image_encoders(tiny_models, tmp_path):
+    from medfair_audit.remediation import load_image_encoder, parse_encoder_spec
+
+    dino = _tiny_dinov2(tmp_path / "dino")
+    enc = load_image_encoder(dino)
+    x = torch.rand(2, 1, 64, 64, requires_grad=True) * 2 - 1
+    x.retain_grad()
+    e = enc(x)
+    assert enc.kind == "dinov2" and e.shape == (2, 32)
+    torch.testing.assert_close(e.norm(dim=-1), torch.ones(2))
+    e.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert parse_encoder_spec(f"{dino}:0.5") == (dino, 0.5)
+    assert parse_encoder_spec(str(dino)) == (dino, 1.0)
+    with pytest.raises(ModelError, match="WEIGHT"):
+        parse_encoder_spec(f"{dino}:-1")
+    out = tmp_path / "text"
+    cfg = tiny(steps=2, lora_on="text", loss="ot", ot_max_uncertainty=1.0)
+    result = _run(tiny_models, out, cfg, image_encoders=[(tiny_models["clip"], 1.0), (dino, 0.5)])
+    kinds = [(x["kind"], x["weight"]) for x in result.data["image_encoders"]]
+    assert kinds == [("clip", 1.0), ("dinov2", 0.5)]
+    assert all(k is not None for k in result.data["curves"]["kept"])
+    # Only the text encoder changed; its merged weights equal base + the saved text adapters.
+    before, after = _unet_weights(tiny_models["t2medi"]), _unet_weights(out)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    text_a = load_file(tiny_models["t2medi"] / "text_encoder" / "model.safetensors")
+    text_b = load_file(out / "text_encoder" / "model.safetensors")
+    assert text_a.keys() == text_b.keys()
+    assert any(not torch.equal(text_a[k], text_b[k]) for k in text_a)
+    merged = load_pipeline(out)
+    base = load_pipeline(tiny_models["t2medi"])
+    base.load_lora_weights(str(out / "adapters"))
+    kw = dict(prompt=PROMPTS[0], num_inference_steps=2, guidance_scale=2.0, output_type="pt")
+    a = merged(generator=torch.Generator().manual_seed(1), **kw).images
+    b = base(generator=torch.Generator().manual_seed(1), **kw).images
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    with pytest.raises(ConfigError, match="--lora-on unet"):
+        tiny(full=True, lora_on="text")
 
 
 def test_until_kl_stops_at_the_first_audit_that_meets_it(tiny_models, tmp_path):

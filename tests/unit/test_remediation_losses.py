@@ -1,3 +1,5 @@
+"""Losses of remediation: alignment KL (plain and PACC-consistent), expected OT, consistency."""
+
 from __future__ import annotations
 
 import itertools
@@ -6,13 +8,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy import stats
+from scipy.optimize import linear_sum_assignment, minimize_scalar
 
 from medfair_audit.remediation.losses import (
     alignment_kl,
-    clip_consistency,
-    ot_assign,
+    consistency,
     ot_cross_entropy,
-    target_counts,
+    ot_plan,
+    ot_targets,
 )
 
 
@@ -22,124 +26,167 @@ def test_alignment_kl_of_a_known_batch():
     expected = 0.42 * math.log(0.42 / 0.2) + 0.58 * math.log(0.58 / 0.8)
     assert alignment_kl(probs, target).item() == pytest.approx(expected, rel=1e-6)
     assert alignment_kl(torch.tensor([[0.42, 0.58]]), target).item() == pytest.approx(0, abs=1e-7)
-    # a zero-weight group contributes nothing
-    t3 = torch.tensor([0.5, 0.5, 0.0])
+    t3 = torch.tensor([0.5, 0.5, 0.0])  # a zero-weight group contributes nothing
     p3 = torch.tensor([[0.4, 0.4, 0.2]])
     assert alignment_kl(p3, t3).item() == pytest.approx(2 * 0.5 * math.log(0.5 / 0.4), rel=1e-6)
 
 
 def test_alignment_kl_gradient_moves_the_mean_toward_the_target():
     logits = torch.tensor([[0.0, 2.0], [0.0, 1.5], [0.0, 2.5]], requires_grad=True)
-    loss = alignment_kl(torch.softmax(logits, -1), torch.tensor([0.5, 0.5]))
-    loss.backward()
+    alignment_kl(torch.softmax(logits, -1), torch.tensor([0.5, 0.5])).backward()
     assert (logits.grad[:, 1] > 0).all()  # descending lowers the over-represented group
 
 
-def test_target_counts_use_largest_remainders():
-    assert target_counts(np.array([0.42, 0.58]), 8).tolist() == [3, 5]  # 3.36, 4.64
-    assert target_counts(np.array([0.5, 0.5]), 7).sum() == 7
-    assert target_counts(np.array([0.2, 0.3, 0.5]), 10).tolist() == [2, 3, 5]
+def _gaussian_classifier(sep: float):
+    """A classifier calibrated for a 50/50 training prior: x | y ~ N(±sep/2, 1)."""
+
+    def p_male(x):
+        return 1 / (1 + np.exp(-sep * x))  # log-likelihood ratio of the two Gaussians
+
+    grid = np.linspace(-12, 12, 20001)
+    w = np.gradient(grid)
+
+    def soft_row(mean):  # E[p | y] by quadrature
+        pm = float(np.sum(p_male(grid) * stats.norm.pdf(grid, mean, 1) * w))
+        return [1 - pm, pm]
+
+    s = np.array([soft_row(-sep / 2), soft_row(sep / 2)])  # rows: true female, male
+    return s
 
 
-def test_ot_assignment_on_a_small_example_is_the_sort_and_the_brute_force_optimum():
-    p_male = torch.tensor([0.9, 0.2, 0.6, 0.95, 0.4, 0.7])
-    probs = torch.stack([1 - p_male, p_male], 1)
-    target = torch.tensor([0.5, 0.5])  # 3 and 3
-    assigned = ot_assign(probs, target)
-    assert assigned.tolist() == [1, 0, 0, 1, 0, 1]  # the three most male-looking stay male
-    # brute force over all assignments with the right counts
-    logp = torch.log(probs).numpy()
-    best = min(
-        (c for c in itertools.product([0, 1], repeat=6) if sum(c) == 3),
-        key=lambda c: -sum(logp[i, g] for i, g in enumerate(c)),
+@pytest.mark.parametrize("sep", [1.5, 2.5, 3.5])
+def test_corrected_alignment_is_optimal_at_the_target_under_label_shift(sep):
+    """A generator whose true male share is π gives E[p̄] = π S (label shift). The corrected loss
+    is minimised at π = target; the plain loss (the paper's) is not, for a calibrated classifier
+    trained at another prior."""
+    s = torch.tensor(_gaussian_classifier(sep))
+    target = torch.tensor([0.42, 0.58], dtype=torch.float64)
+
+    def loss(pi, **kw):
+        mean = torch.tensor([1 - pi, pi], dtype=torch.float64) @ s
+        return alignment_kl(mean[None], target, **kw).item()
+
+    corrected = minimize_scalar(
+        lambda x: loss(x, soft_confusion=s), bounds=(0, 1), method="bounded"
     )
-    assert tuple(assigned.tolist()) == best
+    plain = minimize_scalar(loss, bounds=(0, 1), method="bounded")
+    assert corrected.x == pytest.approx(0.58, abs=1e-3)
+    assert abs(plain.x - 0.58) > 0.003  # the bias the correction removes (largest at low sep)
+    if sep == 1.5:
+        assert plain.x > 0.63
 
 
-def test_ot_assignment_matches_brute_force_with_three_groups():
+def _brute_expected_plan(p, t):
+    """Exact E over all label vectors of the optimal assignment (cost −p), by enumeration."""
+    b, k = p.shape
+    q = np.zeros((b, k))
+    for labels in itertools.product(range(k), repeat=b):
+        weight = np.prod([t[g] for g in labels])
+        labels = np.array(labels)
+        rows, cols = linear_sum_assignment(-p[:, labels])
+        q[rows, labels[cols]] += weight
+    return q
+
+
+def test_expected_ot_two_groups_is_exact_and_matches_enumeration():
     rng = np.random.default_rng(0)
-    probs = torch.from_numpy(rng.dirichlet([1, 1, 1], 6))
-    target = torch.tensor([0.5, 1 / 3, 1 / 6])  # counts 3, 2, 1
-    assigned = ot_assign(probs, target)
-    assert np.bincount(assigned.numpy(), minlength=3).tolist() == [3, 2, 1]
-    logp = np.log(probs.numpy())
-    best = min(
-        (
-            c
-            for c in itertools.product(range(3), repeat=6)
-            if np.bincount(c, minlength=3).tolist() == [3, 2, 1]
-        ),
-        key=lambda c: -sum(logp[i, g] for i, g in enumerate(c)),
-    )
-    assert sum(logp[i, g] for i, g in enumerate(assigned.tolist())) == pytest.approx(
-        sum(logp[i, g] for i, g in enumerate(best))
-    )
+    p1 = rng.uniform(size=6)
+    probs = torch.tensor(np.stack([1 - p1, p1], 1))
+    t = torch.tensor([0.42, 0.58], dtype=torch.float64)
+    q = ot_plan(probs, t)
+    np.testing.assert_allclose(q, _brute_expected_plan(probs.numpy(), t.numpy()), atol=1e-12)
+    np.testing.assert_allclose(q.sum(0), 6 * t.numpy(), atol=1e-12)  # expected counts = target
+    # The more male-looking, the more often sent to male.
+    order = np.argsort(p1)
+    assert np.all(np.diff(q[order, 1]) > 0)
 
 
-def test_ot_cross_entropy_by_hand():
-    probs = torch.tensor([[0.2, 0.8], [0.6, 0.4]])
-    loss = ot_cross_entropy(probs, torch.tensor([0.5, 0.5]))
-    assert loss.item() == pytest.approx(-(math.log(0.8) + math.log(0.6)) / 2, rel=1e-6)
+def test_expected_ot_three_groups_by_monte_carlo_matches_enumeration():
+    rng = np.random.default_rng(1)
+    probs = torch.tensor(rng.dirichlet([1, 1, 1], 4))
+    t = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
+    q = ot_plan(probs, t, draws=4000, seed=3)
+    np.testing.assert_allclose(q, _brute_expected_plan(probs.numpy(), t.numpy()), atol=0.03)
+    np.testing.assert_allclose(q.sum(1), 1)
 
 
-def test_clip_consistency():
+def test_ot_targets_and_confidence_by_hand():
+    # Batch of 4 at target 50/50: the most male-looking image is sent to male unless all four
+    # draws are female: P = 1 − 0.5⁴.
+    p1 = torch.tensor([0.9, 0.7, 0.3, 0.1], dtype=torch.float64)
+    assigned, conf = ot_targets(torch.stack([1 - p1, p1], 1), torch.tensor([0.5, 0.5]))
+    assert assigned.tolist() == [1, 1, 0, 0]
+    assert conf[0].item() == pytest.approx(1 - 0.5**4, rel=1e-6)
+    assert conf[1].item() == pytest.approx(stats.binom.sf(1, 4, 0.5), rel=1e-6)  # n₁ ≥ 2
+
+
+def test_ot_cross_entropy_keeps_confident_assignments_by_hand():
+    p1 = torch.tensor([0.9, 0.7, 0.3, 0.1], dtype=torch.float64)
+    probs = torch.stack([1 - p1, p1], 1)
+    # Confidences 0.9375, 0.6875, 0.6875, 0.9375: at 0.2 only images 0 and 3 remain.
+    loss, _, keep = ot_cross_entropy(probs, torch.tensor([0.5, 0.5]), max_uncertainty=0.2)
+    assert keep.tolist() == [True, False, False, True]
+    assert loss.item() == pytest.approx(-(math.log(0.9) + math.log(0.9)) / 2, rel=1e-6)
+    every, _, _ = ot_cross_entropy(probs, torch.tensor([0.5, 0.5]), max_uncertainty=1.0)
+    assert every.item() == pytest.approx(-(2 * math.log(0.9) + 2 * math.log(0.7)) / 4, rel=1e-6)
+
+
+@pytest.mark.parametrize(("target", "at_least_crossed"), [([0.42, 0.58], 2), ([0.2, 0.3, 0.5], 1)])
+def test_ot_moves_a_batch_across_the_decision_boundary(target, at_least_crossed):
+    """Eight free logits start at 95% for the last group. Thresholding the classifier's own
+    confidence (the old rule) dropped an image once it became unsure, so none ever crossed;
+    thresholding the assignment's confidence pushes the confidently reassigned ones across."""
+    k = len(target)
+    t = torch.tensor(target)
+    init = torch.zeros(8, k)
+    init[:, -1] = math.log(0.95 / 0.05 * (k - 1))
+    logits = init + 0.1 * torch.randn(8, k, generator=torch.Generator().manual_seed(0))
+    logits.requires_grad_(True)
+    assert (torch.softmax(logits, -1).argmax(1) == k - 1).all()
+    opt = torch.optim.Adam([logits], lr=0.05)
+    for s in range(400):
+        loss, _, _ = ot_cross_entropy(torch.softmax(logits, -1), t, max_uncertainty=0.2, seed=s)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    labels = torch.softmax(logits, -1).argmax(1)
+    assert int((labels != k - 1).sum()) >= at_least_crossed
+
+
+@pytest.mark.parametrize("target", [[0.42, 0.58], [0.2, 0.3, 0.5]])
+def test_ot_on_a_toy_generator_brings_the_mean_probability_to_the_target(target):
+    """A generator logits = θ + z (fresh z each step) trained with OT cross-entropy: its
+    stationary point has the mean probability at the target (Σ p − Σ assignment = 0)."""
+    k = len(target)
+    t = torch.tensor(target)
+    theta = torch.zeros(k)
+    theta[-1] = 3.0
+    theta.requires_grad_(True)
+    opt = torch.optim.Adam([theta], lr=0.02)
+    gen = torch.Generator().manual_seed(1)
+    for s in range(800):
+        p = torch.softmax(theta + torch.randn(16, k, generator=gen), -1)
+        loss, _, _ = ot_cross_entropy(p, t, max_uncertainty=1.0, seed=s)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        mean = torch.softmax(theta + torch.randn(20000, k, generator=gen), -1).mean(0)
+    np.testing.assert_allclose(mean.numpy(), target, atol=0.04)
+
+
+def test_consistency_weights_encoders_and_images():
     a = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
-    assert clip_consistency(a, a).item() == pytest.approx(0.0, abs=1e-7)
-    b = torch.tensor([[0.0, 1.0], [0.0, -1.0]])  # orthogonal, opposite
-    assert clip_consistency(a, b).item() == pytest.approx((1 + 2) / 2)
+    b = torch.tensor([[0.0, 1.0], [0.0, -1.0]])  # orthogonal (1 − cos = 1), opposite (2)
+    assert consistency([a], [a], encoder_weights=[1.0]).item() == pytest.approx(0.0, abs=1e-7)
+    assert consistency([a], [b], encoder_weights=[1.0]).item() == pytest.approx(1.5)
+    w = torch.tensor([1.0, 0.2])
+    assert consistency([a], [b], encoder_weights=[1.0], image_weights=w).item() == pytest.approx(
+        (1 * 1 + 0.2 * 2) / 1.2
+    )
+    two = consistency([a, a], [b, a], encoder_weights=[0.5, 2.0]).item()
+    assert two == pytest.approx(0.5 * 1.5 + 2.0 * 0.0)
     x = a.clone().requires_grad_(True)
     y = b.clone().requires_grad_(True)
-    clip_consistency(x, y).backward()
+    consistency([x], [y], encoder_weights=[1.0]).backward()
     assert x.grad is not None and y.grad is None  # the frozen original gets no gradient
-
-
-def test_ot_cross_entropy_drops_uncertain_images_by_hand():
-    # Target 50/50 over 4 images: the two most "male" (index 1) images are assigned male.
-    probs = torch.tensor([[0.05, 0.95], [0.3, 0.7], [0.55, 0.45], [0.9, 0.1]])
-    target = torch.tensor([0.5, 0.5])
-    assert ot_assign(probs, target).tolist() == [1, 1, 0, 0]
-    # 1 - max p = 0.05, 0.3, 0.45, 0.1: at 0.2 only images 0 and 3 remain.
-    kept = ot_cross_entropy(probs, target, max_uncertainty=0.2)
-    assert kept.item() == pytest.approx(-(math.log(0.95) + math.log(0.9)) / 2, rel=1e-6)
-    every = ot_cross_entropy(probs, target, max_uncertainty=1.0)
-    expected = -(math.log(0.95) + math.log(0.7) + math.log(0.55) + math.log(0.9)) / 4
-    assert every.item() == pytest.approx(expected, rel=1e-6)
-    # Nothing confident enough: zero loss, still differentiable.
-    p = torch.full((2, 2), 0.5, requires_grad=True)
-    loss = ot_cross_entropy(p, target, max_uncertainty=0.1)
-    loss.backward()
-    assert loss.item() == 0 and torch.equal(p.grad, torch.zeros_like(p))
-
-
-def test_confusion_correction_inverts_the_classifier_by_hand():
-    from medfair_audit.metrics.functional import corrected_proportions
-    from medfair_audit.remediation import correct_for_confusion
-
-    rates = torch.tensor([[0.93, 0.07], [0.15, 0.85]])  # rows: true female, male
-    true = torch.tensor([0.42, 0.58])
-    seen = true @ rates  # what the classifier reports for such a batch
-    torch.testing.assert_close(correct_for_confusion(seen, rates), true)
-    # agrees with the audit's (constrained least-squares) correction inside the simplex
-    q = torch.tensor([0.45, 0.55])
-    np.testing.assert_allclose(
-        correct_for_confusion(q, rates).numpy(),
-        corrected_proportions(q.numpy(), rates.numpy()),
-        atol=1e-6,
-    )
-    # male share 0.55 seen → (0.55 - 0.07) / (0.85 - 0.07) truly male
-    assert correct_for_confusion(q, rates)[1].item() == pytest.approx(0.48 / 0.78, rel=1e-6)
-    # The corrected KL compares the batch with the target as the classifier would see it:
-    # zero exactly when the corrected shares meet the target.
-    probs = seen.repeat(4, 1)
-    assert alignment_kl(probs, true, confusion_rates=rates).item() == pytest.approx(0, abs=1e-6)
-    assert alignment_kl(probs, true).item() > 1e-3
-    t_seen = true @ rates
-    biased = torch.tensor([[0.1, 0.9], [0.2, 0.8]], requires_grad=True)
-    loss = alignment_kl(biased, true, confusion_rates=rates)
-    expected = sum(t_seen[i] * math.log(t_seen[i] / [0.15, 0.85][i]) for i in range(2))
-    assert loss.item() == pytest.approx(float(expected), rel=1e-5)
-    # It keeps pushing where correcting the mean would leave the simplex: 95% seen male is
-    # more than 100% truly male with these rates (0.88 / 0.78), yet descending lowers it.
-    logits = torch.log(torch.tensor([[0.05, 0.95], [0.05, 0.95]])).requires_grad_(True)
-    alignment_kl(torch.softmax(logits, -1), true, confusion_rates=rates).backward()
-    assert (logits.grad[:, 1] > 0.1).all()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from medfair_audit.models.t2medi import encode_prompts, load_pipeline
-from medfair_audit.remediation import ddim_sample
+from medfair_audit.remediation import adjusted_coefficients, ddim_sample
 
 PROMPT = "Axial FLAIR MRI of the brain showing a glioma."
 
@@ -78,7 +78,104 @@ def test_gradients_flow_through_the_last_k_steps_only(pipe):
     one, two = _grad(pipe, grad_steps=1), _grad(pipe, grad_steps=2)
     key = next(iter(one))
     assert not torch.allclose(one[key], two[key])  # the second-to-last step contributes
-    # With K = 1 the per-step detached variant is the same computation ...
-    torch.testing.assert_close(_grad(pipe, grad_steps=1, detach_per_step=True)[key], one[key])
-    # ... with K = 2 it drops the path through the later step's input.
-    assert not torch.allclose(_grad(pipe, grad_steps=2, detach_per_step=True)[key], two[key])
+
+
+class _TableUNet(torch.nn.Module):
+    """A toy 'UNet' whose noise prediction at timestep t is a free parameter e_t."""
+
+    def __init__(self, timesteps, shape):
+        super().__init__()
+        self.e = torch.nn.ParameterDict(
+            {str(int(t)): torch.nn.Parameter(0.1 * torch.ones(shape)) for t in timesteps}
+        )
+
+    def forward(self, x, t, encoder_hidden_states=None):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(sample=self.e[str(int(t))].expand_as(x) + 0 * x)
+
+
+def _toy(steps=6):
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear")
+    sched.set_timesteps(steps)
+    unet = _TableUNet(sched.timesteps, (1, 2, 3, 3))
+    x = torch.randn(1, 2, 3, 3, generator=torch.Generator().manual_seed(0))
+    cond = torch.zeros(2, 1, 4)
+    return sched, unet, x, cond
+
+
+def _toy_grads(gradient, **kw):
+    sched, unet, x, cond = _toy(**kw)
+    out = ddim_sample(
+        unet, sched, x, cond, guidance=1.0, gradient=gradient, grad_steps=len(sched.timesteps)
+    )
+    out.sum().backward()
+    return sched, {k: p.grad.clone() for k, p in unet.e.items()}
+
+
+def test_adjusted_dft_rescales_each_step_by_shen_et_al_formula():
+    """The toy UNet ignores its input, so per-step detach changes nothing and the only difference
+    from the plain chain is the gradient scale of step t: √ᾱ_t √(1 − ᾱ_t) / (1 − α_t),
+    normalised to geometric mean 1 over the steps."""
+    sched, plain = _toy_grads("last-k")
+    _, adjusted = _toy_grads("adjusted")
+    t = sched.timesteps.long()
+    ac, a = sched.alphas_cumprod[t].double(), sched.alphas[t].double()
+    coef = ac.sqrt() * (1 - ac).sqrt() / (1 - a)
+    coef = coef / coef.log().mean().exp()
+    assert coef.log().mean().abs() < 1e-12 and coef.max() / coef.min() > 2  # not a no-op
+    for c, step in zip(coef.tolist(), t.tolist(), strict=True):
+        ratio = adjusted[str(step)] / plain[str(step)]
+        torch.testing.assert_close(ratio, torch.full_like(ratio, c), rtol=1e-4, atol=0)
+    torch.testing.assert_close(torch.tensor(adjusted_coefficients(sched)), coef, rtol=1e-10, atol=0)
+
+
+def test_adjusted_dft_detaches_the_unet_input_and_can_use_a_subset(pipe):
+    one = _grad(pipe, grad_steps=1)
+    key = next(iter(one))
+    # Only the last step: detaching its input changes nothing, the scale is that step's.
+    sched, _, _ = _setup(pipe)
+    last = float(adjusted_coefficients(sched)[-1])
+    sub = _grad(pipe, grad_steps=[3], gradient="adjusted")
+    torch.testing.assert_close(sub[key], last * one[key], rtol=1e-4, atol=1e-7)
+    # All steps: differs from the full graph through the same steps (no path through inputs).
+    assert not torch.allclose(
+        _grad(pipe, grad_steps=4, gradient="adjusted")[key], _grad(pipe, grad_steps=4)[key]
+    )
+
+
+def _saved_bytes(pipe, steps, gradient, checkpointing):
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler.from_config(pipe.scheduler.config)
+    sched.set_timesteps(steps)
+    _, cond, noise = _setup(pipe)
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    pipe.unet.requires_grad_(True)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            ddim_sample(
+                pipe.unet, sched, noise, cond, guidance=2.0, grad_steps=steps,
+                gradient=gradient, checkpointing=checkpointing,
+            )  # fmt: skip
+    finally:
+        pipe.unet.requires_grad_(False)
+    return total
+
+
+def test_adjusted_dft_memory_is_flat_in_the_number_of_steps_with_checkpointing(pipe):
+    """Saved activations: with checkpointing each extra gradient step keeps only its inputs
+    (a few latent-sized tensors), a small fraction of what one un-checkpointed step keeps."""
+    one_step = _saved_bytes(pipe, 2, "adjusted", False) - _saved_bytes(pipe, 1, "adjusted", False)
+    four = _saved_bytes(pipe, 4, "adjusted", True)
+    eight = _saved_bytes(pipe, 8, "adjusted", True)
+    assert one_step > 0
+    assert (eight - four) / 4 < 0.2 * one_step

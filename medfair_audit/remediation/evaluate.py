@@ -1,0 +1,82 @@
+"""Quick audits during remediation: the training classifier on held-out seeds of the prompts.
+
+These numbers steer the run (``--until-kl``) and draw its curve; they are not the evaluation of
+the result, which belongs to ``medfair audit`` with an independent classifier on held-out
+prompts. They judge the weights that will be saved (the EMA when there is one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..generation.seeds import image_seed
+from ..metrics.functional import adjusted_count, kl_divergence
+from ..target import Target
+from .config import RemediationConfig
+from .sampling import ddim_sample, decode
+from .wiring import Models
+
+__all__ = ["quick_audit"]
+
+
+@torch.no_grad()
+def quick_audit(
+    m: Models, cfg: RemediationConfig, groups: Sequence[str], target: Target
+) -> dict[str, Any]:
+    """Classify ``audit_images`` images per prompt drawn from the held-out ``audit_seed``.
+
+    Returns:
+        Share per group (labels) overall and per prompt, mean probabilities, ``kl_raw`` =
+        KL(target ‖ label share) and, with a soft confusion matrix (``align_to="corrected"``),
+        the PACC share (clipped to the simplex; ``pacc_clipped`` says if it was) and its KL.
+        ``kl`` is the KL of the reading being aligned (what ``until_kl`` compares).
+    """
+    sched = m.scheduler(cfg.audit_steps)
+    counts = np.zeros((m.n_prompts, len(groups)), dtype=np.int64)
+    prob_sum = np.zeros(len(groups))
+    for p in range(m.n_prompts):
+        for start in range(0, cfg.audit_images, 32):
+            n = min(32, cfg.audit_images - start)
+            noise = torch.cat(
+                [
+                    torch.randn(
+                        (1, *m.latent_shape),
+                        generator=torch.Generator().manual_seed(
+                            image_seed(cfg.audit_seed, p, start + i)
+                        ),
+                    )
+                    for i in range(n)
+                ]
+            ).to(m.device)
+            latents = ddim_sample(
+                m.unet, sched, noise * sched.init_noise_sigma, m.states(p, n), guidance=cfg.guidance
+            )
+            probs = m.probs(decode(m.pipe.vae, latents)).cpu().double().numpy()
+            prob_sum += probs.sum(0)
+            counts[p] += np.bincount(probs.argmax(1), minlength=len(groups))
+    total = counts.sum()
+    share = counts.sum(0) / total
+    mean_probs = prob_sum / total
+    tvec = np.asarray(target.vector(groups))
+    out: dict[str, Any] = {
+        "n": int(total),
+        "share": dict(zip(groups, share.tolist(), strict=True)),
+        "mean_probs": dict(zip(groups, mean_probs.tolist(), strict=True)),
+        "kl_raw": kl_divergence(tvec, share),
+        "by_prompt": [
+            dict(zip(groups, (c / c.sum()).tolist(), strict=True)) for c in counts.astype(float)
+        ],
+    }
+    out["kl"] = out["kl_raw"]
+    if m.soft_confusion is not None:
+        pacc = adjusted_count(mean_probs, m.soft_confusion.double().cpu().numpy())
+        clipped = np.clip(pacc, 0, None)
+        clipped = clipped / clipped.sum()
+        out["share_corrected"] = dict(zip(groups, clipped.tolist(), strict=True))
+        out["pacc_clipped"] = bool(np.any(pacc < 0) or np.any(pacc > 1))
+        out["kl"] = out["kl_corrected"] = kl_divergence(tvec, clipped)
+    return out

@@ -1,0 +1,240 @@
+"""Subgroup distribution aligned tuning of a T2MedI pipeline (Han et al. 2024; Shen et al. 2023).
+
+Each optimiser step (:mod:`.step`) samples a batch per prompt with the tuned model, classifies it
+with the frozen, calibrated subgroup classifier, and minimises the alignment loss (:mod:`.losses`:
+KL of the batch mean to the target, or cross-entropy to expected-OT assignments) plus λ times the
+semantics-preservation term against the frozen original's images from the same noise. Gradients
+reach LoRA adapters (UNet, text encoder or both) or the whole UNet through the last K sampling
+steps or, with ``gradient="adjusted"``, through every step with Shen et al.'s per-step detach and
+rescaling (:mod:`.sampling`). An EMA (diffusers' ``EMAModel``) can follow the weights; quick audits
+(:mod:`.evaluate`) judge what will be saved. Checkpoints (:mod:`.state`) make an interrupted run
+resume to the same weights; :mod:`.output` writes the pipeline folder.
+
+The noise of step ``s`` comes from its own seed (``SeedSequence([seed, s, slot])``), never from a
+running generator, so resuming needs no sampler state and held-out audit seeds never collide with
+training noise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._io import folder_sha256
+from ..exceptions import ConfigError, DataError
+from ..progress import ProgressCallback, report
+from ..target import Target
+from .config import RemediationConfig
+from .evaluate import quick_audit
+from .output import write_output
+from .state import restore_state, save_state
+from .step import train_step
+from .wiring import Models, load_models
+
+__all__ = ["RemediationResult", "remediate"]
+
+
+@dataclass
+class RemediationResult:
+    """Outcome of :func:`remediate`.
+
+    Attributes:
+        path: The remediated pipeline folder.
+        data: The ``remediation.json`` content (config, curves, quick audits).
+        seconds: Wall time of the run (this invocation).
+    """
+
+    path: Path
+    data: dict[str, Any]
+    seconds: float
+
+    @property
+    def final_audit(self) -> dict[str, Any]:
+        """The last quick audit (share per group and KL to the target)."""
+        return self.data["audits"][-1]
+
+
+@contextlib.contextmanager
+def _saved_weights(m: Models, ema: Any | None) -> Iterator[None]:
+    """Within the block the tuned modules hold the weights that would be saved (the EMA's)."""
+    if ema is None:
+        yield
+        return
+    params = list(m.trainable.values())
+    ema.store(params)
+    ema.copy_to(params)
+    try:
+        yield
+    finally:
+        ema.restore(params)
+
+
+def _audit(m: Models, cfg: RemediationConfig, step: int, ema: Any, acc: Any) -> dict | None:
+    """A quick audit on the main process (``None`` elsewhere)."""
+    if not acc.is_main_process:
+        return None
+    m.unet.eval()
+    with _saved_weights(m, ema):
+        out = {"step": step, **quick_audit(m, cfg, m.classifier.groups, m.target_spec)}
+    m.unet.train()
+    return out
+
+
+def _decide_stop(audit: dict | None, cfg: RemediationConfig, acc: Any) -> bool:
+    """``until_kl`` decided on the main process and broadcast, so processes stop together."""
+    from accelerate.utils import broadcast_object_list
+
+    flag = [bool(audit and cfg.until_kl is not None and audit["kl"] <= cfg.until_kl)]
+    if acc.num_processes > 1:
+        broadcast_object_list(flag, from_process=0)
+    return flag[0]
+
+
+def _append(path: Path, records: list[dict[str, Any]], *, replace: bool = False) -> None:
+    with path.open("w" if replace else "a") as fh:
+        fh.writelines(json.dumps(r, sort_keys=True) + "\n" for r in records)
+
+
+def _check(checkpoint: Path, out: Path, prompts: Sequence[str], overwrite: bool) -> list[str]:
+    prompts = [p for p in prompts if p.strip()]
+    if not prompts:
+        raise ConfigError("expected at least one non-empty prompt", param="prompts")
+    if (out / "model_index.json").exists() and not overwrite:
+        raise DataError(
+            f"'{out}' already holds a pipeline; pass --overwrite to replace it", param="out"
+        )
+    if out.resolve() == checkpoint.resolve():
+        raise ConfigError("--out must differ from the checkpoint being remediated", param="out")
+    return prompts
+
+
+def _record(m: Models, cfg: RemediationConfig, log: list, audits: list, **extra: Any) -> dict:
+    curves = ("loss", "align", "clip", "kept", "grad_norm", "lr", "ema_decay")
+    return {
+        "schema_version": 2,
+        "classifier_sha256": m.classifier_sha256,
+        "image_encoders": [{"path": e.source, "kind": e.kind, "weight": w} for e, w in m.encoders],
+        "groups": list(m.classifier.groups),
+        "config": asdict(cfg),
+        "trainable_parameters": int(sum(p.numel() for p in m.trainable.values())),
+        "curves": {key: [r.get(key) for r in log] for key in curves},
+        "mean_probs": [r["mean_probs"] for r in log],
+        "audits": audits,
+        **extra,
+    }
+
+
+def remediate(
+    checkpoint: str | Path,
+    *,
+    classifier: str | Path,
+    target: Target,
+    prompts: Sequence[str],
+    out: str | Path,
+    config: RemediationConfig | None = None,
+    image_encoders: Sequence[tuple[str | Path, float]] = (),
+    resume: bool = False,
+    overwrite: bool = False,
+    trust_pickle: bool = False,
+    keep_checkpoints: bool = False,
+    progress: ProgressCallback | None = None,
+) -> RemediationResult:
+    """Fine-tune ``checkpoint`` so its subgroup distribution matches ``target``.
+
+    Args:
+        checkpoint: Diffusers text-to-image pipeline folder (T2MedI or a Stable Diffusion).
+        classifier: Subgroup classifier folder; its groups must be the target's.
+        target: Target proportions (e.g. the BraTS18-like set's sex proportions).
+        prompts: Training prompts (keep held-out prompts for the evaluation).
+        out: New pipeline folder; checkpoints live in ``<out>.partial/`` while it runs.
+        config: Training settings.
+        image_encoders: ``(folder, weight)`` of each CLIP or DINOv2 encoder of the
+            semantics-preservation term (default: the CLIP in the checkpoint's ``medfair.json``).
+        resume: Continue from the newest checkpoint in ``<out>.partial/``.
+        overwrite: Replace an existing ``out``.
+        trust_pickle: Allow pickle weights.
+        keep_checkpoints: Keep ``<out>.partial/`` after success.
+        progress: Called once per step with the loss terms.
+    """
+    from diffusers.training_utils import EMAModel
+
+    from .._dist import accelerator as make_accelerator
+    from ..models.t2medi import _cosine
+
+    cfg, started = config or RemediationConfig(), time.perf_counter()
+    checkpoint, out = Path(checkpoint), Path(out)
+    prompts = _check(checkpoint, out, prompts, overwrite)
+    acc = make_accelerator()
+    torch.manual_seed(cfg.seed)
+    encoders = [(Path(p), float(w)) for p, w in image_encoders]
+    m = load_models(
+        checkpoint, Path(classifier), target, prompts, encoders, cfg, acc.device, trust_pickle
+    )
+    m.classifier_sha256 = folder_sha256(classifier)
+    params = list(m.trainable.values())
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: _cosine(s, cfg.steps, max(1, cfg.warmup))
+    )
+    ema = None
+    if cfg.ema_decay > 0:
+        ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=cfg.ema_warmup, power=2 / 3)
+    key = cfg.resume_key(acc.num_processes)
+    work = out.with_name(out.name + ".partial")
+    if work.exists() and not resume and acc.is_main_process:
+        shutil.rmtree(work)
+    acc.wait_for_everyone()
+    start, log, audits, stopped = 0, [], [], False
+    if resume:
+        start, log, audits, stopped = restore_state(work, m, optimizer, lr_sched, ema, key)
+    if acc.is_main_process:
+        work.mkdir(parents=True, exist_ok=True)
+        _append(work / "log.jsonl", log, replace=True)
+    if start == 0 and not audits and (a := _audit(m, cfg, 0, ema, acc)):
+        audits.append(a)
+    step = start
+    while step < cfg.steps and not stopped:
+        record = train_step(m, cfg, step, optimizer, lr_sched, acc, ema)
+        step += 1
+        record["mean_probs"] = dict(zip(m.classifier.groups, record["mean_probs"], strict=True))
+        if cfg.audit_every and step % cfg.audit_every == 0 and step < cfg.steps:
+            audit = _audit(m, cfg, step, ema, acc)
+            if audit:
+                audits.append(audit)
+                record["audit"] = {"share": audit["share"], "kl": audit["kl"]}
+            stopped = _decide_stop(audit, cfg, acc)
+        log.append(record)
+        if acc.is_main_process:
+            _append(work / "log.jsonl", [record])
+            if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or stopped:
+                save_state(work, step, m, optimizer, lr_sched, ema, key, log, audits, stopped)
+        info = {k: record[k] for k in ("loss", "align", "clip", "kept") if record[k] is not None}
+        info.update({f"p_{g}": v for g, v in record["mean_probs"].items()})
+        report(progress, "remediate", step, cfg.steps, **info)
+    if acc.is_main_process and step > start:
+        save_state(work, step, m, optimizer, lr_sched, ema, key, log, audits, stopped)
+    if ema is not None:
+        ema.copy_to(params)
+    if (not audits or audits[-1]["step"] != step) and (a := _audit(m, cfg, step, None, acc)):
+        audits.append(a)
+    seconds = time.perf_counter() - started
+    data = _record(
+        m, cfg, log, audits, checkpoint=str(checkpoint), classifier=str(classifier),
+        target=target.to_json(), prompts=list(prompts), steps_done=step,
+        stopped_early=bool(stopped and step < cfg.steps), processes=acc.num_processes,
+        seconds=seconds,
+    )  # fmt: skip
+    if acc.is_main_process:
+        write_output(out, checkpoint, m, data, log, overwrite)
+        if not keep_checkpoints:
+            shutil.rmtree(work, ignore_errors=True)
+    acc.wait_for_everyone()
+    return RemediationResult(path=out, data=data, seconds=seconds)

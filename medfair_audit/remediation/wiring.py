@@ -1,0 +1,269 @@
+"""The models remediation works with: loading, adapters, the frozen original, merging.
+
+Everything frozen (VAE, classifier, image encoders, the original model) and the tuned parts (LoRA
+adapters on the UNet and/or the text encoder, or the whole UNet) live on one device in
+:class:`Models`. With adapters the frozen original is the same modules with the adapters
+disabled; full tuning keeps a frozen copy of the UNet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..exceptions import ConfigError, ModelError
+from ..target import Target
+from .config import RemediationConfig
+
+__all__ = ["Models", "load_models", "merged_pipeline_parts"]
+
+# Attention projections of diffusers' UNet blocks and of CLIP's text transformer.
+UNET_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+TEXT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+@dataclass
+class Models:
+    """Everything remediation needs, on one device."""
+
+    pipe: Any
+    unet: Any
+    text_encoder: Any
+    original_unet: Any | None  # full tuning keeps a frozen copy; adapters are disabled instead
+    classifier: Any
+    encoders: list[tuple[Any, float]]  # (ImageEncoder, weight)
+    tokens: torch.Tensor  # (P + 1, L) token ids, the empty prompt last
+    target: torch.Tensor
+    soft_confusion: torch.Tensor | None
+    latent_shape: tuple[int, int, int]
+    device: torch.device
+    cfg: RemediationConfig
+    trainable: dict[str, torch.nn.Parameter] = field(default_factory=dict)
+    target_spec: Target | None = None
+    classifier_sha256: str = ""
+    _frozen_states: torch.Tensor | None = None
+    _schedulers: dict[int, Any] = field(default_factory=dict)
+
+    def scheduler(self, steps: int) -> Any:
+        """A DDIM scheduler of the pipeline's noise schedule set to ``steps`` steps (cached)."""
+        if steps not in self._schedulers:
+            from diffusers import DDIMScheduler
+
+            sched = DDIMScheduler.from_config(self.pipe.scheduler.config)
+            sched.set_timesteps(steps)
+            self._schedulers[steps] = sched
+        return self._schedulers[steps]
+
+    @property
+    def n_prompts(self) -> int:
+        """Number of training prompts."""
+        return len(self.tokens) - 1
+
+    def _states(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.text_encoder(rows.to(self.device))[0]
+
+    def states(self, prompt: int, n: int) -> torch.Tensor:
+        """``(2n, L, D)`` text states, unconditional first (through text adapters, if any)."""
+        if self.cfg.lora_on == "unet":
+            if self._frozen_states is None:
+                with torch.no_grad():
+                    self._frozen_states = self._states(self.tokens)
+            s = self._frozen_states
+        else:
+            s = self._states(self.tokens[[prompt, self.n_prompts]])  # prompt, empty
+            return torch.cat([s[1:].expand(n, -1, -1), s[:1].expand(n, -1, -1)])
+        return torch.cat([s[-1:].expand(n, -1, -1), s[prompt : prompt + 1].expand(n, -1, -1)])
+
+    @contextlib.contextmanager
+    def original(self) -> Iterator[Any]:
+        """The frozen original model: yields its UNet; text states come from :meth:`states`."""
+        if self.original_unet is not None:
+            yield self.original_unet
+            return
+        parts = [m for m in (self.unet, self.text_encoder) if getattr(m, "peft_config", None)]
+        for m in parts:
+            _set_adapters(m, False)
+        try:
+            yield self.unet
+        finally:
+            for m in parts:
+                _set_adapters(m, True)
+
+    def probs(self, images: torch.Tensor) -> torch.Tensor:
+        """The classifier's calibrated probabilities (differentiable in the images)."""
+        clf = self.classifier
+        return F.softmax(clf.logits(images) / clf.temperature, dim=-1)
+
+    def embed(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Embeddings of ``images`` by each image encoder."""
+        return [enc(images) for enc, _ in self.encoders]
+
+
+def _set_adapters(module: Any, enabled: bool) -> None:
+    """Switch every LoRA layer of ``module`` on or off (peft keeps the weights)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for layer in module.modules():
+        if isinstance(layer, BaseTunerLayer):
+            layer.enable_adapters(enabled)
+
+
+def _lora(cfg: RemediationConfig, targets: Sequence[str]) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha or cfg.lora_rank,
+        init_lora_weights="gaussian",
+        target_modules=list(targets),
+        lora_dropout=0.0,
+    )
+
+
+def _soft_confusion(classifier: Any, folder: Path, device: torch.device) -> torch.Tensor:
+    """``S[i, j] = E[p_j | truly i]`` from the classifier's held-out images, in its group order."""
+    ev = classifier.evaluation or {}
+    if "soft_confusion" not in ev:
+        raise ModelError(
+            f"'{folder}' has no evaluation.json with a soft confusion matrix, which "
+            "--align-to corrected needs (retrain the classifier with this medfair)",
+            param="classifier",
+        )
+    order = [list(ev["groups"]).index(g) for g in classifier.groups]
+    s = np.asarray(ev["soft_confusion"], dtype=np.float64)[np.ix_(order, order)]
+    if np.linalg.cond(s) > 100:
+        raise ModelError(
+            f"the classifier's soft confusion matrix has condition number "
+            f"{np.linalg.cond(s):.0f} > 100: it cannot tell the groups apart",
+            param="classifier",
+        )
+    return torch.tensor(s, dtype=torch.float32, device=device)
+
+
+def _default_encoder(checkpoint_dir: Path) -> Path:
+    """The CLIP the T2MedI was trained with, as recorded in its ``medfair.json``."""
+    meta = checkpoint_dir / "medfair.json"
+    clip = None
+    if meta.is_file():
+        doc = json.loads(meta.read_text())
+        clip = doc.get("image_encoder") or doc.get("clip")
+    if not clip or not Path(clip).is_dir():
+        raise ModelError(
+            "no image encoder for the semantics-preservation term: pass --image-encoder DIR "
+            "(or --lambda-clip 0)",
+            param="image_encoder",
+        )
+    return Path(clip)
+
+
+def load_models(
+    checkpoint_dir: Path,
+    classifier_dir: Path,
+    target: Target,
+    prompts: Sequence[str],
+    encoders: Sequence[tuple[Path, float]],
+    cfg: RemediationConfig,
+    device: torch.device,
+    trust_pickle: bool,
+) -> Models:
+    """Load the pipeline, classifier and encoders, and add what gets tuned."""
+    from ..models.classifier import SubgroupClassifier
+    from ..models.t2medi import load_pipeline
+    from .encoders import load_image_encoder
+
+    classifier = SubgroupClassifier.load(classifier_dir, trust_pickle=trust_pickle)
+    if set(classifier.groups) != set(target.groups):
+        raise ConfigError(
+            f"target groups {sorted(target.groups)} differ from the classifier's "
+            f"{sorted(classifier.groups)}",
+            param="target",
+        )
+    soft = (
+        _soft_confusion(classifier, classifier_dir, device) if cfg.align_to == "corrected" else None
+    )
+    loaded = []
+    if cfg.lambda_clip > 0:
+        specs = list(encoders) or [(_default_encoder(checkpoint_dir), 1.0)]
+        for path, weight in specs:
+            enc = load_image_encoder(path, trust_pickle=trust_pickle).to(device)
+            loaded.append((enc, weight))
+    pipe = load_pipeline(checkpoint_dir, trust_pickle=trust_pickle)
+    for part in (pipe.vae, pipe.text_encoder, pipe.unet, classifier.model):
+        part.requires_grad_(False).eval().to(device)
+    unet, text = pipe.unet, pipe.text_encoder
+    original = None
+    if cfg.full:
+        original = copy.deepcopy(unet).eval()
+        unet.requires_grad_(True)
+    if cfg.lora_on in ("unet", "both") and not cfg.full:
+        unet.add_adapter(_lora(cfg, UNET_LORA_TARGETS))
+    if cfg.lora_on in ("text", "both"):
+        # peft directly: transformers' add_adapter wants a newer peft than the pinned one.
+        from peft import inject_adapter_in_model
+
+        lora = _lora(cfg, TEXT_LORA_TARGETS)
+        inject_adapter_in_model(lora, text)
+        text.peft_config = {"default": lora}
+    unet.train()
+    tokens = pipe.tokenizer(
+        [*prompts, ""],
+        padding="max_length",
+        max_length=pipe.tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+    size = unet.config.sample_size
+    trainable = {f"unet.{n}": p for n, p in unet.named_parameters() if p.requires_grad}
+    trainable |= {f"text.{n}": p for n, p in text.named_parameters() if p.requires_grad}
+    return Models(
+        pipe=pipe,
+        unet=unet,
+        text_encoder=text,
+        original_unet=original,
+        classifier=classifier,
+        encoders=loaded,
+        tokens=tokens,
+        target=torch.tensor(target.vector(classifier.groups), device=device),
+        soft_confusion=soft,
+        latent_shape=(unet.config.in_channels, size, size),
+        device=device,
+        cfg=cfg,
+        trainable=trainable,
+        target_spec=target,
+    )
+
+
+def _fuse_text(module: Any) -> Any:
+    """A copy of a transformers model with its LoRA layers merged and replaced by plain ones."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    out = copy.deepcopy(module)
+    for name, layer in list(out.named_modules()):
+        if isinstance(layer, BaseTunerLayer):
+            layer.merge()
+            parent, _, child = name.rpartition(".")
+            setattr(out.get_submodule(parent) if parent else out, child, layer.get_base_layer())
+    if hasattr(out, "peft_config"):
+        del out.peft_config
+    return out
+
+
+def merged_pipeline_parts(m: Models) -> tuple[Any, Any]:
+    """The tuned UNet and text encoder as plain weights (adapters fused in, then removed)."""
+    unet, text = m.unet, m.text_encoder
+    if getattr(unet, "peft_config", None):
+        unet = copy.deepcopy(unet)
+        unet.fuse_lora()
+        unet.unload_lora()
+    if getattr(text, "peft_config", None):
+        text = _fuse_text(text)
+    return unet, text
