@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from medfair_audit.exceptions import ConfigError
+
 from ._common import Overwrite, Seed, out_console, progress_bar, quiet_libraries, split_list
 
 app = typer.Typer(
@@ -147,6 +149,16 @@ def classifier(
     groups: Annotated[
         str | None, typer.Option(help="Known groups, comma-separated (default: those found).")
     ] = None,
+    splits: Annotated[
+        str,
+        typer.Option(
+            help="The split column's values used as train,val,test (e.g. eval_train,eval_val,test "
+            "for an evaluation classifier trained on other subjects)."
+        ),
+    ] = "train,val,test",
+    widths: Annotated[
+        str, typer.Option(help="Channels of the four ResNet stages, comma-separated.")
+    ] = "16,32,64,128",
     epochs: Annotated[int, typer.Option(min=1, help="Most epochs (early stopping).")] = 25,
     patience: Annotated[int, typer.Option(min=1)] = 5,
     batch_size: Annotated[int, typer.Option(min=2)] = 64,
@@ -165,8 +177,20 @@ def classifier(
     """
     from medfair_audit.models.classifier import ClassifierConfig, train_classifier
 
+    try:
+        width_list = tuple(int(w) for w in split_list(widths) or ())
+    except ValueError:
+        raise ConfigError(
+            f"expected integers like 16,32,64,128, got '{widths}'", param="widths"
+        ) from None
     config = ClassifierConfig(
-        epochs=epochs, patience=patience, batch_size=batch_size, lr=lr, seed=seed
+        widths=width_list,
+        depths=(1,) * len(width_list),
+        epochs=epochs,
+        patience=patience,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
     )
     with quiet_libraries(), progress_bar() as callback:
         result = train_classifier(
@@ -175,6 +199,7 @@ def classifier(
             config,
             attribute=attribute,
             groups=split_list(groups),
+            splits=tuple(split_list(splits) or ()),
             overwrite=overwrite,
             progress=callback,
         )

@@ -11,11 +11,22 @@ The demo reproduces the paper's situation with phantom data:
 On these it trains the three models: CLIP on the corpus, the T2MedI pipeline on the corpus with
 CLIP's text tower frozen, and the sex classifier on the target set.
 
-It then audits the biased model on sex-neutral prompts (``before/``), remediates it with
-subgroup distribution aligned tuning (``models/t2medi-fair``), audits the remediated model with
-the same seeds (``after/``, so images pair up), and writes the before-and-after report
-(``report.html``). Stages whose outputs exist with the same settings are reused, so a re-run
-continues where an earlier one stopped.
+The evaluation is kept apart from the tuning, as Shen et al. evaluate theirs:
+
+* remediation trains on :data:`TRAIN_PROMPTS` (sex-neutral glioma prompts; a prompt without a
+  lesion would not belong to a glioma cohort's sex ratio) with the **training classifier**
+  (``models/classifier``, trained on the target set's ``train``/``val`` subjects);
+* the audits use :data:`HELD_OUT_PROMPTS` (same clinical content, other wording) and an
+  **independent evaluation classifier** (``models/evaluator``: another seed, another width, and
+  trained on target-set subjects the training classifier never saw, ``eval_train``/``eval_val``).
+  Both classifiers are tested on the same held-out ``test`` subjects.
+
+It audits the biased model on the held-out prompts with both classifiers (``before/`` with the
+evaluator, ``before-trainclf/`` with the training classifier), remediates it
+(``models/t2medi-fair``), audits the remediated model with the same seeds (``after/``,
+``after-trainclf/``; images pair up), and writes the report (``report.html``): the headline is the
+evaluator's, the training classifier's reading stands beside it. Stages whose outputs exist with
+the same settings are reused, so a re-run continues where an earlier one stopped.
 """
 
 from __future__ import annotations
@@ -38,7 +49,7 @@ from .models.classifier import ClassifierConfig, train_classifier
 from .models.clip import CLIPTrainConfig, train_clip
 from .models.t2medi import T2IConfig, train_t2i
 from .progress import ProgressCallback
-from .remediation.tuning import RemediationConfig, remediate
+from .remediation import RemediationConfig, remediate
 from .target import Target, target_from_labels
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo"]
@@ -87,7 +98,9 @@ class DemoConfig:
             seed=self.seed + 1,
             male_fraction=self.target_male_fraction,
             tumour_rate=1.0,
-            splits="train=0.7,val=0.15,test=0.15",
+            # Subject-disjoint: the training classifier learns on train/val, the independent
+            # evaluator on eval_train/eval_val; both are tested on test.
+            splits="train=0.35,val=0.1,eval_train=0.3,eval_val=0.1,test=0.15",
         )
 
     @property
@@ -129,6 +142,15 @@ class DemoConfig:
         return ClassifierConfig(seed=self.seed)
 
     @property
+    def evaluator(self) -> ClassifierConfig:
+        """The independent evaluation classifier: another seed and width, other subjects."""
+        if self.fast:
+            return ClassifierConfig(
+                widths=(12, 12, 24, 24), epochs=2, patience=1, seed=self.seed + 7
+            )
+        return ClassifierConfig(widths=(24, 48, 96, 192), seed=self.seed + 7)
+
+    @property
     def remediation(self) -> RemediationConfig:
         """Subgroup distribution aligned tuning of the biased T2MedI."""
         if self.fast:
@@ -143,9 +165,11 @@ class DemoConfig:
                 checkpoint_every=0,
                 seed=self.seed,
             )
-        # Two prompts per step balance the prompts' gradients; the batch mean is corrected for
-        # the classifier's errors so the audit's corrected share, not what the classifier sees,
-        # moves to the target (the paper's form is align_to="probabilities").
+        # Two prompts per step balance the prompts' gradients. align_to="corrected" compares the
+        # batch's mean probability with target · S (S: the classifier's soft confusion matrix),
+        # so the PACC share rather than the classifier's mean probability meets the target (the
+        # paper's form, align_to="probabilities", is biased toward the classifier's training
+        # prior).
         return RemediationConfig(
             steps=150, prompts_per_step=2, align_to="corrected", audit_every=50, seed=self.seed
         )
@@ -158,14 +182,32 @@ class DemoConfig:
         return GenerationConfig(n_per_prompt=64, seed=10_000 + self.seed, steps=25, shard_size=32)
 
 
-# Sex-neutral prompts in the corpus's caption style (the paper audits neutral prompts).
-DEMO_PROMPTS = (
+# Sex-neutral glioma prompts in the corpus's caption style: what remediation trains on.
+TRAIN_PROMPTS = (
     "Axial FLAIR MRI of the brain showing a glioma in the left frontal lobe.",
     "Axial T2-weighted MRI of the brain showing a glioma in the right parietal lobe.",
-    "Axial T1-weighted MRI of the brain with no focal lesion.",
     "Axial contrast-enhanced T1-weighted brain MRI: glioma of the left temporal lobe with rim "
     "enhancement.",
+    "Axial T1-weighted MR image demonstrating an intra-axial mass in the right occipital lobe.",
 )
+# The same clinical content in other words (and other sites): what the audits measure. None of
+# these is a training prompt.
+HELD_OUT_PROMPTS = (
+    "Brain MRI, axial FLAIR slice: glioma involving the right frontal lobe.",
+    "T2-weighted axial image of the brain with a glioma in the left parietal region.",
+    "Post-contrast T1 axial brain MR: enhancing glioma in the right temporal lobe.",
+    "Axial MR of the head, T1-weighted: intra-axial tumour of the left occipital lobe.",
+)
+
+
+# Report columns: audit folder → label. The evaluator's pair first (the headline), then the
+# training classifier's reading of the same images.
+REPORT_COLUMNS = {
+    "before": "before",
+    "after": "after",
+    "before-trainclf": "before (training clf)",
+    "after-trainclf": "after (training clf)",
+}
 
 
 @dataclass(frozen=True)
@@ -286,39 +328,49 @@ def run_demo(
         log,
     )
 
-    def classifier_work() -> dict[str, Any]:
-        r = train_classifier(
-            data / "target_set",
-            models / "classifier",
-            config.classifier,
-            attribute="sex",
-            groups=("female", "male"),
-            overwrite=True,
-            progress=progress,
+    def classifier_work(
+        name: str, cfg: ClassifierConfig, splits: tuple[str, str, str]
+    ) -> Callable[[], dict[str, Any]]:
+        def work() -> dict[str, Any]:
+            r = train_classifier(
+                data / "target_set",
+                models / name,
+                cfg,
+                attribute="sex",
+                groups=("female", "male"),
+                splits=splits,
+                overwrite=True,
+                progress=progress,
+            )
+            ev = r.evaluation
+            return {
+                "path": str(r.path),
+                "balanced_accuracy": ev["balanced_accuracy"],
+                "roc_auc": ev["roc_auc"],
+                "ece": ev["ece"],
+            }
+
+        return work
+
+    for name, cfg, splits in (
+        ("classifier", config.classifier, ("train", "val", "test")),
+        ("evaluator", config.evaluator, ("eval_train", "eval_val", "test")),
+    ):
+        stages[name] = _stage(
+            out,
+            name,
+            {"cfg": asdict(cfg), "splits": splits, "after": stages["target_set"]["stamp"]},
+            classifier_work(name, cfg, splits),
+            log,
         )
-        ev = r.evaluation
-        return {
-            "path": str(r.path),
-            "balanced_accuracy": ev["balanced_accuracy"],
-            "roc_auc": ev["roc_auc"],
-            "ece": ev["ece"],
-        }
 
-    stages["classifier"] = _stage(
-        out,
-        "classifier",
-        {"cfg": asdict(config.classifier), "after": stages["target_set"]["stamp"]},
-        classifier_work,
-        log,
-    )
-
-    def audit(checkpoint: Path, folder: str) -> Callable[[], dict[str, Any]]:
+    def audit(checkpoint: Path, folder: str, clf: str) -> Callable[[], dict[str, Any]]:
         def work() -> dict[str, Any]:
             r = run_audit(
                 AuditConfig(
                     checkpoint=checkpoint,
-                    classifier=models / "classifier",
-                    prompts=DEMO_PROMPTS,
+                    classifier=models / clf,
+                    prompts=HELD_OUT_PROMPTS,
                     target=Target.load(out / "target.json"),
                     out=out / folder,
                     generation=config.audit_generation,
@@ -337,27 +389,29 @@ def run_demo(
 
         return work
 
-    audit_settings = {"gen": asdict(config.audit_generation), "prompts": DEMO_PROMPTS}
-    stages["audit_before"] = _stage(
-        out,
-        "audit_before",
-        {
-            **audit_settings,
-            "after": [stages[k]["stamp"] for k in ("t2medi", "classifier", "target")],
-        },
-        audit(models / "t2medi", "before"),
-        log,
-    )
+    audit_settings = {"gen": asdict(config.audit_generation), "prompts": HELD_OUT_PROMPTS}
+    sides = (("", "evaluator"), ("-trainclf", "classifier"))
+    for suffix, clf in sides:
+        stages[f"audit_before{suffix}"] = _stage(
+            out,
+            f"audit_before{suffix}",
+            {
+                **audit_settings,
+                "after": [stages[k]["stamp"] for k in ("t2medi", clf, "target")],
+            },
+            audit(models / "t2medi", f"before{suffix}", clf),
+            log,
+        )
 
     def remediate_work() -> dict[str, Any]:
         r = remediate(
             models / "t2medi",
             classifier=models / "classifier",
             target=Target.load(out / "target.json"),
-            prompts=DEMO_PROMPTS,
+            prompts=TRAIN_PROMPTS,
             out=models / "t2medi-fair",
             config=config.remediation,
-            image_encoder=models / "clip",
+            image_encoders=[(models / "clip", 1.0)],
             overwrite=True,
             progress=progress,
         )
@@ -373,26 +427,30 @@ def run_demo(
         "remediate",
         {
             "cfg": asdict(config.remediation),
-            "prompts": DEMO_PROMPTS,
+            "prompts": TRAIN_PROMPTS,
             "after": [stages[k]["stamp"] for k in ("t2medi", "classifier", "target", "clip")],
         },
         remediate_work,
         log,
     )
-    stages["audit_after"] = _stage(
-        out,
-        "audit_after",
-        {**audit_settings, "after": [stages[k]["stamp"] for k in ("remediate", "audit_before")]},
-        audit(models / "t2medi-fair", "after"),
-        log,
-    )
+    for suffix, clf in sides:
+        stages[f"audit_after{suffix}"] = _stage(
+            out,
+            f"audit_after{suffix}",
+            {
+                **audit_settings,
+                "after": [stages[k]["stamp"] for k in ("remediate", f"audit_before{suffix}")],
+            },
+            audit(models / "t2medi-fair", f"after{suffix}", clf),
+            log,
+        )
 
     def report_work() -> dict[str, Any]:
         from .reporting.compare import write_report
 
-        audits = [out / "before" / "audit.json", out / "after" / "audit.json"]
+        audits = [out / f / "audit.json" for f in REPORT_COLUMNS]
         paths = [
-            write_report(audits, out / name, labels=["before", "after"])
+            write_report(audits, out / name, labels=list(REPORT_COLUMNS.values()))
             for name in ("report.html", "report.md", "report.tex")
         ]
         return {"paths": [str(p) for p in paths]}
@@ -400,7 +458,7 @@ def run_demo(
     stages["report"] = _stage(
         out,
         "report",
-        {"after": [stages[k]["stamp"] for k in ("audit_before", "audit_after")]},
+        {"after": [stages[f"audit_{f}"]["stamp"] for f in REPORT_COLUMNS]},
         report_work,
         log,
     )

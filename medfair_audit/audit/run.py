@@ -69,6 +69,40 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _remediation(cfg: AuditConfig, classifier_sha256: str) -> tuple[dict | None, list[str]]:
+    """What remediation a checkpoint went through, and whether this audit is independent of it.
+
+    A remediated checkpoint's ``remediation.json`` names the classifier it was tuned against and
+    its training prompts. An audit with that classifier, or on those prompts, is not an
+    independent evaluation of the remediation: say so.
+    """
+    path = cfg.checkpoint / "remediation.json"
+    if not path.is_file():
+        return None, []
+    doc = json.loads(path.read_text())
+    record = {
+        "classifier": doc.get("classifier"),
+        "classifier_sha256": doc.get("classifier_sha256"),
+        "prompts": list(doc.get("prompts") or []),
+        "steps": doc.get("steps_done"),
+    }
+    record["same_classifier"] = record["classifier_sha256"] == classifier_sha256
+    shared = sorted(set(record["prompts"]) & set(cfg.prompts))
+    record["shared_prompts"] = len(shared)
+    warnings = []
+    if record["same_classifier"]:
+        warnings.append(
+            "this audit uses the classifier the remediation was tuned against: the tuning may "
+            "have fitted that classifier's quirks; judge it with an independent classifier"
+        )
+    if shared:
+        warnings.append(
+            f"{len(shared)} of the {len(cfg.prompts)} prompts were remediation training prompts: "
+            "audit held-out prompts to judge generalisation"
+        )
+    return record, warnings
+
+
 def run_audit(
     config: AuditConfig, *, progress: ProgressCallback | None = None
 ) -> AuditResult | None:
@@ -187,7 +221,7 @@ def run_audit(
         reading=reading,
         confidence=cfg.confidence,
     )
-    warnings: list[str] = []
+    remediation, warnings = _remediation(cfg, settings["classifier_sha256"])
     if not overall["identifiable"]:
         warnings.append(
             "the classifier's confusion matrix is ill-conditioned (condition number "
@@ -275,6 +309,7 @@ def run_audit(
             "reference": str(cfg.reference) if cfg.reference else None,
             "reference_split": cfg.reference_split,
             "target_source": cfg.target.source,
+            "remediation": remediation,
             "versions": _versions(),
         },
     }

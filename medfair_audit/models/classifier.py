@@ -348,10 +348,28 @@ def evaluate_classifier(
     return result
 
 
-def _splits(meta: Any, seed: int) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], str]:
-    """Train/val/test indices and the unit that was split (no subject spans two splits)."""
+SPLITS = ("train", "val", "test")
+
+
+def _splits(
+    meta: Any, seed: int, names: Sequence[str] = SPLITS
+) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], str]:
+    """Train/val/test indices and the unit that was split (no subject spans two splits).
+
+    ``names`` are the values of the ``split`` column used as train, val and test; names other
+    than the default must all be present.
+    """
     has_subject = "subject" in meta.columns and meta["subject"].astype(str).str.strip().ne("").all()
-    if "split" in meta.columns and {"train", "val", "test"} <= set(meta.split):
+    names = tuple(names)
+    present = set(meta.split) if "split" in meta.columns else set()
+    if names != SPLITS and not set(names) <= present:
+        missing = sorted(set(names) - present)
+        raise DataError(
+            f"the split column has no {', '.join(repr(m) for m in missing)} rows "
+            f"(found {', '.join(sorted(map(str, present))) or 'no split column'})",
+            param="splits",
+        )
+    if set(names) <= present:
         if has_subject:
             spans = meta.groupby(meta["subject"].astype(str))["split"].nunique()
             leaking = spans[spans > 1]
@@ -362,7 +380,7 @@ def _splits(meta: Any, seed: int) -> tuple[tuple[np.ndarray, np.ndarray, np.ndar
                     "subject one split",
                     param="data",
                 )
-        return tuple(np.flatnonzero(meta.split == s) for s in ("train", "val", "test")), (
+        return tuple(np.flatnonzero(meta.split == s) for s in names), (
             "predefined split column" + (" (subject-disjoint)" if has_subject else "")
         )
     rng = np.random.default_rng(seed)
@@ -388,12 +406,15 @@ def train_classifier(
     *,
     attribute: str = "sex",
     groups: Sequence[str] | None = None,
+    splits: Sequence[str] = SPLITS,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
 ) -> ClassifierResult:
     """Train a subgroup classifier on labelled images and save it with its evaluation.
 
-    Uses the ``train``/``val``/``test`` splits of ``metadata.csv`` when all three exist, else a
+    Uses the ``train``/``val``/``test`` splits of ``metadata.csv`` when all three exist (or the
+    three named by ``splits``: e.g. an independent evaluation classifier trained on subjects the
+    remediation's classifier never saw, ``("eval_train", "eval_val", "test")``), else a
     seeded 70/15/15 split, by subject where a ``subject`` column exists (slices of one BraTS
     subject never land in two splits; ``evaluation.json`` records the unit as ``split_unit``).
     Early stopping and temperature scaling use ``val``; every number in ``evaluation.json``
@@ -405,6 +426,7 @@ def train_classifier(
         config: Architecture and schedule.
         attribute: Column to predict.
         groups: Known groups (default: the labels found, sorted). Labels outside are an error.
+        splits: Values of the ``split`` column used as train, val and test.
         overwrite: Replace an existing ``out``.
         progress: Called once per step with the loss.
 
@@ -427,7 +449,11 @@ def train_classifier(
             f"column '{attribute}' needs at least two groups, found {found}", param="attribute"
         )
     y = group_index(labels_raw.tolist(), groups)
-    (train_idx, val_idx, test_idx), split_unit = _splits(meta, cfg.seed)
+    if len(tuple(splits)) != 3 or len(set(splits)) != 3:
+        raise ConfigError(
+            f"expected three distinct split names, got {list(splits)}", param="splits"
+        )
+    (train_idx, val_idx, test_idx), split_unit = _splits(meta, cfg.seed, splits)
     if min(len(train_idx), len(val_idx), len(test_idx)) == 0:
         raise DataError("the train, val and test splits must each hold images", param="data")
     images = load_images(dataset, progress=progress, stage="load images")
@@ -506,7 +532,8 @@ def train_classifier(
         ).numpy()
     evaluation.update(
         attribute=attribute,
-        split="test",
+        split=list(splits)[2],
+        splits=list(splits),
         split_unit=split_unit,
         temperature=temperature,
         ece_uncalibrated=expected_calibration_error(raw, y[test_idx].numpy()),

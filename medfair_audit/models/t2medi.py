@@ -277,20 +277,30 @@ def sample_images(
     *,
     n: int,
     seed: int = 0,
+    prompt_index: int = 0,
     steps: int = 25,
     guidance: float = 3.0,
     batch_size: int = 64,
 ) -> torch.Tensor:
-    """Generate ``n`` images for one prompt, image ``i`` from its own generator ``seed + i``.
+    """Generate ``n`` images for one prompt, image ``i`` from the audit's per-image seed.
+
+    Image ``i`` draws its noise from ``image_seed(seed, prompt_index, i)``, the seed the
+    generation engine gives it, so these images are the ones ``medfair audit --seed seed`` draws
+    for prompt number ``prompt_index``.
 
     Returns:
         ``(n, C, H, W)`` float tensor in [-1, 1] (results do not depend on ``batch_size``).
     """
+    from ..generation.seeds import image_seed
+
     images = []
     with torch.inference_mode():
         for start in range(0, n, batch_size):
             count = min(batch_size, n - start)
-            gens = [torch.Generator().manual_seed(seed + start + j) for j in range(count)]
+            gens = [
+                torch.Generator().manual_seed(image_seed(seed, prompt_index, start + j))
+                for j in range(count)
+            ]
             # One prompt with num_images_per_prompt: the text is encoded once per batch.
             out = pipe(
                 prompt=prompt,

@@ -15,7 +15,6 @@ their shards hold the images.
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,8 @@ __all__ = [
     "FORMATS",
     "AuditColumn",
     "audit_images",
+    "comparisons",
+    "evaluator_rows",
     "headline_rows",
     "load_audit",
     "paired_images",
@@ -93,14 +94,71 @@ def _reading_name(reading: str) -> str:
     return {"acc": "ACC", "pacc": "PACC", "em": "EM"}.get(reading, reading)
 
 
+def comparisons(columns: Sequence[AuditColumn]) -> list[tuple[int, int]]:
+    """``(earlier, later)`` column pairs whose change the report shows.
+
+    Each column is compared with the nearest earlier column measured by the same classifier
+    (same sha256): a change read by two different classifiers would mix the models' change with
+    the classifiers' disagreement. Before/after under two evaluators gives two comparisons.
+    """
+    out = []
+    for i, c in enumerate(columns):
+        sha = c.data["config"]["classifier_sha256"]
+        for j in range(i - 1, -1, -1):
+            if columns[j].data["config"]["classifier_sha256"] == sha:
+                out.append((j, i))
+                break
+    return out
+
+
+def _tuned_against(columns: Sequence[AuditColumn]) -> tuple[set[str], set[str]]:
+    """Classifier hashes and prompts that any audited checkpoint was remediated with."""
+    shas, prompts = set(), set()
+    for c in columns:
+        rem = c.data["config"].get("remediation") or {}
+        if rem.get("classifier_sha256"):
+            shas.add(rem["classifier_sha256"])
+        prompts.update(rem.get("prompts") or [])
+    return shas, prompts
+
+
+def evaluator_rows(columns: Sequence[AuditColumn]) -> tuple[list[str], list[list[str]]]:
+    """Which classifier measured each column, and whether remediation saw it or the prompts."""
+    shas, trained_on = _tuned_against(columns)
+    header = [
+        "column",
+        "evaluator (classifier)",
+        "sha256",
+        "remediation tuned against it",
+        "prompts",
+    ]
+    rows = []
+    for c in columns:
+        cfg = c.data["config"]
+        sha = cfg["classifier_sha256"]
+        seen = "–" if not shas else ("yes" if sha in shas else "no (independent)")
+        prompts = list(cfg.get("prompts") or [])
+        shared = sum(p in trained_on for p in prompts)
+        if not trained_on:
+            where = f"{len(prompts)}"
+        elif shared == 0:
+            where = f"{len(prompts)} held out"
+        else:
+            where = f"{shared} of {len(prompts)} were training prompts"
+        rows.append([c.label, Path(cfg["classifier"]).name, sha[:12], seen, where])
+    return header, rows
+
+
 def headline_rows(columns: Sequence[AuditColumn]) -> list[dict[str, Any]]:
     """The headline table: one row per measure, one cell per audit, changes between columns.
 
     Each row has ``measure``, ``kind`` (``share`` in [0, 1], ``kl``, ``p``, ``fid``, ``kid``),
     ``target`` (or ``None``), ``cells`` (``{value, ci, bound}`` per column; ``value`` is
     ``None`` for a censored or missing value, whose ``bound`` is then shown) and ``deltas``
-    (column ``i`` minus column ``i - 1``, ``None`` where either side has no value).
+    (one per :func:`comparisons` pair, later minus earlier; ``None`` where either side has no
+    value).
     """
+    pairs = comparisons(columns)
     first = columns[0].data
     groups = list(first["groups"])
     reading = first["default_reading"]
@@ -109,7 +167,10 @@ def headline_rows(columns: Sequence[AuditColumn]) -> list[dict[str, Any]]:
 
     def add(measure: str, kind: str, cells: list[dict], target: float | None = None) -> None:
         values = [c["value"] for c in cells]
-        deltas = [None if a is None or b is None else b - a for a, b in itertools.pairwise(values)]
+        deltas = [
+            None if values[j] is None or values[i] is None else values[i] - values[j]
+            for j, i in pairs
+        ]
         rows.append(
             {"measure": measure, "kind": kind, "target": target, "cells": cells, "deltas": deltas}
         )
@@ -213,7 +274,7 @@ def format_rows(columns: Sequence[AuditColumn]) -> tuple[list[str], list[list[st
     rows = headline_rows(columns)
     labels = [c.label for c in columns]
     header = ["measure", "target", *labels]
-    header += [f"Δ {b} − {a}" for a, b in itertools.pairwise(labels)]
+    header += [f"Δ {labels[i]} − {labels[j]}" for j, i in comparisons(columns)]
     out = []
     for r in rows:
         target = _fmt(r["target"], r["kind"]) if r["target"] is not None else ""
@@ -324,6 +385,11 @@ def render_markdown(columns: Sequence[AuditColumn], paired: Sequence[dict[str, A
             lines.append("| " + " | ".join(x.replace("|", "\\|") for x in r) + " |")
 
     table(header, rows)
+    if len({c.data["config"]["classifier_sha256"] for c in columns}) > 1 or any(
+        c.data["config"].get("remediation") for c in columns
+    ):
+        lines.append("")
+        table(*evaluator_rows(columns))
     for p in paired:
         lines.append("")
         table(*paired_rows(p))
@@ -509,8 +575,8 @@ def render_html(
     header, rows = format_rows(columns)
     pairs = []
     if paired:
-        for later in columns[1:]:
-            p = paired_images(columns[0], later, per_prompt=6 if small else 8)
+        for j, i in comparisons(columns):
+            p = paired_images(columns[j], columns[i], per_prompt=6 if small else 8)
             if p is not None:
                 pairs.append(p)
     if small:
@@ -537,6 +603,7 @@ def render_html(
             plot=_plot(columns),
             pairs=pairs,
             paired_stats=[(p, paired_rows(p)) for p in paired_stats],
+            evaluators=evaluator_rows(columns),
             title=_title(columns),
             report_versions=versions,
         )
@@ -547,7 +614,11 @@ def render_report(columns: Sequence[AuditColumn], fmt: str = "html", *, small: b
     """The report in ``html``, ``md`` or ``latex`` (``small``: see :func:`render_html`)."""
     if fmt not in FORMATS:
         raise ConfigError(f"expected one of {', '.join(FORMATS)}, got '{fmt}'", param="format")
-    paired = [p for later in columns[1:] if (p := paired_analysis(columns[0], later)) is not None]
+    paired = [
+        p
+        for j, i in comparisons(columns)
+        if (p := paired_analysis(columns[j], columns[i])) is not None
+    ]
     if fmt == "html":
         return render_html(columns, small=small, paired_stats=paired)
     if fmt == "md":

@@ -26,13 +26,29 @@ def test_fast_demo_builds_biased_corpus_and_target_and_reuses_stages(tmp_path, c
         "clip",
         "t2medi",
         "classifier",
+        "evaluator",
         "audit_before",
+        "audit_before-trainclf",
         "remediate",
         "audit_after",
+        "audit_after-trainclf",
         "report",
     }
+    # The evaluator is independent of the training classifier: other subjects, seed and width.
+    ev = {
+        n: json.loads((out / "models" / n / "evaluation.json").read_text())
+        for n in ("classifier", "evaluator")
+    }
+    assert ev["classifier"]["splits"] == ["train", "val", "test"]
+    assert ev["evaluator"]["splits"] == ["eval_train", "eval_val", "test"]
+    subjects = {
+        s: set(target_set.subject[target_set.split.isin(names)])
+        for s, names in (("clf", ["train", "val"]), ("eval", ["eval_train", "eval_val"]))
+    }
+    assert subjects["clf"] and subjects["eval"] and not subjects["clf"] & subjects["eval"]
     audit = json.loads((out / "before" / "audit.json").read_text())
     assert audit["n_images"] == 16 and audit["target"]["male"] == target["proportions"]["male"]
+    assert audit["config"]["classifier"].endswith("evaluator")
     assert (out / "models" / "t2medi" / "model_index.json").is_file()
     # remediated with the same audit seeds, so the report pairs every image
     after = json.loads((out / "after" / "audit.json").read_text())
@@ -40,8 +56,19 @@ def test_fast_demo_builds_biased_corpus_and_target_and_reuses_stages(tmp_path, c
     assert after["config"]["seed"] == audit["config"]["seed"]
     remediation = json.loads((out / "models" / "t2medi-fair" / "remediation.json").read_text())
     assert remediation["steps_done"] == 2 and len(remediation["audits"]) == 2
+    # Held-out prompts; the after audits know what the remediation saw.
+    assert not set(remediation["prompts"]) & set(after["config"]["prompts"])
+    assert after["config"]["remediation"]["same_classifier"] is False
+    assert after["config"]["remediation"]["shared_prompts"] == 0
+    seen = json.loads((out / "after-trainclf" / "audit.json").read_text())
+    assert seen["config"]["remediation"]["same_classifier"] is True
+    assert any("tuned against" in w for w in seen["warnings"])
     html = (out / "report.html").read_text()
     assert 'id="headline-table"' in html and "16 image pairs" in html
+    assert 'id="evaluator-table"' in html and "no (independent)" in html
+    md = (out / "report.md").read_text()
+    assert "Δ after − before" in md and "Δ after (training clf) − before (training clf)" in md
+    assert "Δ before (training clf) − after" not in md  # no change across evaluators
     assert (out / "report.md").is_file() and "\\toprule" in (out / "report.tex").read_text()
     stamp = (out / "data" / "corpus" / "metadata.csv").stat().st_mtime_ns
     # second run through the CLI reuses every stage
