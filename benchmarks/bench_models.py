@@ -53,7 +53,9 @@ def main(demo: Path, n: int) -> None:
             print(f"  {column}={g}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items()))
     pipe = load_pipeline(demo / "models" / "t2medi")
     start = time.perf_counter()
-    gen = torch.cat([sample_images(pipe, p, n=n, seed=1000, prompt_index=i) for i, p in enumerate(PROMPTS)])
+    gen = torch.cat(
+        [sample_images(pipe, p, n=n, seed=1000, prompt_index=i) for i, p in enumerate(PROMPTS)]
+    )
     seconds = time.perf_counter() - start
     print(f"generated {len(gen)} images in {seconds:.1f} s ({len(gen) / seconds:.1f} images/s)")
     real_ds = ImageFolderDataset(demo / "data" / "corpus", split="test")

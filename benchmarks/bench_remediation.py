@@ -1,6 +1,7 @@
 """Time and memory of one remediation step as K (gradient sampling steps) grows (remediation issue).
 
-For each K in 1, 2, 4, with and without gradient checkpointing, a fresh process
+For each K in 1, 2, 4 of ``--gradient last-k`` and for ``--gradient adjusted`` through all
+T = 10 steps, with and without gradient checkpointing, a fresh process
 loads the demo's models, runs one warm-up step, then times ``STEPS`` steps of the default
 configuration (8 images per prompt, 1 prompt per step, T = 10 DDIM steps, LoRA rank 8, λ = 1).
 Memory is the process's peak resident set, its growth over the loaded-models baseline (what a
@@ -21,35 +22,39 @@ CHILD = r"""
 import json, resource, sys, time, torch
 from accelerate import Accelerator
 from pathlib import Path
-from medfair_audit.demo import DEMO_PROMPTS
-from medfair_audit.remediation.tuning import (
-    RemediationConfig, _load_models, _losses, _lr_schedule, _sample_pair, _train_step)
+from medfair_audit.demo import TRAIN_PROMPTS
+from medfair_audit.models.t2medi import _cosine
+from medfair_audit.remediation import RemediationConfig
+from medfair_audit.remediation.step import batch_losses, sample_pair, train_step
+from medfair_audit.remediation.wiring import load_models
 from medfair_audit.target import Target
 torch.set_num_threads(2)
-demo, k, ckpt, steps = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4])
-cfg = RemediationConfig(grad_steps=k, gradient_checkpointing=ckpt)
+demo, grad, k, ckpt = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+steps = int(sys.argv[5])
+cfg = RemediationConfig(gradient=grad, grad_steps=k, gradient_checkpointing=ckpt)
 acc = Accelerator()
 target = Target.load(demo / "target.json")
-m, _ = _load_models(demo / "models" / "t2medi", demo / "models" / "classifier", target,
-                    list(DEMO_PROMPTS), None, cfg, acc.device, False)
-opt = torch.optim.AdamW(m.trainable, lr=cfg.lr)
-sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_schedule(cfg))
+m = load_models(demo / "models" / "t2medi", demo / "models" / "classifier", target,
+                list(TRAIN_PROMPTS), [(demo / "models" / "clip", 1.0)], cfg, acc.device, False)
+params = list(m.trainable.values())
+opt = torch.optim.AdamW(params, lr=cfg.lr)
+sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, cfg.steps, cfg.warmup))
 # What autograd keeps for backward (deduplicated storages), independent of the allocator.
 kept = {}
 def pack(t):
     kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
     return t
 with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-    _losses(m, cfg, *_sample_pair(m, cfg, 0, 123))
+    batch_losses(m, cfg, *sample_pair(m, cfg, 0, 123))
 saved = sum(kept.values())
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # models loaded
-_train_step(m, cfg, 0, opt, sched, acc, None)  # warm-up: allocator and optimiser state
+train_step(m, cfg, 0, opt, sched, acc, None)  # warm-up: allocator and optimiser state
 start = time.perf_counter()
 for s in range(1, steps + 1):
-    _train_step(m, cfg, s, opt, sched, acc, None)
+    train_step(m, cfg, s, opt, sched, acc, None)
 seconds = (time.perf_counter() - start) / steps
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"k": k, "checkpointing": ckpt, "s_per_step": seconds,
+print(json.dumps({"gradient": grad, "k": k, "checkpointing": ckpt, "s_per_step": seconds,
                   "saved_for_backward_mib": saved / 2**20,
                   "baseline_mib": base / 1024, "peak_mib": peak / 1024}))
 """
@@ -57,9 +62,20 @@ print(json.dumps({"k": k, "checkpointing": ckpt, "s_per_step": seconds,
 
 def main(demo: Path, steps: int) -> None:
     rows = []
-    for k, ckpt in ((1, True), (2, True), (4, True), (1, False), (2, False), (4, False)):
+    runs = [("last-k", k, c) for c in (True, False) for k in (1, 2, 4)]
+    runs += [("adjusted", 10, True), ("adjusted", 10, False)]
+    for grad, k, ckpt in runs:
         out = subprocess.run(
-            [sys.executable, "-c", CHILD, str(demo), str(k), "1" if ckpt else "0", str(steps)],
+            [
+                sys.executable,
+                "-c",
+                CHILD,
+                str(demo),
+                grad,
+                str(k),
+                "1" if ckpt else "0",
+                str(steps),
+            ],
             capture_output=True,
             text=True,
             check=True,
@@ -67,7 +83,7 @@ def main(demo: Path, steps: int) -> None:
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         r = rows[-1]
         print(
-            f"K={k} checkpointing={ckpt}: {r['s_per_step']:.2f} s/step, peak RSS "
+            f"{grad} K={k} checkpointing={ckpt}: {r['s_per_step']:.2f} s/step, peak RSS "
             f"{r['peak_mib']:.0f} MiB, of which the step {r['peak_mib'] - r['baseline_mib']:.0f} "
             f"MiB (models loaded: {r['baseline_mib']:.0f} MiB); autograd keeps "
             f"{r['saved_for_backward_mib']:.1f} MiB for backward",

@@ -34,6 +34,12 @@ def report(
     small: Annotated[
         bool, typer.Option("--small", help="Half-size image grids, fewer pairs (to commit).")
     ] = False,
+    figure: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="A PNG to show in the methods section (repeatable), e.g. a trade-off plot."
+        ),
+    ] = None,
 ) -> None:
     """Compare audits side by side: proportions against the target, distances, quality.
 
@@ -51,5 +57,5 @@ def report(
     from medfair_audit.reporting.compare import write_report
 
     names = None if labels is None else [x.strip() for x in labels.split(",")]
-    path = write_report(audits, out, labels=names, fmt=format, small=small)
+    path = write_report(audits, out, labels=names, fmt=format, small=small, figures=figure or ())
     out_console.print(f"wrote {path}")

@@ -1,28 +1,39 @@
 #!/usr/bin/env bash
-# Regenerate reports/example/ from a finished demo (make demo): the two audits, the classifier's
-# evaluation, the remediation record, a small before/after report (HTML, Markdown, LaTeX), a
+# Regenerate reports/example/ from a finished demo (make demo): the four audits (before/after on
+# the held-out prompts, read by the independent evaluator and by the training classifier), both
+# classifiers' evaluations, the remediation record, a small report (HTML, Markdown, LaTeX; with
+# the fairness-quality trade-off figure of benchmarks/bench_tradeoff.py when it exists), a
 # screenshot of the report in headless Chromium (skipped when Chromium is not installed), and
-# the README's results table (from report.md). `medfair report reports/example/before
-# reports/example/after` reproduces the tables and the paired analysis (images.csv is kept).
+# the README's results table (from report.md). `medfair report` on the four committed folders
+# reproduces the tables and the paired analyses (images.csv is kept).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO="${1:-reports/demo}"
 OUT="${2:-reports/example}"
 BIN="${BIN:-.venv/bin}"
-for f in before/audit.json after/audit.json models/classifier/evaluation.json \
+SIDES="before after before-trainclf after-trainclf"
+LABELS="before,after,before (training clf),after (training clf)"
+for f in before/audit.json after/audit.json before-trainclf/audit.json after-trainclf/audit.json \
+         models/classifier/evaluation.json models/evaluator/evaluation.json \
          models/t2medi-fair/remediation.json; do
   [ -f "$DEMO/$f" ] || { echo "error: $DEMO/$f is missing; run 'make demo' first" >&2; exit 2; }
 done
-mkdir -p "$OUT/before" "$OUT/after"
-for side in before after; do
+AUDITS=()
+for side in $SIDES; do
+  mkdir -p "$OUT/$side"
   cp "$DEMO/$side/audit.json" "$DEMO/$side/images.csv" "$OUT/$side/"
+  AUDITS+=("$DEMO/$side")
 done
-cp "$DEMO/models/classifier/evaluation.json" "$OUT/evaluation.json"
+rm -f "$OUT/evaluation.json"
+cp "$DEMO/models/classifier/evaluation.json" "$OUT/evaluation-training-classifier.json"
+cp "$DEMO/models/evaluator/evaluation.json" "$OUT/evaluation-evaluator.json"
 cp "$DEMO/models/t2medi-fair/remediation.json" "$OUT/remediation.json"
+FIG=()
+[ -f benchmarks/fairness-quality-tradeoff.png ] && FIG=(--figure benchmarks/fairness-quality-tradeoff.png)
 # The report reads grids and paired images from the demo's audit folders (shards are not copied).
-"$BIN/medfair" report "$DEMO/before" "$DEMO/after" --labels before,after --small --out "$OUT/report.html"
-"$BIN/medfair" report "$DEMO/before" "$DEMO/after" --labels before,after --out "$OUT/report.md"
-"$BIN/medfair" report "$DEMO/before" "$DEMO/after" --labels before,after --out "$OUT/report.tex"
+"$BIN/medfair" report "${AUDITS[@]}" --labels "$LABELS" --small "${FIG[@]}" --out "$OUT/report.html"
+"$BIN/medfair" report "${AUDITS[@]}" --labels "$LABELS" --out "$OUT/report.md"
+"$BIN/medfair" report "${AUDITS[@]}" --labels "$LABELS" --out "$OUT/report.tex"
 # The README's results table is the example's report.md, pasted between two markers, so every
 # number in it is read off the committed example.
 "$BIN/python" - "$OUT/report.md" README.md <<'PY'

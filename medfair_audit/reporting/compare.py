@@ -561,6 +561,7 @@ def render_html(
     paired: bool = True,
     small: bool = False,
     paired_stats: Sequence[dict[str, Any]] = (),
+    figures: Sequence[tuple[str, bytes]] = (),
 ) -> str:
     """The self-contained HTML report (one audit renders alone as well).
 
@@ -569,6 +570,8 @@ def render_html(
         paired: Add paired grids of the seeds the first audit shares with each later one.
         small: Half-size grids and fewer pairs (for a report committed to a repository).
         paired_stats: :func:`paired_analysis` results to show.
+        figures: ``(caption, PNG bytes)`` shown in the methods section (e.g. the
+            fairness–quality trade-off of ``benchmarks/bench_tradeoff.py``).
     """
     from . import _env
 
@@ -604,14 +607,21 @@ def render_html(
             pairs=pairs,
             paired_stats=[(p, paired_rows(p)) for p in paired_stats],
             evaluators=evaluator_rows(columns),
+            figures=list(figures),
             title=_title(columns),
             report_versions=versions,
         )
     )
 
 
-def render_report(columns: Sequence[AuditColumn], fmt: str = "html", *, small: bool = False) -> str:
-    """The report in ``html``, ``md`` or ``latex`` (``small``: see :func:`render_html`)."""
+def render_report(
+    columns: Sequence[AuditColumn],
+    fmt: str = "html",
+    *,
+    small: bool = False,
+    figures: Sequence[tuple[str, bytes]] = (),
+) -> str:
+    """The report in ``html``, ``md`` or ``latex`` (``small``, ``figures``: :func:`render_html`)."""
     if fmt not in FORMATS:
         raise ConfigError(f"expected one of {', '.join(FORMATS)}, got '{fmt}'", param="format")
     paired = [
@@ -620,7 +630,7 @@ def render_report(columns: Sequence[AuditColumn], fmt: str = "html", *, small: b
         if (p := paired_analysis(columns[j], columns[i])) is not None
     ]
     if fmt == "html":
-        return render_html(columns, small=small, paired_stats=paired)
+        return render_html(columns, small=small, paired_stats=paired, figures=figures)
     if fmt == "md":
         return render_markdown(columns, paired)
     return render_latex(columns, paired)
@@ -649,6 +659,7 @@ def write_report(
     labels: Sequence[str] | None = None,
     fmt: str | None = None,
     small: bool = False,
+    figures: Sequence[str | os.PathLike[str]] = (),
 ) -> Path:
     """Write a report comparing ``audits`` (``audit.json`` files or their folders).
 
@@ -659,6 +670,7 @@ def write_report(
         labels: Column labels (default: ``before``/``after`` for two, else the folder names).
         fmt: ``html``, ``md`` or ``latex``.
         small: Half-size image grids and fewer pairs in HTML.
+        figures: PNG files shown in the HTML's methods section, captioned by their file name.
 
     Raises:
         ConfigError: Wrong number of labels, unknown format.
@@ -686,4 +698,11 @@ def write_report(
     _check_comparable(columns)
     if out.is_dir():
         raise ConfigError(f"'{out}' is a folder; expected a file name", param="out")
-    return atomic_write_text(out, render_report(columns, fmt, small=small))
+    pngs = []
+    for f in figures:
+        path = Path(f)
+        data = path.read_bytes() if path.is_file() else b""
+        if not data.startswith(b"\x89PNG"):
+            raise DataError(f"'{path}' is not a PNG file", param="figure")
+        pngs.append((path.stem.replace("-", " ").replace("_", " "), data))
+    return atomic_write_text(out, render_report(columns, fmt, small=small, figures=pngs))

@@ -1,4 +1,5 @@
-"""The committed example is a valid schema-v2 audit pair, and the README's table is its report."""
+"""The committed example: four valid schema-v2 audits (evaluator and training classifier, before
+and after, on held-out prompts), and the README's table is their report."""
 
 from __future__ import annotations
 
@@ -8,13 +9,24 @@ from pathlib import Path
 import pytest
 
 from medfair_audit.audit import audit_schema
-from medfair_audit.reporting.compare import load_audit, paired_analysis, render_markdown
+from medfair_audit.reporting.compare import (
+    comparisons,
+    load_audit,
+    paired_analysis,
+    render_markdown,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "reports" / "example"
+COLUMNS = {
+    "before": "before",
+    "after": "after",
+    "before-trainclf": "before (training clf)",
+    "after-trainclf": "after (training clf)",
+}
 
 
-@pytest.mark.parametrize("side", ["before", "after"])
+@pytest.mark.parametrize("side", list(COLUMNS))
 def test_example_audits_validate_against_the_schema(side):
     import jsonschema
 
@@ -22,13 +34,27 @@ def test_example_audits_validate_against_the_schema(side):
 
 
 def test_readme_table_is_the_example_report_regenerated_from_the_committed_files():
-    columns = [load_audit(EXAMPLE / s, s) for s in ("before", "after")]
-    paired = paired_analysis(columns[0], columns[1])
-    md = render_markdown(columns, [paired])
+    columns = [load_audit(EXAMPLE / s, label) for s, label in COLUMNS.items()]
+    pairs = comparisons(columns)
+    assert pairs == [(0, 1), (2, 3)]  # changes only within one classifier
+    md = render_markdown(columns, [paired_analysis(columns[j], columns[i]) for j, i in pairs])
     assert md == (EXAMPLE / "report.md").read_text()
     readme = (ROOT / "README.md").read_text()
     start, end = "<!-- example-table:start -->\n", "\n<!-- example-table:end -->"
     assert readme.split(start, 1)[1].split(end, 1)[0] == md.strip()
-    # The before column is censored, so no change is claimed from it.
-    row = next(line for line in md.splitlines() if line.startswith("| KL(target‖generated)"))
-    assert "(censored)" in row and row.rstrip(" |").endswith("–")
+    # The headline is independent of the tuning: held-out prompts, a classifier it never saw.
+    after = columns[1].data["config"]
+    assert after["remediation"]["same_classifier"] is False
+    assert after["remediation"]["shared_prompts"] == 0
+    assert columns[3].data["config"]["remediation"]["same_classifier"] is True
+
+
+def test_a_censored_value_gets_no_change():
+    columns = [load_audit(EXAMPLE / s, label) for s, label in COLUMNS.items()]
+    md = render_markdown(columns)
+    for line in md.splitlines():
+        cells = [c.strip() for c in line.strip(" |").split("|")]
+        if len(cells) == 8 and cells[0] != "measure":
+            for (j, i), delta in zip(((0, 1), (2, 3)), cells[6:], strict=True):
+                if "(censored)" in cells[2 + j] or "(censored)" in cells[2 + i]:
+                    assert delta == "–", line

@@ -88,15 +88,19 @@ def test_outputs_are_a_pipeline_adapters_and_a_record(remediated, tiny_models):
     assert (out / "adapters" / "pytorch_lora_weights.safetensors").is_file()
 
 
-def test_merged_pipeline_equals_base_plus_adapters(remediated, tiny_models):
-    out, _, _ = remediated
+def assert_merged_equals_base_plus_adapters(out, base_dir, steps=3):
+    """The merged pipeline and the original with ``out/adapters`` loaded draw the same images."""
     merged = load_pipeline(out)
-    base = load_pipeline(tiny_models["t2medi"])
+    base = load_pipeline(base_dir)
     base.load_lora_weights(str(out / "adapters"))
-    kw = dict(prompt=PROMPTS[0], num_inference_steps=3, guidance_scale=2.0, output_type="pt")
+    kw = dict(prompt=PROMPTS[0], num_inference_steps=steps, guidance_scale=2.0, output_type="pt")
     a = merged(generator=torch.Generator().manual_seed(1), **kw).images
     b = base(generator=torch.Generator().manual_seed(1), **kw).images
     torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
+def test_merged_pipeline_equals_base_plus_adapters(remediated, tiny_models):
+    assert_merged_equals_base_plus_adapters(remediated[0], tiny_models["t2medi"])
 
 
 def test_gradients_reach_only_the_tuned_parameters(tiny_models):
@@ -437,13 +441,7 @@ def test_text_lora_and_several_image_encoders(tiny_models, tmp_path):
     text_b = load_file(out / "text_encoder" / "model.safetensors")
     assert text_a.keys() == text_b.keys()
     assert any(not torch.equal(text_a[k], text_b[k]) for k in text_a)
-    merged = load_pipeline(out)
-    base = load_pipeline(tiny_models["t2medi"])
-    base.load_lora_weights(str(out / "adapters"))
-    kw = dict(prompt=PROMPTS[0], num_inference_steps=2, guidance_scale=2.0, output_type="pt")
-    a = merged(generator=torch.Generator().manual_seed(1), **kw).images
-    b = base(generator=torch.Generator().manual_seed(1), **kw).images
-    torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    assert_merged_equals_base_plus_adapters(out, tiny_models["t2medi"], steps=2)
     with pytest.raises(ConfigError, match="--lora-on unet"):
         tiny(full=True, lora_on="text")
 

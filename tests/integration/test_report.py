@@ -58,7 +58,7 @@ def audits(tiny_models, small_phantom, tmp_path_factory):
             audit_steps=2,
             warmup=1,
         ),
-        image_encoder=tiny_models["clip"],
+        image_encoders=[(tiny_models["clip"], 1.0)],
     )
     _audit(tiny_models, tiny_models["t2medi"], root / "before", small_phantom)
     _audit(tiny_models, fair, root / "after", small_phantom)
@@ -180,11 +180,43 @@ def test_cli_report_formats_and_bad_input(capsys, audits, tmp_path):
         ([a, bad_schema], "AUDIT_JSON", "schema_version 1; this medfair reads version 2"),
         ([a, other], "AUDIT_JSON", "another target"),
         ([a, b, "--format", "pdf"], "--format", "html, md, latex"),
+        ([a, b, "--figure", bad_schema], "--figure", "not a PNG"),
     ]
     for args, flag, needle in cases:
         code, _, err = run(capsys, "report", *args, "--out", tmp_path / "no" / "r.html")
         assert_one_line_error(code, err, flag, needle)
     assert not (tmp_path / "no").exists()
+    png = tmp_path / "fairness-quality-tradeoff.png"
+    from medfair_audit.reporting import image_grid_png
+
+    png.write_bytes(image_grid_png(np.zeros((1, 1, 4, 4), dtype=np.uint8), cols=1))
+    code, _, err = run(capsys, "report", a, b, "--figure", png, "--out", tmp_path / "f.html")
+    assert code == 0, err
+    html = (tmp_path / "f.html").read_text()
+    assert "fairness quality tradeoff</figcaption>" in html
+
+
+def test_columns_change_only_within_one_classifier(audits, tmp_path):
+    """A third audit by another classifier gets no Δ against the first two, and the evaluator
+    table says which classifier the remediation was tuned against."""
+    from medfair_audit.reporting.compare import comparisons, evaluator_rows
+
+    other = tmp_path / "other-clf"
+    shutil.copytree(audits / "after", other)
+    doc = json.loads((other / "audit.json").read_text())
+    doc["config"] = {**doc["config"], "classifier_sha256": "f" * 64, "classifier": "x/evaluator"}
+    doc["config"]["remediation"] = {**doc["config"]["remediation"], "same_classifier": False}
+    (other / "audit.json").write_text(json.dumps(doc))
+    cols = [load_audit(audits / s, s) for s in ("before", "after")] + [load_audit(other, "eval")]
+    assert comparisons(cols) == [(0, 1)]
+    _, rows = evaluator_rows(cols)
+    assert [r[3] for r in rows] == ["yes", "yes", "no (independent)"]
+    assert rows[0][4] == "2 of 2 were training prompts"
+    md_rows = headline_rows(cols)
+    assert all(len(r["deltas"]) == 1 for r in md_rows)
+    after = json.loads((audits / "after" / "audit.json").read_text())
+    assert after["config"]["remediation"]["same_classifier"] is True
+    assert any("tuned against" in w for w in after["warnings"])
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -1,0 +1,241 @@
+"""Fairness–quality trade-off of remediation: λ (semantics preservation) × optimiser steps.
+
+Needs a finished demo (``make demo``: the biased T2MedI, both classifiers, CLIP, the target set).
+For each λ in ``LAMBDAS`` and each step count in ``STEPS`` it remediates the biased model on the
+demo's *training* prompts with the demo's settings (one prompt per step, to halve the cost), and
+judges the result the way the demo does: an audit on the *held-out* prompts with the
+*independent* evaluation classifier (``N_PER_PROMPT`` images per prompt, the demo's audit seeds).
+The biased model is audited the same way (the "0 steps" point). For each point:
+
+* fairness: KL(target ‖ generated) of the PACC-corrected shares, with its interval (a censored
+  value is kept as its bound and drawn as such);
+* quality: FID and KID against the target set's real test images at a subsample size every point
+  has (mean ± sd over draws), and the CLIP drift of paired images (same prompt and seed as the
+  biased model's): mean 1 − cos of the demo CLIP's image embeddings.
+
+Writes ``benchmarks/tradeoff.json``, the figure ``benchmarks/fairness-quality-tradeoff.png``, and
+the table between the ``tradeoff-table`` markers of ``benchmarks/RESULTS.md``. Models and audits
+are kept under ``DEMO/tradeoff/`` so a rerun only computes what is missing.
+
+Run: .venv/bin/python benchmarks/bench_tradeoff.py [DEMO_DIR]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medfair_audit import AuditConfig, run_audit
+from medfair_audit.audit.quality import common_n
+from medfair_audit.audit.result import format_estimate
+from medfair_audit.demo import HELD_OUT_PROMPTS, TRAIN_PROMPTS, DemoConfig
+from medfair_audit.generation import GenerationConfig
+from medfair_audit.models.clip import encode_images, load_clip
+from medfair_audit.remediation import remediate
+from medfair_audit.reporting.compare import audit_images
+from medfair_audit.target import Target
+
+LAMBDAS = (0.0, 1.0, 4.0)
+STEPS = (40, 120)
+N_PER_PROMPT = 32
+HERE = Path(__file__).resolve().parent
+
+
+def clip_drift(before: Path, after: Path, clip: object) -> float:
+    """Mean 1 − cos of CLIP embeddings of the images two audits drew from the same seeds."""
+    a, b = audit_images(before), audit_images(after)
+    common, ia, ib = np.intersect1d(a["seeds"], b["seeds"], return_indices=True)
+    assert len(common) == len(a["seeds"]), "the audits must draw the same seeds"
+
+    def emb(arr, idx):
+        return encode_images(clip, torch.from_numpy(arr["images"][idx]).float() / 127.5 - 1)
+
+    return float((1 - (emb(a, ia) * emb(b, ib)).sum(-1)).mean())
+
+
+def _audit(demo: Path, checkpoint: Path, out: Path, cfg: DemoConfig) -> dict:
+    if not (out / "audit.json").is_file():
+        gen = dataclasses.replace(cfg.audit_generation, n_per_prompt=N_PER_PROMPT)
+        assert isinstance(gen, GenerationConfig)
+        run_audit(
+            AuditConfig(
+                checkpoint=checkpoint,
+                classifier=demo / "models" / "evaluator",
+                prompts=HELD_OUT_PROMPTS,
+                target=Target.load(demo / "target.json"),
+                out=out,
+                generation=gen,
+                reference=demo / "data" / "target_set",
+                reference_split="test",
+            )
+        )
+    return json.loads((out / "audit.json").read_text())
+
+
+def measure(demo: Path) -> list[dict]:
+    cfg = DemoConfig(out=demo)
+    work = demo / "tradeoff"
+    clip, _ = load_clip(demo / "models" / "clip")
+    base = _audit(demo, demo / "models" / "t2medi", work / "audit-biased", cfg)
+    points = [{"lambda": None, "steps": 0, "folder": work / "audit-biased", "audit": base}]
+    for lam in LAMBDAS:
+        for steps in STEPS:
+            name = f"l{lam:g}-s{steps}"
+            model = work / f"model-{name}"
+            seconds = None
+            if not (model / "model_index.json").is_file():
+                start = time.perf_counter()
+                remediate(
+                    demo / "models" / "t2medi",
+                    classifier=demo / "models" / "classifier",
+                    target=Target.load(demo / "target.json"),
+                    prompts=TRAIN_PROMPTS,
+                    out=model,
+                    config=dataclasses.replace(
+                        cfg.remediation,
+                        lambda_clip=lam,
+                        steps=steps,
+                        prompts_per_step=1,
+                        audit_every=0,
+                    ),
+                    image_encoders=[(demo / "models" / "clip", 1.0)],
+                    overwrite=True,
+                )
+                seconds = time.perf_counter() - start
+            audit = _audit(demo, model, work / f"audit-{name}", cfg)
+            points.append(
+                {
+                    "lambda": lam,
+                    "steps": steps,
+                    "folder": work / f"audit-{name}",
+                    "audit": audit,
+                    "seconds": seconds,
+                }
+            )
+            print(f"λ = {lam:g}, {steps} steps done", flush=True)
+    for p in points:
+        p["drift"] = clip_drift(points[0]["folder"], p["folder"], clip)
+    return points
+
+
+def summarise(points: list[dict]) -> dict:
+    """The JSON record: one row per point, FID/KID at one n that every point has."""
+    quality = [p["audit"]["quality"]["by_group"] for p in points]
+    n = {g: common_n([q[g] for q in quality]) for g in quality[0]}
+    rows = []
+    for p in points:
+        a = p["audit"]
+        reading = a["default_reading"]
+        row = {
+            "lambda": p["lambda"],
+            "steps": p["steps"],
+            "remediation_seconds": p.get("seconds"),
+            "kl_corrected": a["distances"][reading]["kl_target_to_generated"],
+            "male_corrected": a["proportions"][reading]["male"],
+            "clip_drift": p["drift"],
+        }
+        for g, size in n.items():
+            at = a["quality"]["by_group"][g]["at_n"].get(size) if size else None
+            row[f"fid_{g}"] = at and at["fid"]
+            row[f"kid_{g}"] = at and at["kid"]
+        rows.append(row)
+    return {
+        "prompts": "held-out (demo.HELD_OUT_PROMPTS)",
+        "evaluator": "independent (models/evaluator)",
+        "n_per_prompt": N_PER_PROMPT,
+        "quality_n": n,
+        "rows": rows,
+    }
+
+
+def plot(doc: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    colours = {None: "black", **{lam: f"C{i}" for i, lam in enumerate(LAMBDAS)}}
+    for ax, (key, label) in zip(
+        axes,
+        (("fid_overall", f"FID, all images (n = {doc['quality_n']['overall']})"),
+         ("clip_drift", "CLIP drift from the biased model (1 − cos)")),
+        strict=True,
+    ):  # fmt: skip
+        for r in doc["rows"]:
+            kl = r["kl_corrected"]
+            x = r[key]["mean"] if isinstance(r[key], dict) else r[key]
+            if x is None:
+                continue
+            lo, hi = kl["ci"]
+            y = kl["value"] if kl["value"] is not None else kl["bound"].get("at_least", lo)
+            marker = "o" if kl["value"] is not None else "^"  # ^: a lower bound
+            ax.errorbar(x, y, yerr=[[y - lo], [max(hi - y, 0)]], fmt=marker,
+                        color=colours[r["lambda"]], capsize=3)  # fmt: skip
+            tag = "biased" if r["lambda"] is None else f"λ={r['lambda']:g}, {r['steps']} st."
+            ax.annotate(tag, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.set_yscale("symlog", linthresh=1e-3)
+        ax.set_xlabel(label)
+        ax.set_ylabel("KL(target ‖ generated), PACC, 95% interval")
+        ax.grid(alpha=0.3)
+    fig.suptitle("Fairness–quality trade-off on held-out prompts, independent evaluator")
+    fig.savefig(path, dpi=110)
+
+
+def table(doc: dict) -> str:
+    n = doc["quality_n"]
+    lines = [
+        f"| λ | steps | male share, PACC | KL(target‖gen), PACC | FID all (n = {n['overall']}) "
+        f"| KID all | CLIP drift | remediation s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in doc["rows"]:
+        fid, kid = r["fid_overall"], r["kid_overall"]
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    "biased" if r["lambda"] is None else f"{r['lambda']:g}",
+                    str(r["steps"]),
+                    format_estimate(r["male_corrected"], ".3f"),
+                    format_estimate(r["kl_corrected"], ".4f"),
+                    "–" if not fid else f"{fid['mean']:.2f} ± {fid['sd']:.2f}",
+                    "–" if not kid else f"{kid['mean']:.3f} ± {kid['sd']:.3f}",
+                    f"{r['clip_drift']:.4f}",
+                    "–" if r["remediation_seconds"] is None else f"{r['remediation_seconds']:.0f}",
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def splice(path: Path, text: str, name: str) -> None:
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    doc = path.read_text()
+    if start not in doc:
+        sys.exit(f"{path} has no {name} markers")
+    pattern = re.escape(start) + ".*?" + re.escape(end)
+    path.write_text(re.sub(pattern, lambda m: f"{start}\n{text}\n{end}", doc, flags=re.S))
+
+
+def main(demo: Path) -> None:
+    torch.set_num_threads(2)
+    start = time.perf_counter()
+    doc = summarise(measure(demo))
+    doc["seconds"] = time.perf_counter() - start
+    (HERE / "tradeoff.json").write_text(json.dumps(doc, indent=2) + "\n")
+    plot(doc, HERE / "fairness-quality-tradeoff.png")
+    splice(HERE / "RESULTS.md", table(doc), "tradeoff-table")
+    print(table(doc))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("reports/demo"))
