@@ -14,15 +14,18 @@ The biased model is audited the same way (the "0 steps" point). For each point:
   biased model's): mean 1 − cos of the demo CLIP's image embeddings.
 
 Writes ``benchmarks/tradeoff.json``, the figure ``benchmarks/fairness-quality-tradeoff.png``, and
-the table between the ``tradeoff-table`` markers of ``benchmarks/RESULTS.md``. Models and audits
+the table between the ``tradeoff-table`` markers of ``benchmarks/RESULTS.md`` and a paragraph
+between the ``tradeoff-summary`` markers of ``README.md``. Models and audits
 are kept under ``DEMO/tradeoff/`` so a rerun only computes what is missing.
 
 Run: .venv/bin/python benchmarks/bench_tradeoff.py [DEMO_DIR]
+     .venv/bin/python benchmarks/bench_tradeoff.py --render   (redraw from tradeoff.json)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import re
 import sys
@@ -43,7 +46,7 @@ from medfair_audit.reporting.compare import audit_images
 from medfair_audit.target import Target
 
 LAMBDAS = (0.0, 1.0, 4.0)
-STEPS = (40, 120)
+STEPS = (30, 90)
 N_PER_PROMPT = 32
 HERE = Path(__file__).resolve().parent
 
@@ -182,6 +185,8 @@ def plot(doc: dict, path: Path) -> None:
             tag = "biased" if r["lambda"] is None else f"λ={r['lambda']:g}, {r['steps']} st."
             ax.annotate(tag, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
         ax.set_yscale("symlog", linthresh=1e-3)
+        if key.startswith("fid"):
+            ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.set_ylabel("KL(target ‖ generated), PACC, 95% interval")
         ax.grid(alpha=0.3)
@@ -217,6 +222,52 @@ def table(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def summary_text(doc: dict) -> str:
+    """The README's paragraph, written from the record (no number or trend typed by hand)."""
+    rows = [r for r in doc["rows"] if r["lambda"] is not None]
+    best = min(rows, key=lambda r: r["kl_corrected"]["value"] or float("inf"))
+    longest = max(r["steps"] for r in rows)
+    at_end = {r["lambda"]: r for r in rows if r["steps"] == longest}
+    drifts = [r["clip_drift"] for _, r in sorted(at_end.items())]
+    trend = (
+        "falls as λ grows"
+        if all(b < a for a, b in itertools.pairwise(drifts))
+        else "does not fall steadily with λ"
+    )
+    cis = [r["male_corrected"]["ci"] for r in at_end.values()]
+    overlap = max(lo for lo, _ in cis) <= min(hi for _, hi in cis)
+    drift = ", ".join(f"{r['clip_drift']:.4f} (λ = {lam:g})" for lam, r in at_end.items())
+    share = ", ".join(
+        f"{format_estimate(r['male_corrected'], '.3f')} (λ = {lam:g})" for lam, r in at_end.items()
+    )
+    text = (
+        f"**Fairness–quality trade-off** (`benchmarks/bench_tradeoff.py`; held-out prompts, "
+        f"independent evaluator, {doc['n_per_prompt']} images per prompt): after {longest} steps "
+        f"the CLIP drift from the biased model's images {trend}, {drift}; the evaluator's male "
+        f"share is {share}"
+        + (" (all intervals overlap)" if overlap else "")
+        + f". The lowest KL, {format_estimate(best['kl_corrected'], '.4f')} (male "
+        f"{format_estimate(best['male_corrected'], '.3f')}), came from λ = {best['lambda']:g} "
+        f"after {best['steps']} steps"
+    )
+    if best["steps"] < longest:
+        later = at_end[best["lambda"]]
+        (a_lo, a_hi), (b_lo, b_hi) = best["kl_corrected"]["ci"], later["kl_corrected"]["ci"]
+        same = max(a_lo, b_lo) <= min(a_hi, b_hi)
+        text += (
+            f"; {longest} steps with the same λ gave KL "
+            f"{format_estimate(later['kl_corrected'], '.4f')}"
+            + (
+                " (the intervals overlap: a hint, not a finding, that training longer against the "
+                "training classifier moves the independent reading away from the target)"
+                if same
+                else ": training longer against the training classifier moved the independent "
+                "reading away from the target"
+            )
+        )
+    return text + ". Table and figure: `benchmarks/RESULTS.md`."
+
+
 def splice(path: Path, text: str, name: str) -> None:
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     doc = path.read_text()
@@ -232,10 +283,19 @@ def main(demo: Path) -> None:
     doc = summarise(measure(demo))
     doc["seconds"] = time.perf_counter() - start
     (HERE / "tradeoff.json").write_text(json.dumps(doc, indent=2) + "\n")
-    plot(doc, HERE / "fairness-quality-tradeoff.png")
-    splice(HERE / "RESULTS.md", table(doc), "tradeoff-table")
+    render(doc)
     print(table(doc))
 
 
+def render(doc: dict) -> None:
+    """The figure, the RESULTS.md table and the README paragraph from one record."""
+    plot(doc, HERE / "fairness-quality-tradeoff.png")
+    splice(HERE / "RESULTS.md", table(doc), "tradeoff-table")
+    splice(HERE.parent / "README.md", summary_text(doc), "tradeoff-summary")
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("reports/demo"))
+    if sys.argv[1:2] == ["--render"]:  # figure and tables again from tradeoff.json
+        render(json.loads((HERE / "tradeoff.json").read_text()))
+    else:
+        main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("reports/demo"))

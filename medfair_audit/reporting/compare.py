@@ -149,6 +149,38 @@ def evaluator_rows(columns: Sequence[AuditColumn]) -> tuple[list[str], list[list
     return header, rows
 
 
+def evaluator_notes(columns: Sequence[AuditColumn]) -> list[str]:
+    """One line per remediated column: its corrected shares against the target, and by whom.
+
+    Generated from the audits, so a README quoting the report quotes no number by hand.
+    """
+    shas, _ = _tuned_against(columns)
+    if not shas:
+        return []
+    _, rows = evaluator_rows(columns)
+    lines = []
+    for c, row in zip(columns, rows, strict=True):
+        if not c.data["config"].get("remediation"):
+            continue
+        reading = c.data["default_reading"]
+        parts = []
+        for g in c.data["groups"]:
+            cell = _cell(c.data["proportions"].get(reading, {}).get(g))
+            t = c.data["target"].get(g)
+            text = _cell_text(cell, "share")
+            if cell["ci"] is not None and t is not None and cell["bound"] is None:
+                inside = cell["ci"][0] <= t <= cell["ci"][1]
+                text += f", target {_fmt(t, 'share')} {'inside' if inside else 'outside'}"
+            parts.append(f"{g} {text}")
+        who = (
+            "the independent evaluator"
+            if row[3].startswith("no")
+            else "the classifier it was tuned against"
+        )
+        lines.append(f"*{c.label}*, read by {who} on {row[4]} prompt(s): " + "; ".join(parts) + ".")
+    return lines
+
+
 def headline_rows(columns: Sequence[AuditColumn]) -> list[dict[str, Any]]:
     """The headline table: one row per measure, one cell per audit, changes between columns.
 
@@ -390,6 +422,10 @@ def render_markdown(columns: Sequence[AuditColumn], paired: Sequence[dict[str, A
     ):
         lines.append("")
         table(*evaluator_rows(columns))
+        notes = evaluator_notes(columns)
+        if notes:
+            lines.append("")
+            lines += [f"- {n}" for n in notes]
     for p in paired:
         lines.append("")
         table(*paired_rows(p))

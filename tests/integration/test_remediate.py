@@ -314,6 +314,12 @@ def test_two_processes_equal_one_process_with_both_batches(tiny_models, tmp_path
     ]
     assert [r["prompts"] for r in logs[0]] == [r["prompts"] for r in logs[1]] == [[0, 1]] * 2
     assert json.loads((tmp_path / "two" / "remediation.json").read_text())["processes"] == 2
+    # --until-kl is decided on the main process (the only one that audits) and broadcast: both
+    # processes stop after the first audit instead of one waiting for the other forever.
+    stop = [a if a != "0" else "1" for a in args]  # --audit-every 1
+    medfair_processes(*stop, "--until-kl", 100, "--out", tmp_path / "stop", processes=2)
+    doc = json.loads((tmp_path / "stop" / "remediation.json").read_text())
+    assert doc["steps_done"] == 1 and doc["stopped_early"]
 
 
 def test_align_to_corrected_uses_the_soft_confusion_matrix(tiny_models, tmp_path):
