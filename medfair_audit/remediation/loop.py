@@ -28,7 +28,6 @@ from typing import Any
 
 import torch
 
-from .._io import folder_sha256
 from ..exceptions import ConfigError, DataError
 from ..progress import ProgressCallback, report
 from ..target import Target
@@ -178,7 +177,6 @@ def remediate(
     m = load_models(
         checkpoint, Path(classifier), target, prompts, encoders, cfg, acc.device, trust_pickle
     )
-    m.classifier_sha256 = folder_sha256(classifier)
     params = list(m.trainable.values())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     lr_sched = torch.optim.lr_scheduler.LambdaLR(

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._io import folder_sha256
 from ..exceptions import ConfigError, ModelError
 from ..target import Target
 from .config import RemediationConfig
@@ -73,15 +74,15 @@ class Models:
 
     def states(self, prompt: int, n: int) -> torch.Tensor:
         """``(2n, L, D)`` text states, unconditional first (through text adapters, if any)."""
-        if self.cfg.lora_on == "unet":
+        if self.cfg.lora_on == "unet":  # frozen text encoder: encode every prompt once
             if self._frozen_states is None:
                 with torch.no_grad():
                     self._frozen_states = self._states(self.tokens)
-            s = self._frozen_states
-        else:
-            s = self._states(self.tokens[[prompt, self.n_prompts]])  # prompt, empty
-            return torch.cat([s[1:].expand(n, -1, -1), s[:1].expand(n, -1, -1)])
-        return torch.cat([s[-1:].expand(n, -1, -1), s[prompt : prompt + 1].expand(n, -1, -1)])
+            cond = self._frozen_states[prompt : prompt + 1]
+            uncond = self._frozen_states[-1:]
+        else:  # text adapters: through them, with gradients
+            cond, uncond = self._states(self.tokens[[prompt, self.n_prompts]]).split(1)
+        return torch.cat([uncond.expand(n, -1, -1), cond.expand(n, -1, -1)])
 
     @contextlib.contextmanager
     def original(self) -> Iterator[Any]:
@@ -239,6 +240,7 @@ def load_models(
         cfg=cfg,
         trainable=trainable,
         target_spec=target,
+        classifier_sha256=folder_sha256(classifier_dir),
     )
 
 
