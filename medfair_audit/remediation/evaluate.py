@@ -7,7 +7,6 @@ prompts. They judge the weights that will be saved (the EMA when there is one).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -15,7 +14,6 @@ import torch
 
 from ..generation.seeds import image_seed
 from ..metrics.functional import adjusted_count, kl_divergence
-from ..target import Target
 from .config import RemediationConfig
 from .sampling import ddim_sample, decode
 from .wiring import Models
@@ -24,9 +22,7 @@ __all__ = ["quick_audit"]
 
 
 @torch.no_grad()
-def quick_audit(
-    m: Models, cfg: RemediationConfig, groups: Sequence[str], target: Target
-) -> dict[str, Any]:
+def quick_audit(m: Models, cfg: RemediationConfig) -> dict[str, Any]:
     """Classify ``audit_images`` images per prompt drawn from the held-out ``audit_seed``.
 
     Returns:
@@ -35,6 +31,7 @@ def quick_audit(
         the PACC share (clipped to the simplex; ``pacc_clipped`` says if it was) and its KL.
         ``kl`` is the KL of the reading being aligned (what ``until_kl`` compares).
     """
+    groups = list(m.classifier.groups)
     sched = m.scheduler(cfg.audit_steps)
     counts = np.zeros((m.n_prompts, len(groups)), dtype=np.int64)
     prob_sum = np.zeros(len(groups))
@@ -61,7 +58,7 @@ def quick_audit(
     total = counts.sum()
     share = counts.sum(0) / total
     mean_probs = prob_sum / total
-    tvec = np.asarray(target.vector(groups))
+    tvec = m.target.double().cpu().numpy()  # in the classifier's group order
     out: dict[str, Any] = {
         "n": int(total),
         "share": dict(zip(groups, share.tolist(), strict=True)),

@@ -82,7 +82,7 @@ def _audit(m: Models, cfg: RemediationConfig, step: int, ema: Any, acc: Any) -> 
         return None
     m.unet.eval()
     with _saved_weights(m, ema):
-        out = {"step": step, **quick_audit(m, cfg, m.classifier.groups, m.target_spec)}
+        out = {"step": step, **quick_audit(m, cfg)}
     m.unet.train()
     return out
 

@@ -49,7 +49,6 @@ class Models:
     device: torch.device
     cfg: RemediationConfig
     trainable: dict[str, torch.nn.Parameter] = field(default_factory=dict)
-    target_spec: Target | None = None
     classifier_sha256: str = ""
     _frozen_states: torch.Tensor | None = None
     _schedulers: dict[int, Any] = field(default_factory=dict)
@@ -239,7 +238,6 @@ def load_models(
         device=device,
         cfg=cfg,
         trainable=trainable,
-        target_spec=target,
         classifier_sha256=folder_sha256(classifier_dir),
     )
 
