@@ -34,6 +34,30 @@ OutDir = Annotated[
 ]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")]
 Seed = Annotated[int, typer.Option("--seed", min=0, help="Seed of every random draw.")]
+Device = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps. Under accelerate "
+        "launch each process takes the GPU of its local rank.",
+    ),
+]
+Dtype = Annotated[
+    str,
+    typer.Option(
+        "--dtype",
+        help="Precision of the diffusion model: auto (bfloat16 on GPUs that have it, float16 on "
+        "older ones, float32 on the CPU), float32, float16 or bfloat16. Classifiers and "
+        "features always run in float32.",
+    ),
+]
+
+
+def placement(device: str, dtype: str) -> object:
+    """The checked :class:`~medfair_audit.device.Placement` of ``--device`` and ``--dtype``."""
+    from medfair_audit.device import Placement
+
+    return Placement(device=device, dtype=dtype)
 
 
 def prompt_texts(prompts: Path | None, prompt: list[str] | None) -> list[str]:

@@ -9,7 +9,15 @@ import typer
 
 from medfair_audit.target import parse_target
 
-from ._common import out_console, progress_bar, prompt_texts, quiet_libraries
+from ._common import (
+    Device,
+    Dtype,
+    out_console,
+    placement,
+    progress_bar,
+    prompt_texts,
+    quiet_libraries,
+)
 
 
 def audit(
@@ -35,7 +43,13 @@ def audit(
         str | None, typer.Option(help="Use only this split of --reference.")
     ] = None,
     seed: Annotated[int, typer.Option(help="Global seed (each image's seed derives from it).")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Images per batch and per shard.")] = 32,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            help="Images per batch and per shard (lower it on an out-of-memory error; results "
+            "do not depend on it)."
+        ),
+    ] = 32,
     steps: Annotated[int, typer.Option(help="Denoising steps.")] = 25,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 3.0,
     features: Annotated[
@@ -63,6 +77,27 @@ def audit(
     trust_pickle: Annotated[
         bool, typer.Option("--trust-pickle", help="Allow pickle weights (runs code).")
     ] = False,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    compile: Annotated[
+        bool,
+        typer.Option(
+            "--compile", help="torch.compile the UNet and VAE decoder (pays off on long runs)."
+        ),
+    ] = False,
+    channels_last: Annotated[
+        bool, typer.Option("--channels-last", help="Channels-last memory format (GPUs).")
+    ] = False,
+    vae_slicing: Annotated[
+        bool, typer.Option("--vae-slicing", help="Decode one image at a time (less memory).")
+    ] = False,
+    vae_tiling: Annotated[
+        bool, typer.Option("--vae-tiling", help="Decode large images in tiles (less memory).")
+    ] = False,
+    overlap: Annotated[
+        bool,
+        typer.Option(help="Classify and write each batch while the next is generated."),
+    ] = True,
 ) -> None:
     """Audit a text-to-image checkpoint's subgroup distribution against a target.
 
@@ -82,9 +117,18 @@ def audit(
         --reference data/target_set --out reports/audit
     """
     from medfair_audit import AuditConfig, GenerationConfig, run_audit
+    from medfair_audit.models.pipelines import Speed
 
     texts = prompt_texts(prompts, prompt)
     config = AuditConfig(
+        placement=placement(device, dtype),
+        speed=Speed(
+            compile=compile,
+            channels_last=channels_last,
+            vae_slicing=vae_slicing,
+            vae_tiling=vae_tiling,
+        ),
+        overlap=overlap,
         checkpoint=checkpoint,
         classifier=classifier,
         prompts=texts,
@@ -111,10 +155,14 @@ def audit(
     if result is None:  # a non-main process under accelerate
         return
     from medfair_audit._dist import partial_state
+    from medfair_audit.models.pipelines import describe
 
-    world = partial_state().num_processes
+    world = partial_state(config.placement.device).num_processes
+    where = result.data["config"]["placement"]
+    out_console.print(f"pipeline: {describe(result.data['config']['pipeline'])}")
     out_console.print(
-        f"{result.data['n_images']} images ({world} process{'es' if world > 1 else ''})"
+        f"{result.data['n_images']} images ({world} process{'es' if world > 1 else ''}, "
+        f"{where['device']}, {where['dtype']})"
     )
     for line in result.summary():
         out_console.print(line)

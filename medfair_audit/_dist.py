@@ -19,15 +19,24 @@ def _cpu_only() -> bool:
     return not torch.cuda.is_available()
 
 
-def partial_state() -> Any:
-    """The ``PartialState`` of accelerate (rank, world size, barriers) for this run."""
+def _cpu(device: Any) -> bool:
+    return _cpu_only() if device is None else device.type == "cpu"
+
+
+def partial_state(device: Any = None) -> Any:
+    """The ``PartialState`` of accelerate (rank, world size, barriers) for this run.
+
+    Args:
+        device: The run's ``torch.device``: the process group's backend follows it (gloo for
+            the CPU, nccl for GPUs); default: the GPU if there is one.
+    """
     from accelerate import PartialState
 
-    return PartialState(cpu=_cpu_only())
+    return PartialState(cpu=_cpu(device))
 
 
-def accelerator() -> Any:
-    """An ``Accelerator`` for this run (device placement, reductions)."""
+def accelerator(device: Any = None) -> Any:
+    """An ``Accelerator`` for this run (process group, reductions), on ``device``'s kind."""
     from accelerate import Accelerator
 
-    return Accelerator(cpu=_cpu_only())
+    return Accelerator(cpu=_cpu(device))

@@ -15,6 +15,7 @@ __all__ = [
     "DataError",
     "MedfairError",
     "ModelError",
+    "ResourceError",
 ]
 
 # Message templates shared by the library and asserted by tests.
@@ -56,3 +57,7 @@ class DataError(MedfairError):
 
 class ModelError(MedfairError):
     """A model folder or weights file is missing, unsafe or not of the expected kind."""
+
+
+class ResourceError(MedfairError):
+    """The run needs more of a resource than there is (memory at the chosen batch size)."""

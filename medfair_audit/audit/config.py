@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..device import Placement
 from ..exceptions import ConfigError, DataError
 from ..generation.engine import GenerationConfig
 from ..metrics.functional import DEFAULT_SMOOTHING
+from ..models.pipelines import Speed
 from ..target import Target
 
 __all__ = ["AuditConfig", "read_prompts"]
@@ -54,6 +56,9 @@ class AuditConfig:
         quality_draws: Subsamples per size for FID/KID at equal n.
         trust_pickle: Allow pickle weights.
         save_images: Also write every generated image as PNG.
+        placement: Device and generation dtype (the classifier and features run in float32).
+        speed: Inference speed-ups (``torch.compile``, channels-last, VAE slicing/tiling).
+        overlap: Classify and write each batch while the next one is generated.
     """
 
     checkpoint: Path
@@ -74,6 +79,9 @@ class AuditConfig:
     quality_draws: int = 20
     trust_pickle: bool = False
     save_images: bool = False
+    placement: Placement = field(default_factory=Placement)
+    speed: Speed = field(default_factory=Speed)
+    overlap: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prompts", tuple(self.prompts))

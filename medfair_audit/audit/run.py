@@ -33,7 +33,7 @@ from ..metrics.functional import wilson_interval
 from ..models._common import load_images
 from ..models.classifier import SubgroupClassifier
 from ..models.features import get_extractor
-from ..models.t2medi import load_pipeline
+from ..models.pipelines import generate, load_pipeline, pipeline_info
 from ..progress import ProgressCallback, report
 from ..reporting import image_grid_png
 from .config import AuditConfig
@@ -118,7 +118,7 @@ def run_audit(
     from .._dist import partial_state
 
     cfg = config
-    state = partial_state()
+    state = partial_state(cfg.placement.device)
     clf = SubgroupClassifier.load(cfg.classifier, trust_pickle=cfg.trust_pickle)
     groups = list(clf.groups)
     if set(cfg.target.groups) != set(groups):
@@ -148,21 +148,33 @@ def run_audit(
                 f"reference labels outside the classifier's groups {groups}: {unknown}",
                 param="reference",
             )
-    pipe = load_pipeline(cfg.checkpoint, trust_pickle=cfg.trust_pickle)
-    extractor = get_extractor(cfg.features, clf, trust_pickle=cfg.trust_pickle)
+    clf.to(cfg.placement.device)
+    pipe = load_pipeline(cfg.checkpoint, trust_pickle=cfg.trust_pickle, placement=cfg.placement)
+    info = pipeline_info(pipe)
+    cfg.speed.apply(pipe)
+    extractor = get_extractor(
+        cfg.features, clf, trust_pickle=cfg.trust_pickle, device=cfg.placement.device
+    )
     target = np.array(cfg.target.vector(groups))
     settings = {
         "checkpoint_sha256": folder_sha256(cfg.checkpoint),
         "classifier_sha256": folder_sha256(cfg.classifier),
         "features": extractor.name,
+        # shards from another dtype are redrawn; another device of the same dtype agrees within
+        # kernel tolerance, so a run may resume elsewhere
+        "dtype": str(cfg.placement.dtype),
     }
 
     def analyse(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return clf.predict_proba(images), extractor(images)
 
+    def draw(prompt: str, seeds: list[int]) -> torch.Tensor:
+        gen = cfg.generation
+        return generate(pipe, prompt, seeds, steps=gen.steps, guidance=gen.guidance)
+
     shard_dir = cfg.out / "shards"
     plan = run_shards(
-        pipe,
+        draw,
         cfg.prompts,
         cfg.generation,
         shard_dir,
@@ -170,6 +182,7 @@ def run_audit(
         settings=settings,
         rank=state.process_index,
         world=state.num_processes,
+        overlap=cfg.overlap,
         progress=progress,
     )
     state.wait_for_everyone()
@@ -306,6 +319,9 @@ def run_audit(
             "guidance": gen.guidance,
             "batch_size": gen.shard_size,
             "features": {"name": extractor.name, **extractor.details},
+            "pipeline": info,
+            "placement": cfg.placement.describe(),
+            "speed": cfg.speed.describe(),
             "reference": str(cfg.reference) if cfg.reference else None,
             "reference_split": cfg.reference_split,
             "target_source": cfg.target.source,

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 
 from .._io import atomic_write_bytes, atomic_write_json
-from ..exceptions import ConfigError, DataError
+from ..device import is_out_of_memory
+from ..exceptions import ConfigError, DataError, ResourceError
 from ..progress import ProgressCallback, report
 from .seeds import image_seed
 
@@ -105,8 +106,59 @@ def load_shard(folder: Path, shard: Shard) -> dict[str, Any] | None:
     return {"meta": json.loads(meta_path.read_text()), **load_file(str(data_path))}
 
 
+def _finish(
+    folder: Path,
+    shard: Shard,
+    prompt: str,
+    seeds: list[int],
+    images: torch.Tensor,
+    analyse: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    stamp: str,
+) -> None:
+    """Check, classify, featurise and write one generated shard (runs beside the next batch)."""
+    from safetensors.torch import save
+
+    with torch.inference_mode():
+        bad = ~torch.isfinite(images).flatten(1).all(dim=1)
+        if bad.any():
+            j = int(bad.nonzero()[0])
+            raise DataError(
+                f"the pipeline produced NaN/inf pixels for prompt {shard.prompt_index} "
+                f"('{prompt[:60]}'), image {shard.start + j}, seed {seeds[j]}: the "
+                "checkpoint may be broken (or overflows in float16: try --dtype bfloat16)",
+                param="checkpoint",
+            )
+        probs, feats = analyse(images)
+        arrays = {
+            "images": _to_uint8(images).cpu().contiguous(),
+            "probs": probs.double().cpu().contiguous(),
+            "features": feats.double().cpu().contiguous(),
+            "seeds": torch.tensor(seeds, dtype=torch.int64),
+        }
+    atomic_write_bytes(folder / f"{shard.name}.safetensors", save(arrays))
+    atomic_write_json(
+        folder / f"{shard.name}.json",
+        {
+            "prompt_index": shard.prompt_index,
+            "prompt": prompt,
+            "start": shard.start,
+            "stop": shard.stop,
+            "settings": stamp,
+        },
+    )
+
+
+def _out_of_memory(exc: BaseException, config: GenerationConfig) -> ResourceError:
+    return ResourceError(
+        f"out of memory with {config.shard_size} images per batch ({exc.__class__.__name__}): "
+        f"lower --batch-size (e.g. {max(1, config.shard_size // 2)}), or try --vae-slicing, "
+        "--dtype bfloat16/float16",
+        param="batch_size",
+    )
+
+
 def run_shards(
-    pipe: Any,
+    generate: Callable[[str, list[int]], torch.Tensor],
     prompts: Sequence[str],
     config: GenerationConfig,
     folder: str | os.PathLike[str],
@@ -115,12 +167,18 @@ def run_shards(
     settings: dict[str, Any],
     rank: int = 0,
     world: int = 1,
+    overlap: bool = True,
     progress: ProgressCallback | None = None,
 ) -> list[Shard]:
     """Generate this process's shards that are not finished yet.
 
+    With ``overlap``, a shard is checked, analysed and written on a worker thread while the next
+    one is generated (at most one shard waits), so the classifier, the feature extractor and the
+    disk keep pace with the pipeline instead of taking turns with it.
+
     Args:
-        pipe: A diffusers text-to-image pipeline.
+        generate: ``(prompt, seeds) -> images (N, C, H, W)`` in [-1, 1], image ``i`` from
+            ``seeds[i]`` alone (e.g. :func:`medfair_audit.models.pipelines.generate`).
         prompts: The prompts, indexed as in the plan.
         config: Generation settings.
         folder: Where shards go.
@@ -129,6 +187,7 @@ def run_shards(
             extractor, ...); a shard written under other settings is regenerated.
         rank: This process's index.
         world: Number of processes.
+        overlap: Analyse and write each shard while the next is generated.
         progress: Called after each shard with images done by this process.
 
     Returns:
@@ -137,67 +196,63 @@ def run_shards(
     Raises:
         DataError: The pipeline produced NaN or infinite values (reported with prompt and
             seed); shards finished before stay on disk.
+        ResourceError: Out of memory (names ``--batch-size``); finished shards stay on disk.
     """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     plan = plan_shards(len(prompts), config)
     stamp = settings_hash({**settings, **asdict(config), "prompts": list(prompts)})
     mine = plan[rank::world]
     total = sum(s.stop - s.start for s in mine)
-    done = 0
+    state = {"done": 0}
     report(progress, "generate", 0, total)
-    from safetensors.torch import save
+    pending: tuple[Future, Shard] | None = None
 
-    for shard in mine:
-        existing = load_shard(folder, shard)
-        if existing is not None and existing["meta"].get("settings") == stamp:
-            done += shard.stop - shard.start
-            report(progress, "generate", done, total, resumed=True)
-            continue
-        prompt = prompts[shard.prompt_index]
-        seeds = [
-            image_seed(config.seed, shard.prompt_index, i) for i in range(shard.start, shard.stop)
-        ]
-        gens = [torch.Generator().manual_seed(s) for s in seeds]
-        with torch.inference_mode():
-            out = pipe(
-                prompt=prompt,
-                num_images_per_prompt=len(seeds),
-                generator=gens,
-                num_inference_steps=config.steps,
-                guidance_scale=config.guidance,
-                output_type="pt",
-            )
-            images = out.images.float() * 2 - 1  # [0, 1] -> [-1, 1]
-            bad = ~torch.isfinite(images).flatten(1).all(dim=1)
-            if bad.any():
-                j = int(bad.nonzero()[0])
-                raise DataError(
-                    f"the pipeline produced NaN/inf pixels for prompt {shard.prompt_index} "
-                    f"('{prompt[:60]}'), image {shard.start + j}, seed {seeds[j]}: the "
-                    "checkpoint may be broken",
-                    param="checkpoint",
-                )
-            probs, feats = analyse(images)
-        arrays = {
-            "images": _to_uint8(images).contiguous(),
-            "probs": probs.double().contiguous(),
-            "features": feats.double().contiguous(),
-            "seeds": torch.tensor(seeds, dtype=torch.int64),
-        }
-        atomic_write_bytes(folder / f"{shard.name}.safetensors", save(arrays))
-        atomic_write_json(
-            folder / f"{shard.name}.json",
-            {
-                "prompt_index": shard.prompt_index,
-                "prompt": prompt,
-                "start": shard.start,
-                "stop": shard.stop,
-                "settings": stamp,
-            },
-        )
-        done += shard.stop - shard.start
-        report(progress, "generate", done, total)
+    def wait() -> None:
+        nonlocal pending
+        if pending is not None:
+            (job, shard), pending = pending, None
+            job.result()  # re-raises the worker's error here
+            advance(shard)
+
+    def advance(shard: Shard, **info: Any) -> None:
+        state["done"] += shard.stop - shard.start
+        report(progress, "generate", state["done"], total, **info)
+
+    executor = ThreadPoolExecutor(max_workers=1) if overlap else None
+    try:
+        for shard in mine:
+            existing = load_shard(folder, shard)
+            if existing is not None and existing["meta"].get("settings") == stamp:
+                advance(shard, resumed=True)
+                continue
+            prompt = prompts[shard.prompt_index]
+            seeds = [
+                image_seed(config.seed, shard.prompt_index, i)
+                for i in range(shard.start, shard.stop)
+            ]
+            with torch.inference_mode():
+                images = generate(prompt, seeds)
+            args = (folder, shard, prompt, seeds, images, analyse, stamp)
+            if executor is None:
+                _finish(*args)
+                advance(shard)
+                continue
+            wait()  # at most one shard in flight: memory stays at two batches
+            pending = (executor.submit(_finish, *args), shard)
+        wait()
+    except Exception as exc:
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+            executor = None
+        if is_out_of_memory(exc):
+            raise _out_of_memory(exc, config) from exc
+        raise
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=True)
     return plan
 
 

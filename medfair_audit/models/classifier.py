@@ -159,7 +159,7 @@ class SubgroupClassifier:
         meta = json.loads(meta_path.read_text())
         try:
             model = ResNetForImageClassification.from_pretrained(
-                str(folder), use_safetensors=not trust_pickle
+                str(folder), use_safetensors=None if trust_pickle else True
             )
         except (OSError, ValueError) as exc:
             raise ModelError(
@@ -186,26 +186,44 @@ class SubgroupClassifier:
             )
         return adapt_images(images, self.channels, self.image_size)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the classifier's weights are."""
+        return next(self.model.parameters()).device
+
+    def to(self, device: torch.device | str) -> SubgroupClassifier:
+        """Move the classifier to ``device``; it stays in float32 whatever generation uses."""
+        self.model.to(device=device, dtype=torch.float32)
+        return self
+
+    def _input(self, images: torch.Tensor) -> torch.Tensor:
+        # float32 on the classifier's device, outside any autocast of the generator
+        return self.prepare(images.to(self.device, torch.float32))
+
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Uncalibrated logits (differentiable: remediation backpropagates through them)."""
-        return self.model(pixel_values=self.prepare(images)).logits
+        """Uncalibrated logits (differentiable: remediation backpropagates through them).
+
+        Runs in float32 on the classifier's device even inside a half-precision autocast.
+        """
+        with torch.autocast(self.device.type, enabled=False):
+            return self.model(pixel_values=self._input(images)).logits
 
     def predict_proba(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """Calibrated probabilities ``(N, n_groups)``."""
+        """Calibrated probabilities ``(N, n_groups)`` on the CPU (images on any device)."""
         with torch.inference_mode():
             out = [
-                F.softmax(self.logits(images[i : i + batch_size]) / self.temperature, -1)
+                F.softmax(self.logits(images[i : i + batch_size]) / self.temperature, -1).cpu()
                 for i in range(0, len(images), batch_size)
             ]
         return torch.cat(out)
 
     def features(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """Penultimate (pooled) features ``(N, D)``, e.g. for FID in the classifier's space."""
-        with torch.inference_mode():
+        """Penultimate (pooled) features ``(N, D)`` on the CPU, e.g. for FID in its space."""
+        with torch.inference_mode(), torch.autocast(self.device.type, enabled=False):
             out = [
-                self.model.resnet(
-                    pixel_values=self.prepare(images[i : i + batch_size])
-                ).pooler_output.flatten(1)
+                self.model.resnet(pixel_values=self._input(images[i : i + batch_size]))
+                .pooler_output.flatten(1)
+                .cpu()
                 for i in range(0, len(images), batch_size)
             ]
         return torch.cat(out)

@@ -155,7 +155,9 @@ def load_clip(
     if not (folder / "config.json").is_file():
         raise ModelError(f"'{folder}' has no config.json: not a CLIP model folder", param=param)
     try:
-        model = CLIPModel.from_pretrained(str(folder), use_safetensors=not trust_pickle)
+        model = CLIPModel.from_pretrained(
+            str(folder), use_safetensors=None if trust_pickle else True
+        )
         tokenizer = CLIPTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"cannot load CLIP from '{folder}': {exc}", param=param) from exc

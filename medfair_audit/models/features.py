@@ -32,19 +32,22 @@ class FeatureExtractor:
     name: str
     fn: Callable[[torch.Tensor], torch.Tensor]
     details: dict[str, Any] = field(default_factory=dict)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def __call__(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """Features ``(N, D)`` in float64, computed in batches without gradients."""
-        with torch.inference_mode():
+        """Features ``(N, D)`` in float64 on the CPU, computed in float32 batches on ``device``."""
+        with torch.inference_mode(), torch.autocast(self.device.type, enabled=False):
             return torch.cat(
                 [
-                    self.fn(images[i : i + batch_size]).double()
+                    self.fn(images[i : i + batch_size].to(self.device, torch.float32))
+                    .double()
+                    .cpu()
                     for i in range(0, len(images), batch_size)
                 ]
             )
 
 
-def _inception(path: str) -> FeatureExtractor:
+def _inception(path: str, device: torch.device) -> FeatureExtractor:
     weights = Path(path)
     if not weights.is_file():
         raise ConfigError(
@@ -60,9 +63,13 @@ def _inception(path: str) -> FeatureExtractor:
             f"(pip install torch-fidelity): {exc}",
             param="features",
         ) from exc
-    net = FeatureExtractorInceptionV3(
-        "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights)
-    ).eval()
+    net = (
+        FeatureExtractorInceptionV3(
+            "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights)
+        )
+        .eval()
+        .to(device)
+    )
 
     def fn(x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == 1:
@@ -79,13 +86,15 @@ def _inception(path: str) -> FeatureExtractor:
             "resize": "299x299 bilinear (torch-fidelity, TF1-compatible)",
             "dim": 2048,
         },
+        device,
     )
 
 
-def _clip(folder: Path, trust_pickle: bool) -> FeatureExtractor:
+def _clip(folder: Path, trust_pickle: bool, device: torch.device) -> FeatureExtractor:
     from ..models.clip import load_clip
 
     model, _ = load_clip(folder, trust_pickle=trust_pickle, param="features")
+    model.to(device=device, dtype=torch.float32)
     size = model.config.vision_config.image_size
     channels = model.config.vision_config.num_channels
 
@@ -107,13 +116,23 @@ def _clip(folder: Path, trust_pickle: bool) -> FeatureExtractor:
             "resize": f"{size}x{size}",
             "dim": model.config.projection_dim,
         },
+        device,
     )
 
 
 def get_extractor(
-    spec: str, classifier: Any = None, *, trust_pickle: bool = False
+    spec: str,
+    classifier: Any = None,
+    *,
+    trust_pickle: bool = False,
+    device: torch.device | str = "cpu",
 ) -> FeatureExtractor:
-    """Resolve ``--features``: ``classifier``, ``inception:PATH`` or a CLIP folder path."""
+    """Resolve ``--features``: ``classifier``, ``inception:PATH`` or a CLIP folder path.
+
+    The extractor runs in float32 on ``device`` (the classifier's features on the classifier's
+    device) and returns float64 features on the CPU.
+    """
+    device = torch.device(device)
     if spec == "classifier":
         if classifier is None:
             raise ConfigError("'classifier' features need a classifier", param="features")
@@ -125,16 +144,17 @@ def get_extractor(
                 "resize": f"{classifier.image_size}x{classifier.image_size}",
                 "layer": "pooled output of the last ResNet stage",
             },
+            classifier.device,
         )
     if spec.startswith("inception"):
         _, _, path = spec.partition(":")
         if not path:
             raise ConfigError("give the weights file: --features inception:PATH", param="features")
-        return _inception(path)
+        return _inception(path, device)
     folder = Path(spec)
     if folder.is_dir():
         try:
-            return _clip(folder, trust_pickle)
+            return _clip(folder, trust_pickle, device)
         except ModelError as exc:
             raise ConfigError(
                 f"'{folder}' is not a CLIP model folder: {exc.message}", param="features"

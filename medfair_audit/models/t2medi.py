@@ -21,7 +21,6 @@ continues from the newest checkpoint so that the result equals an uninterrupted 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -38,15 +37,15 @@ import torch.nn.functional as F
 from .._io import atomic_write_json, building_dir
 from .._validate import require_at_least
 from ..data.datasets import ImageFolderDataset
-from ..exceptions import ConfigError, DataError, ModelError
+from ..exceptions import ConfigError, DataError
 from ..progress import ProgressCallback, report
 from ._common import (
     TrainingState,
-    check_no_pickle,
     load_images,
     seed_everything,
 )
 from .clip import load_clip
+from .pipelines import generate, load_pipeline
 
 __all__ = [
     "T2IConfig",
@@ -211,48 +210,6 @@ def _schedulers() -> tuple[Any, Any]:
     return train, sample
 
 
-def load_pipeline(
-    path: str | os.PathLike[str], *, trust_pickle: bool = False, param: str = "checkpoint"
-) -> Any:
-    """Load a local diffusers text-to-image pipeline folder for inference on the CPU.
-
-    Args:
-        path: Folder with ``model_index.json`` (medfair's T2MedI, a Stable Diffusion fine-tune).
-        trust_pickle: Allow ``.bin``/``.ckpt`` weights (loading them runs code).
-        param: Argument name used in error messages.
-
-    Raises:
-        ModelError: Not a pipeline folder, no UNet, pickle weights without ``trust_pickle``.
-    """
-    from diffusers import DiffusionPipeline
-
-    folder = check_no_pickle(path, trust_pickle=trust_pickle, param=param)
-    index = folder / "model_index.json"
-    if not index.is_file():
-        raise ModelError(
-            f"'{folder}' is not a diffusers pipeline folder (no model_index.json)", param=param
-        )
-    try:
-        components = json.loads(index.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"'{index}' is not valid JSON: {exc}", param=param) from exc
-    if "unet" not in components or not (folder / "unet").is_dir():
-        raise ModelError(
-            f"'{folder}' has no unet/ folder: not a text-to-image UNet pipeline", param=param
-        )
-    extra = {}
-    if "safety_checker" in components:
-        extra = {"safety_checker": None, "requires_safety_checker": False}
-    try:
-        pipe = DiffusionPipeline.from_pretrained(
-            str(folder), use_safetensors=not trust_pickle, **extra
-        )
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ModelError(f"cannot load the pipeline in '{folder}': {exc}", param=param) from exc
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 @torch.inference_mode()
 def encode_prompts(
     text_encoder: Any, tokenizer: Any, prompts: Sequence[str], batch_size: int = 256
@@ -296,21 +253,11 @@ def sample_images(
     images = []
     with torch.inference_mode():
         for start in range(0, n, batch_size):
-            count = min(batch_size, n - start)
-            gens = [
-                torch.Generator().manual_seed(image_seed(seed, prompt_index, start + j))
-                for j in range(count)
+            seeds = [
+                image_seed(seed, prompt_index, start + j) for j in range(min(batch_size, n - start))
             ]
             # One prompt with num_images_per_prompt: the text is encoded once per batch.
-            out = pipe(
-                prompt=prompt,
-                num_images_per_prompt=count,
-                generator=gens,
-                num_inference_steps=steps,
-                guidance_scale=guidance,
-                output_type="pt",
-            )
-            images.append(out.images * 2 - 1)
+            images.append(generate(pipe, prompt, seeds, steps=steps, guidance=guidance).cpu())
     return torch.cat(images).clamp(-1, 1)
 
 

@@ -121,7 +121,7 @@ def load_image_encoder(
         )
     cls = CLIPModel if kind == "clip" else Dinov2Model
     try:
-        model = cls.from_pretrained(str(folder), use_safetensors=not trust_pickle)
+        model = cls.from_pretrained(str(folder), use_safetensors=None if trust_pickle else True)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(
             f"cannot load a {kind} image encoder from '{folder}': {exc}", param=param

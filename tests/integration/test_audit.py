@@ -190,7 +190,7 @@ def test_two_processes_equal_one(tiny_models, tmp_path):
     medfair_processes(*args, "--out", tmp_path / "one")
     two = medfair_processes(*args, "--out", tmp_path / "two", processes=2)
     # Both processes generated: each wrote its own shards (the main one then aggregated).
-    assert "(2 processes)" in two.stdout
+    assert "(2 processes, cpu, float32)" in two.stdout
     assert (tmp_path / "one" / "audit.json").read_bytes() == (
         tmp_path / "two" / "audit.json"
     ).read_bytes()

@@ -1,0 +1,193 @@
+"""Any local diffusers text-to-image pipeline: loading, placement, what it is, and drawing images.
+
+medfair's own T2MedI folder is a Stable Diffusion pipeline, so the same code audits a user's
+SD 1.x, SD 2.x (ε- or v-prediction) or SDXL fine-tune. :func:`load_pipeline` puts the whole
+pipeline on one device in the generation dtype; :func:`pipeline_info` says what was found;
+:func:`generate` draws images whose starting noise comes from per-image CPU generators (see
+:func:`medfair_audit.device.initial_latents`), so a seed means the same image on any device,
+batch size or process count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..device import Placement, initial_latents
+from ..exceptions import ConfigError, ModelError
+from ._common import check_no_pickle
+
+__all__ = ["Speed", "generate", "latent_shape", "load_pipeline", "pipeline_info"]
+
+FAMILIES = {
+    "StableDiffusionPipeline": "stable-diffusion",
+    "StableDiffusionXLPipeline": "stable-diffusion-xl",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Speed:
+    """Inference speed-ups; none changes which image a seed gives beyond kernel tolerance.
+
+    Args:
+        compile: ``torch.compile`` the UNet and the VAE decoder (first batch pays the compile).
+        channels_last: Channels-last memory format for the UNet and VAE (faster convolutions
+            on GPUs).
+        vae_slicing: Decode a batch one image at a time (less memory for large batches).
+        vae_tiling: Decode large images in overlapping tiles (less memory for large images).
+    """
+
+    compile: bool = False
+    channels_last: bool = False
+    vae_slicing: bool = False
+    vae_tiling: bool = False
+
+    def apply(self, pipe: Any) -> None:
+        """Apply the chosen speed-ups to ``pipe`` in place."""
+        vae = getattr(pipe, "vae", None)
+        if self.channels_last:
+            for part in (getattr(pipe, "unet", None), vae):
+                if part is not None:
+                    part.to(memory_format=torch.channels_last)
+        if vae is not None and self.vae_slicing:
+            vae.enable_slicing()
+        if vae is not None and self.vae_tiling:
+            vae.enable_tiling()
+        if self.compile:
+            if getattr(pipe, "unet", None) is not None:
+                pipe.unet = torch.compile(pipe.unet)
+            if vae is not None:
+                vae.decoder = torch.compile(vae.decoder)
+
+    def describe(self) -> dict[str, bool]:
+        """JSON-able record of the switches."""
+        return {
+            "compile": self.compile,
+            "channels_last": self.channels_last,
+            "vae_slicing": self.vae_slicing,
+            "vae_tiling": self.vae_tiling,
+        }
+
+
+def load_pipeline(
+    path: str | os.PathLike[str],
+    *,
+    trust_pickle: bool = False,
+    param: str = "checkpoint",
+    placement: Placement | None = None,
+) -> Any:
+    """Load a local diffusers text-to-image pipeline folder onto one device.
+
+    Args:
+        path: Folder with ``model_index.json`` (medfair's T2MedI, an SD 1.x/2.x or SDXL
+            fine-tune, or any UNet text-to-image pipeline).
+        trust_pickle: Allow ``.bin``/``.ckpt`` weights (loading them runs code); safetensors
+            are still preferred where a component has them.
+        param: Argument name used in error messages.
+        placement: Device and dtype (default: the CPU in ``float32``).
+
+    Raises:
+        ModelError: Not a pipeline folder, no UNet, pickle weights without ``trust_pickle``.
+    """
+    from diffusers import DiffusionPipeline
+
+    placement = placement or Placement(device="cpu", dtype="float32")
+    folder = check_no_pickle(path, trust_pickle=trust_pickle, param=param)
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise ModelError(
+            f"'{folder}' is not a diffusers pipeline folder (no model_index.json)", param=param
+        )
+    try:
+        components = json.loads(index.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"'{index}' is not valid JSON: {exc}", param=param) from exc
+    if "unet" not in components or not (folder / "unet").is_dir():
+        raise ModelError(
+            f"'{folder}' has no unet/ folder: not a text-to-image UNet pipeline", param=param
+        )
+    extra: dict[str, Any] = {}
+    if "safety_checker" in components:
+        extra = {"safety_checker": None, "requires_safety_checker": False}
+    if placement.dtype != torch.float32:
+        extra["torch_dtype"] = placement.dtype
+    try:
+        pipe = DiffusionPipeline.from_pretrained(
+            str(folder), use_safetensors=None if trust_pickle else True, **extra
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"cannot load the pipeline in '{folder}': {exc}", param=param) from exc
+    pipe.set_progress_bar_config(disable=True)
+    pipe.to(placement.device)
+    return pipe
+
+
+def latent_shape(pipe: Any) -> tuple[int, int, int]:
+    """``(C, h, w)`` of the pipeline's default-size latents."""
+    cfg = pipe.unet.config
+    size = cfg.sample_size
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    return int(cfg.in_channels), int(h), int(w)
+
+
+def pipeline_info(pipe: Any) -> dict[str, Any]:
+    """What kind of pipeline this is: class, family, prediction type, text encoders, size."""
+    name = type(pipe).__name__
+    c, h, w = latent_shape(pipe)
+    scale = getattr(pipe, "vae_scale_factor", 1)
+    encoders = [n for n in ("text_encoder", "text_encoder_2") if getattr(pipe, n, None) is not None]
+    return {
+        "class": name,
+        "family": FAMILIES.get(name, "other"),
+        "prediction_type": pipe.scheduler.config.get("prediction_type", "epsilon"),
+        "text_encoders": len(encoders),
+        "unet_parameters": int(sum(p.numel() for p in pipe.unet.parameters())),
+        "resolution": [h * scale, w * scale],
+        "latent_shape": [c, h, w],
+    }
+
+
+def describe(info: dict[str, Any]) -> str:
+    """One line for the CLI: ``StableDiffusionXLPipeline (SDXL, v-prediction, 2 text ...)``."""
+    family = {"stable-diffusion": "SD 1.x/2.x", "stable-diffusion-xl": "SDXL"}.get(
+        info["family"], "other UNet pipeline"
+    )
+    h, w = info["resolution"]
+    return (
+        f"{info['class']} ({family}, {info['prediction_type']}, {info['text_encoders']} text "
+        f"encoder{'s' if info['text_encoders'] != 1 else ''}, {info['unet_parameters'] / 1e6:.1f}M "
+        f"UNet parameters, {h}x{w})"
+    )
+
+
+def generate(
+    pipe: Any,
+    prompt: str,
+    seeds: Sequence[int],
+    *,
+    steps: int,
+    guidance: float,
+) -> torch.Tensor:
+    """Images ``(N, C, H, W)`` in [-1, 1] (float32, on the pipeline's device), one per seed.
+
+    The starting latents come from :func:`~medfair_audit.device.initial_latents` and are handed
+    to the pipeline, which scales them by its scheduler's ``init_noise_sigma``.
+    """
+    if not seeds:
+        raise ConfigError("expected at least one seed", param="seeds")
+    unet = pipe.unet
+    latents = initial_latents(seeds, latent_shape(pipe), device=pipe.device, dtype=unet.dtype)
+    out = pipe(
+        prompt=prompt,
+        num_images_per_prompt=len(seeds),
+        latents=latents,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        output_type="pt",
+    )
+    return out.images.float() * 2 - 1
