@@ -115,7 +115,7 @@ def load_pipeline(
     if "safety_checker" in components:
         extra = {"safety_checker": None, "requires_safety_checker": False}
     if placement.dtype != torch.float32:
-        extra["torch_dtype"] = placement.dtype
+        extra["dtype"] = placement.dtype
     try:
         pipe = DiffusionPipeline.from_pretrained(
             str(folder), use_safetensors=None if trust_pickle else True, **extra

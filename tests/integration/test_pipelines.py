@@ -1,0 +1,140 @@
+"""Audits of Stable-Diffusion-architecture pipelines (SD 1.x, SD 2.x v-prediction, SDXL).
+
+The pipelines are the tiny random-weight builds of the scale fixture (:mod:`...models.sd_like`):
+the same classes and folder layout as a user's SD fine-tune, in seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from medfair_audit import AuditConfig, run_audit
+from medfair_audit.device import Placement
+from medfair_audit.generation import GenerationConfig, image_seed
+from medfair_audit.models.pipelines import Speed, generate, load_pipeline, pipeline_info
+from medfair_audit.models.sd_like import save_sd_like
+from medfair_audit.target import parse_target
+from tests.cli.test_cli import assert_one_line_error, run
+
+KINDS = {
+    "sd15": ("StableDiffusionPipeline", "stable-diffusion", "epsilon", 1),
+    "sd2-v": ("StableDiffusionPipeline", "stable-diffusion", "v_prediction", 1),
+    "sdxl": ("StableDiffusionXLPipeline", "stable-diffusion-xl", "epsilon", 2),
+}
+
+
+@pytest.fixture(scope="module")
+def sd_like(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sd_like")
+    return {kind: save_sd_like(root / kind, kind, "tiny") for kind in KINDS}
+
+
+def _config(checkpoint, classifier, out, **kw):
+    return AuditConfig(
+        checkpoint=checkpoint,
+        classifier=classifier,
+        prompts=["Axial FLAIR MRI of the brain showing a glioma."],
+        target=parse_target("male=0.58,female=0.42"),
+        out=out,
+        generation=GenerationConfig(n_per_prompt=4, seed=2, steps=2, shard_size=2),
+        n_boot=20,
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_audit_runs_on_every_pipeline_family_and_says_which(kind, sd_like, tiny_models, tmp_path):
+    result = run_audit(_config(sd_like[kind], tiny_models["classifier"], tmp_path / "a"))
+    info = json.loads((tmp_path / "a" / "audit.json").read_text())["config"]["pipeline"]
+    cls, family, prediction, encoders = KINDS[kind]
+    assert (info["class"], info["family"]) == (cls, family)
+    assert (info["prediction_type"], info["text_encoders"]) == (prediction, encoders)
+    assert info["resolution"] == [32, 32] and info["latent_shape"] == [4, 16, 16]
+    assert result.data["n_images"] == 4
+    # the classifier (1 channel, 64 px) read the 3-channel 32 px images: probabilities valid
+    p = result.images[["p_female", "p_male"]].to_numpy()
+    assert ((p >= 0) & (p <= 1)).all() and abs(p.sum(1) - 1).max() < 1e-6
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_generate_starts_from_the_noise_diffusers_draws_from_cpu_generators(kind, sd_like):
+    """Passing our latents equals diffusers' own per-image CPU generators, bit for bit."""
+    pipe = load_pipeline(sd_like[kind])
+    seeds = [image_seed(3, 0, i) for i in range(3)]
+    ours = generate(pipe, "brain MRI", seeds, steps=2, guidance=2.0)
+    with torch.inference_mode():
+        ref = pipe(
+            prompt="brain MRI",
+            num_images_per_prompt=3,
+            generator=[torch.Generator().manual_seed(s) for s in seeds],
+            num_inference_steps=2,
+            guidance_scale=2.0,
+            output_type="pt",
+        ).images
+    assert torch.equal(ours, ref.float() * 2 - 1)
+
+
+def test_v_prediction_pipeline_is_recognised_from_its_scheduler(sd_like):
+    assert pipeline_info(load_pipeline(sd_like["sd2-v"]))["prediction_type"] == "v_prediction"
+
+
+def test_half_precision_places_the_pipeline_but_keeps_the_classifier_float32(
+    sd_like, tiny_models, tmp_path
+):
+    bf16 = Placement(device="cpu", dtype="bfloat16")
+    pipe = load_pipeline(sd_like["sd15"], placement=bf16)
+    assert pipe.unet.dtype == torch.bfloat16 and pipe.vae.dtype == torch.bfloat16
+    images = generate(pipe, "brain MRI", [1, 2], steps=2, guidance=2.0)
+    assert images.dtype == torch.float32  # handed on in float32
+    ref = generate(load_pipeline(sd_like["sd15"]), "brain MRI", [1, 2], steps=2, guidance=2.0)
+    assert (images - ref).abs().max() < 0.1  # same noise, bf16 kernels: close, not equal
+    out = tmp_path / "bf16"
+    result = run_audit(_config(sd_like["sd15"], tiny_models["classifier"], out, placement=bf16))
+    assert result.data["config"]["placement"] == {"device": "cpu", "dtype": "bfloat16"}
+    from medfair_audit.models.classifier import SubgroupClassifier
+
+    clf = SubgroupClassifier.load(tiny_models["classifier"])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert clf.logits(images).dtype == torch.float32  # autocast does not reach it
+    # a float32 audit into the same folder redraws: shards record their dtype
+    again = run_audit(_config(sd_like["sd15"], tiny_models["classifier"], out))
+    assert again.data["config"]["placement"]["dtype"] == "float32"
+    assert not torch.equal(
+        torch.tensor(again.images["p_male"].to_numpy()),
+        torch.tensor(result.images["p_male"].to_numpy()),
+    )
+
+
+def test_channels_last_and_vae_slicing_change_nothing_beyond_kernel_tolerance(sd_like):
+    ref = generate(load_pipeline(sd_like["sd15"]), "brain MRI", [4, 5], steps=2, guidance=2.0)
+    pipe = load_pipeline(sd_like["sd15"])
+    Speed(channels_last=True, vae_slicing=True, vae_tiling=True).apply(pipe)
+    assert pipe.vae.use_slicing and pipe.vae.use_tiling
+    got = generate(pipe, "brain MRI", [4, 5], steps=2, guidance=2.0)
+    assert torch.allclose(got, ref, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_compiled_pipeline_agrees_with_the_eager_one(sd_like):
+    ref = generate(load_pipeline(sd_like["sd15"]), "brain MRI", [4, 5], steps=2, guidance=2.0)
+    pipe = load_pipeline(sd_like["sd15"])
+    Speed(compile=True).apply(pipe)
+    got = generate(pipe, "brain MRI", [4, 5], steps=2, guidance=2.0)
+    assert torch.allclose(got, ref, atol=1e-4)
+
+
+def test_cli_refuses_an_unavailable_device_before_writing_anything(capsys, tiny_models, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    args = [
+        "audit", tiny_models["t2medi"], "--classifier", tiny_models["classifier"],
+        "--target", "male=0.58,female=0.42", "--prompt", "brain MRI", "--out", tmp_path / "o",
+    ]  # fmt: skip
+    code, _, err = run(capsys, *args, "--device", "cuda:1")
+    assert_one_line_error(code, err, "--device", "not available")
+    code, _, err = run(capsys, *args, "--dtype", "half")
+    assert_one_line_error(code, err, "--dtype", "expected auto, float32")
+    assert not (tmp_path / "o").exists()
