@@ -10,7 +10,15 @@ import typer
 from medfair_audit.exceptions import ConfigError
 from medfair_audit.target import parse_target
 
-from ._common import out_console, progress_bar, prompt_texts, quiet_libraries
+from ._common import (
+    Device,
+    Dtype,
+    out_console,
+    placement,
+    progress_bar,
+    prompt_texts,
+    quiet_libraries,
+)
 
 
 def remediate(
@@ -118,6 +126,15 @@ def remediate(
     trust_pickle: Annotated[
         bool, typer.Option("--trust-pickle", help="Allow pickle weights (runs code).")
     ] = False,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    unet_checkpointing: Annotated[
+        bool,
+        typer.Option(
+            "--unet-checkpointing",
+            help="Also checkpoint inside the UNet (less memory for SD-sized models, slower).",
+        ),
+    ] = False,
 ) -> None:
     """Fine-tune a checkpoint so its subgroup distribution matches the target.
 
@@ -144,7 +161,9 @@ def remediate(
     from medfair_audit.remediation import remediate as run
 
     texts = prompt_texts(prompts, prompt)
+    where = placement(device, dtype)
     config = RemediationConfig(
+        unet_checkpointing=unet_checkpointing,
         steps=steps,
         lr=lr,
         batch_per_prompt=batch_per_prompt,
@@ -186,11 +205,12 @@ def remediate(
             resume=resume,
             overwrite=overwrite,
             trust_pickle=trust_pickle,
+            placement=where,
             progress=callback,
         )
     from medfair_audit._dist import partial_state
 
-    if not partial_state().is_main_process:
+    if not partial_state(where.device).is_main_process:
         return
     first, last = result.data["audits"][0], result.final_audit
     for label, a in (("before", first), ("after", last)):
@@ -199,4 +219,10 @@ def remediate(
             shares += " raw; " + ", ".join(f"{g} {v:.1%}" for g, v in a["share_corrected"].items())
             shares += " corrected"
         out_console.print(f"quick audit {label} (step {a['step']}): {shares}; KL {a['kl']:.4f}")
-    out_console.print(f"{result.data['steps_done']} steps in {result.seconds:.0f} s; wrote {out}")
+    run_on = result.data["placement"]
+    skipped = result.data["skipped_steps"]
+    note = f", {skipped} skipped (non-finite gradients)" if skipped else ""
+    out_console.print(
+        f"{result.data['steps_done']} steps{note} in {result.seconds:.0f} s on "
+        f"{run_on['device']} ({run_on['dtype']}); wrote {out}"
+    )

@@ -119,7 +119,7 @@ class TrainingState:
     @staticmethod
     def load(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         """Read a checkpoint written by :meth:`save`."""
-        tensors = torch.load(folder / "state.pt", weights_only=True)
+        tensors = torch.load(folder / "state.pt", weights_only=True, map_location="cpu")
         info = json.loads((folder / "state.json").read_text())
         return tensors, info
 

@@ -41,7 +41,7 @@ def _tokenizer(folder: Path) -> Any:
     return train_caption_tokenizer(_CAPTIONS * 20, folder, vocab_size=400)
 
 
-def _text(kind: str, size: str, vocab: int, which: int) -> Any:
+def _text(kind: str, size: str, tokenizer: Any, which: int) -> Any:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     if size == "tiny":
@@ -56,7 +56,12 @@ def _text(kind: str, size: str, vocab: int, which: int) -> Any:
     else:  # SDXL's second encoder: OpenCLIP ViT-bigG/14
         dims = {"hidden_size": 1280, "intermediate_size": 5120, "num_attention_heads": 20}
         dims |= {"num_hidden_layers": 32, "projection_dim": 1280, "hidden_act": "gelu"}
-    config = CLIPTextConfig(vocab_size=vocab, max_position_embeddings=77, **dims)
+    ids = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    config = CLIPTextConfig(vocab_size=len(tokenizer), max_position_embeddings=77, **dims, **ids)
     return (CLIPTextModelWithProjection if which == 2 else CLIPTextModel)(config)
 
 
@@ -148,7 +153,6 @@ def build_sd_like(kind: str = "sd15", size: str = "tiny", *, seed: int = 0) -> A
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = _tokenizer(Path(tmp) / "tokenizer")
-    vocab = len(tokenizer)
     scheduler = DDIMScheduler(
         num_train_timesteps=1000,
         beta_schedule="scaled_linear",
@@ -159,7 +163,7 @@ def build_sd_like(kind: str = "sd15", size: str = "tiny", *, seed: int = 0) -> A
         steps_offset=1,
         prediction_type="v_prediction" if kind == "sd2-v" else "epsilon",
     )
-    text = _text(kind, size, vocab, 1)
+    text = _text(kind, size, tokenizer, 1)
     vae = _vae(size)
     if kind != "sdxl":
         unet = _unet(kind, size, text.config.hidden_size, 0)
@@ -173,7 +177,7 @@ def build_sd_like(kind: str = "sd15", size: str = "tiny", *, seed: int = 0) -> A
             feature_extractor=None,
             requires_safety_checker=False,
         )
-    text_2 = _text(kind, size, vocab, 2)
+    text_2 = _text(kind, size, tokenizer, 2)
     cross = text.config.hidden_size + text_2.config.hidden_size
     unet = _unet(kind, size, cross, text_2.config.projection_dim)
     return StableDiffusionXLPipeline(

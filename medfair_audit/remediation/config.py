@@ -59,6 +59,9 @@ class RemediationConfig:
             image whose assigned group differs from the original image's label (Shen et al.:
             0.2; such an image is meant to change).
         gradient_checkpointing: Recompute each gradient step's UNet activations in backward.
+        unet_checkpointing: Also checkpoint inside the UNet (diffusers' block-level gradient
+            checkpointing): the recomputed step keeps only block boundaries, for SD-sized
+            models on a GPU; slower, same gradients.
         warmup: Linear warm-up steps of the learning rate.
         weight_decay: AdamW weight decay.
         max_grad_norm: Gradient clipping norm (0 disables).
@@ -96,6 +99,7 @@ class RemediationConfig:
     ot_draws: int = 256
     changed_weight: float = 0.2
     gradient_checkpointing: bool = True
+    unet_checkpointing: bool = False
     warmup: int = 10
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -168,12 +172,13 @@ class RemediationConfig:
             return self.grad_steps
         return 2 if self.gradient == "last-k" else self.sampling_steps_max or self.sampling_steps
 
-    def resume_key(self, processes: int) -> dict[str, Any]:
+    def resume_key(self, processes: int, dtype: str = "float32") -> dict[str, Any]:
         """The settings a checkpoint must share with the run that resumes it.
 
         The number of processes is part of it: each process draws its own batches, so another
-        world size would continue with other noise than the interrupted run.
+        world size would continue with other noise than the interrupted run. So is the
+        generation dtype (another precision takes other steps).
         """
-        keep_free = ("checkpoint_every", "audit_every", "until_kl")
+        keep_free = ("checkpoint_every", "audit_every", "until_kl", "unet_checkpointing")
         key = {k: v for k, v in asdict(self).items() if k not in keep_free}
-        return {**key, "processes": processes}
+        return {**key, "processes": processes, "dtype": dtype}

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from ..device import Placement
 from ..exceptions import ConfigError, DataError
 from ..progress import ProgressCallback, report
 from ..target import Target
@@ -81,7 +82,7 @@ def _audit(m: Models, cfg: RemediationConfig, step: int, ema: Any, acc: Any) -> 
     if not acc.is_main_process:
         return None
     m.unet.eval()
-    with _saved_weights(m, ema):
+    with _saved_weights(m, ema), m.placement.autocast():
         out = {"step": step, **quick_audit(m, cfg)}
     m.unet.train()
     return out
@@ -116,9 +117,11 @@ def _check(checkpoint: Path, out: Path, prompts: Sequence[str], overwrite: bool)
 
 
 def _record(m: Models, cfg: RemediationConfig, log: list, audits: list, **extra: Any) -> dict:
-    curves = ("loss", "align", "clip", "kept", "grad_norm", "lr", "ema_decay")
+    curves = ("loss", "align", "clip", "kept", "grad_norm", "lr", "ema_decay", "skipped")
     return {
         "schema_version": 2,
+        "placement": m.placement.describe(),
+        "skipped_steps": sum(bool(r.get("skipped")) for r in log),
         "classifier_sha256": m.classifier_sha256,
         "image_encoders": [{"path": e.source, "kind": e.kind, "weight": w} for e, w in m.encoders],
         "groups": list(m.classifier.groups),
@@ -144,6 +147,7 @@ def remediate(
     overwrite: bool = False,
     trust_pickle: bool = False,
     keep_checkpoints: bool = False,
+    placement: Placement | None = None,
     progress: ProgressCallback | None = None,
 ) -> RemediationResult:
     """Fine-tune ``checkpoint`` so its subgroup distribution matches ``target``.
@@ -161,6 +165,9 @@ def remediate(
         overwrite: Replace an existing ``out``.
         trust_pickle: Allow pickle weights.
         keep_checkpoints: Keep ``<out>.partial/`` after success.
+        placement: Device and generation dtype (default ``auto``: the GPU in bfloat16/float16
+            when there is one, else the CPU in float32). Under ``accelerate launch`` each
+            process takes the GPU of its local rank.
         progress: Called once per step with the loss terms.
     """
     from diffusers.training_utils import EMAModel
@@ -171,11 +178,12 @@ def remediate(
     cfg, started = config or RemediationConfig(), time.perf_counter()
     checkpoint, out = Path(checkpoint), Path(out)
     prompts = _check(checkpoint, out, prompts, overwrite)
-    acc = make_accelerator()
+    placement = placement or Placement()
+    acc = make_accelerator(placement.device)
     torch.manual_seed(cfg.seed)
     encoders = [(Path(p), float(w)) for p, w in image_encoders]
     m = load_models(
-        checkpoint, Path(classifier), target, prompts, encoders, cfg, acc.device, trust_pickle
+        checkpoint, Path(classifier), target, prompts, encoders, cfg, placement, trust_pickle
     )
     params = list(m.trainable.values())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -185,14 +193,20 @@ def remediate(
     ema = None
     if cfg.ema_decay > 0:
         ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=cfg.ema_warmup, power=2 / 3)
-    key = cfg.resume_key(acc.num_processes)
+    # float16 needs loss scaling against underflow; bfloat16 has float32's range
+    scaler = (
+        torch.amp.GradScaler(placement.device.type) if placement.dtype == torch.float16 else None
+    )
+    key = cfg.resume_key(acc.num_processes, placement.describe()["dtype"])
     work = out.with_name(out.name + ".partial")
     if work.exists() and not resume and acc.is_main_process:
         shutil.rmtree(work)
     acc.wait_for_everyone()
     start, log, audits, stopped = 0, [], [], False
     if resume:
-        start, log, audits, stopped = restore_state(work, m, optimizer, lr_sched, ema, key)
+        start, log, audits, stopped = restore_state(
+            work, m, optimizer, lr_sched, ema, key, scaler=scaler
+        )
     if acc.is_main_process:
         work.mkdir(parents=True, exist_ok=True)
         _append(work / "log.jsonl", log, replace=True)
@@ -200,7 +214,7 @@ def remediate(
         audits.append(a)
     step = start
     while step < cfg.steps and not stopped:
-        record = train_step(m, cfg, step, optimizer, lr_sched, acc, ema)
+        record = train_step(m, cfg, step, optimizer, lr_sched, acc, ema, scaler)
         step += 1
         record["mean_probs"] = dict(zip(m.classifier.groups, record["mean_probs"], strict=True))
         if cfg.audit_every and step % cfg.audit_every == 0 and step < cfg.steps:
@@ -213,12 +227,16 @@ def remediate(
         if acc.is_main_process:
             _append(work / "log.jsonl", [record])
             if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or stopped:
-                save_state(work, step, m, optimizer, lr_sched, ema, key, log, audits, stopped)
+                save_state(
+                    work, step, m, optimizer, lr_sched, ema, key, log, audits, stopped, scaler
+                )
         info = {k: record[k] for k in ("loss", "align", "clip", "kept") if record[k] is not None}
+        if record["skipped"]:
+            info["skipped"] = "non-finite gradients"
         info.update({f"p_{g}": v for g, v in record["mean_probs"].items()})
         report(progress, "remediate", step, cfg.steps, **info)
     if acc.is_main_process and step > start:
-        save_state(work, step, m, optimizer, lr_sched, ema, key, log, audits, stopped)
+        save_state(work, step, m, optimizer, lr_sched, ema, key, log, audits, stopped, scaler)
     if ema is not None:
         ema.copy_to(params)
     if (not audits or audits[-1]["step"] != step) and (a := _audit(m, cfg, step, None, acc)):

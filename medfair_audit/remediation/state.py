@@ -30,6 +30,7 @@ def save_state(
     log: list[dict[str, Any]],
     audits: list[dict[str, Any]],
     stopped: bool,
+    scaler: Any | None = None,
 ) -> None:
     """Write checkpoint ``step`` under ``work/checkpoints``."""
     from ..models._common import TrainingState
@@ -42,6 +43,8 @@ def save_state(
     }
     if ema is not None:
         tensors["ema"] = ema.state_dict()
+    if scaler is not None:
+        tensors["scaler"] = scaler.state_dict()
     info = {"config": key, "log": log, "audits": audits, "stopped": stopped}
     TrainingState(work / "checkpoints").save(step, tensors, info)
 
@@ -53,6 +56,8 @@ def restore_state(
     scheduler: Any,
     ema: Any | None,
     key: dict[str, Any],
+    *,
+    scaler: Any | None = None,
 ) -> tuple[int, list[dict[str, Any]], list[dict[str, Any]], bool]:
     """Load the newest checkpoint (``(0, [], [], False)`` when there is none).
 
@@ -81,4 +86,6 @@ def restore_state(
     torch.set_rng_state(tensors["rng"]["torch"])
     if ema is not None and "ema" in tensors:
         ema.load_state_dict(tensors["ema"])
+    if scaler is not None and "scaler" in tensors:
+        scaler.load_state_dict(tensors["scaler"])
     return info["step"], info["log"], info["audits"], info["stopped"]

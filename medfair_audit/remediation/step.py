@@ -4,10 +4,15 @@ For each prompt of the step: draw a batch of noise from the step's own seed, sam
 tuned model (gradients through the chosen steps) and with the frozen original, classify the tuned
 images, and combine the alignment loss with λ times the semantics-preservation term. Gradients
 are averaged over the prompts and the processes, clipped, applied, and the EMA follows.
+
+Forward passes run under autocast in the generation dtype (float32 master weights; float16 also
+scales the loss with a ``GradScaler``). A step whose gradients are not finite is skipped (no
+update, no EMA step) and logged as ``skipped``.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -116,6 +121,7 @@ def train_step(
     scheduler: Any,
     accelerator: Any,
     ema: Any | None,
+    scaler: Any | None = None,
 ) -> dict[str, Any]:
     """One optimiser step over ``prompts_per_step`` prompts; returns the logged numbers."""
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -130,8 +136,10 @@ def train_step(
     for slot in range(rank * per, (rank + 1) * per):
         prompt = (first + slot) % m.n_prompts
         seed = step_seed(cfg.seed, step, slot)
-        terms = batch_losses(m, cfg, *sample_pair(m, cfg, prompt, seed), seed=seed)
-        (terms["loss"] / per).backward()
+        with m.placement.autocast():
+            terms = batch_losses(m, cfg, *sample_pair(m, cfg, prompt, seed), seed=seed)
+        loss = terms["loss"].float() / per
+        (scaler.scale(loss) if scaler is not None else loss).backward()
         stats.append(
             torch.cat([torch.stack([_stat(terms, k) for k in keys]), _stat(terms, "probs")])
         )
@@ -151,12 +159,21 @@ def train_step(
         **{k: None if torch.isnan(mean[i]) else float(mean[i]) for i, k in enumerate(keys)},
         "mean_probs": mean[len(keys) :].tolist(),
     }
-    if cfg.max_grad_norm > 0:
-        record["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-    optimizer.step()
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    # the total norm (clipped when max_grad_norm > 0) also tells whether every gradient is finite
+    norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf")))
+    record["grad_norm"] = norm if math.isfinite(norm) else None
+    record["skipped"] = not math.isfinite(norm)
+    if scaler is not None:
+        scaler.step(optimizer)  # skips by itself on inf/NaN
+        scaler.update()
+    elif not record["skipped"]:
+        optimizer.step()
     scheduler.step()
-    if ema is not None:
+    if ema is not None and not record["skipped"]:
         ema.step(params)
+    if ema is not None:
         record["ema_decay"] = ema.cur_decay_value
     record["lr"] = scheduler.get_last_lr()[0]
     return record

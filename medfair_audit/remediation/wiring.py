@@ -4,6 +4,11 @@ Everything frozen (VAE, classifier, image encoders, the original model) and the 
 adapters on the UNet and/or the text encoder, or the whole UNet) live on one device in
 :class:`Models`. With adapters the frozen original is the same modules with the adapters
 disabled; full tuning keeps a frozen copy of the UNet.
+
+In mixed precision the frozen diffusion parts are held in the generation dtype, while what is
+trained (adapters or the whole UNet) stays a float32 master copy and forward passes run under
+autocast; the classifier and image encoders stay float32. Supported: UNet pipelines with one
+text encoder and ε- or v-prediction (SD 1.x/2.x and medfair's T2MedI).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .._io import folder_sha256
+from ..device import Placement
 from ..exceptions import ConfigError, ModelError
 from ..target import Target
 from .config import RemediationConfig
@@ -48,6 +54,7 @@ class Models:
     latent_shape: tuple[int, int, int]
     device: torch.device
     cfg: RemediationConfig
+    placement: Placement = field(default_factory=lambda: Placement(device="cpu", dtype="float32"))
     trainable: dict[str, torch.nn.Parameter] = field(default_factory=dict)
     classifier_sha256: str = ""
     _frozen_states: torch.Tensor | None = None
@@ -165,6 +172,29 @@ def _default_encoder(checkpoint_dir: Path) -> Path:
     return Path(clip)
 
 
+def check_supported(pipe: Any, folder: Path) -> None:
+    """Refuse pipelines remediation cannot tune, naming what it supports.
+
+    Raises:
+        ModelError: Two text encoders (SDXL) or a prediction type other than ε or v.
+    """
+    from ..models.pipelines import describe, pipeline_info
+
+    info = pipeline_info(pipe)
+    supported = "supported: UNet pipelines with one text encoder and epsilon or v_prediction "
+    supported += "(SD 1.x/2.x, medfair's T2MedI)"
+    if info["text_encoders"] != 1 or pipe.unet.config.get("addition_embed_type"):
+        raise ModelError(
+            f"'{folder}' is {describe(info)}: remediation does not tune SDXL-style pipelines "
+            f"(pooled text and size conditioning) yet; {supported}; audit it with medfair audit",
+            param="checkpoint",
+        )
+    if info["prediction_type"] not in ("epsilon", "v_prediction"):
+        raise ModelError(
+            f"'{folder}' predicts '{info['prediction_type']}'; {supported}", param="checkpoint"
+        )
+
+
 def load_models(
     checkpoint_dir: Path,
     classifier_dir: Path,
@@ -172,15 +202,16 @@ def load_models(
     prompts: Sequence[str],
     encoders: Sequence[tuple[Path, float]],
     cfg: RemediationConfig,
-    device: torch.device,
+    placement: Placement,
     trust_pickle: bool,
 ) -> Models:
     """Load the pipeline, classifier and encoders, and add what gets tuned."""
     from ..models.classifier import SubgroupClassifier
-    from ..models.t2medi import load_pipeline
+    from ..models.pipelines import latent_shape, load_pipeline
     from .encoders import load_image_encoder
 
-    classifier = SubgroupClassifier.load(classifier_dir, trust_pickle=trust_pickle)
+    device = placement.device
+    classifier = SubgroupClassifier.load(classifier_dir, trust_pickle=trust_pickle).to(device)
     if set(classifier.groups) != set(target.groups):
         raise ConfigError(
             f"target groups {sorted(target.groups)} differ from the classifier's "
@@ -196,10 +227,13 @@ def load_models(
         for path, weight in specs:
             enc = load_image_encoder(path, trust_pickle=trust_pickle).to(device)
             loaded.append((enc, weight))
-    pipe = load_pipeline(checkpoint_dir, trust_pickle=trust_pickle)
+    pipe = load_pipeline(checkpoint_dir, trust_pickle=trust_pickle, placement=placement)
+    check_supported(pipe, checkpoint_dir)
     for part in (pipe.vae, pipe.text_encoder, pipe.unet, classifier.model):
-        part.requires_grad_(False).eval().to(device)
+        part.requires_grad_(False).eval()
     unet, text = pipe.unet, pipe.text_encoder
+    if cfg.unet_checkpointing:
+        unet.enable_gradient_checkpointing()
     original = None
     if cfg.full:
         original = copy.deepcopy(unet).eval()
@@ -221,9 +255,10 @@ def load_models(
         truncation=True,
         return_tensors="pt",
     ).input_ids
-    size = unet.config.sample_size
     trainable = {f"unet.{n}": p for n, p in unet.named_parameters() if p.requires_grad}
     trainable |= {f"text.{n}": p for n, p in text.named_parameters() if p.requires_grad}
+    for p in trainable.values():  # the float32 master copy of what is trained
+        p.data = p.data.float()
     return Models(
         pipe=pipe,
         unet=unet,
@@ -234,9 +269,10 @@ def load_models(
         tokens=tokens,
         target=torch.tensor(target.vector(classifier.groups), device=device),
         soft_confusion=soft,
-        latent_shape=(unet.config.in_channels, size, size),
+        latent_shape=latent_shape(pipe),
         device=device,
         cfg=cfg,
+        placement=placement,
         trainable=trainable,
         classifier_sha256=folder_sha256(classifier_dir),
     )

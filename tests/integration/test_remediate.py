@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from medfair_audit.device import Placement
 from medfair_audit.exceptions import ConfigError, ModelError
 from medfair_audit.models.t2medi import load_pipeline
 from medfair_audit.remediation import RemediationConfig, remediate
@@ -116,7 +117,7 @@ def test_gradients_reach_only_the_tuned_parameters(tiny_models):
             PROMPTS,
             [(tiny_models["clip"], 1.0)],
             cfg,
-            acc.device,
+            Placement(device=acc.device, dtype="float32"),
             False,
         )
         params = list(m.trainable.values())
@@ -371,7 +372,7 @@ def test_ema_follows_diffusers_warmup_and_is_what_gets_saved(tiny_models, tmp_pa
     # Within _saved_weights the tuned parameters hold the EMA, and get their values back after.
     m = load_models(
         tiny_models["t2medi"], tiny_models["classifier"], TARGET, PROMPTS, [],
-        tiny(lambda_clip=0.0), torch.device("cpu"), False,
+        tiny(lambda_clip=0.0), Placement(device="cpu", dtype="float32"), False,
     )  # fmt: skip
     params = list(m.trainable.values())
     ema = EMAModel(params, decay=0.5)
