@@ -10,7 +10,17 @@ from rich.table import Table
 
 from medfair_audit.exceptions import ConfigError
 
-from ._common import Overwrite, Seed, out_console, progress_bar, quiet_libraries, split_list
+from ._common import (
+    Device,
+    Dtype,
+    Overwrite,
+    Seed,
+    out_console,
+    placement,
+    progress_bar,
+    quiet_libraries,
+    split_list,
+)
 
 app = typer.Typer(
     help="Train the models medfair needs: CLIP, the T2MedI pipeline, the subgroup classifier.",
@@ -40,6 +50,8 @@ def clip(
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
     seed: Seed = 0,
     overwrite: Overwrite = False,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
 ) -> None:
     """Train a small CLIP contrastively on (image, caption) pairs, with its own BPE tokenizer.
 
@@ -57,7 +69,14 @@ def clip(
         epochs=epochs, batch_size=batch_size, width=width, layers=layers, lr=lr, seed=seed
     )
     with quiet_libraries(), progress_bar() as callback:
-        result = train_clip(data, out, config, overwrite=overwrite, progress=callback)
+        result = train_clip(
+            data,
+            out,
+            config,
+            overwrite=overwrite,
+            placement=placement(device, dtype),
+            progress=callback,
+        )
     out_console.print(
         f"wrote {result.path}: held-out image→text recall@1 {result.recall_at_1:.3f} "
         f"(chance {result.chance:.3f}, n={result.n_heldout}) in {result.seconds:.0f} s"
@@ -97,6 +116,8 @@ def t2i(
     trust_pickle: TrustPickle = False,
     seed: Seed = 0,
     overwrite: Overwrite = False,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
 ) -> None:
     """Train the T2MedI latent diffusion pipeline (VAE, then UNet) with a frozen CLIP text encoder.
 
@@ -133,6 +154,7 @@ def t2i(
             overwrite=overwrite,
             trust_pickle=trust_pickle,
             keep_checkpoints=keep_checkpoints,
+            placement=placement(device, dtype),
             progress=callback,
         )
     vae = f"VAE loss {result.vae_loss:.4f}, " if result.vae_loss is not None else ""
@@ -165,6 +187,8 @@ def classifier(
     lr: Annotated[float, typer.Option()] = 2e-3,
     seed: Seed = 0,
     overwrite: Overwrite = False,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
 ) -> None:
     """Train the subgroup classifier (small ResNet), calibrate it, and evaluate it.
 
@@ -201,6 +225,7 @@ def classifier(
             groups=split_list(groups),
             splits=tuple(split_list(splits) or ()),
             overwrite=overwrite,
+            placement=placement(device, dtype),
             progress=callback,
         )
     ev = result.evaluation

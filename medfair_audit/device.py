@@ -156,6 +156,12 @@ class Placement:
         """``torch.autocast`` to the generation dtype (a no-op context in ``float32``)."""
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.half)
 
+    def grad_scaler(self) -> Any:
+        """A ``GradScaler`` for float16 training (its range needs loss scaling), else ``None``."""
+        if self.dtype != torch.float16:
+            return None
+        return torch.amp.GradScaler(self.device.type)
+
     def describe(self) -> dict[str, str]:
         """JSON-able record: device, dtype and the GPU's name when there is one."""
         out = {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch.")}

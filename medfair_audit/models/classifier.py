@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from .._io import atomic_write_json, building_dir
 from .._validate import require_at_least
 from ..data.datasets import ImageFolderDataset
+from ..device import Placement
 from ..exceptions import ConfigError, DataError, ModelError
 from ..metrics.functional import expected_calibration_error, mean_output_matrix
 from ..progress import ProgressCallback, report
@@ -426,6 +427,7 @@ def train_classifier(
     groups: Sequence[str] | None = None,
     splits: Sequence[str] = SPLITS,
     overwrite: bool = False,
+    placement: Placement | None = None,
     progress: ProgressCallback | None = None,
 ) -> ClassifierResult:
     """Train a subgroup classifier on labelled images and save it with its evaluation.
@@ -446,12 +448,16 @@ def train_classifier(
         groups: Known groups (default: the labels found, sorted). Labels outside are an error.
         splits: Values of the ``split`` column used as train, val and test.
         overwrite: Replace an existing ``out``.
+        placement: Device and training precision (default: the CPU in float32; half precision
+            trains under autocast, float16 with loss scaling; the model is saved in float32).
         progress: Called once per step with the loss.
 
     Returns:
         Path and evaluation.
     """
     cfg = config or ClassifierConfig()
+    placement = placement or Placement(device="cpu", dtype="float32")
+    device = placement.device
     start = time.perf_counter()
     generator = seed_everything(cfg.seed)
     dataset = ImageFolderDataset(data, require=(attribute,), size=cfg.image_size, param="data")
@@ -475,7 +481,8 @@ def train_classifier(
     if min(len(train_idx), len(val_idx), len(test_idx)) == 0:
         raise DataError("the train, val and test splits must each hold images", param="data")
     images = load_images(dataset, progress=progress, stage="load images")
-    model = _build(cfg, groups)
+    model = _build(cfg, groups).to(device)
+    scaler = placement.grad_scaler()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
     total = cfg.epochs * per_epoch
@@ -483,14 +490,14 @@ def train_classifier(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
     )
     weights = torch.bincount(y[train_idx], minlength=len(groups)).float()
-    weights = weights.sum() / (len(groups) * weights.clamp(min=1))  # balanced classes
+    weights = (weights.sum() / (len(groups) * weights.clamp(min=1))).to(device)  # balanced
 
     def val_logits() -> torch.Tensor:
         model.eval()
         with torch.inference_mode():
             out = torch.cat(
                 [
-                    model(pixel_values=images[val_idx[i : i + 256]]).logits
+                    model(pixel_values=images[val_idx[i : i + 256]].to(device)).logits.cpu()
                     for i in range(0, len(val_idx), 256)
                 ]
             )
@@ -508,11 +515,18 @@ def train_classifier(
         running = 0.0
         for b in range(per_epoch):
             idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            x = _augment(images[idx], cfg, generator)
-            loss = F.cross_entropy(model(pixel_values=x).logits, y[idx], weight=weights)
+            x = _augment(images[idx], cfg, generator).to(device)
+            with placement.autocast():
+                logits = model(pixel_values=x).logits
+            loss = F.cross_entropy(logits.float(), y[idx].to(device), weight=weights)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if scaler is None:
+                loss.backward()
+                opt.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
             sched.step()
             step += 1
             running += loss.item()
@@ -544,7 +558,7 @@ def train_classifier(
     with torch.inference_mode():
         raw = torch.cat(
             [
-                F.softmax(clf.logits(images[test_idx[i : i + 256]]), -1)
+                F.softmax(clf.logits(images[test_idx[i : i + 256]]), -1).cpu()
                 for i in range(0, len(test_idx), 256)
             ]
         ).numpy()

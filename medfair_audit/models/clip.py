@@ -24,6 +24,7 @@ import torch
 from .._io import atomic_write_json, building_dir
 from .._validate import require_at_least
 from ..data.datasets import ImageFolderDataset
+from ..device import Placement
 from ..exceptions import ConfigError, ModelError
 from ..progress import ProgressCallback, report
 from ._common import check_no_pickle, load_images, seed_everything
@@ -228,6 +229,7 @@ def train_clip(
     config: CLIPTrainConfig | None = None,
     *,
     overwrite: bool = False,
+    placement: Placement | None = None,
     progress: ProgressCallback | None = None,
 ) -> CLIPTrainResult:
     """Train CLIP on the captioned images of ``data`` and save it to ``out``.
@@ -240,6 +242,8 @@ def train_clip(
         out: Destination folder (absent or empty unless ``overwrite``).
         config: Model size and schedule.
         overwrite: Replace an existing ``out``.
+        placement: Device and training precision (default: the CPU in float32); the model is
+            evaluated and saved on the CPU in float32.
         progress: Called once per step with the loss.
 
     Returns:
@@ -269,7 +273,9 @@ def train_clip(
             vocab_size=cfg.vocab_size,
             max_length=cfg.max_length,
         )
-        model = _model(cfg, tokenizer)
+        placement = placement or Placement(device="cpu", dtype="float32")
+        device, scaler = placement.device, placement.grad_scaler()
+        model = _model(cfg, tokenizer).to(device)
         tokens = _tokens(tokenizer, captions, cfg.max_length)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
@@ -289,22 +295,30 @@ def train_clip(
                 idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
                 if len(idx) < 2:
                     continue
-                out_ = model(
-                    input_ids=tokens["input_ids"][idx],
-                    attention_mask=tokens["attention_mask"][idx],
-                    pixel_values=images[idx],
-                    return_loss=True,
-                )
+                with placement.autocast():
+                    out_ = model(
+                        input_ids=tokens["input_ids"][idx].to(device),
+                        attention_mask=tokens["attention_mask"][idx].to(device),
+                        pixel_values=images[idx].to(device),
+                        return_loss=True,
+                    )
                 opt.zero_grad(set_to_none=True)
-                out_.loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
+                if scaler is None:
+                    out_.loss.backward()
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                    opt.step()
+                else:
+                    scaler.scale(out_.loss).backward()
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                    scaler.step(opt)
+                    scaler.update()
                 sched.step()
                 step += 1
                 running += out_.loss.item()
                 report(progress, "train clip", step, total, loss=out_.loss.item(), epoch=epoch + 1)
             losses.append(running / per_epoch)
-        model.eval()
+        model.to("cpu").eval()  # evaluated and saved on the CPU, in float32
         recall, chance = retrieval_recall_at_1(
             model, tokenizer, images[held_idx], [captions[i] for i in held_idx], cfg.max_length
         )

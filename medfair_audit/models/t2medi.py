@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from .._io import atomic_write_json, building_dir
 from .._validate import require_at_least
 from ..data.datasets import ImageFolderDataset
+from ..device import Placement
 from ..exceptions import ConfigError, DataError
 from ..progress import ProgressCallback, report
 from ._common import (
@@ -286,6 +287,23 @@ def _cosine(step: int, total: int, warm: int, floor: float = 0.1) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p))
 
 
+def _backward_step(
+    loss: torch.Tensor, model: Any, opt: Any, scaler: Any | None, max_norm: float = 1.0
+) -> None:
+    """Backward, clip and step (through a ``GradScaler`` in float16)."""
+    opt.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        opt.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    scaler.step(opt)
+    scaler.update()
+
+
 def _train_vae(
     vae: Any,
     images: torch.Tensor,
@@ -293,23 +311,24 @@ def _train_vae(
     state: TrainingState,
     generator: torch.Generator,
     progress: ProgressCallback | None,
+    placement: Placement,
 ) -> float:
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     warm = max(1, cfg.vae_steps // 30)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, cfg.vae_steps, warm))
     start, losses, _ = state.resume(vae, opt, sched, generator)
+    device, scaler = placement.device, placement.grad_scaler()
     vae.train()
     for step in range(start, cfg.vae_steps):
         idx = torch.randint(len(images), (cfg.vae_batch_size,), generator=generator)
-        x = images[idx]
-        post = vae.encode(x).latent_dist
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=generator)
-        rec = vae.decode(z).sample
-        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + cfg.kl_weight * post.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
+        x = images[idx].to(device)
+        with placement.autocast():
+            post = vae.encode(x).latent_dist
+            eps = torch.randn(post.mean.shape, generator=generator).to(device)
+            rec = vae.decode(post.mean + post.std * eps).sample.float()
+            kl = post.kl().float().mean()
+        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + cfg.kl_weight * kl
+        _backward_step(loss, vae, opt, scaler)
         sched.step()
         losses.append(loss.item())
         report(progress, "train vae", step + 1, cfg.vae_steps, loss=losses[-1])
@@ -323,11 +342,12 @@ def _train_vae(
 
 @torch.inference_mode()
 def _latent_stats(vae: Any, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior means and standard deviations (CPU, float32), computed on the VAE's device."""
     means, stds = [], []
     for i in range(0, len(images), 256):
-        post = vae.encode(images[i : i + 256]).latent_dist
-        means.append(post.mean)
-        stds.append(post.std)
+        post = vae.encode(images[i : i + 256].to(vae.device)).latent_dist
+        means.append(post.mean.float().cpu())
+        stds.append(post.std.float().cpu())
     return torch.cat(means), torch.cat(stds)
 
 
@@ -343,6 +363,7 @@ def _train_unet(
     state: TrainingState,
     generator: torch.Generator,
     progress: ProgressCallback | None,
+    placement: Placement,
 ) -> tuple[list[float], _EMA | None]:
     noise_sched, _ = _schedulers()
     alphas = noise_sched.alphas_cumprod
@@ -352,8 +373,9 @@ def _train_unet(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, cfg.unet_steps, warm))
     ema = _EMA(unet, cfg.ema_decay) if cfg.ema else None
     start, losses, restored = state.resume(unet, opt, sched, generator)
+    device, scaler = placement.device, placement.grad_scaler()
     if ema is not None and "ema" in restored:
-        ema.shadow = restored["ema"]
+        ema.shadow = {k: v.to(device) for k, v in restored["ema"].items()}
     unet.train()
     n = len(mean)
     for step in range(start, cfg.unet_steps):
@@ -366,16 +388,15 @@ def _train_unet(
         )
         drop = torch.rand(cfg.batch_size, generator=generator) < cfg.caption_dropout
         cap = torch.where(drop, torch.full_like(caption_idx[idx], empty_idx), caption_idx[idx])
-        noisy = noise_sched.add_noise(latents, noise, t)
-        pred = unet(noisy, t, encoder_hidden_states=cond[cap]).sample
-        per = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+        noisy = noise_sched.add_noise(latents, noise, t).to(device)
+        with placement.autocast():
+            pred = unet(noisy, t.to(device), encoder_hidden_states=cond[cap].to(device)).sample
+        per = F.mse_loss(pred.float(), noise.to(device), reduction="none").mean(dim=(1, 2, 3))
         if cfg.snr_gamma > 0:
-            per = per * torch.clamp(snr[t], max=cfg.snr_gamma) / snr[t]
+            weight, s_t = torch.clamp(snr[t], max=cfg.snr_gamma), snr[t]
+            per = per * weight.to(device) / s_t.to(device)
         loss = per.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
+        _backward_step(loss, unet, opt, scaler)
         sched.step()
         if ema is not None:
             ema.update(unet, step)
@@ -408,6 +429,7 @@ def train_t2i(
     overwrite: bool = False,
     trust_pickle: bool = False,
     keep_checkpoints: bool = False,
+    placement: Placement | None = None,
     progress: ProgressCallback | None = None,
 ) -> T2IResult:
     """Train (or fine-tune) the T2MedI pipeline on captioned images and save it to ``out``.
@@ -425,6 +447,8 @@ def train_t2i(
         overwrite: Replace an existing ``out``.
         trust_pickle: Allow pickle weights in ``init``/``clip``.
         keep_checkpoints: Keep ``<out>.partial/`` after success.
+        placement: Device and training precision of the VAE and UNet (default: the CPU in
+            float32); the pipeline is saved from the CPU in float32.
         progress: Called once per step with the loss.
 
     Returns:
@@ -433,6 +457,7 @@ def train_t2i(
     from diffusers import StableDiffusionPipeline
 
     cfg = config or T2IConfig()
+    placement = placement or Placement(device="cpu", dtype="float32")
     start_time = time.perf_counter()
     out = Path(out)
     if (out / "model_index.json").exists() and not overwrite:
@@ -473,8 +498,10 @@ def train_t2i(
         vae = base.vae
         vae_loss = None
     else:
-        vae = base.vae if base is not None else _build_vae(cfg)
-        vae_loss = _train_vae(vae, images, cfg, TrainingState(work / "vae"), generator, progress)
+        vae = (base.vae if base is not None else _build_vae(cfg)).float().to(placement.device)
+        vae_loss = _train_vae(
+            vae, images, cfg, TrainingState(work / "vae"), generator, progress, placement
+        )
     vae.requires_grad_(False).eval()
     mean, std = _latent_stats(vae, images)
     scale = float(1.0 / mean.std()) if base is None or cfg.vae_steps else vae.config.scaling_factor
@@ -485,6 +512,7 @@ def train_t2i(
         unet = base.unet
     else:
         unet = _build_unet(cfg, text_encoder.config.hidden_size)
+    unet = unet.float().to(placement.device)
     losses, ema = _train_unet(
         unet,
         mean,
@@ -497,9 +525,11 @@ def train_t2i(
         TrainingState(work / "unet"),
         generator,
         progress,
+        placement,
     )
     if ema is not None:
         ema.copy_to(unet)
+    unet, vae = unet.to("cpu"), vae.to("cpu")
     _, ddim = _schedulers()
     if base is not None:
         ddim = base.scheduler

@@ -194,9 +194,7 @@ def remediate(
     if cfg.ema_decay > 0:
         ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=cfg.ema_warmup, power=2 / 3)
     # float16 needs loss scaling against underflow; bfloat16 has float32's range
-    scaler = (
-        torch.amp.GradScaler(placement.device.type) if placement.dtype == torch.float16 else None
-    )
+    scaler = placement.grad_scaler()
     key = cfg.resume_key(acc.num_processes, placement.describe()["dtype"])
     work = out.with_name(out.name + ".partial")
     if work.exists() and not resume and acc.is_main_process:

@@ -13,6 +13,7 @@ update, no EMA step) and logged as ``skipped``.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -170,7 +171,9 @@ def train_step(
         scaler.update()
     elif not record["skipped"]:
         optimizer.step()
-    scheduler.step()
+    with warnings.catch_warnings():  # a skipped step still advances the schedule
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+        scheduler.step()
     if ema is not None and not record["skipped"]:
         ema.step(params)
     if ema is not None:
