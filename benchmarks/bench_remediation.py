@@ -28,6 +28,7 @@ from medfair_audit.remediation import RemediationConfig
 from medfair_audit.remediation.step import batch_losses, sample_pair, train_step
 from medfair_audit.remediation.wiring import load_models
 from medfair_audit.target import Target
+from medfair_audit.device import Placement
 torch.set_num_threads(2)
 demo, grad, k, ckpt = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
 steps = int(sys.argv[5])
@@ -35,7 +36,8 @@ cfg = RemediationConfig(gradient=grad, grad_steps=k, gradient_checkpointing=ckpt
 acc = Accelerator()
 target = Target.load(demo / "target.json")
 m = load_models(demo / "models" / "t2medi", demo / "models" / "classifier", target,
-                list(TRAIN_PROMPTS), [(demo / "models" / "clip", 1.0)], cfg, acc.device, False)
+                list(TRAIN_PROMPTS), [(demo / "models" / "clip", 1.0)], cfg,
+                Placement(device=acc.device, dtype="float32"), False)
 params = list(m.trainable.values())
 opt = torch.optim.AdamW(params, lr=cfg.lr)
 sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, cfg.steps, cfg.warmup))

@@ -95,9 +95,14 @@ def audit(
         bool, typer.Option("--vae-tiling", help="Decode large images in tiles (less memory).")
     ] = False,
     overlap: Annotated[
-        bool,
-        typer.Option(help="Classify and write each batch while the next is generated."),
-    ] = True,
+        bool | None,
+        typer.Option(
+            "--overlap/--no-overlap",
+            help="Classify and write each batch while the next is generated (default: on for "
+            "GPUs, off on the CPU, where both would share the cores).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Audit a text-to-image checkpoint's subgroup distribution against a target.
 

@@ -58,7 +58,9 @@ class AuditConfig:
         save_images: Also write every generated image as PNG.
         placement: Device and generation dtype (the classifier and features run in float32).
         speed: Inference speed-ups (``torch.compile``, channels-last, VAE slicing/tiling).
-        overlap: Classify and write each batch while the next one is generated.
+        overlap: Classify and write each batch while the next one is generated (``None``: on
+            an accelerator, where the generator leaves the CPU free; off on the CPU, where both
+            would share the same cores).
     """
 
     checkpoint: Path
@@ -81,7 +83,7 @@ class AuditConfig:
     save_images: bool = False
     placement: Placement = field(default_factory=Placement)
     speed: Speed = field(default_factory=Speed)
-    overlap: bool = True
+    overlap: bool | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prompts", tuple(self.prompts))

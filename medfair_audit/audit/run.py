@@ -182,7 +182,7 @@ def run_audit(
         settings=settings,
         rank=state.process_index,
         world=state.num_processes,
-        overlap=cfg.overlap,
+        overlap=cfg.placement.device.type != "cpu" if cfg.overlap is None else cfg.overlap,
         progress=progress,
     )
     state.wait_for_everyone()

@@ -201,7 +201,9 @@ def save_sd_like(
     dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Build with :func:`build_sd_like` and save as a safetensors pipeline folder at ``out``."""
-    pipe = build_sd_like(kind, size, seed=seed).to(dtype=dtype)
+    pipe = build_sd_like(kind, size, seed=seed)
+    if dtype != torch.float32:
+        pipe = pipe.to(dtype=dtype)
     out = Path(out)
     pipe.save_pretrained(out, safe_serialization=True)
     return out

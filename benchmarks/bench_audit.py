@@ -1,0 +1,403 @@
+"""Audit speed against plain diffusers, FID cost, audit memory, processes, remediation memory.
+
+Sections (``--sections``, default all that apply to the device):
+
+* ``throughput``: images/s of (a) the naive diffusers loop (one pipeline call per image),
+  (b) the batched diffusers loop (one call per batch, per-image CPU generators), (c) medfair's
+  generation engine as ``medfair audit`` runs it (the same batches plus classification, FID
+  features, uint8 conversion and atomic shard writes; with and without overlap) and (d) the
+  whole ``run_audit`` (plus statistics and reports), on one checkpoint, steps and guidance,
+  measured in one run after one warm-up batch each. On the CPU with the demo's T2MedI; on a GPU
+  with the SD-1.5-size scale fixture in each ``--dtypes``.
+* ``fid``: FID from moments (eigh, medfair) vs ``scipy.linalg.sqrtm`` at d = 2048: time and
+  agreement.
+* ``memory``: peak resident memory of a whole audit of 1k, 5k and 20k images (a fresh process
+  each; the tiny SD-1.5 fixture at 1 step so the run is about the audit's own bookkeeping:
+  images stream through shards and only moments, probabilities and a bounded sample stay).
+* ``processes``: wall time of the same audit with 1 and 2 processes (torchrun on CPUs).
+* ``remediation``: seconds per step and peak accelerator memory of LoRA remediation at
+  SD-1.5 size (batch 4, T = 10, K = 1, 2, 4); GPU only (on the CPU it runs the tiny fixture
+  to keep the code path tested).
+
+Writes ``benchmarks/audit.json`` (``--out``) and, with ``--render``, the table between the
+``audit-bench`` markers of ``benchmarks/RESULTS.md`` (GPU rows from ``benchmarks/audit-gpu.json``
+when present, else "not measured").
+
+Run (CPU): .venv/bin/python benchmarks/bench_audit.py [--demo reports/demo]
+Run (GPU): python benchmarks/bench_audit.py --device cuda --out benchmarks/audit-gpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PROMPTS = ["Axial FLAIR MRI of the brain showing a glioma.", "Axial T1-weighted MRI of the brain."]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def throughput(checkpoint: Path, classifier: Path, placement, n: int, batch: int, steps: int,
+               guidance: float, *, statistics: bool = True) -> dict:  # fmt: skip
+    """Images/s of the naive loop, the batched loop, the engine and the whole audit."""
+    from medfair_audit import AuditConfig, run_audit
+    from medfair_audit.generation import GenerationConfig, image_seed
+    from medfair_audit.generation.engine import run_shards
+    from medfair_audit.models.classifier import SubgroupClassifier
+    from medfair_audit.models.features import get_extractor
+    from medfair_audit.models.pipelines import generate, load_pipeline, pipeline_info
+    from medfair_audit.target import parse_target
+
+    device = placement.device
+    pipe = load_pipeline(checkpoint, placement=placement)
+    clf = SubgroupClassifier.load(classifier).to(device)
+    extractor = get_extractor("classifier", clf, device=device)
+    seeds = [image_seed(0, 0, i) for i in range(n)]
+    kw = {"num_inference_steps": steps, "guidance_scale": guidance, "output_type": "pt"}
+
+    def naive(count: int) -> None:
+        for s in seeds[:count]:
+            pipe(prompt=PROMPTS[0], generator=torch.Generator().manual_seed(s), **kw)
+
+    def batched(count: int) -> None:
+        for a in range(0, count, batch):
+            gens = [torch.Generator().manual_seed(s) for s in seeds[a : min(a + batch, count)]]
+            pipe(prompt=PROMPTS[0], num_images_per_prompt=len(gens), generator=gens, **kw)
+
+    def engine(overlap: bool, folder: str) -> None:
+        cfg = GenerationConfig(n_per_prompt=n, steps=steps, guidance=guidance, shard_size=batch)
+        run_shards(
+            lambda p, s: generate(pipe, p, s, steps=steps, guidance=guidance),
+            PROMPTS[:1], cfg, folder,
+            analyse=lambda x: (clf.predict_proba(x), extractor(x)),
+            settings={}, overlap=overlap,
+        )  # fmt: skip
+
+    rows = {}
+    with torch.inference_mode():
+        batched(min(batch, n))  # warm-up: kernels, allocator
+        naive_n = max(1, n // 4)  # the naive loop is timed on a quarter of the images
+        rows["naive diffusers loop (1 image per call)"] = naive_n / _timed(
+            lambda: naive(naive_n), device
+        )
+        rows[f"batched diffusers loop ({batch} per call)"] = n / _timed(lambda: batched(n), device)
+        for overlap in (False, True):
+            with tempfile.TemporaryDirectory() as tmp:
+                label = f"medfair engine: + classifier, features, shard writes{', overlapped' if overlap else ''}"  # noqa: E501
+                rows[label] = n / _timed(lambda o=overlap, d=tmp: engine(o, d), device)
+    if statistics:
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = AuditConfig(
+                checkpoint=checkpoint, classifier=classifier, prompts=PROMPTS[:1],
+                target=parse_target("male=0.58,female=0.42"), out=Path(tmp) / "a",
+                generation=GenerationConfig(
+                    n_per_prompt=n, steps=steps, guidance=guidance, shard_size=batch
+                ),
+                placement=placement,
+            )  # fmt: skip
+            rows["medfair audit end to end (+ statistics, reports)"] = n / _timed(
+                lambda: run_audit(cfg), device
+            )
+    info = pipeline_info(pipe)
+    return {
+        "pipeline": {k: info[k] for k in ("class", "unet_parameters", "resolution")},
+        "placement": placement.describe(),
+        "n": n, "batch": batch, "steps": steps, "guidance": guidance,
+        "images_per_s": rows,
+    }  # fmt: skip
+
+
+def fid_timing(d: int = 2048, repeats: int = 3) -> dict:
+    """FID from moments (eigh) vs scipy.linalg.sqrtm on two d×d covariances."""
+    from scipy import linalg
+
+    from medfair_audit.metrics.functional import fid_from_moments
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(3 * d, d)), rng.normal(size=(3 * d, d)) @ rng.normal(size=(d, d)) / 40
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+
+    def reference() -> float:
+        covmean = linalg.sqrtm(s1 @ s2)
+        covmean = covmean.real if np.iscomplexobj(covmean) else covmean
+        return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+    times = {"moments": [], "sqrtm": []}
+    for _ in range(repeats):
+        t = time.perf_counter()
+        ours = fid_from_moments(mu1, s1, mu2, s2)
+        times["moments"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        ref = reference()
+        times["sqrtm"].append(time.perf_counter() - t)
+    best = {k: min(v) for k, v in times.items()}
+    return {
+        "d": d, "seconds": best, "speedup": best["sqrtm"] / best["moments"],
+        "fid": {"moments": ours, "sqrtm": ref}, "relative_difference": abs(ours - ref) / abs(ref),
+    }  # fmt: skip
+
+
+MEMORY_CHILD = r"""
+import json, resource, sys, torch
+from pathlib import Path
+from medfair_audit import AuditConfig, run_audit
+from medfair_audit.generation import GenerationConfig
+from medfair_audit.target import parse_target
+torch.set_num_threads(int(sys.argv[5]))
+ckpt, clf, out, n = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
+cfg = AuditConfig(checkpoint=ckpt, classifier=clf, prompts=["Axial FLAIR MRI of the brain."],
+    target=parse_target("male=0.58,female=0.42"), out=out, n_boot=1000,
+    generation=GenerationConfig(n_per_prompt=n, steps=1, guidance=1.0, shard_size=250))
+run_audit(cfg)
+print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def memory(classifier: Path, sizes: tuple[int, ...], threads: int) -> dict:
+    """Peak RSS of whole audits of ``sizes`` images with the tiny SD-1.5 fixture (1 step)."""
+    from medfair_audit.models.sd_like import save_sd_like
+
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = save_sd_like(Path(tmp) / "sd15", "sd15", "tiny")
+        for n in sizes:
+            start = time.perf_counter()
+            out = subprocess.run(
+                [sys.executable, "-c", MEMORY_CHILD, ckpt, classifier, Path(tmp) / f"a{n}",
+                 str(n), str(threads)],
+                capture_output=True, text=True, check=True, cwd=ROOT,
+            )  # fmt: skip
+            rss = json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mib"]
+            rows[str(n)] = {"peak_rss_mib": rss, "seconds": time.perf_counter() - start}
+            print(f"  memory {n}: {rss:.0f} MiB", flush=True)
+    peaks = [r["peak_rss_mib"] for r in rows.values()]
+    return {"rows": rows, "max_over_min": max(peaks) / min(peaks)}
+
+
+def processes(checkpoint: Path, classifier: Path, n: int, steps: int) -> dict:
+    """Wall time of one audit with 1 and 2 processes (torchrun, CPU)."""
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for world in (1, 2):
+            cmd = [
+                sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc_per_node={world}", "-m", "medfair_cli.main", "audit", str(checkpoint),
+                "--classifier", str(classifier), "--target", "male=0.58,female=0.42",
+                "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--n-per-prompt", str(n // 2),
+                "--steps", str(steps), "--batch-size", "16", "--out", f"{tmp}/w{world}",
+            ]  # fmt: skip
+            env = {**os.environ, "OMP_NUM_THREADS": str(max(1, 2 // world))}
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True, cwd=ROOT, env=env, capture_output=True)
+            rows[str(world)] = time.perf_counter() - start
+    return {"n": n, "seconds": rows, "speedup": rows["1"] / rows["2"]}
+
+
+def remediation(classifier: Path, placement, size: str, ks=(1, 2, 4), steps: int = 3) -> dict:
+    """Seconds per LoRA step and peak memory at SD-1.5 size (batch 4, T = 10, K = ks)."""
+    from medfair_audit._dist import accelerator
+    from medfair_audit.models.sd_like import save_sd_like
+    from medfair_audit.remediation import RemediationConfig
+    from medfair_audit.remediation.step import train_step
+    from medfair_audit.remediation.wiring import load_models
+    from medfair_audit.target import parse_target
+
+    device = placement.device
+
+    def one_k(ckpt: Path, k: int) -> dict:
+        cfg = RemediationConfig(
+            batch_per_prompt=4, sampling_steps=10, grad_steps=k, lambda_clip=0.0,
+            unet_checkpointing=True,
+        )  # fmt: skip
+        acc = accelerator(device)
+        m = load_models(ckpt, classifier, parse_target("male=0.58,female=0.42"),
+                        PROMPTS, [], cfg, placement, False)  # fmt: skip
+        opt = torch.optim.AdamW(list(m.trainable.values()), lr=cfg.lr)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        scaler = placement.grad_scaler()
+        train_step(m, cfg, 0, opt, sched, acc, None, scaler)  # warm-up
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+        def run() -> None:
+            for s in range(1, steps + 1):
+                train_step(m, cfg, s, opt, sched, acc, None, scaler)
+
+        seconds = _timed(run, device) / steps
+        peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+        print(f"  remediation K={k}: {seconds:.2f} s/step, peak {peak} GiB", flush=True)
+        return {"seconds_per_step": seconds, "peak_gib": peak}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = save_sd_like(Path(tmp) / "sd15", "sd15", size, dtype=placement.dtype)
+        rows = {str(k): one_k(ckpt, k) for k in ks}
+    return {"size": size, "placement": placement.describe(), "batch": 4, "T": 10, "rows": rows}
+
+
+TABLE_GPU_MISSING = "| GPU | not measured: no GPU was at hand (`scripts/gpu_check.sh`) | | |"
+
+
+def _fmt_rows(doc: dict, where: str) -> list[str]:
+    lines = []
+    for t in doc.get("throughput", []):
+        p = t["placement"]
+        head = f"{p.get('name', where)}, {p['dtype']}"
+        model = f"{t['pipeline']['class']} {t['pipeline']['unet_parameters'] / 1e6:.0f}M UNet"
+        base = t["images_per_s"]
+        ref = next(v for k, v in base.items() if k.startswith("batched"))
+        naive = next(v for k, v in base.items() if k.startswith("naive"))
+        for label, value in base.items():
+            lines.append(
+                f"| {head} | {model}, {t['steps']} steps, batch {t['batch']} | {label} | "
+                f"{value:.2f} ({value / ref:.2f}× batched, {value / naive:.1f}× naive) |"
+            )
+    return lines
+
+
+def render(cpu: dict, gpu: dict | None) -> None:
+    lines = [
+        f"CPU run: {cpu['date']}, {cpu['machine']}.",
+        "",
+        "| device | model | loop | images/s |",
+        "|---|---|---|---|",
+        *_fmt_rows(cpu, "CPU"),
+        *(_fmt_rows(gpu, "GPU") if gpu else [TABLE_GPU_MISSING]),
+    ]
+    if gpu:
+        lines.insert(1, f"GPU run: {gpu['date']}, {gpu['machine']}.")
+    f = cpu.get("fid")
+    if f:
+        lines += [
+            "",
+            f"FID at d = {f['d']}: from moments (eigh) {f['seconds']['moments']:.2f} s, "
+            f"`scipy.linalg.sqrtm` {f['seconds']['sqrtm']:.2f} s ({f['speedup']:.1f}× faster); "
+            f"relative difference {f['relative_difference']:.1e}.",
+        ]
+    mem = cpu.get("memory")
+    if mem:
+        cells = ", ".join(f"{n} images {r['peak_rss_mib']:.0f} MiB" for n, r in mem["rows"].items())
+        lines += ["", f"Audit peak memory (whole process, tiny SD-1.5 fixture at 1 step, 250 per "
+                      f"shard, 1000 bootstrap resamples): {cells}; largest/smallest "
+                      f"{mem['max_over_min']:.2f}: images stream through shards, and the peak is "
+                      "set by loading the models, not by the number of images."]  # fmt: skip
+    pr = cpu.get("processes")
+    if pr:
+        s = pr["seconds"]
+        lines += [
+            "",
+            f"Processes ({pr['n']} images, demo model, 2 cores): 1 process {s['1']:.0f} s, "
+            f"2 processes {s['2']:.0f} s ({pr['speedup']:.2f}×).",
+        ]
+    rem = (gpu or {}).get("remediation")
+    if rem:
+        cells = ", ".join(
+            f"K={k}: {r['seconds_per_step']:.2f} s/step, peak {r['peak_gib']:.1f} GiB"
+            for k, r in rem["rows"].items()
+        )
+        lines += ["", f"Remediation at SD-1.5 size (LoRA, batch 4, T = 10, "
+                      f"{rem['placement']['dtype']}): {cells}."]  # fmt: skip
+    else:
+        lines += ["", "Remediation at SD-1.5 size on a GPU: not measured."]
+    text = "\n".join(lines)
+    path = HERE / "RESULTS.md"
+    start, end = "<!-- audit-bench:start -->", "<!-- audit-bench:end -->"
+    doc = path.read_text()
+    if start not in doc:
+        sys.exit(f"{path} has no audit-bench markers")
+    pattern = re.escape(start) + ".*?" + re.escape(end)
+    path.write_text(re.sub(pattern, lambda m: f"{start}\n{text}\n{end}", doc, flags=re.S))
+    print(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--demo", type=Path, default=ROOT / "reports" / "demo")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtypes", default=None, help="comma-separated; default per device")
+    parser.add_argument("--sections", default=None)
+    parser.add_argument("--n", type=int, default=None)
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--out", type=Path, default=HERE / "audit.json")
+    parser.add_argument("--render", action="store_true", help="only rewrite RESULTS.md")
+    args = parser.parse_args()
+    if args.render:
+        gpu_path = HERE / "audit-gpu.json"
+        gpu = json.loads(gpu_path.read_text()) if gpu_path.is_file() else None
+        render(json.loads((HERE / "audit.json").read_text()), gpu)
+        return
+    from medfair_audit.device import Placement
+
+    device = Placement(device=args.device).device
+    gpu = device.type == "cuda"
+    sections = (args.sections or ("throughput,remediation" if gpu else
+                                  "throughput,fid,memory,processes")).split(",")  # fmt: skip
+    torch.set_num_threads(os.cpu_count() if gpu else 2)
+    clf = args.demo / "models" / "classifier"
+    doc: dict = {
+        "date": dt.date.today().isoformat(),
+        "machine": (torch.cuda.get_device_name(device) if gpu else f"{os.cpu_count()} CPU cores")
+        + f", torch {torch.__version__}",
+        "throughput": [],
+    }
+    if "throughput" in sections:
+        dtypes = (args.dtypes or ("float16,bfloat16" if gpu else "float32")).split(",")
+        for dtype in dtypes:
+            placement = Placement(device=device, dtype=dtype)
+            if gpu:
+                from medfair_audit.models.sd_like import save_sd_like
+
+                tmp = tempfile.mkdtemp()
+                ckpt = save_sd_like(Path(tmp) / "sd15", "sd15", "full", dtype=placement.dtype)
+                n, batch = args.n or 128, args.batch or 32
+            else:
+                ckpt, n, batch = args.demo / "models" / "t2medi", args.n or 64, args.batch or 32
+            print(f"throughput {dtype} ...", flush=True)
+            doc["throughput"].append(
+                throughput(ckpt, clf, placement, n, batch, args.steps, args.guidance)
+            )
+            print(json.dumps(doc["throughput"][-1]["images_per_s"], indent=1), flush=True)
+    if "fid" in sections:
+        doc["fid"] = fid_timing()
+        print("fid", doc["fid"], flush=True)
+    if "memory" in sections:
+        doc["memory"] = memory(clf, (1000, 5000, 20000), threads=2)
+    if "processes" in sections:
+        doc["processes"] = processes(args.demo / "models" / "t2medi", clf, 64, args.steps)
+        print("processes", doc["processes"], flush=True)
+    if "remediation" in sections:
+        size = "full" if gpu else "tiny"
+        placement = Placement(device=device, dtype=(args.dtypes or "auto").split(",")[0])
+        doc["remediation"] = remediation(clf, placement, size)
+    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
