@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import err_console, out_console, progress_bar, quiet_libraries
+from ._common import Device, err_console, out_console, progress_bar, quiet_libraries
 
 
 def demo(
@@ -17,6 +17,15 @@ def demo(
     ] = Path("reports/demo"),
     fast: Annotated[bool, typer.Option("--fast", help="Small configuration (tests).")] = False,
     seed: Annotated[int, typer.Option(min=0, help="Seed of every stage.")] = 0,
+    device: Device = "auto",
+    dtype: Annotated[
+        str,
+        typer.Option(
+            help="Precision of the diffusion model in every stage: float32 (default; a GPU run "
+            "then agrees with the committed CPU example within kernel tolerance), bfloat16, "
+            "float16 or auto."
+        ),
+    ] = "float32",
 ) -> None:
     """Run the embedded default end to end: phantom data, models, audit, remediation, report.
 
@@ -38,7 +47,11 @@ def demo(
         err_console.print(f"{time.perf_counter() - start:7.1f}s  {line}")
 
     with quiet_libraries(), progress_bar() as callback:
-        result = run_demo(DemoConfig(out=out, fast=fast, seed=seed), progress=callback, log=log)
+        result = run_demo(
+            DemoConfig(out=out, fast=fast, seed=seed, device=device, dtype=dtype),
+            progress=callback,
+            log=log,
+        )
     out_console.print(
         f"demo finished in {time.perf_counter() - start:.1f} s; outputs in {result.out}"
     )

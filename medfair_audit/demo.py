@@ -31,6 +31,7 @@ the same settings are reused, so a re-run continues where an earlier one stopped
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -43,6 +44,7 @@ from typing import Any
 from ._io import atomic_write_json
 from .audit import AuditConfig, run_audit
 from .data.phantom import PhantomConfig, build_phantom
+from .device import Placement
 from .exceptions import ConfigError
 from .generation import GenerationConfig
 from .models.classifier import ClassifierConfig, train_classifier
@@ -65,6 +67,9 @@ class DemoConfig:
         seed: Seed of every stage.
         corpus_male_fraction: Male share of the text-to-image training corpus.
         target_male_fraction: Male share of the BraTS18-like target set.
+        device: Where every stage runs (``auto``: a GPU when there is one).
+        dtype: Precision of the diffusion model in every stage (default float32, so a GPU run
+            agrees with the committed CPU example within kernel tolerance).
     """
 
     out: Path = Path("reports/demo")
@@ -72,6 +77,8 @@ class DemoConfig:
     seed: int = 0
     corpus_male_fraction: float = 0.85
     target_male_fraction: float = 0.58
+    device: str = "auto"
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         for name in ("corpus_male_fraction", "target_male_fraction"):
@@ -79,6 +86,12 @@ class DemoConfig:
             if not 0.0 < value < 1.0:
                 raise ConfigError(f"expected a fraction in (0, 1), got {value}", param=name)
         object.__setattr__(self, "out", Path(self.out))
+        self.placement  # noqa: B018  (checks device and dtype now, with a one-line error)
+
+    @property
+    def placement(self) -> Placement:
+        """The checked device and dtype of every stage."""
+        return Placement(device=self.device, dtype=self.dtype)
 
     @property
     def corpus(self) -> PhantomConfig:
@@ -228,10 +241,15 @@ def _stage(
     settings: Any,
     work: Callable[[], dict[str, Any]],
     log: Callable[[str], None] | None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
-    """Run ``work`` unless ``out/.stages/name.json`` records the same settings."""
+    """Run ``work`` unless ``out/.stages/name.json`` records the same settings.
+
+    ``precision`` (a dtype other than float32) is part of the settings; the device is not (its
+    results agree within kernel tolerance), so a stage finished on one device is reused on another.
+    """
     stamp_file = out / ".stages" / f"{name}.json"
-    stamp = _stamp(settings)
+    stamp = _stamp(settings if precision is None else {"settings": settings, "dtype": precision})
     if stamp_file.is_file():
         done = json.loads(stamp_file.read_text())
         if done.get("stamp") == stamp:
@@ -268,6 +286,10 @@ def run_demo(
     """
     out = config.out
     data = out / "data"
+    where = config.placement
+    dtype = where.describe()["dtype"]
+    half = None if dtype == "float32" else dtype
+    stage = functools.partial(_stage, precision=half)
     stages: dict[str, dict[str, Any]] = {}
 
     def phantom(name: str, cfg: PhantomConfig) -> dict[str, Any]:
@@ -275,7 +297,7 @@ def run_demo(
             result = build_phantom(data / name, cfg, overwrite=True, progress=progress)
             return {"path": str(result.root), "counts": result.counts}
 
-        return _stage(out, name, asdict(cfg), work, log)
+        return stage(out, name, asdict(cfg), work, log)
 
     stages["corpus"] = phantom("corpus", config.corpus)
     stages["target_set"] = phantom("target_set", config.target_set)
@@ -290,18 +312,23 @@ def run_demo(
         target.save(out / "target.json")
         return {"path": str(out / "target.json"), "proportions": dict(target.proportions)}
 
-    stages["target"] = _stage(
+    stages["target"] = stage(
         out, "target", {"after": stages["target_set"]["stamp"]}, target_work, log
     )
     models = out / "models"
 
     def clip_work() -> dict[str, Any]:
         r = train_clip(
-            data / "corpus", models / "clip", config.clip, overwrite=True, progress=progress
+            data / "corpus",
+            models / "clip",
+            config.clip,
+            overwrite=True,
+            placement=where,
+            progress=progress,
         )
         return {"path": str(r.path), "recall_at_1": r.recall_at_1, "chance": r.chance}
 
-    stages["clip"] = _stage(
+    stages["clip"] = stage(
         out,
         "clip",
         {"cfg": asdict(config.clip), "after": stages["corpus"]["stamp"]},
@@ -316,11 +343,12 @@ def run_demo(
             config.t2i,
             clip=models / "clip",
             overwrite=True,
+            placement=where,
             progress=progress,
         )
         return {"path": str(r.path), "vae_loss": r.vae_loss, "unet_loss": r.unet_loss}
 
-    stages["t2medi"] = _stage(
+    stages["t2medi"] = stage(
         out,
         "t2medi",
         {"cfg": asdict(config.t2i), "after": stages["clip"]["stamp"]},
@@ -340,6 +368,7 @@ def run_demo(
                 groups=("female", "male"),
                 splits=splits,
                 overwrite=True,
+                placement=where,
                 progress=progress,
             )
             ev = r.evaluation
@@ -356,7 +385,7 @@ def run_demo(
         ("classifier", config.classifier, ("train", "val", "test")),
         ("evaluator", config.evaluator, ("eval_train", "eval_val", "test")),
     ):
-        stages[name] = _stage(
+        stages[name] = stage(
             out,
             name,
             {"cfg": asdict(cfg), "splits": splits, "after": stages["target_set"]["stamp"]},
@@ -377,6 +406,7 @@ def run_demo(
                     reference=data / "target_set",
                     reference_split="test",
                     n_boot=200 if config.fast else 1000,
+                    placement=where,
                 ),
                 progress=progress,
             )
@@ -392,7 +422,7 @@ def run_demo(
     audit_settings = {"gen": asdict(config.audit_generation), "prompts": HELD_OUT_PROMPTS}
     sides = (("", "evaluator"), ("-trainclf", "classifier"))
     for suffix, clf in sides:
-        stages[f"audit_before{suffix}"] = _stage(
+        stages[f"audit_before{suffix}"] = stage(
             out,
             f"audit_before{suffix}",
             {
@@ -413,6 +443,7 @@ def run_demo(
             config=config.remediation,
             image_encoders=[(models / "clip", 1.0)],
             overwrite=True,
+            placement=where,
             progress=progress,
         )
         first, last = r.data["audits"][0], r.final_audit
@@ -422,11 +453,14 @@ def run_demo(
             "quick_audit_after": {"share": last["share"], "kl": last["kl"]},
         }
 
-    stages["remediate"] = _stage(
+    stages["remediate"] = stage(
         out,
         "remediate",
         {
-            "cfg": asdict(config.remediation),
+            # a memory knob that leaves the weights unchanged is not part of the stamp
+            "cfg": {
+                k: v for k, v in asdict(config.remediation).items() if k != "unet_checkpointing"
+            },
             "prompts": TRAIN_PROMPTS,
             "after": [stages[k]["stamp"] for k in ("t2medi", "classifier", "target", "clip")],
         },
@@ -434,7 +468,7 @@ def run_demo(
         log,
     )
     for suffix, clf in sides:
-        stages[f"audit_after{suffix}"] = _stage(
+        stages[f"audit_after{suffix}"] = stage(
             out,
             f"audit_after{suffix}",
             {
@@ -455,7 +489,7 @@ def run_demo(
         ]
         return {"paths": [str(p) for p in paths]}
 
-    stages["report"] = _stage(
+    stages["report"] = stage(
         out,
         "report",
         {"after": [stages[f"audit_{f}"]["stamp"] for f in REPORT_COLUMNS]},

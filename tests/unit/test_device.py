@@ -136,3 +136,12 @@ def test_a_worker_error_surfaces_with_its_message(tmp_path):
     with pytest.raises(DataError, match=r"NaN/inf pixels .* image 0, seed"):
         run_shards(nan_images, ["p"], cfg, tmp_path, analyse=_analyse, settings={}, overlap=True)
     assert not list(tmp_path.glob("*.safetensors"))
+
+
+@no_cuda
+def test_the_demo_checks_its_device_up_front(tmp_path):
+    from medfair_audit.demo import DemoConfig
+
+    with pytest.raises(ConfigError, match="not available"):
+        DemoConfig(out=tmp_path, device="cuda")
+    assert DemoConfig(out=tmp_path, dtype="bfloat16").placement.dtype == torch.bfloat16
