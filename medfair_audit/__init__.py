@@ -16,7 +16,7 @@ from .data import (
     build_phantom,
     export_image_folder,
 )
-from .exceptions import ConfigError, DataError, MedfairError, ModelError
+from .exceptions import ConfigError, DataError, MedfairError, ModelError, ResourceError
 from .progress import ProgressCallback, ProgressEvent
 from .target import Target, parse_target, target_from_labels
 
@@ -33,6 +33,8 @@ _LAZY = {
     "read_prompts": ("audit", "read_prompts"),
     "run_audit": ("audit", "run_audit"),
     "GenerationConfig": ("generation", "GenerationConfig"),
+    "Placement": ("device", "Placement"),
+    "Speed": ("models.pipelines", "Speed"),
     "RemediationConfig": ("remediation", "RemediationConfig"),
     "RemediationResult": ("remediation", "RemediationResult"),
     "remediate": ("remediation", "remediate"),
@@ -64,11 +66,14 @@ __all__ = [
     "MedfairError",
     "ModelError",
     "PhantomConfig",
+    "Placement",
     "ProgressCallback",
     "ProgressEvent",
     "RemediationConfig",
     "RemediationResult",
+    "ResourceError",
     "RocoDataset",
+    "Speed",
     "Target",
     "__version__",
     "build_phantom",
