@@ -206,7 +206,7 @@ def run_shards(
     stamp = settings_hash({**settings, **asdict(config), "prompts": list(prompts)})
     mine = plan[rank::world]
     total = sum(s.stop - s.start for s in mine)
-    state = {"done": 0}
+    done = 0
     report(progress, "generate", 0, total)
     pending: tuple[Future, Shard] | None = None
 
@@ -218,8 +218,9 @@ def run_shards(
             advance(shard)
 
     def advance(shard: Shard, **info: Any) -> None:
-        state["done"] += shard.stop - shard.start
-        report(progress, "generate", state["done"], total, **info)
+        nonlocal done
+        done += shard.stop - shard.start
+        report(progress, "generate", done, total, **info)
 
     executor = ThreadPoolExecutor(max_workers=1) if overlap else None
     try:
@@ -244,14 +245,11 @@ def run_shards(
             pending = (executor.submit(_finish, *args), shard)
         wait()
     except Exception as exc:
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
-            executor = None
         if is_out_of_memory(exc):
             raise _out_of_memory(exc, config) from exc
         raise
     finally:
-        if executor is not None:
+        if executor is not None:  # a shard already generated is still written
             executor.shutdown(wait=True)
     return plan
 

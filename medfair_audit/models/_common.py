@@ -20,6 +20,7 @@ from ..progress import ProgressCallback, report
 
 __all__ = [
     "PICKLE_SUFFIXES",
+    "backward_step",
     "check_no_pickle",
     "load_images",
     "seed_everything",
@@ -167,6 +168,33 @@ class TrainingState:
                 },
                 {"losses": losses},
             )
+
+
+def backward_step(
+    loss: torch.Tensor,
+    model: torch.nn.Module,
+    optimizer: Any,
+    scaler: Any | None = None,
+    max_norm: float | None = 1.0,
+) -> None:
+    """Zero the gradients, backward, clip to ``max_norm`` (``None``: no clipping) and step.
+
+    With a ``GradScaler`` (float16 training) the loss is scaled, the gradients are unscaled
+    before clipping, and a step with inf/NaN gradients is skipped by the scaler.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+    else:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    if max_norm is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
 
 
 def rng_state(generator: torch.Generator) -> dict[str, torch.Tensor]:

@@ -34,6 +34,7 @@ from ..metrics.functional import expected_calibration_error, mean_output_matrix
 from ..progress import ProgressCallback, report
 from ._common import (
     adapt_images,
+    backward_step,
     check_no_pickle,
     group_index,
     load_images,
@@ -519,14 +520,7 @@ def train_classifier(
             with placement.autocast():
                 logits = model(pixel_values=x).logits
             loss = F.cross_entropy(logits.float(), y[idx].to(device), weight=weights)
-            opt.zero_grad(set_to_none=True)
-            if scaler is None:
-                loss.backward()
-                opt.step()
-            else:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
+            backward_step(loss, model, opt, scaler, max_norm=None)
             sched.step()
             step += 1
             running += loss.item()

@@ -27,7 +27,7 @@ from ..data.datasets import ImageFolderDataset
 from ..device import Placement
 from ..exceptions import ConfigError, ModelError
 from ..progress import ProgressCallback, report
-from ._common import check_no_pickle, load_images, seed_everything
+from ._common import backward_step, check_no_pickle, load_images, seed_everything
 from .tokenizer import train_caption_tokenizer
 
 __all__ = ["CLIPTrainConfig", "CLIPTrainResult", "encode_images", "load_clip", "train_clip"]
@@ -302,17 +302,7 @@ def train_clip(
                         pixel_values=images[idx].to(device),
                         return_loss=True,
                     )
-                opt.zero_grad(set_to_none=True)
-                if scaler is None:
-                    out_.loss.backward()
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                    opt.step()
-                else:
-                    scaler.scale(out_.loss).backward()
-                    scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                    scaler.step(opt)
-                    scaler.update()
+                backward_step(out_.loss, model, opt, scaler)
                 sched.step()
                 step += 1
                 running += out_.loss.item()

@@ -42,6 +42,7 @@ from ..exceptions import ConfigError, DataError
 from ..progress import ProgressCallback, report
 from ._common import (
     TrainingState,
+    backward_step,
     load_images,
     seed_everything,
 )
@@ -287,23 +288,6 @@ def _cosine(step: int, total: int, warm: int, floor: float = 0.1) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p))
 
 
-def _backward_step(
-    loss: torch.Tensor, model: Any, opt: Any, scaler: Any | None, max_norm: float = 1.0
-) -> None:
-    """Backward, clip and step (through a ``GradScaler`` in float16)."""
-    opt.zero_grad(set_to_none=True)
-    if scaler is None:
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-        opt.step()
-        return
-    scaler.scale(loss).backward()
-    scaler.unscale_(opt)
-    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    scaler.step(opt)
-    scaler.update()
-
-
 def _train_vae(
     vae: Any,
     images: torch.Tensor,
@@ -328,7 +312,7 @@ def _train_vae(
             rec = vae.decode(post.mean + post.std * eps).sample.float()
             kl = post.kl().float().mean()
         loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + cfg.kl_weight * kl
-        _backward_step(loss, vae, opt, scaler)
+        backward_step(loss, vae, opt, scaler)
         sched.step()
         losses.append(loss.item())
         report(progress, "train vae", step + 1, cfg.vae_steps, loss=losses[-1])
@@ -396,7 +380,7 @@ def _train_unet(
             weight, s_t = torch.clamp(snr[t], max=cfg.snr_gamma), snr[t]
             per = per * weight.to(device) / s_t.to(device)
         loss = per.mean()
-        _backward_step(loss, unet, opt, scaler)
+        backward_step(loss, unet, opt, scaler)
         sched.step()
         if ema is not None:
             ema.update(unet, step)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..device import initial_latents
 from ..generation.seeds import image_seed
 from ..metrics.functional import adjusted_count, kl_divergence
 from .config import RemediationConfig
@@ -38,17 +39,8 @@ def quick_audit(m: Models, cfg: RemediationConfig) -> dict[str, Any]:
     for p in range(m.n_prompts):
         for start in range(0, cfg.audit_images, 32):
             n = min(32, cfg.audit_images - start)
-            noise = torch.cat(
-                [
-                    torch.randn(
-                        (1, *m.latent_shape),
-                        generator=torch.Generator().manual_seed(
-                            image_seed(cfg.audit_seed, p, start + i)
-                        ),
-                    )
-                    for i in range(n)
-                ]
-            ).to(m.device)
+            seeds = [image_seed(cfg.audit_seed, p, start + i) for i in range(n)]
+            noise = initial_latents(seeds, m.latent_shape, device=m.device)
             latents = ddim_sample(
                 m.unet, sched, noise * sched.init_noise_sigma, m.states(p, n), guidance=cfg.guidance
             )

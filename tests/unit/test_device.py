@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -98,12 +100,19 @@ def _analyse(images):
     return torch.full((len(images), 2), 0.5), images.flatten(1)[:, :3]
 
 
+def _slow_analyse(images):
+    time.sleep(0.2)  # the next batch's generation fails while this shard is still in flight
+    return _analyse(images)
+
+
 @pytest.mark.parametrize("overlap", [True, False])
 def test_out_of_memory_names_the_batch_size_and_keeps_finished_shards(tmp_path, overlap):
     cfg = GenerationConfig(n_per_prompt=6, shard_size=2)
     generate, _ = _fake_generate(fail_at=2, exc=torch.OutOfMemoryError("CUDA out of memory"))
     with pytest.raises(ResourceError, match=r"lower --batch-size \(e.g. 1\)") as err:
-        run_shards(generate, ["p"], cfg, tmp_path, analyse=_analyse, settings={}, overlap=overlap)
+        run_shards(
+            generate, ["p"], cfg, tmp_path, analyse=_slow_analyse, settings={}, overlap=overlap
+        )
     assert err.value.param == "batch_size"
     plan = plan_shards(1, cfg)
     assert [load_shard(tmp_path, s) is not None for s in plan] == [True, True, False]
