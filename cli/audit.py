@@ -112,6 +112,8 @@ def audit(
     explain is reported as a censored bound. Writes OUT/audit.json, OUT/audit.html,
     OUT/images.csv and a sample grid per group. Finished shards
     in OUT/shards are reused when re-run with the same settings, so a killed audit resumes.
+    Runs on a GPU when there is one (--device, --dtype); the first output lines say which
+    pipeline was found (SD 1.x/2.x, SDXL) and where it ran.
     Several processes: torchrun --standalone --nproc_per_node 2 -m medfair_cli.main audit ... on
     CPUs, accelerate launch --num_processes 4 -m medfair_cli.main audit ... on 4 GPUs.
 
