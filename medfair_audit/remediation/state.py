@@ -86,6 +86,7 @@ def restore_state(
     torch.set_rng_state(tensors["rng"]["torch"])
     if ema is not None and "ema" in tensors:
         ema.load_state_dict(tensors["ema"])
+        ema.to(m.device)  # the checkpoint is read onto the CPU
     if scaler is not None and "scaler" in tensors:
         scaler.load_state_dict(tensors["scaler"])
     return info["step"], info["log"], info["audits"], info["stopped"]
