@@ -118,7 +118,7 @@ class Target:
         if not path.is_file():
             raise DataError(MSG_NOT_A_FILE.format(path=path), param=param)
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
+            doc = json.loads(path.read_text(encoding="utf-8-sig"))  # a BOM is allowed
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise DataError(f"cannot read target JSON '{path}': {exc}", param=param) from exc
         if not isinstance(doc, dict) or not isinstance(doc.get("proportions"), dict):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,13 +21,18 @@ __all__ = ["AuditConfig", "read_prompts"]
 def read_prompts(path: str | Path) -> list[str]:
     """Prompts from a text file: one per line; blank lines and ``#`` comments are skipped.
 
+    A line whose first character is ``#`` is a comment, and so is the rest of a line from a ``#``
+    with white space on both sides (``... glioma.  # note`` keeps ``... glioma.``); a ``#``
+    that touches a word (``lesion #3``) is text.
+
     Raises:
         DataError: Missing or empty file.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"file '{path}' does not exist or is not a file", param="prompts")
-    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    prompts = [re.split(r"\s#(?:\s|$)", line, maxsplit=1)[0].strip() for line in lines]
     prompts = [p for p in prompts if p and not p.startswith("#")]
     if not prompts:
         raise DataError(f"'{path}' holds no prompts (one per line expected)", param="prompts")
@@ -88,6 +95,8 @@ class AuditConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "prompts", tuple(self.prompts))
         object.__setattr__(self, "out", Path(self.out))
+        if self.out.exists() and not self.out.is_dir():
+            raise DataError(f"'{self.out}' is a file; expected a folder to write", param="out")
         if not self.prompts or any(not p.strip() for p in self.prompts):
             raise ConfigError("expected at least one non-empty prompt", param="prompts")
         if self.mode not in ("marginal", "conditional"):

@@ -410,11 +410,13 @@ def render_markdown(columns: Sequence[AuditColumn], paired: Sequence[dict[str, A
         "",
     ]
 
+    def cells(row: list[str]) -> str:  # a '|' in a label or prompt must not end a cell
+        return "| " + " | ".join(x.replace("|", "\\|") for x in row) + " |"
+
     def table(head: list[str], body: list[list[str]]) -> None:
-        lines.append("| " + " | ".join(head) + " |")
+        lines.append(cells(head))
         lines.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
-        for r in body:
-            lines.append("| " + " | ".join(x.replace("|", "\\|") for x in r) + " |")
+        lines.extend(cells(r) for r in body)
 
     table(header, rows)
     if len({c.data["config"]["classifier_sha256"] for c in columns}) > 1 or any(
@@ -442,6 +444,9 @@ _LATEX_SPECIAL = {
     "{": r"\{",
     "}": r"\}",
     "~": r"\textasciitilde{}",
+    "|": r"\textbar{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
     "^": r"\textasciicircum{}",
     "‖": r"$\Vert$",
     "Δ": r"$\Delta$",

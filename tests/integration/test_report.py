@@ -260,3 +260,18 @@ def test_report_renders_in_headless_chromium(audits, tmp_path):
     assert ink > 0.01 and pixels.std() > 10  # text, table borders and the plot drew something
     top = pixels[:400]
     assert (top < 128).mean() > 0.002  # the title and the headline table sit near the top
+
+
+def test_labels_with_table_and_tex_specials_are_escaped(audits, tmp_path):
+    paths = [audits / "before" / "audit.json", audits / "after" / "audit.json"]
+    labels = ["a|b <x>", "50% & {c}"]
+    md = write_report(paths, tmp_path / "t.md", labels=labels).read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| "))
+    assert "a\\|b <x>" in header
+    # every row of the headline table has as many cells as its header
+    table = [line for line in md.splitlines()[: md.splitlines().index("", 3)] if line[:1] == "|"]
+    width = len(re.split(r"(?<!\\)\|", table[0]))
+    assert all(len(re.split(r"(?<!\\)\|", line)) == width for line in table)
+    tex = write_report(paths, tmp_path / "t.txt", labels=labels, fmt="latex").read_text()
+    assert r"a\textbar{}b \textless{}x\textgreater{}" in tex and r"50\% \& \{c\}" in tex
+    assert "worst prompt \\textbar{}gap\\textbar{}" in tex

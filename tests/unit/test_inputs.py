@@ -1,0 +1,47 @@
+"""Input files read the way their documentation says: comments, byte-order marks, paths."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medfair_audit import AuditConfig, GenerationConfig, read_prompts
+from medfair_audit.exceptions import DataError
+from medfair_audit.target import Target, parse_target
+
+
+def test_prompt_files_strip_comments_but_keep_hashes_inside_text(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text(
+        "\ufeff# header comment\n"
+        "Axial FLAIR MRI of the brain showing a glioma.  # held out\n"
+        "   \n"
+        "  #indented comment\n"
+        "Lesion #3 on an axial T1 MRI.\n"
+        "Axial T2 MRI. #\n",
+        encoding="utf-8",
+    )
+    assert read_prompts(path) == [
+        "Axial FLAIR MRI of the brain showing a glioma.",
+        "Lesion #3 on an axial T1 MRI.",
+        "Axial T2 MRI.",
+    ]
+
+
+def test_a_target_json_with_a_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "target.json"
+    doc = {"name": "x", "proportions": {"female": 0.42, "male": 0.58}}
+    path.write_text(json.dumps(doc), encoding="utf-8-sig")
+    assert Target.load(path).proportions == parse_target("female=0.42,male=0.58").proportions
+
+
+def test_an_existing_file_as_out_is_refused_up_front(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match="is a file") as err:
+        AuditConfig(
+            checkpoint=tmp_path, classifier=tmp_path, prompts=["p"],
+            target=parse_target("male=0.5,female=0.5"), out=tmp_path / "file",
+            generation=GenerationConfig(n_per_prompt=1),
+        )  # fmt: skip
+    assert err.value.param == "out"
