@@ -77,6 +77,14 @@ def audit(
     trust_pickle: Annotated[
         bool, typer.Option("--trust-pickle", help="Allow pickle weights (runs code).")
     ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace a finished audit (or other files) in OUT; its shards are reused where "
+            "the settings match. Without it an unfinished audit in OUT is resumed.",
+        ),
+    ] = False,
     device: Device = "auto",
     dtype: Dtype = "auto",
     compile: Annotated[
@@ -149,6 +157,7 @@ def audit(
         half_width=half_width,
         save_images=save_images,
         trust_pickle=trust_pickle,
+        overwrite=overwrite,
         generation=GenerationConfig(
             n_per_prompt=n_per_prompt,
             seed=seed,

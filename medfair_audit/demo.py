@@ -406,6 +406,7 @@ def run_demo(
                     reference=data / "target_set",
                     reference_split="test",
                     n_boot=200 if config.fast else 1000,
+                    overwrite=True,
                     placement=where,
                 ),
                 progress=progress,

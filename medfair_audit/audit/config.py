@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +64,9 @@ class AuditConfig:
         save_images: Also write every generated image as PNG.
         placement: Device and generation dtype (the classifier and features run in float32).
         speed: Inference speed-ups (``torch.compile``, channels-last, VAE slicing/tiling).
+        overwrite: Replace a finished audit (or anything else) in ``out``; its shards are
+            kept and reused where their settings match. Without it, ``out`` must be absent,
+            empty or hold an unfinished audit (which is resumed).
         overlap: Classify and write each batch while the next one is generated (``None``: on
             an accelerator, where the generator leaves the CPU free; off on the CPU, where both
             would share the same cores).
@@ -90,6 +92,7 @@ class AuditConfig:
     save_images: bool = False
     placement: Placement = field(default_factory=Placement)
     speed: Speed = field(default_factory=Speed)
+    overwrite: bool = False
     overlap: bool | None = None
 
     def __post_init__(self) -> None:

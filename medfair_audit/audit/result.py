@@ -179,17 +179,21 @@ class AuditResult:
         return lines
 
     def save(self, out: str | os.PathLike[str] | None = None) -> Path:
-        """Write ``audit.json``, ``images.csv``, grids and ``audit.html`` into ``out``."""
+        """Write ``images.csv``, grids, ``audit.html`` and, last, ``audit.json`` into ``out``.
+
+        Each file is written atomically and ``audit.json`` comes last: a folder with an
+        ``audit.json`` holds a finished audit, one without it an unfinished one.
+        """
         from ..reporting import render_audit_html
 
         out = Path(out or self.folder)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "audit.json", self.data)
         atomic_write_text(out / "images.csv", self.images.to_csv(index=False))
         for g, png in self.grids.items():
             atomic_write_bytes(out / f"grid_{g}.png", png)
         self.folder = out
         atomic_write_text(out / "audit.html", render_audit_html(self))
+        atomic_write_json(out / "audit.json", self.data)
         return out
 
     @classmethod

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -103,6 +105,39 @@ def _remediation(cfg: AuditConfig, classifier_sha256: str) -> tuple[dict | None,
     return record, warnings
 
 
+def _audit_file(name: str) -> bool:
+    """Whether ``name`` is something an audit writes into its folder."""
+    own = ("shards", "images", "images.csv", "audit.html", "audit.json")
+    return name in own or (name.startswith("grid_") and name.endswith(".png"))
+
+
+def _prepare_out(cfg: AuditConfig, state: Any) -> None:
+    """Refuse a folder holding a finished audit or foreign files unless ``overwrite``.
+
+    An unfinished audit (shards and no ``audit.json``) is resumed. With ``overwrite`` the main
+    process removes everything but the shards (``audit.json`` first), then all processes go on.
+    """
+    out = cfg.out
+    entries = sorted(out.iterdir()) if out.is_dir() else []
+    finished = (out / "audit.json").exists()
+    foreign = [p.name for p in entries if not _audit_file(p.name)]
+    if (finished or foreign) and not cfg.overwrite:
+        what = "a finished audit" if finished else f"other files ({', '.join(foreign[:3])})"
+        raise DataError(
+            f"'{out}' holds {what}; pass --overwrite to replace it (an unfinished audit there "
+            "would be resumed without it)",
+            param="out",
+        )
+    if cfg.overwrite and state.is_main_process:
+        if finished:
+            (out / "audit.json").unlink()
+        for path in entries:
+            if path.name == "shards" or not path.exists():
+                continue
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    state.wait_for_everyone()
+
+
 def run_audit(
     config: AuditConfig, *, progress: ProgressCallback | None = None
 ) -> AuditResult | None:
@@ -119,6 +154,7 @@ def run_audit(
 
     cfg = config
     state = partial_state(cfg.placement.device)
+    _prepare_out(cfg, state)
     clf = SubgroupClassifier.load(cfg.classifier, trust_pickle=cfg.trust_pickle)
     groups = list(clf.groups)
     if set(cfg.target.groups) != set(groups):

@@ -378,3 +378,39 @@ def test_a_nan_confusion_matrix_is_a_one_line_error(capsys, tiny_models, tmp_pat
     )
     assert_one_line_error(code, err, "--classifier", "finite")
     assert not (tmp_path / "o" / "audit.json").exists()
+
+
+def test_out_holding_a_finished_audit_or_other_files_needs_overwrite(tiny_models, tmp_path):
+    out = tmp_path / "a"
+    run_audit(config(tiny_models, out, n=2, shard=2))
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with pytest.raises(DataError, match="holds a finished audit; pass --overwrite") as err:
+        run_audit(config(tiny_models, out, n=2, shard=2))
+    assert err.value.param == "out"
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # nothing touched
+    (out / "notes.txt").write_text("mine")
+    again = run_audit(config(tiny_models, out, n=2, shard=2, overwrite=True))
+    assert again.data["n_images"] == 4 and not (out / "notes.txt").exists()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "thesis.tex").write_text("x")
+    with pytest.raises(DataError, match=r"other files \(thesis.tex\)"):
+        run_audit(config(tiny_models, other, n=2, shard=2))
+    assert (other / "thesis.tex").read_text() == "x"
+
+
+def test_a_failed_save_leaves_no_audit_json_and_a_rerun_resumes(tiny_models, tmp_path, monkeypatch):
+    import medfair_audit.reporting as reporting
+
+    out = tmp_path / "a"
+
+    def broken(result):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(reporting, "render_audit_html", broken)
+    with pytest.raises(OSError, match="disk full"):
+        run_audit(config(tiny_models, out, n=2, shard=2))
+    assert (out / "images.csv").is_file() and not (out / "audit.json").exists()
+    monkeypatch.undo()
+    result = run_audit(config(tiny_models, out, n=2, shard=2))  # unfinished: resumed, no flag
+    assert (out / "audit.json").is_file() and result.data["n_images"] == 4

@@ -100,7 +100,7 @@ def test_half_precision_places_the_pipeline_but_keeps_the_classifier_float32(
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert clf.logits(images).dtype == torch.float32  # autocast does not reach it
     # a float32 audit into the same folder redraws: shards record their dtype
-    again = run_audit(_config(sd_like["sd15"], tiny_models["classifier"], out))
+    again = run_audit(_config(sd_like["sd15"], tiny_models["classifier"], out, overwrite=True))
     assert again.data["config"]["placement"]["dtype"] == "float32"
     assert not torch.equal(
         torch.tensor(again.images["p_male"].to_numpy()),

@@ -45,3 +45,16 @@ def test_an_existing_file_as_out_is_refused_up_front(tmp_path):
             generation=GenerationConfig(n_per_prompt=1),
         )  # fmt: skip
     assert err.value.param == "out"
+
+
+def test_cli_audit_out_that_is_a_file_is_one_line_and_leaves_it_alone(capsys, tmp_path):
+    from tests.cli.test_cli import assert_one_line_error, run
+
+    target = tmp_path / "report.pdf"
+    target.write_bytes(b"%PDF")
+    code, _, err = run(
+        capsys, "audit", tmp_path, "--classifier", tmp_path, "--target", "male=0.5,female=0.5",
+        "--prompt", "brain MRI", "--out", target,
+    )  # fmt: skip
+    assert_one_line_error(code, err, "--out", "is a file")
+    assert target.read_bytes() == b"%PDF"
