@@ -34,6 +34,14 @@ OutDir = Annotated[
 ]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")]
 Seed = Annotated[int, typer.Option("--seed", min=0, help="Seed of every random draw.")]
+AllowOutsideRoot = Annotated[
+    bool,
+    typer.Option(
+        "--allow-outside-root",
+        help="Read images that metadata.csv places outside the data folder ('..' rows, "
+        "absolute paths, symlinks leading out); refused by default.",
+    ),
+]
 Device = Annotated[
     str,
     typer.Option(

@@ -10,6 +10,7 @@ import typer
 from medfair_audit.target import parse_target
 
 from ._common import (
+    AllowOutsideRoot,
     Device,
     Dtype,
     out_console,
@@ -85,6 +86,7 @@ def audit(
             "the settings match. Without it an unfinished audit in OUT is resumed.",
         ),
     ] = False,
+    allow_outside_root: AllowOutsideRoot = False,
     device: Device = "auto",
     dtype: Dtype = "auto",
     compile: Annotated[
@@ -158,6 +160,7 @@ def audit(
         save_images=save_images,
         trust_pickle=trust_pickle,
         overwrite=overwrite,
+        allow_outside_root=allow_outside_root,
         generation=GenerationConfig(
             n_per_prompt=n_per_prompt,
             seed=seed,

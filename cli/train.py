@@ -11,6 +11,7 @@ from rich.table import Table
 from medfair_audit.exceptions import ConfigError
 
 from ._common import (
+    AllowOutsideRoot,
     Device,
     Dtype,
     Overwrite,
@@ -52,6 +53,7 @@ def clip(
     overwrite: Overwrite = False,
     device: Device = "auto",
     dtype: Dtype = "auto",
+    allow_outside_root: AllowOutsideRoot = False,
 ) -> None:
     """Train a small CLIP contrastively on (image, caption) pairs, with its own BPE tokenizer.
 
@@ -75,6 +77,7 @@ def clip(
             config,
             overwrite=overwrite,
             placement=placement(device, dtype),
+            allow_outside_root=allow_outside_root,
             progress=callback,
         )
     out_console.print(
@@ -118,6 +121,7 @@ def t2i(
     overwrite: Overwrite = False,
     device: Device = "auto",
     dtype: Dtype = "auto",
+    allow_outside_root: AllowOutsideRoot = False,
 ) -> None:
     """Train the T2MedI latent diffusion pipeline (VAE, then UNet) with a frozen CLIP text encoder.
 
@@ -155,6 +159,7 @@ def t2i(
             trust_pickle=trust_pickle,
             keep_checkpoints=keep_checkpoints,
             placement=placement(device, dtype),
+            allow_outside_root=allow_outside_root,
             progress=callback,
         )
     vae = f"VAE loss {result.vae_loss:.4f}, " if result.vae_loss is not None else ""
@@ -189,6 +194,7 @@ def classifier(
     overwrite: Overwrite = False,
     device: Device = "auto",
     dtype: Dtype = "auto",
+    allow_outside_root: AllowOutsideRoot = False,
 ) -> None:
     """Train the subgroup classifier (small ResNet), calibrate it, and evaluate it.
 
@@ -226,6 +232,7 @@ def classifier(
             splits=tuple(split_list(splits) or ()),
             overwrite=overwrite,
             placement=placement(device, dtype),
+            allow_outside_root=allow_outside_root,
             progress=callback,
         )
     ev = result.evaluation

@@ -64,6 +64,7 @@ class AuditConfig:
         save_images: Also write every generated image as PNG.
         placement: Device and generation dtype (the classifier and features run in float32).
         speed: Inference speed-ups (``torch.compile``, channels-last, VAE slicing/tiling).
+        allow_outside_root: Read reference images that its ``metadata.csv`` places outside it.
         overwrite: Replace a finished audit (or anything else) in ``out``; its shards are
             kept and reused where their settings match. Without it, ``out`` must be absent,
             empty or hold an unfinished audit (which is resumed).
@@ -92,6 +93,7 @@ class AuditConfig:
     save_images: bool = False
     placement: Placement = field(default_factory=Placement)
     speed: Speed = field(default_factory=Speed)
+    allow_outside_root: bool = False
     overwrite: bool = False
     overlap: bool | None = None
 

@@ -177,6 +177,7 @@ def run_audit(
             split=cfg.reference_split,
             size=None,
             param="reference",
+            allow_outside_root=cfg.allow_outside_root,
         )
         unknown = sorted(set(ref.labels(clf.attribute)) - set(groups))
         if unknown:

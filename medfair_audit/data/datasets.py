@@ -100,6 +100,19 @@ def _require_dir(root: str | os.PathLike[str], param: str) -> Path:
     return root
 
 
+def _check_inside(root: Path, files: Sequence[str], source: Path, param: str) -> None:
+    """Refuse listed files that resolve (``..``, absolute paths, symlinks) outside ``root``."""
+    base = root.resolve()
+    outside = [f for f in files if not (root / f).resolve().is_relative_to(base)]
+    if outside:
+        raise DataError(
+            f"{len(outside)} images listed in '{source}' lie outside '{root}', e.g. "
+            f"'{outside[0]}' -> '{(root / outside[0]).resolve()}'; pass --allow-outside-root "
+            "to read them anyway",
+            param=param,
+        )
+
+
 class ImageFolderDataset(ImageDataset):
     """Images in a folder, described by a CSV (the phantom's format and a common PACS export).
 
@@ -117,9 +130,13 @@ class ImageFolderDataset(ImageDataset):
         size: Output side; ``None`` keeps the source size.
         channels: 1 or 3.
         param: Argument name used in error messages.
+        allow_outside_root: Read listed images that resolve outside ``root`` (``..`` rows,
+            absolute paths, symlinks leading out). Off by default: a metadata table or a link
+            must not make medfair read files the user did not hand it.
 
     Raises:
-        DataError: Missing folder or CSV, missing columns or files, no items.
+        DataError: Missing folder or CSV, missing columns or files, no items, or images that
+            resolve outside ``root`` without ``allow_outside_root``.
     """
 
     def __init__(
@@ -133,6 +150,7 @@ class ImageFolderDataset(ImageDataset):
         size: int | None = 64,
         channels: int = 1,
         param: str = "data",
+        allow_outside_root: bool = False,
     ) -> None:
         super().__init__(size=size, channels=channels, param=param)
         self.root = _require_dir(root, param)
@@ -181,6 +199,8 @@ class ImageFolderDataset(ImageDataset):
                 f"'{self.root / missing[0]}'",
                 param=param,
             )
+        if not allow_outside_root:
+            _check_inside(self.root, table[file_column], source, param)
         self.file_column = file_column
         self.metadata = table.reset_index(drop=True)
 

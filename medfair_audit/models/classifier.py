@@ -429,6 +429,7 @@ def train_classifier(
     splits: Sequence[str] = SPLITS,
     overwrite: bool = False,
     placement: Placement | None = None,
+    allow_outside_root: bool = False,
     progress: ProgressCallback | None = None,
 ) -> ClassifierResult:
     """Train a subgroup classifier on labelled images and save it with its evaluation.
@@ -451,6 +452,7 @@ def train_classifier(
         overwrite: Replace an existing ``out``.
         placement: Device and training precision (default: the CPU in float32; half precision
             trains under autocast, float16 with loss scaling; the model is saved in float32).
+        allow_outside_root: Read images that ``metadata.csv`` places outside ``data``.
         progress: Called once per step with the loss.
 
     Returns:
@@ -461,7 +463,13 @@ def train_classifier(
     device = placement.device
     start = time.perf_counter()
     generator = seed_everything(cfg.seed)
-    dataset = ImageFolderDataset(data, require=(attribute,), size=cfg.image_size, param="data")
+    dataset = ImageFolderDataset(
+        data,
+        require=(attribute,),
+        size=cfg.image_size,
+        param="data",
+        allow_outside_root=allow_outside_root,
+    )
     meta = dataset.metadata
     labels_raw = meta[attribute].astype(str).str.strip()
     found = sorted(set(labels_raw))

@@ -230,6 +230,7 @@ def train_clip(
     *,
     overwrite: bool = False,
     placement: Placement | None = None,
+    allow_outside_root: bool = False,
     progress: ProgressCallback | None = None,
 ) -> CLIPTrainResult:
     """Train CLIP on the captioned images of ``data`` and save it to ``out``.
@@ -244,6 +245,7 @@ def train_clip(
         overwrite: Replace an existing ``out``.
         placement: Device and training precision (default: the CPU in float32); the model is
             evaluated and saved on the CPU in float32.
+        allow_outside_root: Read images that ``metadata.csv`` places outside ``data``.
         progress: Called once per step with the loss.
 
     Returns:
@@ -252,7 +254,9 @@ def train_clip(
     cfg = config or CLIPTrainConfig()
     start = time.perf_counter()
     generator = seed_everything(cfg.seed)
-    full = ImageFolderDataset(data, require=("caption",), size=cfg.image_size)
+    full = ImageFolderDataset(
+        data, require=("caption",), size=cfg.image_size, allow_outside_root=allow_outside_root
+    )
     meta = full.metadata
     if "split" in meta.columns and (meta.split == "train").any():
         held_name = "val" if (meta.split == "val").any() else "test"

@@ -414,6 +414,7 @@ def train_t2i(
     trust_pickle: bool = False,
     keep_checkpoints: bool = False,
     placement: Placement | None = None,
+    allow_outside_root: bool = False,
     progress: ProgressCallback | None = None,
 ) -> T2IResult:
     """Train (or fine-tune) the T2MedI pipeline on captioned images and save it to ``out``.
@@ -433,6 +434,7 @@ def train_t2i(
         keep_checkpoints: Keep ``<out>.partial/`` after success.
         placement: Device and training precision of the VAE and UNet (default: the CPU in
             float32); the pipeline is saved from the CPU in float32.
+        allow_outside_root: Read images that ``metadata.csv`` places outside ``data``.
         progress: Called once per step with the loss.
 
     Returns:
@@ -456,7 +458,9 @@ def train_t2i(
     generator = seed_everything(cfg.seed)
 
     # Cheap checks first (the table, then the model folders), pixels last.
-    dataset = ImageFolderDataset(data, require=("caption",), size=cfg.image_size)
+    dataset = ImageFolderDataset(
+        data, require=("caption",), size=cfg.image_size, allow_outside_root=allow_outside_root
+    )
     meta = dataset.metadata
     if "split" in meta.columns and (meta.split == "train").any():
         dataset.metadata = meta[meta.split == "train"].reset_index(drop=True)  # read once

@@ -132,3 +132,57 @@ def test_roco_errors(tmp_path):
     with pytest.raises(DataError) as info:
         RocoDataset(images, tmp_path / "nope.txt")
     assert info.value.param == "captions"
+
+
+def _png(path, value=100):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8), value, dtype=np.uint8)).save(path)
+
+
+@pytest.mark.parametrize("layout", ["dotdot", "absolute", "file_link", "folder_link"])
+def test_images_outside_the_root_are_refused_unless_allowed(tmp_path, layout):
+    root, outside = tmp_path / "data", tmp_path / "outside"
+    _png(outside / "secret.png", 7)
+    _png(root / "inside.png")
+    row = {
+        "dotdot": "../outside/secret.png",
+        "absolute": str(outside / "secret.png"),
+        "file_link": "link.png",
+        "folder_link": "images/secret.png",
+    }[layout]
+    if layout == "file_link":
+        (root / "link.png").symlink_to(outside / "secret.png")
+    if layout == "folder_link":
+        (root / "images").symlink_to(outside, target_is_directory=True)
+    pd.DataFrame({"file": ["inside.png", row], "sex": ["male", "female"]}).to_csv(
+        root / "metadata.csv", index=False
+    )
+    with pytest.raises(DataError, match=r"lie outside .*--allow-outside-root") as err:
+        ImageFolderDataset(root, param="reference")
+    assert err.value.param == "reference" and "secret.png" in err.value.message
+    allowed = ImageFolderDataset(root, size=None, allow_outside_root=True)
+    assert round(float(allowed.load_array(1).max()) * 255) == 7  # read only when asked
+
+
+def test_links_that_stay_inside_the_root_are_fine(tmp_path):
+    root = tmp_path / "data"
+    _png(root / "a" / "x.png")
+    (root / "b").mkdir()
+    (root / "b" / "y.png").symlink_to(root / "a" / "x.png")
+    pd.DataFrame({"file": ["a/x.png", "b/y.png"]}).to_csv(root / "metadata.csv", index=False)
+    assert len(ImageFolderDataset(root)) == 2
+    assert len(ImageFolderDataset(root, metadata=None)) == 2
+
+
+def test_cli_training_on_a_table_that_points_outside_is_one_line(capsys, tmp_path):
+    from tests.cli.test_cli import assert_one_line_error, run
+
+    root = tmp_path / "data"
+    _png(tmp_path / "secret.png")
+    _png(root / "x.png")
+    pd.DataFrame({"file": ["x.png", "../secret.png"], "sex": ["male", "female"]}).to_csv(
+        root / "metadata.csv", index=False
+    )
+    code, _, err = run(capsys, "train", "classifier", "--data", root, "--out", tmp_path / "c")
+    assert_one_line_error(code, err, "--data", "lie outside", "--allow-outside-root")
+    assert not (tmp_path / "c").exists()
