@@ -1,0 +1,73 @@
+"""Nothing lost on a kill: an audit SIGKILLed at seeded points resumes to the uninterrupted result.
+
+One output folder is killed again and again at seeded points (once a seeded number of shards is
+on disk, after a seeded fraction of a second: during start-up, mid-batch or mid-write), each
+re-run resuming from the shards the last one finished, then allowed to finish. Its
+``audit.json`` and ``images.csv`` must equal, byte for byte, those of a run that was never
+interrupted, and no re-run may treat a partial file as complete (a broken shard would fail to
+load or differ in the result).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+KILLS = 20
+
+
+def _cmd(models, out):
+    return [
+        sys.executable, "-m", "medfair_cli.main", "audit", str(models["t2medi"]),
+        "--classifier", str(models["classifier"]), "--target", "male=0.58,female=0.42",
+        "--prompt", "Axial FLAIR MRI of the brain showing a glioma.",
+        "--prompt", "Axial T1-weighted MRI of the brain.",
+        "--n-per-prompt", "20", "--batch-size", "1", "--steps", "2", "--n-boot", "50",
+        "--seed", "3", "--out", str(out),
+    ]  # fmt: skip
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def test_an_audit_killed_at_20_seeded_points_resumes_to_the_same_result(tiny_models, tmp_path):
+    full = subprocess.run(
+        _cmd(tiny_models, tmp_path / "full"), env=_env(), capture_output=True, text=True
+    )
+    assert full.returncode == 0, full.stderr[-2000:]
+    rng = np.random.default_rng(20261128)
+    out = tmp_path / "killed"
+    shards = 40  # 2 prompts x 20 images, 1 per shard
+    targets = np.sort(rng.choice(shards - 1, size=KILLS, replace=False))
+    killed = 0
+    for target, pause in zip(targets, rng.uniform(0.0, 0.4, size=KILLS), strict=True):
+        proc = subprocess.Popen(
+            _cmd(tiny_models, out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        while proc.poll() is None and len(list(out.glob("shards/*.json"))) < target:
+            time.sleep(0.02)
+        time.sleep(pause)
+        if proc.poll() is not None:  # finished before its kill point
+            assert proc.returncode == 0, proc.stderr.read().decode()[-2000:]
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        killed += 1
+        if (out / "audit.json").exists():  # killed after its last write: finished after all
+            break
+    assert killed >= KILLS - 2  # (the last kill points may come after the run finished)
+    if not (out / "audit.json").exists():
+        done = subprocess.run(_cmd(tiny_models, out), env=_env(), capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+    for name in ("audit.json", "images.csv"):
+        assert (out / name).read_bytes() == (tmp_path / "full" / name).read_bytes(), name
+    # every manifest has its data (a kill mid-write leaves only an unused temporary file)
+    manifests = {p.stem for p in (out / "shards").glob("*.json")}
+    assert manifests == {p.stem for p in (out / "shards").glob("*.safetensors")}
+    assert len(manifests) == shards
