@@ -121,7 +121,8 @@ def audit(
     EM beside it), with intervals that resample those errors too. A share beyond what the errors
     explain is reported as a censored bound. Writes OUT/audit.json, OUT/audit.html,
     OUT/images.csv and a sample grid per group. Finished shards
-    in OUT/shards are reused when re-run with the same settings, so a killed audit resumes.
+    in OUT/shards are reused when re-run with the same settings, so a killed audit resumes;
+    a finished audit in OUT is replaced only with --overwrite.
     Runs on a GPU when there is one (--device, --dtype); the first output lines say which
     pipeline was found (SD 1.x/2.x, SDXL) and where it ran.
     Several processes: torchrun --standalone --nproc_per_node 2 -m medfair_cli.main audit ... on
