@@ -10,6 +10,7 @@ load or differ in the result).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -71,3 +72,63 @@ def test_an_audit_killed_at_20_seeded_points_resumes_to_the_same_result(tiny_mod
     manifests = {p.stem for p in (out / "shards").glob("*.json")}
     assert manifests == {p.stem for p in (out / "shards").glob("*.safetensors")}
     assert len(manifests) == shards
+
+
+def _remediate_cmd(models, out):
+    return [
+        sys.executable, "-m", "medfair_cli.main", "remediate", str(models["t2medi"]),
+        "--classifier", str(models["classifier"]), "--target", "male=0.58,female=0.42",
+        "--prompt", "Axial FLAIR MRI of the brain showing a glioma.",
+        "--image-encoder", str(models["clip"]), "--steps", "6", "--checkpoint-every", "1",
+        "--batch-per-prompt", "2", "--sampling-steps", "3", "--grad-steps", "2",
+        "--lora-rank", "2", "--audit-images", "2", "--ema-decay", "0.9", "--seed", "5",
+        "--resume", "--out", str(out),
+    ]  # fmt: skip
+
+
+def test_a_remediation_killed_at_20_seeded_points_resumes_to_the_same_weights(
+    tiny_models, tmp_path
+):
+    from safetensors.torch import load_file
+
+    full = subprocess.run(
+        _remediate_cmd(tiny_models, tmp_path / "full"), env=_env(), capture_output=True, text=True
+    )
+    assert full.returncode == 0, full.stderr[-2000:]
+    rng = np.random.default_rng(20261129)
+    out = tmp_path / "killed"
+    log = out.with_name("killed.partial") / "log.jsonl"
+    killed = 0
+    # kill points: once a seeded number of steps is logged, after a seeded pause
+    for target, pause in zip(
+        rng.integers(0, 6, size=KILLS), rng.uniform(0, 1.0, size=KILLS), strict=True
+    ):
+        proc = subprocess.Popen(
+            _remediate_cmd(tiny_models, out), env=_env(), stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        while proc.poll() is None and (
+            not log.is_file() or len(log.read_text().splitlines()) < target
+        ):
+            time.sleep(0.02)
+        time.sleep(pause)
+        if proc.poll() is not None or (out / "model_index.json").exists():
+            proc.wait()
+            assert proc.returncode == 0, proc.stderr.read().decode()[-2000:]
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        killed += 1
+    assert killed >= KILLS // 2
+    if not (out / "model_index.json").exists():
+        done = subprocess.run(
+            _remediate_cmd(tiny_models, out), env=_env(), capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+    for part in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+        a, b = load_file(out / part), load_file(tmp_path / "full" / part)
+        assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), part
+    curves = [
+        json.loads((d / "remediation.json").read_text())["curves"] for d in (out, tmp_path / "full")
+    ]
+    assert curves[0] == curves[1]
