@@ -132,3 +132,61 @@ def test_a_remediation_killed_at_20_seeded_points_resumes_to_the_same_weights(
         json.loads((d / "remediation.json").read_text())["curves"] for d in (out, tmp_path / "full")
     ]
     assert curves[0] == curves[1]
+
+
+def _steps_done(partial):
+    """VAE plus UNet steps checkpointed so far (the newest ``step-N`` of each stage)."""
+    return sum(
+        max((int(p.name.split("-")[1]) for p in (partial / stage).glob("step-*")), default=0)
+        for stage in ("vae", "unet")
+    )
+
+
+def _t2i_cmd(data, clip, out):
+    return [
+        sys.executable, "-m", "medfair_cli.main", "train", "t2i", "--data", str(data),
+        "--clip", str(clip), "--vae-steps", "4", "--unet-steps", "8", "--batch-size", "4",
+        "--unet-channels", "16,16,32", "--checkpoint-every", "1", "--seed", "2", "--resume",
+        "--out", str(out),
+    ]  # fmt: skip
+
+
+def test_a_t2i_training_killed_at_20_seeded_points_resumes_to_the_same_weights(
+    small_phantom, tiny_models, tmp_path
+):
+    from safetensors.torch import load_file
+
+    def cmd(out):
+        return _t2i_cmd(small_phantom, tiny_models["clip"], out)
+
+    full = subprocess.run(cmd(tmp_path / "full"), env=_env(), capture_output=True, text=True)
+    assert full.returncode == 0, full.stderr[-2000:]
+    rng = np.random.default_rng(20261130)
+    out = tmp_path / "killed"
+    partial = out.with_name("killed.partial")
+    killed = 0
+    # kill points: once a seeded number of steps (4 VAE, then 8 UNet) is checkpointed, after a
+    # seeded pause
+    targets, pauses = rng.integers(0, 12, size=KILLS), rng.uniform(0, 0.5, size=KILLS)
+    for target, pause in zip(targets, pauses, strict=True):
+        proc = subprocess.Popen(
+            cmd(out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        while proc.poll() is None and _steps_done(partial) < target:
+            time.sleep(0.02)
+        time.sleep(pause)
+        if proc.poll() is not None or (out / "model_index.json").exists():
+            proc.wait()
+            assert proc.returncode == 0, proc.stderr.read().decode()[-2000:]
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        killed += 1
+    assert killed >= KILLS // 2
+    if not (out / "model_index.json").exists():
+        done = subprocess.run(cmd(out), env=_env(), capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+    for part in ("unet", "vae"):
+        name = f"{part}/diffusion_pytorch_model.safetensors"
+        a, b = load_file(out / name), load_file(tmp_path / "full" / name)
+        assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), part
