@@ -37,35 +37,56 @@ def _env():
     return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def test_an_audit_killed_at_20_seeded_points_resumes_to_the_same_result(tiny_models, tmp_path):
-    full = subprocess.run(
-        _cmd(tiny_models, tmp_path / "full"), env=_env(), capture_output=True, text=True
-    )
-    assert full.returncode == 0, full.stderr[-2000:]
-    rng = np.random.default_rng(20261128)
-    out = tmp_path / "killed"
-    shards = 40  # 2 prompts x 20 images, 1 per shard
-    targets = np.sort(rng.choice(shards - 1, size=KILLS, replace=False))
+def _run(cmd):
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def _kill_then_finish(cmd, finished, progress, targets, pauses):
+    """Start ``cmd`` again and again, SIGKILL it once ``progress()`` reaches each target plus its
+    pause, then let it finish; ``finished`` is the file written last. Returns the kills made."""
     killed = 0
-    for target, pause in zip(targets, rng.uniform(0.0, 0.4, size=KILLS), strict=True):
-        proc = subprocess.Popen(
-            _cmd(tiny_models, out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        while proc.poll() is None and len(list(out.glob("shards/*.json"))) < target:
+    for target, pause in zip(targets, pauses, strict=True):
+        proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        while proc.poll() is None and progress() < target:
             time.sleep(0.02)
         time.sleep(pause)
-        if proc.poll() is not None:  # finished before its kill point
+        if proc.poll() is not None or finished.exists():  # done before its kill point
+            proc.wait()
             assert proc.returncode == 0, proc.stderr.read().decode()[-2000:]
             break
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         killed += 1
-        if (out / "audit.json").exists():  # killed after its last write: finished after all
+        if finished.exists():  # killed after its last write: finished after all
             break
+    if not finished.exists():
+        _run(cmd)
+    return killed
+
+
+def _same_weights(a, b, names):
+    from safetensors.torch import load_file
+
+    for name in names:
+        x, y = load_file(a / name), load_file(b / name)
+        assert x.keys() == y.keys() and all((x[k] == y[k]).all() for k in x), name
+
+
+def test_an_audit_killed_at_20_seeded_points_resumes_to_the_same_result(tiny_models, tmp_path):
+    _run(_cmd(tiny_models, tmp_path / "full"))
+    rng = np.random.default_rng(20261128)
+    out = tmp_path / "killed"
+    shards = 40  # 2 prompts x 20 images, 1 per shard
+    targets = np.sort(rng.choice(shards - 1, size=KILLS, replace=False))
+    killed = _kill_then_finish(
+        _cmd(tiny_models, out),
+        out / "audit.json",
+        lambda: len(list(out.glob("shards/*.json"))),
+        targets,
+        rng.uniform(0.0, 0.4, size=KILLS),
+    )
     assert killed >= KILLS - 2  # (the last kill points may come after the run finished)
-    if not (out / "audit.json").exists():
-        done = subprocess.run(_cmd(tiny_models, out), env=_env(), capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr[-2000:]
     for name in ("audit.json", "images.csv"):
         assert (out / name).read_bytes() == (tmp_path / "full" / name).read_bytes(), name
     # every manifest has its data (a kill mid-write leaves only an unused temporary file)
@@ -89,45 +110,21 @@ def _remediate_cmd(models, out):
 def test_a_remediation_killed_at_20_seeded_points_resumes_to_the_same_weights(
     tiny_models, tmp_path
 ):
-    from safetensors.torch import load_file
-
-    full = subprocess.run(
-        _remediate_cmd(tiny_models, tmp_path / "full"), env=_env(), capture_output=True, text=True
-    )
-    assert full.returncode == 0, full.stderr[-2000:]
+    _run(_remediate_cmd(tiny_models, tmp_path / "full"))
     rng = np.random.default_rng(20261129)
     out = tmp_path / "killed"
     log = out.with_name("killed.partial") / "log.jsonl"
-    killed = 0
     # kill points: once a seeded number of steps is logged, after a seeded pause
-    for target, pause in zip(
-        rng.integers(0, 6, size=KILLS), rng.uniform(0, 1.0, size=KILLS), strict=True
-    ):
-        proc = subprocess.Popen(
-            _remediate_cmd(tiny_models, out), env=_env(), stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )  # fmt: skip
-        while proc.poll() is None and (
-            not log.is_file() or len(log.read_text().splitlines()) < target
-        ):
-            time.sleep(0.02)
-        time.sleep(pause)
-        if proc.poll() is not None or (out / "model_index.json").exists():
-            proc.wait()
-            assert proc.returncode == 0, proc.stderr.read().decode()[-2000:]
-            break
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        killed += 1
+    killed = _kill_then_finish(
+        _remediate_cmd(tiny_models, out),
+        out / "model_index.json",
+        lambda: len(log.read_text().splitlines()) if log.is_file() else 0,
+        rng.integers(0, 6, size=KILLS),
+        rng.uniform(0, 1.0, size=KILLS),
+    )
     assert killed >= KILLS // 2
-    if not (out / "model_index.json").exists():
-        done = subprocess.run(
-            _remediate_cmd(tiny_models, out), env=_env(), capture_output=True, text=True
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
-    for part in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
-        a, b = load_file(out / part), load_file(tmp_path / "full" / part)
-        assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), part
+    names = ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors")
+    _same_weights(out, tmp_path / "full", names)
     curves = [
         json.loads((d / "remediation.json").read_text())["curves"] for d in (out, tmp_path / "full")
     ]
@@ -154,39 +151,19 @@ def _t2i_cmd(data, clip, out):
 def test_a_t2i_training_killed_at_20_seeded_points_resumes_to_the_same_weights(
     small_phantom, tiny_models, tmp_path
 ):
-    from safetensors.torch import load_file
-
-    def cmd(out):
-        return _t2i_cmd(small_phantom, tiny_models["clip"], out)
-
-    full = subprocess.run(cmd(tmp_path / "full"), env=_env(), capture_output=True, text=True)
-    assert full.returncode == 0, full.stderr[-2000:]
+    _run(_t2i_cmd(small_phantom, tiny_models["clip"], tmp_path / "full"))
     rng = np.random.default_rng(20261130)
     out = tmp_path / "killed"
     partial = out.with_name("killed.partial")
-    killed = 0
     # kill points: once a seeded number of steps (4 VAE, then 8 UNet) is checkpointed, after a
     # seeded pause
-    targets, pauses = rng.integers(0, 12, size=KILLS), rng.uniform(0, 0.5, size=KILLS)
-    for target, pause in zip(targets, pauses, strict=True):
-        proc = subprocess.Popen(
-            cmd(out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        while proc.poll() is None and _steps_done(partial) < target:
-            time.sleep(0.02)
-        time.sleep(pause)
-        if proc.poll() is not None or (out / "model_index.json").exists():
-            proc.wait()
-            assert proc.returncode == 0, proc.stderr.read().decode()[-2000:]
-            break
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        killed += 1
+    killed = _kill_then_finish(
+        _t2i_cmd(small_phantom, tiny_models["clip"], out),
+        out / "model_index.json",
+        lambda: _steps_done(partial),
+        rng.integers(0, 12, size=KILLS),
+        rng.uniform(0, 0.5, size=KILLS),
+    )
     assert killed >= KILLS // 2
-    if not (out / "model_index.json").exists():
-        done = subprocess.run(cmd(out), env=_env(), capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr[-2000:]
-    for part in ("unet", "vae"):
-        name = f"{part}/diffusion_pytorch_model.safetensors"
-        a, b = load_file(out / name), load_file(tmp_path / "full" / name)
-        assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), part
+    names = [f"{part}/diffusion_pytorch_model.safetensors" for part in ("unet", "vae")]
+    _same_weights(out, tmp_path / "full", names)
