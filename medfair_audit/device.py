@@ -73,7 +73,7 @@ def resolve_device(spec: str = "auto", *, param: str = "device") -> torch.device
         return torch.device("mps")
     kind, _, index = spec.partition(":")
     if kind != "cuda" or (index and not index.isdigit()):
-        raise ConfigError(f"expected auto, cpu, cuda, cuda:N or mps, got '{spec}'", param=param)
+        raise ConfigError(f"expected {', '.join(DEVICES)}, got '{spec}'", param=param)
     if not torch.cuda.is_available():
         raise ConfigError(
             f"'{spec}' is not available: this machine has no CUDA GPU usable by torch "
