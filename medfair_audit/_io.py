@@ -9,12 +9,17 @@ so a failure halfway leaves the earlier output as it was.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import inspect
 import json
 import os
 import shutil
+import socket
+import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +32,11 @@ __all__ = [
     "building_dir",
     "file_sha256",
     "folder_sha256",
+    "locks_out",
+    "run_lock",
 ]
+
+_HELD: set[Path] = set()  # locks this process holds (re-entrant: a run may build its output)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -78,23 +87,112 @@ def building_dir(
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise DataError(MSG_OUT_EXISTS.format(path=out), param=param)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".building", dir=out.parent))
+    with run_lock(out, param=param):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".building", dir=out.parent))
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink()
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
     try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink()
+        holder = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+@contextlib.contextmanager
+def run_lock(out: str | os.PathLike[str], *, param: str = "out") -> Iterator[Path]:
+    """Hold ``<out>.lock`` while a run writes ``out``, so that two runs never write one folder.
+
+    The lock is an exclusive ``flock`` on that file, which the kernel drops when its process
+    ends in any way: the lock of a killed run is stale by construction and the next run takes it
+    over (the file, left behind, is reused). The file names its holder (host, pid, start time,
+    command) for the message a second run gets. Re-entrant within one process. Where ``fcntl``
+    does not exist (Windows), no lock is taken.
+
+    Raises:
+        DataError: Another live run holds the lock.
+    """
+    out = Path(out).absolute()
+    lock = out.with_name(out.name + ".lock")
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield lock
+        return
+    if lock in _HELD:
+        yield lock
+        return
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise DataError(
+                f"'{out}' is being written by another medfair run (pid {holder.get('pid', '?')} "
+                f"on {holder.get('host', '?')}, since {holder.get('started', '?')}); wait for it "
+                "to finish",
+                param=param,
+            ) from None
+        try:  # the holder we waited on may have removed the file: lock the one on disk
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    me = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "command": " ".join(sys.argv)[:500],
+    }
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(me).encode("utf-8"), 0)
+    _HELD.add(lock)
+    try:
+        yield lock
+    finally:
+        _HELD.discard(lock)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)  # still holding it, so nobody else has it
+        os.close(fd)
+
+
+def locks_out(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``fn`` holding :func:`run_lock` on its ``out`` argument (main process only).
+
+    Under ``torchrun``/``accelerate launch`` the processes of one run share its folder: only rank
+    0 (``RANK``) takes the lock.
+    """
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if int(os.environ.get("RANK", "0") or 0) != 0:
+            return fn(*args, **kwargs)
+        with run_lock(signature.bind(*args, **kwargs).arguments["out"]):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

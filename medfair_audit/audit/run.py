@@ -13,6 +13,7 @@ single-process one exactly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -24,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .._io import folder_sha256
+from .._io import folder_sha256, run_lock
 from ..data.datasets import ImageFolderDataset
 from ..exceptions import ConfigError, DataError
 from ..generation.engine import iter_shards, run_shards
@@ -152,8 +153,14 @@ def run_audit(
     """
     from .._dist import partial_state
 
-    cfg = config
-    state = partial_state(cfg.placement.device)
+    state = partial_state(config.placement.device)
+    # One run writes a folder at a time (the main process holds the lock for all of them).
+    lock = run_lock(config.out) if state.is_main_process else contextlib.nullcontext()
+    with lock:
+        return _run(config, state, progress)
+
+
+def _run(cfg: AuditConfig, state: Any, progress: ProgressCallback | None) -> AuditResult | None:
     _prepare_out(cfg, state)
     clf = SubgroupClassifier.load(cfg.classifier, trust_pickle=cfg.trust_pickle)
     groups = list(clf.groups)

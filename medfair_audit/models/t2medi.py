@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._io import atomic_write_json, building_dir
+from .._io import atomic_write_json, building_dir, locks_out
 from .._validate import require_at_least
 from ..data.datasets import ImageFolderDataset
 from ..device import Placement
@@ -402,6 +402,7 @@ def _train_unet(
     return losses, ema
 
 
+@locks_out
 def train_t2i(
     data: str | os.PathLike[str],
     out: str | os.PathLike[str],

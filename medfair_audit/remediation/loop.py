@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from .._io import locks_out
 from ..device import Placement
 from ..exceptions import ConfigError, DataError
 from ..progress import ProgressCallback, report
@@ -134,6 +135,7 @@ def _record(m: Models, cfg: RemediationConfig, log: list, audits: list, **extra:
     }
 
 
+@locks_out
 def remediate(
     checkpoint: str | Path,
     *,
