@@ -62,9 +62,14 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
-    """Write ``obj`` as indented, key-sorted JSON atomically (stable bytes for equal content)."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, allow_nan: bool = True) -> Path:
+    """Write ``obj`` as indented, key-sorted JSON atomically (stable bytes for equal content).
+
+    With ``allow_nan=False`` a NaN or infinity (not JSON) raises ``ValueError`` instead of being
+    written as ``NaN``/``Infinity``.
+    """
+    text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=allow_nan)
+    return atomic_write_text(path, text + "\n")
 
 
 @contextlib.contextmanager

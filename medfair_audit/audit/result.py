@@ -27,6 +27,7 @@ __all__ = [
     "AuditResult",
     "audit_schema",
     "format_estimate",
+    "grid_name",
     "read_audit_json",
 ]
 
@@ -190,10 +191,10 @@ class AuditResult:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "images.csv", self.images.to_csv(index=False))
         for g, png in self.grids.items():
-            atomic_write_bytes(out / f"grid_{g}.png", png)
+            atomic_write_bytes(out / grid_name(g), png)
         self.folder = out
         atomic_write_text(out / "audit.html", render_audit_html(self))
-        atomic_write_json(out / "audit.json", self.data)
+        atomic_write_json(out / "audit.json", self.data, allow_nan=False)
         return out
 
     @classmethod
@@ -209,11 +210,26 @@ class AuditResult:
         table = folder / "images.csv"
         images = pd.read_csv(table, keep_default_na=False) if table.is_file() else pd.DataFrame()
         grids = {
-            g: (folder / f"grid_{g}.png").read_bytes()
+            g: (folder / grid_name(g)).read_bytes()
             for g in data["groups"]
-            if (folder / f"grid_{g}.png").is_file()
+            if (folder / grid_name(g)).is_file()
         }
         return cls(data=data, images=images, grids=grids, folder=folder)
+
+
+def grid_name(group: str) -> str:
+    """File name of a group's sample grid: ``grid_<group>.png``.
+
+    Characters of the group name that could leave the folder or confuse a shell are replaced, and
+    a replaced name gets a short hash so that distinct groups keep distinct files.
+    """
+    import hashlib
+    import re
+
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", group)
+    if safe != group:
+        safe += "-" + hashlib.sha256(group.encode()).hexdigest()[:8]
+    return f"grid_{safe}.png"
 
 
 def format_estimate(entry: dict[str, Any], fmt: str) -> str:

@@ -106,6 +106,26 @@ def _remediation(cfg: AuditConfig, classifier_sha256: str) -> tuple[dict | None,
     return record, warnings
 
 
+def _non_finite(node: Any, where: str = "") -> list[str]:
+    """Replace every NaN/inf float in a JSON tree by ``None`` (in place); return where they were."""
+    found = []
+    items = (
+        node.items()
+        if isinstance(node, dict)
+        else enumerate(node)
+        if isinstance(node, list)
+        else ()
+    )
+    for key, value in items:
+        path = f"{where}.{key}" if where else str(key)
+        if isinstance(value, float) and not np.isfinite(value):
+            node[key] = None
+            found.append(path)
+        elif isinstance(value, (dict, list)):
+            found += _non_finite(value, path)
+    return found
+
+
 def _audit_file(name: str) -> bool:
     """Whether ``name`` is something an audit writes into its folder."""
     own = ("shards", "images", "images.csv", "audit.html", "audit.json")
@@ -374,6 +394,8 @@ def _run(cfg: AuditConfig, state: Any, progress: ProgressCallback | None) -> Aud
         },
     }
     doc = json.loads(json.dumps(doc, default=float))  # plain JSON types, stable on disk
+    for where in _non_finite(doc):  # JSON has no NaN/inf: null, and said so
+        doc["warnings"].append(f"{where} was not a finite number; written as null")
     table = pd.DataFrame(
         {
             "prompt_index": data["prompt_index"],

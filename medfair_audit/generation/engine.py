@@ -129,6 +129,14 @@ def _finish(
                 param="checkpoint",
             )
         probs, feats = analyse(images)
+        for name, values in (("classifier", probs), ("features", feats)):
+            if not torch.isfinite(values).all():
+                raise DataError(
+                    f"the {name} gave NaN/inf outputs for prompt {shard.prompt_index} "
+                    f"('{prompt[:60]}'), images {shard.start}-{shard.stop - 1}: its weights may "
+                    "be broken",
+                    param="classifier" if name == "classifier" else "features",
+                )
         arrays = {
             "images": _to_uint8(images).cpu().contiguous(),
             "probs": probs.double().cpu().contiguous(),
