@@ -38,8 +38,8 @@ AllowOutsideRoot = Annotated[
     bool,
     typer.Option(
         "--allow-outside-root",
-        help="Read images that metadata.csv places outside the data folder ('..' rows, "
-        "absolute paths, symlinks leading out); refused by default.",
+        help="Read images that lie outside the data folder ('..' or absolute paths in a "
+        "metadata table, symlinks leading out); refused by default.",
     ),
 ]
 Device = Annotated[

@@ -20,7 +20,15 @@ from medfair_audit.data import (
 from medfair_audit.exceptions import ConfigError
 from medfair_audit.target import parse_target, target_from_labels
 
-from ._common import OutDir, Overwrite, Seed, out_console, progress_bar, split_list
+from ._common import (
+    AllowOutsideRoot,
+    OutDir,
+    Overwrite,
+    Seed,
+    out_console,
+    progress_bar,
+    split_list,
+)
 
 app = typer.Typer(
     help="Make and import data: the brain-MR phantom, BraTS18 volumes, ROCO captions, targets.",
@@ -161,6 +169,7 @@ def import_brats(
     sex_column: Annotated[str, typer.Option()] = "sex",
     size: Annotated[int, typer.Option(min=8, help="Output side in pixels.")] = 64,
     overwrite: Overwrite = False,
+    allow_outside_root: AllowOutsideRoot = False,
 ) -> None:
     """Turn BraTS18 NIfTI volumes plus a sex table into an image folder medfair reads.
 
@@ -177,6 +186,7 @@ def import_brats(
         subject_column=subject_column,
         sex_column=sex_column,
         size=size,
+        allow_outside_root=allow_outside_root,
     )
     with progress_bar() as callback:
         export_image_folder(dataset, out, overwrite=overwrite, progress=callback)
@@ -191,13 +201,14 @@ def import_roco(
     out: OutDir,
     size: Annotated[int, typer.Option(min=8, help="Output side in pixels.")] = 64,
     overwrite: Overwrite = False,
+    allow_outside_root: AllowOutsideRoot = False,
 ) -> None:
     """Turn ROCO-style images and captions into an image folder medfair reads.
 
     For example:
         medfair data import-roco --images roco/images --captions roco/captions.txt --out data/roco
     """
-    dataset = RocoDataset(images, captions, size=size)
+    dataset = RocoDataset(images, captions, size=size, allow_outside_root=allow_outside_root)
     with progress_bar() as callback:
         export_image_folder(dataset, out, overwrite=overwrite, progress=callback)
     note = f"; {len(dataset.missing)} captions had no image" if dataset.missing else ""

@@ -26,7 +26,7 @@ import pandas as pd
 from ..exceptions import MSG_NOT_A_DIR, MSG_UNKNOWN_GROUPS, ConfigError, DataError
 from ..target import read_label_table
 from ._imageio import to_model_tensor
-from .datasets import ImageDataset
+from .datasets import ImageDataset, check_inside
 from .phantom import SEQUENCE_NAMES
 
 __all__ = ["BRATS_GRADES", "BratsDataset", "normalise_sex"]
@@ -83,6 +83,8 @@ class BratsDataset(ImageDataset):
         size: Output side in pixels.
         channels: 1 or 3.
         param: Argument name used in error messages.
+        allow_outside_root: Read subject folders or volumes that symlinks place outside
+            ``root``.
 
     Attributes:
         skipped: Subjects found on disk but absent from ``sex_csv``.
@@ -107,6 +109,7 @@ class BratsDataset(ImageDataset):
         size: int | None = 64,
         channels: int = 1,
         param: str = "root",
+        allow_outside_root: bool = False,
     ) -> None:
         super().__init__(size=size, channels=channels, param=param)
         if sequence not in SEQUENCE_NAMES:
@@ -159,9 +162,14 @@ class BratsDataset(ImageDataset):
         self.sequence = sequence
         self._slices: list[np.ndarray] = []
         rows = []
+        volumes = {sid: self._find(subjects[sid][1], sid, sequence) for sid in labelled}
+        if not allow_outside_root:  # symlinked subject folders or volumes leading out
+            segs = [self._find(subjects[sid][1], sid, "seg", required=False) for sid in labelled]
+            found = [*volumes.values(), *(s for s in segs if s is not None)]
+            check_inside(root, found, "found in the subject folders", param)
         for sid in labelled:
             grade, folder = subjects[sid]
-            path = self._find(folder, sid, sequence)
+            path = volumes[sid]
             vol = _load_volume(path, param=param)
             brain = vol > 0
             area = brain.sum(axis=(0, 1))

@@ -100,13 +100,22 @@ def _require_dir(root: str | os.PathLike[str], param: str) -> Path:
     return root
 
 
-def _check_inside(root: Path, files: Sequence[str], source: Path, param: str) -> None:
-    """Refuse listed files that resolve (``..``, absolute paths, symlinks) outside ``root``."""
+def check_inside(
+    root: Path, files: Sequence[str | os.PathLike[str]], source: str, param: str
+) -> None:
+    """Refuse files that resolve (``..``, absolute paths, symlinks) outside ``root``.
+
+    Args:
+        root: The data set's folder.
+        files: Paths relative to ``root`` (or absolute).
+        source: Where the paths came from, for the message (e.g. ``listed in 'x.csv'``).
+        param: Argument name used in the error message.
+    """
     base = root.resolve()
     outside = [f for f in files if not (root / f).resolve().is_relative_to(base)]
     if outside:
         raise DataError(
-            f"{len(outside)} images listed in '{source}' lie outside '{root}', e.g. "
+            f"{len(outside)} images {source} lie outside '{root}', e.g. "
             f"'{outside[0]}' -> '{(root / outside[0]).resolve()}'; pass --allow-outside-root "
             "to read them anyway",
             param=param,
@@ -200,7 +209,7 @@ class ImageFolderDataset(ImageDataset):
                 param=param,
             )
         if not allow_outside_root:
-            _check_inside(self.root, table[file_column], source, param)
+            check_inside(self.root, table[file_column], f"listed in '{source}'", param)
         self.file_column = file_column
         self.metadata = table.reset_index(drop=True)
 

@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..exceptions import MSG_NOT_A_DIR, MSG_NOT_A_FILE, DataError
 from ._imageio import IMAGE_SUFFIXES, read_image
-from .datasets import ImageDataset
+from .datasets import ImageDataset, check_inside
 
 __all__ = ["RocoDataset"]
 
@@ -29,6 +29,7 @@ class RocoDataset(ImageDataset):
         size: Output side in pixels (non-square images are zero-padded to a square first).
         channels: 1 or 3.
         param: Argument name used in error messages.
+        allow_outside_root: Read images that symlinks place outside ``images``.
 
     Attributes:
         missing: IDs in the captions file without an image (skipped).
@@ -45,6 +46,7 @@ class RocoDataset(ImageDataset):
         size: int | None = 64,
         channels: int = 1,
         param: str = "images",
+        allow_outside_root: bool = False,
     ) -> None:
         super().__init__(size=size, channels=channels, param=param)
         self.root = Path(images)
@@ -79,6 +81,8 @@ class RocoDataset(ImageDataset):
                 self.missing.append(ident)
         if not rows:
             raise DataError(f"no image in '{self.root}' matches an id of '{captions}'", param=param)
+        if not allow_outside_root:  # symlinked images leading out of the folder
+            check_inside(self.root, [r["file"] for r in rows], "in the folder (symlinks)", param)
         self.metadata = pd.DataFrame(rows)
 
     def load_array(self, index: int) -> np.ndarray:

@@ -133,3 +133,23 @@ def test_layout_and_label_errors(brats, tmp_path):
     (root / "HGG" / "Brats18_A_1" / "Brats18_A_1_seg.nii.gz").unlink()
     with pytest.raises(DataError, match=r"needs a non-empty 'Brats18_A_1_seg.nii.gz'"):
         BratsDataset(root, sex, slices="tumour")
+
+
+@pytest.mark.parametrize("link", ["subject", "volume"])
+def test_symlinks_leading_out_of_the_root_are_refused_unless_allowed(tmp_path, link):
+    root, elsewhere = tmp_path / "BraTS18", tmp_path / "elsewhere"
+    _write_subject(root, "HGG", "Brats18_A_1", seed=1)
+    real = _write_subject(elsewhere, "HGG", "Brats18_X_9", seed=2)
+    if link == "subject":  # a whole subject folder that lives elsewhere
+        (root / "HGG" / "Brats18_X_9").symlink_to(real, target_is_directory=True)
+    else:  # one volume inside an ordinary subject folder
+        folder = root / "LGG" / "Brats18_X_9"
+        folder.mkdir(parents=True)
+        (folder / "Brats18_X_9_flair.nii.gz").symlink_to(real / "Brats18_X_9_flair.nii.gz")
+    sex = tmp_path / "sex.csv"
+    sex.write_text("subject,sex\nBrats18_A_1,M\nBrats18_X_9,F\n")
+    with pytest.raises(DataError, match=r"found in the subject folders lie outside") as err:
+        BratsDataset(root, sex, slices_per_subject=2, size=16)
+    assert err.value.param == "root" and "--allow-outside-root" in str(err.value)
+    ds = BratsDataset(root, sex, slices_per_subject=2, size=16, allow_outside_root=True)
+    assert sorted(set(ds.metadata.subject)) == ["Brats18_A_1", "Brats18_X_9"]

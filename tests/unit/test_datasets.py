@@ -186,3 +186,16 @@ def test_cli_training_on_a_table_that_points_outside_is_one_line(capsys, tmp_pat
     code, _, err = run(capsys, "train", "classifier", "--data", root, "--out", tmp_path / "c")
     assert_one_line_error(code, err, "--data", "lie outside", "--allow-outside-root")
     assert not (tmp_path / "c").exists()
+
+
+def test_roco_images_symlinked_out_of_the_folder_are_refused_unless_allowed(tmp_path):
+    images, outside = tmp_path / "roco", tmp_path / "outside"
+    _png(images / "R1.png", 1)
+    _png(outside / "secret.png", 7)
+    (images / "R2.png").symlink_to(outside / "secret.png")
+    captions = tmp_path / "c.txt"
+    captions.write_text("R1\tChest radiograph.\nR2\tHead CT.\n")
+    with pytest.raises(DataError, match=r"in the folder \(symlinks\) lie outside") as err:
+        RocoDataset(images, captions, size=None)
+    assert err.value.param == "images"
+    assert len(RocoDataset(images, captions, size=None, allow_outside_root=True)) == 2
