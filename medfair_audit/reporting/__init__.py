@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import warnings
 from typing import Any
 
 __all__ = [
@@ -131,7 +132,9 @@ def proportion_plot_png(audits: dict[str, dict[str, Any]]) -> bytes:
     ax.set_xlabel("")
     ax.legend(fontsize=7, loc="upper left", frameon=False)
     sns.despine(fig)
-    fig.tight_layout()
+    with warnings.catch_warnings():  # long group or column names: the plot is still drawn
+        warnings.filterwarnings("ignore", "Tight layout not applied", UserWarning)
+        fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)

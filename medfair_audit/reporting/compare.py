@@ -398,20 +398,31 @@ def _title(columns: Sequence[AuditColumn]) -> str:
     return f"{first.get('attribute', '')} distribution of generated images against {against}"
 
 
+def _markdown(text: str) -> str:
+    """User text (labels, prompts, group names) safe in a Markdown table cell or comment.
+
+    ``|`` would end a cell and a line break the row; ``<``, ``>`` and ``&`` become entities so
+    that no HTML a prompt holds (``<script>``, ``-->``) reaches a renderer that passes HTML on.
+    """
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return " ".join(text.replace("|", "\\|").split())
+
+
 def render_markdown(columns: Sequence[AuditColumn], paired: Sequence[dict[str, Any]] = ()) -> str:
     """The headline table (and paired tables) as GitHub Markdown."""
     header, rows = format_rows(columns)
     conf = round(100 * columns[0].data.get("confidence", 0.95))
+    title = _markdown(_title(columns)[:1].upper() + _title(columns)[1:])
     lines = [
-        f"<!-- medfair report: {', '.join(c.label for c in columns)} -->",
-        f"**{_title(columns)[:1].upper() + _title(columns)[1:]}.** Values with {conf}% "
+        f"<!-- medfair report: {_markdown(', '.join(c.label for c in columns))} -->",
+        f"**{title}.** Values with {conf}% "
         "intervals; censored values are shown as their bound; FID/KID at a common subsample "
         "size (mean ± sd over draws).",
         "",
     ]
 
-    def cells(row: list[str]) -> str:  # a '|' in a label or prompt must not end a cell
-        return "| " + " | ".join(x.replace("|", "\\|") for x in row) + " |"
+    def cells(row: list[str]) -> str:
+        return "| " + " | ".join(_markdown(x) for x in row) + " |"
 
     def table(head: list[str], body: list[list[str]]) -> None:
         lines.append(cells(head))
@@ -427,7 +438,7 @@ def render_markdown(columns: Sequence[AuditColumn], paired: Sequence[dict[str, A
         notes = evaluator_notes(columns)
         if notes:
             lines.append("")
-            lines += [f"- {n}" for n in notes]
+            lines += [f"- {_markdown(n)}" for n in notes]
     for p in paired:
         lines.append("")
         table(*paired_rows(p))
@@ -456,7 +467,12 @@ _LATEX_SPECIAL = {
 
 
 def _latex(text: str) -> str:
-    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+    """User text safe in a LaTeX table cell.
+
+    Specials are escaped; line breaks (a blank line would end the paragraph inside a tabular)
+    and other runs of whitespace become one space.
+    """
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in " ".join(text.split()))
 
 
 def render_latex(columns: Sequence[AuditColumn], paired: Sequence[dict[str, Any]] = ()) -> str:

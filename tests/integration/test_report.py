@@ -267,7 +267,7 @@ def test_labels_with_table_and_tex_specials_are_escaped(audits, tmp_path):
     labels = ["a|b <x>", "50% & {c}"]
     md = write_report(paths, tmp_path / "t.md", labels=labels).read_text()
     header = next(line for line in md.splitlines() if line.startswith("| "))
-    assert "a\\|b <x>" in header
+    assert "a\\|b &lt;x&gt;" in header
     # every row of the headline table has as many cells as its header
     table = [line for line in md.splitlines()[: md.splitlines().index("", 3)] if line[:1] == "|"]
     width = len(re.split(r"(?<!\\)\|", table[0]))
@@ -275,3 +275,122 @@ def test_labels_with_table_and_tex_specials_are_escaped(audits, tmp_path):
     tex = write_report(paths, tmp_path / "t.txt", labels=labels, fmt="latex").read_text()
     assert r"a\textbar{}b \textless{}x\textgreater{}" in tex and r"50\% \& \{c\}" in tex
     assert "worst prompt \\textbar{}gap\\textbar{}" in tex
+
+
+def _hostile(tag):
+    """Text that breaks out of HTML, Markdown tables and LaTeX if any step fails to escape it."""
+    return (
+        f'{tag}<script>document.body.dataset.pwned="{tag}"</script>'
+        '<img src=x onerror="document.body.dataset.pwned=1"> --> | & % \\ {} $ _ # ~ ^ '
+        "two\n\nlines"
+    )
+
+
+def _hostile_copy(src, dst):
+    """The audit at ``src`` with its groups, prompts, target name and paths made hostile."""
+    shutil.copytree(src, dst)
+    doc = json.loads((src / "audit.json").read_text())
+    names = {g: _hostile(g.upper()) for g in doc["groups"]}
+    names.update({p: p + _hostile("P") for p in doc["config"]["prompts"]})
+    names[doc["target_name"]] = _hostile("T")
+
+    def swap(node):
+        if isinstance(node, dict):
+            return {names.get(k, k): swap(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [swap(v) for v in node]
+        return names.get(node, node) if isinstance(node, str) else node
+
+    doc = swap(doc)
+    doc["config"]["checkpoint"] = "/data/" + _hostile("C")
+    (dst / "audit.json").write_text(json.dumps(doc))
+    table = pd.read_csv(src / "images.csv", keep_default_na=False)
+    table = table.rename(columns={f"p_{g}": f"p_{n}" for g, n in names.items()})
+    table["prompt"] = table.prompt.map(names)
+    table["predicted"] = table.predicted.map(names)
+    table.to_csv(dst / "images.csv", index=False)
+    for g, n in list(names.items())[:2]:
+        from medfair_audit.audit.result import grid_name
+
+        (dst / f"grid_{g}.png").rename(dst / grid_name(n))
+    return dst
+
+
+class _Tags(__import__("html.parser").parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags, self.text = [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_every_user_string_is_escaped_in_html_markdown_and_latex(audits, tmp_path):
+    """Hostile group names, prompts, labels, target name and paths: the HTML has no element or
+    handler they did not come with (and a browser runs none of them), every Markdown table row
+    keeps its cell count, and LaTeX gets only escaped specials."""
+    from medfair_audit.audit import AuditResult
+    from medfair_audit.reporting import render_audit_html
+
+    before = _hostile_copy(audits / "before", tmp_path / "before")
+    after = _hostile_copy(audits / "after", tmp_path / "after")
+    labels = [_hostile("L1"), _hostile("L2")]
+    html = write_report([before, after], tmp_path / "r.html", labels=labels).read_text()
+    single = render_audit_html(AuditResult.load(before))
+    for page in (html, single):
+        parsed = _Tags()
+        parsed.feed(page)
+        assert not [t for t, _ in parsed.tags if t in ("script", "iframe", "object")]
+        assert not [a for _, attrs in parsed.tags for a in attrs if a.startswith("on")]
+        assert all(
+            v.startswith("data:image/png;base64,") for t, a in parsed.tags if t == "img"
+            for k, v in a.items() if k == "src"
+        )  # fmt: skip
+        text = "".join(parsed.text)  # the hostile strings are there, as text
+        assert '<script>document.body.dataset.pwned="FEMALE"</script>' in text
+
+    md = write_report([before, after], tmp_path / "r.md", labels=labels).read_text()
+    assert "<script" not in md and "<img" not in md
+    assert md.splitlines()[0].count("-->") == 1 and md.splitlines()[0].endswith("-->")
+    for block in md.split("\n\n"):
+        rows = [line for line in block.splitlines() if line.startswith("|")]
+        if rows:  # every row of a table has its header's number of cells
+            widths = {len(re.split(r"(?<!\\)\|", line)) for line in rows}
+            assert len(widths) == 1, rows
+    assert "L1&lt;script&gt;" in md and "FEMALE&lt;script&gt;" in md
+
+    tex = write_report([before, after], tmp_path / "r.tex", labels=labels).read_text()
+    assert "<" not in tex and ">" not in tex
+    assert r"L1\textless{}script\textgreater{}" in tex and r"\% \textbackslash{} \{\}" in tex
+    math = re.sub(r"\$\\(Vert|Delta|pm)\$|\$-\$", "", tex.split("\n", 1)[1])
+    assert not re.search(r"(?<!\\)[%#$_^~]", math)  # no unescaped special after the comment
+    for tabular in re.findall(r"\\begin\{tabular\}.*?\\end\{tabular\}", tex, re.S):
+        rows = [r for r in tabular.splitlines() if r.endswith("\\\\")]
+        assert len({len(re.findall(r"(?<!\\)&", r)) for r in rows}) == 1, rows
+        assert "" not in [r.strip() for r in tabular.splitlines()]  # no paragraph break
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (Debian package 'chromium')")
+def test_hostile_strings_run_nothing_in_headless_chromium(audits, tmp_path):
+    """The browser's DOM after load: the payloads' handlers never ran and no element of theirs
+    exists, while their text is shown."""
+    before = _hostile_copy(audits / "before", tmp_path / "before")
+    after = _hostile_copy(audits / "after", tmp_path / "after")
+    out = write_report(
+        [before, after], tmp_path / "r.html", labels=[_hostile("L1"), _hostile("L2")]
+    )
+    dom = subprocess.run(
+        [
+            CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=2000", "--dump-dom", out.as_uri(),
+        ],
+        check=True, capture_output=True, timeout=120, text=True,
+    ).stdout  # fmt: skip
+    assert 'id="headline-table"' in dom
+    assert "data-pwned" not in dom  # no onerror or script ran
+    assert "<script" not in dom and 'src="x"' not in dom
+    assert "L1&lt;script&gt;document.body.dataset.pwned" in dom  # shown as text
