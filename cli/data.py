@@ -15,6 +15,7 @@ from medfair_audit.data import (
     PhantomConfig,
     RocoDataset,
     build_phantom,
+    check_out,
     export_image_folder,
 )
 from medfair_audit.exceptions import ConfigError
@@ -121,6 +122,7 @@ def target(
             "`medfair data import-brats` folder)."
         ),
     ] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Write target subgroup proportions (target.json) from labels or inline values.
 
@@ -145,7 +147,7 @@ def target(
         result = parse_target(target_spec, attribute=column)
         if name:
             result = dataclasses.replace(result, name=name)
-    result.save(out)
+    result.save(out, overwrite=overwrite)
     shares = ", ".join(f"{g}={p:.4f}" for g, p in result.proportions.items())
     out_console.print(
         f"wrote {out}: {result.attribute} {shares}"
@@ -176,6 +178,7 @@ def import_brats(
     For example:
         medfair data import-brats --root MICCAI_BraTS_2018 --sex-csv sex.csv --out data/brats
     """
+    check_out(out, overwrite=overwrite)  # before reading the volumes
     dataset = BratsDataset(
         root,
         sex_csv,
@@ -208,6 +211,7 @@ def import_roco(
     For example:
         medfair data import-roco --images roco/images --captions roco/captions.txt --out data/roco
     """
+    check_out(out, overwrite=overwrite)  # before reading the images
     dataset = RocoDataset(images, captions, size=size, allow_outside_root=allow_outside_root)
     with progress_bar() as callback:
         export_image_folder(dataset, out, overwrite=overwrite, progress=callback)

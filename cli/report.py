@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import out_console
+from ._common import Overwrite, out_console
 
 
 def report(
@@ -40,6 +40,7 @@ def report(
             help="A PNG to show in the methods section (repeatable), e.g. a trade-off plot."
         ),
     ] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Compare audits side by side: proportions against the target, distances, quality.
 
@@ -57,5 +58,13 @@ def report(
     from medfair_audit.reporting.compare import write_report
 
     names = None if labels is None else [x.strip() for x in labels.split(",")]
-    path = write_report(audits, out, labels=names, fmt=format, small=small, figures=figure or ())
+    path = write_report(
+        audits,
+        out,
+        labels=names,
+        fmt=format,
+        small=small,
+        figures=figure or (),
+        overwrite=overwrite,
+    )
     out_console.print(f"wrote {path}")

@@ -30,6 +30,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "building_dir",
+    "check_out",
     "file_sha256",
     "folder_sha256",
     "locks_out",
@@ -72,6 +73,20 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, allow_nan: bool
     return atomic_write_text(path, text + "\n")
 
 
+def check_out(out: str | os.PathLike[str], *, overwrite: bool, param: str = "out") -> Path:
+    """Refuse an output path that is a file or a non-empty folder unless ``overwrite``.
+
+    Long runs call this first, so that a refusal comes before the work, not after it.
+
+    Raises:
+        DataError: ``out`` exists, is a file or holds something, and ``overwrite`` is false.
+    """
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise DataError(MSG_OUT_EXISTS.format(path=out), param=param)
+    return out
+
+
 @contextlib.contextmanager
 def building_dir(
     out: str | os.PathLike[str], *, overwrite: bool = False, param: str = "out"
@@ -90,8 +105,7 @@ def building_dir(
         DataError: ``out`` exists, is not empty and ``overwrite`` is false.
     """
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise DataError(MSG_OUT_EXISTS.format(path=out), param=param)
+    check_out(out, overwrite=overwrite, param=param)
     with run_lock(out, param=param):
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".building", dir=out.parent))

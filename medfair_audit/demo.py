@@ -309,7 +309,7 @@ def run_demo(
             groups=("female", "male"),
             name="BraTS18 (phantom stand-in)",
         )
-        target.save(out / "target.json")
+        target.save(out / "target.json", overwrite=True)
         return {"path": str(out / "target.json"), "proportions": dict(target.proportions)}
 
     stages["target"] = stage(
@@ -485,7 +485,7 @@ def run_demo(
 
         audits = [out / f / "audit.json" for f in REPORT_COLUMNS]
         paths = [
-            write_report(audits, out / name, labels=list(REPORT_COLUMNS.values()))
+            write_report(audits, out / name, labels=list(REPORT_COLUMNS.values()), overwrite=True)
             for name in ("report.html", "report.md", "report.tex")
         ]
         return {"paths": [str(p) for p in paths]}

@@ -25,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from ._io import atomic_write_json
+from ._io import atomic_write_json, check_out
 from .exceptions import (
     MSG_MISSING_COLUMN,
     MSG_NOT_A_FILE,
@@ -107,8 +107,13 @@ class Target:
             "n": self.n,
         }
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write ``target.json`` atomically."""
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write ``target.json`` atomically.
+
+        Raises:
+            DataError: ``path`` exists (a file, or a non-empty folder) and ``overwrite`` is false.
+        """
+        check_out(path, overwrite=overwrite)
         return atomic_write_json(path, self.to_json())
 
     @classmethod

@@ -31,9 +31,9 @@ cp "$DEMO/models/t2medi-fair/remediation.json" "$OUT/remediation.json"
 FIG=()
 [ -f benchmarks/fairness-quality-tradeoff.png ] && FIG=(--figure benchmarks/fairness-quality-tradeoff.png)
 # The report reads grids and paired images from the demo's audit folders (shards are not copied).
-"$BIN/medfair" report "${AUDITS[@]}" --labels "$LABELS" --small "${FIG[@]}" --out "$OUT/report.html"
-"$BIN/medfair" report "${AUDITS[@]}" --labels "$LABELS" --out "$OUT/report.md"
-"$BIN/medfair" report "${AUDITS[@]}" --labels "$LABELS" --out "$OUT/report.tex"
+"$BIN/medfair" report "${AUDITS[@]}" --overwrite --labels "$LABELS" --small "${FIG[@]}" --out "$OUT/report.html"
+"$BIN/medfair" report "${AUDITS[@]}" --overwrite --labels "$LABELS" --out "$OUT/report.md"
+"$BIN/medfair" report "${AUDITS[@]}" --overwrite --labels "$LABELS" --out "$OUT/report.tex"
 # The README's results table is the example's report.md, pasted between two markers, so every
 # number in it is read off the committed example.
 "$BIN/python" - "$OUT/report.md" README.md <<'PY'

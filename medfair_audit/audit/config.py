@@ -25,12 +25,15 @@ def read_prompts(path: str | Path) -> list[str]:
     that touches a word (``lesion #3``) is text.
 
     Raises:
-        DataError: Missing or empty file.
+        DataError: Missing, unreadable (not UTF-8) or empty file.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"file '{path}' does not exist or is not a file", param="prompts")
-    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read '{path}' as UTF-8 text: {exc}", param="prompts") from exc
     prompts = [re.split(r"\s#(?:\s|$)", line, maxsplit=1)[0].strip() for line in lines]
     prompts = [p for p in prompts if p and not p.startswith("#")]
     if not prompts:

@@ -219,6 +219,12 @@ def _run(cfg: AuditConfig, state: Any, progress: ProgressCallback | None) -> Aud
     extractor = get_extractor(
         cfg.features, clf, trust_pickle=cfg.trust_pickle, device=cfg.placement.device
     )
+    ref_feats = ref_labels = None
+    if ref is not None:  # read (and featurise) the reference first: a bad image fails up front
+        ref_images = load_images(ref, progress=progress, stage="reference")
+        ref_feats = extractor(ref_images).numpy()
+        ref_labels = np.array([groups.index(v) for v in ref.labels(clf.attribute)])
+        del ref_images
     target = np.array(cfg.target.vector(groups))
     settings = {
         "checkpoint_sha256": folder_sha256(cfg.checkpoint),
@@ -306,10 +312,7 @@ def _run(cfg: AuditConfig, state: Any, progress: ProgressCallback | None) -> Aud
             "identifiable and are reported as [0, 1]"
         )
     quality = None
-    if ref is not None:
-        ref_images = load_images(ref, progress=progress, stage="reference")
-        ref_feats = extractor(ref_images).numpy()
-        ref_labels = np.array([groups.index(v) for v in ref.labels(clf.attribute)])
+    if ref_feats is not None:
         quality, quality_warnings = quality_by_group(
             data["moments"],
             data["samples"],

@@ -1,5 +1,6 @@
 """Data: the brain-MR phantom and loaders for image folders, BraTS18 and ROCO layouts."""
 
+from .._io import check_out
 from .brats import BratsDataset, normalise_sex
 from .datasets import ImageDataset, ImageFolderDataset, export_image_folder
 from .phantom import (
@@ -24,6 +25,7 @@ __all__ = [
     "PhantomResult",
     "RocoDataset",
     "build_phantom",
+    "check_out",
     "export_image_folder",
     "normalise_sex",
     "render_phantom_slice",

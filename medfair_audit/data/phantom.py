@@ -41,6 +41,7 @@ import numpy as np
 from scipy import ndimage
 
 from .._io import atomic_write_json, atomic_write_text, building_dir
+from .._validate import require_count
 from ..exceptions import ConfigError
 from ..progress import ProgressCallback, report
 from ._imageio import png_bytes
@@ -212,8 +213,9 @@ class PhantomConfig:
     workers: int | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.n, int) or self.n < 1:
-            raise ConfigError(f"expected a positive number of images, got {self.n}", param="n")
+        if not isinstance(self.n, int):
+            raise ConfigError(f"expected a whole number of images, got {self.n}", param="n")
+        require_count(self, 1, "n")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"expected a non-negative integer, got {self.seed}", param="seed")
         if not (32 <= self.size <= 256 and self.size % 8 == 0):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -27,6 +28,13 @@ from ..progress import ProgressCallback, report
 from .seeds import image_seed
 
 __all__ = ["GenerationConfig", "Shard", "iter_shards", "plan_shards", "run_shards"]
+
+#: Upper bounds that catch a typo (an extra zero too many) before it becomes an hours-long run or
+#: a shard plan that fills the memory: ten million images per prompt, batches of 65,536, 10,000
+#: denoising steps.
+MAX_PER_PROMPT = 10_000_000
+MAX_BATCH = 65_536
+MAX_STEPS = 10_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,16 +56,23 @@ class GenerationConfig:
     shard_size: int = 32
 
     def __post_init__(self) -> None:
-        if self.n_per_prompt < 1:
+        if not 1 <= self.n_per_prompt <= MAX_PER_PROMPT:
             raise ConfigError(
-                f"expected at least 1 image per prompt, got {self.n_per_prompt}",
+                f"expected 1 to {MAX_PER_PROMPT:,} images per prompt, got {self.n_per_prompt:,}",
                 param="n_per_prompt",
             )
-        if self.steps < 1:
-            raise ConfigError(f"expected at least 1 step, got {self.steps}", param="steps")
-        if self.shard_size < 1:
+        if not 1 <= self.shard_size <= MAX_BATCH:
             raise ConfigError(
-                f"expected a positive batch size, got {self.shard_size}", param="batch_size"
+                f"expected a batch size from 1 to {MAX_BATCH:,}, got {self.shard_size:,}",
+                param="batch_size",
+            )
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise ConfigError(
+                f"expected 1 to {MAX_STEPS:,} steps, got {self.steps:,}", param="steps"
+            )
+        if not (math.isfinite(self.guidance) and 0 <= self.guidance <= 100):
+            raise ConfigError(
+                f"expected a guidance scale from 0 to 100, got {self.guidance}", param="guidance"
             )
         if self.seed < 0:
             raise ConfigError(f"expected a non-negative seed, got {self.seed}", param="seed")

@@ -22,6 +22,7 @@ __all__ = [
     "PICKLE_SUFFIXES",
     "backward_step",
     "check_no_pickle",
+    "load_errors",
     "load_images",
     "seed_everything",
 ]
@@ -35,6 +36,17 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+def load_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions a model loader reports as a one-line ``ModelError``.
+
+    Missing, unreadable, truncated or malformed files; an empty or cut safetensors file raises
+    ``SafetensorError``.
+    """
+    from safetensors import SafetensorError
+
+    return (OSError, ValueError, KeyError, TypeError, SafetensorError)
 
 
 def check_no_pickle(

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._io import atomic_write_json, building_dir
-from .._validate import require_at_least
+from .._io import atomic_write_json, building_dir, check_out, locks_out
+from .._validate import require_count, require_rate
 from ..data.datasets import ImageFolderDataset
 from ..device import Placement
 from ..exceptions import ConfigError, DataError, ModelError
@@ -37,6 +37,7 @@ from ._common import (
     backward_step,
     check_no_pickle,
     group_index,
+    load_errors,
     load_images,
     seed_everything,
 )
@@ -87,11 +88,8 @@ class ClassifierConfig:
             raise ConfigError(
                 "widths and depths must have the same, non-zero length", param="widths"
             )
-        require_at_least(self, 1, "epochs", "batch_size", "image_size")
-        if self.patience < 1:
-            raise ConfigError(f"expected ≥ 1, got {self.patience}", param="patience")
-        if not self.lr > 0:
-            raise ConfigError(f"expected a positive learning rate, got {self.lr}", param="lr")
+        require_count(self, 1, "epochs", "batch_size", "image_size", "patience")
+        require_rate(self, "lr")
 
 
 @dataclass(frozen=True)
@@ -158,27 +156,28 @@ class SubgroupClassifier:
             raise ModelError(
                 f"'{folder}' has no classifier.json: not a medfair classifier", param=param
             )
-        meta = json.loads(meta_path.read_text())
         try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
             model = ResNetForImageClassification.from_pretrained(
                 str(folder), use_safetensors=None if trust_pickle else True
             )
-        except (OSError, ValueError) as exc:
+            evaluation = None
+            if (folder / "evaluation.json").is_file():
+                evaluation = json.loads((folder / "evaluation.json").read_text(encoding="utf-8"))
+            return cls(
+                model,
+                attribute=meta["attribute"],
+                groups=meta["groups"],
+                temperature=meta["temperature"],
+                image_size=meta["image_size"],
+                channels=meta["channels"],
+                evaluation=evaluation,
+            )
+        except load_errors() as exc:
             raise ModelError(
-                f"cannot load the classifier in '{folder}': {exc}", param=param
+                f"cannot load the classifier in '{folder}': {exc.__class__.__name__}: {exc}",
+                param=param,
             ) from exc
-        evaluation = None
-        if (folder / "evaluation.json").is_file():
-            evaluation = json.loads((folder / "evaluation.json").read_text())
-        return cls(
-            model,
-            attribute=meta["attribute"],
-            groups=meta["groups"],
-            temperature=meta["temperature"],
-            image_size=meta["image_size"],
-            channels=meta["channels"],
-            evaluation=evaluation,
-        )
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """Convert ``(N, C, H, W)`` images in [-1, 1] to this classifier's channels and size."""
@@ -419,6 +418,7 @@ def _splits(
     ), "image"
 
 
+@locks_out
 def train_classifier(
     data: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -459,6 +459,7 @@ def train_classifier(
         Path and evaluation.
     """
     cfg = config or ClassifierConfig()
+    check_out(out, overwrite=overwrite)  # before the training, not after it
     placement = placement or Placement(device="cpu", dtype="float32")
     device = placement.device
     start = time.perf_counter()

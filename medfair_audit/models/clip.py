@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._io import atomic_write_json, building_dir
-from .._validate import require_at_least
+from .._io import atomic_write_json, building_dir, check_out, locks_out
+from .._validate import require_count, require_rate
 from ..data.datasets import ImageFolderDataset
 from ..device import Placement
 from ..exceptions import ConfigError, ModelError
 from ..progress import ProgressCallback, report
-from ._common import backward_step, check_no_pickle, load_images, seed_everything
+from ._common import backward_step, check_no_pickle, load_errors, load_images, seed_everything
 from .tokenizer import train_caption_tokenizer
 
 __all__ = ["CLIPTrainConfig", "CLIPTrainResult", "encode_images", "load_clip", "train_clip"]
@@ -68,7 +68,7 @@ class CLIPTrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        require_at_least(
+        require_count(
             self,
             1,
             "image_size",
@@ -85,8 +85,7 @@ class CLIPTrainConfig:
             raise ConfigError("image_size must be a multiple of patch_size", param="patch_size")
         if self.width % self.heads:
             raise ConfigError("width must be a multiple of heads", param="heads")
-        if not self.lr > 0:
-            raise ConfigError(f"expected a positive learning rate, got {self.lr}", param="lr")
+        require_rate(self, "lr")
 
 
 @dataclass(frozen=True)
@@ -160,7 +159,7 @@ def load_clip(
             str(folder), use_safetensors=None if trust_pickle else True
         )
         tokenizer = CLIPTokenizer.from_pretrained(str(folder))
-    except (OSError, ValueError, KeyError) as exc:
+    except load_errors() as exc:
         raise ModelError(f"cannot load CLIP from '{folder}': {exc}", param=param) from exc
     return model.eval(), tokenizer
 
@@ -223,6 +222,7 @@ def retrieval_recall_at_1(
     return float((best == truth).float().mean()), 1.0 / len(distinct)
 
 
+@locks_out
 def train_clip(
     data: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -252,6 +252,7 @@ def train_clip(
         Paths and held-out recall@1.
     """
     cfg = config or CLIPTrainConfig()
+    check_out(out, overwrite=overwrite)  # before the training, not after it
     start = time.perf_counter()
     generator = seed_everything(cfg.seed)
     full = ImageFolderDataset(

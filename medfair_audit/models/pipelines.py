@@ -20,7 +20,7 @@ import torch
 
 from ..device import Placement, initial_latents
 from ..exceptions import ConfigError, ModelError
-from ._common import check_no_pickle
+from ._common import check_no_pickle, load_errors
 
 __all__ = ["Speed", "generate", "latent_shape", "load_pipeline", "pipeline_info"]
 
@@ -120,7 +120,7 @@ def load_pipeline(
         pipe = DiffusionPipeline.from_pretrained(
             str(folder), use_safetensors=None if trust_pickle else True, **extra
         )
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except load_errors() as exc:
         raise ModelError(f"cannot load the pipeline in '{folder}': {exc}", param=param) from exc
     pipe.set_progress_bar_config(disable=True)
     pipe.to(placement.device)

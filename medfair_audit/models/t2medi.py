@@ -34,11 +34,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._io import atomic_write_json, building_dir, locks_out
-from .._validate import require_at_least
+from .._io import atomic_write_json, building_dir, check_out, locks_out
+from .._validate import require_count, require_rate
 from ..data.datasets import ImageFolderDataset
 from ..device import Placement
-from ..exceptions import ConfigError, DataError
+from ..exceptions import ConfigError
 from ..progress import ProgressCallback, report
 from ._common import (
     TrainingState,
@@ -112,10 +112,9 @@ class T2IConfig:
             raise ConfigError(
                 f"expected a multiple of 4 ≥ 16, got {self.image_size}", param="image_size"
             )
-        require_at_least(self, 0, "vae_steps", "checkpoint_every")
-        require_at_least(self, 1, "unet_steps", "batch_size", "vae_batch_size")
-        if not (self.lr > 0 and self.vae_lr > 0):
-            raise ConfigError("learning rates must be positive", param="lr")
+        require_count(self, 0, "vae_steps", "checkpoint_every")
+        require_count(self, 1, "unet_steps", "batch_size", "vae_batch_size")
+        require_rate(self, "lr", "vae_lr")
         if not 0.0 <= self.caption_dropout < 1.0:
             raise ConfigError(
                 f"expected a probability in [0, 1), got {self.caption_dropout}",
@@ -447,10 +446,7 @@ def train_t2i(
     placement = placement or Placement(device="cpu", dtype="float32")
     start_time = time.perf_counter()
     out = Path(out)
-    if (out / "model_index.json").exists() and not overwrite:
-        raise DataError(
-            f"'{out}' already holds a pipeline; pass --overwrite to replace it", param="out"
-        )
+    check_out(out, overwrite=overwrite)
     if clip is None and init is None:
         raise ConfigError("give --clip CLIP_DIR (or --init CKPT to fine-tune)", param="clip")
     work = out.with_name(out.name + ".partial")

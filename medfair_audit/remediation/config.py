@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .._validate import require_at_least
+from .._validate import require_count, require_rate
 from ..exceptions import ConfigError
 from .sampling import GRADIENTS
 
@@ -114,16 +114,15 @@ class RemediationConfig:
     until_kl: float | None = None
 
     def __post_init__(self) -> None:
-        require_at_least(self, 1, "steps", "prompts_per_step", "sampling_steps", "ot_draws")
-        require_at_least(self, 1, "lora_rank", "audit_images", "audit_steps")
-        require_at_least(self, 2, "batch_per_prompt")
-        require_at_least(self, 0, "warmup", "checkpoint_every", "audit_every")
+        require_count(self, 1, "steps", "prompts_per_step", "sampling_steps", "ot_draws")
+        require_count(self, 1, "lora_rank", "audit_images", "audit_steps")
+        require_count(self, 2, "batch_per_prompt")
+        require_count(self, 0, "warmup", "checkpoint_every", "audit_every")
         _one_of(self.gradient, GRADIENTS, "gradient")
         _one_of(self.loss, LOSSES, "loss")
         _one_of(self.align_to, ALIGN_TO, "align_to")
         _one_of(self.lora_on, LORA_ON, "lora_on")
-        if not self.lr > 0:
-            raise ConfigError(f"expected a learning rate > 0, got {self.lr}", param="lr")
+        require_rate(self, "lr")
         if self.sampling_steps_max is not None and self.sampling_steps_max < self.sampling_steps:
             raise ConfigError(
                 f"expected ≥ --sampling-steps ({self.sampling_steps}), got "

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..exceptions import ModelError
-from ..models._common import adapt_images, check_no_pickle
+from ..models._common import adapt_images, check_no_pickle, load_errors
 from ..models.clip import image_embeddings
 
 __all__ = ["ENCODER_KINDS", "ImageEncoder", "load_image_encoder", "parse_encoder_spec"]
@@ -113,7 +113,10 @@ def load_image_encoder(
         raise ModelError(
             f"'{folder}' has no config.json: expected a CLIP model folder", param=param
         )
-    kind = json.loads(config_path.read_text()).get("model_type")
+    try:
+        kind = json.loads(config_path.read_text(encoding="utf-8")).get("model_type")
+    except (*load_errors(), AttributeError) as exc:
+        raise ModelError(f"cannot read '{config_path}': {exc}", param=param) from exc
     if kind not in ENCODER_KINDS:
         raise ModelError(
             f"'{folder}' holds a '{kind}' model: expected one of {', '.join(ENCODER_KINDS)}",
@@ -122,7 +125,7 @@ def load_image_encoder(
     cls = CLIPModel if kind == "clip" else Dinov2Model
     try:
         model = cls.from_pretrained(str(folder), use_safetensors=None if trust_pickle else True)
-    except (OSError, ValueError, KeyError) as exc:
+    except load_errors() as exc:
         raise ModelError(
             f"cannot load a {kind} image encoder from '{folder}': {exc}", param=param
         ) from exc

@@ -28,9 +28,9 @@ from typing import Any
 
 import torch
 
-from .._io import locks_out
+from .._io import check_out, locks_out
 from ..device import Placement
-from ..exceptions import ConfigError, DataError
+from ..exceptions import ConfigError
 from ..progress import ProgressCallback, report
 from ..target import Target
 from .config import RemediationConfig
@@ -108,10 +108,7 @@ def _check(checkpoint: Path, out: Path, prompts: Sequence[str], overwrite: bool)
     prompts = [p for p in prompts if p.strip()]
     if not prompts:
         raise ConfigError("expected at least one non-empty prompt", param="prompts")
-    if (out / "model_index.json").exists() and not overwrite:
-        raise DataError(
-            f"'{out}' already holds a pipeline; pass --overwrite to replace it", param="out"
-        )
+    check_out(out, overwrite=overwrite)
     if out.resolve() == checkpoint.resolve():
         raise ConfigError("--out must differ from the checkpoint being remediated", param="out")
     return prompts

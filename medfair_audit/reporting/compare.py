@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .._io import atomic_write_text
+from .._io import atomic_write_text, check_out
 from ..audit.quality import common_n
 from ..exceptions import ConfigError, DataError
 
@@ -717,6 +717,7 @@ def write_report(
     fmt: str | None = None,
     small: bool = False,
     figures: Sequence[str | os.PathLike[str]] = (),
+    overwrite: bool = False,
 ) -> Path:
     """Write a report comparing ``audits`` (``audit.json`` files or their folders).
 
@@ -728,14 +729,19 @@ def write_report(
         fmt: ``html``, ``md`` or ``latex``.
         small: Half-size image grids and fewer pairs in HTML.
         figures: PNG files shown in the HTML's methods section, captioned by their file name.
+        overwrite: Replace an existing ``out``.
 
     Raises:
         ConfigError: Wrong number of labels, unknown format.
-        DataError: An audit is missing or unreadable, or audits are not comparable.
+        DataError: An audit is missing or unreadable, audits are not comparable, or ``out``
+            exists and ``overwrite`` is false.
     """
     if not audits:
         raise ConfigError("expected at least one audit.json", param="AUDIT_JSON")
     out = Path(out)
+    if out.is_dir():
+        raise ConfigError(f"'{out}' is a folder; expected a file name", param="out")
+    check_out(out, overwrite=overwrite)
     if fmt is None:
         fmt = {".md": "md", ".tex": "latex"}.get(out.suffix.lower(), "html")
     if fmt not in FORMATS:
@@ -753,8 +759,6 @@ def write_report(
         )
     columns = [load_audit(a, label) for a, label in zip(audits, labels, strict=True)]
     _check_comparable(columns)
-    if out.is_dir():
-        raise ConfigError(f"'{out}' is a folder; expected a file name", param="out")
     pngs = []
     for f in figures:
         path = Path(f)
