@@ -2,7 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-slow lint format example clean
+.PHONY: setup demo test test-fast test-slow lint format example clean
 
 setup:
 	@bash scripts/setup.sh
@@ -10,9 +10,13 @@ setup:
 demo: setup  ## the main job: the full demo on the embedded phantom data
 	$(BIN)/medfair demo --out reports/demo
 
-test: setup  ## lint, format check and the fast test tier
+test: setup  ## lint, format check, the fast test tier, then the slow reliability guarantees
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/pytest
+	$(BIN)/pytest -m slow tests/reliability
+
+test-fast: setup  ## the fast tier alone (what to run while editing)
 	$(BIN)/pytest
 
 test-slow: setup  ## the slow tier (model quality bars, full pipelines)

@@ -24,6 +24,7 @@ from ..exceptions import DataError
 
 __all__ = [
     "AUDIT_SCHEMA_VERSION",
+    "VOLATILE_FIELDS",
     "AuditResult",
     "audit_schema",
     "format_estimate",
@@ -32,6 +33,11 @@ __all__ = [
 ]
 
 AUDIT_SCHEMA_VERSION = 2
+
+#: Fields of ``audit.json`` that describe the software that ran rather than what it measured:
+#: two audits of the same inputs, seed, batch size and dtype are equal without them (see
+#: :meth:`AuditResult.comparable`); with the same software they are byte-identical.
+VOLATILE_FIELDS: tuple[tuple[str, ...], ...] = (("config", "versions"),)
 MSG_OLD_SCHEMA = (
     "'{path}' is an audit.json of schema_version {found}; this medfair reads version {want} "
     "(re-run `medfair audit` to get intervals that include the classifier's own error)"
@@ -107,6 +113,16 @@ class AuditResult:
     def kl(self, reading: str | None = None, direction: str = "target_to_generated") -> dict:
         """KL divergence to the target: ``{value, ci[, censored, bound]}`` (nats)."""
         return self.data["distances"][reading or self.default_reading][f"kl_{direction}"]
+
+    def comparable(self) -> dict[str, Any]:
+        """The ``audit.json`` content without :data:`VOLATILE_FIELDS`, for equality checks."""
+        data = json.loads(json.dumps(self.data))
+        for path in VOLATILE_FIELDS:
+            node = data
+            for key in path[:-1]:
+                node = node.get(key, {})
+            node.pop(path[-1], None)
+        return data
 
     def to_frame(self) -> dict[str, pd.DataFrame]:
         """Tables: ``overall`` and ``by_prompt`` (one row per reading × group) and ``by_group``."""

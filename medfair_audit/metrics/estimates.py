@@ -184,16 +184,23 @@ class HeldOut:
         out = self.probs if soft else self.hard_outputs()
         return mean_output_matrix(self.labels, out, self.k)
 
-    def resample(self, rng: np.random.Generator, b: int, soft: bool) -> np.ndarray:
-        """``(b, K, K)`` matrices from stratified bootstrap resamples of the held-out images."""
+    def resample(
+        self, rng: np.random.Generator | Sequence[np.random.Generator], b: int, soft: bool
+    ) -> np.ndarray:
+        """``(b, K, K)`` matrices from stratified bootstrap resamples of the held-out images.
+
+        ``rng`` is one generator, or one per class (then drawing ``b`` in chunks gives the same
+        matrices as drawing them at once).
+        """
         outputs = self.probs if soft else self.hard_outputs()
+        rngs = [rng] * self.k if isinstance(rng, np.random.Generator) else list(rng)
         mats = np.empty((b, self.k, self.k))
         for y in range(self.k):
             rows = outputs[self.labels == y]
             if not len(rows):
                 mats[:, y] = np.nan
                 continue
-            w = rng.multinomial(len(rows), np.full(len(rows), 1 / len(rows)), size=b)
+            w = rngs[y].multinomial(len(rows), np.full(len(rows), 1 / len(rows)), size=b)
             mats[:, y] = w @ rows / len(rows)
         return mats
 
@@ -222,8 +229,13 @@ class ShareEstimates:
     probs: np.ndarray
 
 
-def _chunks(b: int, n: int, budget: int = 2_000_000) -> list[int]:
-    size = max(1, budget // max(n, 1))
+#: Elements of a ``(replicates, images)`` block the bootstrap holds at once: the statistics'
+#: memory stays about 2 MB × a few whatever the number of images (replicates go in chunks).
+BOOTSTRAP_BLOCK = 250_000
+
+
+def _chunks(b: int, n: int) -> list[int]:
+    size = max(1, BOOTSTRAP_BLOCK // max(n, 1))
     return [min(size, b - i) for i in range(0, b, size)]
 
 
@@ -272,7 +284,13 @@ def estimate_shares(
     identifiable = bool(condition) and all(v <= MAX_CONDITION for v in condition.values())
     samples: dict[str, list[np.ndarray]] = {kind: [] for kind in point if kind != "raw"}
     if n_boot and n > 1:
-        rng = np.random.default_rng(seed)
+        # One stream for the image resamples and one per (matrix, class) for the held-out ones:
+        # the replicates do not depend on how they are chunked (i.e. on the memory budget).
+        k_streams = heldout.k if heldout is not None else 0
+        rng, *held = map(
+            np.random.default_rng, np.random.SeedSequence(seed).spawn(1 + 2 * k_streams)
+        )
+        held_rngs = {"hard": held[:k_streams], "soft": held[k_streams:]}
         done = 0
         for b in _chunks(n_boot, n):
             if image_weights is not None:
@@ -285,7 +303,7 @@ def estimate_shares(
                 draws = {
                     kind: confusion_draws[kind][done : done + b]
                     if confusion_draws is not None
-                    else heldout.resample(rng, b, soft=kind == "soft")
+                    else heldout.resample(held_rngs[kind], b, soft=kind == "soft")
                     for kind in (("hard", "soft") if have_soft else ("hard",))
                 }
                 samples["acc"].append(adjusted_count(r_b, draws["hard"]))

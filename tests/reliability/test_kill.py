@@ -18,6 +18,9 @@ import sys
 import time
 
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow  # about 5 minutes: run by `make test` after the fast tier
 
 KILLS = 20
 

@@ -59,7 +59,8 @@ def jensen_shannon(p: np.ndarray, q: np.ndarray, *, eps: float = 0.0) -> float:
     if eps > 0:
         p, q = smooth(p, eps), smooth(q, eps)
     m = 0.5 * (p + q)
-    return 0.5 * kl_divergence(p, m, eps=0.0) + 0.5 * kl_divergence(q, m, eps=0.0)
+    js = 0.5 * kl_divergence(p, m, eps=0.0) + 0.5 * kl_divergence(q, m, eps=0.0)
+    return max(js, 0.0)  # equal inputs can round to -1e-17
 
 
 def total_variation(p: np.ndarray, q: np.ndarray) -> float:
