@@ -113,6 +113,14 @@ def audit(
             show_default=False,
         ),
     ] = None,
+    batch_invariant: Annotated[
+        bool,
+        typer.Option(
+            "--batch-invariant",
+            help="Compute each image on its own inside every batch: results bit-identical "
+            "whatever --batch-size (equal to --batch-size 1), at batch-size-1 speed.",
+        ),
+    ] = False,
 ) -> None:
     """Audit a text-to-image checkpoint's subgroup distribution against a target.
 
@@ -147,6 +155,7 @@ def audit(
             vae_tiling=vae_tiling,
         ),
         overlap=overlap,
+        batch_invariant=batch_invariant,
         checkpoint=checkpoint,
         classifier=classifier,
         prompts=texts,

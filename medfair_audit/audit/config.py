@@ -74,6 +74,9 @@ class AuditConfig:
         overlap: Classify and write each batch while the next one is generated (``None``: on
             an accelerator, where the generator leaves the CPU free; off on the CPU, where both
             would share the same cores).
+        batch_invariant: Compute each image on its own (a batch of one) inside every batch, so
+            that the results are bit-identical whatever ``generation.shard_size`` (they equal
+            a batch-size-1 audit's). Slower: batching is what makes generation fast.
     """
 
     checkpoint: Path
@@ -99,6 +102,7 @@ class AuditConfig:
     allow_outside_root: bool = False
     overwrite: bool = False
     overlap: bool | None = None
+    batch_invariant: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prompts", tuple(self.prompts))

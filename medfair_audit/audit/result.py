@@ -34,10 +34,11 @@ __all__ = [
 
 AUDIT_SCHEMA_VERSION = 2
 
-#: Fields of ``audit.json`` that describe the software that ran rather than what it measured:
-#: two audits of the same inputs, seed, batch size and dtype are equal without them (see
-#: :meth:`AuditResult.comparable`); with the same software they are byte-identical.
-VOLATILE_FIELDS: tuple[tuple[str, ...], ...] = (("config", "versions"),)
+#: Fields of ``audit.json`` that say how an audit ran rather than what it measured (software
+#: versions, batch size): :meth:`AuditResult.comparable` drops them. Two audits of the same
+#: inputs, seed and dtype are then equal, at any batch size with ``batch_invariant``, and at
+#: the same batch size without it; with the same software their files are byte-identical.
+VOLATILE_FIELDS: tuple[tuple[str, ...], ...] = (("config", "versions"), ("config", "batch_size"))
 MSG_OLD_SCHEMA = (
     "'{path}' is an audit.json of schema_version {found}; this medfair reads version {want} "
     "(re-run `medfair audit` to get intervals that include the classifier's own error)"

@@ -234,13 +234,27 @@ def _run(cfg: AuditConfig, state: Any, progress: ProgressCallback | None) -> Aud
         # kernel tolerance, so a run may resume elsewhere
         "dtype": str(cfg.placement.dtype),
     }
+    # One image at a time: batched sums depend on the batch's shape (only when asked, so that
+    # the shards of ordinary audits keep their stamps).
+    one = cfg.batch_invariant
+    if one:
+        settings["batch_invariant"] = True
 
     def analyse(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if one:
+            parts = [analyse_batch(images[i : i + 1]) for i in range(len(images))]
+            return torch.cat([p for p, _ in parts]), torch.cat([f for _, f in parts])
+        return analyse_batch(images)
+
+    def analyse_batch(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return clf.predict_proba(images), extractor(images)
 
     def draw(prompt: str, seeds: list[int]) -> torch.Tensor:
         gen = cfg.generation
-        return generate(pipe, prompt, seeds, steps=gen.steps, guidance=gen.guidance)
+        batches = [[s] for s in seeds] if one else [seeds]
+        return torch.cat(
+            [generate(pipe, prompt, b, steps=gen.steps, guidance=gen.guidance) for b in batches]
+        )
 
     shard_dir = cfg.out / "shards"
     plan = run_shards(
@@ -385,6 +399,7 @@ def _run(cfg: AuditConfig, state: Any, progress: ProgressCallback | None) -> Aud
             "steps": gen.steps,
             "guidance": gen.guidance,
             "batch_size": gen.shard_size,
+            "batch_invariant": cfg.batch_invariant,
             "features": {"name": extractor.name, **extractor.details},
             "pipeline": info,
             "placement": cfg.placement.describe(),

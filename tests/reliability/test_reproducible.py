@@ -2,9 +2,10 @@
 
 Byte-identical ``audit.json`` and ``images.csv`` across runs (here) and across process counts
 (``tests/integration/test_audit.py::test_two_processes_equal_one``). Across batch sizes the
-images are the same draws (same seeds, same starting noise) but batched matrix products sum in a
-shape-dependent order, so probabilities agree to float32 rounding rather than bit for bit: the
-labels, counts and every reported number agree to a stated tolerance instead.
+images are the same draws (same seeds, same starting noise), but batched matrix products sum in
+a shape-dependent order: by default probabilities agree to float32 rounding, and the labels,
+counts and every reported number to a stated tolerance; with ``batch_invariant`` (each image
+computed on its own) they agree bit for bit.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from medfair_audit.target import parse_target
 PROMPTS = ["Axial FLAIR MRI of the brain showing a glioma.", "Axial T1-weighted MRI."]
 
 
-def _audit(models, out, batch):
+def _audit(models, out, batch, **kw):
     return run_audit(
         AuditConfig(
+            **kw,
             checkpoint=models["t2medi"],
             classifier=models["classifier"],
             prompts=PROMPTS,
@@ -73,7 +75,6 @@ def test_batch_size_changes_only_the_last_bits(tiny_models, tmp_path):
     np.testing.assert_allclose(a.p_male, b.p_male, rtol=0, atol=1e-5)
     x, y = one.comparable(), six.comparable()
     assert x["counts"] == y["counts"]
-    x["config"].pop("batch_size"), y["config"].pop("batch_size")
     nx, ny = _numbers(x), _numbers(y)
     assert nx.keys() == ny.keys()
     far = {
@@ -83,3 +84,19 @@ def test_batch_size_changes_only_the_last_bits(tiny_models, tmp_path):
     pd.testing.assert_frame_equal(
         a.drop(columns=["p_male", "p_female"]), b.drop(columns=["p_male", "p_female"])
     )
+
+
+def test_batch_invariant_audits_are_identical_at_every_batch_size(tiny_models, tmp_path):
+    runs = [_audit(tiny_models, tmp_path / f"b{b}", b, batch_invariant=True) for b in (1, 4, 6)]
+    for other, b in zip(runs[1:], (4, 6), strict=True):
+        assert other.comparable() == runs[0].comparable()
+        for name in ("images.csv", "grid_female.png", "grid_male.png"):
+            first, again = tmp_path / "b1" / name, tmp_path / f"b{b}" / name
+            assert first.exists() == again.exists()
+            if first.exists():
+                assert again.read_bytes() == first.read_bytes()
+    # and they equal an ordinary audit at batch size 1
+    plain = _audit(tiny_models, tmp_path / "plain", 1)
+    assert plain.comparable()["proportions"] == runs[0].comparable()["proportions"]
+    assert plain.images.equals(runs[0].images)
+    assert runs[0].data["config"]["batch_invariant"] is True
