@@ -220,7 +220,7 @@ def _run(cfg: AuditConfig, state: Any, progress: ProgressCallback | None) -> Aud
         cfg.features, clf, trust_pickle=cfg.trust_pickle, device=cfg.placement.device
     )
     ref_feats = ref_labels = None
-    if ref is not None:  # read (and featurise) the reference first: a bad image fails up front
+    if ref is not None and state.is_main_process:  # first: a bad image fails before generating
         ref_images = load_images(ref, progress=progress, stage="reference")
         ref_feats = extractor(ref_images).numpy()
         ref_labels = np.array([groups.index(v) for v in ref.labels(clf.attribute)])
