@@ -171,7 +171,7 @@ def run_lock(out: str | os.PathLike[str], *, param: str = "out") -> Iterator[Pat
                 "to finish",
                 param=param,
             ) from None
-        try:  # the holder we waited on may have removed the file: lock the one on disk
+        try:  # a holder finishing meanwhile removes the file: hold the one on disk
             same = os.stat(lock).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
             same = False
