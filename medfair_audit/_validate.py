@@ -14,12 +14,19 @@ __all__ = ["MAX_COUNT", "require_count", "require_rate"]
 MAX_COUNT = 10_000_000
 
 
-def require_count(config: Any, minimum: int, *names: str, maximum: int = MAX_COUNT) -> None:
-    """Raise :class:`ConfigError` naming the first field of ``config`` out of its range."""
+def require_count(
+    config: Any, minimum: int, *names: str, maximum: int = MAX_COUNT, param: str | None = None
+) -> None:
+    """Raise :class:`ConfigError` naming the first field of ``config`` out of its range.
+
+    ``param`` names the argument in the message when it differs from the field (one field only).
+    """
     for name in names:
         value = getattr(config, name)
         if not minimum <= value <= maximum:
-            raise ConfigError(f"expected {minimum} to {maximum:,}, got {value:,}", param=name)
+            raise ConfigError(
+                f"expected {minimum} to {maximum:,}, got {value:,}", param=param or name
+            )
 
 
 def require_rate(config: Any, *names: str) -> None:

@@ -163,9 +163,9 @@ class BratsDataset(ImageDataset):
         self._slices: list[np.ndarray] = []
         rows = []
         volumes = {sid: self._find(subjects[sid][1], sid, sequence) for sid in labelled}
+        segs = {sid: self._find(subjects[sid][1], sid, "seg", required=False) for sid in labelled}
         if not allow_outside_root:  # symlinked subject folders or volumes leading out
-            segs = [self._find(subjects[sid][1], sid, "seg", required=False) for sid in labelled]
-            found = [*volumes.values(), *(s for s in segs if s is not None)]
+            found = [*volumes.values(), *(s for s in segs.values() if s is not None)]
             check_inside(root, found, "found in the subject folders", param)
         for sid in labelled:
             grade, folder = subjects[sid]
@@ -177,7 +177,7 @@ class BratsDataset(ImageDataset):
                 raise DataError(f"'{path}' is empty (all zero)", param=param)
             valid = np.flatnonzero(area >= min_brain_fraction * area.max())
             seg = None
-            seg_path = self._find(folder, sid, "seg", required=False)
+            seg_path = segs[sid]
             if seg_path is not None:
                 seg = _load_volume(seg_path, param=param)
                 if seg.shape != vol.shape:

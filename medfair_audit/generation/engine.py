@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from .._io import atomic_write_bytes, atomic_write_json
+from .._validate import require_count
 from ..device import is_out_of_memory
 from ..exceptions import ConfigError, DataError, ResourceError
 from ..progress import ProgressCallback, report
@@ -30,9 +31,8 @@ from .seeds import image_seed
 __all__ = ["GenerationConfig", "Shard", "iter_shards", "plan_shards", "run_shards"]
 
 #: Upper bounds that catch a typo (an extra zero too many) before it becomes an hours-long run or
-#: a shard plan that fills the memory: ten million images per prompt, batches of 65,536, 10,000
-#: denoising steps.
-MAX_PER_PROMPT = 10_000_000
+#: a shard plan that fills the memory: batches of 65,536 and 10,000 denoising steps (images per
+#: prompt are capped at :data:`~medfair_audit._validate.MAX_COUNT`, ten million).
 MAX_BATCH = 65_536
 MAX_STEPS = 10_000
 
@@ -56,20 +56,9 @@ class GenerationConfig:
     shard_size: int = 32
 
     def __post_init__(self) -> None:
-        if not 1 <= self.n_per_prompt <= MAX_PER_PROMPT:
-            raise ConfigError(
-                f"expected 1 to {MAX_PER_PROMPT:,} images per prompt, got {self.n_per_prompt:,}",
-                param="n_per_prompt",
-            )
-        if not 1 <= self.shard_size <= MAX_BATCH:
-            raise ConfigError(
-                f"expected a batch size from 1 to {MAX_BATCH:,}, got {self.shard_size:,}",
-                param="batch_size",
-            )
-        if not 1 <= self.steps <= MAX_STEPS:
-            raise ConfigError(
-                f"expected 1 to {MAX_STEPS:,} steps, got {self.steps:,}", param="steps"
-            )
+        require_count(self, 1, "n_per_prompt")
+        require_count(self, 1, "shard_size", maximum=MAX_BATCH, param="batch_size")
+        require_count(self, 1, "steps", maximum=MAX_STEPS)
         if not (math.isfinite(self.guidance) and 0 <= self.guidance <= 100):
             raise ConfigError(
                 f"expected a guidance scale from 0 to 100, got {self.guidance}", param="guidance"
