@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -42,6 +42,27 @@ AllowOutsideRoot = Annotated[
         "metadata table, symlinks leading out); refused by default.",
     ),
 ]
+Classifiers = Annotated[
+    list[str],
+    typer.Option(
+        "--classifier",
+        help="Subgroup classifier folder. Several attributes: repeat it as ATTRIBUTE=FOLDER "
+        "(--classifier sex=models/sex --classifier age_band=models/age), or give one joint "
+        "classifier's folder; the target must then be joint over the same attributes.",
+    ),
+]
+
+
+def classifiers_and_target(classifiers: list[str], target: str) -> tuple[Any, Any]:
+    """The classifier folder (or attribute → folder) and the target read for them."""
+    from medfair_audit.attributes import parse_classifier_specs
+    from medfair_audit.target import parse_target
+
+    spec = parse_classifier_specs(classifiers)
+    attrs = list(spec) if isinstance(spec, dict) else "sex"
+    return spec, parse_target(target, attribute=attrs)
+
+
 Device = Annotated[
     str,
     typer.Option(

@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
-from medfair_audit.target import parse_target
-
 from ._common import (
     AllowOutsideRoot,
+    Classifiers,
     Device,
     Dtype,
+    classifiers_and_target,
     out_console,
     placement,
     progress_bar,
@@ -25,9 +25,13 @@ def audit(
     checkpoint: Annotated[
         Path, typer.Argument(metavar="CKPT", help="Diffusers text-to-image pipeline folder.")
     ],
-    classifier: Annotated[Path, typer.Option(help="Subgroup classifier folder.")],
+    classifier: Classifiers,
     target: Annotated[
-        str, typer.Option(help="target.json or inline proportions, e.g. male=0.58,female=0.42.")
+        str,
+        typer.Option(
+            help="target.json or inline proportions, e.g. male=0.58,female=0.42 (joint cells: "
+            "female/<40=0.1,...; see medfair data target)."
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
     prompts: Annotated[
@@ -113,6 +117,13 @@ def audit(
             show_default=False,
         ),
     ] = None,
+    min_cell_n: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Several attributes: joint cells with fewer images are flagged with a warning.",
+        ),
+    ] = 20,
     batch_invariant: Annotated[
         bool,
         typer.Option(
@@ -141,11 +152,17 @@ def audit(
         medfair audit models/t2medi --classifier models/sex-classifier --target target.json
         --prompt "Axial FLAIR MRI of the brain showing a glioma." --n-per-prompt 256
         --reference data/target_set --out reports/audit
+
+    Several attributes (marginals, joint cells with Holm-adjusted tests, a heatmap):
+
+        medfair audit models/t2medi --classifier sex=models/sex --classifier age_band=models/age
+        --target joint-target.json --prompts prompts.txt --out reports/audit-joint
     """
     from medfair_audit import AuditConfig, GenerationConfig, run_audit
     from medfair_audit.models.pipelines import Speed
 
     texts = prompt_texts(prompts, prompt)
+    classifier_spec, target_value = classifiers_and_target(classifier, target)
     config = AuditConfig(
         placement=placement(device, dtype),
         speed=Speed(
@@ -157,9 +174,10 @@ def audit(
         overlap=overlap,
         batch_invariant=batch_invariant,
         checkpoint=checkpoint,
-        classifier=classifier,
+        classifier=classifier_spec,
         prompts=texts,
-        target=parse_target(target),
+        target=target_value,
+        min_cell_n=min_cell_n,
         out=out,
         reference=reference,
         reference_split=reference_split,

@@ -46,6 +46,24 @@ def phantom(
     male_fraction: Annotated[
         float, typer.Option(help="Share of male subjects, e.g. 0.85 for a skewed corpus.")
     ] = 0.5,
+    joint: Annotated[
+        str | None,
+        typer.Option(
+            help="Sex × age band cell shares instead of --male-fraction, e.g. "
+            "'female/<40=0.05,female/40-59=0.1,female/60+=0.05,male/<40=0.2,...' (left out: 0)."
+        ),
+    ] = None,
+    age_bands: Annotated[
+        str, typer.Option(help="Edges of the age_band column in years (<40, 40-59, 60+).")
+    ] = "40,60",
+    age_effect_scale: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Multiplier of the age effects on anatomy (1 = literature values; larger makes "
+            "the age band easier to read from an image).",
+        ),
+    ] = 1.0,
     tumour_rate: Annotated[float, typer.Option(help="Share of images with a glioma.")] = 0.7,
     splits: Annotated[
         str, typer.Option(help="Split fractions, NAME=FRACTION pairs summing to 1.")
@@ -69,8 +87,9 @@ def phantom(
 ) -> None:
     """Build synthetic axial brain-MR slices from the MNI152 template that nilearn ships.
 
-    Writes OUT/images/*.png, OUT/metadata.csv (file, subject, sex, age, tumour, sequence,
-    caption, split, ...) and OUT/dataset.json. Same seed and options give identical files.
+    Writes OUT/images/*.png, OUT/metadata.csv (file, subject, sex, age, age_band, tumour,
+    sequence, caption, split, ...) and OUT/dataset.json. Same seed and options give identical
+    files.
 
     For example:
         medfair data phantom --out data/corpus --n 2000 --male-fraction 0.85 --seed 0
@@ -80,12 +99,14 @@ def phantom(
         seed=seed,
         size=size,
         male_fraction=male_fraction,
+        joint=joint,
+        age_bands=age_bands,
         tumour_rate=tumour_rate,
         splits=splits,
         sequences=split_list(sequences) or [],
         bit_depth=bit_depth,
         caption_sex_rate=caption_sex_rate,
-        anatomy=AnatomyModel(effect_scale=effect_scale),
+        anatomy=AnatomyModel(effect_scale=effect_scale, age_effect_scale=age_effect_scale),
     )
     with progress_bar() as callback:
         result = build_phantom(out, config, overwrite=overwrite, progress=callback)
@@ -101,7 +122,13 @@ def target(
     labels: Annotated[
         Path | None, typer.Option(help="CSV with one row per labelled image or subject.")
     ] = None,
-    column: Annotated[str, typer.Option(help="Column of --labels holding the groups.")] = "sex",
+    column: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Column of --labels holding the groups (default sex). Repeat it for a joint "
+            "target over several attributes: --column sex --column age_band."
+        ),
+    ] = None,
     split: Annotated[
         str | None, typer.Option(help="Count only rows whose 'split' column equals this.")
     ] = None,
@@ -130,25 +157,37 @@ def target(
         medfair data target --labels data/brats_like/metadata.csv --column sex --out target.json
 
         medfair data target --target male=0.58,female=0.42 --out target.json
+
+    Several columns give a joint target over their cells (female/<40, ..., with the marginals):
+        medfair data target --labels data/brats/metadata.csv --column sex --column age_band
+        --out target.json
+    Inline joint cells name the attributes with --column (cells left out get 0):
+        medfair data target --column sex --column age_band
+        --target 'female/<40=0.1,female/40-59=0.2,...' --out target.json
     """
+    columns = column or ["sex"]
     if (labels is None) == (target_spec is None):
         raise ConfigError(
             "give exactly one of --labels CSV or --target GROUP=P,...", param="labels"
         )
     if labels is not None:
+        if groups and len(columns) > 1:
+            raise ConfigError("--groups applies to a single --column", param="groups")
         result = target_from_labels(
             labels,
-            column=column,
+            column=columns if len(columns) > 1 else columns[0],
             groups=split_list(groups),
             where={"split": split} if split else None,
             name=name,
         )
     else:
-        result = parse_target(target_spec, attribute=column)
+        result = parse_target(target_spec, attribute=columns if len(columns) > 1 else columns[0])
         if name:
             result = dataclasses.replace(result, name=name)
     result.save(out, overwrite=overwrite)
     shares = ", ".join(f"{g}={p:.4f}" for g, p in result.proportions.items())
+    if result.zero_cells:
+        shares += f" ({len(result.zero_cells)} cells with no mass: {', '.join(result.zero_cells)})"
     out_console.print(
         f"wrote {out}: {result.attribute} {shares}"
         + (f" (n={result.n})" if result.n else "")
@@ -159,7 +198,13 @@ def target(
 @app.command("import-brats")
 def import_brats(
     root: Annotated[Path, typer.Option(help="Folder with HGG/ and LGG/ subject folders.")],
-    sex_csv: Annotated[Path, typer.Option(help="CSV mapping subject → sex (M/F or male/female).")],
+    sex_csv: Annotated[
+        Path,
+        typer.Option(
+            help="CSV mapping subject → sex (M/F or Male/Female, any case); its other columns "
+            "(e.g. Age, kept with an age_band) are kept."
+        ),
+    ],
     out: OutDir,
     sequence: Annotated[str, typer.Option(help="flair, t1, t1ce or t2.")] = "flair",
     slices: Annotated[
@@ -167,13 +212,22 @@ def import_brats(
     ] = "brain",
     slices_per_subject: Annotated[int, typer.Option(min=1)] = 10,
     band: Annotated[int, typer.Option(min=0, help="Tumour band half-width in slices.")] = 5,
-    subject_column: Annotated[str, typer.Option()] = "subject",
-    sex_column: Annotated[str, typer.Option()] = "sex",
+    subject_column: Annotated[
+        str, typer.Option(help="Subject ID column of --sex-csv (any case).")
+    ] = "subject",
+    sex_column: Annotated[str, typer.Option(help="Sex column of --sex-csv (any case).")] = "sex",
+    age_bands: Annotated[
+        str, typer.Option(help="Edges of the age_band column made from an Age column, in years.")
+    ] = "40,60",
     size: Annotated[int, typer.Option(min=8, help="Output side in pixels.")] = 64,
     overwrite: Overwrite = False,
     allow_outside_root: AllowOutsideRoot = False,
 ) -> None:
     """Turn BraTS18 NIfTI volumes plus a sex table into an image folder medfair reads.
+
+    The grade (HGG/LGG) comes from the folder; an Age column also gives an age_band column
+    (<40, 40-59, 60+ by default), so `medfair data target --column sex --column age_band` works
+    on the result as it is.
 
     For example:
         medfair data import-brats --root MICCAI_BraTS_2018 --sex-csv sex.csv --out data/brats
@@ -190,6 +244,7 @@ def import_brats(
         sex_column=sex_column,
         size=size,
         allow_outside_root=allow_outside_root,
+        age_bands=age_bands,
     )
     with progress_bar() as callback:
         export_image_folder(dataset, out, overwrite=overwrite, progress=callback)

@@ -8,11 +8,12 @@ from typing import Annotated
 import typer
 
 from medfair_audit.exceptions import ConfigError
-from medfair_audit.target import parse_target
 
 from ._common import (
+    Classifiers,
     Device,
     Dtype,
+    classifiers_and_target,
     out_console,
     placement,
     progress_bar,
@@ -21,11 +22,22 @@ from ._common import (
 )
 
 
+def _weights(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(w) for w in text.split(",") if w.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"expected comma-separated numbers such as 1,0.5, got '{text}'", param="align_weights"
+        ) from None
+
+
 def remediate(
     checkpoint: Annotated[
         Path, typer.Argument(metavar="CKPT", help="Diffusers text-to-image pipeline folder.")
     ],
-    classifier: Annotated[Path, typer.Option(help="Subgroup classifier folder (frozen).")],
+    classifier: Classifiers,
     target: Annotated[
         str, typer.Option(help="target.json or inline proportions, e.g. male=0.58,female=0.42.")
     ],
@@ -76,6 +88,17 @@ def remediate(
     loss: Annotated[
         str, typer.Option(help="kl (paper: KL(target‖batch mean)) or ot (Shen et al.).")
     ] = "kl",
+    align: Annotated[
+        str,
+        typer.Option(
+            help="Several attributes: joint (one loss over the joint cells) or marginals (one "
+            "loss per attribute, summed with --align-weights)."
+        ),
+    ] = "joint",
+    align_weights: Annotated[
+        str | None,
+        typer.Option(help="With --align marginals: weights per attribute, e.g. 1,0.5."),
+    ] = None,
     align_to: Annotated[
         str,
         typer.Option(
@@ -156,6 +179,12 @@ def remediate(
 
         medfair remediate models/t2medi --classifier models/sex-classifier
         --target data/target.json --prompts prompts.txt --out models/t2medi-fair
+
+    Several attributes (a joint target; --align joint or marginals):
+
+        medfair remediate models/t2medi --classifier sex=models/sex --classifier
+        age_band=models/age --target joint-target.json --align joint --prompts prompts.txt
+        --out models/t2medi-fair
     """
     from medfair_audit.remediation import RemediationConfig, parse_encoder_spec
     from medfair_audit.remediation import remediate as run
@@ -178,6 +207,8 @@ def remediate(
         lora_on=lora_on,
         full=full,
         loss=loss,
+        align=align,
+        align_weights=_weights(align_weights),
         align_to=align_to,
         ot_max_uncertainty=ot_max_uncertainty,
         changed_weight=changed_weight,
@@ -188,7 +219,7 @@ def remediate(
         audit_images=audit_images,
         until_kl=until_kl,
     )
-    tgt = parse_target(target)
+    classifier_spec, tgt = classifiers_and_target(classifier, target)
     encoders = [parse_encoder_spec(spec) for spec in image_encoder or ()]
     for path, _ in encoders:
         if not path.is_dir():
@@ -196,7 +227,7 @@ def remediate(
     with quiet_libraries(), progress_bar() as callback:
         result = run(
             checkpoint,
-            classifier=classifier,
+            classifier=classifier_spec,
             target=tgt,
             prompts=texts,
             out=out,

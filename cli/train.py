@@ -172,7 +172,13 @@ def t2i(
 def classifier(
     data: Data,
     out: Annotated[Path, typer.Option("--out", "-o", help="Classifier folder to write.")],
-    attribute: Annotated[str, typer.Option(help="metadata.csv column to predict.")] = "sex",
+    attribute: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="metadata.csv column to predict (default sex), e.g. age_band. Repeat it for one "
+            "joint classifier over the columns' cells (--attribute sex --attribute age_band)."
+        ),
+    ] = None,
     groups: Annotated[
         str | None, typer.Option(help="Known groups, comma-separated (default: those found).")
     ] = None,
@@ -204,6 +210,10 @@ def classifier(
     For example:
 
         medfair train classifier --data data/target_set --attribute sex --out models/sex-clf
+
+    One classifier per attribute for a several-attribute audit:
+
+        medfair train classifier --data data/target_set --attribute age_band --out models/age-clf
     """
     from medfair_audit.models.classifier import ClassifierConfig, train_classifier
 
@@ -227,7 +237,7 @@ def classifier(
             data,
             out,
             config,
-            attribute=attribute,
+            attribute=attribute or ["sex"],
             groups=split_list(groups),
             splits=tuple(split_list(splits) or ()),
             overwrite=overwrite,
@@ -236,15 +246,16 @@ def classifier(
             progress=callback,
         )
     ev = result.evaluation
+    auc = "–" if ev["roc_auc"] is None else f"{ev['roc_auc']:.3f}"
     out_console.print(
         f"wrote {result.path}: test balanced accuracy {ev['balanced_accuracy']:.3f}, "
-        f"ROC AUC {ev['roc_auc']:.3f}, ECE {ev['ece']:.3f} (n={ev['n']}) "
+        f"ROC AUC {auc}, ECE {ev['ece']:.3f} (n={ev['n']}) "
         f"in {result.seconds:.0f} s"
     )
-    positive = ev.get("positive_group", "-")
+    positive = ev.get("positive_group")
     table = Table(
         title="per-subgroup metrics (test split)",
-        caption=f"rates treat '{positive}' as the positive class",
+        caption=f"rates treat '{positive}' as the positive class" if positive else None,
     )
     metrics = ["count", "accuracy", "selection_rate", "false_positive_rate", "false_negative_rate"]
     table.add_column("subgroup")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,9 +47,13 @@ class AuditConfig:
 
     Args:
         checkpoint: Diffusers text-to-image pipeline folder.
-        classifier: Subgroup classifier folder (``medfair train classifier``).
+        classifier: Subgroup classifier folder (``medfair train classifier``), or attribute →
+            folder for several attributes (``{"sex": ..., "age_band": ...}``: marginals and
+            joint cells, see :mod:`medfair_audit.models.attributes`). A joint classifier's folder
+            alone also audits several attributes.
         prompts: Prompts to audit.
-        target: Target proportions; its groups must be the classifier's.
+        target: Target proportions; its groups must be the classifier's (for several
+            attributes, a joint target over the same attributes in the same order).
         out: Output folder (``audit.json``, ``audit.html``, ``images.csv``, grids, shards).
         generation: Images per prompt, seed, steps, guidance, batch (shard) size.
         reference: Image folder of real images with the attribute column, for FID/KID.
@@ -62,6 +66,8 @@ class AuditConfig:
         smoothing: ε of KL/JS smoothing (stated in the report).
         half_width: Interval half-width for the sample-size estimate.
         min_group_n: Below this many images a group's full-n FID carries a warning.
+        min_cell_n: Several attributes: a joint cell with fewer images classified into it is
+            reported with its n and a warning (its interval is wide; it is never hidden).
         quality_draws: Subsamples per size for FID/KID at equal n.
         trust_pickle: Allow pickle weights.
         save_images: Also write every generated image as PNG.
@@ -80,7 +86,7 @@ class AuditConfig:
     """
 
     checkpoint: Path
-    classifier: Path
+    classifier: Path | Mapping[str, Path]
     prompts: Sequence[str]
     target: Target
     out: Path
@@ -94,6 +100,7 @@ class AuditConfig:
     smoothing: float = DEFAULT_SMOOTHING
     half_width: float = 0.05
     min_group_n: int = 50
+    min_cell_n: int = 20
     quality_draws: int = 20
     trust_pickle: bool = False
     save_images: bool = False
@@ -107,6 +114,17 @@ class AuditConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "prompts", tuple(self.prompts))
         object.__setattr__(self, "out", Path(self.out))
+        if isinstance(self.classifier, Mapping):
+            if not self.classifier:
+                raise ConfigError("expected at least one classifier", param="classifier")
+            specs = {str(k): Path(v) for k, v in self.classifier.items()}
+            object.__setattr__(
+                self, "classifier", specs if len(specs) > 1 else next(iter(specs.values()))
+            )
+        else:
+            object.__setattr__(self, "classifier", Path(self.classifier))
+        if self.min_cell_n < 0:
+            raise ConfigError(f"expected min_cell_n ≥ 0, got {self.min_cell_n}", param="min_cell_n")
         if self.out.exists() and not self.out.is_dir():
             raise DataError(f"'{self.out}' is a file; expected a folder to write", param="out")
         if not self.prompts or any(not p.strip() for p in self.prompts):

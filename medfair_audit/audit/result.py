@@ -189,6 +189,21 @@ class AuditResult:
             lines.append(
                 f"on-target test (null: labels follow target·C): p {sign} {chi['p_value']:.3g}"
             )
+        joint = d.get("joint")
+        if joint:
+            r = joint["reading"]
+            for attr, sect in d["attributes"].items():
+                shares = ", ".join(
+                    f"{g} {_share_text(sect['proportions'][r][g])} (target {sect['target'][g]:.1%})"
+                    for g in sect["levels"]
+                )
+                lines.append(f"{attr}: {shares}")
+            rejected = joint["holm"]["rejected"]
+            lines.append(
+                f"joint cells: share = target rejected (Holm, α = {joint['holm']['alpha']:g}) for "
+                f"{len(rejected)} of {len(joint['cells'])}"
+                + (f": {', '.join(rejected)}" if rejected else "")
+            )
         worst = d.get("dispersion", {}).get("worst_prompt")
         if worst and len(d["by_prompt"]) > 1:
             lines.append(

@@ -26,20 +26,23 @@ import pandas as pd
 import torch
 
 from .._io import folder_sha256, run_lock
+from ..attributes import cell_name
 from ..data.datasets import ImageFolderDataset
 from ..exceptions import ConfigError, DataError
 from ..generation.engine import iter_shards, run_shards
 from ..metrics.accumulators import ShardAggregate
-from ..metrics.estimates import READINGS, HeldOut, estimate_shares, headline_reading
+from ..metrics.estimates import READINGS, estimate_shares, headline_reading
 from ..metrics.frame import dispersion, summarise
 from ..metrics.functional import wilson_interval
 from ..models._common import load_images
-from ..models.classifier import SubgroupClassifier
+from ..models.attributes import ClassifierSet
+from ..models.attributes import classifier_sha256 as classifier_sha256_of
 from ..models.features import get_extractor
 from ..models.pipelines import generate, load_pipeline, pipeline_info
 from ..progress import ProgressCallback, report
 from ..reporting import image_grid_png
 from .config import AuditConfig
+from .joint import joint_sections
 from .quality import quality_by_group
 from .result import AUDIT_SCHEMA_VERSION, AuditResult
 
@@ -180,39 +183,44 @@ def run_audit(
         return _run(config, state, progress)
 
 
+def _ref_labels(ref: ImageFolderDataset, cset: ClassifierSet) -> list[str]:
+    """Each reference image's group: its level, or its joint cell for several attributes."""
+    if not cset.multi:
+        return list(ref.labels(cset.attribute))
+    columns = [ref.labels(a) for a in cset.attributes]
+    return [cell_name(t) for t in zip(*columns, strict=True)]
+
+
 def _run(cfg: AuditConfig, state: Any, progress: ProgressCallback | None) -> AuditResult | None:
     _prepare_out(cfg, state)
-    clf = SubgroupClassifier.load(cfg.classifier, trust_pickle=cfg.trust_pickle)
-    groups = list(clf.groups)
-    if set(cfg.target.groups) != set(groups):
-        raise ConfigError(
-            f"the target's groups {list(cfg.target.groups)} differ from the classifier's {groups}",
-            param="target",
-        )
-    if clf.evaluation is None:
-        raise ConfigError(
-            f"'{cfg.classifier}' has no evaluation.json (held-out outputs or confusion matrix)",
-            param="classifier",
-        )
-    heldout = HeldOut.from_evaluation(clf.evaluation, groups)
+    cset = ClassifierSet.load(cfg.classifier, trust_pickle=cfg.trust_pickle)
+    clf = cset.primary
+    groups = cset.groups
+    cset.check_target(cfg.target)
+    heldout = cset.heldout()
     named = _named_groups(cfg.prompts, groups) if cfg.mode == "conditional" else None
+    if named is not None and cset.multi:
+        raise ConfigError(
+            "conditional mode reads one attribute; audit several attributes in marginal mode",
+            param="mode",
+        )
     ref = None
     if cfg.reference is not None:
         ref = ImageFolderDataset(
             cfg.reference,
-            require=(clf.attribute,),
+            require=cset.attributes,
             split=cfg.reference_split,
             size=None,
             param="reference",
             allow_outside_root=cfg.allow_outside_root,
         )
-        unknown = sorted(set(ref.labels(clf.attribute)) - set(groups))
+        unknown = sorted(set(_ref_labels(ref, cset)) - set(groups))
         if unknown:
             raise DataError(
                 f"reference labels outside the classifier's groups {groups}: {unknown}",
                 param="reference",
             )
-    clf.to(cfg.placement.device)
+    cset.to(cfg.placement.device)
     pipe = load_pipeline(cfg.checkpoint, trust_pickle=cfg.trust_pickle, placement=cfg.placement)
     info = pipeline_info(pipe)
     cfg.speed.apply(pipe)
@@ -223,12 +231,13 @@ def _run(cfg: AuditConfig, state: Any, progress: ProgressCallback | None) -> Aud
     if ref is not None and state.is_main_process:  # first: a bad image fails before generating
         ref_images = load_images(ref, progress=progress, stage="reference")
         ref_feats = extractor(ref_images).numpy()
-        ref_labels = np.array([groups.index(v) for v in ref.labels(clf.attribute)])
+        ref_labels = np.array([groups.index(v) for v in _ref_labels(ref, cset)])
         del ref_images
     target = np.array(cfg.target.vector(groups))
+    classifier_sha256, classifiers_sha256 = classifier_sha256_of(cfg.classifier)
     settings = {
         "checkpoint_sha256": folder_sha256(cfg.checkpoint),
-        "classifier_sha256": folder_sha256(cfg.classifier),
+        "classifier_sha256": classifier_sha256,
         "features": extractor.name,
         # shards from another dtype are redrawn; another device of the same dtype agrees within
         # kernel tolerance, so a run may resume elsewhere
@@ -247,7 +256,7 @@ def _run(cfg: AuditConfig, state: Any, progress: ProgressCallback | None) -> Aud
         return analyse_batch(images)
 
     def analyse_batch(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return clf.predict_proba(images), extractor(images)
+        return cset.predict_proba(images), extractor(images)
 
     def draw(prompt: str, seeds: list[int]) -> torch.Tensor:
         gen = cfg.generation
@@ -273,11 +282,13 @@ def _run(cfg: AuditConfig, state: Any, progress: ProgressCallback | None) -> Aud
     if not state.is_main_process:
         return None
 
-    agg = ShardAggregate(len(groups))
+    agg = ShardAggregate(len(groups), to_groups=cset.joint if cset.multi else None)
     for shard in iter_shards(shard_dir, plan):
         agg.add(shard)
     data = agg.finish()
-    probs, pred = data["probs"], data["probs"].argmax(1)
+    stored = data["probs"]  # several attributes: each classifier's outputs side by side
+    probs = cset.joint(stored) if cset.multi else stored
+    pred = probs.argmax(1)
     kw = {
         "heldout": heldout,
         "n_boot": cfg.n_boot,
@@ -348,6 +359,19 @@ def _run(cfg: AuditConfig, state: Any, progress: ProgressCallback | None) -> Aud
     for g, n_g in overall["counts"].items():
         if n_g == 0:
             warnings.append(f"no generated image was classified '{g}'")
+    attributes = joint = None
+    if cset.multi:
+        attributes, joint, more = joint_sections(
+            cset,
+            stored,
+            cfg.target,
+            overall,
+            reading=reading,
+            min_cell_n=cfg.min_cell_n,
+            **kw,
+            seed=cfg.generation.seed,
+        )
+        warnings += more
     report(progress, "statistics", len(cfg.prompts) + 1, len(cfg.prompts) + 1)
     per_prompt_needed = [p.get("sample_size", {}).get("needed") for p in by_prompt]
     overall_size = overall.pop("sample_size", {})
@@ -369,7 +393,7 @@ def _run(cfg: AuditConfig, state: Any, progress: ProgressCallback | None) -> Aud
     doc = {
         "schema_version": AUDIT_SCHEMA_VERSION,
         "mode": cfg.mode,
-        "attribute": clf.attribute,
+        "attribute": cset.attribute,
         "groups": groups,
         "target": dict(zip(groups, map(float, target), strict=True)),
         "target_name": cfg.target.name,
@@ -385,13 +409,26 @@ def _run(cfg: AuditConfig, state: Any, progress: ProgressCallback | None) -> Aud
         "dispersion": spread,
         "quality": quality,
         "by_prompt": by_prompt,
+        **({"attributes": attributes, "joint": joint} if cset.multi else {}),
         "warnings": warnings,
-        "classifier": {"path": str(cfg.classifier), "evaluation": clf.evaluation},
+        "classifier": {"path": str(cfg.classifier), "evaluation": clf.evaluation}
+        if not cset.multi
+        else {
+            "path": str(cfg.classifier),
+            "evaluation": clf.evaluation,
+            "by_attribute": {
+                a: {"path": str(p), "evaluation": m.evaluation}
+                for a, p, m in zip(cset.attributes, cset.paths, cset.members, strict=False)
+            },
+        },
         "config": {
             "checkpoint": str(cfg.checkpoint),
             "checkpoint_sha256": settings["checkpoint_sha256"],
-            "classifier": str(cfg.classifier),
+            "classifier": str(cfg.classifier)
+            if not isinstance(cfg.classifier, dict)
+            else {a: str(p) for a, p in cfg.classifier.items()},
             "classifier_sha256": settings["classifier_sha256"],
+            **({"classifiers_sha256": classifiers_sha256} if classifiers_sha256 else {}),
             "prompts": list(cfg.prompts),
             "n_per_prompt": gen.n_per_prompt,
             "seed": gen.seed,
@@ -424,6 +461,12 @@ def _run(cfg: AuditConfig, state: Any, progress: ProgressCallback | None) -> Aud
             "predicted": [groups[j] for j in pred],
         }
     )
+    if cset.multi:  # each attribute's own reading beside the joint one
+        for a, levels in cset.levels.items():
+            marg = cset.marginal(stored, a)
+            for j, level in enumerate(levels):
+                table[f"p_{a}={level}"] = marg[:, j]
+            table[f"predicted_{a}"] = [levels[j] for j in marg.argmax(1)]
     grids = {g: image_grid_png(data["images"][j]) for j, g in enumerate(groups)}
     table["file"] = ""
     if cfg.save_images:

@@ -6,7 +6,12 @@ Layout (as distributed for the BraTS 2018 challenge)::
     <root>/LGG/<subject>/...
 
 BraTS ships no sex labels: the user supplies a CSV mapping subject → sex (e.g. from the TCIA
-clinical tables). Values ``M``/``male``/``F``/``female`` (any case) are understood.
+clinical tables). Values ``M``/``Male``/``F``/``Female`` (any case) are understood; column names
+are matched without regard to case (``Subject``, ``Sex``). Every other column of the table is kept
+in the metadata (a column that clashes with one medfair writes gets a ``table_`` prefix); an
+``Age`` column (any case) becomes ``age`` plus an ``age_band`` column (default bands ``<40``,
+``40-59``, ``60+``), so a sex × age band target needs no renaming. The grade (``HGG``/``LGG``)
+comes from the folder.
 
 Slices are taken along the volume's superior-inferior axis after reorienting to RAS, intensities are
 normalised per volume by percentiles of the brain voxels (BraTS volumes are skull-stripped, so
@@ -23,7 +28,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..exceptions import MSG_NOT_A_DIR, MSG_UNKNOWN_GROUPS, ConfigError, DataError
+from ..attributes import AGE_BAND_EDGES, age_band, normalise_sex, parse_age_bands
+from ..exceptions import (
+    MSG_MISSING_COLUMN,
+    MSG_NOT_A_DIR,
+    MSG_UNKNOWN_GROUPS,
+    ConfigError,
+    DataError,
+)
 from ..target import read_label_table
 from ._imageio import to_model_tensor
 from .datasets import ImageDataset, check_inside
@@ -32,12 +44,59 @@ from .phantom import SEQUENCE_NAMES
 __all__ = ["BRATS_GRADES", "BratsDataset", "normalise_sex"]
 
 BRATS_GRADES = ("HGG", "LGG")
-SEX_ALIASES = {"m": "male", "male": "male", "f": "female", "female": "female"}
+#: Columns the importer writes itself; a user column of the same name gets a ``table_`` prefix.
+OWN_COLUMNS = ("file", "subject", "grade", "sex", "sequence", "slice_index", "tumour", "caption")
 
 
-def normalise_sex(value: str) -> str | None:
-    """Map ``M``/``male``/``F``/``female`` (any case, padded) to ``male``/``female``; else None."""
-    return SEX_ALIASES.get(str(value).strip().lower())
+def _column(table: pd.DataFrame, name: str, path: object, param: str) -> str:
+    """The column of ``table`` called ``name``, matched exactly or else without regard to case."""
+    if name in table.columns:
+        return name
+    hits = [c for c in table.columns if str(c).strip().lower() == name.strip().lower()]
+    if len(hits) == 1:
+        return hits[0]
+    raise DataError(
+        MSG_MISSING_COLUMN.format(
+            path=path, column=name, found=", ".join(map(str, table.columns)) or "none"
+        ),
+        param=param,
+    )
+
+
+def _extra_columns(
+    table: pd.DataFrame, used: Sequence[str], edges: Sequence[int], path: object
+) -> dict[str, dict[str, str]]:
+    """Subject → the table's other columns (``age`` also as ``age_band``), by subject row."""
+    out: dict[str, str] = {}
+    for col in table.columns:
+        if col in used:
+            continue
+        name = str(col).strip()
+        if name.lower() == "age":
+            out[col] = "age"
+        elif name in OWN_COLUMNS or name in ("age", "age_band"):
+            out[col] = f"table_{name}"
+        else:
+            out[col] = name
+    rows: dict[str, dict[str, str]] = {}
+    for _, rec in table.iterrows():
+        row = {new: str(rec[old]).strip() for old, new in out.items()}
+        if "age" in row:
+            raw = row["age"]
+            if raw == "":
+                row["age_band"] = ""
+            else:
+                try:
+                    age = float(raw)
+                    if not 0 <= age <= 130:
+                        raise ValueError
+                except ValueError:
+                    raise DataError(
+                        f"'{path}': age must be a number of years, got '{raw}'", param="sex_csv"
+                    ) from None
+                row["age_band"] = age_band(age, edges)
+        rows[str(rec[used[0]]).strip()] = row
+    return rows
 
 
 def _load_volume(path: Path, *, param: str) -> np.ndarray:
@@ -85,6 +144,7 @@ class BratsDataset(ImageDataset):
         param: Argument name used in error messages.
         allow_outside_root: Read subject folders or volumes that symlinks place outside
             ``root``.
+        age_bands: Edges of the ``age_band`` column made from an ``Age`` column.
 
     Attributes:
         skipped: Subjects found on disk but absent from ``sex_csv``.
@@ -110,6 +170,7 @@ class BratsDataset(ImageDataset):
         channels: int = 1,
         param: str = "root",
         allow_outside_root: bool = False,
+        age_bands: Sequence[int] | str = AGE_BAND_EDGES,
     ) -> None:
         super().__init__(size=size, channels=channels, param=param)
         if sequence not in SEQUENCE_NAMES:
@@ -138,7 +199,11 @@ class BratsDataset(ImageDataset):
                 f"no subject folders under '{root}/HGG' or '{root}/LGG' (BraTS18 layout expected)",
                 param=param,
             )
-        table = read_label_table(sex_csv, [subject_column, sex_column], param="sex_csv")
+        edges = parse_age_bands(age_bands)
+        table = read_label_table(sex_csv, [], param="sex_csv")
+        subject_column = _column(table, subject_column, sex_csv, "sex_csv")
+        sex_column = _column(table, sex_column, sex_csv, "sex_csv")
+        extra = _extra_columns(table, [subject_column, sex_column], edges, sex_csv)
         sex_of: dict[str, str] = {}
         bad = []
         for sid, raw in zip(table[subject_column], table[sex_column], strict=True):
@@ -219,6 +284,7 @@ class BratsDataset(ImageDataset):
                         "slice_index": z,
                         "tumour": tumour,
                         "caption": caption,
+                        **extra.get(sid, {}),
                     }
                 )
         self.metadata = pd.DataFrame(rows)

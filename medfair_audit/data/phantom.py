@@ -42,6 +42,16 @@ from scipy import ndimage
 
 from .._io import atomic_write_json, atomic_write_text, building_dir
 from .._validate import require_count
+from ..attributes import (
+    AGE_BAND_EDGES,
+    age_band,
+    age_band_labels,
+    age_band_range,
+    cell_name,
+    cells,
+    parse_age_bands,
+    split_cell,
+)
 from ..exceptions import ConfigError
 from ..progress import ProgressCallback, report
 from ._imageio import png_bytes
@@ -78,6 +88,7 @@ METADATA_COLUMNS = (
     "subject",
     "sex",
     "age",
+    "age_band",
     "tumour",
     "sequence",
     "caption",
@@ -113,6 +124,9 @@ class AnatomyModel:
       tissue. Women have a higher proportion of grey matter and men of white matter (Gur et al.
       1999, J. Neurosci. 19:4065; Ritchie et al. 2018); grey matter declines with age.
 
+    ``age_effect_scale`` multiplies the two age effects (1 = the values above; larger values make
+    the age band easier to read from an image, for two-attribute experiments).
+
     ``effect_scale`` multiplies the three male-female differences (1 = the values above). The
     default is 2.0: at the literature's effect sizes a logistic regression on 64-px phantom pixels
     reaches only about 0.68 balanced accuracy, because slice position, pose and contrast hide the
@@ -135,9 +149,20 @@ class AnatomyModel:
     age_mean: float = 55.0
     age_sd: float = 14.0
     effect_scale: float = 2.0
+    age_effect_scale: float = 1.0
 
-    def draw(self, rng: np.random.Generator, sex: str) -> dict[str, float]:
-        """Draw age and the three anatomy parameters of one subject of ``sex``."""
+    def draw(
+        self,
+        rng: np.random.Generator,
+        sex: str,
+        age_range: tuple[float, float] | None = None,
+    ) -> dict[str, float]:
+        """Draw age and the three anatomy parameters of one subject of ``sex``.
+
+        ``age_range`` (``[low, high)`` in years) restricts the age to an age band: the normal
+        draw is mapped to the same quantile of the normal truncated to the band, so the same
+        random numbers are used either way.
+        """
         male = sex == "male"
 
         def mean(m: float, f: float) -> float:
@@ -145,7 +170,9 @@ class AnatomyModel:
             return mid + self.effect_scale * ((m if male else f) - mid)
 
         age = float(np.clip(rng.normal(self.age_mean, self.age_sd), 18, 90))
-        years = age - 50.0
+        if age_range is not None:
+            age = self._in_band(age, age_range)
+        years = (age - 50.0) * self.age_effect_scale
         head = float(
             np.exp(
                 rng.normal(
@@ -161,6 +188,19 @@ class AnatomyModel:
         gm = rng.normal(mean(self.gm_shift_male, self.gm_shift_female), self.gm_shift_sd)
         gm = float(gm + self.gm_shift_per_year * years)
         return {"age": round(age), "head_scale": head, "ventricle_gain": vent, "gm_shift": gm}
+
+    def _in_band(self, age: float, age_range: tuple[float, float]) -> float:
+        """``age``'s quantile of N(mean, sd) mapped into the band (after rounding to years)."""
+        from scipy import stats
+
+        # Rounded ages must stay in the band: [low - 0.5, high - 0.5), within 18-90.
+        lo = max(age_range[0], 18.0) - 0.5
+        hi = min(age_range[1], 91.0) - 0.5
+        a, b = ((lo - self.age_mean) / self.age_sd, (hi - self.age_mean) / self.age_sd)
+        u = stats.norm.cdf((age - self.age_mean) / self.age_sd)
+        lo_p, hi_p = stats.norm.cdf(a), stats.norm.cdf(b)
+        z = stats.norm.ppf(lo_p + u * (hi_p - lo_p))
+        return float(np.clip(self.age_mean + self.age_sd * z, lo, np.nextafter(hi, lo)))
 
 
 def _parse_splits(splits: Mapping[str, float] | str) -> dict[str, float]:
@@ -191,6 +231,11 @@ class PhantomConfig:
         seed: Seed of every random draw; same seed and settings give identical files.
         size: Image side in pixels (32-256, a multiple of 8).
         male_fraction: Share of male subjects (exact up to rounding).
+        age_bands: Edges of the ``age_band`` column in years (default 40, 60: ``<40``,
+            ``40-59``, ``60+``).
+        joint: Shares of the sex × age band cells instead of ``male_fraction`` (a mapping or
+            ``"female/<40=0.1,male/60+=0.3,..."``; cells left out get 0; exact up to rounding).
+            Each subject's age is then drawn within its band.
         tumour_rate: Share of images with a glioma (exact up to rounding).
         splits: Split name → fraction (``"train=0.8,val=0.1,test=0.1"`` or a mapping).
         sequences: Sequences to draw from, uniformly (subset of t1, t1ce, t2, flair).
@@ -204,6 +249,8 @@ class PhantomConfig:
     seed: int = 0
     size: int = 64
     male_fraction: float = 0.5
+    age_bands: Sequence[int] | str = AGE_BAND_EDGES
+    joint: Mapping[str, float] | str | None = None
     tumour_rate: float = 0.7
     splits: Mapping[str, float] | str = "train=0.8,val=0.1,test=0.1"
     sequences: Sequence[str] = SEQUENCES
@@ -244,8 +291,42 @@ class PhantomConfig:
         object.__setattr__(self, "sequences", tuple(dict.fromkeys(seqs)))
         if self.bit_depth not in (8, 16):
             raise ConfigError(f"expected 8 or 16, got {self.bit_depth}", param="bit_depth")
+        object.__setattr__(self, "age_bands", parse_age_bands(self.age_bands))
+        if self.joint is not None:
+            if self.male_fraction != 0.5:
+                raise ConfigError(
+                    "give either a male fraction or joint sex × age band shares, not both",
+                    param="joint",
+                )
+            object.__setattr__(self, "joint", self._parse_joint(self.joint))
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"expected at least 1 worker, got {self.workers}", param="workers")
+
+    def _parse_joint(self, joint: Mapping[str, float] | str) -> dict[str, float]:
+        from ..target import _parse_inline
+
+        raw = _parse_inline(joint, param="joint") if isinstance(joint, str) else dict(joint)
+        bands = age_band_labels(self.age_bands)
+        known = [cell_name(c) for c in cells([("female", "male"), bands])]
+        unknown = sorted(set(map(str, raw)) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"expected sex/age band cells from {', '.join(known)}, got {', '.join(unknown)}",
+                param="joint",
+            )
+        out = {c: float(raw.get(c, 0.0)) for c in known}
+        if any(not math.isfinite(v) or v < 0 for v in out.values()):
+            raise ConfigError(f"shares must be finite and ≥ 0, got {out}", param="joint")
+        if abs(sum(out.values()) - 1.0) > 1e-6:
+            raise ConfigError(
+                f"cell shares must sum to 1, got {sum(out.values()):.6g}", param="joint"
+            )
+        return out
+
+    @property
+    def age_band_names(self) -> tuple[str, ...]:
+        """Names of the age bands, youngest first."""
+        return age_band_labels(self.age_bands)
 
 
 @dataclass(frozen=True)
@@ -330,6 +411,7 @@ def render_phantom_slice(
     size: int = 64,
     anatomy: AnatomyModel | None = None,
     return_tissue: bool = False,
+    age_range: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Render one phantom slice.
 
@@ -341,6 +423,7 @@ def render_phantom_slice(
         sequence: One of :data:`SEQUENCES`.
         size: Output side in pixels.
         anatomy: Anatomy model (default :class:`AnatomyModel`).
+        age_range: Draw the age within ``[low, high)`` years (an age band).
         return_tissue: Add the warped tissue maps (``gm``, ``wm``, ``csf``, ``mask``) and the
             lesion mask (``lesion``) to the parameters, for tests and figures.
 
@@ -348,7 +431,7 @@ def render_phantom_slice(
         The image as float32 in [0, 1] of shape ``(size, size)``, and the drawn parameters.
     """
     anatomy = anatomy or AnatomyModel()
-    subj = anatomy.draw(rng, sex)
+    subj = anatomy.draw(rng, sex, age_range)
     pix = FOV_MM / size
     half = (size - 1) / 2.0
     rows, cols = np.mgrid[0:size, 0:size].astype(np.float64)
@@ -463,31 +546,63 @@ def render_phantom_slice(
 # --------------------------------------------------------------------------------------------
 
 
-def _assignments(cfg: PhantomConfig) -> tuple[list[str], list[bool], list[str], list[str]]:
-    """Sex, tumour, split and sequence of every image: exact counts, seeded permutations."""
+def _largest_remainder(n: int, shares: Sequence[float]) -> list[int]:
+    """Whole counts summing to ``n`` as close as rounding allows to ``n · shares``."""
+    counts = [math.floor(n * s) for s in shares]
+    remainders = [n * s - c for s, c in zip(shares, counts, strict=True)]
+    for i in sorted(range(len(shares)), key=lambda i: -remainders[i])[: n - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def _assignments(
+    cfg: PhantomConfig,
+) -> tuple[list[str], list[bool], list[str], list[str], list[str | None]]:
+    """Sex, tumour, split, sequence and (joint mode) age band of every image.
+
+    Exact counts, seeded permutations.
+    """
     rng = np.random.default_rng([cfg.seed, 0x5E7])
     n = cfg.n
-    n_male = round(n * cfg.male_fraction)
-    sexes = np.array(["male"] * n_male + ["female"] * (n - n_male))[rng.permutation(n)]
+    bands: list[str | None] = [None] * n
+    if cfg.joint is None:
+        n_male = round(n * cfg.male_fraction)
+        sexes = np.array(["male"] * n_male + ["female"] * (n - n_male))[rng.permutation(n)]
+    else:
+        names = list(cfg.joint)
+        counts = _largest_remainder(n, [cfg.joint[c] for c in names])
+        drawn = np.repeat(np.array(names, dtype=object), counts)[rng.permutation(n)]
+        sexes = np.array([split_cell(c)[0] for c in drawn])
+        bands = [split_cell(c)[1] for c in drawn]
     n_tum = round(n * cfg.tumour_rate)
     tumours = np.array([True] * n_tum + [False] * (n - n_tum))[rng.permutation(n)]
     names = list(cfg.splits)
-    counts = [math.floor(n * cfg.splits[s]) for s in names]
-    remainders = [n * cfg.splits[s] - c for s, c in zip(names, counts, strict=True)]
-    for i in sorted(range(len(names)), key=lambda i: -remainders[i])[: n - sum(counts)]:
-        counts[i] += 1
+    counts = _largest_remainder(n, [cfg.splits[s] for s in names])
     splits = np.repeat(names, counts)[rng.permutation(n)]
     seqs = [cfg.sequences[i] for i in rng.integers(len(cfg.sequences), size=n)]
-    return list(sexes), [bool(t) for t in tumours], [str(s) for s in splits], seqs
+    return list(sexes), [bool(t) for t in tumours], [str(s) for s in splits], seqs, bands
 
 
 def _render_one(
-    cfg: PhantomConfig, i: int, sex: str, tumour: bool, split: str, sequence: str
+    cfg: PhantomConfig,
+    i: int,
+    sex: str,
+    tumour: bool,
+    split: str,
+    sequence: str,
+    band: str | None = None,
 ) -> tuple[bytes, dict[str, Any]]:
     atlas = load_atlas(1 if cfg.size > 128 else 2)
     rng = np.random.default_rng([cfg.seed, i])
     img, params = render_phantom_slice(
-        atlas, rng, sex=sex, tumour=tumour, sequence=sequence, size=cfg.size, anatomy=cfg.anatomy
+        atlas,
+        rng,
+        sex=sex,
+        tumour=tumour,
+        sequence=sequence,
+        size=cfg.size,
+        anatomy=cfg.anatomy,
+        age_range=None if band is None else age_band_range(band, cfg.age_bands),
     )
     lesion = {"side": params["tumour_side"], "lobe": params["tumour_lobe"]}
     name_sex = bool(rng.random() < cfg.caption_sex_rate)
@@ -500,6 +615,7 @@ def _render_one(
         "subject": f"phantom-{cfg.seed}-{i:06d}",
         "sex": sex,
         "age": params["age"],
+        "age_band": age_band(params["age"], cfg.age_bands),
         "tumour": int(params["has_tumour"]),
         "sequence": sequence,
         "caption": caption,
@@ -514,7 +630,7 @@ def _render_one(
     return data, row
 
 
-def _render_chunk(cfg: PhantomConfig, jobs: list[tuple[int, str, bool, str, str]]):
+def _render_chunk(cfg: PhantomConfig, jobs: list[tuple[int, str, bool, str, str, str | None]]):
     return [_render_one(cfg, *job) for job in jobs]
 
 
@@ -539,8 +655,8 @@ def build_phantom(
     Returns:
         Paths and per-split, per-sex counts.
     """
-    sexes, tumours, splits, seqs = _assignments(config)
-    jobs = list(zip(range(config.n), sexes, tumours, splits, seqs, strict=True))
+    sexes, tumours, splits, seqs, bands = _assignments(config)
+    jobs = list(zip(range(config.n), sexes, tumours, splits, seqs, bands, strict=True))
     workers = config.workers or min(2, os.cpu_count() or 1)
     chunk = 50
     chunks = [jobs[i : i + chunk] for i in range(0, len(jobs), chunk)]

@@ -8,6 +8,7 @@ themselves. Accumulators merge exactly, so results do not depend on how work was
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -77,10 +78,15 @@ class ShardAggregate:
         n_groups: Number of groups.
         cap: Feature vectors kept per group.
         grid: Images kept per group.
+        to_groups: Maps a shard's stored probabilities to ``(m, n_groups)`` group
+            probabilities whose argmax is an image's group (default: they are already).
     """
 
-    def __init__(self, n_groups: int, cap: int = 2000, grid: int = 32) -> None:
+    def __init__(
+        self, n_groups: int, cap: int = 2000, grid: int = 32, to_groups: Any = None
+    ) -> None:
         self.n_groups, self.cap, self.grid = n_groups, cap, grid
+        self.to_groups = to_groups
         self.rows: list[np.ndarray] = []
         self.probs: list[np.ndarray] = []
         self.moments: list[FeatureMoments] | None = None
@@ -106,7 +112,7 @@ class ShardAggregate:
         self.probs.append(probs)
         if self.moments is None:
             self.moments = [FeatureMoments(feats.shape[1]) for _ in range(self.n_groups)]
-        pred = probs.argmax(1)
+        pred = (probs if self.to_groups is None else self.to_groups(probs)).argmax(1)
         for g in range(self.n_groups):
             sel = pred == g
             if not sel.any():

@@ -44,6 +44,7 @@ __all__ = [
     "DISTANCES",
     "READINGS",
     "HeldOut",
+    "ProductHeldOut",
     "ShareEstimates",
     "distance_interval",
     "estimate_shares",
@@ -171,6 +172,51 @@ class HeldOut:
             return self.probs.shape[1]
         return int(max(self.labels.max(), self.predicted.max())) + 1
 
+    @property
+    def has_soft(self) -> bool:
+        """Whether per-image probabilities are known (the soft readings need them)."""
+        return self.probs is not None
+
+    def marginal(self, level_of: Sequence[int], k: int) -> HeldOut:
+        """The held-out images of a joint classifier read for one attribute.
+
+        Args:
+            level_of: Attribute level of each joint cell (cell index → level index).
+            k: Number of levels.
+
+        Labels map to their level; probabilities are summed over the cells of each level (as the
+        audit sums a generated image's), and the prediction is the most probable level.
+        """
+        level_of = np.asarray(level_of, dtype=np.int64)
+        labels = level_of[self.labels]
+        if self.probs is None:
+            return HeldOut(labels=labels, probs=None, predicted=level_of[self.predicted])
+        return HeldOut(labels=labels, probs=self.probs @ np.eye(k)[level_of], predicted=None)
+
+    def simulate_hard(self, rng: np.random.Generator, n_sim: int) -> np.ndarray:
+        """``(n_sim, K, K)`` confusion-rate matrices drawn as a new held-out set would give them.
+
+        Each row is multinomial with the held-out count of its group.
+        """
+        c_hat, m = self.matrix(soft=False), self.counts_per_group()
+        sim_c = np.empty((n_sim, self.k, self.k))
+        for y in range(self.k):
+            sim_c[:, y] = rng.multinomial(max(int(m[y]), 1), c_hat[y], size=n_sim) / max(m[y], 1)
+        return sim_c
+
+    def mean_covariances(self, soft: bool) -> np.ndarray:
+        """``(K, K, K)``: per true group, the covariance of the estimated matrix row.
+
+        The row is the mean output over that group's held-out images.
+        """
+        outputs = self.probs if soft else self.hard_outputs()
+        out = np.zeros((self.k, self.k, self.k))
+        for y in range(self.k):
+            rows = outputs[self.labels == y]
+            if len(rows) > 1:
+                out[y] = np.cov(rows.T) / len(rows)
+        return out
+
     def hard_outputs(self) -> np.ndarray:
         """One-hot predictions ``(m, K)``."""
         return np.eye(self.k)[self.predicted]
@@ -203,6 +249,98 @@ class HeldOut:
             w = rngs[y].multinomial(len(rows), np.full(len(rows), 1 / len(rows)), size=b)
             mats[:, y] = w @ rows / len(rows)
         return mats
+
+
+def _kron(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Kronecker product of the last two axes, batched over the leading ones."""
+    *lead, i, j = a.shape
+    k, m = b.shape[-2:]
+    return np.einsum("...ij,...kl->...ikjl", a, b).reshape(*lead, i * k, j * m)
+
+
+class ProductHeldOut:
+    """Several per-attribute classifiers' held-out errors, read together over joint cells.
+
+    **Assumption** (stated in every audit that uses it): given an image's true joint cell, each
+    classifier's output depends only on its own attribute's true level, and the classifiers
+    err independently. Then the joint confusion matrix is the Kronecker product of the
+    per-attribute ones, ``C = C₁ ⊗ C₂ ⊗ …`` (cells ordered with the first attribute slowest), and
+    so is the soft one. Its bootstrap resamples each classifier's held-out images on their own.
+
+    Args:
+        parts: One :class:`HeldOut` per attribute, in cell order.
+    """
+
+    def __init__(self, parts: Sequence[HeldOut]) -> None:
+        if len(parts) < 2:
+            raise ValueError("a product needs two or more classifiers")
+        self.parts = tuple(parts)
+
+    @property
+    def k(self) -> int:
+        """Number of joint cells."""
+        return int(np.prod([p.k for p in self.parts]))
+
+    @property
+    def has_soft(self) -> bool:
+        """Whether every classifier's per-image probabilities are known."""
+        return all(p.has_soft for p in self.parts)
+
+    def _fold(self, mats: Sequence[np.ndarray]) -> np.ndarray:
+        out = mats[0]
+        for m in mats[1:]:
+            out = _kron(out, m)
+        return out
+
+    def matrix(self, soft: bool) -> np.ndarray:
+        """``C₁ ⊗ C₂ ⊗ …`` (hard) or ``S₁ ⊗ S₂ ⊗ …`` (soft)."""
+        return self._fold([p.matrix(soft) for p in self.parts])
+
+    def counts_per_group(self) -> np.ndarray:
+        """Held-out images behind each cell's row: the smallest of its levels' counts."""
+        counts = [p.counts_per_group() for p in self.parts]
+        grid = np.array(np.meshgrid(*counts, indexing="ij")).reshape(len(counts), -1)
+        return grid.min(0)
+
+    def resample(
+        self, rng: np.random.Generator | Sequence[np.random.Generator], b: int, soft: bool
+    ) -> np.ndarray:
+        """``(b, K, K)``: each classifier's held-out images resampled on their own, multiplied."""
+        if isinstance(rng, np.random.Generator):
+            rngs: list = [rng] * sum(p.k for p in self.parts)
+        else:
+            rngs = list(rng)
+        mats, used = [], 0
+        for p in self.parts:
+            mats.append(p.resample(rngs[used : used + p.k], b, soft))
+            used += p.k
+        return self._fold(mats)
+
+    def simulate_hard(self, rng: np.random.Generator, n_sim: int) -> np.ndarray:
+        """Each classifier's confusion rates drawn anew (``simulate_hard``), multiplied."""
+        return self._fold([p.simulate_hard(rng, n_sim) for p in self.parts])
+
+    def mean_covariances(self, soft: bool) -> np.ndarray:
+        """Covariance of each cell's row, folded over the classifiers.
+
+        For independent rows ``x ⊗ y``: ``V = Vx ⊗ Vy + Vx ⊗ μyμyᵀ + μxμxᵀ ⊗ Vy``.
+        """
+        mean, cov = self.parts[0].matrix(soft), self.parts[0].mean_covariances(soft)
+        for p in self.parts[1:]:
+            m2, v2 = p.matrix(soft), p.mean_covariances(soft)
+            outer1 = np.einsum("yi,yj->yij", mean, mean)
+            outer2 = np.einsum("yi,yj->yij", m2, m2)
+            k1, k2 = len(mean), len(m2)
+            new = np.empty((k1 * k2, k1 * k2, k1 * k2))
+            for a in range(k1):
+                for b in range(k2):
+                    new[a * k2 + b] = (
+                        np.kron(cov[a], v2[b])
+                        + np.kron(cov[a], outer2[b])
+                        + np.kron(outer1[a], v2[b])
+                    )
+            mean, cov = _kron(mean, m2), new
+        return cov
 
 
 @dataclass
@@ -271,7 +409,7 @@ def estimate_shares(
     mean_p = p.mean(0) if n else np.full(k, 1 / k)
     point = {"raw": raw, "probabilistic": mean_p}
     condition: dict[str, float] = {}
-    have_soft = heldout is not None and heldout.probs is not None
+    have_soft = heldout is not None and heldout.has_soft
     if heldout is not None:
         c_hat = heldout.matrix(soft=False)
         condition["hard"] = condition_number(c_hat)
@@ -463,11 +601,15 @@ def gof_test(
     n, k = int(counts.sum()), len(counts)
     if n == 0:
         return {"statistic": None, "p_value": None, "df": k - 1, "note": "no images"}
-    if heldout is None:
-        c_hat, m = np.eye(k), None
-    else:
-        c_hat, m = heldout.matrix(soft=False), heldout.counts_per_group()
+    c_hat = np.eye(k) if heldout is None else heldout.matrix(soft=False)
     expected = target @ c_hat
+    if not np.isfinite(expected).all():
+        return {
+            "statistic": None,
+            "p_value": None,
+            "df": k - 1,
+            "note": "the held-out set has no image of some group: its confusion row is unknown",
+        }
 
     def statistic(obs: np.ndarray, exp: np.ndarray) -> np.ndarray:
         keep = exp > 0
@@ -476,13 +618,10 @@ def gof_test(
     stat = float(statistic(counts, expected))
     rng = np.random.default_rng(seed)
     sim_obs = rng.multinomial(n, expected / expected.sum(), size=n_sim)
-    if m is None:
+    if heldout is None:
         sim_exp = np.broadcast_to(expected, (n_sim, k))
     else:
-        sim_c = np.empty((n_sim, k, k))
-        for y in range(k):
-            sim_c[:, y] = rng.multinomial(max(int(m[y]), 1), c_hat[y], size=n_sim) / max(m[y], 1)
-        sim_exp = np.einsum("k,bkj->bj", target, sim_c)
+        sim_exp = np.einsum("k,bkj->bj", target, heldout.simulate_hard(rng, n_sim))
     sims = statistic(sim_obs, sim_exp)
     exceed = int((sims >= stat - 1e-12).sum())
     return {
@@ -515,6 +654,12 @@ def sample_size(
     x = p if soft else np.eye(k)[p.argmax(1)]
     m = heldout.matrix(soft=soft)
     z = float(stats.norm.ppf(0.5 + confidence / 2))
+    if not np.isfinite(m).all():
+        return {
+            "needed": None,
+            "floor_half_width": None,
+            "note": "confusion matrix has an unknown row (no held-out image of some group)",
+        }
     try:
         inv_t = np.linalg.inv(m.T)
     except np.linalg.LinAlgError:
@@ -523,12 +668,7 @@ def sample_size(
     a = np.diag(inv_t @ cov_x @ inv_t.T)
     qc = np.clip(np.nan_to_num(q), 0, 1)
     qc = qc / qc.sum() if qc.sum() > 0 else np.full(k, 1 / k)
-    held = heldout.probs if soft else heldout.hard_outputs()
-    v_rows = np.zeros((k, k))
-    for y in range(k):
-        rows = held[heldout.labels == y]
-        if len(rows) > 1:
-            v_rows += qc[y] ** 2 * np.cov(rows.T) / len(rows)
+    v_rows = np.einsum("y,yij->ij", qc**2, heldout.mean_covariances(soft))
     v = np.diag(inv_t @ v_rows @ inv_t.T)
     floor = z * math.sqrt(max(v.max(), 0.0))
     room = (half_width / z) ** 2 - v

@@ -39,7 +39,7 @@ from .functional import (
     stationary_prior,
 )
 
-__all__ = ["dispersion", "proportions_entry", "shen_bias", "summarise"]
+__all__ = ["dispersion", "holm_adjust", "proportions_entry", "shen_bias", "summarise"]
 
 _TOL = 1e-9
 BEYOND_NOTE = (
@@ -58,6 +58,21 @@ def shen_bias(q: np.ndarray) -> float:
     q = np.asarray(q, dtype=np.float64)
     pairs = [abs(a - b) for i, a in enumerate(q) for b in q[i + 1 :]]
     return float(np.mean(pairs))
+
+
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error control), in the input order.
+
+    The i-th smallest p becomes ``max_{j ≤ i} min(1, (m − j + 1) p_(j))``; rejecting where the
+    adjusted p ≤ α is Holm's procedure at level α.
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out = np.empty(m)
+    out[order] = adjusted
+    return out.tolist()
 
 
 def is_censored(est: ShareEstimates, reading: str) -> bool:

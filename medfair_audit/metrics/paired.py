@@ -23,7 +23,7 @@ __all__ = ["paired_change"]
 
 def _draws(heldout: HeldOut, rng: np.random.Generator, b: int) -> dict[str, np.ndarray]:
     out = {"hard": heldout.resample(rng, b, soft=False)}
-    if heldout.probs is not None:
+    if heldout.has_soft:
         out["soft"] = heldout.resample(rng, b, soft=True)
     return out
 

@@ -22,11 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from .._io import atomic_write_json, building_dir, check_out, locks_out
 from .._validate import require_count, require_rate
+from ..attributes import cell_name, cells, check_level, sort_levels
 from ..data.datasets import ImageFolderDataset
 from ..device import Placement
 from ..exceptions import ConfigError, DataError, ModelError
@@ -138,6 +140,15 @@ class SubgroupClassifier:
         self.image_size = image_size
         self.channels = channels
         self.evaluation = evaluation
+
+    @property
+    def attributes(self) -> tuple[str, ...]:
+        """The attributes it predicts: one, or several for a joint classifier.
+
+        A joint classifier's groups are the joint cells (``"female/<40"``) and its attribute
+        is ``"sex,age_band"``.
+        """
+        return tuple(self.attribute.split(","))
 
     @classmethod
     def load(
@@ -290,8 +301,10 @@ def evaluate_classifier(
         probs: Calibrated probabilities ``(N, K)``.
         labels: True group indices ``(N,)``.
         groups: Group names in index order.
-        metadata: Optional DataFrame aligned with ``labels``; its ``sex`` and ``tumour`` columns
-            (where present) define the subgroups of the per-group table.
+        metadata: Optional DataFrame aligned with ``labels``; each of its
+            :data:`BY_GROUP_COLUMNS` (where present) defines the subgroups of a per-group table,
+            and so do their intersections (fairlearn's ``MetricFrame`` with several sensitive
+            features; key ``"sex × age_band"``, groups ``"female/<40"``).
 
     Returns:
         JSON-ready metrics. ``confusion_matrix[i][j]`` counts images of true group ``i``
@@ -351,20 +364,31 @@ def evaluate_classifier(
             false_negative_rate=false_negative_rate,
         )
         result["positive_group"] = groups[1]
-    for column in ("sex", "tumour"):
-        if column not in metadata.columns:
-            continue
+    present = [c for c in BY_GROUP_COLUMNS if c in metadata.columns]
+    attributes = [c for c in present if c != "tumour"]
+    sets = [[c] for c in present]
+    if len(attributes) > 1:
+        sets.append(attributes)
+    for columns in sets:
+        features = metadata[columns].astype(str).reset_index(drop=True)
         frame = MetricFrame(
             metrics=metrics,
             y_true=labels,
             y_pred=pred,
-            sensitive_features=metadata[column].astype(str).to_numpy(),
+            sensitive_features=features[columns[0]] if len(columns) == 1 else features,
         )
-        table = frame.by_group
-        result["by_group"][column] = {
-            str(g): {m: float(table.loc[g, m]) for m in table.columns} for g in table.index
+        table = frame.by_group.dropna(how="all")
+        result["by_group"][" × ".join(columns)] = {
+            cell_name(g) if isinstance(g, tuple) else str(g): {
+                m: float(table.loc[g, m]) for m in table.columns
+            }
+            for g in table.index
         }
     return result
+
+
+#: Metadata columns whose subgroups :func:`evaluate_classifier` tabulates (where present).
+BY_GROUP_COLUMNS = ("sex", "age_band", "grade", "tumour")
 
 
 SPLITS = ("train", "val", "test")
@@ -424,7 +448,7 @@ def train_classifier(
     out: str | os.PathLike[str],
     config: ClassifierConfig | None = None,
     *,
-    attribute: str = "sex",
+    attribute: str | Sequence[str] = "sex",
     groups: Sequence[str] | None = None,
     splits: Sequence[str] = SPLITS,
     overwrite: bool = False,
@@ -446,7 +470,8 @@ def train_classifier(
         data: Image folder whose ``metadata.csv`` has the ``attribute`` column.
         out: Destination folder (absent or empty unless ``overwrite``).
         config: Architecture and schedule.
-        attribute: Column to predict.
+        attribute: Column to predict, or several columns (a sequence, or ``"sex,age_band"``)
+            for one joint classifier over their cells (``"female/<40"``, ...).
         groups: Known groups (default: the labels found, sorted). Labels outside are an error.
         splits: Values of the ``split`` column used as train, val and test.
         overwrite: Replace an existing ``out``.
@@ -464,17 +489,31 @@ def train_classifier(
     device = placement.device
     start = time.perf_counter()
     generator = seed_everything(cfg.seed)
+    columns = attribute.split(",") if isinstance(attribute, str) else list(attribute)
+    columns = [c.strip() for c in columns]
+    if not all(columns) or len(set(columns)) != len(columns):
+        raise ConfigError(f"expected distinct column names, got {columns}", param="attribute")
+    attribute = ",".join(columns)
     dataset = ImageFolderDataset(
         data,
-        require=(attribute,),
+        require=tuple(columns),
         size=cfg.image_size,
         param="data",
         allow_outside_root=allow_outside_root,
     )
     meta = dataset.metadata
-    labels_raw = meta[attribute].astype(str).str.strip()
-    found = sorted(set(labels_raw))
-    groups = tuple(sorted(groups)) if groups else tuple(found)
+    if len(columns) == 1:
+        labels_raw = meta[attribute].astype(str).str.strip()
+        found = sort_levels(set(labels_raw))
+    else:  # one joint classifier over every combination of the levels
+        parts = [meta[c].astype(str).str.strip() for c in columns]
+        for part in parts:
+            for level in set(part):
+                check_level(level, param="data")
+        labels_raw = pd.Series([cell_name(t) for t in zip(*parts, strict=True)])
+        combos = [cell_name(c) for c in cells([sort_levels(set(p)) for p in parts])]
+        found = [c for c in combos if c in set(labels_raw)]  # a cell without images: no logit
+    groups = tuple(sort_levels(groups)) if groups else tuple(found)
     unknown = sorted(set(found) - set(groups))
     if unknown:
         raise DataError(f"labels outside the known groups {list(groups)}: {unknown}", param="data")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -13,6 +14,7 @@ __all__ = ["ALIGN_TO", "LORA_ON", "LOSSES", "RemediationConfig"]
 
 LOSSES = ("kl", "ot")
 ALIGN_TO = ("probabilities", "corrected")
+ALIGN = ("joint", "marginals")
 LORA_ON = ("unet", "text", "both")
 
 
@@ -48,6 +50,12 @@ class RemediationConfig:
         full: Tune every UNet weight instead of UNet adapters (needs ``lora_on="unet"``).
         loss: ``kl`` (paper: KL(target ‖ batch mean)) or ``ot`` (Shen et al.: cross-entropy to
             the groups the expected optimal transport assigns).
+        align: Several attributes: ``joint`` (one alignment loss over the joint cells, the
+            cells' probabilities being the product of the per-attribute ones) or ``marginals``
+            (one loss per attribute, summed with ``align_weights``), as in Shen et al.'s
+            several-attribute experiments. Ignored for one attribute.
+        align_weights: Weight of each attribute's loss with ``align="marginals"``, in the
+            classifiers' order (default: 1 each).
         align_to: ``probabilities`` (paper: the mean probability meets the target) or
             ``corrected`` (the mean probability meets ``target · S`` with the soft confusion
             matrix ``S`` from the classifier's held-out images, so the PACC-corrected share the
@@ -94,6 +102,8 @@ class RemediationConfig:
     lora_on: str = "unet"
     full: bool = False
     loss: str = "kl"
+    align: str = "joint"
+    align_weights: Sequence[float] | None = None
     align_to: str = "probabilities"
     ot_max_uncertainty: float = 0.2
     ot_draws: int = 256
@@ -121,6 +131,16 @@ class RemediationConfig:
         _one_of(self.gradient, GRADIENTS, "gradient")
         _one_of(self.loss, LOSSES, "loss")
         _one_of(self.align_to, ALIGN_TO, "align_to")
+        _one_of(self.align, ALIGN, "align")
+        if self.align_weights is not None:
+            weights = tuple(float(w) for w in self.align_weights)
+            if not weights or any(not w >= 0 for w in weights) or not sum(weights) > 0:
+                raise ConfigError(
+                    f"expected weights ≥ 0, not all 0, got {list(weights)}", param="align_weights"
+                )
+            object.__setattr__(self, "align_weights", weights)
+        if self.align == "marginals" and self.loss != "kl":
+            raise ConfigError("--align marginals works with --loss kl", param="align")
         _one_of(self.lora_on, LORA_ON, "lora_on")
         require_rate(self, "lr")
         if self.sampling_steps_max is not None and self.sampling_steps_max < self.sampling_steps:

@@ -21,7 +21,7 @@ import contextlib
 import json
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -114,6 +114,10 @@ def _check(checkpoint: Path, out: Path, prompts: Sequence[str], overwrite: bool)
     return prompts
 
 
+def _spec_json(spec: Path | dict[str, Path]) -> str | dict[str, str]:
+    return str(spec) if isinstance(spec, Path) else {a: str(p) for a, p in spec.items()}
+
+
 def _record(m: Models, cfg: RemediationConfig, log: list, audits: list, **extra: Any) -> dict:
     curves = ("loss", "align", "clip", "kept", "grad_norm", "lr", "ema_decay", "skipped")
     return {
@@ -123,6 +127,7 @@ def _record(m: Models, cfg: RemediationConfig, log: list, audits: list, **extra:
         "classifier_sha256": m.classifier_sha256,
         "image_encoders": [{"path": e.source, "kind": e.kind, "weight": w} for e, w in m.encoders],
         "groups": list(m.classifier.groups),
+        "attributes": list(m.classifier.attributes),
         "config": asdict(cfg),
         "trainable_parameters": int(sum(p.numel() for p in m.trainable.values())),
         "curves": {key: [r.get(key) for r in log] for key in curves},
@@ -136,7 +141,7 @@ def _record(m: Models, cfg: RemediationConfig, log: list, audits: list, **extra:
 def remediate(
     checkpoint: str | Path,
     *,
-    classifier: str | Path,
+    classifier: str | Path | Mapping[str, str | Path],
     target: Target,
     prompts: Sequence[str],
     out: str | Path,
@@ -153,7 +158,9 @@ def remediate(
 
     Args:
         checkpoint: Diffusers text-to-image pipeline folder (T2MedI or a Stable Diffusion).
-        classifier: Subgroup classifier folder; its groups must be the target's.
+        classifier: Subgroup classifier folder; its groups must be the target's. Several
+            attributes: attribute → folder (one classifier each; ``config.align`` picks a joint or
+            per-attribute loss) or one joint classifier's folder, with a joint target.
         target: Target proportions (e.g. the BraTS18-like set's sex proportions).
         prompts: Training prompts (keep held-out prompts for the evaluation).
         out: New pipeline folder; checkpoints live in ``<out>.partial/`` while it runs.
@@ -175,15 +182,18 @@ def remediate(
     from ..models.t2medi import _cosine
 
     cfg, started = config or RemediationConfig(), time.perf_counter()
+    spec = (
+        {str(a): Path(p) for a, p in classifier.items()}
+        if isinstance(classifier, Mapping)
+        else Path(classifier)
+    )
     checkpoint, out = Path(checkpoint), Path(out)
     prompts = _check(checkpoint, out, prompts, overwrite)
     placement = placement or Placement()
     acc = make_accelerator(placement.device)
     torch.manual_seed(cfg.seed)
     encoders = [(Path(p), float(w)) for p, w in image_encoders]
-    m = load_models(
-        checkpoint, Path(classifier), target, prompts, encoders, cfg, placement, trust_pickle
-    )
+    m = load_models(checkpoint, spec, target, prompts, encoders, cfg, placement, trust_pickle)
     params = list(m.trainable.values())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     lr_sched = torch.optim.lr_scheduler.LambdaLR(
@@ -240,7 +250,7 @@ def remediate(
         audits.append(a)
     seconds = time.perf_counter() - started
     data = _record(
-        m, cfg, log, audits, checkpoint=str(checkpoint), classifier=str(classifier),
+        m, cfg, log, audits, checkpoint=str(checkpoint), classifier=_spec_json(spec),
         target=target.to_json(), prompts=list(prompts), steps_done=step,
         stopped_early=bool(stopped and step < cfg.steps), processes=acc.num_processes,
         seconds=seconds,

@@ -88,7 +88,13 @@ def batch_losses(
             seed=seed,
         )
         out["kept"] = keep.float().mean()
-    else:
+    elif m.marginals:  # several attributes, one loss each, weighted
+        parts = m.member_probs(tuned)
+        align = sum(
+            w * alignment_kl(p, t, soft_confusion=s)
+            for p, (t, s, w) in zip(parts, m.marginals, strict=True)
+        )
+    else:  # one attribute, or the joint cells of several
         align = alignment_kl(probs, m.target, soft_confusion=m.soft_confusion)
     out["align"] = align
     out["loss"] = align

@@ -16,16 +16,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .._io import folder_sha256
 from ..device import Placement
 from ..exceptions import ConfigError, ModelError
 from ..target import Target
@@ -46,10 +44,10 @@ class Models:
     unet: Any
     text_encoder: Any
     original_unet: Any | None  # full tuning keeps a frozen copy; adapters are disabled instead
-    classifier: Any
+    classifier: Any  # a ClassifierSet: one classifier, one per attribute, or a joint one
     encoders: list[tuple[Any, float]]  # (ImageEncoder, weight)
     tokens: torch.Tensor  # (P + 1, L) token ids, the empty prompt last
-    target: torch.Tensor
+    target: torch.Tensor  # over classifier.groups (joint cells for several attributes)
     soft_confusion: torch.Tensor | None
     latent_shape: tuple[int, int, int]
     device: torch.device
@@ -57,6 +55,8 @@ class Models:
     placement: Placement = field(default_factory=lambda: Placement(device="cpu", dtype="float32"))
     trainable: dict[str, torch.nn.Parameter] = field(default_factory=dict)
     classifier_sha256: str = ""
+    # align="marginals": per attribute (target over its levels, soft confusion or None, weight)
+    marginals: list[tuple[torch.Tensor, torch.Tensor | None, float]] = field(default_factory=list)
     _frozen_states: torch.Tensor | None = None
     _schedulers: dict[int, Any] = field(default_factory=dict)
 
@@ -106,9 +106,16 @@ class Models:
                 _set_adapters(m, True)
 
     def probs(self, images: torch.Tensor) -> torch.Tensor:
-        """The classifier's calibrated probabilities (differentiable in the images)."""
-        clf = self.classifier
-        return F.softmax(clf.logits(images) / clf.temperature, dim=-1)
+        """Calibrated probabilities of the groups, differentiable in the images.
+
+        For several attributes the groups are the joint cells.
+        """
+        parts = self.classifier.member_probs(images)
+        return parts[0] if len(parts) == 1 else self.classifier.joint(torch.cat(parts, dim=1))
+
+    def member_probs(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Each classifier's calibrated probabilities (differentiable in the images)."""
+        return self.classifier.member_probs(images)
 
     def embed(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Embeddings of ``images`` by each image encoder."""
@@ -137,7 +144,20 @@ def _lora(cfg: RemediationConfig, targets: Sequence[str]) -> Any:
 
 
 def _soft_confusion(classifier: Any, folder: Path, device: torch.device) -> torch.Tensor:
-    """``S[i, j] = E[p_j | truly i]`` from the classifier's held-out images, in its group order."""
+    """``S[i, j] = E[p_j | truly i]`` from the classifier's held-out images, in its group order.
+
+    For several classifiers (one per attribute) the joint ``S`` is the Kronecker product of
+    theirs (the independence assumption of :mod:`medfair_audit.models.attributes`).
+    """
+    if hasattr(classifier, "members"):
+        mats = [
+            _soft_confusion(m, p, device)
+            for m, p in zip(classifier.members, classifier.paths, strict=True)
+        ]
+        out = mats[0]
+        for m in mats[1:]:
+            out = torch.kron(out, m)
+        return out
     ev = classifier.evaluation or {}
     if "soft_confusion" not in ev:
         raise ModelError(
@@ -197,7 +217,7 @@ def check_supported(pipe: Any, folder: Path) -> None:
 
 def load_models(
     checkpoint_dir: Path,
-    classifier_dir: Path,
+    classifier_dir: Path | Mapping[str, Path],
     target: Target,
     prompts: Sequence[str],
     encoders: Sequence[tuple[Path, float]],
@@ -206,21 +226,41 @@ def load_models(
     trust_pickle: bool,
 ) -> Models:
     """Load the pipeline, classifier and encoders, and add what gets tuned."""
-    from ..models.classifier import SubgroupClassifier
+    from ..models.attributes import ClassifierSet, classifier_sha256
     from ..models.pipelines import latent_shape, load_pipeline
     from .encoders import load_image_encoder
 
     device = placement.device
-    classifier = SubgroupClassifier.load(classifier_dir, trust_pickle=trust_pickle).to(device)
-    if set(classifier.groups) != set(target.groups):
+    classifier = ClassifierSet.load(classifier_dir, trust_pickle=trust_pickle).to(device)
+    if classifier.multi:
+        classifier.check_target(target)
+    elif set(classifier.groups) != set(target.groups):
         raise ConfigError(
             f"target groups {sorted(target.groups)} differ from the classifier's "
             f"{sorted(classifier.groups)}",
             param="target",
         )
-    soft = (
-        _soft_confusion(classifier, classifier_dir, device) if cfg.align_to == "corrected" else None
-    )
+    corrected = cfg.align_to == "corrected"
+    marginals = []
+    if classifier.multi and cfg.align == "marginals":
+        if classifier.joint_classifier:
+            raise ConfigError(
+                "--align marginals needs one classifier per attribute "
+                "(--classifier sex=PATH --classifier age_band=PATH)",
+                param="align",
+            )
+        weights = cfg.align_weights or (1.0,) * len(classifier.members)
+        if len(weights) != len(classifier.members):
+            raise ConfigError(
+                f"expected {len(classifier.members)} weights, one per attribute, got "
+                f"{len(weights)}",
+                param="align_weights",
+            )
+        for member, path, w in zip(classifier.members, classifier.paths, weights, strict=True):
+            t = target.marginal(member.attribute).vector(list(member.groups))
+            s = _soft_confusion(member, path, device) if corrected else None
+            marginals.append((torch.tensor(t, device=device), s, float(w)))
+    soft = _soft_confusion(classifier, classifier.paths[0], device) if corrected else None
     loaded = []
     if cfg.lambda_clip > 0:
         specs = list(encoders) or [(_default_encoder(checkpoint_dir), 1.0)]
@@ -229,7 +269,7 @@ def load_models(
             loaded.append((enc, weight))
     pipe = load_pipeline(checkpoint_dir, trust_pickle=trust_pickle, placement=placement)
     check_supported(pipe, checkpoint_dir)
-    for part in (pipe.vae, pipe.text_encoder, pipe.unet, classifier.model):
+    for part in (pipe.vae, pipe.text_encoder, pipe.unet, *(c.model for c in classifier.members)):
         part.requires_grad_(False).eval()
     unet, text = pipe.unet, pipe.text_encoder
     if cfg.unet_checkpointing:
@@ -269,12 +309,13 @@ def load_models(
         tokens=tokens,
         target=torch.tensor(target.vector(classifier.groups), device=device),
         soft_confusion=soft,
+        marginals=marginals,
         latent_shape=latent_shape(pipe),
         device=device,
         cfg=cfg,
         placement=placement,
         trainable=trainable,
-        classifier_sha256=folder_sha256(classifier_dir),
+        classifier_sha256=classifier_sha256(classifier_dir)[0],
     )
 
 

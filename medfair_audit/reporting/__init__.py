@@ -29,7 +29,7 @@ def __getattr__(name: str) -> Any:
 
 
 def _env() -> Any:
-    from jinja2 import Environment, PackageLoader, select_autoescape
+    from jinja2 import Environment, PackageLoader, Undefined, select_autoescape
 
     env = Environment(
         loader=PackageLoader("medfair_audit.reporting", "templates"),
@@ -37,8 +37,13 @@ def _env() -> Any:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["pct"] = lambda v: "–" if v is None else f"{100 * v:.1f}%"
-    env.filters["num"] = lambda v, d=3: "–" if v is None else f"{v:.{d}f}"
+    # a metric a table does not have (e.g. false positive rates of a 3-group classifier): "–"
+    env.filters["pct"] = lambda v: (
+        "–" if v is None or isinstance(v, Undefined) else f"{100 * v:.1f}%"
+    )
+    env.filters["num"] = lambda v, d=3: (
+        "–" if v is None or isinstance(v, Undefined) else f"{v:.{d}f}"
+    )
     env.filters["b64"] = lambda b: base64.b64encode(b).decode("ascii")
     return env
 

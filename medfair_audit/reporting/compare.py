@@ -145,7 +145,13 @@ def evaluator_rows(columns: Sequence[AuditColumn]) -> tuple[list[str], list[list
             where = f"{len(prompts)} held out"
         else:
             where = f"{shared} of {len(prompts)} were training prompts"
-        rows.append([c.label, Path(cfg["classifier"]).name, sha[:12], seen, where])
+        clf = cfg["classifier"]
+        name = (
+            ", ".join(f"{a}={Path(v).name}" for a, v in clf.items())
+            if isinstance(clf, dict)
+            else Path(clf).name
+        )
+        rows.append([c.label, name, sha[:12], seen, where])
     return header, rows
 
 
@@ -430,6 +436,20 @@ def render_markdown(columns: Sequence[AuditColumn], paired: Sequence[dict[str, A
         lines.extend(cells(r) for r in body)
 
     table(header, rows)
+    if all(c.data.get("joint") for c in columns):
+        from .joint import joint_rows, marginal_rows
+
+        j = columns[0].data["joint"]
+        lines += [
+            "",
+            f"**Joint cells ({_markdown(' × '.join(j['attributes']))}).** "
+            f"{_markdown(j['reading'].upper())} shares; Holm-adjusted p of share = target "
+            f"(* rejected at {j['holm']['alpha']:g}); {_markdown(j['method'] or '')}.",
+            "",
+        ]
+        table(*joint_rows(columns))
+        lines += ["", "**Marginals.**", ""]
+        table(*marginal_rows(columns))
     if len({c.data["config"]["classifier_sha256"] for c in columns}) > 1 or any(
         c.data["config"].get("remediation") for c in columns
     ):
@@ -507,6 +527,23 @@ def render_latex(columns: Sequence[AuditColumn], paired: Sequence[dict[str, Any]
         "at a common subsample size (mean $\\pm$ sd over draws).",
         "tab:medfair",
     )
+    if all(c.data.get("joint") for c in columns):
+        from .joint import joint_rows, marginal_rows
+
+        j = columns[0].data["joint"]
+        lines += table(
+            *joint_rows(columns),
+            f"Joint cells ({_latex(' × '.join(j['attributes']))}): {j['reading'].upper()} shares "
+            f"with {conf}\\% intervals, images per cell and Holm-adjusted p of share = target "
+            f"(* rejected at {j['holm']['alpha']:g}).",
+            "tab:medfair-joint",
+        )
+        lines += table(
+            *marginal_rows(columns),
+            f"Marginal shares of each attribute with {conf}\\% intervals, and Shen et al.'s "
+            "bias (mean absolute difference over pairs of groups).",
+            "tab:medfair-marginals",
+        )
     for i, p in enumerate(paired):
         lines += table(
             *paired_rows(p),
@@ -650,8 +687,17 @@ def render_html(
             for q in p["pairs"]:
                 q["png"] = _shrink_png(q["png"])
     from .. import __version__
+    from .joint import joint_heatmap_png, joint_rows, marginal_rows
 
     versions = {"medfair (report)": __version__}
+    joint = None
+    if all(c.data.get("joint") for c in columns):
+        joint = {
+            "heatmap": joint_heatmap_png(columns),
+            "cells": joint_rows(columns),
+            "marginals": marginal_rows(columns),
+            "data": columns[0].data["joint"],
+        }
     return (
         _env()
         .get_template("report.html.j2")
@@ -667,6 +713,7 @@ def render_html(
             figures=list(figures),
             title=_title(columns),
             report_versions=versions,
+            joint=joint,
         )
     )
 

@@ -131,7 +131,7 @@ def test_gradients_reach_only_the_tuned_parameters(tiny_models):
         frozen = [
             *m.pipe.vae.parameters(),
             *m.pipe.text_encoder.parameters(),
-            *m.classifier.model.parameters(),
+            *m.classifier.primary.model.parameters(),
             *(p for enc, _ in m.encoders for p in enc.parameters()),
             *(m.original_unet.parameters() if full else []),
             *(p for p in m.unet.parameters() if id(p) not in tuned),

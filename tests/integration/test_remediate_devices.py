@@ -95,7 +95,7 @@ def test_mixed_precision_keeps_a_float32_master_copy(tiny_models, tmp_path):
     assert m.trainable and all(p.dtype == torch.float32 for p in m.trainable.values())
     frozen = [p for n, p in m.unet.named_parameters() if not p.requires_grad]
     assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
-    assert next(m.classifier.model.parameters()).dtype == torch.float32
+    assert next(m.classifier.primary.model.parameters()).dtype == torch.float32
     result = remediate(
         tiny_models["t2medi"], classifier=tiny_models["classifier"], target=TARGET,
         prompts=PROMPTS, out=tmp_path / "bf16", config=RemediationConfig(**CFG), placement=bf16,

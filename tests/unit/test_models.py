@@ -175,7 +175,15 @@ def test_classifier_trains_calibrates_and_round_trips(small_phantom, tmp_path):
     n_test = int((meta.split == "test").sum())
     assert ev["n"] == n_test and np.sum(ev["confusion_matrix"]) == n_test
     assert ev["groups"] == ["female", "male"] and ev["split"] == "test"
-    assert set(ev["by_group"]) == {"sex", "tumour"}
+    assert set(ev["by_group"]) == {"sex", "age_band", "tumour", "sex × age_band"}
+    # The intersection table equals per-cell accuracy computed by hand from the held-out outputs.
+    test = meta[meta.split == "test"].reset_index(drop=True)
+    pred = np.argmax(ev["heldout"]["probs"], 1)
+    hit = pred == np.array(ev["heldout"]["labels"])
+    for (sex, band), rows in test.groupby(["sex", "age_band"]).groups.items():
+        cell = ev["by_group"]["sex × age_band"][f"{sex}/{band}"]
+        assert cell["count"] == len(rows)
+        assert cell["accuracy"] == pytest.approx(hit[list(rows)].mean())
     assert ev == r.evaluation
     clf = SubgroupClassifier.load(tmp_path / "clf")
     from medfair_audit.data import ImageFolderDataset

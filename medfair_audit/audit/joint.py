@@ -1,0 +1,183 @@
+"""The several-attribute sections of an audit: each attribute's marginal and the joint cells.
+
+With several attributes the audit's top-level numbers are over the joint cells (every estimate,
+interval, distance and test of a one-attribute audit, with cells as groups). This module adds
+
+* ``attributes``: per attribute, the same summary over its levels against the target's
+  marginal, with its own classifier's held-out errors (or the joint classifier's, summed);
+* ``joint``: the cell table (target, corrected share with its interval, n), a test per cell of
+  "share = target" whose p-values are Holm-adjusted across the cells, cells with fewer than
+  ``min_cell_n`` images flagged (not hidden), cells the target gives no mass, and Shen et al.'s
+  bias (mean |qᵢ − qⱼ| over pairs) for the cells and for each attribute, every K.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..attributes import split_cell
+from ..metrics.estimates import (
+    distance_interval,
+    estimate_shares,
+    region_from_intervals,
+    share_intervals,
+    simultaneous_level,
+)
+from ..metrics.frame import holm_adjust, shen_bias, summarise
+from ..models.attributes import ClassifierSet
+from ..target import Target
+
+__all__ = ["cell_tests", "joint_sections", "shen_bias_entry"]
+
+
+def shen_bias_entry(est: Any, reading: str, confidence: float) -> dict[str, Any]:
+    """Shen et al.'s bias of one set of shares with an interval from their confidence region."""
+    k = len(est.counts)
+    q = est.point.get(reading)
+    verts = region_from_intervals(share_intervals(est, reading, simultaneous_level(confidence, k)))
+    lo, hi = distance_interval(shen_bias, verts, np.full(k, 1 / k))
+    known = q is not None and np.isfinite(q).all() and est.identifiable
+    return {"value": shen_bias(np.clip(q, 0, 1)) if known else None, "ci": [lo, hi], "k": k}
+
+
+def cell_tests(
+    est: Any, reading: str, target: np.ndarray, confidence: float
+) -> list[dict[str, Any]]:
+    """Per cell, a bootstrap test of "share = target", then Holm's adjustment across cells.
+
+    The p-value inverts the percentile interval: ``2 · min(P*(q ≤ t), P*(q ≥ t))`` over the
+    bootstrap replicates (with the usual +1), so a cell whose interval at level 1 − α excludes its
+    target has p ≤ α. Cells whose share is not identifiable get no p-value.
+    """
+    samples = est.samples.get(reading)
+    out = []
+    for i, t in enumerate(target):
+        entry: dict[str, Any] = {"p_value": None}
+        if samples is not None and est.identifiable:
+            col = samples[:, i]
+            col = col[np.isfinite(col)]
+            if len(col):
+                below = (1 + int((col <= t).sum())) / (len(col) + 1)
+                above = (1 + int((col >= t).sum())) / (len(col) + 1)
+                entry["p_value"] = min(1.0, 2 * min(below, above))
+        out.append(entry)
+    known = [i for i, e in enumerate(out) if e["p_value"] is not None]
+    adjusted = holm_adjust([out[i]["p_value"] for i in known])
+    alpha = 1 - confidence
+    for i, p in zip(known, adjusted, strict=True):
+        out[i]["p_holm"] = p
+        out[i]["reject"] = bool(p <= alpha)
+    for e in out:
+        e.setdefault("p_holm", None)
+        e.setdefault("reject", None)
+    return out
+
+
+def joint_sections(
+    cset: ClassifierSet,
+    stored: np.ndarray,
+    target: Target,
+    overall: dict[str, Any],
+    *,
+    reading: str,
+    min_cell_n: int,
+    heldout: Any,
+    n_boot: int,
+    confidence: float,
+    smoothing: float,
+    half_width: float,
+    seed: int,
+) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """``attributes`` and ``joint`` sections of ``audit.json``, and their warnings."""
+    groups = cset.groups
+    t_joint = np.array(target.vector(groups))
+    probs = cset.joint(stored)
+    warnings: list[str] = []
+    attributes: dict[str, Any] = {}
+    for i, (attr, levels) in enumerate(cset.levels.items()):
+        marg = target.marginal(attr)
+        t = np.array(marg.vector(list(levels)))
+        held = cset.heldout_marginal(attr)
+        a_seed = seed + 100_003 * (i + 1)
+        est = estimate_shares(cset.marginal(stored, attr), held, n_boot=n_boot, seed=a_seed)
+        summary = summarise(
+            None,
+            list(levels),
+            t,
+            heldout=held,
+            n_boot=n_boot,
+            confidence=confidence,
+            smoothing=smoothing,
+            half_width=half_width,
+            seed=a_seed,
+            estimates=est,
+        )
+        r = reading if reading in est.point else "raw"
+        attributes[attr] = {
+            "levels": list(levels),
+            "target": dict(zip(levels, map(float, t), strict=True)),
+            **summary,
+            "shen_bias": shen_bias_entry(est, r, confidence),
+        }
+        if not summary["identifiable"]:
+            warnings.append(
+                f"attribute '{attr}': its classifier's confusion matrix is ill-conditioned; "
+                "its corrected shares are reported as [0, 1]"
+            )
+    est = estimate_shares(probs, heldout, n_boot=n_boot, seed=seed)  # the overall replicates
+    r = reading if reading in est.point else "raw"
+    tests = cell_tests(est, r, t_joint, confidence)
+    props = overall["proportions"][r]
+    cells = []
+    for j, g in enumerate(groups):
+        n_g = int(overall["counts"][g])
+        small = n_g < min_cell_n
+        cells.append(
+            {
+                "cell": g,
+                "levels": dict(zip(cset.attributes, split_cell(g), strict=True)),
+                "target": float(t_joint[j]),
+                "n": n_g,
+                **{k: props[g][k] for k in ("value", "ci") if k in props[g]},
+                **({"censored": props[g]["censored"]} if props[g].get("censored") else {}),
+                "small": small,
+                **tests[j],
+            }
+        )
+        if small:
+            warnings.append(
+                f"joint cell '{g}' holds {n_g} images (< {min_cell_n}): its interval is wide "
+                "and its test has little power"
+            )
+    zero = [g for g, t in zip(groups, t_joint, strict=True) if t == 0]
+    rejected = [c["cell"] for c in cells if c["reject"]]
+    joint = {
+        "attributes": list(cset.attributes),
+        "levels": {a: list(v) for a, v in cset.levels.items()},
+        "reading": r,
+        "method": cset.note,
+        "min_cell_n": min_cell_n,
+        "cells": cells,
+        "zero_target_cells": zero,
+        "holm": {
+            "alpha": 1 - confidence,
+            "rejected": rejected,
+            "method": "per cell, bootstrap test of share = target (percentile-interval "
+            "inversion); Holm's step-down adjustment across the cells controls the "
+            "family-wise error at alpha",
+        },
+        "shen_bias": {
+            "cells": shen_bias_entry(est, r, confidence),
+            **{a: attributes[a]["shen_bias"] for a in cset.attributes},
+            "definition": "mean over pairs of groups of |share_i − share_j| (Shen et al. 2024); "
+            "intervals from the simultaneous box of the shares",
+        },
+    }
+    if zero:
+        warnings.append(
+            f"the target gives no mass to {len(zero)} joint cell(s) ({', '.join(zero)}): any "
+            "image there is off target, and KL to the target is capped by its smoothing"
+        )
+    return attributes, joint, warnings
