@@ -31,6 +31,7 @@ the same settings are reused, so a re-run continues where an earlier one stopped
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -43,7 +44,7 @@ from typing import Any
 
 from ._io import atomic_write_json
 from .audit import AuditConfig, run_audit
-from .data.phantom import PhantomConfig, build_phantom
+from .data.phantom import AnatomyModel, PhantomConfig, build_phantom
 from .device import Placement
 from .exceptions import ConfigError
 from .generation import GenerationConfig
@@ -70,6 +71,9 @@ class DemoConfig:
         device: Where every stage runs (``auto``: a GPU when there is one).
         dtype: Precision of the diffusion model in every stage (default float32, so a GPU run
             agrees with the committed CPU example within kernel tolerance).
+        attributes: ``("sex",)`` (the default demo) or ``("sex", "age_band")``: the
+            two-attribute pipeline (see :data:`ATTRIBUTE_STAGES`), written under
+            ``OUT/attributes`` beside the default demo, whose CLIP and T2MedI it starts from.
     """
 
     out: Path = Path("reports/demo")
@@ -79,8 +83,18 @@ class DemoConfig:
     target_male_fraction: float = 0.58
     device: str = "auto"
     dtype: str = "float32"
+    attributes: tuple[str, ...] = ("sex",)
 
     def __post_init__(self) -> None:
+        attrs = tuple(a.strip() for a in self.attributes)
+        if attrs not in DEMO_ATTRIBUTES:
+            raise ConfigError(
+                "expected one of "
+                + " or ".join(",".join(a) for a in DEMO_ATTRIBUTES)
+                + f", got {','.join(attrs)}",
+                param="attributes",
+            )
+        object.__setattr__(self, "attributes", attrs)
         for name in ("corpus_male_fraction", "target_male_fraction"):
             value = getattr(self, name)
             if not 0.0 < value < 1.0:
@@ -194,6 +208,84 @@ class DemoConfig:
             return GenerationConfig(n_per_prompt=4, seed=10_000 + self.seed, steps=2, shard_size=4)
         return GenerationConfig(n_per_prompt=64, seed=10_000 + self.seed, steps=25, shard_size=32)
 
+    # -- the two-attribute pipeline (sex × age band) ---------------------------------------
+
+    @property
+    def age_anatomy(self) -> AnatomyModel:
+        """Anatomy of the two-attribute data: age effects ×6.
+
+        At ×1 a small CNN reads the age band at chance; at ×6 its held-out balanced accuracy
+        is about 0.66.
+        """
+        return AnatomyModel(age_effect_scale=6.0, ventricle_gain_max=0.7)
+
+    @property
+    def corpus_attributes(self) -> PhantomConfig:
+        """A corpus skewed in sex and age band: old men dominate (see :data:`CORPUS_JOINT`)."""
+        return PhantomConfig(
+            n=240 if self.fast else 3000,
+            seed=self.seed + 20,
+            joint=CORPUS_JOINT,
+            tumour_rate=0.7,
+            anatomy=self.age_anatomy,
+        )
+
+    @property
+    def target_set_attributes(self) -> PhantomConfig:
+        """The BraTS18-like set with sex and age bands (see :data:`TARGET_JOINT`)."""
+        return dataclasses.replace(
+            self.target_set,
+            seed=self.seed + 21,
+            male_fraction=0.5,  # the joint shares set the sexes
+            joint=TARGET_JOINT,
+            anatomy=self.age_anatomy,
+        )
+
+    @property
+    def t2i_attributes(self) -> T2IConfig:
+        """Fine-tuning of the default demo's T2MedI on the two-attribute corpus (VAE kept)."""
+        if self.fast:
+            return dataclasses.replace(self.t2i, vae_steps=0, unet_steps=4)
+        return T2IConfig(vae_steps=0, unet_steps=300, seed=self.seed)
+
+    @property
+    def remediation_attributes(self) -> RemediationConfig:
+        """Joint alignment over the six cells (``align="joint"``, PACC-corrected)."""
+        if self.fast:
+            return dataclasses.replace(self.remediation, align="joint")
+        return RemediationConfig(
+            steps=150,
+            prompts_per_step=2,
+            align="joint",
+            align_to="corrected",
+            audit_every=50,
+            seed=self.seed,
+        )
+
+
+#: The two attribute sets the demo runs.
+DEMO_ATTRIBUTES = (("sex",), ("sex", "age_band"))
+#: Sex × age band shares of the two-attribute corpus: 85% male as the default demo, and old
+#: (60+) subjects over-represented.
+CORPUS_JOINT = {
+    "female/<40": 0.03,
+    "female/40-59": 0.05,
+    "female/60+": 0.07,
+    "male/<40": 0.10,
+    "male/40-59": 0.25,
+    "male/60+": 0.50,
+}
+#: Sex × age band shares of the two-attribute target set: 58% male and, independently, 25% /
+#: 40% / 35% in the three age bands.
+TARGET_JOINT = {
+    "female/<40": 0.105,
+    "female/40-59": 0.168,
+    "female/60+": 0.147,
+    "male/<40": 0.145,
+    "male/40-59": 0.232,
+    "male/60+": 0.203,
+}
+
 
 # Sex-neutral glioma prompts in the corpus's caption style: what remediation trains on.
 TRAIN_PROMPTS = (
@@ -268,13 +360,206 @@ def _stage(
     return {**record, "reused": False}
 
 
+#: Fields added to stage configurations after stamps were first written, with their defaults:
+#: left out of a stamp while at the default, so that stages finished before them stay valid.
+LATER_FIELDS: dict[str, Any] = {
+    "age_bands": (40, 60),
+    "joint": None,
+    "age_effect_scale": 1.0,
+    "ventricle_gain_max": 0.45,
+    "align": "joint",
+    "align_weights": None,
+}
+
+
+def _settings(cfg: Any) -> Any:
+    """``asdict(cfg)`` without :data:`LATER_FIELDS` that hold their defaults (recursively)."""
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {
+                k: strip(v)
+                for k, v in node.items()
+                if not (k in LATER_FIELDS and v == LATER_FIELDS[k])
+            }
+        return node
+
+    return strip(asdict(cfg))
+
+
+@dataclass
+class _Run:
+    """What every stage of one demo run shares."""
+
+    config: DemoConfig
+    out: Path
+    stage: Callable[..., dict[str, Any]]
+    progress: ProgressCallback | None
+    log: Callable[[str], None] | None
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def where(self) -> Placement:
+        return self.config.placement
+
+    def run(self, name: str, settings: Any, work: Callable[[], dict[str, Any]]) -> dict:
+        self.stages[name] = self.stage(self.out, name, settings, work, self.log)
+        return self.stages[name]
+
+    def stamps(self, *names: str) -> list[str]:
+        return [self.stages[n]["stamp"] for n in names]
+
+    def phantom(self, name: str, cfg: PhantomConfig, folder: Path) -> dict[str, Any]:
+        def work() -> dict[str, Any]:
+            result = build_phantom(folder, cfg, overwrite=True, progress=self.progress)
+            return {"path": str(result.root), "counts": result.counts}
+
+        return self.run(name, _settings(cfg), work)
+
+    def classifier(
+        self,
+        name: str,
+        cfg: ClassifierConfig,
+        splits: tuple[str, str, str],
+        *,
+        data: Path,
+        folder: Path,
+        after: str,
+        attribute: str = "sex",
+        groups: tuple[str, ...] | None = ("female", "male"),
+    ) -> dict[str, Any]:
+        def work() -> dict[str, Any]:
+            r = train_classifier(
+                data,
+                folder,
+                cfg,
+                attribute=attribute,
+                groups=groups,
+                splits=splits,
+                overwrite=True,
+                placement=self.where,
+                progress=self.progress,
+            )
+            ev = r.evaluation
+            return {
+                "path": str(r.path),
+                "balanced_accuracy": ev["balanced_accuracy"],
+                "roc_auc": ev["roc_auc"],
+                "ece": ev["ece"],
+            }
+
+        settings: dict[str, Any] = {"cfg": asdict(cfg), "splits": splits, "after": after}
+        if attribute != "sex":
+            settings["attribute"] = attribute
+        return self.run(name, settings, work)
+
+    def audit(
+        self,
+        name: str,
+        *,
+        checkpoint: Path,
+        classifier: Path | dict[str, Path],
+        target: Path,
+        reference: Path,
+        folder: Path,
+        after: list[str],
+    ) -> dict[str, Any]:
+        cfg = self.config
+
+        def work() -> dict[str, Any]:
+            r = run_audit(
+                AuditConfig(
+                    checkpoint=checkpoint,
+                    classifier=classifier,
+                    prompts=HELD_OUT_PROMPTS,
+                    target=Target.load(target),
+                    out=folder,
+                    generation=cfg.audit_generation,
+                    reference=reference,
+                    reference_split="test",
+                    n_boot=200 if cfg.fast else 1000,
+                    overwrite=True,
+                    placement=self.where,
+                ),
+                progress=self.progress,
+            )
+            info = {"path": str(folder), "kl": r.kl()}
+            if "male" in r.groups:
+                info.update(male_raw=r.share("male", "raw"), male_corrected=r.share("male"))
+            if r.data.get("joint"):
+                info["rejected_cells"] = r.data["joint"]["holm"]["rejected"]
+            return info
+
+        settings = {
+            "gen": asdict(cfg.audit_generation),
+            "prompts": HELD_OUT_PROMPTS,
+            "after": after,
+        }
+        return self.run(name, settings, work)
+
+    def remediate(
+        self,
+        name: str,
+        *,
+        checkpoint: Path,
+        classifier: Path | dict[str, Path],
+        target: Path,
+        folder: Path,
+        rcfg: RemediationConfig,
+        encoder: Path,
+        after: list[str],
+    ) -> dict[str, Any]:
+        def work() -> dict[str, Any]:
+            r = remediate(
+                checkpoint,
+                classifier=classifier,
+                target=Target.load(target),
+                prompts=TRAIN_PROMPTS,
+                out=folder,
+                config=rcfg,
+                image_encoders=[(encoder, 1.0)],
+                overwrite=True,
+                placement=self.where,
+                progress=self.progress,
+            )
+            first, last = r.data["audits"][0], r.final_audit
+            return {
+                "path": str(r.path),
+                "quick_audit_before": {"share": first["share"], "kl": first["kl"]},
+                "quick_audit_after": {"share": last["share"], "kl": last["kl"]},
+            }
+
+        # a memory knob that leaves the weights unchanged is not part of the stamp
+        cfg = {k: v for k, v in _settings(rcfg).items() if k != "unet_checkpointing"}
+        return self.run(name, {"cfg": cfg, "prompts": TRAIN_PROMPTS, "after": after}, work)
+
+    def report(
+        self, name: str, columns: dict[str, str], folder: Path, stem: Path, after: list[str]
+    ) -> dict[str, Any]:
+        """Reports (HTML, Markdown, LaTeX) of the audits in ``folder`` (subfolder → label)."""
+
+        def work() -> dict[str, Any]:
+            from .reporting.compare import write_report
+
+            files = [folder / f / "audit.json" for f in columns]
+            paths = [
+                write_report(
+                    files, stem.with_suffix(ext), labels=list(columns.values()), overwrite=True
+                )
+                for ext in (".html", ".md", ".tex")
+            ]
+            return {"paths": [str(p) for p in paths]}
+
+        return self.run(name, {"after": after}, work)
+
+
 def run_demo(
     config: DemoConfig,
     *,
     progress: ProgressCallback | None = None,
     log: Callable[[str], None] | None = None,
 ) -> DemoResult:
-    """Run every stage of the demo that exists so far.
+    """Run every stage of the demo (the default, or the two-attribute pipeline).
 
     Args:
         config: Demo settings.
@@ -285,22 +570,65 @@ def run_demo(
         Output folder and stage records.
     """
     out = config.out
-    data = out / "data"
-    where = config.placement
-    dtype = where.describe()["dtype"]
+    dtype = config.placement.describe()["dtype"]
     half = None if dtype == "float32" else dtype
-    stage = functools.partial(_stage, precision=half)
-    stages: dict[str, dict[str, Any]] = {}
+    run = _Run(config, out, functools.partial(_stage, precision=half), progress, log)
+    _base_stages(run)
+    if config.attributes == ("sex",):
+        _sex_stages(run)
+        record = out / "demo.json"
+    else:
+        _attribute_stages(run)
+        record = out / "attributes" / "demo.json"
+    atomic_write_json(
+        record,
+        {
+            "config": {
+                k: str(v) if isinstance(v, os.PathLike) else v for k, v in asdict(config).items()
+            },
+            "stages": run.stages,
+        },
+    )
+    return DemoResult(out=out, stages=run.stages)
 
-    def phantom(name: str, cfg: PhantomConfig) -> dict[str, Any]:
-        def work() -> dict[str, Any]:
-            result = build_phantom(data / name, cfg, overwrite=True, progress=progress)
-            return {"path": str(result.root), "counts": result.counts}
 
-        return stage(out, name, asdict(cfg), work, log)
+def _base_stages(run: _Run) -> None:
+    """The biased corpus, CLIP and the T2MedI trained on it (both pipelines start here)."""
+    cfg, data, models = run.config, run.out / "data", run.out / "models"
+    run.phantom("corpus", cfg.corpus, data / "corpus")
 
-    stages["corpus"] = phantom("corpus", config.corpus)
-    stages["target_set"] = phantom("target_set", config.target_set)
+    def clip_work() -> dict[str, Any]:
+        r = train_clip(
+            data / "corpus",
+            models / "clip",
+            cfg.clip,
+            overwrite=True,
+            placement=run.where,
+            progress=run.progress,
+        )
+        return {"path": str(r.path), "recall_at_1": r.recall_at_1, "chance": r.chance}
+
+    run.run("clip", {"cfg": asdict(cfg.clip), "after": run.stamps("corpus")[0]}, clip_work)
+
+    def t2i_work() -> dict[str, Any]:
+        r = train_t2i(
+            data / "corpus",
+            models / "t2medi",
+            cfg.t2i,
+            clip=models / "clip",
+            overwrite=True,
+            placement=run.where,
+            progress=run.progress,
+        )
+        return {"path": str(r.path), "vae_loss": r.vae_loss, "unet_loss": r.unet_loss}
+
+    run.run("t2medi", {"cfg": asdict(cfg.t2i), "after": run.stamps("clip")[0]}, t2i_work)
+
+
+def _sex_stages(run: _Run) -> None:
+    """The default demo: one attribute (sex)."""
+    cfg, out, data, models = run.config, run.out, run.out / "data", run.out / "models"
+    run.phantom("target_set", cfg.target_set, data / "target_set")
 
     def target_work() -> dict[str, Any]:
         target = target_from_labels(
@@ -312,198 +640,171 @@ def run_demo(
         target.save(out / "target.json", overwrite=True)
         return {"path": str(out / "target.json"), "proportions": dict(target.proportions)}
 
-    stages["target"] = stage(
-        out, "target", {"after": stages["target_set"]["stamp"]}, target_work, log
-    )
-    models = out / "models"
-
-    def clip_work() -> dict[str, Any]:
-        r = train_clip(
-            data / "corpus",
-            models / "clip",
-            config.clip,
-            overwrite=True,
-            placement=where,
-            progress=progress,
+    run.run("target", {"after": run.stamps("target_set")[0]}, target_work)
+    for name, ccfg, splits in (
+        ("classifier", cfg.classifier, ("train", "val", "test")),
+        ("evaluator", cfg.evaluator, ("eval_train", "eval_val", "test")),
+    ):
+        run.classifier(
+            name,
+            ccfg,
+            splits,
+            data=data / "target_set",
+            folder=models / name,
+            after=run.stamps("target_set")[0],
         )
-        return {"path": str(r.path), "recall_at_1": r.recall_at_1, "chance": r.chance}
-
-    stages["clip"] = stage(
-        out,
-        "clip",
-        {"cfg": asdict(config.clip), "after": stages["corpus"]["stamp"]},
-        clip_work,
-        log,
+    sides = (("", "evaluator"), ("-trainclf", "classifier"))
+    for suffix, clf in sides:
+        run.audit(
+            f"audit_before{suffix}",
+            checkpoint=models / "t2medi",
+            classifier=models / clf,
+            target=out / "target.json",
+            reference=data / "target_set",
+            folder=out / f"before{suffix}",
+            after=run.stamps("t2medi", clf, "target"),
+        )
+    run.remediate(
+        "remediate",
+        checkpoint=models / "t2medi",
+        classifier=models / "classifier",
+        target=out / "target.json",
+        folder=models / "t2medi-fair",
+        rcfg=cfg.remediation,
+        encoder=models / "clip",
+        after=run.stamps("t2medi", "classifier", "target", "clip"),
     )
+    for suffix, clf in sides:
+        run.audit(
+            f"audit_after{suffix}",
+            checkpoint=models / "t2medi-fair",
+            classifier=models / clf,
+            target=out / "target.json",
+            reference=data / "target_set",
+            folder=out / f"after{suffix}",
+            after=run.stamps("remediate", f"audit_before{suffix}"),
+        )
+    run.report(
+        "report",
+        REPORT_COLUMNS,
+        out,
+        out / "report",
+        run.stamps(*[f"audit_{f}" for f in REPORT_COLUMNS]),
+    )
+
+
+#: The two-attribute pipeline's stages (``medfair demo --attributes sex,age_band``), written
+#: under ``OUT/attributes``: a corpus skewed in sex and age band and a target set with both
+#: (age effects on anatomy ×6, so that the age band can be read); the default demo's T2MedI
+#: fine-tuned on that corpus; one classifier per attribute, twice (training and independent
+#: evaluation, as in the default demo); audits before and after joint remediation.
+ATTRIBUTE_STAGES = (
+    "sa_corpus",
+    "sa_target_set",
+    "sa_target",
+    "sa_t2medi",
+    "sa_classifier_sex",
+    "sa_classifier_age_band",
+    "sa_evaluator_sex",
+    "sa_evaluator_age_band",
+    "audit_sa_before",
+    "audit_sa_before-trainclf",
+    "sa_remediate",
+    "audit_sa_after",
+    "audit_sa_after-trainclf",
+    "sa_report",
+)
+
+
+def _attribute_stages(run: _Run) -> None:
+    """Sex × age band: every stage of :data:`ATTRIBUTE_STAGES`."""
+    cfg, root = run.config, run.out / "attributes"
+    data, models = root / "data", root / "models"
+    run.phantom("sa_corpus", cfg.corpus_attributes, data / "corpus")
+    run.phantom("sa_target_set", cfg.target_set_attributes, data / "target_set")
+    target_file = root / "target.json"
+
+    def target_work() -> dict[str, Any]:
+        target = target_from_labels(
+            data / "target_set" / "metadata.csv",
+            column=["sex", "age_band"],
+            name="BraTS18 (phantom stand-in)",
+        )
+        target.save(target_file, overwrite=True)
+        return {"path": str(target_file), "proportions": dict(target.proportions)}
+
+    run.run("sa_target", {"after": run.stamps("sa_target_set")[0]}, target_work)
 
     def t2i_work() -> dict[str, Any]:
         r = train_t2i(
             data / "corpus",
             models / "t2medi",
-            config.t2i,
-            clip=models / "clip",
+            cfg.t2i_attributes,
+            init=run.out / "models" / "t2medi",
             overwrite=True,
-            placement=where,
-            progress=progress,
+            placement=run.where,
+            progress=run.progress,
         )
-        return {"path": str(r.path), "vae_loss": r.vae_loss, "unet_loss": r.unet_loss}
+        return {"path": str(r.path), "unet_loss": r.unet_loss}
 
-    stages["t2medi"] = stage(
-        out,
-        "t2medi",
-        {"cfg": asdict(config.t2i), "after": stages["clip"]["stamp"]},
+    run.run(
+        "sa_t2medi",
+        {"cfg": asdict(cfg.t2i_attributes), "after": run.stamps("t2medi", "sa_corpus")},
         t2i_work,
-        log,
     )
-
-    def classifier_work(
-        name: str, cfg: ClassifierConfig, splits: tuple[str, str, str]
-    ) -> Callable[[], dict[str, Any]]:
-        def work() -> dict[str, Any]:
-            r = train_classifier(
-                data / "target_set",
-                models / name,
-                cfg,
-                attribute="sex",
-                groups=("female", "male"),
-                splits=splits,
-                overwrite=True,
-                placement=where,
-                progress=progress,
-            )
-            ev = r.evaluation
-            return {
-                "path": str(r.path),
-                "balanced_accuracy": ev["balanced_accuracy"],
-                "roc_auc": ev["roc_auc"],
-                "ece": ev["ece"],
-            }
-
-        return work
-
-    for name, cfg, splits in (
-        ("classifier", config.classifier, ("train", "val", "test")),
-        ("evaluator", config.evaluator, ("eval_train", "eval_val", "test")),
+    pairs = {}
+    for role, ccfg, splits in (
+        ("classifier", cfg.classifier, ("train", "val", "test")),
+        ("evaluator", cfg.evaluator, ("eval_train", "eval_val", "test")),
     ):
-        stages[name] = stage(
-            out,
-            name,
-            {"cfg": asdict(cfg), "splits": splits, "after": stages["target_set"]["stamp"]},
-            classifier_work(name, cfg, splits),
-            log,
-        )
-
-    def audit(checkpoint: Path, folder: str, clf: str) -> Callable[[], dict[str, Any]]:
-        def work() -> dict[str, Any]:
-            r = run_audit(
-                AuditConfig(
-                    checkpoint=checkpoint,
-                    classifier=models / clf,
-                    prompts=HELD_OUT_PROMPTS,
-                    target=Target.load(out / "target.json"),
-                    out=out / folder,
-                    generation=config.audit_generation,
-                    reference=data / "target_set",
-                    reference_split="test",
-                    n_boot=200 if config.fast else 1000,
-                    overwrite=True,
-                    placement=where,
-                ),
-                progress=progress,
+        for attr in cfg.attributes:
+            run.classifier(
+                f"sa_{role}_{attr}",
+                ccfg,
+                splits,
+                data=data / "target_set",
+                folder=models / f"{role}-{attr}",
+                after=run.stamps("sa_target_set")[0],
+                attribute=attr,
+                groups=None,
             )
-            return {
-                "path": str(out / folder),
-                "male_raw": r.share("male", "raw"),
-                "male_corrected": r.share("male"),
-                "kl": r.kl(),
-            }
-
-        return work
-
-    audit_settings = {"gen": asdict(config.audit_generation), "prompts": HELD_OUT_PROMPTS}
+        pairs[role] = {a: models / f"{role}-{a}" for a in cfg.attributes}
+    clf_stamps = {r: [f"sa_{r}_{a}" for a in cfg.attributes] for r in pairs}
     sides = (("", "evaluator"), ("-trainclf", "classifier"))
-    for suffix, clf in sides:
-        stages[f"audit_before{suffix}"] = stage(
-            out,
-            f"audit_before{suffix}",
-            {
-                **audit_settings,
-                "after": [stages[k]["stamp"] for k in ("t2medi", clf, "target")],
-            },
-            audit(models / "t2medi", f"before{suffix}", clf),
-            log,
+    for suffix, role in sides:
+        run.audit(
+            f"audit_sa_before{suffix}",
+            checkpoint=models / "t2medi",
+            classifier=pairs[role],
+            target=target_file,
+            reference=data / "target_set",
+            folder=root / f"before{suffix}",
+            after=run.stamps("sa_t2medi", *clf_stamps[role], "sa_target"),
         )
-
-    def remediate_work() -> dict[str, Any]:
-        r = remediate(
-            models / "t2medi",
-            classifier=models / "classifier",
-            target=Target.load(out / "target.json"),
-            prompts=TRAIN_PROMPTS,
-            out=models / "t2medi-fair",
-            config=config.remediation,
-            image_encoders=[(models / "clip", 1.0)],
-            overwrite=True,
-            placement=where,
-            progress=progress,
+    run.remediate(
+        "sa_remediate",
+        checkpoint=models / "t2medi",
+        classifier=pairs["classifier"],
+        target=target_file,
+        folder=models / "t2medi-fair",
+        rcfg=cfg.remediation_attributes,
+        encoder=run.out / "models" / "clip",
+        after=run.stamps("sa_t2medi", *clf_stamps["classifier"], "sa_target", "clip"),
+    )
+    for suffix, role in sides:
+        run.audit(
+            f"audit_sa_after{suffix}",
+            checkpoint=models / "t2medi-fair",
+            classifier=pairs[role],
+            target=target_file,
+            reference=data / "target_set",
+            folder=root / f"after{suffix}",
+            after=run.stamps("sa_remediate", f"audit_sa_before{suffix}"),
         )
-        first, last = r.data["audits"][0], r.final_audit
-        return {
-            "path": str(r.path),
-            "quick_audit_before": {"share": first["share"], "kl": first["kl"]},
-            "quick_audit_after": {"share": last["share"], "kl": last["kl"]},
-        }
-
-    stages["remediate"] = stage(
-        out,
-        "remediate",
-        {
-            # a memory knob that leaves the weights unchanged is not part of the stamp
-            "cfg": {
-                k: v for k, v in asdict(config.remediation).items() if k != "unet_checkpointing"
-            },
-            "prompts": TRAIN_PROMPTS,
-            "after": [stages[k]["stamp"] for k in ("t2medi", "classifier", "target", "clip")],
-        },
-        remediate_work,
-        log,
+    run.report(
+        "sa_report",
+        REPORT_COLUMNS,
+        root,
+        root / "report",
+        run.stamps(*[f"audit_sa_{f}" for f in REPORT_COLUMNS]),
     )
-    for suffix, clf in sides:
-        stages[f"audit_after{suffix}"] = stage(
-            out,
-            f"audit_after{suffix}",
-            {
-                **audit_settings,
-                "after": [stages[k]["stamp"] for k in ("remediate", f"audit_before{suffix}")],
-            },
-            audit(models / "t2medi-fair", f"after{suffix}", clf),
-            log,
-        )
-
-    def report_work() -> dict[str, Any]:
-        from .reporting.compare import write_report
-
-        audits = [out / f / "audit.json" for f in REPORT_COLUMNS]
-        paths = [
-            write_report(audits, out / name, labels=list(REPORT_COLUMNS.values()), overwrite=True)
-            for name in ("report.html", "report.md", "report.tex")
-        ]
-        return {"paths": [str(p) for p in paths]}
-
-    stages["report"] = stage(
-        out,
-        "report",
-        {"after": [stages[f"audit_{f}"]["stamp"] for f in REPORT_COLUMNS]},
-        report_work,
-        log,
-    )
-    atomic_write_json(
-        out / "demo.json",
-        {
-            "config": {
-                k: str(v) if isinstance(v, os.PathLike) else v for k, v in asdict(config).items()
-            },
-            "stages": stages,
-        },
-    )
-    return DemoResult(out=out, stages=stages)

@@ -29,7 +29,13 @@ from ..metrics.frame import holm_adjust, shen_bias, summarise
 from ..models.attributes import ClassifierSet
 from ..target import Target
 
-__all__ = ["cell_tests", "joint_sections", "shen_bias_entry"]
+__all__ = [
+    "cell_tests",
+    "heldout_from_audit",
+    "independence_check",
+    "joint_sections",
+    "shen_bias_entry",
+]
 
 
 def shen_bias_entry(est: Any, reading: str, confidence: float) -> dict[str, Any]:
@@ -73,6 +79,58 @@ def cell_tests(
         e.setdefault("p_holm", None)
         e.setdefault("reject", None)
     return out
+
+
+def independence_check(cset: ClassifierSet, alpha: float = 0.05) -> dict[str, Any] | None:
+    """Does each classifier's accuracy, within its own attribute's level, depend on the others?
+
+    The joint cells of per-attribute classifiers assume it does not. Each classifier's
+    ``evaluation.json`` holds its held-out accuracy per cell of the attributes (fairlearn's
+    ``MetricFrame`` over ``sex × age_band``); for each of its levels, a Pearson χ² test of
+    correct/incorrect × the other attributes' levels asks whether accuracy varies. p-values are
+    Holm-adjusted over all the tests. ``None`` when the held-out tables lack the cells.
+    """
+    from scipy import stats
+
+    if not cset.multi or cset.joint_classifier:
+        return None
+    key = " × ".join(cset.attributes)
+    tests = []
+    for i, member in enumerate(cset.members):
+        table = ((member.evaluation or {}).get("by_group") or {}).get(key)
+        if not table:
+            return None
+        for level in member.groups:
+            rows = []
+            for cell, m in table.items():
+                levels = split_cell(cell)
+                if len(levels) == len(cset.attributes) and levels[i] == level:
+                    n = round(m["count"])
+                    correct = round(m["accuracy"] * n)
+                    rows.append((cell, correct, n - correct))
+            counts = np.array([[c, w] for _, c, w in rows])
+            if len(rows) < 2 or (counts.sum(0) == 0).any() or (counts.sum(1) == 0).any():
+                continue
+            chi = stats.chi2_contingency(counts, correction=False)
+            tests.append(
+                {
+                    "classifier": member.attribute,
+                    "level": level,
+                    "accuracy_by_cell": {cell: c / (c + w) for cell, c, w in rows if c + w > 0},
+                    "p_value": float(chi.pvalue),
+                }
+            )
+    if not tests:
+        return None
+    for t, p in zip(tests, holm_adjust([t["p_value"] for t in tests]), strict=True):
+        t["p_holm"] = p
+    doubtful = [t for t in tests if t["p_holm"] <= alpha]
+    return {
+        "tests": tests,
+        "doubtful": bool(doubtful),
+        "method": "per classifier and level, Pearson chi-square of held-out correct/incorrect "
+        "across the other attributes' levels; Holm-adjusted over all tests",
+    }
 
 
 def joint_sections(
@@ -151,6 +209,17 @@ def joint_sections(
                 f"joint cell '{g}' holds {n_g} images (< {min_cell_n}): its interval is wide "
                 "and its test has little power"
             )
+    check = independence_check(cset, alpha=1 - confidence)
+    if check and check["doubtful"]:
+        for t in check["tests"]:
+            if t["p_holm"] <= 1 - confidence:
+                acc = t["accuracy_by_cell"].values()
+                warnings.append(
+                    f"the {t['classifier']} classifier's held-out accuracy on '{t['level']}' "
+                    f"images depends on the other attributes ({min(acc):.2f}-{max(acc):.2f}, "
+                    f"Holm p = {t['p_holm']:.2g}): the independence behind the joint cells is "
+                    "doubtful there; a joint classifier does not need it"
+                )
     zero = [g for g, t in zip(groups, t_joint, strict=True) if t == 0]
     rejected = [c["cell"] for c in cells if c["reject"]]
     joint = {
@@ -161,6 +230,7 @@ def joint_sections(
         "min_cell_n": min_cell_n,
         "cells": cells,
         "zero_target_cells": zero,
+        "independence_check": check,
         "holm": {
             "alpha": 1 - confidence,
             "rejected": rejected,
@@ -181,3 +251,22 @@ def joint_sections(
             "image there is off target, and KL to the target is capped by its smoothing"
         )
     return attributes, joint, warnings
+
+
+def heldout_from_audit(doc: dict[str, Any]) -> Any:
+    """The held-out errors an ``audit.json`` used for its groups (joint cells too).
+
+    One classifier per attribute gives the Kronecker product of theirs; one classifier (joint or
+    not) gives its own.
+    """
+    from ..metrics.estimates import HeldOut, ProductHeldOut
+
+    by_attr = doc["classifier"].get("by_attribute")
+    if doc.get("joint") and by_attr and len(by_attr) > 1:
+        return ProductHeldOut(
+            [
+                HeldOut.from_evaluation(e["evaluation"], doc["joint"]["levels"][a])
+                for a, e in by_attr.items()
+            ]
+        )
+    return HeldOut.from_evaluation(doc["classifier"]["evaluation"], doc["groups"])

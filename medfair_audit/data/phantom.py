@@ -125,7 +125,9 @@ class AnatomyModel:
       1999, J. Neurosci. 19:4065; Ritchie et al. 2018); grey matter declines with age.
 
     ``age_effect_scale`` multiplies the two age effects (1 = the values above; larger values make
-    the age band easier to read from an image, for two-attribute experiments).
+    the age band easier to read from an image, for two-attribute experiments: at 1 a small CNN
+    reads the age band at chance). ``ventricle_gain_max`` caps the ventricle gain (raise it with
+    a large ``age_effect_scale``, so that old subjects' ventricles keep growing).
 
     ``effect_scale`` multiplies the three male-female differences (1 = the values above). The
     default is 2.0: at the literature's effect sizes a logistic regression on 64-px phantom pixels
@@ -150,6 +152,7 @@ class AnatomyModel:
     age_sd: float = 14.0
     effect_scale: float = 2.0
     age_effect_scale: float = 1.0
+    ventricle_gain_max: float = 0.45
 
     def draw(
         self,
@@ -184,7 +187,9 @@ class AnatomyModel:
         vent = rng.normal(
             mean(self.ventricle_gain_male, self.ventricle_gain_female), self.ventricle_gain_sd
         )
-        vent = float(np.clip(vent + self.ventricle_gain_per_year * years, -0.1, 0.45))
+        vent = float(
+            np.clip(vent + self.ventricle_gain_per_year * years, -0.1, self.ventricle_gain_max)
+        )
         gm = rng.normal(mean(self.gm_shift_male, self.gm_shift_female), self.gm_shift_sd)
         gm = float(gm + self.gm_shift_per_year * years)
         return {"age": round(age), "head_scale": head, "ventricle_gain": vent, "gm_shift": gm}

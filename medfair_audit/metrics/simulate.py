@@ -23,7 +23,14 @@ from .frame import dispersion, summarise
 from .functional import DEFAULT_SMOOTHING
 from .paired import paired_change
 
-__all__ = ["SimulatedClassifier", "coverage_study", "dispersion_study", "paired_study"]
+__all__ = [
+    "SimulatedCategorical",
+    "SimulatedClassifier",
+    "coverage_study",
+    "dispersion_study",
+    "joint_coverage_study",
+    "paired_study",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -272,4 +279,112 @@ def paired_study(
         "change_coverage": float(np.mean(hits)),
         "mean_width": float(np.mean(widths)),
         "mcnemar_rejection": float(np.mean(rejected)),
+    }
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimulatedCategorical:
+    """A calibrated K-group classifier of one attribute with known error rates.
+
+    An image of true level ``y`` has a score vector ``separation · e_y + N(0, I)``; its
+    probabilities ``softmax(separation · score)`` are the exact posterior under a uniform prior.
+
+    Args:
+        k: Number of levels.
+        separation: Distance of the score means (larger: fewer errors).
+    """
+
+    k: int
+    separation: float = 1.6
+
+    def probs(self, rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities ``(n, k)`` of images with true ``labels``."""
+        score = rng.normal(0.0, 1.0, size=(len(labels), self.k))
+        score[np.arange(len(labels)), labels] += self.separation
+        z = self.separation * score
+        z -= z.max(1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(1, keepdims=True)
+
+    def heldout(self, rng: np.random.Generator, per_group: int) -> HeldOut:
+        """A held-out set with ``per_group`` images of each true level."""
+        labels = np.repeat(np.arange(self.k), per_group)
+        return HeldOut(labels=labels, probs=self.probs(rng, labels), predicted=None)
+
+
+def joint_coverage_study(
+    *,
+    truth: np.ndarray,
+    n: int,
+    reps: int,
+    classifiers: Sequence[SimulatedCategorical] | None = None,
+    per_group: int = 300,
+    n_boot: int = 500,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Joint cells read by one simulated classifier per attribute: do the intervals hold?
+
+    Each replication draws a held-out set per classifier and ``n`` images from the joint
+    distribution ``truth`` (shape ``(k₁, k₂, …)``); each image's attribute levels are read by
+    its own classifier, independently given the cell (the assumption of
+    :class:`~medfair_audit.metrics.estimates.ProductHeldOut`). It records, for each corrected
+    reading, whether each cell's interval holds the true cell share, whether all of them do at
+    the simultaneous (Bonferroni) level, and how often Holm's procedure over the cell tests
+    rejects a true null (the target equals the truth): the family-wise error.
+
+    Returns:
+        Per reading: per-cell coverage, mean width, simultaneous coverage; the family-wise
+        rejection rate; the settings.
+    """
+    from ..audit.joint import cell_tests
+    from .estimates import ProductHeldOut, share_intervals, simultaneous_level
+
+    truth = np.asarray(truth, dtype=np.float64)
+    shape = truth.shape
+    clfs = list(classifiers or [SimulatedCategorical(k=k) for k in shape])
+    q = truth.ravel()
+    k = len(q)
+    rng = np.random.default_rng(seed)
+    readings = ("acc", "pacc", "em")
+    hits = {r: np.zeros(k) for r in readings}
+    widths = {r: np.zeros(k) for r in readings}
+    joint_hits = dict.fromkeys(readings, 0)
+    family_rejections = 0
+    level = simultaneous_level(confidence, k)
+    for rep in range(reps):
+        held = ProductHeldOut([c.heldout(rng, per_group) for c in clfs])
+        cells = rng.choice(k, size=n, p=q)
+        levels = np.unravel_index(cells, shape)
+        probs = clfs[0].probs(rng, levels[0])
+        for c, lv in zip(clfs[1:], levels[1:], strict=True):
+            p = c.probs(rng, lv)
+            probs = (probs[:, :, None] * p[:, None, :]).reshape(n, -1)
+        est = estimate_shares(probs, held, n_boot=n_boot, seed=seed * 100_003 + rep)
+        for r in readings:
+            cis = np.array(share_intervals(est, r, confidence))
+            inside = (cis[:, 0] - 1e-12 <= q) & (q <= cis[:, 1] + 1e-12)
+            hits[r] += inside
+            widths[r] += cis[:, 1] - cis[:, 0]
+            sim = np.array(share_intervals(est, r, level))
+            joint_hits[r] += bool(((sim[:, 0] - 1e-12 <= q) & (q <= sim[:, 1] + 1e-12)).all())
+        tests = cell_tests(est, "pacc", q, confidence)
+        family_rejections += any(t["reject"] for t in tests)
+    return {
+        "truth": truth.tolist(),
+        "n": n,
+        "reps": reps,
+        "per_group": per_group,
+        "n_boot": n_boot,
+        "confidence": confidence,
+        "separations": [c.separation for c in clfs],
+        "shares": {
+            r: {
+                "coverage_per_cell": (hits[r] / reps).tolist(),
+                "mean_width_per_cell": (widths[r] / reps).tolist(),
+                "simultaneous_coverage": joint_hits[r] / reps,
+            }
+            for r in readings
+        },
+        "holm_familywise_rejection": family_rejections / reps,
     }

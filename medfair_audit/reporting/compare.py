@@ -334,7 +334,7 @@ def paired_analysis(
 
     Images are matched on (prompt text, seed) through each audit's ``images.csv``.
     """
-    from ..metrics.estimates import HeldOut
+    from ..audit.joint import heldout_from_audit
     from ..metrics.paired import paired_change
 
     ta, tb = before.images, after.images
@@ -348,10 +348,8 @@ def paired_analysis(
     if not len(merged):
         return None
     same = before.data["config"]["classifier_sha256"] == after.data["config"]["classifier_sha256"]
-    held_a = HeldOut.from_evaluation(before.data["classifier"]["evaluation"], groups)
-    held_b = (
-        held_a if same else HeldOut.from_evaluation(after.data["classifier"]["evaluation"], groups)
-    )
+    held_a = heldout_from_audit(before.data)
+    held_b = held_a if same else heldout_from_audit(after.data)
     result = paired_change(
         merged[[f"{c}_a" for c in cols]].to_numpy(),
         merged[[f"{c}_b" for c in cols]].to_numpy(),

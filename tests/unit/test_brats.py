@@ -153,3 +153,53 @@ def test_symlinks_leading_out_of_the_root_are_refused_unless_allowed(tmp_path, l
     assert err.value.param == "root" and "--allow-outside-root" in str(err.value)
     ds = BratsDataset(root, sex, slices_per_subject=2, size=16, allow_outside_root=True)
     assert sorted(set(ds.metadata.subject)) == ["Brats18_A_1", "Brats18_X_9"]
+
+
+def test_a_clinical_table_with_f_m_and_age_gives_a_joint_target_without_renaming(brats, tmp_path):
+    """`Subject`/`Sex` in any case, sex as F/M/Male/Female, an `Age` column and another column:
+    the import keeps every column, adds age bands, and a sex × age band target follows."""
+    from medfair_audit.data import export_image_folder
+    from medfair_audit.target import target_from_labels
+
+    root, _ = brats
+    table = tmp_path / "clinical.csv"
+    table.write_text(
+        "Subject,Sex,Age,Survival,tumour\n"
+        "Brats18_A_1,M,35,289,x\nBrats18_A_2,Female,61.5,,y\nBrats18_B_1,f,47,400,z\n"
+    )
+    ds = BratsDataset(root, table, slices_per_subject=2, size=32)
+    by_subject = ds.metadata.groupby("subject").first()
+    assert by_subject.sex.to_dict() == {
+        "Brats18_A_1": "male", "Brats18_A_2": "female", "Brats18_B_1": "female",
+    }  # fmt: skip
+    assert by_subject.age_band.to_dict() == {
+        "Brats18_A_1": "<40", "Brats18_A_2": "60+", "Brats18_B_1": "40-59",
+    }  # fmt: skip
+    assert by_subject.grade.to_dict() == {
+        "Brats18_A_1": "HGG", "Brats18_A_2": "HGG", "Brats18_B_1": "LGG",
+    }  # fmt: skip
+    assert by_subject.Survival.to_dict()["Brats18_A_1"] == "289"
+    assert by_subject.table_tumour.to_dict()["Brats18_A_1"] == "x"  # clashes get a prefix
+    out = tmp_path / "imported"
+    export_image_folder(ds, out)
+    target = target_from_labels(out / "metadata.csv", column=["sex", "age_band"])
+    assert target.name == "BraTS18" and target.attributes == ("sex", "age_band")
+    assert target.marginal("sex").proportions == {"female": 4 / 6, "male": 2 / 6}
+    assert target.proportions["male/<40"] == pytest.approx(2 / 6)
+    assert set(target.zero_cells) == {"female/<40", "male/40-59", "male/60+"}
+
+
+def test_unknown_sex_values_and_bad_ages_are_one_line_errors(brats, tmp_path):
+    root, _ = brats
+    bad_sex = tmp_path / "bad_sex.csv"
+    bad_sex.write_text("subject,sex\nBrats18_A_1,X\n")
+    with pytest.raises(DataError, match="X") as info:
+        BratsDataset(root, bad_sex)
+    assert info.value.param == "sex_csv"
+    bad_age = tmp_path / "bad_age.csv"
+    bad_age.write_text("subject,sex,age\nBrats18_A_1,M,old\n")
+    with pytest.raises(DataError, match="age must be a number") as info:
+        BratsDataset(root, bad_age)
+    assert info.value.param == "sex_csv"
+    with pytest.raises(DataError, match="'gender'"):
+        BratsDataset(root, bad_age, sex_column="gender")
