@@ -2,13 +2,16 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-fast test-slow lint format example clean
+.PHONY: setup demo demo-attributes test test-fast test-slow lint format example example-attributes clean
 
 setup:
 	@bash scripts/setup.sh
 
 demo: setup  ## the main job: the full demo on the embedded phantom data
 	$(BIN)/medfair demo --out reports/demo
+
+demo-attributes: setup  ## the two-attribute pipeline (sex × age band) in reports/demo/attributes
+	$(BIN)/medfair demo --out reports/demo --attributes sex,age_band
 
 test: setup  ## lint, format check, the fast test tier, then the slow reliability guarantees
 	$(BIN)/ruff check .
@@ -31,6 +34,9 @@ format: setup
 
 example: setup  ## refresh reports/example/ from a finished demo
 	BIN=$(BIN) bash scripts/make_example.sh reports/demo reports/example
+
+example-attributes: setup  ## refresh reports/example/attributes/ from a two-attribute demo
+	BIN=$(BIN) bash scripts/make_example_attributes.sh reports/demo/attributes reports/example/attributes
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache reports/demo

@@ -36,15 +36,7 @@ FIG=()
 "$BIN/medfair" report "${AUDITS[@]}" --overwrite --labels "$LABELS" --out "$OUT/report.tex"
 # The README's results table is the example's report.md, pasted between two markers, so every
 # number in it is read off the committed example.
-"$BIN/python" - "$OUT/report.md" README.md <<'PY'
-import re, sys
-table, readme = open(sys.argv[1]).read().strip(), open(sys.argv[2]).read()
-start, end = "<!-- example-table:start -->", "<!-- example-table:end -->"
-if start not in readme:
-    sys.exit("README.md has no example-table markers")
-new = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda m: f"{start}\n{table}\n{end}", readme, flags=re.S)
-open(sys.argv[2], "w").write(new)
-PY
+"$BIN/python" scripts/paste_markers.py README.md example-table "$OUT/report.md"
 if command -v chromium >/dev/null 2>&1; then
   profile="$(mktemp -d)"
   chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --no-first-run \

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Regenerate reports/example/attributes/ from a finished two-attribute demo
+# (medfair demo --attributes sex,age_band): the four audits of the joint cells (before/after,
+# read by the independent evaluators and by the training classifiers), the four classifiers'
+# evaluations, the remediation record, a small report (HTML, Markdown, LaTeX), and the tables
+# of benchmarks/RESULTS.md and the README (pasted from report.md, never typed by hand).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEMO="${1:-reports/demo/attributes}"
+OUT="${2:-reports/example/attributes}"
+BIN="${BIN:-.venv/bin}"
+SIDES="before after before-trainclf after-trainclf"
+LABELS="before,after,before (training clf),after (training clf)"
+for side in $SIDES; do
+  [ -f "$DEMO/$side/audit.json" ] || {
+    echo "error: $DEMO/$side/audit.json is missing; run 'medfair demo --attributes sex,age_band'" >&2
+    exit 2
+  }
+done
+AUDITS=()
+for side in $SIDES; do
+  mkdir -p "$OUT/$side"
+  cp "$DEMO/$side/audit.json" "$DEMO/$side/images.csv" "$OUT/$side/"
+  AUDITS+=("$DEMO/$side")
+done
+for role in classifier evaluator; do
+  for attr in sex age_band; do
+    cp "$DEMO/models/$role-$attr/evaluation.json" "$OUT/evaluation-$role-$attr.json"
+  done
+done
+cp "$DEMO/models/t2medi-fair/remediation.json" "$OUT/remediation.json"
+"$BIN/medfair" report "${AUDITS[@]}" --overwrite --labels "$LABELS" --small --out "$OUT/report.html"
+"$BIN/medfair" report "${AUDITS[@]}" --overwrite --labels "$LABELS" --out "$OUT/report.md"
+"$BIN/medfair" report "${AUDITS[@]}" --overwrite --labels "$LABELS" --out "$OUT/report.tex"
+"$BIN/python" scripts/paste_markers.py benchmarks/RESULTS.md attributes-table "$OUT/report.md"
+"$BIN/python" scripts/paste_markers.py README.md attributes-table "$OUT/report.md" \
+  --from '^\*\*Joint cells' --to '^\| column \| evaluator'
+ls -la "$OUT"
