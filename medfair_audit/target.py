@@ -50,6 +50,7 @@ from .exceptions import (
 __all__ = [
     "TARGET_SCHEMA_VERSION",
     "Target",
+    "parse_shares",
     "parse_target",
     "read_label_table",
     "target_from_labels",
@@ -253,7 +254,8 @@ class Target:
         )
 
 
-def _parse_inline(spec: str, *, param: str) -> dict[str, float]:
+def parse_shares(spec: str, *, param: str) -> dict[str, float]:
+    """``"male=0.58,female=0.42"`` → ``{"male": 0.58, "female": 0.42}`` (names checked once)."""
     props: dict[str, float] = {}
     for part in spec.split(","):
         name, sep, value = part.partition("=")
@@ -295,7 +297,7 @@ def parse_target(
     """
     if "=" in spec and not Path(spec).is_file():
         attrs = [attribute] if isinstance(attribute, str) else list(attribute)
-        props = _parse_inline(spec, param=param)
+        props = parse_shares(spec, param=param)
         joint = any(CELL_SEP in g for g in props)
         if joint and len(attrs) < 2:
             raise ConfigError(

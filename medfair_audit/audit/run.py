@@ -198,12 +198,12 @@ def _run(cfg: AuditConfig, state: Any, progress: ProgressCallback | None) -> Aud
     groups = cset.groups
     cset.check_target(cfg.target)
     heldout = cset.heldout()
-    named = _named_groups(cfg.prompts, groups) if cfg.mode == "conditional" else None
-    if named is not None and cset.multi:
+    if cfg.mode == "conditional" and cset.multi:
         raise ConfigError(
             "conditional mode reads one attribute; audit several attributes in marginal mode",
             param="mode",
         )
+    named = _named_groups(cfg.prompts, groups) if cfg.mode == "conditional" else None
     ref = None
     if cfg.reference is not None:
         ref = ImageFolderDataset(

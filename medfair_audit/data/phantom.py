@@ -308,9 +308,9 @@ class PhantomConfig:
             raise ConfigError(f"expected at least 1 worker, got {self.workers}", param="workers")
 
     def _parse_joint(self, joint: Mapping[str, float] | str) -> dict[str, float]:
-        from ..target import _parse_inline
+        from ..target import parse_shares
 
-        raw = _parse_inline(joint, param="joint") if isinstance(joint, str) else dict(joint)
+        raw = parse_shares(joint, param="joint") if isinstance(joint, str) else dict(joint)
         bands = age_band_labels(self.age_bands)
         known = [cell_name(c) for c in cells([("female", "male"), bands])]
         unknown = sorted(set(map(str, raw)) - set(known))

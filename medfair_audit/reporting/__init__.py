@@ -113,10 +113,13 @@ def proportion_plot_png(audits: dict[str, dict[str, Any]]) -> bytes:
     for patch_group, (_, sub) in zip(ax.containers, frame.groupby("bar", sort=False), strict=False):
         sub = sub.set_index("group").loc[groups]
         xs = [p.get_x() + p.get_width() / 2 for p in patch_group]
+        # a point estimate may sit outside its percentile interval (bootstrap skew, or a
+        # simplex-constrained value): the bar shows the value, the whisker the interval
+        mid = sub["mid"].clip(lower=sub["lo"], upper=sub["hi"])
         ax.errorbar(
             xs,
-            sub["mid"],
-            yerr=[sub["mid"] - sub["lo"], sub["hi"] - sub["mid"]],
+            mid,
+            yerr=[mid - sub["lo"], sub["hi"] - mid],
             fmt="none",
             ecolor="black",
             capsize=3,

@@ -394,3 +394,23 @@ def test_hostile_strings_run_nothing_in_headless_chromium(audits, tmp_path):
     assert "data-pwned" not in dom  # no onerror or script ran
     assert "<script" not in dom and 'src="x"' not in dom
     assert "L1&lt;script&gt;document.body.dataset.pwned" in dom  # shown as text
+
+
+def test_the_plot_draws_a_value_that_lies_outside_its_interval():
+    """A corrected share may sit outside its percentile interval (bootstrap skew, or a
+    simplex-constrained value); the whisker must still span the interval, not fail."""
+    from medfair_audit.reporting import proportion_plot_png
+
+    audit = {
+        "groups": ["a", "b"],
+        "target": {"a": 0.5, "b": 0.5},
+        "default_reading": "pacc",
+        "proportions": {
+            "raw": {"a": {"value": 0.3, "ci": [0.2, 0.4]}, "b": {"value": 0.7, "ci": [0.6, 0.8]}},
+            "pacc": {
+                "a": {"value": 0.03, "ci": [0.05, 0.2]},  # below its interval
+                "b": {"value": 0.97, "ci": [0.8, 0.95]},  # above it
+            },
+        },
+    }
+    assert proportion_plot_png({"m": audit}).startswith(b"\x89PNG")
