@@ -32,6 +32,9 @@ cp "$DEMO/models/t2medi-fair/remediation.json" "$OUT/remediation.json"
 "$BIN/medfair" report "${AUDITS[@]}" --overwrite --labels "$LABELS" --small --out "$OUT/report.html"
 "$BIN/medfair" report "${AUDITS[@]}" --overwrite --labels "$LABELS" --out "$OUT/report.md"
 "$BIN/medfair" report "${AUDITS[@]}" --overwrite --labels "$LABELS" --out "$OUT/report.tex"
+"$BIN/python" scripts/attributes_summary.py "$OUT" > "$OUT/summary.md"
+"$BIN/python" scripts/paste_markers.py benchmarks/RESULTS.md attributes-kl "$OUT/summary.md"
+"$BIN/python" scripts/paste_markers.py README.md attributes-kl "$OUT/summary.md"
 "$BIN/python" scripts/paste_markers.py benchmarks/RESULTS.md attributes-table "$OUT/report.md"
 "$BIN/python" scripts/paste_markers.py README.md attributes-table "$OUT/report.md" \
   --from '^\*\*Joint cells' --to '^\| column \| evaluator'

@@ -25,7 +25,7 @@ from ..metrics.estimates import (
     share_intervals,
     simultaneous_level,
 )
-from ..metrics.frame import holm_adjust, shen_bias, summarise
+from ..metrics.frame import holm_adjust, is_censored, shen_bias, summarise
 from ..models.attributes import ClassifierSet
 from ..target import Target
 
@@ -45,6 +45,8 @@ def shen_bias_entry(est: Any, reading: str, confidence: float) -> dict[str, Any]
     verts = region_from_intervals(share_intervals(est, reading, simultaneous_level(confidence, k)))
     lo, hi = distance_interval(shen_bias, verts, np.full(k, 1 / k))
     known = q is not None and np.isfinite(q).all() and est.identifiable
+    if known and is_censored(est, reading):  # a share on or past the boundary: only a bound
+        return {"value": None, "ci": [lo, hi], "k": k, "censored": True, "bound": {"at_least": lo}}
     return {"value": shen_bias(np.clip(q, 0, 1)) if known else None, "ci": [lo, hi], "k": k}
 
 
@@ -198,8 +200,11 @@ def joint_sections(
                 "levels": dict(zip(cset.attributes, split_cell(g), strict=True)),
                 "target": float(t_joint[j]),
                 "n": n_g,
-                **{k: props[g][k] for k in ("value", "ci") if k in props[g]},
-                **({"censored": props[g]["censored"]} if props[g].get("censored") else {}),
+                **{
+                    k: props[g][k]
+                    for k in ("value", "ci", "censored", "bound", "method", "note")
+                    if k in props[g]
+                },
                 "small": small,
                 **tests[j],
             }

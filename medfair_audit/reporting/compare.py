@@ -442,7 +442,9 @@ def render_markdown(columns: Sequence[AuditColumn], paired: Sequence[dict[str, A
             "",
             f"**Joint cells ({_markdown(' × '.join(j['attributes']))}).** "
             f"{_markdown(j['reading'].upper())} shares; Holm-adjusted p of share = target "
-            f"(* rejected at {j['holm']['alpha']:g}); {_markdown(j['method'] or '')}.",
+            f"(* rejected at {j['holm']['alpha']:g}); (constrained): projected onto the simplex "
+            "because another cell is censored, beside its unconstrained interval; "
+            f"{_markdown(j['method'] or '')}.",
             "",
         ]
         table(*joint_rows(columns))
@@ -533,7 +535,8 @@ def render_latex(columns: Sequence[AuditColumn], paired: Sequence[dict[str, Any]
             *joint_rows(columns),
             f"Joint cells ({_latex(' × '.join(j['attributes']))}): {j['reading'].upper()} shares "
             f"with {conf}\\% intervals, images per cell and Holm-adjusted p of share = target "
-            f"(* rejected at {j['holm']['alpha']:g}).",
+            f"(* rejected at {j['holm']['alpha']:g}; constrained: projected onto the simplex "
+            "because another cell is censored).",
             "tab:medfair-joint",
         )
         lines += table(

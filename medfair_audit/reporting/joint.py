@@ -14,7 +14,10 @@ __all__ = ["joint_heatmap_png", "joint_rows", "marginal_rows"]
 
 
 def _share(entry: dict[str, Any]) -> str:
-    return format_estimate(entry, ".1%")
+    text = format_estimate(entry, ".1%")
+    if "simplex-constrained" in entry.get("method", ""):
+        text += " (constrained)"  # another cell is censored: the value is projected
+    return text
 
 
 def joint_rows(columns: Sequence[Any]) -> tuple[list[str], list[list[str]]]:

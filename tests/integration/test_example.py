@@ -58,3 +58,44 @@ def test_a_censored_value_gets_no_change():
             for (j, i), delta in zip(((0, 1), (2, 3)), cells[6:], strict=True):
                 if "(censored)" in cells[2 + j] or "(censored)" in cells[2 + i]:
                     assert delta == "–", line
+
+
+ATTRIBUTES = EXAMPLE / "attributes"
+
+
+@pytest.mark.parametrize("side", list(COLUMNS))
+def test_two_attribute_example_audits_validate_and_hold_every_cell(side):
+    import jsonschema
+
+    doc = json.loads((ATTRIBUTES / side / "audit.json").read_text())
+    jsonschema.validate(doc, audit_schema())
+    assert doc["joint"]["attributes"] == ["sex", "age_band"] and len(doc["joint"]["cells"]) == 6
+    assert set(doc["attributes"]) == {"sex", "age_band"}
+
+
+def test_two_attribute_tables_are_the_example_report_regenerated_from_the_committed_files():
+    columns = [load_audit(ATTRIBUTES / s, label) for s, label in COLUMNS.items()]
+    pairs = comparisons(columns)
+    md = render_markdown(columns, [paired_analysis(columns[j], columns[i]) for j, i in pairs])
+    assert md == (ATTRIBUTES / "report.md").read_text()
+    results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    start, end = "<!-- attributes-table:start -->\n", "\n<!-- attributes-table:end -->"
+    assert results.split(start, 1)[1].split(end, 1)[0] == md.strip()
+    readme = (ROOT / "README.md").read_text().split(start, 1)[1].split(end, 1)[0]
+    assert readme.startswith("**Joint cells") and readme in md
+    import subprocess
+    import sys
+
+    summary = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "attributes_summary.py"), str(ATTRIBUTES)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert summary == (ATTRIBUTES / "summary.md").read_text().strip()
+    for doc in (results, (ROOT / "README.md").read_text()):
+        kl = doc.split("<!-- attributes-kl:start -->\n", 1)[1].split("\n<!-- attributes-kl:end -->")
+        assert kl[0] == summary
+    after = columns[1].data["config"]
+    assert after["remediation"]["same_classifier"] is False  # independent evaluators
+    assert columns[3].data["config"]["remediation"]["same_classifier"] is True
