@@ -149,8 +149,13 @@ def joint_sections(
     smoothing: float,
     half_width: float,
     seed: int,
+    overall_estimates: Any = None,
 ) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
-    """``attributes`` and ``joint`` sections of ``audit.json``, and their warnings."""
+    """``attributes`` and ``joint`` sections of ``audit.json``, and their warnings.
+
+    ``overall_estimates`` are the replicates behind ``overall`` (drawn again from ``seed``
+    when not given).
+    """
     groups = cset.groups
     t_joint = np.array(target.vector(groups))
     probs = cset.joint(stored)
@@ -186,7 +191,7 @@ def joint_sections(
                 f"attribute '{attr}': its classifier's confusion matrix is ill-conditioned; "
                 "its corrected shares are reported as [0, 1]"
             )
-    est = estimate_shares(probs, heldout, n_boot=n_boot, seed=seed)  # the overall replicates
+    est = overall_estimates or estimate_shares(probs, heldout, n_boot=n_boot, seed=seed)
     r = reading if reading in est.point else "raw"
     tests = cell_tests(est, r, t_joint, confidence)
     props = overall["proportions"][r]

@@ -297,7 +297,12 @@ def _run(cfg: AuditConfig, state: Any, progress: ProgressCallback | None) -> Aud
         "half_width": cfg.half_width,
     }
     report(progress, "statistics", 0, len(cfg.prompts) + 1)
-    overall = summarise(probs, groups, target, seed=cfg.generation.seed, **kw)
+    overall_est = estimate_shares(
+        probs, heldout, n_boot=cfg.n_boot, seed=cfg.generation.seed
+    )  # the replicates behind the overall numbers (and the joint cells' tests)
+    overall = summarise(
+        probs, groups, target, seed=cfg.generation.seed, estimates=overall_est, **kw
+    )
     by_prompt, prompt_estimates = [], []
     for i, prompt in enumerate(cfg.prompts):
         sel = data["prompt_index"] == i
@@ -368,6 +373,7 @@ def _run(cfg: AuditConfig, state: Any, progress: ProgressCallback | None) -> Aud
             overall,
             reading=reading,
             min_cell_n=cfg.min_cell_n,
+            overall_estimates=overall_est,
             **kw,
             seed=cfg.generation.seed,
         )

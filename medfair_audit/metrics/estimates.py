@@ -296,12 +296,6 @@ class ProductHeldOut:
         """``C₁ ⊗ C₂ ⊗ …`` (hard) or ``S₁ ⊗ S₂ ⊗ …`` (soft)."""
         return self._fold([p.matrix(soft) for p in self.parts])
 
-    def counts_per_group(self) -> np.ndarray:
-        """Held-out images behind each cell's row: the smallest of its levels' counts."""
-        counts = [p.counts_per_group() for p in self.parts]
-        grid = np.array(np.meshgrid(*counts, indexing="ij")).reshape(len(counts), -1)
-        return grid.min(0)
-
     def resample(
         self, rng: np.random.Generator | Sequence[np.random.Generator], b: int, soft: bool
     ) -> np.ndarray:
