@@ -34,7 +34,7 @@ from ..metrics.accumulators import ShardAggregate
 from ..metrics.estimates import READINGS, estimate_shares, headline_reading
 from ..metrics.frame import dispersion, summarise
 from ..metrics.functional import wilson_interval
-from ..models._common import load_images
+from ..models._training import load_images
 from ..models.attributes import ClassifierSet
 from ..models.attributes import classifier_sha256 as classifier_sha256_of
 from ..models.features import get_extractor

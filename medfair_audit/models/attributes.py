@@ -92,7 +92,9 @@ class ClassifierSet:
         if isinstance(spec, Mapping):
             members, paths = [], []
             for attr, path in spec.items():
-                clf = SubgroupClassifier.load(path, trust_pickle=trust_pickle, param=param)
+                clf = SubgroupClassifier.from_pretrained(
+                    path, trust_pickle=trust_pickle, param=param
+                )
                 if clf.attribute != attr:
                     raise ConfigError(
                         f"'{path}' predicts '{clf.attribute}', not '{attr}'", param=param
@@ -100,7 +102,7 @@ class ClassifierSet:
                 members.append(clf)
                 paths.append(Path(path))
             return cls(members, paths)
-        clf = SubgroupClassifier.load(spec, trust_pickle=trust_pickle, param=param)
+        clf = SubgroupClassifier.from_pretrained(spec, trust_pickle=trust_pickle, param=param)
         return cls([clf], [Path(spec)])
 
     # -- structure ---------------------------------------------------------------------------

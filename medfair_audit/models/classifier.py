@@ -27,22 +27,15 @@ import torch
 import torch.nn.functional as F
 
 from .._io import atomic_write_json, building_dir, check_out, locks_out
-from .._validate import require_count, require_rate
 from ..attributes import cell_name, cells, check_level, sort_levels
+from ..config import ClassifierConfig
 from ..data.datasets import ImageFolderDataset
 from ..device import Placement
 from ..exceptions import ConfigError, DataError, ModelError
 from ..metrics.functional import expected_calibration_error, mean_output_matrix
 from ..progress import ProgressCallback, report
-from ._common import (
-    adapt_images,
-    backward_step,
-    check_no_pickle,
-    group_index,
-    load_errors,
-    load_images,
-    seed_everything,
-)
+from ._loading import adapt_images, group_index, load_errors, load_pretrained
+from ._training import backward_step, batched, load_images, seed_everything, warmup_cosine
 
 __all__ = [
     "ClassifierConfig",
@@ -51,47 +44,6 @@ __all__ = [
     "evaluate_classifier",
     "train_classifier",
 ]
-
-
-@dataclass(frozen=True, kw_only=True)
-class ClassifierConfig:
-    """Architecture and schedule of the subgroup classifier.
-
-    Args:
-        image_size: Input side.
-        widths: Channels of the four ResNet stages.
-        depths: Basic blocks per stage.
-        epochs: Most passes over the training split.
-        patience: Stop after this many epochs without a better validation balanced accuracy.
-        batch_size: Images per step.
-        lr: Peak learning rate (AdamW, cosine decay).
-        weight_decay: AdamW weight decay.
-        max_rotation: Largest augmentation rotation in degrees.
-        max_shift: Largest augmentation shift as a fraction of the side.
-        seed: Seed of initialisation, augmentation and shuffling.
-    """
-
-    image_size: int = 64
-    widths: Sequence[int] = (16, 32, 64, 128)
-    depths: Sequence[int] = (1, 1, 1, 1)
-    epochs: int = 25
-    patience: int = 5
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 5e-4
-    max_rotation: float = 6.0
-    max_shift: float = 0.04
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
-        object.__setattr__(self, "depths", tuple(int(d) for d in self.depths))
-        if len(self.widths) != len(self.depths) or not self.widths:
-            raise ConfigError(
-                "widths and depths must have the same, non-zero length", param="widths"
-            )
-        require_count(self, 1, "epochs", "batch_size", "image_size", "patience")
-        require_rate(self, "lr")
 
 
 @dataclass(frozen=True)
@@ -107,6 +59,15 @@ class ClassifierResult:
     path: Path
     evaluation: dict[str, Any]
     seconds: float
+
+    def summary(self) -> list[str]:
+        """Lines for a terminal (the per-subgroup table is in ``evaluation["by_group"]``)."""
+        ev = self.evaluation
+        auc = "–" if ev["roc_auc"] is None else f"{ev['roc_auc']:.3f}"
+        return [
+            f"wrote {self.path}: test balanced accuracy {ev['balanced_accuracy']:.3f}, "
+            f"ROC AUC {auc}, ECE {ev['ece']:.3f} (n={ev['n']}) in {self.seconds:.0f} s"
+        ]
 
 
 class SubgroupClassifier:
@@ -150,28 +111,61 @@ class SubgroupClassifier:
         """
         return tuple(self.attribute.split(","))
 
+    def save_pretrained(
+        self, folder: str | os.PathLike[str], *, extra: dict[str, Any] | None = None
+    ) -> Path:
+        """Write the weights (safetensors), ``classifier.json`` and ``evaluation.json``.
+
+        Args:
+            folder: Destination folder (created if needed).
+            extra: More keys for ``classifier.json`` (training data, config, history).
+        """
+        folder = Path(folder)
+        self.model.save_pretrained(str(folder), safe_serialization=True)
+        atomic_write_json(
+            folder / "classifier.json",
+            {
+                "kind": "medfair-subgroup-classifier",
+                "attribute": self.attribute,
+                "groups": list(self.groups),
+                "temperature": self.temperature,
+                "image_size": self.image_size,
+                "channels": self.channels,
+                "input": "(N, C, H, W) float in [-1, 1]; other sizes and channels are converted",
+                **(extra or {}),
+            },
+        )
+        if self.evaluation is not None:
+            atomic_write_json(folder / "evaluation.json", self.evaluation)
+        return folder
+
     @classmethod
-    def load(
-        cls, path: str | os.PathLike[str], *, trust_pickle: bool = False, param: str = "classifier"
+    def from_pretrained(
+        cls,
+        folder: str | os.PathLike[str],
+        *,
+        trust_pickle: bool = False,
+        param: str = "classifier",
     ) -> SubgroupClassifier:
-        """Load a folder written by :func:`train_classifier`.
+        """Load a folder written by :meth:`save_pretrained` (:func:`train_classifier`).
 
         Raises:
             ModelError: Missing files, or pickle weights without ``trust_pickle``.
         """
         from transformers import ResNetForImageClassification
 
-        folder = check_no_pickle(path, trust_pickle=trust_pickle, param=param)
-        meta_path = folder / "classifier.json"
-        if not meta_path.is_file():
-            raise ModelError(
-                f"'{folder}' has no classifier.json: not a medfair classifier", param=param
-            )
+        what = "a medfair classifier"
+        model = load_pretrained(
+            ResNetForImageClassification,
+            folder,
+            trust_pickle=trust_pickle,
+            param=param,
+            what=what,
+            marker="classifier.json",
+        )
+        folder = Path(folder)
         try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            model = ResNetForImageClassification.from_pretrained(
-                str(folder), use_safetensors=None if trust_pickle else True
-            )
+            meta = json.loads((folder / "classifier.json").read_text(encoding="utf-8"))
             evaluation = None
             if (folder / "evaluation.json").is_file():
                 evaluation = json.loads((folder / "evaluation.json").read_text(encoding="utf-8"))
@@ -186,7 +180,7 @@ class SubgroupClassifier:
             )
         except load_errors() as exc:
             raise ModelError(
-                f"cannot load the classifier in '{folder}': {exc.__class__.__name__}: {exc}",
+                f"cannot load {what} from '{folder}': {exc.__class__.__name__}: {exc}",
                 param=param,
             ) from exc
 
@@ -223,22 +217,20 @@ class SubgroupClassifier:
     def predict_proba(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Calibrated probabilities ``(N, n_groups)`` on the CPU (images on any device)."""
         with torch.inference_mode():
-            out = [
-                F.softmax(self.logits(images[i : i + batch_size]) / self.temperature, -1).cpu()
-                for i in range(0, len(images), batch_size)
-            ]
-        return torch.cat(out)
+            return batched(
+                lambda x: F.softmax(self.logits(x) / self.temperature, -1),
+                images,
+                batch_size=batch_size,
+            )
 
     def features(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Penultimate (pooled) features ``(N, D)`` on the CPU, e.g. for FID in its space."""
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=False):
-            out = [
-                self.model.resnet(pixel_values=self._input(images[i : i + batch_size]))
-                .pooler_output.flatten(1)
-                .cpu()
-                for i in range(0, len(images), batch_size)
-            ]
-        return torch.cat(out)
+            return batched(
+                lambda x: self.model.resnet(pixel_values=self._input(x)).pooler_output.flatten(1),
+                images,
+                batch_size=batch_size,
+            )
 
 
 def _build(cfg: ClassifierConfig, groups: Sequence[str]) -> Any:
@@ -535,21 +527,14 @@ def train_classifier(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
     total = cfg.epochs * per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
-    )
+    sched = warmup_cosine(opt, total=total)
     weights = torch.bincount(y[train_idx], minlength=len(groups)).float()
     weights = (weights.sum() / (len(groups) * weights.clamp(min=1))).to(device)  # balanced
 
     def val_logits() -> torch.Tensor:
         model.eval()
         with torch.inference_mode():
-            out = torch.cat(
-                [
-                    model(pixel_values=images[val_idx[i : i + 256]].to(device)).logits.cpu()
-                    for i in range(0, len(val_idx), 256)
-                ]
-            )
+            out = batched(lambda x: model(pixel_values=x).logits, images[val_idx], device=device)
         model.train()
         return out
 
@@ -598,12 +583,7 @@ def train_classifier(
         probs, y[test_idx].numpy(), groups, meta.iloc[test_idx].reset_index(drop=True)
     )
     with torch.inference_mode():
-        raw = torch.cat(
-            [
-                F.softmax(clf.logits(images[test_idx[i : i + 256]]), -1).cpu()
-                for i in range(0, len(test_idx), 256)
-            ]
-        ).numpy()
+        raw = batched(lambda x: F.softmax(clf.logits(x), -1), images[test_idx]).numpy()
     evaluation.update(
         attribute=attribute,
         split=list(splits)[2],
@@ -615,24 +595,15 @@ def train_classifier(
         val_balanced_accuracy=best,
     )
     seconds = time.perf_counter() - start
+    clf.evaluation = evaluation
     with building_dir(out, overwrite=overwrite) as tmp:
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        atomic_write_json(
-            tmp / "classifier.json",
-            {
-                "kind": "medfair-subgroup-classifier",
-                "attribute": attribute,
-                "groups": list(groups),
-                "temperature": temperature,
-                "image_size": cfg.image_size,
-                "channels": 1,
-                "input": "(N, C, H, W) float in [-1, 1]; other sizes and channels are converted",
+        clf.save_pretrained(
+            tmp,
+            extra={
                 "data": str(data),
                 "config": asdict(cfg),
                 "history": history,
                 "seconds": seconds,
             },
         )
-        atomic_write_json(tmp / "evaluation.json", evaluation)
-    clf.evaluation = evaluation
     return ClassifierResult(path=Path(out), evaluation=evaluation, seconds=seconds)

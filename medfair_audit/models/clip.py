@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,70 +23,16 @@ import numpy as np
 import torch
 
 from .._io import atomic_write_json, building_dir, check_out, locks_out
-from .._validate import require_count, require_rate
+from ..config import CLIPTrainConfig
 from ..data.datasets import ImageFolderDataset
 from ..device import Placement
 from ..exceptions import ConfigError, ModelError
 from ..progress import ProgressCallback, report
-from ._common import backward_step, check_no_pickle, load_errors, load_images, seed_everything
+from ._loading import load_errors, load_pretrained
+from ._training import backward_step, batched, load_images, seed_everything, warmup_cosine
 from .tokenizer import train_caption_tokenizer
 
-__all__ = ["CLIPTrainConfig", "CLIPTrainResult", "encode_images", "load_clip", "train_clip"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class CLIPTrainConfig:
-    """Size and schedule of the CLIP model.
-
-    Args:
-        image_size: Input side; images are resized to it.
-        patch_size: Vision transformer patch side.
-        width: Hidden size of both towers.
-        layers: Transformer layers per tower.
-        heads: Attention heads.
-        projection_dim: Size of the joint embedding.
-        max_length: Token positions (captions are truncated to it).
-        vocab_size: Upper bound of the BPE vocabulary.
-        epochs: Passes over the training pairs.
-        batch_size: Pairs per contrastive batch.
-        lr: Peak learning rate (AdamW, cosine decay after 5% warm-up).
-        weight_decay: AdamW weight decay.
-        seed: Seed of initialisation and shuffling.
-    """
-
-    image_size: int = 64
-    patch_size: int = 8
-    width: int = 128
-    layers: int = 3
-    heads: int = 4
-    projection_dim: int = 128
-    max_length: int = 48
-    vocab_size: int = 2000
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 5e-4
-    weight_decay: float = 0.1
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        require_count(
-            self,
-            1,
-            "image_size",
-            "patch_size",
-            "width",
-            "layers",
-            "heads",
-            "projection_dim",
-            "max_length",
-            "epochs",
-            "batch_size",
-        )
-        if self.image_size % self.patch_size:
-            raise ConfigError("image_size must be a multiple of patch_size", param="patch_size")
-        if self.width % self.heads:
-            raise ConfigError("width must be a multiple of heads", param="heads")
-        require_rate(self, "lr")
+__all__ = ["CLIP", "CLIPTrainConfig", "CLIPTrainResult", "encode_images", "train_clip"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +54,13 @@ class CLIPTrainResult:
     n_train: int
     n_heldout: int
     seconds: float
+
+    def summary(self) -> list[str]:
+        """Lines for a terminal."""
+        return [
+            f"wrote {self.path}: held-out image→text recall@1 {self.recall_at_1:.3f} "
+            f"(chance {self.chance:.3f}, n={self.n_heldout}) in {self.seconds:.0f} s"
+        ]
 
 
 def _model(cfg: CLIPTrainConfig, tokenizer: Any) -> Any:
@@ -138,30 +92,50 @@ def _model(cfg: CLIPTrainConfig, tokenizer: Any) -> Any:
     return CLIPModel(config)
 
 
-def load_clip(
-    path: str | os.PathLike[str], *, trust_pickle: bool = False, param: str = "clip"
-) -> tuple[Any, Any]:
-    """Load a CLIP folder written by :func:`train_clip` (or any local CLIP) in eval mode.
+@dataclass
+class CLIP:
+    """A CLIP model and its tokenizer, saved and loaded as one folder.
 
-    Returns:
-        ``(CLIPModel, CLIPTokenizer)``.
+    Unpacks as ``model, tokenizer = CLIP.from_pretrained(folder)``.
 
-    Raises:
-        ModelError: Not a CLIP folder, or pickle weights without ``trust_pickle``.
+    Attributes:
+        model: A ``CLIPModel`` (eval mode after loading).
+        tokenizer: Its ``CLIPTokenizer``.
     """
-    from transformers import CLIPModel, CLIPTokenizer
 
-    folder = check_no_pickle(path, trust_pickle=trust_pickle, param=param)
-    if not (folder / "config.json").is_file():
-        raise ModelError(f"'{folder}' has no config.json: not a CLIP model folder", param=param)
-    try:
-        model = CLIPModel.from_pretrained(
-            str(folder), use_safetensors=None if trust_pickle else True
+    model: Any
+    tokenizer: Any
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.model, self.tokenizer))
+
+    def save_pretrained(self, folder: str | os.PathLike[str]) -> Path:
+        """Write the model (safetensors) and the tokenizer to ``folder``."""
+        folder = Path(folder)
+        self.model.save_pretrained(str(folder), safe_serialization=True)
+        self.tokenizer.save_pretrained(str(folder))
+        return folder
+
+    @classmethod
+    def from_pretrained(
+        cls, folder: str | os.PathLike[str], *, trust_pickle: bool = False, param: str = "clip"
+    ) -> CLIP:
+        """Load a folder written by :meth:`save_pretrained` (or any local CLIP) in eval mode.
+
+        Raises:
+            ModelError: Not a CLIP folder, or pickle weights without ``trust_pickle``.
+        """
+        from transformers import CLIPModel, CLIPTokenizer
+
+        model = load_pretrained(
+            CLIPModel, folder, trust_pickle=trust_pickle, param=param, what="a CLIP model"
         )
-        tokenizer = CLIPTokenizer.from_pretrained(str(folder))
-    except load_errors() as exc:
-        raise ModelError(f"cannot load CLIP from '{folder}': {exc}", param=param) from exc
-    return model.eval(), tokenizer
+        try:
+            tokenizer = CLIPTokenizer.from_pretrained(str(folder))
+        except load_errors() as exc:
+            msg = f"cannot load the tokenizer in '{folder}': {exc}"
+            raise ModelError(msg, param=param) from exc
+        return cls(model=model.eval(), tokenizer=tokenizer)
 
 
 def _tokens(tokenizer: Any, captions: list[str], max_length: int) -> dict[str, torch.Tensor]:
@@ -183,25 +157,17 @@ def image_embeddings(model: Any, pixel_values: torch.Tensor) -> torch.Tensor:
 @torch.inference_mode()
 def encode_images(model: Any, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """L2-normalised CLIP image embeddings of ``(N, C, H, W)`` images in [-1, 1]."""
-    return torch.cat(
-        [
-            image_embeddings(model, images[i : i + batch_size])
-            for i in range(0, len(images), batch_size)
-        ]
-    )
+    return batched(lambda x: image_embeddings(model, x), images, batch_size=batch_size)
 
 
 @torch.inference_mode()
 def _encode_text(model: Any, tokens: dict[str, torch.Tensor], batch_size: int = 256):
-    n = tokens["input_ids"].shape[0]
-    out = [
-        model.get_text_features(
-            input_ids=tokens["input_ids"][i : i + batch_size],
-            attention_mask=tokens["attention_mask"][i : i + batch_size],
-        )
-        for i in range(0, n, batch_size)
-    ]
-    feats = torch.cat([o if torch.is_tensor(o) else o.pooler_output for o in out])
+
+    def features(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
+        return out if torch.is_tensor(out) else out.pooler_output
+
+    feats = batched(features, tokens["input_ids"], tokens["attention_mask"], batch_size=batch_size)
     return torch.nn.functional.normalize(feats, dim=-1)
 
 
@@ -285,10 +251,7 @@ def train_clip(
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
         total = cfg.epochs * per_epoch
-        warm = max(1, total // 20)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * s / total))
-        )
+        sched = warmup_cosine(opt, total=total, warmup=max(1, total // 20))
         losses = []
         step = 0
         model.train()
@@ -317,7 +280,7 @@ def train_clip(
         recall, chance = retrieval_recall_at_1(
             model, tokenizer, images[held_idx], [captions[i] for i in held_idx], cfg.max_length
         )
-        model.save_pretrained(str(tmp), safe_serialization=True)
+        CLIP(model=model, tokenizer=tokenizer).save_pretrained(tmp)
         seconds = time.perf_counter() - start
         atomic_write_json(
             tmp / "training.json",

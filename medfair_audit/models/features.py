@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ..exceptions import ConfigError, ModelError
+from ._training import batched
 
 __all__ = ["FeatureExtractor", "get_extractor"]
 
@@ -37,13 +38,10 @@ class FeatureExtractor:
     def __call__(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Features ``(N, D)`` in float64 on the CPU, computed in float32 batches on ``device``."""
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=False):
-            return torch.cat(
-                [
-                    self.fn(images[i : i + batch_size].to(self.device, torch.float32))
-                    .double()
-                    .cpu()
-                    for i in range(0, len(images), batch_size)
-                ]
+            return batched(
+                lambda x: self.fn(x.to(self.device, torch.float32)).double(),
+                images,
+                batch_size=batch_size,
             )
 
 
@@ -91,9 +89,9 @@ def _inception(path: str, device: torch.device) -> FeatureExtractor:
 
 
 def _clip(folder: Path, trust_pickle: bool, device: torch.device) -> FeatureExtractor:
-    from ..models.clip import load_clip
+    from ..models.clip import CLIP
 
-    model, _ = load_clip(folder, trust_pickle=trust_pickle, param="features")
+    model, _ = CLIP.from_pretrained(folder, trust_pickle=trust_pickle, param="features")
     model.to(device=device, dtype=torch.float32)
     size = model.config.vision_config.image_size
     channels = model.config.vision_config.num_channels

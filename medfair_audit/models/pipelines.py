@@ -14,15 +14,16 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..device import Placement, initial_latents
 from ..exceptions import ConfigError, ModelError
-from ._common import check_no_pickle, load_errors
+from ._loading import check_no_pickle, load_pretrained
 
-__all__ = ["Speed", "generate", "latent_shape", "load_pipeline", "pipeline_info"]
+__all__ = ["Speed", "generate", "latent_shape", "load_pipeline", "pipeline_info", "save_pipeline"]
 
 FAMILIES = {
     "StableDiffusionPipeline": "stable-diffusion",
@@ -116,12 +117,15 @@ def load_pipeline(
         extra = {"safety_checker": None, "requires_safety_checker": False}
     if placement.dtype != torch.float32:
         extra["dtype"] = placement.dtype
-    try:
-        pipe = DiffusionPipeline.from_pretrained(
-            str(folder), use_safetensors=None if trust_pickle else True, **extra
-        )
-    except load_errors() as exc:
-        raise ModelError(f"cannot load the pipeline in '{folder}': {exc}", param=param) from exc
+    pipe = load_pretrained(
+        DiffusionPipeline,
+        folder,
+        trust_pickle=trust_pickle,
+        param=param,
+        what="a diffusers pipeline",
+        marker=None,  # checked above
+        **extra,
+    )
     pipe.set_progress_bar_config(disable=True)
     pipe.to(placement.device)
     return pipe
@@ -191,3 +195,10 @@ def generate(
         output_type="pt",
     )
     return out.images.float() * 2 - 1
+
+
+def save_pipeline(pipe: Any, folder: str | os.PathLike[str]) -> Path:
+    """Write ``pipe`` to ``folder`` in safetensors: the inverse of :func:`load_pipeline`."""
+    folder = Path(folder)
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    return folder

@@ -21,9 +21,7 @@ continues from the newest checkpoint so that the result equals an uninterrupted 
 
 from __future__ import annotations
 
-import math
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -34,20 +32,27 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._io import atomic_write_json, building_dir, check_out, locks_out
-from .._validate import require_count, require_rate
+from .._io import atomic_write_json, check_out, locks_out
+from ..config import T2IConfig
 from ..data.datasets import ImageFolderDataset
 from ..device import Placement
 from ..exceptions import ConfigError
 from ..progress import ProgressCallback, report
-from ._common import (
-    TrainingState,
+from ._training import (
+    Checkpointer,
+    RunFolder,
     backward_step,
+    batched,
     load_images,
+    min_snr_weights,
     seed_everything,
+    warmup_cosine,
 )
-from .clip import load_clip
-from .pipelines import generate, load_pipeline
+from ._training import (
+    ema as make_ema,
+)
+from .clip import CLIP
+from .pipelines import generate, load_pipeline, save_pipeline
 
 __all__ = [
     "T2IConfig",
@@ -57,73 +62,6 @@ __all__ = [
     "sample_images",
     "train_t2i",
 ]
-
-
-@dataclass(frozen=True, kw_only=True)
-class T2IConfig:
-    """Architecture and schedule of the T2MedI model.
-
-    Args:
-        image_size: Pixel side (the VAE downsamples by 4: 64 → 16).
-        vae_channels: Channels of the VAE's three resolution levels.
-        latent_channels: Channels of the latent.
-        vae_steps: VAE training steps (0 with ``init`` keeps the initial VAE).
-        vae_batch_size: Images per VAE step.
-        vae_lr: VAE learning rate.
-        kl_weight: Weight of the VAE's KL term.
-        unet_channels: Channels of the UNet's three levels (cross-attention in the lower two).
-        attention_head_dim: Channels per attention head.
-        unet_steps: UNet training steps.
-        batch_size: Latents per UNet step.
-        lr: UNet peak learning rate (AdamW, 3% warm-up, cosine decay to 10%).
-        caption_dropout: Probability of training on the empty prompt (for guidance).
-        snr_gamma: γ of min-SNR loss weighting (0 disables it).
-        ema: Keep and save an exponential moving average of the UNet weights.
-        ema_decay: Largest EMA decay (reached gradually: ``min(decay, (1+t)/(10+t))``).
-        checkpoint_every: Steps between checkpoints (0: only at stage ends).
-        seed: Seed of every random draw.
-    """
-
-    image_size: int = 64
-    vae_channels: Sequence[int] = (16, 32, 64)
-    latent_channels: int = 4
-    vae_steps: int = 400
-    vae_batch_size: int = 32
-    vae_lr: float = 2e-3
-    kl_weight: float = 1e-6
-    unet_channels: Sequence[int] = (48, 96, 96)
-    attention_head_dim: int = 8
-    unet_steps: int = 1500
-    batch_size: int = 64
-    lr: float = 5e-4
-    caption_dropout: float = 0.1
-    snr_gamma: float = 5.0
-    ema: bool = True
-    ema_decay: float = 0.999
-    checkpoint_every: int = 250
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "vae_channels", tuple(int(c) for c in self.vae_channels))
-        object.__setattr__(self, "unet_channels", tuple(int(c) for c in self.unet_channels))
-        if len(self.vae_channels) != 3 or len(self.unet_channels) != 3:
-            raise ConfigError("expected three channel counts", param="unet_channels")
-        if self.image_size % 4 or self.image_size < 16:
-            raise ConfigError(
-                f"expected a multiple of 4 ≥ 16, got {self.image_size}", param="image_size"
-            )
-        require_count(self, 0, "vae_steps", "checkpoint_every")
-        require_count(self, 1, "unet_steps", "batch_size", "vae_batch_size")
-        require_rate(self, "lr", "vae_lr")
-        if not 0.0 <= self.caption_dropout < 1.0:
-            raise ConfigError(
-                f"expected a probability in [0, 1), got {self.caption_dropout}",
-                param="caption_dropout",
-            )
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError(
-                f"expected a decay in [0, 1), got {self.ema_decay}", param="ema_decay"
-            )
 
 
 @dataclass(frozen=True)
@@ -142,24 +80,10 @@ class T2IResult:
     unet_loss: float
     seconds: float
 
-
-class _EMA:
-    """Exponential moving average of parameters, with the ``(1+t)/(10+t)`` warm-up."""
-
-    def __init__(self, model: torch.nn.Module, decay: float) -> None:
-        self.decay = decay
-        self.shadow = {k: v.detach().clone() for k, v in model.named_parameters()}
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module, step: int) -> None:
-        d = min(self.decay, (1 + step) / (10 + step))
-        for k, v in model.named_parameters():
-            self.shadow[k].lerp_(v.detach(), 1 - d)
-
-    @torch.no_grad()
-    def copy_to(self, model: torch.nn.Module) -> None:
-        for k, v in model.named_parameters():
-            v.copy_(self.shadow[k])
+    def summary(self) -> list[str]:
+        """Lines for a terminal."""
+        vae = f"VAE loss {self.vae_loss:.4f}, " if self.vae_loss is not None else ""
+        return [f"wrote {self.path}: {vae}UNet loss {self.unet_loss:.4f} in {self.seconds:.0f} s"]
 
 
 def _build_vae(cfg: T2IConfig) -> Any:
@@ -216,17 +140,14 @@ def encode_prompts(
     text_encoder: Any, tokenizer: Any, prompts: Sequence[str], batch_size: int = 256
 ) -> torch.Tensor:
     """Last hidden states of the text encoder, as the pipeline computes them."""
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        tokens = tokenizer(
-            list(prompts[i : i + batch_size]),
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        out.append(text_encoder(tokens.input_ids)[0])
-    return torch.cat(out)
+    tokens = tokenizer(
+        list(prompts),
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
+    return batched(lambda ids: text_encoder(ids)[0], tokens.input_ids, batch_size=batch_size)
 
 
 def sample_images(
@@ -280,26 +201,20 @@ def _text_encoder(clip_model: Any) -> Any:
     return encoder
 
 
-def _cosine(step: int, total: int, warm: int, floor: float = 0.1) -> float:
-    if step < warm:
-        return (step + 1) / warm
-    p = (step - warm) / max(1, total - warm)
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p))
-
-
 def _train_vae(
     vae: Any,
     images: torch.Tensor,
     cfg: T2IConfig,
-    state: TrainingState,
+    state: Checkpointer,
     generator: torch.Generator,
     progress: ProgressCallback | None,
     placement: Placement,
 ) -> float:
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    warm = max(1, cfg.vae_steps // 30)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, cfg.vae_steps, warm))
-    start, losses, _ = state.resume(vae, opt, sched, generator)
+    sched = warmup_cosine(opt, total=cfg.vae_steps, warmup=max(1, cfg.vae_steps // 30), floor=0.1)
+    objects = {"model": vae, "optimizer": opt, "scheduler": sched}
+    start, info = state.restore(objects, generator=generator)
+    losses = info.get("losses", [])
     device, scaler = placement.device, placement.grad_scaler()
     vae.train()
     for step in range(start, cfg.vae_steps):
@@ -315,9 +230,8 @@ def _train_vae(
         sched.step()
         losses.append(loss.item())
         report(progress, "train vae", step + 1, cfg.vae_steps, loss=losses[-1])
-        state.maybe_save(
-            step + 1, cfg.vae_steps, cfg.checkpoint_every, vae, opt, sched, generator, losses
-        )
+        if state.due(step + 1, cfg.vae_steps, cfg.checkpoint_every):
+            state.save(step + 1, objects, generator=generator, info={"losses": losses})
     vae.eval()
     tail = losses[-max(1, len(losses) // 10) :]
     return float(np.mean(tail)) if tail else float("nan")
@@ -326,12 +240,13 @@ def _train_vae(
 @torch.inference_mode()
 def _latent_stats(vae: Any, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior means and standard deviations (CPU, float32), computed on the VAE's device."""
-    means, stds = [], []
-    for i in range(0, len(images), 256):
-        post = vae.encode(images[i : i + 256].to(vae.device)).latent_dist
-        means.append(post.mean.float().cpu())
-        stds.append(post.std.float().cpu())
-    return torch.cat(means), torch.cat(stds)
+
+    def moments(x: torch.Tensor) -> torch.Tensor:
+        post = vae.encode(x).latent_dist
+        return torch.cat([post.mean, post.std], dim=1).float()
+
+    mean, std = batched(moments, images, device=vae.device).chunk(2, dim=1)
+    return mean.contiguous(), std.contiguous()
 
 
 def _train_unet(
@@ -343,22 +258,21 @@ def _train_unet(
     caption_idx: torch.Tensor,
     empty_idx: int,
     cfg: T2IConfig,
-    state: TrainingState,
+    state: Checkpointer,
     generator: torch.Generator,
     progress: ProgressCallback | None,
     placement: Placement,
-) -> tuple[list[float], _EMA | None]:
+) -> tuple[list[float], Any | None]:
     noise_sched, _ = _schedulers()
-    alphas = noise_sched.alphas_cumprod
-    snr = alphas / (1 - alphas)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=1e-2)
-    warm = max(1, cfg.unet_steps // 30)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, cfg.unet_steps, warm))
-    ema = _EMA(unet, cfg.ema_decay) if cfg.ema else None
-    start, losses, restored = state.resume(unet, opt, sched, generator)
+    sched = warmup_cosine(opt, total=cfg.unet_steps, warmup=max(1, cfg.unet_steps // 30), floor=0.1)
+    ema = make_ema(unet.parameters(), decay=cfg.ema_decay) if cfg.ema else None
+    objects = {"model": unet, "optimizer": opt, "scheduler": sched, "ema": ema}
+    start, info = state.restore(objects, generator=generator)
+    losses = info.get("losses", [])
     device, scaler = placement.device, placement.grad_scaler()
-    if ema is not None and "ema" in restored:
-        ema.shadow = {k: v.to(device) for k, v in restored["ema"].items()}
+    if ema is not None:
+        ema.to(device)  # the checkpoint is read onto the CPU
     unet.train()
     n = len(mean)
     for step in range(start, cfg.unet_steps):
@@ -376,27 +290,16 @@ def _train_unet(
             pred = unet(noisy, t.to(device), encoder_hidden_states=cond[cap].to(device)).sample
         per = F.mse_loss(pred.float(), noise.to(device), reduction="none").mean(dim=(1, 2, 3))
         if cfg.snr_gamma > 0:
-            weight, s_t = torch.clamp(snr[t], max=cfg.snr_gamma), snr[t]
-            per = per * weight.to(device) / s_t.to(device)
+            per = per * min_snr_weights(noise_sched, t, cfg.snr_gamma).to(device)
         loss = per.mean()
         backward_step(loss, unet, opt, scaler)
         sched.step()
         if ema is not None:
-            ema.update(unet, step)
+            ema.step(unet.parameters())
         losses.append(loss.item())
         report(progress, "train unet", step + 1, cfg.unet_steps, loss=losses[-1])
-        extra = {"ema": ema.shadow} if ema is not None else {}
-        state.maybe_save(
-            step + 1,
-            cfg.unet_steps,
-            cfg.checkpoint_every,
-            unet,
-            opt,
-            sched,
-            generator,
-            losses,
-            **extra,
-        )
+        if state.due(step + 1, cfg.unet_steps, cfg.checkpoint_every):
+            state.save(step + 1, objects, generator=generator, info={"losses": losses})
     unet.eval()
     return losses, ema
 
@@ -449,9 +352,7 @@ def train_t2i(
     check_out(out, overwrite=overwrite)
     if clip is None and init is None:
         raise ConfigError("give --clip CLIP_DIR (or --init CKPT to fine-tune)", param="clip")
-    work = out.with_name(out.name + ".partial")
-    if work.exists() and not resume:
-        shutil.rmtree(work)
+    run = RunFolder(out, overwrite=overwrite, resume=resume, keep=keep_checkpoints)
     generator = seed_everything(cfg.seed)
 
     # Cheap checks first (the table, then the model folders), pixels last.
@@ -463,7 +364,7 @@ def train_t2i(
         dataset.metadata = meta[meta.split == "train"].reset_index(drop=True)  # read once
     base = load_pipeline(init, trust_pickle=trust_pickle, param="init") if init else None
     if clip is not None:
-        clip_model, tokenizer = load_clip(clip, trust_pickle=trust_pickle)
+        clip_model, tokenizer = CLIP.from_pretrained(clip, trust_pickle=trust_pickle)
         text_encoder = _text_encoder(clip_model)
         del clip_model
     else:
@@ -485,7 +386,7 @@ def train_t2i(
     else:
         vae = (base.vae if base is not None else _build_vae(cfg)).float().to(placement.device)
         vae_loss = _train_vae(
-            vae, images, cfg, TrainingState(work / "vae"), generator, progress, placement
+            vae, images, cfg, run.checkpointer("vae"), generator, progress, placement
         )
     vae.requires_grad_(False).eval()
     mean, std = _latent_stats(vae, images)
@@ -507,13 +408,13 @@ def train_t2i(
         caption_idx,
         len(distinct),
         cfg,
-        TrainingState(work / "unet"),
+        run.checkpointer("unet"),
         generator,
         progress,
         placement,
     )
     if ema is not None:
-        ema.copy_to(unet)
+        ema.copy_to(unet.parameters())
     unet, vae = unet.to("cpu"), vae.to("cpu")
     _, ddim = _schedulers()
     if base is not None:
@@ -530,8 +431,8 @@ def train_t2i(
     )
     seconds = time.perf_counter() - start_time
     unet_loss = float(np.mean(losses[-max(1, len(losses) // 10) :]))
-    with building_dir(out, overwrite=True) as tmp:
-        pipe.save_pretrained(str(tmp), safe_serialization=True)
+    with run.finish() as tmp:
+        save_pipeline(pipe, tmp)
         atomic_write_json(
             tmp / "medfair.json",
             {
@@ -548,6 +449,4 @@ def train_t2i(
                 "seconds": seconds,
             },
         )
-    if not keep_checkpoints:
-        shutil.rmtree(work, ignore_errors=True)
     return T2IResult(path=out, vae_loss=vae_loss, unet_loss=unet_loss, seconds=seconds)

@@ -9,7 +9,7 @@ and :mod:`.loop` (:func:`remediate`).
 """
 
 from .config import ALIGN_TO, LORA_ON, LOSSES, RemediationConfig
-from .encoders import ImageEncoder, load_image_encoder, parse_encoder_spec
+from .encoders import ImageEncoder, parse_encoder_spec
 from .loop import RemediationResult, remediate
 from .losses import alignment_kl, consistency, ot_cross_entropy, ot_targets
 from .sampling import GRADIENTS, adjusted_coefficients, ddim_sample
@@ -26,7 +26,6 @@ __all__ = [
     "alignment_kl",
     "consistency",
     "ddim_sample",
-    "load_image_encoder",
     "ot_cross_entropy",
     "ot_targets",
     "parse_encoder_spec",

@@ -17,11 +17,12 @@ from typing import Any
 
 import torch
 
+from .._io import atomic_write_json
 from ..exceptions import ModelError
-from ..models._common import adapt_images, check_no_pickle, load_errors
+from ..models._loading import adapt_images, check_no_pickle, load_errors, load_pretrained
 from ..models.clip import image_embeddings
 
-__all__ = ["ENCODER_KINDS", "ImageEncoder", "load_image_encoder", "parse_encoder_spec"]
+__all__ = ["ENCODER_KINDS", "ImageEncoder", "parse_encoder_spec"]
 
 ENCODER_KINDS = ("clip", "dinov2")
 
@@ -74,6 +75,74 @@ class ImageEncoder(torch.nn.Module):
         cls = self.model(pixel_values=x).pooler_output
         return torch.nn.functional.normalize(cls, dim=-1)
 
+    def save_pretrained(self, folder: str | os.PathLike[str]) -> Path:
+        """Write the tower (safetensors) and, with a normalisation, ``preprocessor_config.json``."""
+        folder = Path(folder)
+        self.model.save_pretrained(str(folder), safe_serialization=True)
+        if self.mean is not None:
+            atomic_write_json(
+                folder / "preprocessor_config.json",
+                {
+                    "image_mean": self.mean.flatten().tolist(),
+                    "image_std": self.std.flatten().tolist(),
+                },
+            )
+        return folder
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | os.PathLike[str],
+        *,
+        trust_pickle: bool = False,
+        param: str = "image_encoder",
+    ) -> ImageEncoder:
+        """Load a local CLIP or DINOv2 folder (e.g. written by :meth:`save_pretrained`).
+
+        Raises:
+            ModelError: Missing folder, neither CLIP nor DINOv2, or pickle weights without
+                ``trust_pickle``.
+        """
+        from transformers import CLIPModel, Dinov2Model
+
+        folder = check_no_pickle(folder, trust_pickle=trust_pickle, param=param)
+        config_path = folder / "config.json"
+        if not config_path.is_file():
+            raise ModelError(
+                f"'{folder}' has no config.json: expected a CLIP model folder", param=param
+            )
+        try:
+            kind = json.loads(config_path.read_text(encoding="utf-8")).get("model_type")
+        except (*load_errors(), AttributeError) as exc:
+            raise ModelError(f"cannot read '{config_path}': {exc}", param=param) from exc
+        if kind not in ENCODER_KINDS:
+            raise ModelError(
+                f"'{folder}' holds a '{kind}' model: expected one of {', '.join(ENCODER_KINDS)}",
+                param=param,
+            )
+        model = load_pretrained(
+            CLIPModel if kind == "clip" else Dinov2Model,
+            folder,
+            trust_pickle=trust_pickle,
+            param=param,
+            what=f"a {kind} image encoder",
+        )
+        vision = model.config.vision_config if kind == "clip" else model.config
+        mean = std = None
+        pre = folder / "preprocessor_config.json"
+        if pre.is_file():
+            doc = json.loads(pre.read_text())
+            mean, std = doc.get("image_mean"), doc.get("image_std")
+        return cls(
+            model,
+            image_size=vision.image_size,
+            channels=vision.num_channels,
+            mean=mean,
+            std=std,
+            source=str(folder),
+            kind=kind,
+        )
+
 
 def parse_encoder_spec(
     spec: str | os.PathLike[str], *, param: str = "image_encoder"
@@ -94,53 +163,3 @@ def parse_encoder_spec(
     if not weight >= 0:
         raise ModelError(f"expected PATH[:WEIGHT] with a weight ≥ 0, got '{text}'", param=param)
     return Path(head), weight
-
-
-def load_image_encoder(
-    path: str | os.PathLike[str], *, trust_pickle: bool = False, param: str = "image_encoder"
-) -> ImageEncoder:
-    """Load a local CLIP or DINOv2 folder as an :class:`ImageEncoder`.
-
-    Raises:
-        ModelError: Missing folder, neither CLIP nor DINOv2, or pickle weights without
-            ``trust_pickle``.
-    """
-    from transformers import CLIPModel, Dinov2Model
-
-    folder = check_no_pickle(path, trust_pickle=trust_pickle, param=param)
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise ModelError(
-            f"'{folder}' has no config.json: expected a CLIP model folder", param=param
-        )
-    try:
-        kind = json.loads(config_path.read_text(encoding="utf-8")).get("model_type")
-    except (*load_errors(), AttributeError) as exc:
-        raise ModelError(f"cannot read '{config_path}': {exc}", param=param) from exc
-    if kind not in ENCODER_KINDS:
-        raise ModelError(
-            f"'{folder}' holds a '{kind}' model: expected one of {', '.join(ENCODER_KINDS)}",
-            param=param,
-        )
-    cls = CLIPModel if kind == "clip" else Dinov2Model
-    try:
-        model = cls.from_pretrained(str(folder), use_safetensors=None if trust_pickle else True)
-    except load_errors() as exc:
-        raise ModelError(
-            f"cannot load a {kind} image encoder from '{folder}': {exc}", param=param
-        ) from exc
-    vision = model.config.vision_config if kind == "clip" else model.config
-    mean = std = None
-    pre = Path(folder) / "preprocessor_config.json"
-    if pre.is_file():
-        doc = json.loads(pre.read_text())
-        mean, std = doc.get("image_mean"), doc.get("image_std")
-    return ImageEncoder(
-        model,
-        image_size=vision.image_size,
-        channels=vision.num_channels,
-        mean=mean,
-        std=std,
-        source=str(folder),
-        kind=kind,
-    )

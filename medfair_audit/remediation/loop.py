@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -61,6 +60,23 @@ class RemediationResult:
     def final_audit(self) -> dict[str, Any]:
         """The last quick audit (share per group and KL to the target)."""
         return self.data["audits"][-1]
+
+    def summary(self) -> list[str]:
+        """Lines for a terminal: the first and last quick audits, steps, time and where."""
+        lines = []
+        for label, a in (("before", self.data["audits"][0]), ("after", self.final_audit)):
+            shares = ", ".join(f"{g} {v:.1%}" for g, v in a["share"].items())
+            if "share_corrected" in a:
+                corrected = ", ".join(f"{g} {v:.1%}" for g, v in a["share_corrected"].items())
+                shares += f" raw; {corrected} corrected"
+            lines.append(f"quick audit {label} (step {a['step']}): {shares}; KL {a['kl']:.4f}")
+        run_on, skipped = self.data["placement"], self.data["skipped_steps"]
+        note = f", {skipped} skipped (non-finite gradients)" if skipped else ""
+        lines.append(
+            f"{self.data['steps_done']} steps{note} in {self.seconds:.0f} s on "
+            f"{run_on['device']} ({run_on['dtype']}); wrote {self.path}"
+        )
+        return lines
 
 
 @contextlib.contextmanager
@@ -176,10 +192,9 @@ def remediate(
             process takes the GPU of its local rank.
         progress: Called once per step with the loss terms.
     """
-    from diffusers.training_utils import EMAModel
-
     from .._dist import accelerator as make_accelerator
-    from ..models.t2medi import _cosine
+    from ..models._training import RunFolder, warmup_cosine
+    from ..models._training import ema as make_ema
 
     cfg, started = config or RemediationConfig(), time.perf_counter()
     spec = (
@@ -196,18 +211,17 @@ def remediate(
     m = load_models(checkpoint, spec, target, prompts, encoders, cfg, placement, trust_pickle)
     params = list(m.trainable.values())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: _cosine(s, cfg.steps, max(1, cfg.warmup))
-    )
+    lr_sched = warmup_cosine(optimizer, total=cfg.steps, warmup=max(1, cfg.warmup), floor=0.1)
     ema = None
     if cfg.ema_decay > 0:
-        ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=cfg.ema_warmup, power=2 / 3)
+        ema = make_ema(params, decay=cfg.ema_decay, warmup=cfg.ema_warmup, power=2 / 3)
     # float16 needs loss scaling against underflow; bfloat16 has float32's range
     scaler = placement.grad_scaler()
     key = cfg.resume_key(acc.num_processes, placement.describe()["dtype"])
-    work = out.with_name(out.name + ".partial")
-    if work.exists() and not resume and acc.is_main_process:
-        shutil.rmtree(work)
+    run = RunFolder(
+        out, overwrite=overwrite, resume=resume, keep=keep_checkpoints, main=acc.is_main_process
+    )
+    work = run.work
     acc.wait_for_everyone()
     start, log, audits, stopped = 0, [], [], False
     if resume:
@@ -256,8 +270,6 @@ def remediate(
         seconds=seconds,
     )  # fmt: skip
     if acc.is_main_process:
-        write_output(out, checkpoint, m, data, log, overwrite)
-        if not keep_checkpoints:
-            shutil.rmtree(work, ignore_errors=True)
+        write_output(run, checkpoint, m, data, log)
     acc.wait_for_everyone()
     return RemediationResult(path=out, data=data, seconds=seconds)

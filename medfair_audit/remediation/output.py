@@ -13,7 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_write_json, building_dir
+from .._io import atomic_write_json
+from ..models._training import RunFolder
+from ..models.pipelines import save_pipeline
 from .wiring import Models, merged_pipeline_parts
 
 __all__ = ["write_output"]
@@ -29,24 +31,23 @@ def _adapter_layers(module: Any) -> dict[str, Any] | None:
 
 
 def write_output(
-    out: Path,
+    run: RunFolder,
     checkpoint_dir: Path,
     m: Models,
     data: dict[str, Any],
     log: list[dict[str, Any]],
-    overwrite: bool,
 ) -> None:
-    """Write the remediated pipeline folder ``out``."""
+    """Write the remediated pipeline folder ``run.out`` (and drop the run's work folder)."""
     from diffusers import StableDiffusionPipeline
 
     unet, text = merged_pipeline_parts(m)
     pipe = m.pipe
-    with building_dir(out, overwrite=overwrite) as tmp:
+    with run.finish() as tmp:
         tuned = pipe.unet, pipe.text_encoder
         pipe.unet = unet.eval().requires_grad_(False).to("cpu")
         pipe.text_encoder = text.eval().requires_grad_(False).to("cpu")
         try:
-            pipe.save_pretrained(str(tmp), safe_serialization=True)
+            save_pipeline(pipe, tmp)
         finally:
             pipe.unet, pipe.text_encoder = tuned
         unet_layers, text_layers = _adapter_layers(m.unet), _adapter_layers(m.text_encoder)

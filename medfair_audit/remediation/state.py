@@ -11,12 +11,21 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..exceptions import ConfigError
+from ..models._training import Checkpointer, ParamState
 from .wiring import Models
 
 __all__ = ["restore_state", "save_state"]
+
+
+def _objects(m: Models, optimizer: Any, scheduler: Any, ema: Any, scaler: Any) -> dict:
+    return {
+        "model": ParamState(m.trainable),
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "ema": ema,
+        "scaler": scaler,
+    }
 
 
 def save_state(
@@ -33,20 +42,10 @@ def save_state(
     scaler: Any | None = None,
 ) -> None:
     """Write checkpoint ``step`` under ``work/checkpoints``."""
-    from ..models._common import TrainingState
-
-    tensors = {
-        "model": {n: p.detach().clone() for n, p in m.trainable.items()},
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "rng": {"torch": torch.get_rng_state()},
-    }
-    if ema is not None:
-        tensors["ema"] = ema.state_dict()
-    if scaler is not None:
-        tensors["scaler"] = scaler.state_dict()
     info = {"config": key, "log": log, "audits": audits, "stopped": stopped}
-    TrainingState(work / "checkpoints").save(step, tensors, info)
+    Checkpointer(work / "checkpoints").save(
+        step, _objects(m, optimizer, scheduler, ema, scaler), info=info
+    )
 
 
 def restore_state(
@@ -64,29 +63,20 @@ def restore_state(
     Raises:
         ConfigError: The checkpoint was made with other settings or another number of processes.
     """
-    from ..models._common import TrainingState
 
-    state = TrainingState(work / "checkpoints")
-    latest = state.latest()
-    if latest is None:
+    def same_settings(info: dict[str, Any], latest: Path) -> None:
+        if info["config"] != json.loads(json.dumps(key)):
+            changed = sorted(k for k, v in key.items() if info["config"].get(k) != v)
+            raise ConfigError(
+                f"the checkpoint in '{latest}' was made with other settings "
+                f"({', '.join(changed)}); run without --resume to start over",
+                param="resume",
+            )
+
+    objects = _objects(m, optimizer, scheduler, ema, scaler)
+    step, info = Checkpointer(work / "checkpoints").restore(objects, check=same_settings)
+    if not info:
         return 0, [], [], False
-    tensors, info = state.load(latest)
-    if info["config"] != json.loads(json.dumps(key)):
-        changed = sorted(k for k, v in key.items() if info["config"].get(k) != v)
-        raise ConfigError(
-            f"the checkpoint in '{latest}' was made with other settings ({', '.join(changed)}); "
-            "run without --resume to start over",
-            param="resume",
-        )
-    with torch.no_grad():
-        for name, value in tensors["model"].items():
-            m.trainable[name].copy_(value)
-    optimizer.load_state_dict(tensors["optimizer"])
-    scheduler.load_state_dict(tensors["scheduler"])
-    torch.set_rng_state(tensors["rng"]["torch"])
-    if ema is not None and "ema" in tensors:
-        ema.load_state_dict(tensors["ema"])
+    if ema is not None:
         ema.to(m.device)  # the checkpoint is read onto the CPU
-    if scaler is not None and "scaler" in tensors:
-        scaler.load_state_dict(tensors["scaler"])
-    return info["step"], info["log"], info["audits"], info["stopped"]
+    return step, info["log"], info["audits"], info["stopped"]

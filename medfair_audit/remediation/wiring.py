@@ -228,7 +228,7 @@ def load_models(
     """Load the pipeline, classifier and encoders, and add what gets tuned."""
     from ..models.attributes import ClassifierSet, classifier_sha256
     from ..models.pipelines import latent_shape, load_pipeline
-    from .encoders import load_image_encoder
+    from .encoders import ImageEncoder
 
     device = placement.device
     classifier = ClassifierSet.load(classifier_dir, trust_pickle=trust_pickle).to(device)
@@ -265,7 +265,7 @@ def load_models(
     if cfg.lambda_clip > 0:
         specs = list(encoders) or [(_default_encoder(checkpoint_dir), 1.0)]
         for path, weight in specs:
-            enc = load_image_encoder(path, trust_pickle=trust_pickle).to(device)
+            enc = ImageEncoder.from_pretrained(path, trust_pickle=trust_pickle).to(device)
             loaded.append((enc, weight))
     pipe = load_pipeline(checkpoint_dir, trust_pickle=trust_pickle, placement=placement)
     check_supported(pipe, checkpoint_dir)
