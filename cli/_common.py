@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -34,6 +35,54 @@ OutDir = Annotated[
 ]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")]
 Seed = Annotated[int, typer.Option("--seed", min=0, help="Seed of every random draw.")]
+TrustPickle = Annotated[
+    bool,
+    typer.Option(
+        "--trust-pickle",
+        help="Allow .bin/.pt/.ckpt weights (loading a pickle runs code from the file).",
+    ),
+]
+Resume = Annotated[
+    bool, typer.Option("--resume", help="Continue from the checkpoints in OUT.partial/.")
+]
+KeepCheckpoints = Annotated[
+    bool, typer.Option("--keep-checkpoints", help="Keep OUT.partial/ after success.")
+]
+TargetSpec = Annotated[
+    str,
+    typer.Option(
+        "--target",
+        help="target.json or inline proportions, e.g. male=0.58,female=0.42 (joint cells: "
+        "female/<40=0.1,...; see medfair data target).",
+    ),
+]
+PromptsFile = Annotated[
+    Path | None,
+    typer.Option("--prompts", help="Text file, one prompt per line ('#' comments)."),
+]
+PromptText = Annotated[
+    list[str] | None,
+    typer.Option("--prompt", help="A prompt (repeatable); instead of --prompts."),
+]
+
+
+def defaults(config: type) -> dict[str, Any]:
+    """Field → default of a config dataclass: where every CLI option default comes from."""
+    fields = dataclasses.fields(config)
+    return {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+
+
+def config_from(config: type, values: Mapping[str, Any], **given: Any) -> Any:
+    """Build ``config`` from the command's parameters that are its fields, plus ``given``."""
+    names = {f.name for f in dataclasses.fields(config)}
+    return config(**{k: v for k, v in values.items() if k in names and k not in given}, **given)
+
+
+def joined(values: Any) -> str:
+    """A sequence default as the comma-separated text an option takes (``48,96,96``)."""
+    return ",".join(str(v) for v in values)
+
+
 AllowOutsideRoot = Annotated[
     bool,
     typer.Option(
@@ -177,3 +226,55 @@ def split_list(value: str | None) -> list[str] | None:
     if value is None:
         return None
     return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def reflow(doc: str | None) -> str | None:
+    """A command's docstring with each prose paragraph on one line, so Rich wraps it to the width.
+
+    Rich keeps a docstring's line breaks and wraps on top of them, which leaves ragged lines at
+    80 columns. Paragraphs are separated by blank lines. An indented paragraph holds example
+    commands: each is re-wrapped to 76 columns with its continuation lines indented further, so
+    it reads as one command at any terminal width from 80 up.
+    """
+    import inspect
+    import textwrap
+
+    if not doc:
+        return doc
+
+    def example(paragraph: str) -> str:
+        commands: list[str] = []
+        for line in paragraph.splitlines():
+            text = line.strip()
+            if not commands or text.split(" ", 1)[0] in COMMAND_WORDS:
+                commands.append(text)
+            else:
+                commands[-1] += " " + text
+        return "\n".join(
+            textwrap.fill(
+                c,
+                width=76,
+                initial_indent="    ",
+                subsequent_indent="        ",
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
+            for c in commands
+        )
+
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(
+        example(p) if p.startswith(" ") else " ".join(line.strip() for line in p.splitlines())
+        for p in paragraphs
+    )
+
+
+#: First words of the lines that start a new example command in a docstring.
+COMMAND_WORDS = ("medfair", "torchrun", "accelerate", "make", "python", "$")
+
+
+def reflow_help(*apps: typer.Typer) -> None:
+    """Apply :func:`reflow` to the docstring of every command of ``apps``."""
+    for app in apps:
+        for info in app.registered_commands:
+            info.callback.__doc__ = reflow(info.callback.__doc__)

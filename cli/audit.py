@@ -201,10 +201,10 @@ def audit(
         result = run_audit(config, progress=callback)
     if result is None:  # a non-main process under accelerate
         return
-    from medfair_audit._dist import partial_state
+    from medfair_audit import num_processes
     from medfair_audit.models.pipelines import describe
 
-    world = partial_state(config.placement.device).num_processes
+    world = num_processes(config.placement.device)
     where = result.data["config"]["placement"]
     out_console.print(f"pipeline: {describe(result.data['config']['pipeline'])}")
     out_console.print(

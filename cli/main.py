@@ -11,6 +11,7 @@ from medfair_audit import __version__
 from medfair_audit.exceptions import MedfairError
 
 from . import data, train
+from ._common import reflow_help
 from .audit import audit
 from .demo import demo
 from .remediate import remediate
@@ -37,6 +38,7 @@ app.command("audit")(audit)
 app.command("remediate")(remediate)
 app.command("report")(report)
 app.command("demo")(demo)
+reflow_help(app, data.app, train.app)
 
 
 def _version(value: bool) -> None:

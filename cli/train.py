@@ -8,14 +8,21 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from medfair_audit.config import ClassifierConfig, CLIPTrainConfig, T2IConfig
 from medfair_audit.exceptions import ConfigError
 
 from ._common import (
     AllowOutsideRoot,
     Device,
     Dtype,
+    KeepCheckpoints,
     Overwrite,
+    Resume,
     Seed,
+    TrustPickle,
+    config_from,
+    defaults,
+    joined,
     out_console,
     placement,
     progress_bar,
@@ -31,25 +38,25 @@ app = typer.Typer(
 Data = Annotated[
     Path, typer.Option("--data", help="Image folder with metadata.csv (e.g. from `medfair data`).")
 ]
-TrustPickle = Annotated[
-    bool,
-    typer.Option(
-        "--trust-pickle",
-        help="Allow .bin/.pt/.ckpt weights (loading a pickle runs code from the file).",
-    ),
-]
+CLIP, T2I, CLF = defaults(CLIPTrainConfig), defaults(T2IConfig), defaults(ClassifierConfig)
 
 
 @app.command("clip")
 def clip(
     data: Data,
     out: Annotated[Path, typer.Option("--out", "-o", help="CLIP folder to write.")],
-    epochs: Annotated[int, typer.Option(min=1, help="Passes over the training pairs.")] = 6,
-    batch_size: Annotated[int, typer.Option(min=2)] = 128,
-    width: Annotated[int, typer.Option(min=8, help="Hidden size of both towers.")] = 128,
-    layers: Annotated[int, typer.Option(min=1, help="Transformer layers per tower.")] = 2,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
-    seed: Seed = 0,
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the training pairs.")] = CLIP[
+        "epochs"
+    ],
+    batch_size: Annotated[int, typer.Option(min=2, help="Pairs per contrastive batch.")] = CLIP[
+        "batch_size"
+    ],
+    width: Annotated[int, typer.Option(min=8, help="Hidden size of both towers.")] = CLIP["width"],
+    layers: Annotated[int, typer.Option(min=1, help="Transformer layers per tower.")] = CLIP[
+        "layers"
+    ],
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = CLIP["lr"],
+    seed: Seed = CLIP["seed"],
     overwrite: Overwrite = False,
     device: Device = "auto",
     dtype: Dtype = "auto",
@@ -65,11 +72,9 @@ def clip(
 
         medfair train clip --data data/corpus --out models/clip
     """
-    from medfair_audit.models.clip import CLIPTrainConfig, train_clip
+    from medfair_audit.models.clip import train_clip
 
-    config = CLIPTrainConfig(
-        epochs=epochs, batch_size=batch_size, width=width, layers=layers, lr=lr, seed=seed
-    )
+    config = config_from(CLIPTrainConfig, locals())
     with quiet_libraries(), progress_bar() as callback:
         result = train_clip(
             data,
@@ -80,10 +85,8 @@ def clip(
             allow_outside_root=allow_outside_root,
             progress=callback,
         )
-    out_console.print(
-        f"wrote {result.path}: held-out image→text recall@1 {result.recall_at_1:.3f} "
-        f"(chance {result.chance:.3f}, n={result.n_heldout}) in {result.seconds:.0f} s"
-    )
+    for line in result.summary():
+        out_console.print(line)
 
 
 @app.command("t2i")
@@ -100,24 +103,30 @@ def t2i(
             "--init", help="Existing pipeline to fine-tune instead of training from scratch."
         ),
     ] = None,
-    unet_steps: Annotated[int, typer.Option(min=1, help="UNet training steps.")] = 700,
+    unet_steps: Annotated[int, typer.Option(min=1, help="UNet training steps.")] = T2I[
+        "unet_steps"
+    ],
     vae_steps: Annotated[
         int, typer.Option(min=0, help="VAE training steps (0 with --init keeps its VAE).")
-    ] = 250,
-    batch_size: Annotated[int, typer.Option(min=1)] = 64,
-    lr: Annotated[float, typer.Option(help="UNet peak learning rate.")] = 5e-4,
+    ] = T2I["vae_steps"],
+    batch_size: Annotated[int, typer.Option(min=1, help="Latents per UNet step.")] = T2I[
+        "batch_size"
+    ],
+    lr: Annotated[float, typer.Option(help="UNet peak learning rate.")] = T2I["lr"],
     caption_dropout: Annotated[
         float, typer.Option(help="Probability of the empty prompt (for guidance).")
-    ] = 0.1,
-    ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Save EMA weights.")] = True,
-    checkpoint_every: Annotated[int, typer.Option(min=0, help="Steps between checkpoints.")] = 250,
-    unet_channels: Annotated[str, typer.Option(help="UNet channels per level.")] = "48,96,96",
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue from OUT.partial/ checkpoints.")
-    ] = False,
-    keep_checkpoints: Annotated[bool, typer.Option("--keep-checkpoints")] = False,
+    ] = T2I["caption_dropout"],
+    ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Save EMA weights.")] = T2I["ema"],
+    checkpoint_every: Annotated[int, typer.Option(min=0, help="Steps between checkpoints.")] = T2I[
+        "checkpoint_every"
+    ],
+    unet_channels: Annotated[str, typer.Option(help="UNet channels per level.")] = joined(
+        T2I["unet_channels"]
+    ),
+    resume: Resume = False,
+    keep_checkpoints: KeepCheckpoints = False,
     trust_pickle: TrustPickle = False,
-    seed: Seed = 0,
+    seed: Seed = T2I["seed"],
     overwrite: Overwrite = False,
     device: Device = "auto",
     dtype: Dtype = "auto",
@@ -134,19 +143,15 @@ def t2i(
 
         medfair train t2i --data data/roco --init models/t2medi --vae-steps 0 --out models/ft
     """
-    from medfair_audit.models.t2medi import T2IConfig, train_t2i
+    from medfair_audit.models.t2medi import train_t2i
 
-    config = T2IConfig(
-        unet_steps=unet_steps,
-        vae_steps=vae_steps,
-        batch_size=batch_size,
-        lr=lr,
-        caption_dropout=caption_dropout,
-        ema=ema,
-        checkpoint_every=checkpoint_every,
-        unet_channels=[int(c) for c in split_list(unet_channels) or []] or (0,),
-        seed=seed,
-    )
+    try:
+        channels = [int(c) for c in split_list(unet_channels) or []] or (0,)
+    except ValueError:
+        raise ConfigError(
+            f"expected integers like 48,96,96, got '{unet_channels}'", param="unet_channels"
+        ) from None
+    config = config_from(T2IConfig, locals(), unet_channels=channels)
     with quiet_libraries(), progress_bar() as callback:
         result = train_t2i(
             data,
@@ -162,10 +167,8 @@ def t2i(
             allow_outside_root=allow_outside_root,
             progress=callback,
         )
-    vae = f"VAE loss {result.vae_loss:.4f}, " if result.vae_loss is not None else ""
-    out_console.print(
-        f"wrote {result.path}: {vae}UNet loss {result.unet_loss:.4f} in {result.seconds:.0f} s"
-    )
+    for line in result.summary():
+        out_console.print(line)
 
 
 @app.command("classifier")
@@ -191,12 +194,16 @@ def classifier(
     ] = "train,val,test",
     widths: Annotated[
         str, typer.Option(help="Channels of the four ResNet stages, comma-separated.")
-    ] = "16,32,64,128",
-    epochs: Annotated[int, typer.Option(min=1, help="Most epochs (early stopping).")] = 25,
-    patience: Annotated[int, typer.Option(min=1)] = 5,
-    batch_size: Annotated[int, typer.Option(min=2)] = 64,
-    lr: Annotated[float, typer.Option()] = 2e-3,
-    seed: Seed = 0,
+    ] = joined(CLF["widths"]),
+    epochs: Annotated[int, typer.Option(min=1, help="Most epochs (early stopping).")] = CLF[
+        "epochs"
+    ],
+    patience: Annotated[
+        int, typer.Option(min=1, help="Stop after this many epochs without improvement.")
+    ] = CLF["patience"],
+    batch_size: Annotated[int, typer.Option(min=2, help="Images per step.")] = CLF["batch_size"],
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = CLF["lr"],
+    seed: Seed = CLF["seed"],
     overwrite: Overwrite = False,
     device: Device = "auto",
     dtype: Dtype = "auto",
@@ -215,7 +222,7 @@ def classifier(
 
         medfair train classifier --data data/target_set --attribute age_band --out models/age-clf
     """
-    from medfair_audit.models.classifier import ClassifierConfig, train_classifier
+    from medfair_audit.models.classifier import train_classifier
 
     try:
         width_list = tuple(int(w) for w in split_list(widths) or ())
@@ -223,14 +230,8 @@ def classifier(
         raise ConfigError(
             f"expected integers like 16,32,64,128, got '{widths}'", param="widths"
         ) from None
-    config = ClassifierConfig(
-        widths=width_list,
-        depths=(1,) * len(width_list),
-        epochs=epochs,
-        patience=patience,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
+    config = config_from(
+        ClassifierConfig, locals(), widths=width_list, depths=(1,) * len(width_list)
     )
     with quiet_libraries(), progress_bar() as callback:
         result = train_classifier(
@@ -245,13 +246,9 @@ def classifier(
             allow_outside_root=allow_outside_root,
             progress=callback,
         )
+    for line in result.summary():
+        out_console.print(line)
     ev = result.evaluation
-    auc = "–" if ev["roc_auc"] is None else f"{ev['roc_auc']:.3f}"
-    out_console.print(
-        f"wrote {result.path}: test balanced accuracy {ev['balanced_accuracy']:.3f}, "
-        f"ROC AUC {auc}, ECE {ev['ece']:.3f} (n={ev['n']}) "
-        f"in {result.seconds:.0f} s"
-    )
     positive = ev.get("positive_group")
     table = Table(
         title="per-subgroup metrics (test split)",

@@ -38,6 +38,8 @@ _LAZY = {
     "RemediationConfig": ("remediation", "RemediationConfig"),
     "RemediationResult": ("remediation", "RemediationResult"),
     "remediate": ("remediation", "remediate"),
+    "is_main_process": ("_dist", "is_main_process"),
+    "num_processes": ("_dist", "num_processes"),
 }
 
 
@@ -78,6 +80,8 @@ __all__ = [
     "__version__",
     "build_phantom",
     "export_image_folder",
+    "is_main_process",
+    "num_processes",
     "parse_target",
     "read_prompts",
     "remediate",

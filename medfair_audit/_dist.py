@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["accelerator", "partial_state"]
+__all__ = ["accelerator", "is_main_process", "num_processes", "partial_state"]
 
 
 def _cpu_only() -> bool:
@@ -40,3 +40,13 @@ def accelerator(device: Any = None) -> Any:
     from accelerate import Accelerator
 
     return Accelerator(cpu=_cpu(device))
+
+
+def is_main_process(device: Any = None) -> bool:
+    """Whether this process writes and prints (rank 0, or the only process)."""
+    return bool(partial_state(device).is_main_process)
+
+
+def num_processes(device: Any = None) -> int:
+    """How many processes share this run (1 without ``torchrun``/``accelerate launch``)."""
+    return int(partial_state(device).num_processes)

@@ -1,11 +1,456 @@
-"""Every stage's configuration in one place.
+"""Every stage's configuration in one place, and the single source of its defaults.
 
 Each stage takes a frozen, keyword-only dataclass that validates itself on construction and
-raises :class:`~medfair_audit.exceptions.ConfigError` naming the argument at fault. They live next
-to the code they configure; this module gathers them for discovery.
+raises :class:`~medfair_audit.exceptions.ConfigError` naming the argument at fault. The training
+and remediation configurations are defined here, without importing torch, so that the CLI takes
+its option defaults from these fields (a test checks that none differs) while ``medfair --help``
+stays fast. Named presets replace hand-written copies: ``.tiny()`` (tests, ``medfair demo
+--fast``) and ``RemediationConfig.demo()``.
+
+The configurations of the audit and of generation hold a device placement, so they live beside
+the code that needs torch; their names resolve here on first use.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from ._validate import require_count, require_rate
 from .data.phantom import AnatomyModel, PhantomConfig
+from .exceptions import ConfigError
 from .target import Target
 
-__all__ = ["AnatomyModel", "PhantomConfig", "Target"]
+if TYPE_CHECKING:
+    from .audit.config import AuditConfig
+    from .generation.engine import GenerationConfig
+
+__all__ = [
+    "ALIGN",
+    "ALIGN_TO",
+    "GRADIENTS",
+    "LORA_ON",
+    "LOSSES",
+    "AnatomyModel",
+    "AuditConfig",
+    "CLIPTrainConfig",
+    "ClassifierConfig",
+    "GenerationConfig",
+    "PhantomConfig",
+    "RemediationConfig",
+    "T2IConfig",
+    "Target",
+]
+
+_LAZY = {
+    "AuditConfig": "medfair_audit.audit.config",
+    "GenerationConfig": "medfair_audit.generation.engine",
+}
+
+
+def __getattr__(name: str) -> object:
+    """The audit's and generation's configurations, imported on first use (PEP 562)."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'medfair_audit.config' has no attribute '{name}'")
+    import importlib
+
+    return getattr(importlib.import_module(_LAZY[name]), name)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CLIPTrainConfig:
+    """Size and schedule of the CLIP model.
+
+    Args:
+        image_size: Input side; images are resized to it.
+        patch_size: Vision transformer patch side.
+        width: Hidden size of both towers.
+        layers: Transformer layers per tower.
+        heads: Attention heads.
+        projection_dim: Size of the joint embedding.
+        max_length: Token positions (captions are truncated to it).
+        vocab_size: Upper bound of the BPE vocabulary.
+        epochs: Passes over the training pairs.
+        batch_size: Pairs per contrastive batch.
+        lr: Peak learning rate (AdamW, cosine decay after 5% warm-up).
+        weight_decay: AdamW weight decay.
+        seed: Seed of initialisation and shuffling.
+    """
+
+    image_size: int = 64
+    patch_size: int = 8
+    width: int = 128
+    layers: int = 2
+    heads: int = 4
+    projection_dim: int = 128
+    max_length: int = 48
+    vocab_size: int = 2000
+    epochs: int = 6
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require_count(
+            self,
+            1,
+            "image_size",
+            "patch_size",
+            "width",
+            "layers",
+            "heads",
+            "projection_dim",
+            "max_length",
+            "epochs",
+            "batch_size",
+        )
+        if self.image_size % self.patch_size:
+            raise ConfigError("image_size must be a multiple of patch_size", param="patch_size")
+        if self.width % self.heads:
+            raise ConfigError("width must be a multiple of heads", param="heads")
+        require_rate(self, "lr")
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> CLIPTrainConfig:
+        """A model of seconds, not quality: for tests and ``medfair demo --fast``."""
+        base = {"width": 32, "layers": 1, "heads": 2, "projection_dim": 16, "epochs": 1,
+                "batch_size": 16, "max_length": 40}  # fmt: skip
+        return cls(**{**base, **overrides})
+
+
+@dataclass(frozen=True, kw_only=True)
+class T2IConfig:
+    """Architecture and schedule of the T2MedI model.
+
+    Args:
+        image_size: Pixel side (the VAE downsamples by 4: 64 → 16).
+        vae_channels: Channels of the VAE's three resolution levels.
+        latent_channels: Channels of the latent.
+        vae_steps: VAE training steps (0 with ``init`` keeps the initial VAE).
+        vae_batch_size: Images per VAE step.
+        vae_lr: VAE learning rate.
+        kl_weight: Weight of the VAE's KL term.
+        unet_channels: Channels of the UNet's three levels (cross-attention in the lower two).
+        attention_head_dim: Channels per attention head.
+        unet_steps: UNet training steps.
+        batch_size: Latents per UNet step.
+        lr: UNet peak learning rate (AdamW, 3% warm-up, cosine decay to 10%).
+        caption_dropout: Probability of training on the empty prompt (for guidance).
+        snr_gamma: γ of min-SNR loss weighting (0 disables it).
+        ema: Keep and save an exponential moving average of the UNet weights (diffusers'
+            ``EMAModel``).
+        ema_decay: Largest EMA decay (reached gradually: ``min(decay, (1+t)/(10+t))``).
+        checkpoint_every: Steps between checkpoints (0: only at stage ends).
+        seed: Seed of every random draw.
+    """
+
+    image_size: int = 64
+    vae_channels: Sequence[int] = (16, 32, 64)
+    latent_channels: int = 4
+    vae_steps: int = 250
+    vae_batch_size: int = 32
+    vae_lr: float = 2e-3
+    kl_weight: float = 1e-6
+    unet_channels: Sequence[int] = (48, 96, 96)
+    attention_head_dim: int = 8
+    unet_steps: int = 700
+    batch_size: int = 64
+    lr: float = 5e-4
+    caption_dropout: float = 0.1
+    snr_gamma: float = 5.0
+    ema: bool = True
+    ema_decay: float = 0.999
+    checkpoint_every: int = 250
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "vae_channels", tuple(int(c) for c in self.vae_channels))
+        object.__setattr__(self, "unet_channels", tuple(int(c) for c in self.unet_channels))
+        if len(self.vae_channels) != 3 or len(self.unet_channels) != 3:
+            raise ConfigError("expected three channel counts", param="unet_channels")
+        if self.image_size % 4 or self.image_size < 16:
+            raise ConfigError(
+                f"expected a multiple of 4 ≥ 16, got {self.image_size}", param="image_size"
+            )
+        require_count(self, 0, "vae_steps", "checkpoint_every")
+        require_count(self, 1, "unet_steps", "batch_size", "vae_batch_size")
+        require_rate(self, "lr", "vae_lr")
+        if not 0.0 <= self.caption_dropout < 1.0:
+            raise ConfigError(
+                f"expected a probability in [0, 1), got {self.caption_dropout}",
+                param="caption_dropout",
+            )
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(
+                f"expected a decay in [0, 1), got {self.ema_decay}", param="ema_decay"
+            )
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> T2IConfig:
+        """A pipeline of seconds, not quality: for tests and ``medfair demo --fast``."""
+        base = {"vae_channels": (8, 8, 16), "vae_steps": 2, "vae_batch_size": 4,
+                "unet_channels": (16, 16, 32), "unet_steps": 4, "batch_size": 4,
+                "checkpoint_every": 2}  # fmt: skip
+        return cls(**{**base, **overrides})
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClassifierConfig:
+    """Architecture and schedule of the subgroup classifier.
+
+    Args:
+        image_size: Input side.
+        widths: Channels of the four ResNet stages.
+        depths: Basic blocks per stage.
+        epochs: Most passes over the training split.
+        patience: Stop after this many epochs without a better validation balanced accuracy.
+        batch_size: Images per step.
+        lr: Peak learning rate (AdamW, cosine decay).
+        weight_decay: AdamW weight decay.
+        max_rotation: Largest augmentation rotation in degrees.
+        max_shift: Largest augmentation shift as a fraction of the side.
+        seed: Seed of initialisation, augmentation and shuffling.
+    """
+
+    image_size: int = 64
+    widths: Sequence[int] = (16, 32, 64, 128)
+    depths: Sequence[int] = (1, 1, 1, 1)
+    epochs: int = 25
+    patience: int = 5
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    max_rotation: float = 6.0
+    max_shift: float = 0.04
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        object.__setattr__(self, "depths", tuple(int(d) for d in self.depths))
+        if len(self.widths) != len(self.depths) or not self.widths:
+            raise ConfigError(
+                "widths and depths must have the same, non-zero length", param="widths"
+            )
+        require_count(self, 1, "epochs", "batch_size", "image_size", "patience")
+        require_rate(self, "lr")
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> ClassifierConfig:
+        """A classifier of seconds, not quality: for tests and ``medfair demo --fast``."""
+        base = {"widths": (8, 8, 16, 16), "epochs": 2, "patience": 2, "batch_size": 16}
+        return cls(**{**base, **overrides})
+
+
+GRADIENTS = ("last-k", "adjusted")
+LOSSES = ("kl", "ot")
+ALIGN_TO = ("probabilities", "corrected")
+ALIGN = ("joint", "marginals")
+LORA_ON = ("unet", "text", "both")
+
+
+def _one_of(value: str, allowed: tuple[str, ...], param: str) -> None:
+    if value not in allowed:
+        raise ConfigError(f"expected one of {', '.join(allowed)}, got '{value}'", param=param)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RemediationConfig:
+    """Settings of subgroup distribution aligned tuning.
+
+    Args:
+        steps: Optimiser steps.
+        lr: AdamW peak learning rate (linear warm-up of ``warmup`` steps, cosine decay to 10%).
+        batch_per_prompt: Images generated per prompt per step (the batch whose distribution is
+            aligned).
+        prompts_per_step: Prompts per step (gradients accumulate over them; prompts cycle).
+        lambda_clip: Weight λ of the semantics-preservation term (0 switches it off).
+        gradient: ``last-k`` (truncated back-propagation through the last K steps, as in
+            DRaFT-K) or ``adjusted`` (Shen et al.'s adjusted direct fine-tuning: per-step detach
+            and gradient rescaling through every step or a random subset).
+        grad_steps: K: with ``last-k`` the last K steps (default 2); with ``adjusted`` a random
+            subset of K steps per batch (default: all steps).
+        sampling_steps: T, DDIM steps while training (the lower end with ``sampling_steps_max``).
+        sampling_steps_max: Draw T uniformly from ``sampling_steps … sampling_steps_max`` for each
+            batch (Shen et al. use 19–23), so the tuned model does not fit one step count.
+        guidance: Classifier-free guidance scale during training and quick audits.
+        lora_rank: Rank of the LoRA adapters.
+        lora_alpha: LoRA α (scale α/rank); ``None`` means α = rank.
+        lora_on: Where the adapters go: ``unet`` (attention projections), ``text`` (the text
+            encoder's attention, Shen et al.'s default) or ``both``.
+        full: Tune every UNet weight instead of UNet adapters (needs ``lora_on="unet"``).
+        loss: ``kl`` (paper: KL(target ‖ batch mean)) or ``ot`` (Shen et al.: cross-entropy to
+            the groups the expected optimal transport assigns).
+        align: Several attributes: ``joint`` (one alignment loss over the joint cells, the
+            cells' probabilities being the product of the per-attribute ones) or ``marginals``
+            (one loss per attribute, summed with ``align_weights``), as in Shen et al.'s
+            several-attribute experiments. Ignored for one attribute.
+        align_weights: Weight of each attribute's loss with ``align="marginals"``, in the
+            classifiers' order (default: 1 each).
+        align_to: ``probabilities`` (paper: the mean probability meets the target) or
+            ``corrected`` (the mean probability meets ``target · S`` with the soft confusion
+            matrix ``S`` from the classifier's held-out images, so the PACC-corrected share the
+            audit reports meets the target; needs ``evaluation.json`` with ``soft_confusion``).
+        ot_max_uncertainty: With ``loss="ot"``, images whose assigned group has confidence below
+            ``1 − this`` are left out of the loss (1 keeps all).
+        ot_draws: Monte Carlo draws of the expected OT for more than two groups.
+        changed_weight: With ``loss="ot"``, the weight in the semantics-preservation term of an
+            image whose assigned group differs from the original image's label (Shen et al.:
+            0.2; such an image is meant to change).
+        gradient_checkpointing: Recompute each gradient step's UNet activations in backward.
+        unet_checkpointing: Also checkpoint inside the UNet (diffusers' block-level gradient
+            checkpointing): the recomputed step keeps only block boundaries, for SD-sized
+            models on a GPU; slower, same gradients.
+        warmup: Linear warm-up steps of the learning rate.
+        weight_decay: AdamW weight decay.
+        max_grad_norm: Gradient clipping norm (0 disables).
+        ema_decay: Largest decay of an EMA of the tuned weights (diffusers' ``EMAModel``; 0
+            disables). The EMA weights are what quick audits judge and what gets saved.
+        ema_warmup: Let the decay grow as ``1 − (1 + step)^(−2/3)`` up to ``ema_decay`` instead
+            of diffusers' default ``(1 + step)/(10 + step)``.
+        seed: Seed of the training noise.
+        checkpoint_every: Save a resumable checkpoint every N steps (and at the end).
+        audit_every: Quick audit every N steps (0: only at the start and end).
+        audit_images: Images per prompt in a quick audit.
+        audit_steps: DDIM steps in a quick audit.
+        audit_seed: Seed of the quick audit's images (disjoint from training noise).
+        until_kl: Stop once a quick audit's KL(target ‖ share) is at most this (decided on the
+            main process and broadcast).
+    """
+
+    steps: int = 200
+    lr: float = 1e-3
+    batch_per_prompt: int = 8
+    prompts_per_step: int = 1
+    lambda_clip: float = 1.0
+    gradient: str = "last-k"
+    grad_steps: int | None = None
+    sampling_steps: int = 10
+    sampling_steps_max: int | None = None
+    guidance: float = 3.0
+    lora_rank: int = 8
+    lora_alpha: float | None = None
+    lora_on: str = "unet"
+    full: bool = False
+    loss: str = "kl"
+    align: str = "joint"
+    align_weights: Sequence[float] | None = None
+    align_to: str = "probabilities"
+    ot_max_uncertainty: float = 0.2
+    ot_draws: int = 256
+    changed_weight: float = 0.2
+    gradient_checkpointing: bool = True
+    unet_checkpointing: bool = False
+    warmup: int = 10
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    ema_decay: float = 0.0
+    ema_warmup: bool = True
+    seed: int = 0
+    checkpoint_every: int = 50
+    audit_every: int = 50
+    audit_images: int = 32
+    audit_steps: int = 25
+    audit_seed: int = 1_000_003
+    until_kl: float | None = None
+
+    def __post_init__(self) -> None:
+        require_count(self, 1, "steps", "prompts_per_step", "sampling_steps", "ot_draws")
+        require_count(self, 1, "lora_rank", "audit_images", "audit_steps")
+        require_count(self, 2, "batch_per_prompt")
+        require_count(self, 0, "warmup", "checkpoint_every", "audit_every")
+        _one_of(self.gradient, GRADIENTS, "gradient")
+        _one_of(self.loss, LOSSES, "loss")
+        _one_of(self.align_to, ALIGN_TO, "align_to")
+        _one_of(self.align, ALIGN, "align")
+        if self.align_weights is not None:
+            weights = tuple(float(w) for w in self.align_weights)
+            if not weights or any(not w >= 0 for w in weights) or not sum(weights) > 0:
+                raise ConfigError(
+                    f"expected weights ≥ 0, not all 0, got {list(weights)}", param="align_weights"
+                )
+            object.__setattr__(self, "align_weights", weights)
+        if self.align == "marginals" and self.loss != "kl":
+            raise ConfigError("--align marginals works with --loss kl", param="align")
+        _one_of(self.lora_on, LORA_ON, "lora_on")
+        require_rate(self, "lr")
+        if self.sampling_steps_max is not None and self.sampling_steps_max < self.sampling_steps:
+            raise ConfigError(
+                f"expected ≥ --sampling-steps ({self.sampling_steps}), got "
+                f"{self.sampling_steps_max}",
+                param="sampling_steps_max",
+            )
+        if self.grad_steps is not None and not 1 <= self.grad_steps <= self.sampling_steps:
+            raise ConfigError(
+                f"expected 1 ≤ K ≤ T (--sampling-steps {self.sampling_steps}), got "
+                f"{self.grad_steps}",
+                param="grad_steps",
+            )
+        if self.align_to == "corrected" and self.loss != "kl":
+            raise ConfigError("--align-to corrected works with --loss kl", param="align_to")
+        if self.full and self.lora_on != "unet":
+            raise ConfigError("--full tunes the UNet: it needs --lora-on unet", param="full")
+        for name, value in (
+            ("lambda_clip", self.lambda_clip),
+            ("changed_weight", self.changed_weight),
+        ):
+            if not value >= 0:
+                raise ConfigError(f"expected a weight ≥ 0, got {value}", param=name)
+        if not 0 < self.ot_max_uncertainty <= 1:
+            raise ConfigError(
+                f"expected a value in (0, 1], got {self.ot_max_uncertainty}",
+                param="ot_max_uncertainty",
+            )
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(
+                f"expected a decay in [0, 1), got {self.ema_decay}", param="ema_decay"
+            )
+        if self.lora_alpha is not None and not self.lora_alpha > 0:
+            raise ConfigError(f"expected α > 0, got {self.lora_alpha}", param="lora_alpha")
+        if self.guidance < 1:
+            raise ConfigError(f"expected guidance ≥ 1, got {self.guidance}", param="guidance")
+        if self.until_kl is not None:
+            if not self.until_kl >= 0:
+                raise ConfigError(f"expected KL ≥ 0, got {self.until_kl}", param="until_kl")
+            if self.audit_every == 0:
+                raise ConfigError("--until-kl needs --audit-every N > 0", param="until_kl")
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> RemediationConfig:
+        """Two steps of tiny batches: for tests and ``medfair demo --fast``."""
+        base = {"steps": 2, "batch_per_prompt": 2, "sampling_steps": 2, "grad_steps": 1,
+                "lora_rank": 2, "audit_images": 2, "audit_steps": 2,
+                "checkpoint_every": 0}  # fmt: skip
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def demo(cls, **overrides: Any) -> RemediationConfig:
+        """The demo's tuning: 150 steps, two prompts per step, PACC-corrected alignment.
+
+        Two prompts per step balance the prompts' gradients. ``align_to="corrected"`` compares
+        the batch's mean probability with ``target · S`` (``S``: the classifier's soft confusion
+        matrix), so the PACC share rather than the classifier's mean probability meets the
+        target (the paper's form, ``align_to="probabilities"``, is biased toward the classifier's
+        training prior).
+        """
+        base = {"steps": 150, "prompts_per_step": 2, "align_to": "corrected", "audit_every": 50}
+        return cls(**{**base, **overrides})
+
+    @property
+    def k(self) -> int:
+        """K with its default filled in (2 for ``last-k``; every step for ``adjusted``)."""
+        if self.grad_steps is not None:
+            return self.grad_steps
+        return 2 if self.gradient == "last-k" else self.sampling_steps_max or self.sampling_steps
+
+    def resume_key(self, processes: int, dtype: str = "float32") -> dict[str, Any]:
+        """The settings a checkpoint must share with the run that resumes it.
+
+        The number of processes is part of it: each process draws its own batches, so another
+        world size would continue with other noise than the interrupted run. So is the
+        generation dtype (another precision takes other steps).
+        """
+        keep_free = ("checkpoint_every", "audit_every", "until_kl", "unet_checkpointing")
+        key = {k: v for k, v in asdict(self).items() if k not in keep_free}
+        return {**key, "processes": processes, "dtype": dtype}

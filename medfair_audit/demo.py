@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import os
 import time
@@ -44,15 +43,17 @@ from typing import Any
 
 from ._io import atomic_write_json
 from .audit import AuditConfig, run_audit
+from .config import ClassifierConfig, CLIPTrainConfig, RemediationConfig, T2IConfig
 from .data.phantom import AnatomyModel, PhantomConfig, build_phantom
 from .device import Placement
 from .exceptions import ConfigError
 from .generation import GenerationConfig
-from .models.classifier import ClassifierConfig, train_classifier
-from .models.clip import CLIPTrainConfig, train_clip
-from .models.t2medi import T2IConfig, train_t2i
+from .generation.engine import settings_hash
+from .models.classifier import train_classifier
+from .models.clip import train_clip
+from .models.t2medi import train_t2i
 from .progress import ProgressCallback
-from .remediation import RemediationConfig, remediate
+from .remediation import remediate
 from .target import Target, target_from_labels
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo"]
@@ -134,72 +135,36 @@ class DemoConfig:
     def clip(self) -> CLIPTrainConfig:
         """The CLIP model (text encoder of T2MedI, image encoder of remediation)."""
         if self.fast:
-            return CLIPTrainConfig(
-                width=32,
-                layers=1,
-                heads=2,
-                projection_dim=32,
-                epochs=1,
-                batch_size=64,
-                seed=self.seed,
-            )
-        return CLIPTrainConfig(width=128, layers=2, epochs=6, lr=1e-3, seed=self.seed)
+            return CLIPTrainConfig.tiny(seed=self.seed)
+        return CLIPTrainConfig(seed=self.seed)
 
     @property
     def t2i(self) -> T2IConfig:
         """The T2MedI pipeline."""
         if self.fast:
-            return T2IConfig(
-                vae_channels=(8, 8, 16),
-                vae_steps=4,
-                vae_batch_size=8,
-                unet_channels=(16, 16, 32),
-                unet_steps=6,
-                batch_size=8,
-                checkpoint_every=0,
-                seed=self.seed,
-            )
-        return T2IConfig(vae_steps=250, unet_steps=700, seed=self.seed)
+            return T2IConfig.tiny(checkpoint_every=0, seed=self.seed)
+        return T2IConfig(seed=self.seed)
 
     @property
     def classifier(self) -> ClassifierConfig:
         """The sex classifier."""
         if self.fast:
-            return ClassifierConfig(widths=(8, 8, 16, 16), epochs=2, patience=1, seed=self.seed)
+            return ClassifierConfig.tiny(seed=self.seed)
         return ClassifierConfig(seed=self.seed)
 
     @property
     def evaluator(self) -> ClassifierConfig:
         """The independent evaluation classifier: another seed and width, other subjects."""
         if self.fast:
-            return ClassifierConfig(
-                widths=(12, 12, 24, 24), epochs=2, patience=1, seed=self.seed + 7
-            )
+            return ClassifierConfig.tiny(widths=(12, 12, 24, 24), seed=self.seed + 7)
         return ClassifierConfig(widths=(24, 48, 96, 192), seed=self.seed + 7)
 
     @property
     def remediation(self) -> RemediationConfig:
-        """Subgroup distribution aligned tuning of the biased T2MedI."""
+        """Subgroup distribution aligned tuning of the biased T2MedI (see its ``demo()``)."""
         if self.fast:
-            return RemediationConfig(
-                steps=2,
-                batch_per_prompt=2,
-                sampling_steps=2,
-                grad_steps=1,
-                lora_rank=2,
-                audit_images=2,
-                audit_steps=2,
-                checkpoint_every=0,
-                seed=self.seed,
-            )
-        # Two prompts per step balance the prompts' gradients. align_to="corrected" compares the
-        # batch's mean probability with target · S (S: the classifier's soft confusion matrix),
-        # so the PACC share rather than the classifier's mean probability meets the target (the
-        # paper's form, align_to="probabilities", is biased toward the classifier's training
-        # prior).
-        return RemediationConfig(
-            steps=150, prompts_per_step=2, align_to="corrected", audit_every=50, seed=self.seed
-        )
+            return RemediationConfig.tiny(seed=self.seed)
+        return RemediationConfig.demo(seed=self.seed)
 
     @property
     def audit_generation(self) -> GenerationConfig:
@@ -251,16 +216,7 @@ class DemoConfig:
     @property
     def remediation_attributes(self) -> RemediationConfig:
         """Joint alignment over the six cells (``align="joint"``, PACC-corrected)."""
-        if self.fast:
-            return dataclasses.replace(self.remediation, align="joint")
-        return RemediationConfig(
-            steps=150,
-            prompts_per_step=2,
-            align="joint",
-            align_to="corrected",
-            audit_every=50,
-            seed=self.seed,
-        )
+        return dataclasses.replace(self.remediation, align="joint")
 
 
 #: The two attribute sets the demo runs.
@@ -323,10 +279,6 @@ class DemoResult:
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def _stamp(settings: Any) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def _stage(
     out: Path,
     name: str,
@@ -341,7 +293,9 @@ def _stage(
     results agree within kernel tolerance), so a stage finished on one device is reused on another.
     """
     stamp_file = out / ".stages" / f"{name}.json"
-    stamp = _stamp(settings if precision is None else {"settings": settings, "dtype": precision})
+    stamp = settings_hash(
+        settings if precision is None else {"settings": settings, "dtype": precision}
+    )
     if stamp_file.is_file():
         done = json.loads(stamp_file.read_text())
         if done.get("stamp") == stamp:

@@ -25,12 +25,11 @@ from ..metrics.estimates import (
     share_intervals,
     simultaneous_level,
 )
-from ..metrics.frame import holm_adjust, is_censored, shen_bias, summarise
+from ..metrics.frame import cell_tests, holm_adjust, is_censored, shen_bias, summarise
 from ..models.attributes import ClassifierSet
 from ..target import Target
 
 __all__ = [
-    "cell_tests",
     "heldout_from_audit",
     "independence_check",
     "joint_sections",
@@ -48,39 +47,6 @@ def shen_bias_entry(est: Any, reading: str, confidence: float) -> dict[str, Any]
     if known and is_censored(est, reading):  # a share on or past the boundary: only a bound
         return {"value": None, "ci": [lo, hi], "k": k, "censored": True, "bound": {"at_least": lo}}
     return {"value": shen_bias(np.clip(q, 0, 1)) if known else None, "ci": [lo, hi], "k": k}
-
-
-def cell_tests(
-    est: Any, reading: str, target: np.ndarray, confidence: float
-) -> list[dict[str, Any]]:
-    """Per cell, a bootstrap test of "share = target", then Holm's adjustment across cells.
-
-    The p-value inverts the percentile interval: ``2 · min(P*(q ≤ t), P*(q ≥ t))`` over the
-    bootstrap replicates (with the usual +1), so a cell whose interval at level 1 − α excludes its
-    target has p ≤ α. Cells whose share is not identifiable get no p-value.
-    """
-    samples = est.samples.get(reading)
-    out = []
-    for i, t in enumerate(target):
-        entry: dict[str, Any] = {"p_value": None}
-        if samples is not None and est.identifiable:
-            col = samples[:, i]
-            col = col[np.isfinite(col)]
-            if len(col):
-                below = (1 + int((col <= t).sum())) / (len(col) + 1)
-                above = (1 + int((col >= t).sum())) / (len(col) + 1)
-                entry["p_value"] = min(1.0, 2 * min(below, above))
-        out.append(entry)
-    known = [i for i, e in enumerate(out) if e["p_value"] is not None]
-    adjusted = holm_adjust([out[i]["p_value"] for i in known])
-    alpha = 1 - confidence
-    for i, p in zip(known, adjusted, strict=True):
-        out[i]["p_holm"] = p
-        out[i]["reject"] = bool(p <= alpha)
-    for e in out:
-        e.setdefault("p_holm", None)
-        e.setdefault("reject", None)
-    return out
 
 
 def independence_check(cset: ClassifierSet, alpha: float = 0.05) -> dict[str, Any] | None:

@@ -39,7 +39,7 @@ from .functional import (
     stationary_prior,
 )
 
-__all__ = ["dispersion", "holm_adjust", "proportions_entry", "shen_bias", "summarise"]
+__all__ = ["cell_tests", "dispersion", "holm_adjust", "proportions_entry", "shen_bias", "summarise"]
 
 _TOL = 1e-9
 BEYOND_NOTE = (
@@ -318,3 +318,36 @@ def dispersion(
         "note": f"{reading} reading; |gap| = largest |share − target| over groups; the mean and "
         "worst-prompt intervals hold jointly over prompts (Bonferroni)",
     }
+
+
+def cell_tests(
+    est: Any, reading: str, target: np.ndarray, confidence: float
+) -> list[dict[str, Any]]:
+    """Per cell, a bootstrap test of "share = target", then Holm's adjustment across cells.
+
+    The p-value inverts the percentile interval: ``2 · min(P*(q ≤ t), P*(q ≥ t))`` over the
+    bootstrap replicates (with the usual +1), so a cell whose interval at level 1 − α excludes its
+    target has p ≤ α. Cells whose share is not identifiable get no p-value.
+    """
+    samples = est.samples.get(reading)
+    out = []
+    for i, t in enumerate(target):
+        entry: dict[str, Any] = {"p_value": None}
+        if samples is not None and est.identifiable:
+            col = samples[:, i]
+            col = col[np.isfinite(col)]
+            if len(col):
+                below = (1 + int((col <= t).sum())) / (len(col) + 1)
+                above = (1 + int((col >= t).sum())) / (len(col) + 1)
+                entry["p_value"] = min(1.0, 2 * min(below, above))
+        out.append(entry)
+    known = [i for i, e in enumerate(out) if e["p_value"] is not None]
+    adjusted = holm_adjust([out[i]["p_value"] for i in known])
+    alpha = 1 - confidence
+    for i, p in zip(known, adjusted, strict=True):
+        out[i]["p_holm"] = p
+        out[i]["reject"] = bool(p <= alpha)
+    for e in out:
+        e.setdefault("p_holm", None)
+        e.setdefault("reject", None)
+    return out

@@ -337,8 +337,8 @@ def joint_coverage_study(
         Per reading: per-cell coverage, mean width, simultaneous coverage; the family-wise
         rejection rate; the settings.
     """
-    from ..audit.joint import cell_tests
     from .estimates import ProductHeldOut, share_intervals, simultaneous_level
+    from .frame import cell_tests
 
     truth = np.asarray(truth, dtype=np.float64)
     shape = truth.shape

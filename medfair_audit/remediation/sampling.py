@@ -21,9 +21,11 @@ import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from ..config import GRADIENTS
+
 __all__ = ["GRADIENTS", "adjusted_coefficients", "ddim_sample", "decode", "step_seed"]
 
-GRADIENTS = ("last-k", "adjusted")
+
 _TAG_TRAIN = 0x7452  # keeps training seeds in their own SeedSequence branch
 
 
