@@ -4,25 +4,13 @@ from pathlib import Path
 
 import pytest
 
+from medfair_audit.config import ClassifierConfig, CLIPTrainConfig, T2IConfig
 from medfair_audit.data import PhantomConfig, build_phantom
-from medfair_audit.models.classifier import ClassifierConfig
-from medfair_audit.models.clip import CLIPTrainConfig
-from medfair_audit.models.t2medi import T2IConfig
 
-TINY_CLIP = CLIPTrainConfig(
-    width=32, layers=1, heads=2, projection_dim=16, epochs=1, batch_size=16, max_length=40
-)
-TINY_T2I = T2IConfig(
-    vae_channels=(8, 8, 16),
-    vae_steps=2,
-    vae_batch_size=4,
-    unet_channels=(16, 16, 32),
-    unet_steps=4,
-    batch_size=4,
-    checkpoint_every=2,
-    attention_head_dim=8,
-)
-TINY_CLF = ClassifierConfig(widths=(8, 8, 16, 16), epochs=2, patience=2, batch_size=16)
+# The library's presets, named once for the tests that share them.
+TINY_CLIP = CLIPTrainConfig.tiny()
+TINY_T2I = T2IConfig.tiny()
+TINY_CLF = ClassifierConfig.tiny()
 
 
 @pytest.fixture(scope="session")

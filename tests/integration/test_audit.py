@@ -297,11 +297,11 @@ def test_audits_a_three_channel_stable_diffusion_folder(tiny_models, tmp_path):
     """Any diffusers text-to-image folder: RGB output at another size is converted explicitly."""
     from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 
-    from medfair_audit.models.clip import load_clip
+    from medfair_audit.models.clip import CLIP
     from medfair_audit.models.t2medi import _schedulers, _text_encoder
 
     torch.manual_seed(0)
-    clip, tokenizer = load_clip(tiny_models["clip"])
+    clip, tokenizer = CLIP.from_pretrained(tiny_models["clip"])
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,

@@ -96,7 +96,7 @@ def test_half_precision_places_the_pipeline_but_keeps_the_classifier_float32(
     assert result.data["config"]["placement"] == {"device": "cpu", "dtype": "bfloat16"}
     from medfair_audit.models.classifier import SubgroupClassifier
 
-    clf = SubgroupClassifier.load(tiny_models["classifier"])
+    clf = SubgroupClassifier.from_pretrained(tiny_models["classifier"])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert clf.logits(images).dtype == torch.float32  # autocast does not reach it
     # a float32 audit into the same folder redraws: shards record their dtype

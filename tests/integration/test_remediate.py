@@ -420,10 +420,10 @@ def _tiny_dinov2(folder):
 
 
 def test_text_lora_and_several_image_encoders(tiny_models, tmp_path):
-    from medfair_audit.remediation import load_image_encoder, parse_encoder_spec
+    from medfair_audit.remediation import ImageEncoder, parse_encoder_spec
 
     dino = _tiny_dinov2(tmp_path / "dino")
-    enc = load_image_encoder(dino)
+    enc = ImageEncoder.from_pretrained(dino)
     x = torch.rand(2, 1, 64, 64, requires_grad=True) * 2 - 1
     x.retain_grad()
     e = enc(x)
@@ -458,7 +458,7 @@ def test_until_kl_stops_at_the_first_audit_that_meets_it(tiny_models, tmp_path):
     assert result.data["steps_done"] == 2 and result.data["stopped_early"]
     assert [a["step"] for a in result.data["audits"]] == [0, 2]
     with pytest.raises(ConfigError, match="--audit-every"):
-        tiny(until_kl=0.1)
+        tiny(until_kl=0.1, audit_every=0)
 
 
 def test_missing_default_image_encoder_is_named(tiny_models, tmp_path):

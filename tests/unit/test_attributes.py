@@ -19,11 +19,10 @@ from medfair_audit.attributes import (
     sort_levels,
     split_cell,
 )
-from medfair_audit.audit.joint import cell_tests
 from medfair_audit.data.phantom import PhantomConfig, _assignments, build_phantom
 from medfair_audit.exceptions import ConfigError
 from medfair_audit.metrics.estimates import HeldOut, ProductHeldOut, estimate_shares
-from medfair_audit.metrics.frame import holm_adjust
+from medfair_audit.metrics.frame import cell_tests, holm_adjust
 from medfair_audit.metrics.simulate import SimulatedCategorical, joint_coverage_study
 from medfair_audit.models.attributes import ClassifierSet
 from medfair_audit.models.classifier import SubgroupClassifier

@@ -11,14 +11,15 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_s
 
 from medfair_audit.exceptions import DataError, ModelError
 from medfair_audit.metrics.functional import expected_calibration_error
-from medfair_audit.models._common import check_no_pickle, load_images
+from medfair_audit.models._loading import check_no_pickle
+from medfair_audit.models._training import load_images
 from medfair_audit.models.classifier import (
     SubgroupClassifier,
     _fit_temperature,
     evaluate_classifier,
     train_classifier,
 )
-from medfair_audit.models.clip import encode_images, load_clip
+from medfair_audit.models.clip import CLIP, encode_images
 from medfair_audit.models.t2medi import T2IConfig, load_pipeline, sample_images, train_t2i
 from medfair_audit.models.tokenizer import train_caption_tokenizer
 from tests.conftest import TINY_CLF, TINY_T2I
@@ -56,8 +57,8 @@ def test_clip_reloads_with_identical_embeddings(clip_dir, small_phantom):
     meta = pd.read_csv(small_phantom / "metadata.csv")
     held = meta[meta.split == "val"].caption
     assert info["heldout"]["chance"] == pytest.approx(1 / held.nunique())
-    model, tok = load_clip(clip_dir)
-    again, _ = load_clip(clip_dir)
+    model, tok = CLIP.from_pretrained(clip_dir)
+    again, _ = CLIP.from_pretrained(clip_dir)
     x = torch.rand(3, 1, 64, 64) * 2 - 1
     assert torch.equal(encode_images(model, x), encode_images(again, x))
     t = tok(["a glioma"], return_tensors="pt", padding="max_length", max_length=40)
@@ -91,7 +92,7 @@ def test_pipeline_is_a_standard_diffusers_folder(t2i_dir, clip_dir, small_phanto
     )
     assert len(out.images) == 4 and out.images[0].size == (64, 64)
     # the text encoder is CLIP's text tower, unchanged
-    clip, _ = load_clip(clip_dir)
+    clip, _ = CLIP.from_pretrained(clip_dir)
     ref = clip.text_model.state_dict()
     got = pipe.text_encoder.state_dict()
     assert len(got) == len(ref)
@@ -185,7 +186,7 @@ def test_classifier_trains_calibrates_and_round_trips(small_phantom, tmp_path):
         assert cell["count"] == len(rows)
         assert cell["accuracy"] == pytest.approx(hit[list(rows)].mean())
     assert ev == r.evaluation
-    clf = SubgroupClassifier.load(tmp_path / "clf")
+    clf = SubgroupClassifier.from_pretrained(tmp_path / "clf")
     from medfair_audit.data import ImageFolderDataset
 
     x = load_images(ImageFolderDataset(small_phantom, split="test"))

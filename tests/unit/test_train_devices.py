@@ -21,7 +21,7 @@ def test_classifier_trains_under_bfloat16_autocast_and_saves_float32(small_phant
     ref = train_classifier(small_phantom, tmp_path / "ref", TINY_CLF)
     # another precision is another optimisation path, but the same model kind and evaluation
     assert set(result.evaluation) == set(ref.evaluation)
-    clf = SubgroupClassifier.load(tmp_path / "clf")
+    clf = SubgroupClassifier.from_pretrained(tmp_path / "clf")
     assert clf.predict_proba(torch.zeros(2, 1, 64, 64)).dtype == torch.float32
 
 

@@ -33,7 +33,7 @@ def test_a_malicious_pickle_is_refused_without_running(tiny_models, tmp_path):
     marker = tmp_path / "pwned"
     _malicious(folder / "pytorch_model.bin", marker)
     with pytest.raises(ModelError, match=r"pickle file .*--trust-pickle") as err:
-        SubgroupClassifier.load(folder)
+        SubgroupClassifier.from_pretrained(folder)
     assert err.value.param == "classifier" and not marker.exists()
 
 
@@ -46,7 +46,7 @@ def test_trusting_pickle_still_loads_safetensors_first(kind, tiny_models, tmp_pa
     name = "pytorch_model.bin" if kind == "classifier" else "diffusion_pytorch_model.bin"
     _malicious(part / name, marker)  # a pickle beside the safetensors weights
     if kind == "classifier":
-        clf = SubgroupClassifier.load(folder, trust_pickle=True)
+        clf = SubgroupClassifier.from_pretrained(folder, trust_pickle=True)
         assert clf.groups == ("female", "male")
     else:
         assert load_pipeline(folder, trust_pickle=True).unet is not None
