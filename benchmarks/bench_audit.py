@@ -74,7 +74,7 @@ def throughput(checkpoint: Path, classifier: Path, placement, n: int, batch: int
 
     device = placement.device
     pipe = load_pipeline(checkpoint, placement=placement)
-    clf = SubgroupClassifier.load(classifier).to(device)
+    clf = SubgroupClassifier.from_pretrained(classifier).to(device)
     extractor = get_extractor("classifier", clf, device=device)
     seeds = [image_seed(0, 0, i) for i in range(n)]
     kw = {"num_inference_steps": steps, "guidance_scale": guidance, "output_type": "pt"}

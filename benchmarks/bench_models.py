@@ -25,7 +25,7 @@ from PIL import Image
 
 from medfair_audit.data import ImageFolderDataset
 from medfair_audit.metrics import kernel_inception_distance
-from medfair_audit.models._common import load_images
+from medfair_audit.models._training import load_images
 from medfair_audit.models.classifier import SubgroupClassifier
 from medfair_audit.models.t2medi import load_pipeline, sample_images
 from medfair_audit.reporting import image_grid_png
@@ -41,7 +41,7 @@ PROMPTS = [
 
 def main(demo: Path, n: int) -> None:
     torch.set_num_threads(2)
-    clf = SubgroupClassifier.load(demo / "models" / "classifier")
+    clf = SubgroupClassifier.from_pretrained(demo / "models" / "classifier")
     ev = clf.evaluation
     print(
         f"classifier: test balanced accuracy {ev['balanced_accuracy']:.3f}, "

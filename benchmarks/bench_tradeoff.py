@@ -40,7 +40,7 @@ from medfair_audit.audit.quality import common_n
 from medfair_audit.audit.result import format_estimate
 from medfair_audit.demo import HELD_OUT_PROMPTS, TRAIN_PROMPTS, DemoConfig
 from medfair_audit.generation import GenerationConfig
-from medfair_audit.models.clip import encode_images, load_clip
+from medfair_audit.models.clip import CLIP, encode_images
 from medfair_audit.remediation import remediate
 from medfair_audit.reporting.compare import audit_images
 from medfair_audit.target import Target
@@ -85,7 +85,7 @@ def _audit(demo: Path, checkpoint: Path, out: Path, cfg: DemoConfig) -> dict:
 def measure(demo: Path) -> list[dict]:
     cfg = DemoConfig(out=demo)
     work = demo / "tradeoff"
-    clip, _ = load_clip(demo / "models" / "clip")
+    clip, _ = CLIP.from_pretrained(demo / "models" / "clip")
     base = _audit(demo, demo / "models" / "t2medi", work / "audit-biased", cfg)
     points = [{"lambda": None, "steps": 0, "folder": work / "audit-biased", "audit": base}]
     for lam in LAMBDAS:
