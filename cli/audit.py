@@ -7,12 +7,19 @@ from typing import Annotated
 
 import typer
 
+from medfair_audit.config import GenerationConfig
+
 from ._common import (
     AllowOutsideRoot,
     Classifiers,
     Device,
     Dtype,
+    PromptsFile,
+    PromptText,
+    TargetSpec,
+    TrustPickle,
     classifiers_and_target,
+    defaults,
     out_console,
     placement,
     progress_bar,
@@ -20,43 +27,39 @@ from ._common import (
     quiet_libraries,
 )
 
+GEN = defaults(GenerationConfig)
+
 
 def audit(
     checkpoint: Annotated[
         Path, typer.Argument(metavar="CKPT", help="Diffusers text-to-image pipeline folder.")
     ],
     classifier: Classifiers,
-    target: Annotated[
-        str,
-        typer.Option(
-            help="target.json or inline proportions, e.g. male=0.58,female=0.42 (joint cells: "
-            "female/<40=0.1,...; see medfair data target)."
-        ),
-    ],
+    target: TargetSpec,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
-    prompts: Annotated[
-        Path | None, typer.Option(help="Text file, one prompt per line ('#' comments).")
-    ] = None,
-    prompt: Annotated[
-        list[str] | None, typer.Option(help="A prompt (repeatable); instead of --prompts.")
-    ] = None,
-    n_per_prompt: Annotated[int, typer.Option(help="Images per prompt.")] = 128,
+    prompts: PromptsFile = None,
+    prompt: PromptText = None,
+    n_per_prompt: Annotated[int, typer.Option(help="Images per prompt.")] = GEN["n_per_prompt"],
     reference: Annotated[
         Path | None, typer.Option(help="Real images with the attribute column, for FID/KID.")
     ] = None,
     reference_split: Annotated[
         str | None, typer.Option(help="Use only this split of --reference.")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Global seed (each image's seed derives from it).")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Global seed (each image's seed derives from it).")
+    ] = GEN["seed"],
     batch_size: Annotated[
         int,
         typer.Option(
             help="Images per batch and per shard (lower it on an out-of-memory error; results "
             "do not depend on it)."
         ),
-    ] = 32,
-    steps: Annotated[int, typer.Option(help="Denoising steps.")] = 25,
-    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 3.0,
+    ] = GEN["shard_size"],
+    steps: Annotated[int, typer.Option(help="Denoising steps.")] = GEN["steps"],
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = GEN[
+        "guidance"
+    ],
     features: Annotated[
         str, typer.Option(help="FID/KID features: classifier, inception:WEIGHTS, or a CLIP folder.")
     ] = "classifier",
@@ -79,9 +82,7 @@ def audit(
     save_images: Annotated[
         bool, typer.Option("--save-images", help="Also write every image as PNG.")
     ] = False,
-    trust_pickle: Annotated[
-        bool, typer.Option("--trust-pickle", help="Allow pickle weights (runs code).")
-    ] = False,
+    trust_pickle: TrustPickle = False,
     overwrite: Annotated[
         bool,
         typer.Option(
@@ -158,7 +159,7 @@ def audit(
         medfair audit models/t2medi --classifier sex=models/sex --classifier age_band=models/age
         --target joint-target.json --prompts prompts.txt --out reports/audit-joint
     """
-    from medfair_audit import AuditConfig, GenerationConfig, run_audit
+    from medfair_audit import AuditConfig, run_audit
     from medfair_audit.models.pipelines import Speed
 
     texts = prompt_texts(prompts, prompt)

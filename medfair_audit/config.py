@@ -7,12 +7,13 @@ its option defaults from these fields (a test checks that none differs) while ``
 stays fast. Named presets replace hand-written copies: ``.tiny()`` (tests, ``medfair demo
 --fast``) and ``RemediationConfig.demo()``.
 
-The configurations of the audit and of generation hold a device placement, so they live beside
-the code that needs torch; their names resolve here on first use.
+The audit's configuration holds a device placement, so it lives beside the code that needs torch;
+its name resolves here on first use.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,6 @@ from .target import Target
 
 if TYPE_CHECKING:
     from .audit.config import AuditConfig
-    from .generation.engine import GenerationConfig
 
 __all__ = [
     "ALIGN",
@@ -43,10 +43,7 @@ __all__ = [
     "Target",
 ]
 
-_LAZY = {
-    "AuditConfig": "medfair_audit.audit.config",
-    "GenerationConfig": "medfair_audit.generation.engine",
-}
+_LAZY = {"AuditConfig": "medfair_audit.audit.config"}
 
 
 def __getattr__(name: str) -> object:
@@ -454,3 +451,40 @@ class RemediationConfig:
         keep_free = ("checkpoint_every", "audit_every", "until_kl", "unet_checkpointing")
         key = {k: v for k, v in asdict(self).items() if k not in keep_free}
         return {**key, "processes": processes, "dtype": dtype}
+
+
+#: Upper bounds that catch a typo (an extra zero too many) before it becomes an hours-long run or
+#: a shard plan that fills the memory: batches of 65,536 and 10,000 denoising steps (images per
+#: prompt are capped at :data:`~medfair_audit._validate.MAX_COUNT`, ten million).
+MAX_BATCH = 65_536
+MAX_STEPS = 10_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationConfig:
+    """How images are drawn.
+
+    Args:
+        n_per_prompt: Images per prompt.
+        seed: Global seed (image seeds derive from it, the prompt index and the image index).
+        steps: Denoising steps.
+        guidance: Classifier-free guidance scale.
+        shard_size: Images per shard, which is also the generation batch.
+    """
+
+    n_per_prompt: int = 128
+    seed: int = 0
+    steps: int = 25
+    guidance: float = 3.0
+    shard_size: int = 32
+
+    def __post_init__(self) -> None:
+        require_count(self, 1, "n_per_prompt")
+        require_count(self, 1, "shard_size", maximum=MAX_BATCH, param="batch_size")
+        require_count(self, 1, "steps", maximum=MAX_STEPS)
+        if not (math.isfinite(self.guidance) and 0 <= self.guidance <= 100):
+            raise ConfigError(
+                f"expected a guidance scale from 0 to 100, got {self.guidance}", param="guidance"
+            )
+        if self.seed < 0:
+            raise ConfigError(f"expected a non-negative seed, got {self.seed}", param="seed")

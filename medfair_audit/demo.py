@@ -32,7 +32,6 @@ the same settings are reused, so a re-run continues where an earlier one stopped
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import time
@@ -341,170 +340,214 @@ def _settings(cfg: Any) -> Any:
     return strip(asdict(cfg))
 
 
-@dataclass
-class _Run:
-    """What every stage of one demo run shares."""
+@dataclass(frozen=True)
+class Stage:
+    """One step of the demo, declared: its name, the stages it reads, its settings, its work.
+
+    Its output is keyed by the generation engine's :func:`settings_hash` of the settings and of
+    the stamps of its inputs (one input: ``"after": stamp``; several: a list), so a stage reruns
+    exactly when its settings or anything upstream changed.
+    """
+
+    name: str
+    inputs: tuple[str, ...]
+    settings: dict[str, Any]
+    work: Callable[[], dict[str, Any]]
+
+    def key(self, stamps: dict[str, str]) -> dict[str, Any]:
+        """What the stamp hashes, given the stamps of the finished stages."""
+        if not self.inputs:
+            return self.settings
+        after = [stamps[n] for n in self.inputs]
+        return {**self.settings, "after": after[0] if len(after) == 1 else after}
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every stage's work shares: the settings, the placement and the progress callback."""
 
     config: DemoConfig
-    out: Path
-    stage: Callable[..., dict[str, Any]]
     progress: ProgressCallback | None
-    log: Callable[[str], None] | None
-    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def where(self) -> Placement:
         return self.config.placement
 
-    def run(self, name: str, settings: Any, work: Callable[[], dict[str, Any]]) -> dict:
-        self.stages[name] = self.stage(self.out, name, settings, work, self.log)
-        return self.stages[name]
 
-    def stamps(self, *names: str) -> list[str]:
-        return [self.stages[n]["stamp"] for n in names]
+def _phantom(ctx: _Context, name: str, cfg: PhantomConfig, folder: Path) -> Stage:
+    def work() -> dict[str, Any]:
+        result = build_phantom(folder, cfg, overwrite=True, progress=ctx.progress)
+        return {"path": str(result.root), "counts": result.counts}
 
-    def phantom(self, name: str, cfg: PhantomConfig, folder: Path) -> dict[str, Any]:
-        def work() -> dict[str, Any]:
-            result = build_phantom(folder, cfg, overwrite=True, progress=self.progress)
-            return {"path": str(result.root), "counts": result.counts}
+    return Stage(name, (), _settings(cfg), work)
 
-        return self.run(name, _settings(cfg), work)
 
-    def classifier(
-        self,
-        name: str,
-        cfg: ClassifierConfig,
-        splits: tuple[str, str, str],
-        *,
-        data: Path,
-        folder: Path,
-        after: str,
-        attribute: str = "sex",
-        groups: tuple[str, ...] | None = ("female", "male"),
-    ) -> dict[str, Any]:
-        def work() -> dict[str, Any]:
-            r = train_classifier(
-                data,
-                folder,
-                cfg,
-                attribute=attribute,
-                groups=groups,
-                splits=splits,
-                overwrite=True,
-                placement=self.where,
-                progress=self.progress,
-            )
-            ev = r.evaluation
-            return {
-                "path": str(r.path),
-                "balanced_accuracy": ev["balanced_accuracy"],
-                "roc_auc": ev["roc_auc"],
-                "ece": ev["ece"],
-            }
+def _clip(ctx: _Context, data: Path, folder: Path) -> Stage:
+    def work() -> dict[str, Any]:
+        r = train_clip(
+            data, folder, ctx.config.clip, overwrite=True, placement=ctx.where,
+            progress=ctx.progress,
+        )  # fmt: skip
+        return {"path": str(r.path), "recall_at_1": r.recall_at_1, "chance": r.chance}
 
-        settings: dict[str, Any] = {"cfg": asdict(cfg), "splits": splits, "after": after}
-        if attribute != "sex":
-            settings["attribute"] = attribute
-        return self.run(name, settings, work)
+    return Stage("clip", ("corpus",), {"cfg": asdict(ctx.config.clip)}, work)
 
-    def audit(
-        self,
-        name: str,
-        *,
-        checkpoint: Path,
-        classifier: Path | dict[str, Path],
-        target: Path,
-        reference: Path,
-        folder: Path,
-        after: list[str],
-    ) -> dict[str, Any]:
-        cfg = self.config
 
-        def work() -> dict[str, Any]:
-            r = run_audit(
-                AuditConfig(
-                    checkpoint=checkpoint,
-                    classifier=classifier,
-                    prompts=HELD_OUT_PROMPTS,
-                    target=Target.load(target),
-                    out=folder,
-                    generation=cfg.audit_generation,
-                    reference=reference,
-                    reference_split="test",
-                    n_boot=200 if cfg.fast else 1000,
-                    overwrite=True,
-                    placement=self.where,
-                ),
-                progress=self.progress,
-            )
-            info = {"path": str(folder), "kl": r.kl()}
-            if "male" in r.groups:
-                info.update(male_raw=r.share("male", "raw"), male_corrected=r.share("male"))
-            if r.data.get("joint"):
-                info["rejected_cells"] = r.data["joint"]["holm"]["rejected"]
-            return info
+def _t2medi(
+    ctx: _Context,
+    name: str,
+    cfg: T2IConfig,
+    inputs: tuple[str, ...],
+    *,
+    data: Path,
+    folder: Path,
+    clip: Path | None = None,
+    init: Path | None = None,
+) -> Stage:
+    def work() -> dict[str, Any]:
+        r = train_t2i(
+            data, folder, cfg, clip=clip, init=init, overwrite=True, placement=ctx.where,
+            progress=ctx.progress,
+        )  # fmt: skip
+        info = {"path": str(r.path), "unet_loss": r.unet_loss}
+        return info if init else {"path": str(r.path), "vae_loss": r.vae_loss, **info}
 
-        settings = {
-            "gen": asdict(cfg.audit_generation),
-            "prompts": HELD_OUT_PROMPTS,
-            "after": after,
+    return Stage(name, inputs, {"cfg": asdict(cfg)}, work)
+
+
+def _target(name: str, inputs: tuple[str, ...], labels: Path, out: Path, **how: Any) -> Stage:
+    def work() -> dict[str, Any]:
+        target = target_from_labels(labels, name="BraTS18 (phantom stand-in)", **how)
+        target.save(out, overwrite=True)
+        return {"path": str(out), "proportions": dict(target.proportions)}
+
+    return Stage(name, inputs, {}, work)
+
+
+def _classifier(
+    ctx: _Context,
+    name: str,
+    cfg: ClassifierConfig,
+    splits: tuple[str, str, str],
+    inputs: tuple[str, ...],
+    *,
+    data: Path,
+    folder: Path,
+    attribute: str = "sex",
+    groups: tuple[str, ...] | None = ("female", "male"),
+) -> Stage:
+    def work() -> dict[str, Any]:
+        r = train_classifier(
+            data, folder, cfg, attribute=attribute, groups=groups, splits=splits,
+            overwrite=True, placement=ctx.where, progress=ctx.progress,
+        )  # fmt: skip
+        ev = r.evaluation
+        return {
+            "path": str(r.path),
+            "balanced_accuracy": ev["balanced_accuracy"],
+            "roc_auc": ev["roc_auc"],
+            "ece": ev["ece"],
         }
-        return self.run(name, settings, work)
 
-    def remediate(
-        self,
-        name: str,
-        *,
-        checkpoint: Path,
-        classifier: Path | dict[str, Path],
-        target: Path,
-        folder: Path,
-        rcfg: RemediationConfig,
-        encoder: Path,
-        after: list[str],
-    ) -> dict[str, Any]:
-        def work() -> dict[str, Any]:
-            r = remediate(
-                checkpoint,
+    settings: dict[str, Any] = {"cfg": asdict(cfg), "splits": splits}
+    if attribute != "sex":
+        settings["attribute"] = attribute
+    return Stage(name, inputs, settings, work)
+
+
+def _audit(
+    ctx: _Context,
+    name: str,
+    inputs: tuple[str, ...],
+    *,
+    checkpoint: Path,
+    classifier: Path | dict[str, Path],
+    target: Path,
+    reference: Path,
+    folder: Path,
+) -> Stage:
+    cfg = ctx.config
+
+    def work() -> dict[str, Any]:
+        r = run_audit(
+            AuditConfig(
+                checkpoint=checkpoint,
                 classifier=classifier,
+                prompts=HELD_OUT_PROMPTS,
                 target=Target.load(target),
-                prompts=TRAIN_PROMPTS,
                 out=folder,
-                config=rcfg,
-                image_encoders=[(encoder, 1.0)],
+                generation=cfg.audit_generation,
+                reference=reference,
+                reference_split="test",
+                n_boot=200 if cfg.fast else 1000,
                 overwrite=True,
-                placement=self.where,
-                progress=self.progress,
-            )
-            first, last = r.data["audits"][0], r.final_audit
-            return {
-                "path": str(r.path),
-                "quick_audit_before": {"share": first["share"], "kl": first["kl"]},
-                "quick_audit_after": {"share": last["share"], "kl": last["kl"]},
-            }
+                placement=ctx.where,
+            ),
+            progress=ctx.progress,
+        )
+        info = {"path": str(folder), "kl": r.kl()}
+        if "male" in r.groups:
+            info.update(male_raw=r.share("male", "raw"), male_corrected=r.share("male"))
+        if r.data.get("joint"):
+            info["rejected_cells"] = r.data["joint"]["holm"]["rejected"]
+        return info
 
-        # a memory knob that leaves the weights unchanged is not part of the stamp
-        cfg = {k: v for k, v in _settings(rcfg).items() if k != "unet_checkpointing"}
-        return self.run(name, {"cfg": cfg, "prompts": TRAIN_PROMPTS, "after": after}, work)
+    settings = {"gen": asdict(cfg.audit_generation), "prompts": HELD_OUT_PROMPTS}
+    return Stage(name, inputs, settings, work)
 
-    def report(
-        self, name: str, columns: dict[str, str], folder: Path, stem: Path, after: list[str]
-    ) -> dict[str, Any]:
-        """Reports (HTML, Markdown, LaTeX) of the audits in ``folder`` (subfolder → label)."""
 
-        def work() -> dict[str, Any]:
-            from .reporting.compare import write_report
+def _remediate(
+    ctx: _Context,
+    name: str,
+    rcfg: RemediationConfig,
+    inputs: tuple[str, ...],
+    *,
+    checkpoint: Path,
+    classifier: Path | dict[str, Path],
+    target: Path,
+    folder: Path,
+    encoder: Path,
+) -> Stage:
+    def work() -> dict[str, Any]:
+        r = remediate(
+            checkpoint,
+            classifier=classifier,
+            target=Target.load(target),
+            prompts=TRAIN_PROMPTS,
+            out=folder,
+            config=rcfg,
+            image_encoders=[(encoder, 1.0)],
+            overwrite=True,
+            placement=ctx.where,
+            progress=ctx.progress,
+        )
+        first, last = r.data["audits"][0], r.final_audit
+        return {
+            "path": str(r.path),
+            "quick_audit_before": {"share": first["share"], "kl": first["kl"]},
+            "quick_audit_after": {"share": last["share"], "kl": last["kl"]},
+        }
 
-            files = [folder / f / "audit.json" for f in columns]
-            paths = [
-                write_report(
-                    files, stem.with_suffix(ext), labels=list(columns.values()), overwrite=True
-                )
-                for ext in (".html", ".md", ".tex")
-            ]
-            return {"paths": [str(p) for p in paths]}
+    # a memory knob that leaves the weights unchanged is not part of the stamp
+    cfg = {k: v for k, v in _settings(rcfg).items() if k != "unet_checkpointing"}
+    return Stage(name, inputs, {"cfg": cfg, "prompts": TRAIN_PROMPTS}, work)
 
-        return self.run(name, {"after": after}, work)
+
+def _report(name: str, inputs: tuple[str, ...], folder: Path, stem: Path) -> Stage:
+    """Reports (HTML, Markdown, LaTeX) of the audits in ``folder`` (:data:`REPORT_COLUMNS`)."""
+
+    def work() -> dict[str, Any]:
+        from .reporting.compare import write_report
+
+        files = [folder / f / "audit.json" for f in REPORT_COLUMNS]
+        labels = list(REPORT_COLUMNS.values())
+        paths = [
+            write_report(files, stem.with_suffix(ext), labels=labels, overwrite=True)
+            for ext in (".html", ".md", ".tex")
+        ]
+        return {"paths": [str(p) for p in paths]}
+
+    return Stage(name, inputs, {}, work)
 
 
 def run_demo(
@@ -526,125 +569,81 @@ def run_demo(
     out = config.out
     dtype = config.placement.describe()["dtype"]
     half = None if dtype == "float32" else dtype
-    run = _Run(config, out, functools.partial(_stage, precision=half), progress, log)
-    _base_stages(run)
-    if config.attributes == ("sex",):
-        _sex_stages(run)
-        record = out / "demo.json"
-    else:
-        _attribute_stages(run)
-        record = out / "attributes" / "demo.json"
+    stages: dict[str, dict[str, Any]] = {}
+    for st in demo_stages(config, progress=progress):
+        stamps = {n: stages[n]["stamp"] for n in st.inputs}
+        stages[st.name] = _stage(out, st.name, st.key(stamps), st.work, log, precision=half)
+    record = out / "demo.json" if config.attributes == ("sex",) else out / "attributes/demo.json"
     atomic_write_json(
         record,
         {
             "config": {
                 k: str(v) if isinstance(v, os.PathLike) else v for k, v in asdict(config).items()
             },
-            "stages": run.stages,
+            "stages": stages,
         },
     )
-    return DemoResult(out=out, stages=run.stages)
+    return DemoResult(out=out, stages=stages)
 
 
-def _base_stages(run: _Run) -> None:
+def demo_stages(config: DemoConfig, *, progress: ProgressCallback | None = None) -> list[Stage]:
+    """The demo's stages in running order: the shared base, then one attribute or two."""
+    ctx = _Context(config, progress)
+    base = _base_stages(ctx)
+    return base + (_sex_stages(ctx) if config.attributes == ("sex",) else _attribute_stages(ctx))
+
+
+def _base_stages(ctx: _Context) -> list[Stage]:
     """The biased corpus, CLIP and the T2MedI trained on it (both pipelines start here)."""
-    cfg, data, models = run.config, run.out / "data", run.out / "models"
-    run.phantom("corpus", cfg.corpus, data / "corpus")
-
-    def clip_work() -> dict[str, Any]:
-        r = train_clip(
-            data / "corpus",
-            models / "clip",
-            cfg.clip,
-            overwrite=True,
-            placement=run.where,
-            progress=run.progress,
-        )
-        return {"path": str(r.path), "recall_at_1": r.recall_at_1, "chance": r.chance}
-
-    run.run("clip", {"cfg": asdict(cfg.clip), "after": run.stamps("corpus")[0]}, clip_work)
-
-    def t2i_work() -> dict[str, Any]:
-        r = train_t2i(
-            data / "corpus",
-            models / "t2medi",
-            cfg.t2i,
-            clip=models / "clip",
-            overwrite=True,
-            placement=run.where,
-            progress=run.progress,
-        )
-        return {"path": str(r.path), "vae_loss": r.vae_loss, "unet_loss": r.unet_loss}
-
-    run.run("t2medi", {"cfg": asdict(cfg.t2i), "after": run.stamps("clip")[0]}, t2i_work)
+    cfg, data, models = ctx.config, ctx.config.out / "data", ctx.config.out / "models"
+    return [
+        _phantom(ctx, "corpus", cfg.corpus, data / "corpus"),
+        _clip(ctx, data / "corpus", models / "clip"),
+        _t2medi(ctx, "t2medi", cfg.t2i, ("clip",), data=data / "corpus",
+                folder=models / "t2medi", clip=models / "clip"),
+    ]  # fmt: skip
 
 
-def _sex_stages(run: _Run) -> None:
+#: Audits of one pipeline: folder suffix → the classifier role that reads the images.
+SIDES = (("", "evaluator"), ("-trainclf", "classifier"))
+#: Classifier roles → the splits each trains, validates and is tested on.
+ROLES = {"classifier": ("train", "val", "test"), "evaluator": ("eval_train", "eval_val", "test")}
+
+
+def _sex_stages(ctx: _Context) -> list[Stage]:
     """The default demo: one attribute (sex)."""
-    cfg, out, data, models = run.config, run.out, run.out / "data", run.out / "models"
-    run.phantom("target_set", cfg.target_set, data / "target_set")
-
-    def target_work() -> dict[str, Any]:
-        target = target_from_labels(
-            data / "target_set" / "metadata.csv",
-            column="sex",
-            groups=("female", "male"),
-            name="BraTS18 (phantom stand-in)",
-        )
-        target.save(out / "target.json", overwrite=True)
-        return {"path": str(out / "target.json"), "proportions": dict(target.proportions)}
-
-    run.run("target", {"after": run.stamps("target_set")[0]}, target_work)
-    for name, ccfg, splits in (
-        ("classifier", cfg.classifier, ("train", "val", "test")),
-        ("evaluator", cfg.evaluator, ("eval_train", "eval_val", "test")),
-    ):
-        run.classifier(
-            name,
-            ccfg,
-            splits,
-            data=data / "target_set",
-            folder=models / name,
-            after=run.stamps("target_set")[0],
-        )
-    sides = (("", "evaluator"), ("-trainclf", "classifier"))
-    for suffix, clf in sides:
-        run.audit(
-            f"audit_before{suffix}",
-            checkpoint=models / "t2medi",
-            classifier=models / clf,
-            target=out / "target.json",
-            reference=data / "target_set",
-            folder=out / f"before{suffix}",
-            after=run.stamps("t2medi", clf, "target"),
-        )
-    run.remediate(
-        "remediate",
-        checkpoint=models / "t2medi",
-        classifier=models / "classifier",
-        target=out / "target.json",
-        folder=models / "t2medi-fair",
-        rcfg=cfg.remediation,
-        encoder=models / "clip",
-        after=run.stamps("t2medi", "classifier", "target", "clip"),
-    )
-    for suffix, clf in sides:
-        run.audit(
-            f"audit_after{suffix}",
-            checkpoint=models / "t2medi-fair",
-            classifier=models / clf,
-            target=out / "target.json",
-            reference=data / "target_set",
-            folder=out / f"after{suffix}",
-            after=run.stamps("remediate", f"audit_before{suffix}"),
-        )
-    run.report(
-        "report",
-        REPORT_COLUMNS,
-        out,
-        out / "report",
-        run.stamps(*[f"audit_{f}" for f in REPORT_COLUMNS]),
-    )
+    cfg, out = ctx.config, ctx.config.out
+    data, models, target = out / "data", out / "models", out / "target.json"
+    role_cfg = {"classifier": cfg.classifier, "evaluator": cfg.evaluator}
+    stages = [
+        _phantom(ctx, "target_set", cfg.target_set, data / "target_set"),
+        _target("target", ("target_set",), data / "target_set" / "metadata.csv", target,
+                column="sex", groups=("female", "male")),
+    ]  # fmt: skip
+    stages += [
+        _classifier(ctx, role, role_cfg[role], splits, ("target_set",),
+                    data=data / "target_set", folder=models / role)
+        for role, splits in ROLES.items()
+    ]  # fmt: skip
+    stages += [
+        _audit(ctx, f"audit_before{suffix}", ("t2medi", role, "target"),
+               checkpoint=models / "t2medi", classifier=models / role, target=target,
+               reference=data / "target_set", folder=out / f"before{suffix}")
+        for suffix, role in SIDES
+    ]  # fmt: skip
+    stages.append(
+        _remediate(ctx, "remediate", cfg.remediation, ("t2medi", "classifier", "target", "clip"),
+                   checkpoint=models / "t2medi", classifier=models / "classifier",
+                   target=target, folder=models / "t2medi-fair", encoder=models / "clip")
+    )  # fmt: skip
+    stages += [
+        _audit(ctx, f"audit_after{suffix}", ("remediate", f"audit_before{suffix}"),
+               checkpoint=models / "t2medi-fair", classifier=models / role, target=target,
+               reference=data / "target_set", folder=out / f"after{suffix}")
+        for suffix, role in SIDES
+    ]  # fmt: skip
+    audits = tuple(f"audit_{f}" for f in REPORT_COLUMNS)
+    return [*stages, _report("report", audits, out, out / "report")]
 
 
 #: The two-attribute pipeline's stages (``medfair demo --attributes sex,age_band``), written
@@ -670,95 +669,46 @@ ATTRIBUTE_STAGES = (
 )
 
 
-def _attribute_stages(run: _Run) -> None:
+def _attribute_stages(ctx: _Context) -> list[Stage]:
     """Sex × age band: every stage of :data:`ATTRIBUTE_STAGES`."""
-    cfg, root = run.config, run.out / "attributes"
-    data, models = root / "data", root / "models"
-    run.phantom("sa_corpus", cfg.corpus_attributes, data / "corpus")
-    run.phantom("sa_target_set", cfg.target_set_attributes, data / "target_set")
-    target_file = root / "target.json"
-
-    def target_work() -> dict[str, Any]:
-        target = target_from_labels(
-            data / "target_set" / "metadata.csv",
-            column=["sex", "age_band"],
-            name="BraTS18 (phantom stand-in)",
-        )
-        target.save(target_file, overwrite=True)
-        return {"path": str(target_file), "proportions": dict(target.proportions)}
-
-    run.run("sa_target", {"after": run.stamps("sa_target_set")[0]}, target_work)
-
-    def t2i_work() -> dict[str, Any]:
-        r = train_t2i(
-            data / "corpus",
-            models / "t2medi",
-            cfg.t2i_attributes,
-            init=run.out / "models" / "t2medi",
-            overwrite=True,
-            placement=run.where,
-            progress=run.progress,
-        )
-        return {"path": str(r.path), "unet_loss": r.unet_loss}
-
-    run.run(
-        "sa_t2medi",
-        {"cfg": asdict(cfg.t2i_attributes), "after": run.stamps("t2medi", "sa_corpus")},
-        t2i_work,
-    )
-    pairs = {}
-    for role, ccfg, splits in (
-        ("classifier", cfg.classifier, ("train", "val", "test")),
-        ("evaluator", cfg.evaluator, ("eval_train", "eval_val", "test")),
-    ):
-        for attr in cfg.attributes:
-            run.classifier(
-                f"sa_{role}_{attr}",
-                ccfg,
-                splits,
-                data=data / "target_set",
-                folder=models / f"{role}-{attr}",
-                after=run.stamps("sa_target_set")[0],
-                attribute=attr,
-                groups=None,
-            )
-        pairs[role] = {a: models / f"{role}-{a}" for a in cfg.attributes}
-    clf_stamps = {r: [f"sa_{r}_{a}" for a in cfg.attributes] for r in pairs}
-    sides = (("", "evaluator"), ("-trainclf", "classifier"))
-    for suffix, role in sides:
-        run.audit(
-            f"audit_sa_before{suffix}",
-            checkpoint=models / "t2medi",
-            classifier=pairs[role],
-            target=target_file,
-            reference=data / "target_set",
-            folder=root / f"before{suffix}",
-            after=run.stamps("sa_t2medi", *clf_stamps[role], "sa_target"),
-        )
-    run.remediate(
-        "sa_remediate",
-        checkpoint=models / "t2medi",
-        classifier=pairs["classifier"],
-        target=target_file,
-        folder=models / "t2medi-fair",
-        rcfg=cfg.remediation_attributes,
-        encoder=run.out / "models" / "clip",
-        after=run.stamps("sa_t2medi", *clf_stamps["classifier"], "sa_target", "clip"),
-    )
-    for suffix, role in sides:
-        run.audit(
-            f"audit_sa_after{suffix}",
-            checkpoint=models / "t2medi-fair",
-            classifier=pairs[role],
-            target=target_file,
-            reference=data / "target_set",
-            folder=root / f"after{suffix}",
-            after=run.stamps("sa_remediate", f"audit_sa_before{suffix}"),
-        )
-    run.report(
-        "sa_report",
-        REPORT_COLUMNS,
-        root,
-        root / "report",
-        run.stamps(*[f"audit_sa_{f}" for f in REPORT_COLUMNS]),
-    )
+    cfg, root = ctx.config, ctx.config.out / "attributes"
+    data, models, target = root / "data", root / "models", root / "target.json"
+    role_cfg = {"classifier": cfg.classifier, "evaluator": cfg.evaluator}
+    pairs = {role: {a: models / f"{role}-{a}" for a in cfg.attributes} for role in ROLES}
+    clf_stages = {role: tuple(f"sa_{role}_{a}" for a in cfg.attributes) for role in ROLES}
+    stages = [
+        _phantom(ctx, "sa_corpus", cfg.corpus_attributes, data / "corpus"),
+        _phantom(ctx, "sa_target_set", cfg.target_set_attributes, data / "target_set"),
+        _target("sa_target", ("sa_target_set",), data / "target_set" / "metadata.csv", target,
+                column=["sex", "age_band"]),
+        _t2medi(ctx, "sa_t2medi", cfg.t2i_attributes, ("t2medi", "sa_corpus"),
+                data=data / "corpus", folder=models / "t2medi",
+                init=cfg.out / "models" / "t2medi"),
+    ]  # fmt: skip
+    stages += [
+        _classifier(ctx, f"sa_{role}_{attr}", role_cfg[role], splits, ("sa_target_set",),
+                    data=data / "target_set", folder=pairs[role][attr], attribute=attr,
+                    groups=None)
+        for role, splits in ROLES.items()
+        for attr in cfg.attributes
+    ]  # fmt: skip
+    stages += [
+        _audit(ctx, f"audit_sa_before{suffix}", ("sa_t2medi", *clf_stages[role], "sa_target"),
+               checkpoint=models / "t2medi", classifier=pairs[role], target=target,
+               reference=data / "target_set", folder=root / f"before{suffix}")
+        for suffix, role in SIDES
+    ]  # fmt: skip
+    stages.append(
+        _remediate(ctx, "sa_remediate", cfg.remediation_attributes,
+                   ("sa_t2medi", *clf_stages["classifier"], "sa_target", "clip"),
+                   checkpoint=models / "t2medi", classifier=pairs["classifier"], target=target,
+                   folder=models / "t2medi-fair", encoder=cfg.out / "models" / "clip")
+    )  # fmt: skip
+    stages += [
+        _audit(ctx, f"audit_sa_after{suffix}", ("sa_remediate", f"audit_sa_before{suffix}"),
+               checkpoint=models / "t2medi-fair", classifier=pairs[role], target=target,
+               reference=data / "target_set", folder=root / f"after{suffix}")
+        for suffix, role in SIDES
+    ]  # fmt: skip
+    audits = tuple(f"audit_sa_{f}" for f in REPORT_COLUMNS)
+    return [*stages, _report("sa_report", audits, root, root / "report")]

@@ -211,21 +211,22 @@ class AuditResult:
             )
         return lines
 
-    def save(self, out: str | os.PathLike[str] | None = None) -> Path:
-        """Write ``images.csv``, grids, ``audit.html`` and, last, ``audit.json`` into ``out``.
+    def save(self, out: str | os.PathLike[str] | None = None, *, html: str | None = None) -> Path:
+        """Write ``images.csv``, grids, ``audit.html`` (``html``) and, last, ``audit.json``.
 
         Each file is written atomically and ``audit.json`` comes last: a folder with an
-        ``audit.json`` holds a finished audit, one without it an unfinished one.
+        ``audit.json`` holds a finished audit, one without it an unfinished one. The page is
+        rendered by :func:`medfair_audit.reporting.render_audit_html` (``run_audit`` does it),
+        so that this results module does not import the reporting layer above it.
         """
-        from ..reporting import render_audit_html
-
         out = Path(out or self.folder)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "images.csv", self.images.to_csv(index=False))
         for g, png in self.grids.items():
             atomic_write_bytes(out / grid_name(g), png)
         self.folder = out
-        atomic_write_text(out / "audit.html", render_audit_html(self))
+        if html is not None:
+            atomic_write_text(out / "audit.html", html)
         atomic_write_json(out / "audit.json", self.data, allow_nan=False)
         return out
 

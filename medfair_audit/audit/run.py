@@ -40,7 +40,7 @@ from ..models.attributes import classifier_sha256 as classifier_sha256_of
 from ..models.features import get_extractor
 from ..models.pipelines import generate, load_pipeline, pipeline_info
 from ..progress import ProgressCallback, report
-from ..reporting import image_grid_png
+from ..reporting import image_grid_png, render_audit_html
 from .config import AuditConfig
 from .joint import joint_sections
 from .quality import quality_by_group
@@ -489,5 +489,6 @@ def _run(cfg: AuditConfig, state: Any, progress: ProgressCallback | None) -> Aud
                 table.loc[k, "file"] = name
                 k += 1
     result = AuditResult(doc, table, grids)
-    result.save(cfg.out)
+    result.folder = cfg.out
+    result.save(cfg.out, html=render_audit_html(result))
     return result

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -22,49 +21,13 @@ from typing import Any
 import torch
 
 from .._io import atomic_write_bytes, atomic_write_json
-from .._validate import require_count
+from ..config import GenerationConfig
 from ..device import is_out_of_memory
-from ..exceptions import ConfigError, DataError, ResourceError
+from ..exceptions import DataError, ResourceError
 from ..progress import ProgressCallback, report
 from .seeds import image_seed
 
 __all__ = ["GenerationConfig", "Shard", "iter_shards", "plan_shards", "run_shards"]
-
-#: Upper bounds that catch a typo (an extra zero too many) before it becomes an hours-long run or
-#: a shard plan that fills the memory: batches of 65,536 and 10,000 denoising steps (images per
-#: prompt are capped at :data:`~medfair_audit._validate.MAX_COUNT`, ten million).
-MAX_BATCH = 65_536
-MAX_STEPS = 10_000
-
-
-@dataclass(frozen=True, kw_only=True)
-class GenerationConfig:
-    """How images are drawn.
-
-    Args:
-        n_per_prompt: Images per prompt.
-        seed: Global seed (image seeds derive from it, the prompt index and the image index).
-        steps: Denoising steps.
-        guidance: Classifier-free guidance scale.
-        shard_size: Images per shard, which is also the generation batch.
-    """
-
-    n_per_prompt: int
-    seed: int = 0
-    steps: int = 25
-    guidance: float = 3.0
-    shard_size: int = 32
-
-    def __post_init__(self) -> None:
-        require_count(self, 1, "n_per_prompt")
-        require_count(self, 1, "shard_size", maximum=MAX_BATCH, param="batch_size")
-        require_count(self, 1, "steps", maximum=MAX_STEPS)
-        if not (math.isfinite(self.guidance) and 0 <= self.guidance <= 100):
-            raise ConfigError(
-                f"expected a guidance scale from 0 to 100, got {self.guidance}", param="guidance"
-            )
-        if self.seed < 0:
-            raise ConfigError(f"expected a non-negative seed, got {self.seed}", param="seed")
 
 
 @dataclass(frozen=True)

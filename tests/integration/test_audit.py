@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -400,14 +401,17 @@ def test_out_holding_a_finished_audit_or_other_files_needs_overwrite(tiny_models
 
 
 def test_a_failed_save_leaves_no_audit_json_and_a_rerun_resumes(tiny_models, tmp_path, monkeypatch):
-    import medfair_audit.reporting as reporting
+    import medfair_audit.audit.result as result_module
 
     out = tmp_path / "a"
+    write_text = result_module.atomic_write_text
 
-    def broken(result):
-        raise OSError("disk full")
+    def broken(path, text, **kw):  # the disk fills up while audit.html is written
+        if Path(path).name == "audit.html":
+            raise OSError("disk full")
+        return write_text(path, text, **kw)
 
-    monkeypatch.setattr(reporting, "render_audit_html", broken)
+    monkeypatch.setattr(result_module, "atomic_write_text", broken)
     with pytest.raises(OSError, match="disk full"):
         run_audit(config(tiny_models, out, n=2, shard=2))
     assert (out / "images.csv").is_file() and not (out / "audit.json").exists()

@@ -135,24 +135,37 @@ def _imports(path: Path) -> list[str]:
 
 
 # Lower layers never import higher ones (checked on every import statement, lazy ones too).
+# From the bottom: data < models < metrics-using results (audit.result/quality/joint/config) <
+# reporting (renders result dicts, reads saved audits) < audit.run (writes audit.html) <
+# remediation < demo < the CLI.
+RESULTS = (
+    "medfair_audit/audit/result.py",
+    "medfair_audit/audit/quality.py",
+    "medfair_audit/audit/joint.py",
+    "medfair_audit/audit/config.py",
+)
+TOP = ("medfair_audit.audit.run", "medfair_audit.remediation", "medfair_audit.demo")
 LAYERS = [
-    ("medfair_audit.models", ("medfair_audit.audit", "medfair_audit.remediation",
-                              "medfair_audit.reporting", "medfair_audit.demo")),
-    ("medfair_audit.metrics", ("medfair_audit.models", "medfair_audit.audit",
-                               "medfair_audit.remediation", "medfair_audit.reporting")),
-    ("medfair_audit.data", ("medfair_audit.models", "medfair_audit.audit",
-                            "medfair_audit.remediation", "medfair_audit.reporting")),
-    # audit → reporting is allowed one way: the audit renders its own audit.html and image grid
-    ("medfair_audit.audit", ("medfair_audit.remediation", "medfair_audit.demo")),
-    ("medfair_audit.remediation", ("medfair_audit.reporting", "medfair_audit.demo")),
-    ("medfair_audit", ("medfair_cli", "typer", "rich")),
+    (("medfair_audit/data",), ("medfair_audit.models", "medfair_audit.metrics",
+                               "medfair_audit.audit", "medfair_audit.reporting", *TOP)),
+    (("medfair_audit/models",), ("medfair_audit.audit", "medfair_audit.reporting", *TOP)),
+    (("medfair_audit/metrics",), ("medfair_audit.models", "medfair_audit.audit",
+                                  "medfair_audit.reporting", *TOP)),
+    (RESULTS, ("medfair_audit.reporting", *TOP)),
+    (("medfair_audit/reporting",), TOP),
+    (("medfair_audit/audit/run.py",), TOP[1:]),
+    (("medfair_audit/remediation",), ("medfair_audit.reporting", "medfair_audit.demo")),
+    (("medfair_audit",), ("medfair_cli", "typer", "rich")),
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("layer", "above"), LAYERS)
-def test_layers_import_only_downward(layer: str, above: tuple[str, ...]) -> None:
-    folder = ROOT / Path(*layer.split("."))
-    files = sorted(folder.rglob("*.py")) if folder.is_dir() else [folder.with_suffix(".py")]
+@pytest.mark.parametrize(("where", "above"), LAYERS, ids=[w[0] for w, _ in LAYERS])
+def test_layers_import_only_downward(where: tuple[str, ...], above: tuple[str, ...]) -> None:
+    files = []
+    for w in where:
+        path = ROOT / w
+        files += sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    assert files
     bad = [
         f"{f.relative_to(ROOT)} imports {m}"
         for f in files
@@ -245,3 +258,22 @@ def test_loaders_refuse_pickle_and_name_the_argument(tmp_path: Path) -> None:
             load(tmp_path)
         assert err.value.param == param
     assert os.listdir(tmp_path)  # nothing removed
+
+
+def test_demo_is_a_declared_list_of_stages() -> None:
+    from medfair_audit import demo
+    from medfair_audit.generation.engine import settings_hash
+
+    assert demo.settings_hash is settings_hash  # one hash for shards and stages
+    for attrs in (("sex",), ("sex", "age_band")):
+        stages = demo.demo_stages(demo.DemoConfig(fast=True, attributes=attrs))
+        names = [s.name for s in stages]
+        assert len(set(names)) == len(names)
+        for i, st in enumerate(stages):  # every input runs before the stage that reads it
+            assert set(st.inputs) <= set(names[:i]), st.name
+    assert tuple(names[3:]) == demo.ATTRIBUTE_STAGES
+    for st in stages:  # any upstream change changes the key
+        if st.inputs:
+            same = {n: "a" for n in st.inputs}
+            for n in st.inputs:
+                assert settings_hash(st.key(same)) != settings_hash(st.key({**same, n: "b"}))
