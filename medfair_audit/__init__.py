@@ -32,7 +32,7 @@ _LAZY = {
     "AuditResult": ("audit", "AuditResult"),
     "read_prompts": ("audit", "read_prompts"),
     "run_audit": ("audit", "run_audit"),
-    "GenerationConfig": ("generation", "GenerationConfig"),
+    "GenerationConfig": ("config", "GenerationConfig"),
     "Placement": ("device", "Placement"),
     "Speed": ("models.pipelines", "Speed"),
     "RemediationConfig": ("remediation", "RemediationConfig"),
