@@ -221,12 +221,12 @@ def remediate(
     run = RunFolder(
         out, overwrite=overwrite, resume=resume, keep=keep_checkpoints, main=acc.is_main_process
     )
-    work = run.work
+    work, ckpts = run.work, run.checkpointer()
     acc.wait_for_everyone()
     start, log, audits, stopped = 0, [], [], False
     if resume:
         start, log, audits, stopped = restore_state(
-            work, m, optimizer, lr_sched, ema, key, scaler=scaler
+            ckpts, m, optimizer, lr_sched, ema, key, scaler=scaler
         )
     if acc.is_main_process:
         work.mkdir(parents=True, exist_ok=True)
@@ -249,7 +249,17 @@ def remediate(
             _append(work / "log.jsonl", [record])
             if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or stopped:
                 save_state(
-                    work, step, m, optimizer, lr_sched, ema, key, log, audits, stopped, scaler
+                    ckpts,
+                    step,
+                    m,
+                    optimizer,
+                    lr_sched,
+                    ema,
+                    key,
+                    log,
+                    audits,
+                    stopped,
+                    scaler,
                 )
         info = {k: record[k] for k in ("loss", "align", "clip", "kept") if record[k] is not None}
         if record["skipped"]:
@@ -257,7 +267,7 @@ def remediate(
         info.update({f"p_{g}": v for g, v in record["mean_probs"].items()})
         report(progress, "remediate", step, cfg.steps, **info)
     if acc.is_main_process and step > start:
-        save_state(work, step, m, optimizer, lr_sched, ema, key, log, audits, stopped, scaler)
+        save_state(ckpts, step, m, optimizer, lr_sched, ema, key, log, audits, stopped, scaler)
     if ema is not None:
         ema.copy_to(params)
     if (not audits or audits[-1]["step"] != step) and (a := _audit(m, cfg, step, None, acc)):

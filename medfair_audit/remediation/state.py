@@ -29,7 +29,7 @@ def _objects(m: Models, optimizer: Any, scheduler: Any, ema: Any, scaler: Any) -
 
 
 def save_state(
-    work: Path,
+    checkpoints: Checkpointer,
     step: int,
     m: Models,
     optimizer: Any,
@@ -41,15 +41,13 @@ def save_state(
     stopped: bool,
     scaler: Any | None = None,
 ) -> None:
-    """Write checkpoint ``step`` under ``work/checkpoints``."""
+    """Write checkpoint ``step`` (the run folder's ``checkpoints``)."""
     info = {"config": key, "log": log, "audits": audits, "stopped": stopped}
-    Checkpointer(work / "checkpoints").save(
-        step, _objects(m, optimizer, scheduler, ema, scaler), info=info
-    )
+    checkpoints.save(step, _objects(m, optimizer, scheduler, ema, scaler), info=info)
 
 
 def restore_state(
-    work: Path,
+    checkpoints: Checkpointer,
     m: Models,
     optimizer: Any,
     scheduler: Any,
@@ -74,7 +72,7 @@ def restore_state(
             )
 
     objects = _objects(m, optimizer, scheduler, ema, scaler)
-    step, info = Checkpointer(work / "checkpoints").restore(objects, check=same_settings)
+    step, info = checkpoints.restore(objects, check=same_settings)
     if not info:
         return 0, [], [], False
     if ema is not None:
