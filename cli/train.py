@@ -204,12 +204,32 @@ def classifier(
     batch_size: Annotated[int, typer.Option(min=2, help="Images per step.")] = CLF["batch_size"],
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = CLF["lr"],
     seed: Seed = CLF["seed"],
+    architecture: Annotated[
+        str,
+        typer.Option(
+            help="resnet (a small ResNet) or radiomics (logistic regression on size, shape and "
+            "intensity features: a reader of another model family, e.g. an independent "
+            "evaluator; ignores --widths/--epochs)."
+        ),
+    ] = CLF["architecture"],
+    robust: Annotated[
+        str,
+        typer.Option(
+            help="none, noise (Gaussian noise of sd --robust-eps on every training image) or pgd "
+            "(adversarial training in an L2 ball of radius --robust-eps): a classifier whose "
+            "gradients follow anatomy, to guide remediation."
+        ),
+    ] = CLF["robust"],
+    robust_eps: Annotated[
+        float, typer.Option(help="Noise sd or PGD L2 radius, in [-1, 1] pixel units.")
+    ] = CLF["robust_eps"],
+    robust_steps: Annotated[int, typer.Option(help="PGD steps per batch.")] = CLF["robust_steps"],
     overwrite: Overwrite = False,
     device: Device = "auto",
     dtype: Dtype = "auto",
     allow_outside_root: AllowOutsideRoot = False,
 ) -> None:
-    """Train the subgroup classifier (small ResNet), calibrate it, and evaluate it.
+    """Train a subgroup classifier (small ResNet, or radiomics), calibrate it, and evaluate it.
 
     Writes the model, classifier.json (groups, temperature) and evaluation.json (held-out
     confusion matrix, accuracy, balanced accuracy, ROC AUC, ECE, per-subgroup rates).
@@ -221,6 +241,13 @@ def classifier(
     One classifier per attribute for a several-attribute audit:
 
         medfair train classifier --data data/target_set --attribute age_band --out models/age-clf
+
+    A robust guide for remediation, and an evaluator of another model family:
+
+        medfair train classifier --data data/target_set --robust pgd --out models/sex-robust
+
+        medfair train classifier --data data/target_set --architecture radiomics --out
+        models/sex-radiomics
     """
     from medfair_audit.models.classifier import train_classifier
 

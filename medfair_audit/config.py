@@ -29,9 +29,11 @@ if TYPE_CHECKING:
 __all__ = [
     "ALIGN",
     "ALIGN_TO",
+    "ARCHITECTURES",
     "GRADIENTS",
     "LORA_ON",
     "LOSSES",
+    "ROBUST",
     "AnatomyModel",
     "AuditConfig",
     "CLIPTrainConfig",
@@ -193,6 +195,15 @@ class T2IConfig:
         return cls(**{**base, **overrides})
 
 
+ARCHITECTURES = ("resnet", "radiomics")
+ROBUST = ("none", "noise", "pgd")
+
+
+def _one_of(value: str, allowed: tuple[str, ...], param: str) -> None:
+    if value not in allowed:
+        raise ConfigError(f"expected one of {', '.join(allowed)}, got '{value}'", param=param)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ClassifierConfig:
     """Architecture and schedule of the subgroup classifier.
@@ -209,6 +220,19 @@ class ClassifierConfig:
         max_rotation: Largest augmentation rotation in degrees.
         max_shift: Largest augmentation shift as a fraction of the side.
         seed: Seed of initialisation, augmentation and shuffling.
+        architecture: ``resnet`` (a small ResNet, the default) or ``radiomics`` (logistic
+            regression on radiomics-style features of size, shape and intensity: a reader of
+            another model family, e.g. an architecture-disjoint evaluator; it ignores the
+            network settings above and chooses its L2 penalty on the validation split).
+        robust: Training against small input changes, so that the classifier's gradients
+            follow the anatomy rather than texture (a guide for remediation that other
+            classifiers agree with): ``none``, ``noise`` (Gaussian noise of standard deviation
+            ``robust_eps`` added to every training image) or ``pgd`` (adversarial training:
+            each batch is replaced by its worst case within an L2 ball of radius
+            ``robust_eps``, found by ``robust_steps`` steps of projected gradient ascent,
+            Madry et al. 2018). ResNet only.
+        robust_eps: Noise standard deviation or L2 radius, in pixel units of [-1, 1] images.
+        robust_steps: Projected-gradient steps per batch with ``robust="pgd"``.
     """
 
     image_size: int = 64
@@ -222,8 +246,19 @@ class ClassifierConfig:
     max_rotation: float = 6.0
     max_shift: float = 0.04
     seed: int = 0
+    architecture: str = "resnet"
+    robust: str = "none"
+    robust_eps: float = 0.5
+    robust_steps: int = 3
 
     def __post_init__(self) -> None:
+        _one_of(self.architecture, ARCHITECTURES, "architecture")
+        _one_of(self.robust, ROBUST, "robust")
+        if self.robust != "none" and self.architecture != "resnet":
+            raise ConfigError("--robust trains the resnet architecture", param="robust")
+        if not (math.isfinite(self.robust_eps) and self.robust_eps > 0):
+            raise ConfigError(f"expected a radius > 0, got {self.robust_eps}", param="robust_eps")
+        require_count(self, 1, "robust_steps")
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         object.__setattr__(self, "depths", tuple(int(d) for d in self.depths))
         if len(self.widths) != len(self.depths) or not self.widths:
@@ -245,11 +280,6 @@ LOSSES = ("kl", "ot")
 ALIGN_TO = ("probabilities", "corrected")
 ALIGN = ("joint", "marginals")
 LORA_ON = ("unet", "text", "both")
-
-
-def _one_of(value: str, allowed: tuple[str, ...], param: str) -> None:
-    if value not in allowed:
-        raise ConfigError(f"expected one of {', '.join(allowed)}, got '{value}'", param=param)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -289,6 +319,10 @@ class RemediationConfig:
             ``corrected`` (the mean probability meets ``target · S`` with the soft confusion
             matrix ``S`` from the classifier's held-out images, so the PACC-corrected share the
             audit reports meets the target; needs ``evaluation.json`` with ``soft_confusion``).
+        augment: Expectation over transformations: read each generated image as the mean of the
+            classifier's probabilities over this many random small transformations (rotation,
+            shift, flip, intensity gain, noise, blur; :mod:`medfair_audit.remediation.transforms`),
+            so that patterns a small change destroys earn nothing (0: off, the paper's loss).
         ot_max_uncertainty: With ``loss="ot"``, images whose assigned group has confidence below
             ``1 − this`` are left out of the loss (1 keeps all).
         ot_draws: Monte Carlo draws of the expected OT for more than two groups.
@@ -334,6 +368,7 @@ class RemediationConfig:
     align: str = "joint"
     align_weights: Sequence[float] | None = None
     align_to: str = "probabilities"
+    augment: int = 0
     ot_max_uncertainty: float = 0.2
     ot_draws: int = 256
     changed_weight: float = 0.2
@@ -357,6 +392,7 @@ class RemediationConfig:
         require_count(self, 1, "lora_rank", "audit_images", "audit_steps")
         require_count(self, 2, "batch_per_prompt")
         require_count(self, 0, "warmup", "checkpoint_every", "audit_every")
+        require_count(self, 0, "augment", maximum=64)
         _one_of(self.gradient, GRADIENTS, "gradient")
         _one_of(self.loss, LOSSES, "loss")
         _one_of(self.align_to, ALIGN_TO, "align_to")

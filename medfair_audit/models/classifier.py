@@ -42,6 +42,7 @@ __all__ = [
     "ClassifierResult",
     "SubgroupClassifier",
     "evaluate_classifier",
+    "random_affine",
     "train_classifier",
 ]
 
@@ -81,6 +82,8 @@ class SubgroupClassifier:
         image_size: Input side it was trained at.
         channels: Input channels it expects.
         evaluation: Its held-out evaluation (``evaluation.json``), if known.
+        architecture: ``resnet`` or ``radiomics`` (see
+            :class:`~medfair_audit.config.ClassifierConfig`).
     """
 
     def __init__(
@@ -93,8 +96,10 @@ class SubgroupClassifier:
         image_size: int = 64,
         channels: int = 1,
         evaluation: dict[str, Any] | None = None,
+        architecture: str = "resnet",
     ) -> None:
         self.model = model.eval()
+        self.architecture = architecture
         self.attribute = attribute
         self.groups = tuple(groups)
         self.temperature = float(temperature)
@@ -131,6 +136,7 @@ class SubgroupClassifier:
                 "temperature": self.temperature,
                 "image_size": self.image_size,
                 "channels": self.channels,
+                **({} if self.architecture == "resnet" else {"architecture": self.architecture}),
                 "input": "(N, C, H, W) float in [-1, 1]; other sizes and channels are converted",
                 **(extra or {}),
             },
@@ -152,18 +158,17 @@ class SubgroupClassifier:
         Raises:
             ModelError: Missing files, or pickle weights without ``trust_pickle``.
         """
-        from transformers import ResNetForImageClassification
-
         what = "a medfair classifier"
+        folder = Path(folder)
+        architecture = _read_architecture(folder, param)
         model = load_pretrained(
-            ResNetForImageClassification,
+            _model_class(architecture),
             folder,
             trust_pickle=trust_pickle,
             param=param,
             what=what,
             marker="classifier.json",
         )
-        folder = Path(folder)
         try:
             meta = json.loads((folder / "classifier.json").read_text(encoding="utf-8"))
             evaluation = None
@@ -177,6 +182,7 @@ class SubgroupClassifier:
                 image_size=meta["image_size"],
                 channels=meta["channels"],
                 evaluation=evaluation,
+                architecture=architecture,
             )
         except load_errors() as exc:
             raise ModelError(
@@ -227,10 +233,43 @@ class SubgroupClassifier:
         """Penultimate (pooled) features ``(N, D)`` on the CPU, e.g. for FID in its space."""
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=False):
             return batched(
-                lambda x: self.model.resnet(pixel_values=self._input(x)).pooler_output.flatten(1),
-                images,
-                batch_size=batch_size,
+                lambda x: _features(self.model, self._input(x)), images, batch_size=batch_size
             )
+
+
+def _model_class(architecture: str) -> Any:
+    if architecture == "radiomics":
+        from .radiomics import RadiomicsForImageClassification
+
+        return RadiomicsForImageClassification
+    from transformers import ResNetForImageClassification
+
+    return ResNetForImageClassification
+
+
+def _read_architecture(folder: Path, param: str) -> str:
+    """The ``architecture`` in ``classifier.json`` (``resnet`` where absent, as written before)."""
+    from ..config import ARCHITECTURES
+
+    try:
+        meta = json.loads((folder / "classifier.json").read_text(encoding="utf-8"))
+        architecture = meta.get("architecture", "resnet")
+    except (OSError, ValueError, AttributeError):
+        return "resnet"  # the loader reports the missing or broken file
+    if architecture not in ARCHITECTURES:
+        raise ModelError(
+            f"'{folder}' holds a classifier of architecture '{architecture}'; this medfair reads "
+            f"{', '.join(ARCHITECTURES)}",
+            param=param,
+        )
+    return architecture
+
+
+def _features(model: Any, x: torch.Tensor) -> torch.Tensor:
+    """The classifier's feature space: pooled ResNet features, or the radiomics features."""
+    if hasattr(model, "resnet"):
+        return model.resnet(pixel_values=x).pooler_output.flatten(1)
+    return model.features(x)
 
 
 def _build(cfg: ClassifierConfig, groups: Sequence[str]) -> Any:
@@ -249,10 +288,26 @@ def _build(cfg: ClassifierConfig, groups: Sequence[str]) -> Any:
     return ResNetForImageClassification(config)
 
 
-def _augment(x: torch.Tensor, cfg: ClassifierConfig, generator: torch.Generator) -> torch.Tensor:
+def random_affine(
+    x: torch.Tensor,
+    *,
+    max_rotation: float,
+    max_shift: float,
+    generator: torch.Generator,
+    max_gain: float = 0.1,
+) -> torch.Tensor:
+    """Random small rotations, shifts, left-right flips and intensity gains (differentiable).
+
+    Args:
+        x: ``(N, C, H, W)`` images in [-1, 1] (the background at -1 stays at -1).
+        max_rotation: Largest rotation in degrees.
+        max_shift: Largest shift as a fraction of the side.
+        generator: CPU generator of the random draws (one set per image).
+        max_gain: Largest relative change of the intensity above the background.
+    """
     n = len(x)
-    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(cfg.max_rotation)
-    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * cfg.max_shift * 2
+    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(max_rotation)
+    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * max_shift * 2
     flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
     cos, sin = torch.cos(angle), torch.sin(angle)
     theta = torch.stack(
@@ -261,11 +316,173 @@ def _augment(x: torch.Tensor, cfg: ClassifierConfig, generator: torch.Generator)
             torch.stack([sin * flip, cos, shift[:, 1]], 1),
         ],
         1,
-    )
+    ).to(x)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     out = F.grid_sample(x + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1
-    gain = 1 + (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * 0.1
-    return ((out + 1) * gain - 1).clamp(-1, 1)
+    gain = 1 + (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * max_gain
+    return ((out + 1) * gain.to(x) - 1).clamp(-1, 1)
+
+
+def _augment(x: torch.Tensor, cfg: ClassifierConfig, generator: torch.Generator) -> torch.Tensor:
+    return random_affine(
+        x, max_rotation=cfg.max_rotation, max_shift=cfg.max_shift, generator=generator
+    )
+
+
+def _perturb(
+    model: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: ClassifierConfig,
+    weights: torch.Tensor,
+    generator: torch.Generator,
+    placement: Placement,
+) -> torch.Tensor:
+    """The training batch under ``cfg.robust``: as is, with noise, or its PGD worst case.
+
+    PGD (Madry et al. 2018): ``robust_steps`` steps of size ``2.5·ε/steps`` along the
+    normalised gradient of the loss, each projected back into the L2 ball of radius ``ε``
+    around the image and into [-1, 1].
+    """
+    if cfg.robust == "none":
+        return x
+    eps = cfg.robust_eps
+    if cfg.robust == "noise":
+        noise = torch.randn(x.shape, generator=generator).to(x.device)
+        return (x + eps * noise).clamp(-1, 1)
+    alpha = 2.5 * eps / cfg.robust_steps
+    delta = torch.zeros_like(x)
+    for _ in range(cfg.robust_steps):
+        delta.requires_grad_(True)
+        with placement.autocast():
+            logits = model(pixel_values=x + delta).logits
+        loss = F.cross_entropy(logits.float(), y, weight=weights)
+        (grad,) = torch.autograd.grad(loss, delta)
+        norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        delta = delta.detach() + alpha * grad / norm
+        scale = (eps / delta.flatten(1).norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)
+        delta = ((x + delta * scale.view(-1, 1, 1, 1)).clamp(-1, 1) - x).detach()
+    return x + delta
+
+
+def _fit_network(
+    cfg: ClassifierConfig,
+    groups: Sequence[str],
+    images: torch.Tensor,
+    y: torch.Tensor,
+    split: tuple[np.ndarray, np.ndarray],
+    weights: torch.Tensor,
+    placement: Placement,
+    generator: torch.Generator,
+    progress: ProgressCallback | None,
+) -> tuple[Any, list[dict[str, Any]], int, float]:
+    """The ResNet by AdamW with augmentation, early stopping on the validation split."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    train_idx, val_idx = split
+    device = placement.device
+    model = _build(cfg, groups).to(device)
+    scaler = placement.grad_scaler()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
+    total = cfg.epochs * per_epoch
+    sched = warmup_cosine(opt, total=total)
+    weights = weights.to(device)
+
+    def val_logits() -> torch.Tensor:
+        model.eval()
+        with torch.inference_mode():
+            out = batched(lambda x: model(pixel_values=x).logits, images[val_idx], device=device)
+        model.train()
+        return out
+
+    best, best_state, best_epoch, history = -1.0, None, 0, []
+    step = 0
+    train_t = torch.from_numpy(train_idx)
+    model.train()
+    for epoch in range(cfg.epochs):
+        order = train_t[torch.randperm(len(train_t), generator=generator)]
+        running = 0.0
+        for b in range(per_epoch):
+            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            x = _augment(images[idx], cfg, generator).to(device)
+            target = y[idx].to(device)
+            x = _perturb(model, x, target, cfg, weights, generator, placement)
+            with placement.autocast():
+                logits = model(pixel_values=x).logits
+            loss = F.cross_entropy(logits.float(), target, weight=weights)
+            backward_step(loss, model, opt, scaler, max_norm=None)
+            sched.step()
+            step += 1
+            running += loss.item()
+            report(progress, "train classifier", step, total, loss=loss.item(), epoch=epoch + 1)
+        score = balanced_accuracy_score(y[val_idx].numpy(), val_logits().argmax(1).numpy())
+        history.append(
+            {"epoch": epoch + 1, "loss": running / per_epoch, "val_balanced_accuracy": float(score)}
+        )
+        if score > best:
+            best, best_epoch = score, epoch + 1
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        elif epoch + 1 - best_epoch >= cfg.patience:
+            break
+    model.load_state_dict(best_state)
+    return model, history, best_epoch, best
+
+
+#: L2 penalties :func:`_fit_radiomics` chooses from on the validation split.
+RADIOMICS_L2 = (1e-4, 1e-3, 1e-2, 1e-1)
+
+
+def _fit_radiomics(
+    cfg: ClassifierConfig,
+    groups: Sequence[str],
+    images: torch.Tensor,
+    y: torch.Tensor,
+    split: tuple[np.ndarray, np.ndarray],
+    weights: torch.Tensor,
+    placement: Placement,
+    generator: torch.Generator,
+    progress: ProgressCallback | None,
+) -> tuple[Any, list[dict[str, Any]], int, float]:
+    """Logistic regression on radiomics features; the L2 penalty chosen on validation.
+
+    Class-balanced like the network (each image weighted by its group's inverse frequency);
+    the features are standardised with the training split's mean and spread.
+    """
+    from sklearn.metrics import balanced_accuracy_score
+
+    from .radiomics import RadiomicsConfig, RadiomicsForImageClassification, fit_logistic
+
+    train_idx, val_idx = split
+    model = RadiomicsForImageClassification(
+        RadiomicsConfig(
+            num_channels=1,
+            num_labels=len(groups),
+            id2label=dict(enumerate(groups)),
+            label2id={g: i for i, g in enumerate(groups)},
+        )
+    )
+    with torch.no_grad():
+        raw = batched(model.raw_features, images)
+        mean, std = raw[train_idx].mean(0), raw[train_idx].std(0).clamp_min(1e-6)
+        model.feature_mean.copy_(mean)
+        model.feature_std.copy_(std)
+        feats = (raw - mean) / std
+    train_t, val_t = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
+    omega = weights[y[train_t]]
+    best, best_fit, best_i, history = -1.0, None, 0, []
+    for i, l2 in enumerate(RADIOMICS_L2):
+        w, b = fit_logistic(feats[train_t], y[train_t], len(groups), l2=l2, sample_weight=omega)
+        pred = (feats[val_t] @ w.T + b).argmax(1)
+        score = float(balanced_accuracy_score(y[val_t].numpy(), pred.numpy()))
+        history.append({"l2": l2, "val_balanced_accuracy": score})
+        report(progress, "train classifier", i + 1, len(RADIOMICS_L2), l2=l2)
+        if score > best:
+            best, best_fit, best_i = score, (w, b), i + 1
+    with torch.no_grad():
+        model.linear.weight.copy_(best_fit[0])
+        model.linear.bias.copy_(best_fit[1])
+    return model.to(placement.device), history, best_i, best
 
 
 def _fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -522,53 +739,18 @@ def train_classifier(
     if min(len(train_idx), len(val_idx), len(test_idx)) == 0:
         raise DataError("the train, val and test splits must each hold images", param="data")
     images = load_images(dataset, progress=progress, stage="load images")
-    model = _build(cfg, groups).to(device)
-    scaler = placement.grad_scaler()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
-    total = cfg.epochs * per_epoch
-    sched = warmup_cosine(opt, total=total)
     weights = torch.bincount(y[train_idx], minlength=len(groups)).float()
-    weights = (weights.sum() / (len(groups) * weights.clamp(min=1))).to(device)  # balanced
+    weights = weights.sum() / (len(groups) * weights.clamp(min=1))  # balanced
+    fit = _fit_radiomics if cfg.architecture == "radiomics" else _fit_network
+    model, history, best_epoch, best = fit(
+        cfg, groups, images, y, (train_idx, val_idx), weights, placement, generator, progress
+    )
+    model.eval()
 
     def val_logits() -> torch.Tensor:
-        model.eval()
         with torch.inference_mode():
-            out = batched(lambda x: model(pixel_values=x).logits, images[val_idx], device=device)
-        model.train()
-        return out
+            return batched(lambda x: model(pixel_values=x).logits, images[val_idx], device=device)
 
-    from sklearn.metrics import balanced_accuracy_score
-
-    best, best_state, best_epoch, history = -1.0, None, 0, []
-    step = 0
-    train_t = torch.from_numpy(train_idx)
-    model.train()
-    for epoch in range(cfg.epochs):
-        order = train_t[torch.randperm(len(train_t), generator=generator)]
-        running = 0.0
-        for b in range(per_epoch):
-            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            x = _augment(images[idx], cfg, generator).to(device)
-            with placement.autocast():
-                logits = model(pixel_values=x).logits
-            loss = F.cross_entropy(logits.float(), y[idx].to(device), weight=weights)
-            backward_step(loss, model, opt, scaler, max_norm=None)
-            sched.step()
-            step += 1
-            running += loss.item()
-            report(progress, "train classifier", step, total, loss=loss.item(), epoch=epoch + 1)
-        score = balanced_accuracy_score(y[val_idx].numpy(), val_logits().argmax(1).numpy())
-        history.append(
-            {"epoch": epoch + 1, "loss": running / per_epoch, "val_balanced_accuracy": float(score)}
-        )
-        if score > best:
-            best, best_epoch = score, epoch + 1
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        elif epoch + 1 - best_epoch >= cfg.patience:
-            break
-    model.load_state_dict(best_state)
-    model.eval()
     temperature = _fit_temperature(val_logits(), y[val_idx])
     clf = SubgroupClassifier(
         model,
@@ -577,6 +759,7 @@ def train_classifier(
         temperature=temperature,
         image_size=cfg.image_size,
         channels=1,
+        architecture=cfg.architecture,
     )
     probs = clf.predict_proba(images[test_idx]).numpy()
     evaluation = evaluate_classifier(
