@@ -118,6 +118,20 @@ def remediate(
             "classifier's soft confusion matrix: the PACC share the audit reports meets it)."
         ),
     ] = R["align_to"],
+    augment: Annotated[
+        int,
+        typer.Option(
+            help="Expectation over transformations: read each image as the mean over this many "
+            "random small shifts, rotations, flips, gains, noise and blur (0: off)."
+        ),
+    ] = R["augment"],
+    ensemble: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Another classifier of the same attribute to align against (repeatable): the "
+            "loss is the mean of each classifier's own (one attribute only)."
+        ),
+    ] = None,
     ot_max_uncertainty: Annotated[
         float,
         typer.Option(
@@ -194,6 +208,13 @@ def remediate(
         medfair remediate models/t2medi --classifier sex=models/sex --classifier
         age_band=models/age --target joint-target.json --align joint --prompts prompts.txt
         --out models/t2medi-fair
+
+    Guidance that transfers to classifiers the tuning never saw (an ensemble of three
+    classifiers, each image read over four random views):
+
+        medfair remediate models/t2medi --classifier models/sex-clf --ensemble models/sex-clf-2
+        --ensemble models/sex-robust --augment 4 --target data/target.json --prompts
+        prompts.txt --out models/t2medi-fair
     """
     from medfair_audit.remediation import parse_encoder_spec
     from medfair_audit.remediation import remediate as run
@@ -215,6 +236,7 @@ def remediate(
             out=out,
             config=config,
             image_encoders=encoders,
+            ensemble=ensemble or (),
             resume=resume,
             overwrite=overwrite,
             trust_pickle=trust_pickle,

@@ -141,6 +141,11 @@ def _record(m: Models, cfg: RemediationConfig, log: list, audits: list, **extra:
         "placement": m.placement.describe(),
         "skipped_steps": sum(bool(r.get("skipped")) for r in log),
         "classifier_sha256": m.classifier_sha256,
+        **(
+            {"ensemble": [str(p) for p in m.ensemble_paths], "ensemble_sha256": m.ensemble_sha256}
+            if m.ensemble
+            else {}
+        ),
         "image_encoders": [{"path": e.source, "kind": e.kind, "weight": w} for e, w in m.encoders],
         "groups": list(m.classifier.groups),
         "attributes": list(m.classifier.attributes),
@@ -163,6 +168,7 @@ def remediate(
     out: str | Path,
     config: RemediationConfig | None = None,
     image_encoders: Sequence[tuple[str | Path, float]] = (),
+    ensemble: Sequence[str | Path] = (),
     resume: bool = False,
     overwrite: bool = False,
     trust_pickle: bool = False,
@@ -183,6 +189,10 @@ def remediate(
         config: Training settings.
         image_encoders: ``(folder, weight)`` of each CLIP or DINOv2 encoder of the
             semantics-preservation term (default: the CLIP in the checkpoint's ``medfair.json``).
+        ensemble: More classifiers of the same attribute (one attribute only): the alignment
+            loss is the mean of each classifier's own loss (each with its soft confusion matrix
+            under ``align_to="corrected"``). Classifiers that differ in seed, width, robustness
+            or subjects agree on the anatomy more than on each one's quirks.
         resume: Continue from the newest checkpoint in ``<out>.partial/``.
         overwrite: Replace an existing ``out``.
         trust_pickle: Allow pickle weights.
@@ -208,7 +218,10 @@ def remediate(
     acc = make_accelerator(placement.device)
     torch.manual_seed(cfg.seed)
     encoders = [(Path(p), float(w)) for p, w in image_encoders]
-    m = load_models(checkpoint, spec, target, prompts, encoders, cfg, placement, trust_pickle)
+    ensemble = [Path(p) for p in ensemble]
+    m = load_models(
+        checkpoint, spec, target, prompts, encoders, cfg, placement, trust_pickle, ensemble
+    )
     params = list(m.trainable.values())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     lr_sched = warmup_cosine(optimizer, total=cfg.steps, warmup=max(1, cfg.warmup), floor=0.1)
@@ -218,6 +231,8 @@ def remediate(
     # float16 needs loss scaling against underflow; bfloat16 has float32's range
     scaler = placement.grad_scaler()
     key = cfg.resume_key(acc.num_processes, placement.describe()["dtype"])
+    if m.ensemble:  # resuming with other guides would continue another run
+        key["ensemble_sha256"] = m.ensemble_sha256
     run = RunFolder(
         out, overwrite=overwrite, resume=resume, keep=keep_checkpoints, main=acc.is_main_process
     )

@@ -22,6 +22,7 @@ import torch
 from .config import RemediationConfig
 from .losses import alignment_kl, consistency, ot_cross_entropy
 from .sampling import ddim_sample, decode, step_seed
+from .transforms import eot_views, fold_views
 from .wiring import Models
 
 __all__ = ["batch_losses", "sample_pair", "train_step"]
@@ -75,8 +76,15 @@ def batch_losses(
     original: torch.Tensor | None,
     seed: int = 0,
 ) -> dict[str, torch.Tensor]:
-    """Alignment, semantics preservation and their sum for one batch."""
-    probs = m.probs(tuned)
+    """Alignment, semantics preservation and their sum for one batch.
+
+    With ``cfg.augment`` each image is read as the mean over that many random views
+    (:func:`~.transforms.eot_views`, seeded by ``seed``); with an ensemble the alignment is the
+    mean of each guiding classifier's own alignment loss, so that no single classifier can be
+    satisfied at the others' expense.
+    """
+    views = eot_views(tuned, cfg.augment, seed)
+    probs = fold_views(m.probs(views), cfg.augment)
     out: dict[str, torch.Tensor] = {"probs": probs.detach().mean(0)}
     assigned = None
     if cfg.loss == "ot":
@@ -89,13 +97,23 @@ def batch_losses(
         )
         out["kept"] = keep.float().mean()
     elif m.marginals:  # several attributes, one loss each, weighted
-        parts = m.member_probs(tuned)
+        parts = [fold_views(p, cfg.augment) for p in m.member_probs(views)]
         align = sum(
             w * alignment_kl(p, t, soft_confusion=s)
             for p, (t, s, w) in zip(parts, m.marginals, strict=True)
         )
     else:  # one attribute, or the joint cells of several
         align = alignment_kl(probs, m.target, soft_confusion=m.soft_confusion)
+        if m.ensemble:  # one attribute read by several classifiers: each one's loss, averaged
+            each = [align] + [
+                alignment_kl(
+                    fold_views(member.member_probs(views)[0], cfg.augment),
+                    m.target,
+                    soft_confusion=soft,
+                )
+                for member, soft in m.ensemble
+            ]
+            align = torch.stack(each).mean()
     out["align"] = align
     out["loss"] = align
     if original is not None:

@@ -57,6 +57,10 @@ class Models:
     classifier_sha256: str = ""
     # align="marginals": per attribute (target over its levels, soft confusion or None, weight)
     marginals: list[tuple[torch.Tensor, torch.Tensor | None, float]] = field(default_factory=list)
+    # --ensemble: more classifiers of the one attribute, each with its soft confusion (or None)
+    ensemble: list[tuple[Any, torch.Tensor | None]] = field(default_factory=list)
+    ensemble_paths: list[Path] = field(default_factory=list)
+    ensemble_sha256: list[str] = field(default_factory=list)
     _frozen_states: torch.Tensor | None = None
     _schedulers: dict[int, Any] = field(default_factory=dict)
 
@@ -215,6 +219,38 @@ def check_supported(pipe: Any, folder: Path) -> None:
         )
 
 
+def _load_ensemble(
+    classifier: Any,
+    paths: Sequence[Path],
+    cfg: RemediationConfig,
+    device: torch.device,
+    trust_pickle: bool,
+) -> list[tuple[Any, torch.Tensor | None]]:
+    """The ensemble's other classifiers: same attribute and groups as ``classifier``."""
+    from ..models.attributes import ClassifierSet
+
+    if paths and classifier.multi:
+        raise ConfigError(
+            "--ensemble guides one attribute; with several attributes give one classifier each",
+            param="ensemble",
+        )
+    if paths and cfg.loss != "kl":
+        raise ConfigError("--ensemble works with --loss kl", param="ensemble")
+    out = []
+    for path in paths:
+        member = ClassifierSet.load(path, trust_pickle=trust_pickle, param="ensemble").to(device)
+        if member.attributes != classifier.attributes or member.groups != classifier.groups:
+            raise ConfigError(
+                f"'{path}' predicts {member.attribute} {member.groups}, the classifier "
+                f"{classifier.attribute} {classifier.groups}: an ensemble reads one attribute",
+                param="ensemble",
+            )
+        member.primary.model.requires_grad_(False).eval()
+        soft = _soft_confusion(member, path, device) if cfg.align_to == "corrected" else None
+        out.append((member, soft))
+    return out
+
+
 def load_models(
     checkpoint_dir: Path,
     classifier_dir: Path | Mapping[str, Path],
@@ -224,14 +260,17 @@ def load_models(
     cfg: RemediationConfig,
     placement: Placement,
     trust_pickle: bool,
+    ensemble: Sequence[Path] = (),
 ) -> Models:
-    """Load the pipeline, classifier and encoders, and add what gets tuned."""
+    """Load the pipeline, classifier(s) and encoders, and add what gets tuned."""
+    from .._io import folder_sha256
     from ..models.attributes import ClassifierSet, classifier_sha256
     from ..models.pipelines import latent_shape, load_pipeline
     from .encoders import ImageEncoder
 
     device = placement.device
     classifier = ClassifierSet.load(classifier_dir, trust_pickle=trust_pickle).to(device)
+    members = _load_ensemble(classifier, ensemble, cfg, device, trust_pickle)
     if classifier.multi:
         classifier.check_target(target)
     elif set(classifier.groups) != set(target.groups):
@@ -310,6 +349,9 @@ def load_models(
         target=torch.tensor(target.vector(classifier.groups), device=device),
         soft_confusion=soft,
         marginals=marginals,
+        ensemble=members,
+        ensemble_paths=list(ensemble),
+        ensemble_sha256=[folder_sha256(p) for p in ensemble],
         latent_shape=latent_shape(pipe),
         device=device,
         cfg=cfg,
