@@ -46,6 +46,14 @@ def audit(
     reference_split: Annotated[
         str | None, typer.Option(help="Use only this split of --reference.")
     ] = None,
+    reader: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Another classifier of the same attribute that reads the same images "
+            "(repeatable): its corrected share and its disagreement with --classifier, with a "
+            "paired interval (one attribute)."
+        ),
+    ] = None,
     seed: Annotated[
         int, typer.Option(help="Global seed (each image's seed derives from it).")
     ] = GEN["seed"],
@@ -143,6 +151,9 @@ def audit(
     OUT/images.csv and a sample grid per group. Finished shards
     in OUT/shards are reused when re-run with the same settings, so a killed audit resumes;
     a finished audit in OUT is replaced only with --overwrite.
+    With --reference (one attribute) audit.json's readers section also gives, per group, the
+    share of images outside the real reference images' support in the classifier's feature
+    space (and each --reader's): a reading bent by how the images look is a number, not a guess.
     Runs on a GPU when there is one (--device, --dtype); the first output lines say which
     pipeline was found (SD 1.x/2.x, SDXL) and where it ran.
     Several processes: torchrun --standalone --nproc_per_node 2 -m medfair_cli.main audit ... on
@@ -182,6 +193,7 @@ def audit(
         out=out,
         reference=reference,
         reference_split=reference_split,
+        readers=reader or (),
         features=features,
         mode=mode,
         n_boot=n_boot,

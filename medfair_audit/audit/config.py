@@ -83,6 +83,10 @@ class AuditConfig:
         batch_invariant: Compute each image on its own (a batch of one) inside every batch, so
             that the results are bit-identical whatever ``generation.shard_size`` (they equal
             a batch-size-1 audit's). Slower: batching is what makes generation fast.
+        readers: Other classifiers of the same (one) attribute that read the same images: each
+            one's corrected share and its disagreement with ``classifier`` (paired bootstrap),
+            and, with a ``reference``, the share of images outside the real images' support in
+            each classifier's feature space (:mod:`medfair_audit.audit.readers`).
     """
 
     checkpoint: Path
@@ -110,9 +114,16 @@ class AuditConfig:
     overwrite: bool = False
     overlap: bool | None = None
     batch_invariant: bool = False
+    readers: Sequence[Path] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prompts", tuple(self.prompts))
+        object.__setattr__(self, "readers", tuple(Path(p) for p in self.readers))
+        if self.readers and isinstance(self.classifier, Mapping) and len(self.classifier) > 1:
+            raise ConfigError(
+                "readers read one attribute; audit several attributes without --reader",
+                param="reader",
+            )
         object.__setattr__(self, "out", Path(self.out))
         if isinstance(self.classifier, Mapping):
             if not self.classifier:

@@ -19,6 +19,7 @@ import re
 import shutil
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,8 @@ from ..reporting import image_grid_png, render_audit_html
 from .config import AuditConfig
 from .joint import joint_sections
 from .quality import quality_by_group
+from .readers import ReaderSpace, reader_sections, reader_warnings
+from .readers import features as reader_features
 from .result import AUDIT_SCHEMA_VERSION, AuditResult
 
 __all__ = ["run_audit"]
@@ -92,7 +95,8 @@ def _remediation(cfg: AuditConfig, classifier_sha256: str) -> tuple[dict | None,
         "prompts": list(doc.get("prompts") or []),
         "steps": doc.get("steps_done"),
     }
-    record["same_classifier"] = record["classifier_sha256"] == classifier_sha256
+    guides = [record["classifier_sha256"], *(doc.get("ensemble_sha256") or [])]
+    record["same_classifier"] = classifier_sha256 in guides
     shared = sorted(set(record["prompts"]) & set(cfg.prompts))
     record["shared_prompts"] = len(shared)
     warnings = []
@@ -183,6 +187,28 @@ def run_audit(
         return _run(config, state, progress)
 
 
+def _load_readers(cfg: AuditConfig, cset: ClassifierSet) -> list[tuple[str, Path, Any]]:
+    """``(name, folder, ClassifierSet)`` of each ``--reader``: one attribute, the same groups."""
+    out = []
+    for path in cfg.readers:
+        reader = ClassifierSet.load(path, trust_pickle=cfg.trust_pickle, param="reader")
+        if cset.multi or reader.multi:
+            raise ConfigError("readers read one attribute", param="reader")
+        if reader.attribute != cset.attribute or set(reader.groups) != set(cset.groups):
+            raise ConfigError(
+                f"'{path}' reads {reader.attribute} {reader.groups}; the classifier reads "
+                f"{cset.attribute} {cset.groups}",
+                param="reader",
+            )
+        if list(reader.groups) != list(cset.groups):
+            raise ConfigError(
+                f"'{path}' orders the groups {reader.groups}, the classifier {cset.groups}",
+                param="reader",
+            )
+        out.append((path.name, path, reader.to(cfg.placement.device)))
+    return out
+
+
 def _ref_labels(ref: ImageFolderDataset, cset: ClassifierSet) -> list[str]:
     """Each reference image's group: its level, or its joint cell for several attributes."""
     if not cset.multi:
@@ -220,6 +246,7 @@ def _run(cfg: AuditConfig, state: Any, progress: ProgressCallback | None) -> Aud
                 f"reference labels outside the classifier's groups {groups}: {unknown}",
                 param="reference",
             )
+    readers = _load_readers(cfg, cset)
     cset.to(cfg.placement.device)
     pipe = load_pipeline(cfg.checkpoint, trust_pickle=cfg.trust_pickle, placement=cfg.placement)
     info = pipeline_info(pipe)
@@ -228,10 +255,20 @@ def _run(cfg: AuditConfig, state: Any, progress: ProgressCallback | None) -> Aud
         cfg.features, clf, trust_pickle=cfg.trust_pickle, device=cfg.placement.device
     )
     ref_feats = ref_labels = None
+    spaces = [ReaderSpace(name=n, path=p, classifier=c) for n, p, c in readers]
+    if readers:
+        spaces.insert(0, ReaderSpace(name="classifier", path=cfg.classifier, classifier=cset))
     if ref is not None and state.is_main_process:  # first: a bad image fails before generating
         ref_images = load_images(ref, progress=progress, stage="reference")
         ref_feats = extractor(ref_images).numpy()
         ref_labels = np.array([groups.index(v) for v in _ref_labels(ref, cset)])
+        if not cset.multi:  # the support test in each classifier's feature space
+            spaces = [
+                ReaderSpace(
+                    name=name, path=path, classifier=c, reference=reader_features(c, ref_images)
+                )
+                for name, path, c in [("classifier", cfg.classifier, cset), *readers]
+            ]
         del ref_images
     target = np.array(cfg.target.vector(groups))
     classifier_sha256, classifiers_sha256 = classifier_sha256_of(cfg.classifier)
@@ -378,6 +415,20 @@ def _run(cfg: AuditConfig, state: Any, progress: ProgressCallback | None) -> Aud
             seed=cfg.generation.seed,
         )
         warnings += more
+    readers_doc = None
+    if spaces:
+        readers_doc = reader_sections(
+            iter_shards(shard_dir, plan),
+            spaces,
+            probs=probs,
+            heldout=heldout,
+            groups=groups,
+            target=target,
+            n_boot=cfg.n_boot,
+            confidence=cfg.confidence,
+            seed=cfg.generation.seed,
+        )
+        warnings += reader_warnings(readers_doc)
     report(progress, "statistics", len(cfg.prompts) + 1, len(cfg.prompts) + 1)
     per_prompt_needed = [p.get("sample_size", {}).get("needed") for p in by_prompt]
     overall_size = overall.pop("sample_size", {})
@@ -416,6 +467,7 @@ def _run(cfg: AuditConfig, state: Any, progress: ProgressCallback | None) -> Aud
         "quality": quality,
         "by_prompt": by_prompt,
         **({"attributes": attributes, "joint": joint} if cset.multi else {}),
+        **({"readers": readers_doc} if readers_doc else {}),
         "warnings": warnings,
         "classifier": {"path": str(cfg.classifier), "evaluation": clf.evaluation}
         if not cset.multi

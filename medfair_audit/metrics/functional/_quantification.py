@@ -115,7 +115,11 @@ def stationary_prior(matrix: np.ndarray) -> np.ndarray:
     a[..., -1, :] = 1.0
     b = np.zeros(s.shape[:-1])
     b[..., -1] = 1.0
-    return np.clip(np.linalg.solve(a, b[..., None])[..., 0], 1e-12, 1.0)
+    try:
+        pi = np.linalg.solve(a, b[..., None])[..., 0]
+    except np.linalg.LinAlgError:  # several stationary priors (e.g. a perfect classifier, S = I)
+        pi = (np.linalg.pinv(a) @ b[..., None])[..., 0]  # the least-norm one; EM ignores it then
+    return np.clip(pi, 1e-12, 1.0)
 
 
 def _em_two_groups(

@@ -1,0 +1,376 @@
+"""Guidance that transfers and audits that say when a reading is bent.
+
+Radiomics readers, robust training, expectation over transformations, ensembles of guiding
+classifiers, and the audit's readers section (disagreement, out-of-support share).
+"""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import numpy as np
+import pytest
+import torch
+
+from medfair_audit import AuditConfig, run_audit
+from medfair_audit.audit import audit_schema
+from medfair_audit.audit.readers import knn_radius, reader_comparison
+from medfair_audit.config import ClassifierConfig, RemediationConfig
+from medfair_audit.exceptions import ConfigError, ModelError
+from medfair_audit.generation import GenerationConfig
+from medfair_audit.metrics.estimates import HeldOut
+from medfair_audit.models.classifier import SubgroupClassifier, train_classifier
+from medfair_audit.models.radiomics import fit_logistic, radiomic_features
+from medfair_audit.remediation import remediate
+from medfair_audit.remediation.transforms import eot_views, fold_views
+from medfair_audit.target import parse_target
+from tests.conftest import TINY_CLF
+
+PROMPTS = ["Axial FLAIR MRI of the brain showing a glioma."]
+TARGET = "male=0.58,female=0.42"
+
+
+@pytest.fixture(scope="module")
+def readers(tiny_models, small_phantom, tmp_path_factory):
+    """Another seed and width of the ResNet, and a radiomics reader."""
+    root = tmp_path_factory.mktemp("readers")
+    train_classifier(
+        small_phantom, root / "resnet-2", ClassifierConfig.tiny(seed=5, widths=(8, 8, 8, 16))
+    )
+    train_classifier(small_phantom, root / "radiomics", ClassifierConfig(architecture="radiomics"))
+    return {"resnet-2": root / "resnet-2", "radiomics": root / "radiomics"}
+
+
+# -- radiomics ----------------------------------------------------------------------------------
+
+
+def test_logistic_fit_matches_scikit_learn():
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 5))
+    y = (x @ [1.0, -2.0, 0.5, 0, 0] + rng.normal(size=300) > 0).astype(int)
+    l2 = 0.01
+    w, b = fit_logistic(torch.tensor(x), torch.tensor(y), 2, l2=l2)
+    # two-class softmax with an L2 penalty on both rows = binary logistic with half the penalty
+    ref = LogisticRegression(C=2 / (l2 * len(y)), tol=1e-10, max_iter=10_000).fit(x, y)
+    assert np.allclose((w[1] - w[0]).numpy(), ref.coef_[0], atol=1e-4)
+    assert float(b[1] - b[0]) == pytest.approx(ref.intercept_[0], abs=1e-4)
+
+
+def test_radiomic_features_are_differentiable_and_read_size():
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 64), torch.linspace(-1, 1, 64), indexing="ij")
+    small = torch.where(xx**2 + yy**2 < 0.3**2, 0.5, -1.0)[None, None]
+    large = torch.where(xx**2 + yy**2 < 0.6**2, 0.5, -1.0)[None, None]
+    f = radiomic_features(torch.cat([small, large]))
+    area, spread_u = f[:, 0], f[:, 1]
+    assert area[1] / area[0] == pytest.approx(4, rel=0.1)  # area ∝ r²
+    assert spread_u[1] / spread_u[0] == pytest.approx(2, rel=0.1)  # spread ∝ r
+    x = small.clone().requires_grad_(True)
+    radiomic_features(x).sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_radiomics_classifier_round_trip(readers, small_phantom):
+    from medfair_audit.data import ImageFolderDataset
+    from medfair_audit.models._training import load_images
+
+    clf = SubgroupClassifier.from_pretrained(readers["radiomics"])
+    assert clf.architecture == "radiomics"
+    meta = json.loads((readers["radiomics"] / "classifier.json").read_text())
+    assert meta["architecture"] == "radiomics"
+    assert [h["l2"] for h in meta["history"]] == [1e-4, 1e-3, 1e-2, 1e-1]
+    images = load_images(ImageFolderDataset(small_phantom, size=64))[:8]
+    p = clf.predict_proba(images)
+    assert p.shape == (8, 2) and torch.allclose(p.sum(1), torch.ones(8))
+    assert clf.features(images).shape == (8, clf.model.config.num_features)
+    assert 0 <= clf.evaluation["balanced_accuracy"] <= 1
+
+
+def test_unknown_architecture_is_a_one_line_error(readers, tmp_path):
+    import shutil
+
+    folder = tmp_path / "clf"
+    shutil.copytree(readers["radiomics"], folder)
+    meta = json.loads((folder / "classifier.json").read_text())
+    (folder / "classifier.json").write_text(json.dumps({**meta, "architecture": "vit-huge"}))
+    with pytest.raises(ModelError, match="architecture 'vit-huge'") as err:
+        SubgroupClassifier.from_pretrained(folder)
+    assert err.value.param == "classifier"
+
+
+@pytest.mark.parametrize(
+    "kw, param",
+    [
+        ({"architecture": "vit"}, "architecture"),
+        ({"robust": "fgsm"}, "robust"),
+        ({"robust": "pgd", "architecture": "radiomics"}, "robust"),
+        ({"robust_eps": 0.0}, "robust_eps"),
+        ({"robust_steps": 0}, "robust_steps"),
+    ],
+)
+def test_classifier_config_checks_the_new_fields(kw, param):
+    with pytest.raises(ConfigError) as err:
+        ClassifierConfig(**kw)
+    assert err.value.param == param
+
+
+# -- robust training ----------------------------------------------------------------------------
+
+
+def test_pgd_finds_a_worse_case_inside_the_ball():
+    from medfair_audit.device import Placement
+    from medfair_audit.models.classifier import _build, _perturb
+
+    torch.manual_seed(0)
+    cfg = ClassifierConfig.tiny(robust="pgd", robust_eps=0.5, robust_steps=4)
+    model = _build(cfg, ("female", "male")).eval()
+    x = torch.rand(6, 1, 64, 64) * 2 - 1
+    y = torch.tensor([0, 1, 0, 1, 0, 1])
+    w = torch.ones(2)
+    adv = _perturb(model, x, y, cfg, w, torch.Generator().manual_seed(0), Placement())
+    norms = (adv - x).flatten(1).norm(dim=1)
+    assert (norms <= 0.5 + 1e-5).all() and norms.max() > 0.1
+    assert adv.min() >= -1 and adv.max() <= 1
+    loss = torch.nn.functional.cross_entropy
+    with torch.no_grad():
+        assert loss(model(pixel_values=adv).logits, y) > loss(model(pixel_values=x).logits, y)
+    plain = ClassifierConfig.tiny()
+    same = _perturb(model, x, y, plain, w, torch.Generator().manual_seed(0), Placement())
+    assert same is x  # robust="none" leaves the batch (and the random stream) untouched
+
+
+def test_robust_classifiers_train(small_phantom, tmp_path):
+    for robust in ("noise", "pgd"):
+        r = train_classifier(
+            small_phantom,
+            tmp_path / robust,
+            ClassifierConfig.tiny(robust=robust, robust_steps=2, epochs=1),
+        )
+        meta = json.loads((tmp_path / robust / "classifier.json").read_text())
+        assert meta["config"]["robust"] == robust and 0 <= r.evaluation["accuracy"] <= 1
+
+
+# -- expectation over transformations -----------------------------------------------------------
+
+
+def test_eot_views_are_seeded_differentiable_and_fold_to_the_mean():
+    x = (torch.rand(3, 1, 32, 32) * 2 - 1).requires_grad_(True)
+    assert eot_views(x, 0, seed=1) is x
+    a, b, c = eot_views(x, 4, seed=1), eot_views(x, 4, seed=1), eot_views(x, 4, seed=2)
+    assert a.shape == (12, 1, 32, 32) and torch.equal(a, b) and not torch.equal(a, c)
+    assert a.min() >= -1 and a.max() <= 1
+    a.sum().backward()
+    assert x.grad.abs().sum() > 0
+    p = torch.softmax(torch.randn(12, 2), 1)
+    folded = fold_views(p, 4)
+    assert torch.allclose(folded[1], p[[1, 4, 7, 10]].mean(0))
+    # a background-only image stays background through every view (the blur pads with it)
+    bg = -torch.ones(1, 1, 16, 16)
+    assert torch.allclose(eot_views(bg, 3, seed=0), -torch.ones(3, 1, 16, 16), atol=0.2)
+
+
+# -- audit: readers and support ------------------------------------------------------------------
+
+
+def _audit(models, out, reference, readers=()):
+    return run_audit(
+        AuditConfig(
+            checkpoint=models["t2medi"],
+            classifier=models["classifier"],
+            prompts=PROMPTS,
+            target=parse_target(TARGET),
+            out=out,
+            reference=reference,
+            readers=readers,
+            generation=GenerationConfig(n_per_prompt=8, seed=1, steps=2, shard_size=3),
+            n_boot=60,
+        )
+    )
+
+
+def test_audit_readers_section(tiny_models, small_phantom, readers, tmp_path):
+    same = tiny_models["classifier"]
+    result = _audit(
+        tiny_models,
+        tmp_path / "a",
+        small_phantom,
+        readers=[same, readers["resnet-2"], readers["radiomics"]],
+    )
+    doc = json.loads((tmp_path / "a" / "audit.json").read_text())
+    jsonschema.validate(doc, audit_schema())
+    section = doc["readers"]
+    assert [r["name"] for r in section["readers"]] == ["classifier", "resnet-2", "radiomics"]
+    assert [r["architecture"] for r in section["readers"]] == ["resnet", "resnet", "radiomics"]
+    # the audit's own classifier as a reader: the same reading, no disagreement at all
+    self_read = section["readers"][0]
+    for g in ("female", "male"):
+        assert self_read["disagreement"][g]["value"] == pytest.approx(0, abs=1e-6)
+        if not self_read["disagreement"][g].get("censored"):
+            lo, hi = self_read["disagreement"][g]["ci"]
+            assert lo == pytest.approx(0, abs=0.1) and hi == pytest.approx(0, abs=0.1)
+    for r in section["readers"]:
+        assert sum(r["counts"].values()) == 8
+        assert set(r["disagreement"]) == {"female", "male"}
+    assert [s["space"] for s in section["support"]] == [
+        "classifier",
+        "classifier",
+        "resnet-2",
+        "radiomics",
+    ]
+    for s in section["support"]:
+        assert s["reference_rate"] == pytest.approx(0.05) and s["reference_n"] == 60
+        assert s["overall"]["n"] == 8 and 0 <= s["overall"]["share"] <= 1
+        assert sum(e["n"] for e in s["by_group"].values()) == 8
+    assert result.data["readers"] == section
+
+
+def test_audit_support_without_readers_and_none_without_reference(
+    tiny_models, small_phantom, tmp_path
+):
+    with_ref = _audit(tiny_models, tmp_path / "a", small_phantom).data
+    assert with_ref["readers"]["readers"] == []
+    assert [s["space"] for s in with_ref["readers"]["support"]] == ["classifier"]
+    assert "readers" not in _audit(tiny_models, tmp_path / "b", None).data
+
+
+def test_a_reader_of_another_attribute_is_refused(tiny_models, small_phantom, tmp_path):
+    train_classifier(
+        small_phantom,
+        tmp_path / "age",
+        ClassifierConfig.tiny(),
+        attribute="age_band",
+    )
+    with pytest.raises(ConfigError, match="reads age_band") as err:
+        _audit(tiny_models, tmp_path / "a", small_phantom, readers=[tmp_path / "age"])
+    assert err.value.param == "reader"
+
+
+def test_knn_radius_matches_scipy():
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(1)
+    ref, pts = rng.normal(size=(200, 7)), rng.normal(size=(50, 7))
+    tree = cKDTree(ref)
+    assert np.allclose(knn_radius(pts, ref, 5), tree.query(pts, k=5)[0][:, -1])
+    own = knn_radius(ref, ref, 5, leave_one_out=True)
+    assert np.allclose(own, tree.query(ref, k=6)[0][:, -1])
+
+
+def _heldout(rng, n, acc):
+    """Held-out outputs of a classifier with balanced accuracy about ``acc``."""
+    labels = rng.integers(0, 2, n)
+    correct = rng.random(n) < acc
+    p1 = np.where(labels == 1, 1.0, 0.0)
+    p1 = np.where(correct, 0.75 * p1 + 0.2, 0.75 * (1 - p1) + 0.2) + rng.uniform(-0.15, 0.05, n)
+    return labels, np.stack([1 - p1, p1], 1)
+
+
+def test_disagreement_interval_covers_zero_under_label_shift():
+    """Two readers of one truth (label shift holds): the paired interval covers 0 at ~95%."""
+    rng = np.random.default_rng(7)
+    la, pa = _heldout(rng, 400, 0.85)
+    lb, pb = _heldout(rng, 400, 0.8)
+    held_a = HeldOut(labels=la, probs=pa, predicted=pa.argmax(1))
+    held_b = HeldOut(labels=lb, probs=pb, predicted=pb.argmax(1))
+    covered, reps = 0, 120
+    for rep in range(reps):
+        truth = (rng.random(300) < 0.4).astype(int)
+        # each generated image is read as a held-out image of its true group would be
+        a = np.stack([pa[rng.choice(np.flatnonzero(la == y))] for y in truth])
+        b = np.stack([pb[rng.choice(np.flatnonzero(lb == y))] for y in truth])
+        (entry,) = reader_comparison(
+            a,
+            held_a,
+            [(b, held_b)],
+            groups=["female", "male"],
+            target=np.array([0.42, 0.58]),
+            n_boot=300,
+            confidence=0.95,
+            seed=rep,
+        )
+        lo, hi = entry["disagreement"]["male"]["ci"]
+        covered += lo <= 0 <= hi
+    assert 0.88 <= covered / reps <= 1.0
+
+
+# -- remediation: ensemble and EOT -------------------------------------------------------------
+
+
+def test_remediation_with_an_ensemble_and_eot(tiny_models, readers, tmp_path):
+    cfg = RemediationConfig.tiny(augment=2, align_to="corrected", lambda_clip=0.5)
+    r = remediate(
+        tiny_models["t2medi"],
+        classifier=tiny_models["classifier"],
+        ensemble=[readers["resnet-2"], readers["radiomics"]],
+        target=parse_target(TARGET),
+        prompts=PROMPTS,
+        out=tmp_path / "fair",
+        config=cfg,
+        image_encoders=[(tiny_models["clip"], 1.0)],
+    )
+    data = json.loads((tmp_path / "fair" / "remediation.json").read_text())
+    assert data["config"]["augment"] == 2
+    assert data["ensemble"] == [str(readers["resnet-2"]), str(readers["radiomics"])]
+    assert len(data["ensemble_sha256"]) == 2 and r.data["steps_done"] == 2
+    assert all(np.isfinite(v) for v in data["curves"]["align"])
+    # an audit with an ensemble member is not independent of the tuning
+    audit = run_audit(
+        AuditConfig(
+            checkpoint=tmp_path / "fair",
+            classifier=readers["resnet-2"],
+            prompts=["Brain MRI, axial FLAIR slice: glioma."],
+            target=parse_target(TARGET),
+            out=tmp_path / "audit",
+            generation=GenerationConfig(n_per_prompt=2, seed=3, steps=2, shard_size=2),
+            n_boot=20,
+        )
+    )
+    assert audit.data["config"]["remediation"]["same_classifier"] is True
+
+
+def test_ensemble_needs_one_attribute_and_the_same_groups(tiny_models, small_phantom, tmp_path):
+    train_classifier(small_phantom, tmp_path / "age", TINY_CLF, attribute="age_band")
+    with pytest.raises(ConfigError, match="an ensemble reads one attribute") as err:
+        remediate(
+            tiny_models["t2medi"],
+            classifier=tiny_models["classifier"],
+            ensemble=[tmp_path / "age"],
+            target=parse_target(TARGET),
+            prompts=PROMPTS,
+            out=tmp_path / "fair",
+            config=RemediationConfig.tiny(lambda_clip=0),
+        )
+    assert err.value.param == "ensemble"
+
+
+def test_ensemble_alignment_is_the_mean_of_each_classifiers_loss(tiny_models, readers):
+    """batch_losses with an ensemble = mean of the members' KLs (EOT views shared)."""
+    from medfair_audit.device import Placement
+    from medfair_audit.models.attributes import ClassifierSet
+    from medfair_audit.remediation.losses import alignment_kl
+    from medfair_audit.remediation.step import batch_losses
+    from medfair_audit.remediation.wiring import load_models
+
+    cfg = RemediationConfig.tiny(augment=3, lambda_clip=0)
+    m = load_models(
+        tiny_models["t2medi"],
+        tiny_models["classifier"],
+        parse_target(TARGET),
+        PROMPTS,
+        [],
+        cfg,
+        Placement(device="cpu", dtype="float32"),
+        False,
+        [readers["resnet-2"]],
+    )
+    images = torch.rand(4, 1, 64, 64) * 2 - 1
+    got = batch_losses(m, cfg, images, None, seed=11)["align"]
+    views = eot_views(images, 3, seed=11)
+    each = []
+    for folder in (tiny_models["classifier"], readers["resnet-2"]):
+        cset = ClassifierSet.load(folder)
+        p = fold_views(cset.member_probs(views)[0], 3)
+        each.append(alignment_kl(p, m.target))
+    assert float(got.detach()) == pytest.approx(float(sum(each).detach() / 2), rel=1e-5)
