@@ -159,6 +159,46 @@ class DemoConfig:
         return ClassifierConfig(widths=(24, 48, 96, 192), seed=self.seed + 7)
 
     @property
+    def guides(self) -> dict[str, ClassifierConfig]:
+        """More guiding classifiers of sex for remediation (with the training classifier).
+
+        Trained on the training classifier's subjects (``train``/``val``), never the
+        evaluators': ``classifier-b`` differs in seed and width, ``classifier-robust`` is
+        adversarially trained (L2 PGD), so its gradients follow anatomy more than texture.
+        """
+        if self.fast:
+            return {
+                "classifier-b": ClassifierConfig.tiny(widths=(8, 8, 8, 16), seed=self.seed + 3),
+                "classifier-robust": ClassifierConfig.tiny(
+                    robust="pgd", robust_steps=2, seed=self.seed + 4
+                ),
+            }
+        return {
+            "classifier-b": ClassifierConfig(widths=(12, 24, 48, 96), seed=self.seed + 3),
+            "classifier-robust": ClassifierConfig(robust="pgd", seed=self.seed + 4),
+        }
+
+    @property
+    def reader_set(self) -> PhantomConfig:
+        """Subjects of their own for the architecture-disjoint reader (same 58% male)."""
+        return PhantomConfig(
+            n=240 if self.fast else 3000,
+            seed=self.seed + 2,
+            male_fraction=self.target_male_fraction,
+            tumour_rate=1.0,
+        )
+
+    @property
+    def reader(self) -> ClassifierConfig:
+        """The architecture-disjoint evaluator: radiomics features + logistic regression."""
+        return ClassifierConfig(architecture="radiomics", seed=self.seed + 11)
+
+    @property
+    def ensemble(self) -> tuple[str, ...]:
+        """Guides (of :attr:`guides`) that remediation aligns against beside the classifier."""
+        return ()
+
+    @property
     def remediation(self) -> RemediationConfig:
         """Subgroup distribution aligned tuning of the biased T2MedI (see its ``demo()``)."""
         if self.fast:
@@ -322,6 +362,11 @@ LATER_FIELDS: dict[str, Any] = {
     "ventricle_gain_max": 0.45,
     "align": "joint",
     "align_weights": None,
+    "architecture": "resnet",
+    "robust": "none",
+    "robust_eps": 0.5,
+    "robust_steps": 3,
+    "augment": 0,
 }
 
 
@@ -449,7 +494,7 @@ def _classifier(
             "ece": ev["ece"],
         }
 
-    settings: dict[str, Any] = {"cfg": asdict(cfg), "splits": splits}
+    settings: dict[str, Any] = {"cfg": _settings(cfg), "splits": splits}
     if attribute != "sex":
         settings["attribute"] = attribute
     return Stage(name, inputs, settings, work)
@@ -465,6 +510,7 @@ def _audit(
     target: Path,
     reference: Path,
     folder: Path,
+    readers: tuple[Path, ...] = (),
 ) -> Stage:
     cfg = ctx.config
 
@@ -482,6 +528,7 @@ def _audit(
                 n_boot=200 if cfg.fast else 1000,
                 overwrite=True,
                 placement=ctx.where,
+                readers=readers,
             ),
             progress=ctx.progress,
         )
@@ -492,7 +539,9 @@ def _audit(
             info["rejected_cells"] = r.data["joint"]["holm"]["rejected"]
         return info
 
-    settings = {"gen": asdict(cfg.audit_generation), "prompts": HELD_OUT_PROMPTS}
+    settings: dict[str, Any] = {"gen": asdict(cfg.audit_generation), "prompts": HELD_OUT_PROMPTS}
+    if readers:
+        settings["readers"] = [p.name for p in readers]
     return Stage(name, inputs, settings, work)
 
 
@@ -507,11 +556,13 @@ def _remediate(
     target: Path,
     folder: Path,
     encoder: Path,
+    ensemble: tuple[Path, ...] = (),
 ) -> Stage:
     def work() -> dict[str, Any]:
         r = remediate(
             checkpoint,
             classifier=classifier,
+            ensemble=ensemble,
             target=Target.load(target),
             prompts=TRAIN_PROMPTS,
             out=folder,
@@ -530,7 +581,10 @@ def _remediate(
 
     # a memory knob that leaves the weights unchanged is not part of the stamp
     cfg = {k: v for k, v in _settings(rcfg).items() if k != "unet_checkpointing"}
-    return Stage(name, inputs, {"cfg": cfg, "prompts": TRAIN_PROMPTS}, work)
+    settings: dict[str, Any] = {"cfg": cfg, "prompts": TRAIN_PROMPTS}
+    if ensemble:
+        settings["ensemble"] = [p.name for p in ensemble]
+    return Stage(name, inputs, settings, work)
 
 
 def _report(name: str, inputs: tuple[str, ...], folder: Path, stem: Path) -> Stage:
@@ -555,6 +609,7 @@ def run_demo(
     *,
     progress: ProgressCallback | None = None,
     log: Callable[[str], None] | None = None,
+    until: str | None = None,
 ) -> DemoResult:
     """Run every stage of the demo (the default, or the two-attribute pipeline).
 
@@ -562,6 +617,8 @@ def run_demo(
         config: Demo settings.
         progress: Progress callback for long stages.
         log: Called with one line per stage start and end.
+        until: Stop after this stage (e.g. ``"reader"``: data and models, no audit), as a
+            benchmark that starts from the demo's models does.
 
     Returns:
         Output folder and stage records.
@@ -570,9 +627,15 @@ def run_demo(
     dtype = config.placement.describe()["dtype"]
     half = None if dtype == "float32" else dtype
     stages: dict[str, dict[str, Any]] = {}
-    for st in demo_stages(config, progress=progress):
+    plan = demo_stages(config, progress=progress)
+    names = [st.name for st in plan]
+    if until is not None and until not in names:
+        raise ConfigError(f"expected a stage of {', '.join(names)}, got '{until}'", param="until")
+    for st in plan:
         stamps = {n: stages[n]["stamp"] for n in st.inputs}
         stages[st.name] = _stage(out, st.name, st.key(stamps), st.work, log, precision=half)
+        if st.name == until:
+            break
     record = out / "demo.json" if config.attributes == ("sex",) else out / "attributes/demo.json"
     atomic_write_json(
         record,
@@ -606,6 +669,11 @@ def _base_stages(ctx: _Context) -> list[Stage]:
 
 #: Audits of one pipeline: folder suffix → the classifier role that reads the images.
 SIDES = (("", "evaluator"), ("-trainclf", "classifier"))
+#: Who else reads the images of the evaluator's audits: the training classifier, the other
+#: guides and the architecture-disjoint reader (models/<name>).
+READERS = ("classifier", "classifier-b", "classifier-robust", "reader")
+#: A data set's own splits (the reader's phantom set).
+SPLITS = ("train", "val", "test")
 #: Classifier roles → the splits each trains, validates and is tested on.
 ROLES = {"classifier": ("train", "val", "test"), "evaluator": ("eval_train", "eval_val", "test")}
 
@@ -626,20 +694,37 @@ def _sex_stages(ctx: _Context) -> list[Stage]:
         for role, splits in ROLES.items()
     ]  # fmt: skip
     stages += [
-        _audit(ctx, f"audit_before{suffix}", ("t2medi", role, "target"),
+        _classifier(ctx, name, c, ROLES["classifier"], ("target_set",),
+                    data=data / "target_set", folder=models / name)
+        for name, c in cfg.guides.items()
+    ]  # fmt: skip
+    stages += [
+        _phantom(ctx, "reader_set", cfg.reader_set, data / "reader_set"),
+        _classifier(ctx, "reader", cfg.reader, SPLITS, ("reader_set",),
+                    data=data / "reader_set", folder=models / "reader"),
+    ]  # fmt: skip
+    # The evaluator's audits also read the images with every guide and the disjoint reader.
+    readers: dict[str, tuple[str, ...]] = {"": READERS, "-trainclf": ()}
+    stages += [
+        _audit(ctx, f"audit_before{suffix}", ("t2medi", role, "target", *readers[suffix]),
                checkpoint=models / "t2medi", classifier=models / role, target=target,
-               reference=data / "target_set", folder=out / f"before{suffix}")
+               reference=data / "target_set", folder=out / f"before{suffix}",
+               readers=tuple(models / r for r in readers[suffix]))
         for suffix, role in SIDES
     ]  # fmt: skip
+    ensemble = tuple(models / g for g in cfg.ensemble)
     stages.append(
-        _remediate(ctx, "remediate", cfg.remediation, ("t2medi", "classifier", "target", "clip"),
+        _remediate(ctx, "remediate", cfg.remediation,
+                   ("t2medi", "classifier", "target", "clip", *cfg.ensemble),
                    checkpoint=models / "t2medi", classifier=models / "classifier",
-                   target=target, folder=models / "t2medi-fair", encoder=models / "clip")
+                   target=target, folder=models / "t2medi-fair", encoder=models / "clip",
+                   ensemble=ensemble)
     )  # fmt: skip
     stages += [
         _audit(ctx, f"audit_after{suffix}", ("remediate", f"audit_before{suffix}"),
                checkpoint=models / "t2medi-fair", classifier=models / role, target=target,
-               reference=data / "target_set", folder=out / f"after{suffix}")
+               reference=data / "target_set", folder=out / f"after{suffix}",
+               readers=tuple(models / r for r in readers[suffix]))
         for suffix, role in SIDES
     ]  # fmt: skip
     audits = tuple(f"audit_{f}" for f in REPORT_COLUMNS)

@@ -108,7 +108,7 @@ class ReaderSpace:
     """One classifier: its probabilities on the generated images and its support test.
 
     Attributes:
-        name: ``classifier`` (the audit's) or the reader's folder name.
+        name: The classifier's folder name.
         path: Its folder.
         classifier: A loaded :class:`~medfair_audit.models.attributes.ClassifierSet`.
         reference: Its features of the real reference images (``None``: no support test).
@@ -192,7 +192,7 @@ def reader_sections(
 
     Args:
         shards: The audit's shards in plan order (their ``images``).
-        spaces: The audit's classifier first, then the readers.
+        spaces: The audit's classifier first, then the readers (names: their folders').
         probs: The audit classifier's probabilities of the images, in shard order (its labels
             group the support shares; the comparison reads the stored 8-bit images with every
             classifier, this one included, so that a reader equal to it disagrees by exactly 0).

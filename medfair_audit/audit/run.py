@@ -255,20 +255,18 @@ def _run(cfg: AuditConfig, state: Any, progress: ProgressCallback | None) -> Aud
         cfg.features, clf, trust_pickle=cfg.trust_pickle, device=cfg.placement.device
     )
     ref_feats = ref_labels = None
-    spaces = [ReaderSpace(name=n, path=p, classifier=c) for n, p, c in readers]
-    if readers:
-        spaces.insert(0, ReaderSpace(name="classifier", path=cfg.classifier, classifier=cset))
+    # The audit's classifier first, then the readers; with a reference (one attribute), each
+    # one's support test in its own feature space.
+    members = [(cfg.classifier.name, cfg.classifier, cset), *readers] if not cset.multi else []
+    spaces = [ReaderSpace(name=n, path=p, classifier=c) for n, p, c in members] if readers else []
     if ref is not None and state.is_main_process:  # first: a bad image fails before generating
         ref_images = load_images(ref, progress=progress, stage="reference")
         ref_feats = extractor(ref_images).numpy()
         ref_labels = np.array([groups.index(v) for v in _ref_labels(ref, cset)])
-        if not cset.multi:  # the support test in each classifier's feature space
-            spaces = [
-                ReaderSpace(
-                    name=name, path=path, classifier=c, reference=reader_features(c, ref_images)
-                )
-                for name, path, c in [("classifier", cfg.classifier, cset), *readers]
-            ]
+        spaces = [
+            ReaderSpace(name=n, path=p, classifier=c, reference=reader_features(c, ref_images))
+            for n, p, c in members
+        ]
         del ref_images
     target = np.array(cfg.target.vector(groups))
     classifier_sha256, classifiers_sha256 = classifier_sha256_of(cfg.classifier)

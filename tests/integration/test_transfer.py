@@ -201,6 +201,7 @@ def test_audit_readers_section(tiny_models, small_phantom, readers, tmp_path):
     doc = json.loads((tmp_path / "a" / "audit.json").read_text())
     jsonschema.validate(doc, audit_schema())
     section = doc["readers"]
+    # named by their folders (the audit's own classifier's folder is "classifier" here)
     assert [r["name"] for r in section["readers"]] == ["classifier", "resnet-2", "radiomics"]
     assert [r["architecture"] for r in section["readers"]] == ["resnet", "resnet", "radiomics"]
     # the audit's own classifier as a reader: the same reading, no disagreement at all

@@ -1,0 +1,307 @@
+"""Does a remediation hold under classifiers it never saw? Each guidance variant, several seeds.
+
+Starts from the demo's models (``run_demo(until="reader")`` trains what is missing and reuses
+the rest): the biased T2MedI, the training classifier and the other guides (``classifier-b``:
+another seed and width; ``classifier-robust``: L2-PGD adversarially trained), the independent
+evaluator (other subjects) and the architecture-disjoint reader (radiomics features + logistic
+regression, on a phantom set of its own). For each variant of :data:`VARIANTS` and each seed it
+remediates the biased model on the demo's *training* prompts, then audits the result on the
+*held-out* prompts with the evaluator, reading the same images with every guide and the reader
+(the audit's readers section). Per run:
+
+* each reader's PACC male share with its interval (evaluator, reader, every guide);
+* the transfer gap: the mean of the guiding classifiers' PACC male shares minus the
+  evaluator's (point estimates; the audit's paired intervals are in the JSON);
+* KL(target ‖ generated) of the evaluator's PACC shares, FID/KID at a common n (classifier
+  features against the target set's real test images), seconds per optimiser step;
+* the share of images outside the real images' support in the evaluator's and the reader's
+  feature spaces.
+
+Per variant: the mean gap over seeds, the spread of the evaluator's reading, and whether every
+seed's evaluator and reader intervals hold the target. Writes ``benchmarks/transfer.json`` and the
+table between the ``transfer-table`` markers of ``benchmarks/RESULTS.md``; runs are kept under
+``DEMO/transfer/`` so a rerun computes only what is missing.
+
+Run: .venv/bin/python benchmarks/bench_transfer.py [DEMO_DIR] [--variants a,b] [--seeds 0,1]
+     .venv/bin/python benchmarks/bench_transfer.py --render   (tables again from transfer.json)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medfair_audit import AuditConfig, run_audit
+from medfair_audit.audit.quality import common_n
+from medfair_audit.audit.result import format_estimate
+from medfair_audit.demo import HELD_OUT_PROMPTS, READERS, TRAIN_PROMPTS, DemoConfig, run_demo
+from medfair_audit.remediation import remediate
+from medfair_audit.target import Target
+
+#: Variant → how it guides: ``guide`` (the classifier aligned against, default the training
+#: classifier), ``ensemble`` (more guides, each one's loss averaged), ``augment`` (EOT views).
+VARIANTS: dict[str, dict] = {
+    "single": {},
+    "eot": {"augment": 4},
+    "ensemble": {"ensemble": ("classifier-b", "classifier-robust")},
+    "robust": {"guide": "classifier-robust"},
+    "combined": {"ensemble": ("classifier-b", "classifier-robust"), "augment": 4},
+}
+SEEDS = (0, 1)
+#: Images per held-out prompt in each audit (the demo draws 64).
+N_PER_PROMPT = 32
+#: Prompts per optimiser step (the demo uses 2; one halves the cost of every run).
+PROMPTS_PER_STEP = 1
+HERE = Path(__file__).resolve().parent
+
+
+def guides_of(variant: dict) -> list[str]:
+    """The classifiers (model folder names) a variant aligns against."""
+    return [variant.get("guide", "classifier"), *variant.get("ensemble", ())]
+
+
+def _audit(demo: Path, checkpoint: Path, out: Path, cfg: DemoConfig) -> dict:
+    if not (out / "audit.json").is_file():
+        run_audit(
+            AuditConfig(
+                checkpoint=checkpoint,
+                classifier=demo / "models" / "evaluator",
+                readers=tuple(demo / "models" / r for r in READERS),
+                prompts=HELD_OUT_PROMPTS,
+                target=Target.load(demo / "target.json"),
+                out=out,
+                generation=dataclasses.replace(cfg.audit_generation, n_per_prompt=N_PER_PROMPT),
+                reference=demo / "data" / "target_set",
+                reference_split="test",
+                overwrite=True,
+            )
+        )
+    return json.loads((out / "audit.json").read_text())
+
+
+def _remediate(demo: Path, cfg: DemoConfig, variant: dict, seed: int, out: Path) -> float | None:
+    """Remediate unless ``out`` is finished; the seconds per optimiser step (``None``: reused)."""
+    if (out / "model_index.json").is_file():
+        return json.loads((out / "remediation.json").read_text()).get("seconds_per_step")
+    rcfg = dataclasses.replace(
+        cfg.remediation,
+        seed=seed,
+        prompts_per_step=PROMPTS_PER_STEP,
+        augment=variant.get("augment", 0),
+        audit_every=0,
+    )
+    start = time.perf_counter()
+    remediate(
+        demo / "models" / "t2medi",
+        classifier=demo / "models" / variant.get("guide", "classifier"),
+        ensemble=[demo / "models" / g for g in variant.get("ensemble", ())],
+        target=Target.load(demo / "target.json"),
+        prompts=TRAIN_PROMPTS,
+        out=out,
+        config=rcfg,
+        image_encoders=[(demo / "models" / "clip", 1.0)],
+        overwrite=True,
+    )
+    per_step = (time.perf_counter() - start) / rcfg.steps
+    record = json.loads((out / "remediation.json").read_text())
+    (out / "remediation.json").write_text(json.dumps({**record, "seconds_per_step": per_step}))
+    return per_step
+
+
+def _male(entry: dict) -> dict:
+    """A reader's PACC male share (the audit's estimate entry)."""
+    return entry["male"]
+
+
+def _point(est: dict) -> float | None:
+    """A share's value, or the bound of a censored one."""
+    if est.get("value") is not None:
+        return est["value"]
+    bound = est.get("bound") or {}
+    return bound.get("at_least", bound.get("at_most"))
+
+
+def row_of(name: str, seed: int | None, variant: dict | None, audit: dict, seconds) -> dict:
+    """One run's numbers from its audit."""
+    reading = audit["default_reading"]
+    readers = {r["name"]: r for r in audit["readers"]["readers"]}
+    shares = {"evaluator": _male(audit["proportions"][reading])}
+    shares |= {n: _male(r["proportions"]) for n, r in readers.items()}
+    guides = guides_of(variant) if variant is not None else []
+    gap = None
+    if guides and all(_point(shares[g]) is not None for g in guides):
+        gap = float(np.mean([_point(shares[g]) for g in guides])) - _point(shares["evaluator"])
+    support = {s["space"]: s for s in audit["readers"]["support"]}
+    return {
+        "variant": name,
+        "seed": seed,
+        "guides": guides,
+        "male": shares,
+        "gap": gap,
+        "kl": audit["distances"][reading]["kl_target_to_generated"],
+        "quality": audit["quality"]["by_group"],
+        "seconds_per_step": seconds,
+        "outside_support": {
+            space: {"overall": s["overall"], "by_group": s["by_group"]}
+            for space, s in support.items()
+        },
+        "target_male": audit["target"]["male"],
+    }
+
+
+def measure(demo: Path, variants: list[str], seeds: list[int]) -> list[dict]:
+    cfg = DemoConfig(out=demo)
+    run_demo(cfg, until="reader", log=print)
+    work = demo / "transfer"
+    rows = [row_of("biased", None, None, _audit(demo, demo / "models" / "t2medi",
+                                                 work / "audit-biased", cfg), None)]  # fmt: skip
+    for name in variants:
+        for seed in seeds:
+            run = work / f"{name}-s{seed}"
+            seconds = _remediate(demo, cfg, VARIANTS[name], seed, run / "model")
+            audit = _audit(demo, run / "model", run / "audit", cfg)
+            rows.append(row_of(name, seed, VARIANTS[name], audit, seconds))
+            print(f"{name}, seed {seed}: done", flush=True)
+    return rows
+
+
+def summarise(rows: list[dict], *, steps: int) -> dict:
+    """The record: rows with FID/KID at one n all runs have, and a summary per variant."""
+    n = common_n([r["quality"]["overall"] for r in rows])
+    for r in rows:
+        at = r["quality"]["overall"]["at_n"].get(n) if n else None
+        r["fid"], r["kid"] = (at and at["fid"]), (at and at["kid"])
+        del r["quality"]
+    target = rows[0]["target_male"]
+    variants = {}
+    for name in dict.fromkeys(r["variant"] for r in rows[1:]):
+        runs = [r for r in rows if r["variant"] == name]
+        evals = [_point(r["male"]["evaluator"]) for r in runs]
+        gaps = [r["gap"] for r in runs if r["gap"] is not None]
+
+        def holds(reader: str, runs: list[dict] = runs) -> bool:
+            return all(
+                r["male"][reader]["ci"][0] <= target <= r["male"][reader]["ci"][1] for r in runs
+            )
+
+        variants[name] = {
+            "seeds": [r["seed"] for r in runs],
+            "mean_gap": float(np.mean(gaps)) if gaps else None,
+            "evaluator_mean": float(np.mean(evals)) if None not in evals else None,
+            "evaluator_spread": float(np.ptp(evals)) if None not in evals else None,
+            "evaluator_holds_target": holds("evaluator"),
+            "reader_holds_target": holds("reader"),
+        }
+    return {
+        "prompts": "held-out (demo.HELD_OUT_PROMPTS); remediation on demo.TRAIN_PROMPTS",
+        "evaluator": "models/evaluator (ResNet, eval_train/eval_val subjects)",
+        "reader": "models/reader (radiomics + logistic regression, its own phantom subjects)",
+        "n_per_prompt": N_PER_PROMPT,
+        "prompts_per_step": PROMPTS_PER_STEP,
+        "steps": steps,
+        "quality_n": n,
+        "target_male": target,
+        "variants_defined": {
+            k: {a: list(b) if isinstance(b, tuple) else b for a, b in v.items()}
+            for k, v in VARIANTS.items()
+        },
+        "rows": rows,
+        "summary": variants,
+    }
+
+
+def _pp(x: float | None) -> str:
+    return "–" if x is None else f"{x * 100:+.1f} pp"
+
+
+def table(doc: dict) -> str:
+    n = doc["quality_n"]
+    lines = [
+        f"Target male share {doc['target_male']:.0%}; {doc['steps']} steps × "
+        f"{doc['prompts_per_step']} prompt(s) per step; audits of {doc['n_per_prompt']} images "
+        f"per held-out prompt. PACC male share with 95% interval by each reader.",
+        "",
+        "| variant | seed | evaluator | radiomics reader | training clf | classifier-b "
+        f"| robust clf | gap (guides − evaluator) | KL, evaluator | FID (n = {n}) | KID "
+        "| outside support (evaluator / reader) | s/step |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in doc["rows"]:
+        m = r["male"]
+        out = r["outside_support"]
+        ev = out.get("evaluator") or out.get("classifier")
+        cells = [
+            r["variant"],
+            "–" if r["seed"] is None else str(r["seed"]),
+            *(format_estimate(m[k], ".3f") for k in
+              ("evaluator", "reader", "classifier", "classifier-b", "classifier-robust")),
+            _pp(r["gap"]),
+            format_estimate(r["kl"], ".4f"),
+            "–" if not r["fid"] else f"{r['fid']['mean']:.2f} ± {r['fid']['sd']:.2f}",
+            "–" if not r["kid"] else f"{r['kid']['mean']:.3f} ± {r['kid']['sd']:.3f}",
+            f"{ev['overall']['share']:.0%} / {out['reader']['overall']['share']:.0%}",
+            "–" if r["seconds_per_step"] is None else f"{r['seconds_per_step']:.1f}",
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| variant | seeds | mean gap | evaluator mean (spread) | evaluator holds target "
+        "| reader holds target |",
+        "|---|---|---:|---:|---|---|",
+    ]
+    for name, s in doc["summary"].items():
+        mean = "–" if s["evaluator_mean"] is None else (
+            f"{s['evaluator_mean']:.3f} ({s['evaluator_spread'] * 100:.1f} pp)"
+        )  # fmt: skip
+        lines.append(
+            f"| {name} | {', '.join(map(str, s['seeds']))} | {_pp(s['mean_gap'])} | {mean} | "
+            f"{'every seed' if s['evaluator_holds_target'] else 'no'} | "
+            f"{'every seed' if s['reader_holds_target'] else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
+def splice(path: Path, text: str, name: str) -> None:
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    doc = path.read_text()
+    if start not in doc:
+        doc += f"\n{start}\n{end}\n"
+    pattern = re.escape(start) + ".*?" + re.escape(end)
+    path.write_text(re.sub(pattern, lambda m: f"{start}\n{text}\n{end}", doc, flags=re.S))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("demo", nargs="?", type=Path, default=Path("reports/demo"))
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    parser.add_argument("--render", action="store_true")
+    args = parser.parse_args()
+    if args.render:
+        doc = json.loads((HERE / "transfer.json").read_text())
+    else:
+        torch.set_num_threads(2)
+        start = time.perf_counter()
+        variants = [v for v in args.variants.split(",") if v]
+        unknown = sorted(set(variants) - set(VARIANTS))
+        if unknown:
+            sys.exit(f"unknown variants {unknown}; expected some of {', '.join(VARIANTS)}")
+        seeds = [int(s) for s in args.seeds.split(",") if s]
+        rows = measure(args.demo, variants, seeds)
+        doc = summarise(rows, steps=DemoConfig(out=args.demo).remediation.steps)
+        doc["seconds"] = time.perf_counter() - start
+        (HERE / "transfer.json").write_text(json.dumps(doc, indent=2) + "\n")
+    splice(HERE / "RESULTS.md", table(doc), "transfer-table")
+    print(table(doc))
+
+
+if __name__ == "__main__":
+    main()
