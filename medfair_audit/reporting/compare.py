@@ -26,6 +26,7 @@ import numpy as np
 from .._io import atomic_write_text, check_out
 from ..audit.quality import common_n
 from ..exceptions import ConfigError, DataError
+from .readers import has_readers, reader_rows, support_rows
 
 __all__ = [
     "FORMATS",
@@ -41,6 +42,17 @@ __all__ = [
 ]
 
 FORMATS = ("html", "md", "latex")
+READERS_CAPTION = (
+    "Corrected (PACC) shares by other classifiers of the same attribute, and each one's "
+    "difference from the audit's classifier with a paired-bootstrap 95% interval. Under label "
+    "shift all estimate the same true share: an interval without 0 says a reading is bent "
+    "by how the generated images look."
+)
+SUPPORT_CAPTION = (
+    "Share of generated images whose 5th nearest real held-out image is farther than the real "
+    "images' own 95th percentile, in each classifier's feature space (real images: 5%), by "
+    "the audit classifier's label, with Wilson 95% intervals."
+)
 
 
 @dataclass
@@ -459,6 +471,15 @@ def render_markdown(columns: Sequence[AuditColumn], paired: Sequence[dict[str, A
         if notes:
             lines.append("")
             lines += [f"- {_markdown(n)}" for n in notes]
+    if has_readers(columns):
+        header, body = reader_rows(columns)
+        if body:
+            lines += ["", f"**Other readers of the same images.** {_markdown(READERS_CAPTION)}", ""]
+            table(header, body)
+        header, body = support_rows(columns)
+        if body:
+            lines += ["", f"**Outside the real images' support.** {_markdown(SUPPORT_CAPTION)}", ""]
+            table(header, body)
     for p in paired:
         lines.append("")
         table(*paired_rows(p))
@@ -545,6 +566,13 @@ def render_latex(columns: Sequence[AuditColumn], paired: Sequence[dict[str, Any]
             "bias (mean absolute difference over pairs of groups).",
             "tab:medfair-marginals",
         )
+    if has_readers(columns):
+        for rows, caption, label in (
+            (reader_rows(columns), READERS_CAPTION, "tab:medfair-readers"),
+            (support_rows(columns), SUPPORT_CAPTION, "tab:medfair-support"),
+        ):
+            if rows[1]:
+                lines += table(*rows, _latex(caption), label)
     for i, p in enumerate(paired):
         lines += table(
             *paired_rows(p),
@@ -715,6 +743,9 @@ def render_html(
             title=_title(columns),
             report_versions=versions,
             joint=joint,
+            readers=(reader_rows(columns), support_rows(columns)) if has_readers(columns) else None,
+            readers_caption=READERS_CAPTION,
+            support_caption=SUPPORT_CAPTION,
         )
     )
 

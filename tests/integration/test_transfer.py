@@ -375,3 +375,20 @@ def test_ensemble_alignment_is_the_mean_of_each_classifiers_loss(tiny_models, re
         p = fold_views(cset.member_probs(views)[0], 3)
         each.append(alignment_kl(p, m.target))
     assert float(got.detach()) == pytest.approx(float(sum(each).detach() / 2), rel=1e-5)
+
+
+def test_report_shows_readers_and_support(tiny_models, small_phantom, readers, tmp_path):
+    from medfair_audit.reporting.compare import write_report
+
+    _audit(tiny_models, tmp_path / "a", small_phantom, readers=[readers["radiomics"]])
+    _audit(tiny_models, tmp_path / "b", None)  # no readers section: left out of the tables
+    files = [tmp_path / "a" / "audit.json", tmp_path / "b" / "audit.json"]
+    md = write_report(files, tmp_path / "r.md", labels=["with", "without"]).read_text()
+    assert (
+        "**Other readers of the same images.**" in md and "| with | radiomics | radiomics |" in md
+    )
+    assert "| with | classifier | " in md and "| without |" not in md.split("Other readers")[1]
+    html = write_report(files, tmp_path / "r.html", labels=["with", "without"]).read_text()
+    assert 'id="readers"' in html and 'id="support"' in html
+    tex = write_report(files, tmp_path / "r.tex", labels=["with", "without"]).read_text()
+    assert "tab:medfair-readers" in tex and "tab:medfair-support" in tex
