@@ -429,6 +429,8 @@ def _fit_network(
     return model, history, best_epoch, best
 
 
+#: Spread below which a radiomics feature counts as constant on the training images.
+CONSTANT_FEATURE = 1e-3
 #: L2 penalties :func:`_fit_radiomics` chooses from on the validation split.
 RADIOMICS_L2 = (1e-4, 1e-3, 1e-2, 1e-1)
 
@@ -464,7 +466,11 @@ def _fit_radiomics(
     )
     with torch.no_grad():
         raw = batched(model.raw_features, images)
-        mean, std = raw[train_idx].mean(0), raw[train_idx].std(0).clamp_min(1e-6)
+        mean, std = raw[train_idx].mean(0), raw[train_idx].std(0)
+        # A feature constant on the training images (e.g. a thumbnail corner that is always
+        # background) carries no information; dividing by a tiny spread would turn faint
+        # background noise in other images into huge inputs, so it is switched off instead.
+        std = torch.where(std < CONSTANT_FEATURE, torch.full_like(std, 1e6), std)
         model.feature_mean.copy_(mean)
         model.feature_std.copy_(std)
         feats = (raw - mean) / std

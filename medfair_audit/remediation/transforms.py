@@ -20,7 +20,14 @@ import torch.nn.functional as F
 
 from ..models.classifier import random_affine
 
-__all__ = ["EOT_MAX_BLUR", "EOT_MAX_NOISE", "eot_views", "fold_views"]
+__all__ = [
+    "EOT_MAX_BLUR",
+    "EOT_MAX_NOISE",
+    "EOT_MAX_ROTATION",
+    "EOT_MAX_SHIFT",
+    "eot_views",
+    "fold_views",
+]
 
 _TAG_EOT = 0x454F54  # keeps EOT draws apart from the batch's noise
 

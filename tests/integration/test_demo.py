@@ -27,6 +27,10 @@ def test_fast_demo_builds_biased_corpus_and_target_and_reuses_stages(tmp_path, c
         "t2medi",
         "classifier",
         "evaluator",
+        "classifier-b",
+        "classifier-robust",
+        "reader_set",
+        "reader",
         "audit_before",
         "audit_before-trainclf",
         "remediate",
@@ -46,9 +50,23 @@ def test_fast_demo_builds_biased_corpus_and_target_and_reuses_stages(tmp_path, c
         for s, names in (("clf", ["train", "val"]), ("eval", ["eval_train", "eval_val"]))
     }
     assert subjects["clf"] and subjects["eval"] and not subjects["clf"] & subjects["eval"]
+    # the other guides learn on the training classifier's subjects; the reader on its own set
+    for name in ("classifier-b", "classifier-robust"):
+        e = json.loads((out / "models" / name / "evaluation.json").read_text())
+        assert e["splits"] == ["train", "val", "test"]
+    reader = json.loads((out / "models" / "reader" / "classifier.json").read_text())
+    assert reader["architecture"] == "radiomics" and reader["data"].endswith("reader_set")
+    robust = json.loads((out / "models" / "classifier-robust" / "classifier.json").read_text())
+    assert robust["config"]["robust"] == "pgd"
     audit = json.loads((out / "before" / "audit.json").read_text())
     assert audit["n_images"] == 16 and audit["target"]["male"] == target["proportions"]["male"]
     assert audit["config"]["classifier"].endswith("evaluator")
+    # the evaluator's audit is read by every guide and the reader too, with support shares
+    names = [r["name"] for r in audit["readers"]["readers"]]
+    assert names == ["classifier", "classifier-b", "classifier-robust", "reader"]
+    assert [s["space"] for s in audit["readers"]["support"]] == ["evaluator", *names]
+    trainclf = json.loads((out / "before-trainclf" / "audit.json").read_text())
+    assert trainclf["readers"]["readers"] == []
     assert (out / "models" / "t2medi" / "model_index.json").is_file()
     # remediated with the same audit seeds, so the report pairs every image
     after = json.loads((out / "after" / "audit.json").read_text())
@@ -66,6 +84,7 @@ def test_fast_demo_builds_biased_corpus_and_target_and_reuses_stages(tmp_path, c
     html = (out / "report.html").read_text()
     assert 'id="headline-table"' in html and "16 image pairs" in html
     assert 'id="evaluator-table"' in html and "no (independent)" in html
+    assert 'id="readers"' in html and 'id="support"' in html
     md = (out / "report.md").read_text()
     assert "Δ after − before" in md and "Δ after (training clf) − before (training clf)" in md
     assert "Δ before (training clf) − after" not in md  # no change across evaluators

@@ -392,3 +392,16 @@ def test_report_shows_readers_and_support(tiny_models, small_phantom, readers, t
     assert 'id="readers"' in html and 'id="support"' in html
     tex = write_report(files, tmp_path / "r.tex", labels=["with", "without"]).read_text()
     assert "tab:medfair-readers" in tex and "tab:medfair-support" in tex
+
+
+def test_radiomics_ignores_features_constant_in_training(readers, small_phantom):
+    """Faint noise where every training image is background must not move the reading."""
+    from medfair_audit.data import ImageFolderDataset
+    from medfair_audit.models._training import load_images
+
+    clf = SubgroupClassifier.from_pretrained(readers["radiomics"])
+    images = load_images(ImageFolderDataset(small_phantom, size=64))[:8]
+    corner = torch.zeros_like(images)
+    corner[..., :4, :4] = 0.02  # faint noise in a corner that is background everywhere
+    assert (images[..., :4, :4] == -1).all()
+    assert torch.allclose(clf.predict_proba(images), clf.predict_proba(images + corner), atol=1e-3)
