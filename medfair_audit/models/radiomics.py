@@ -3,8 +3,8 @@
 The audit's default classifiers are small CNNs. A remediation guided by one CNN can learn what
 moves CNNs rather than the attribute, so medfair also trains a reader that shares nothing with
 them: fixed, hand-written features of a brain slice (its size and shape from the moments of a
-soft foreground mask, the intensity histogram inside it, the radial intensity profile from its
-centre, and an 8 × 8 block-mean thumbnail) read by an L2-regularised logistic regression.
+soft foreground mask, the intensity histogram inside it, and the radial intensity profiles from
+its centre) read by an L2-regularised logistic regression.
 
 Every feature is a smooth function of the pixels, so the model is differentiable like the CNNs
 (it can read, and if asked guide, like any classifier); the features are standardised with the
@@ -35,7 +35,9 @@ class RadiomicsConfig(PretrainedConfig):
 
     Args:
         num_channels: Input channels (luma is read; colour inputs are converted before).
-        thumbnail: Side of the block-mean thumbnail.
+        thumbnail: Side of a block-mean thumbnail added to the features (0, the default: none;
+            pixel-like features follow generation artifacts near the edges, which summaries
+            of size, shape and intensity do not).
         background: Pixel value of the empty background (the images' minimum, -1).
     """
 
@@ -44,7 +46,7 @@ class RadiomicsConfig(PretrainedConfig):
     def __init__(
         self,
         num_channels: int = 1,
-        thumbnail: int = 8,
+        thumbnail: int = 0,
         background: float = -1.0,
         **kwargs: Any,
     ) -> None:
@@ -64,7 +66,7 @@ class _Output:
     logits: torch.Tensor
 
 
-def radiomic_features(x: torch.Tensor, *, thumbnail: int = 8, background: float = -1.0) -> Any:
+def radiomic_features(x: torch.Tensor, *, thumbnail: int = 0, background: float = -1.0) -> Any:
     """``(N, F)`` raw features of ``(N, 1, H, W)`` slices in [-1, 1] (differentiable)."""
     x = x.float()
     n, _, h, w = x.shape
@@ -93,8 +95,11 @@ def radiomic_features(x: torch.Tensor, *, thumbnail: int = 8, background: float 
         for c in RINGS:
             ring = torch.exp(-0.5 * ((r - c) / 0.25) ** 2)
             profiles.append((ring * (img - background)).sum((1, 2)) / ring.sum((1, 2)))
+    summary = torch.stack(shape + hist + profiles, 1)
+    if not thumbnail:
+        return summary
     thumb = F.adaptive_avg_pool2d(x[:, :1], thumbnail).flatten(1)
-    return torch.cat([torch.stack(shape + hist + profiles, 1), thumb], 1).reshape(n, -1)
+    return torch.cat([summary, thumb], 1).reshape(n, -1)
 
 
 class RadiomicsForImageClassification(PreTrainedModel):

@@ -394,12 +394,21 @@ def test_report_shows_readers_and_support(tiny_models, small_phantom, readers, t
     assert "tab:medfair-readers" in tex and "tab:medfair-support" in tex
 
 
-def test_radiomics_ignores_features_constant_in_training(readers, small_phantom):
+def test_radiomics_ignores_features_constant_in_training(small_phantom, tmp_path, monkeypatch):
     """Faint noise where every training image is background must not move the reading."""
     from medfair_audit.data import ImageFolderDataset
+    from medfair_audit.models import radiomics
     from medfair_audit.models._training import load_images
 
-    clf = SubgroupClassifier.from_pretrained(readers["radiomics"])
+    class WithThumbnail(radiomics.RadiomicsConfig):  # pixel-like features, corners included
+        def __init__(self, **kw):
+            super().__init__(**{**kw, "thumbnail": 8})
+
+    monkeypatch.setattr(radiomics, "RadiomicsConfig", WithThumbnail)
+    train_classifier(small_phantom, tmp_path / "r", ClassifierConfig(architecture="radiomics"))
+    clf = SubgroupClassifier.from_pretrained(tmp_path / "r")
+    assert clf.model.config.thumbnail == 8
+    assert (clf.model.feature_std == 1e6).any()  # the always-background corners are off
     images = load_images(ImageFolderDataset(small_phantom, size=64))[:8]
     corner = torch.zeros_like(images)
     corner[..., :4, :4] = 0.02  # faint noise in a corner that is background everywhere
