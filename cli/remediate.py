@@ -122,7 +122,7 @@ def remediate(
         int,
         typer.Option(
             help="Expectation over transformations: read each image as the mean over this many "
-            "random small shifts, rotations, flips, gains, noise and blur (0: off)."
+            "random small shifts, rotations, flips and gains (0: off)."
         ),
     ] = R["augment"],
     ensemble: Annotated[

@@ -321,7 +321,8 @@ class RemediationConfig:
             audit reports meets the target; needs ``evaluation.json`` with ``soft_confusion``).
         augment: Expectation over transformations: read each generated image as the mean of the
             classifier's probabilities over this many random small transformations (rotation,
-            shift, flip, intensity gain, noise, blur; :mod:`medfair_audit.remediation.transforms`),
+            shift, flip, intensity gain: those the classifiers train with;
+            :mod:`medfair_audit.remediation.transforms`),
             so that patterns a small change destroys earn nothing (0: off, the paper's loss).
         ot_max_uncertainty: With ``loss="ot"``, images whose assigned group has confidence below
             ``1 − this`` are left out of the loss (1 keeps all).

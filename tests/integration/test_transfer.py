@@ -166,7 +166,8 @@ def test_eot_views_are_seeded_differentiable_and_fold_to_the_mean():
     p = torch.softmax(torch.randn(12, 2), 1)
     folded = fold_views(p, 4)
     assert torch.allclose(folded[1], p[[1, 4, 7, 10]].mean(0))
-    # a background-only image stays background through every view (the blur pads with it)
+    # a background-only image stays background through every view (rotations and shifts pad
+    # with it)
     bg = -torch.ones(1, 1, 16, 16)
     assert torch.allclose(eot_views(bg, 3, seed=0), -torch.ones(3, 1, 16, 16), atol=0.2)
 
