@@ -22,7 +22,10 @@ The evaluation is kept apart from the tuning, as Shen et al. evaluate theirs:
   Both classifiers are tested on the same held-out ``test`` subjects.
 
 It audits the biased model on the held-out prompts with both classifiers (``before/`` with the
-evaluator, ``before-trainclf/`` with the training classifier), remediates it
+evaluator, ``before-trainclf/`` with the training classifier); the evaluator's audits are also
+read by the other guides (:attr:`DemoConfig.guides`) and by an architecture-disjoint reader
+(:attr:`DemoConfig.reader`: radiomics features and a logistic regression, trained on a phantom
+set of its own), with each one's disagreement and out-of-support share. It then remediates it
 (``models/t2medi-fair``), audits the remediated model with the same seeds (``after/``,
 ``after-trainclf/``; images pair up), and writes the report (``report.html``): the headline is the
 evaluator's, the training classifier's reading stands beside it. Stages whose outputs exist with

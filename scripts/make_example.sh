@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate reports/example/ from a finished demo (make demo): the four audits (before/after on
-# the held-out prompts, read by the independent evaluator and by the training classifier), both
-# classifiers' evaluations, the remediation record, a small report (HTML, Markdown, LaTeX; with
+# the held-out prompts, read by the independent evaluator and by the training classifier), the
+# classifiers' evaluations (training, evaluator, the other guides, the radiomics reader), the remediation record, a small report (HTML, Markdown, LaTeX; with
 # the fairness-quality trade-off figure of benchmarks/bench_tradeoff.py when it exists), a
 # screenshot of the report in headless Chromium (skipped when Chromium is not installed), and
 # the README's results table (from report.md). `medfair report` on the four committed folders
@@ -27,6 +27,12 @@ done
 rm -f "$OUT/evaluation.json"
 cp "$DEMO/models/classifier/evaluation.json" "$OUT/evaluation-training-classifier.json"
 cp "$DEMO/models/evaluator/evaluation.json" "$OUT/evaluation-evaluator.json"
+# the other readers of the evaluator's audits: the other guides and the radiomics reader
+for name in classifier-b classifier-robust reader; do
+  if [ -f "$DEMO/models/$name/evaluation.json" ]; then
+    cp "$DEMO/models/$name/evaluation.json" "$OUT/evaluation-$name.json"
+  fi
+done
 cp "$DEMO/models/t2medi-fair/remediation.json" "$OUT/remediation.json"
 FIG=()
 [ -f benchmarks/fairness-quality-tradeoff.png ] && FIG=(--figure benchmarks/fairness-quality-tradeoff.png)
