@@ -40,8 +40,9 @@ def demo(
     with its target.json; CLIP, the T2MedI pipeline and the sex classifiers (the training
     classifier, an independent evaluator on other subjects, two more guides, and a radiomics
     reader of another model family on a phantom set of its own); the audit of the biased model
-    (OUT/before, read by all of them, with the out-of-support share per group); remediation (OUT/models/t2medi-fair); the audit of the
-    remediated model with the same seeds (OUT/after); the before-and-after report
+    (OUT/before, read by all of them, with the out-of-support share per group); remediation
+    (OUT/models/t2medi-fair); the audit of the remediated model with the same seeds
+    (OUT/after); the before-and-after report
     (OUT/report.html, report.md, report.tex). Finished stages are reused when re-run with the
     same settings. About 95 minutes from scratch on 2 CPU cores.
 
