@@ -329,6 +329,21 @@ def _augment(x: torch.Tensor, cfg: ClassifierConfig, generator: torch.Generator)
     )
 
 
+@dataclass(frozen=True)
+class _FitJob:
+    """What a fitting function needs: settings, data, splits, class weights, where, progress."""
+
+    cfg: ClassifierConfig
+    groups: Sequence[str]
+    images: torch.Tensor
+    y: torch.Tensor
+    split: tuple[np.ndarray, np.ndarray]
+    weights: torch.Tensor
+    placement: Placement
+    generator: torch.Generator
+    progress: ProgressCallback | None
+
+
 def _perturb(
     model: Any,
     x: torch.Tensor,
@@ -365,23 +380,16 @@ def _perturb(
     return x + delta
 
 
-def _fit_network(
-    cfg: ClassifierConfig,
-    groups: Sequence[str],
-    images: torch.Tensor,
-    y: torch.Tensor,
-    split: tuple[np.ndarray, np.ndarray],
-    weights: torch.Tensor,
-    placement: Placement,
-    generator: torch.Generator,
-    progress: ProgressCallback | None,
-) -> tuple[Any, list[dict[str, Any]], int, float]:
+def _fit_network(job: _FitJob) -> tuple[Any, list[dict[str, Any]], int, float]:
     """The ResNet by AdamW with augmentation, early stopping on the validation split."""
     from sklearn.metrics import balanced_accuracy_score
 
-    train_idx, val_idx = split
+    cfg, images, y, weights, placement, generator = (
+        job.cfg, job.images, job.y, job.weights, job.placement, job.generator
+    )  # fmt: skip
+    train_idx, val_idx = job.split
     device = placement.device
-    model = _build(cfg, groups).to(device)
+    model = _build(cfg, job.groups).to(device)
     scaler = placement.grad_scaler()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
@@ -415,7 +423,7 @@ def _fit_network(
             sched.step()
             step += 1
             running += loss.item()
-            report(progress, "train classifier", step, total, loss=loss.item(), epoch=epoch + 1)
+            report(job.progress, "train classifier", step, total, loss=loss.item(), epoch=epoch + 1)
         score = balanced_accuracy_score(y[val_idx].numpy(), val_logits().argmax(1).numpy())
         history.append(
             {"epoch": epoch + 1, "loss": running / per_epoch, "val_balanced_accuracy": float(score)}
@@ -435,17 +443,7 @@ CONSTANT_FEATURE = 1e-3
 RADIOMICS_L2 = (1e-4, 1e-3, 1e-2, 1e-1)
 
 
-def _fit_radiomics(
-    cfg: ClassifierConfig,
-    groups: Sequence[str],
-    images: torch.Tensor,
-    y: torch.Tensor,
-    split: tuple[np.ndarray, np.ndarray],
-    weights: torch.Tensor,
-    placement: Placement,
-    generator: torch.Generator,
-    progress: ProgressCallback | None,
-) -> tuple[Any, list[dict[str, Any]], int, float]:
+def _fit_radiomics(job: _FitJob) -> tuple[Any, list[dict[str, Any]], int, float]:
     """Logistic regression on radiomics features; the L2 penalty chosen on validation.
 
     Class-balanced like the network (each image weighted by its group's inverse frequency);
@@ -455,7 +453,8 @@ def _fit_radiomics(
 
     from .radiomics import RadiomicsConfig, RadiomicsForImageClassification, fit_logistic
 
-    train_idx, val_idx = split
+    groups, y = job.groups, job.y
+    train_idx, val_idx = job.split
     model = RadiomicsForImageClassification(
         RadiomicsConfig(
             num_channels=1,
@@ -465,7 +464,7 @@ def _fit_radiomics(
         )
     )
     with torch.no_grad():
-        raw = batched(model.raw_features, images)
+        raw = batched(model.raw_features, job.images)
         mean, std = raw[train_idx].mean(0), raw[train_idx].std(0)
         # A feature constant on the training images (e.g. a thumbnail corner that is always
         # background) carries no information; dividing by a tiny spread would turn faint
@@ -475,20 +474,20 @@ def _fit_radiomics(
         model.feature_std.copy_(std)
         feats = (raw - mean) / std
     train_t, val_t = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
-    omega = weights[y[train_t]]
+    omega = job.weights[y[train_t]]
     best, best_fit, best_i, history = -1.0, None, 0, []
     for i, l2 in enumerate(RADIOMICS_L2):
         w, b = fit_logistic(feats[train_t], y[train_t], len(groups), l2=l2, sample_weight=omega)
         pred = (feats[val_t] @ w.T + b).argmax(1)
         score = float(balanced_accuracy_score(y[val_t].numpy(), pred.numpy()))
         history.append({"l2": l2, "val_balanced_accuracy": score})
-        report(progress, "train classifier", i + 1, len(RADIOMICS_L2), l2=l2)
+        report(job.progress, "train classifier", i + 1, len(RADIOMICS_L2), l2=l2)
         if score > best:
             best, best_fit, best_i = score, (w, b), i + 1
     with torch.no_grad():
         model.linear.weight.copy_(best_fit[0])
         model.linear.bias.copy_(best_fit[1])
-    return model.to(placement.device), history, best_i, best
+    return model.to(job.placement.device), history, best_i, best
 
 
 def _fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -749,8 +748,11 @@ def train_classifier(
     weights = weights.sum() / (len(groups) * weights.clamp(min=1))  # balanced
     fit = _fit_radiomics if cfg.architecture == "radiomics" else _fit_network
     model, history, best_epoch, best = fit(
-        cfg, groups, images, y, (train_idx, val_idx), weights, placement, generator, progress
-    )
+        _FitJob(
+            cfg=cfg, groups=groups, images=images, y=y, split=(train_idx, val_idx),
+            weights=weights, placement=placement, generator=generator, progress=progress,
+        )
+    )  # fmt: skip
     model.eval()
 
     def val_logits() -> torch.Tensor:
