@@ -269,6 +269,27 @@ def table(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def summary_text(doc: dict) -> str:
+    """The README's paragraph, written from the record (no number typed by hand)."""
+    target = doc["target_male"]
+    parts = []
+    for name, s in doc["summary"].items():
+        runs = [r for r in doc["rows"] if r["variant"] == name]
+        ev = ", ".join(format_estimate(r["male"]["evaluator"], ".1%") for r in runs)
+        rd = ", ".join(format_estimate(r["male"]["reader"], ".1%") for r in runs)
+        parts.append(
+            f"`{name}`: evaluator {ev}, radiomics reader {rd}, mean gap {_pp(s['mean_gap'])}"
+        )
+    seeds = sorted({r["seed"] for r in doc["rows"] if r["seed"] is not None})
+    return (
+        f"Measured on the demo's biased model (target {target:.0%} male; PACC male share on the "
+        f"held-out prompts; {doc['steps']} steps × {doc['prompts_per_step']} prompt per step; "
+        f"remediation seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}): "
+        + "; ".join(parts)
+        + ". The gap is the guides' own reading minus the evaluator's."
+    )
+
+
 def splice(path: Path, text: str, name: str) -> None:
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     doc = path.read_text()
@@ -300,6 +321,7 @@ def main() -> None:
         doc["seconds"] = time.perf_counter() - start
         (HERE / "transfer.json").write_text(json.dumps(doc, indent=2) + "\n")
     splice(HERE / "RESULTS.md", table(doc), "transfer-table")
+    splice(HERE.parent / "README.md", summary_text(doc), "transfer-summary")
     print(table(doc))
 
 

@@ -14,7 +14,7 @@ BIN="${BIN:-.venv/bin}"
 SIDES="before after before-trainclf after-trainclf"
 LABELS="before,after,before (training clf),after (training clf)"
 for f in before/audit.json after/audit.json before-trainclf/audit.json after-trainclf/audit.json \
-         models/classifier/evaluation.json models/evaluator/evaluation.json \
+         models/classifier-robust/evaluation.json models/evaluator/evaluation.json \
          models/t2medi-fair/remediation.json; do
   [ -f "$DEMO/$f" ] || { echo "error: $DEMO/$f is missing; run 'make demo' first" >&2; exit 2; }
 done
@@ -25,10 +25,12 @@ for side in $SIDES; do
   AUDITS+=("$DEMO/$side")
 done
 rm -f "$OUT/evaluation.json"
-cp "$DEMO/models/classifier/evaluation.json" "$OUT/evaluation-training-classifier.json"
+# the classifier remediation was tuned against (the robust one), the independent evaluator, and
+# the other readers of the evaluator's audits: the plain ResNet, classifier-b, the radiomics reader
+cp "$DEMO/models/classifier-robust/evaluation.json" "$OUT/evaluation-training-classifier.json"
 cp "$DEMO/models/evaluator/evaluation.json" "$OUT/evaluation-evaluator.json"
-# the other readers of the evaluator's audits: the other guides and the radiomics reader
-for name in classifier-b classifier-robust reader; do
+rm -f "$OUT/evaluation-classifier-robust.json"
+for name in classifier classifier-b reader; do
   if [ -f "$DEMO/models/$name/evaluation.json" ]; then
     cp "$DEMO/models/$name/evaluation.json" "$OUT/evaluation-$name.json"
   fi

@@ -22,7 +22,7 @@ def has_readers(columns: Sequence[Any]) -> bool:
 def _delta(entry: dict[str, Any]) -> str:
     lo, hi = entry["ci"]
     interval = "" if lo is None else f" [{lo * 100:+.1f}, {hi * 100:+.1f}]"
-    text = f"{entry['value'] * 100:+.1f} pp{interval}"
+    text = f"{entry['value'] * 100:+.1f} pp{interval}".replace("-", "−")  # a minus sign
     return text + " (censored)" if entry.get("censored") else text
 
 
