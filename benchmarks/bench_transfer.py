@@ -219,7 +219,7 @@ def summarise(rows: list[dict], *, steps: int) -> dict:
 
 
 def _pp(x: float | None) -> str:
-    return "–" if x is None else f"{x * 100:+.1f} pp"
+    return "–" if x is None else f"{x * 100:+.1f} pp".replace("-", "−")
 
 
 def table(doc: dict) -> str:
@@ -229,8 +229,9 @@ def table(doc: dict) -> str:
         f"{doc['prompts_per_step']} prompt(s) per step; audits of {doc['n_per_prompt']} images "
         f"per held-out prompt. PACC male share with 95% interval by each reader.",
         "",
-        "| variant | seed | evaluator | radiomics reader | training clf | classifier-b "
-        f"| robust clf | gap (guides − evaluator) | KL, evaluator | FID (n = {n}) | KID "
+        "| variant | seed | evaluator | radiomics reader | classifier (plain ResNet) "
+        "| classifier-b | classifier-robust | gap (guides − evaluator) | KL, evaluator "
+        f"| FID (n = {n}) | KID "
         "| outside support (evaluator / reader) | s/step |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -258,13 +259,14 @@ def table(doc: dict) -> str:
         "|---|---|---:|---:|---|---|",
     ]
     for name, s in doc["summary"].items():
-        mean = "–" if s["evaluator_mean"] is None else (
-            f"{s['evaluator_mean']:.3f} ({s['evaluator_spread'] * 100:.1f} pp)"
-        )  # fmt: skip
+        mean = "–" if s["evaluator_mean"] is None else f"{s['evaluator_mean']:.3f}"
+        if s["evaluator_mean"] is not None and len(s["seeds"]) > 1:
+            mean += f" ({s['evaluator_spread'] * 100:.1f} pp)"
+        every = "every seed" if len(s["seeds"]) > 1 else "yes"
         lines.append(
             f"| {name} | {', '.join(map(str, s['seeds']))} | {_pp(s['mean_gap'])} | {mean} | "
-            f"{'every seed' if s['evaluator_holds_target'] else 'no'} | "
-            f"{'every seed' if s['reader_holds_target'] else 'no'} |"
+            f"{every if s['evaluator_holds_target'] else 'no'} | "
+            f"{every if s['reader_holds_target'] else 'no'} |"
         )
     return "\n".join(lines)
 
