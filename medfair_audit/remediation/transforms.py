@@ -12,7 +12,7 @@ shifts, left-right flips and intensity gains of
 that a classifier reads a view of a real-looking image as it reads the image: the soft
 confusion matrix of ``--align-to corrected``, measured on clean held-out images, still applies.
 Blur and noise would not: blurring a slice widens its edge, which a sex classifier reads as a
-larger head, and on the demo such views moved the target by tens of points. Every draw is
+larger head, and on the demo such views made the tuning overshoot far toward female. Every draw is
 seeded from the batch's own seed, so a run resumes exactly.
 """
 
