@@ -632,7 +632,8 @@ def run_demo(
         progress: Progress callback for long stages.
         log: Called with one line per stage start and end.
         until: Stop after this stage (e.g. ``"reader"``: data and models, no audit), as a
-            benchmark that starts from the demo's models does.
+            benchmark that starts from the demo's models does; ``demo.json``, the record of a
+            whole run, is then left as it was.
 
     Returns:
         Output folder and stage records.
@@ -649,7 +650,7 @@ def run_demo(
         stamps = {n: stages[n]["stamp"] for n in st.inputs}
         stages[st.name] = _stage(out, st.name, st.key(stamps), st.work, log, precision=half)
         if st.name == until:
-            break
+            return DemoResult(out=out, stages=stages)  # a partial run leaves demo.json as it was
     record = out / "demo.json" if config.attributes == ("sex",) else out / "attributes/demo.json"
     atomic_write_json(
         record,

@@ -3,7 +3,10 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 from medfair_cli.main import main
+
+from medfair_audit.exceptions import ConfigError
 
 from medfair_audit.demo import DemoConfig, run_demo
 
@@ -96,3 +99,13 @@ def test_fast_demo_builds_biased_corpus_and_target_and_reuses_stages(tmp_path, c
     assert (out / "data" / "corpus" / "metadata.csv").stat().st_mtime_ns == stamp
     doc = json.loads((out / "demo.json").read_text())
     assert all(s["reused"] for s in doc["stages"].values())
+    # a benchmark's partial run stops after a stage and leaves the whole run's record alone
+    record = (out / "demo.json").read_text()
+    partial = run_demo(DemoConfig(out=out, fast=True), until="reader")
+    assert list(partial.stages)[-1] == "reader" and all(
+        s["reused"] for s in partial.stages.values()
+    )
+    assert (out / "demo.json").read_text() == record
+    with pytest.raises(ConfigError) as err:
+        run_demo(DemoConfig(out=out, fast=True), until="nothing")
+    assert err.value.param == "until"
