@@ -6,9 +6,8 @@ import pandas as pd
 import pytest
 from medfair_cli.main import main
 
-from medfair_audit.exceptions import ConfigError
-
 from medfair_audit.demo import DemoConfig, run_demo
+from medfair_audit.exceptions import ConfigError
 
 
 def test_fast_demo_builds_biased_corpus_and_target_and_reuses_stages(tmp_path, capsys):
