@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# The GPU check of a session that is lent a device machine (one prepared run, ~10 minutes).
+# The GPU check: one prepared run on a machine with an NVIDIA GPU (about 10 minutes).
 #
-# Prepare here (once per session), in the repo root:
+# For a GPU machine without network access, prepare the wheels and models on this one first,
+# in the repo root:
 #   echo /.whl/ >> .git/info/exclude; mkdir -p .whl
 #   for p in diffusers==0.42.1 nilearn nibabel fairlearn safetensors; do
 #     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #       --implementation cp --platform manylinux2014_x86_64 -d .whl "$p"; done
 #   mkdir -p .gpu && cp -r reports/demo/models/classifier .gpu/classifier   # for the benchmark
 #   echo /.gpu/ >> .git/info/exclude
-# Then: run(command="bash scripts/gpu_check.sh", carry=[".whl", ".gpu"], timeout_s=590)
+# Then, on the GPU machine with .whl and .gpu copied into the checkout: bash scripts/gpu_check.sh
 #
 # It runs the fast test tier (tests/gpu included: they skip without CUDA) and the GPU audit
 # benchmark (SD-1.5 size, float16 and bfloat16, plus LoRA remediation memory), and leaves
