@@ -44,7 +44,7 @@ def demo(
     (OUT/models/t2medi-fair); the audit of the remediated model with the same seeds
     (OUT/after); the before-and-after report
     (OUT/report.html, report.md, report.tex). Finished stages are reused when re-run with the
-    same settings. About 95 minutes from scratch on 2 CPU cores.
+    same settings. About 100 minutes from scratch on 2 CPU cores.
 
     With --attributes sex,age_band it runs the two-attribute pipeline instead, in
     OUT/attributes: a corpus skewed in sex and age band, the default demo's T2MedI fine-tuned on
