@@ -133,8 +133,7 @@ class ReaderSpace:
         if read:
             self.probs.append(self.classifier.predict_proba(x).numpy())
         if self.threshold is not None:
-            feats = self.classifier.primary.features(x).numpy()
-            radius = knn_radius(feats, self.reference, SUPPORT_K)
+            radius = knn_radius(features(self.classifier, x), self.reference, SUPPORT_K)
             self.outside.append(radius > self.threshold)
 
 
@@ -265,6 +264,8 @@ def reader_comparison(
         Per reader: ``reading``, ``proportions`` (as the audit's), ``kl``, ``counts`` and
         ``disagreement`` (group → value and interval of reader − classifier).
     """
+    if not others:  # the support shares alone: no bootstrap to draw
+        return []
     n = len(probs)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x52454144]))
     weights = rng.multinomial(n, np.full(n, 1 / n), size=n_boot) if n_boot and n > 1 else None
