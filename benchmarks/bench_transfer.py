@@ -87,10 +87,13 @@ def _audit(demo: Path, checkpoint: Path, out: Path, cfg: DemoConfig) -> dict:
     return json.loads((out / "audit.json").read_text())
 
 
-def _remediate(demo: Path, cfg: DemoConfig, variant: dict, seed: int, out: Path) -> float | None:
-    """Remediate unless ``out`` is finished; the seconds per optimiser step (``None``: reused)."""
+def _remediate(demo: Path, cfg: DemoConfig, variant: dict, seed: int, out: Path) -> dict:
+    """Remediate unless ``out`` is finished; seconds per optimiser step and the CPU threads."""
     if (out / "model_index.json").is_file():
-        return json.loads((out / "remediation.json").read_text()).get("seconds_per_step")
+        record = json.loads((out / "remediation.json").read_text())
+        # Runs recorded before the thread count was kept used the default, 2.
+        return {"seconds_per_step": record.get("seconds_per_step"),
+                "threads": record.get("threads", 2)}  # fmt: skip
     rcfg = dataclasses.replace(
         cfg.remediation,
         seed=seed,
@@ -112,8 +115,9 @@ def _remediate(demo: Path, cfg: DemoConfig, variant: dict, seed: int, out: Path)
     )
     per_step = (time.perf_counter() - start) / rcfg.steps
     record = json.loads((out / "remediation.json").read_text())
-    (out / "remediation.json").write_text(json.dumps({**record, "seconds_per_step": per_step}))
-    return per_step
+    timing = {"seconds_per_step": per_step, "threads": torch.get_num_threads()}
+    (out / "remediation.json").write_text(json.dumps({**record, **timing}))
+    return timing
 
 
 def _male(entry: dict) -> dict:
@@ -129,7 +133,7 @@ def _point(est: dict) -> float | None:
     return bound.get("at_least", bound.get("at_most"))
 
 
-def row_of(name: str, seed: int | None, variant: dict | None, audit: dict, seconds) -> dict:
+def row_of(name: str, seed: int | None, variant: dict | None, audit: dict, timing: dict) -> dict:
     """One run's numbers from its audit."""
     reading = audit["default_reading"]
     readers = {r["name"]: r for r in audit["readers"]["readers"]}
@@ -148,7 +152,8 @@ def row_of(name: str, seed: int | None, variant: dict | None, audit: dict, secon
         "gap": gap,
         "kl": audit["distances"][reading]["kl_target_to_generated"],
         "quality": audit["quality"]["by_group"],
-        "seconds_per_step": seconds,
+        "seconds_per_step": timing.get("seconds_per_step"),
+        "threads": timing.get("threads"),
         "outside_support": {
             space: {"overall": s["overall"], "by_group": s["by_group"]}
             for space, s in support.items()
@@ -162,13 +167,13 @@ def measure(demo: Path, variants: list[str], seeds: list[int]) -> list[dict]:
     run_demo(cfg, until="reader", log=print)
     work = demo / "transfer"
     rows = [row_of("biased", None, None, _audit(demo, demo / "models" / "t2medi",
-                                                 work / "audit-biased", cfg), None)]  # fmt: skip
+                                                 work / "audit-biased", cfg), {})]  # fmt: skip
     for name in variants:
         for seed in seeds:
             run = work / f"{name}-s{seed}"
-            seconds = _remediate(demo, cfg, VARIANTS[name], seed, run / "model")
+            timing = _remediate(demo, cfg, VARIANTS[name], seed, run / "model")
             audit = _audit(demo, run / "model", run / "audit", cfg)
-            rows.append(row_of(name, seed, VARIANTS[name], audit, seconds))
+            rows.append(row_of(name, seed, VARIANTS[name], audit, timing))
             print(f"{name}, seed {seed}: done", flush=True)
     return rows
 
@@ -249,7 +254,8 @@ def table(doc: dict) -> str:
             "–" if not r["fid"] else f"{r['fid']['mean']:.2f} ± {r['fid']['sd']:.2f}",
             "–" if not r["kid"] else f"{r['kid']['mean']:.3f} ± {r['kid']['sd']:.3f}",
             f"{ev['overall']['share']:.0%} / {out['reader']['overall']['share']:.0%}",
-            "–" if r["seconds_per_step"] is None else f"{r['seconds_per_step']:.1f}",
+            "–" if r["seconds_per_step"] is None
+            else f"{r['seconds_per_step']:.1f} ({r.get('threads', 2)} thr.)",
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
@@ -307,11 +313,14 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     parser.add_argument("--render", action="store_true")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="CPU threads (s/step is measured with them)"
+    )
     args = parser.parse_args()
     if args.render:
         doc = json.loads((HERE / "transfer.json").read_text())
     else:
-        torch.set_num_threads(2)
+        torch.set_num_threads(args.threads)
         start = time.perf_counter()
         variants = [v for v in args.variants.split(",") if v]
         unknown = sorted(set(variants) - set(VARIANTS))
