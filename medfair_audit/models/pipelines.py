@@ -90,7 +90,8 @@ def load_pipeline(
         trust_pickle: Allow ``.bin``/``.ckpt`` weights (loading them runs code); safetensors
             are still preferred where a component has them.
         param: Argument name used in error messages.
-        placement: Device and dtype (default: the CPU in ``float32``).
+        placement: Device and dtype (default: the CPU in ``float32``). Every component is
+            loaded in this dtype, whatever dtype its weights were saved in.
 
     Raises:
         ModelError: Not a pipeline folder, no UNet, pickle weights without ``trust_pickle``.
@@ -115,8 +116,10 @@ def load_pipeline(
     extra: dict[str, Any] = {}
     if "safety_checker" in components:
         extra = {"safety_checker": None, "requires_safety_checker": False}
-    if placement.dtype != torch.float32:
-        extra["dtype"] = placement.dtype
+    # Always name the dtype: a folder saved in float16 or bfloat16 (most shared SD checkpoints)
+    # would otherwise come back mixed, diffusers' parts in float32 and transformers' text
+    # encoders in their stored dtype.
+    extra["dtype"] = placement.dtype
     pipe = load_pretrained(
         DiffusionPipeline,
         folder,
@@ -128,6 +131,11 @@ def load_pipeline(
     )
     pipe.set_progress_bar_config(disable=True)
     pipe.to(placement.device)
+    for part in pipe.components.values():  # whatever a component's own loader kept
+        if isinstance(part, torch.nn.Module) and any(
+            p.is_floating_point() and p.dtype != placement.dtype for p in part.parameters()
+        ):
+            part.to(dtype=placement.dtype)
     return pipe
 
 

@@ -295,6 +295,6 @@ def remediate(
         seconds=seconds,
     )  # fmt: skip
     if acc.is_main_process:
-        write_output(run, checkpoint, m, data, log)
+        write_output(run, checkpoint, m, data, log, trust_pickle=trust_pickle)
     acc.wait_for_everyone()
     return RemediationResult(path=out, data=data, seconds=seconds)

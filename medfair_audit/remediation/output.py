@@ -16,7 +16,7 @@ from typing import Any
 from .._io import atomic_write_json
 from ..models._training import RunFolder
 from ..models.pipelines import save_pipeline
-from .wiring import Models, merged_pipeline_parts
+from .wiring import Models, float32_pipeline_parts, merged_pipeline_parts
 
 __all__ = ["write_output"]
 
@@ -36,20 +36,25 @@ def write_output(
     m: Models,
     data: dict[str, Any],
     log: list[dict[str, Any]],
+    *,
+    trust_pickle: bool = False,
 ) -> None:
     """Write the remediated pipeline folder ``run.out`` (and drop the run's work folder)."""
     from diffusers import StableDiffusionPipeline
 
-    unet, text = merged_pipeline_parts(m)
-    pipe = m.pipe
     with run.finish() as tmp:
-        tuned = pipe.unet, pipe.text_encoder
-        pipe.unet = unet.eval().requires_grad_(False).to("cpu")
-        pipe.text_encoder = text.eval().requires_grad_(False).to("cpu")
-        try:
-            save_pipeline(pipe, tmp)
-        finally:
-            pipe.unet, pipe.text_encoder = tuned
+        if m.placement.half:  # weights are saved in float32 whatever the run computed in
+            save_pipeline(float32_pipeline_parts(m, checkpoint_dir, trust_pickle), tmp)
+        else:
+            unet, text = merged_pipeline_parts(m)
+            pipe = m.pipe
+            tuned = pipe.unet, pipe.text_encoder
+            pipe.unet = unet.eval().requires_grad_(False).to("cpu")
+            pipe.text_encoder = text.eval().requires_grad_(False).to("cpu")
+            try:
+                save_pipeline(pipe, tmp)
+            finally:
+                pipe.unet, pipe.text_encoder = tuned
         unet_layers, text_layers = _adapter_layers(m.unet), _adapter_layers(m.text_encoder)
         if unet_layers or text_layers:
             meta_kw = {}

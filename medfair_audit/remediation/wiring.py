@@ -306,8 +306,16 @@ def load_models(
         for path, weight in specs:
             enc = ImageEncoder.from_pretrained(path, trust_pickle=trust_pickle).to(device)
             loaded.append((enc, weight))
-    pipe = load_pipeline(checkpoint_dir, trust_pickle=trust_pickle, placement=placement)
+    # Full tuning in half precision: the UNet's float32 master copy starts from the stored
+    # weights, not from their rounding to the generation dtype.
+    full_half = cfg.full and placement.half
+    load_at = Placement(device=device, dtype=torch.float32) if full_half else placement
+    pipe = load_pipeline(checkpoint_dir, trust_pickle=trust_pickle, placement=load_at)
     check_supported(pipe, checkpoint_dir)
+    if full_half:
+        for name, part in pipe.components.items():
+            if isinstance(part, torch.nn.Module) and name != "unet":
+                part.to(dtype=placement.dtype)
     for part in (pipe.vae, pipe.text_encoder, pipe.unet, *(c.model for c in classifier.members)):
         part.requires_grad_(False).eval()
     unet, text = pipe.unet, pipe.text_encoder
@@ -315,7 +323,7 @@ def load_models(
         unet.enable_gradient_checkpointing()
     original = None
     if cfg.full:
-        original = copy.deepcopy(unet).eval()
+        original = copy.deepcopy(unet).to(dtype=placement.dtype).eval()
         unet.requires_grad_(True)
     if cfg.lora_on in ("unet", "both") and not cfg.full:
         unet.add_adapter(_lora(cfg, UNET_LORA_TARGETS))
@@ -374,6 +382,47 @@ def _fuse_text(module: Any) -> Any:
     if hasattr(out, "peft_config"):
         del out.peft_config
     return out
+
+
+def _add_deltas(tuned: Any, base: Any) -> Any:
+    """``base`` (float32, adapter-free) with the LoRA deltas of ``tuned`` added to its weights.
+
+    The deltas are computed from the float32 adapters, so the result is the stored weights plus
+    the update, with no rounding to the generation dtype in between.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    with torch.no_grad():
+        for name, layer in tuned.named_modules():
+            if isinstance(layer, BaseTunerLayer):
+                weight = base.get_submodule(name).weight
+                for adapter in layer.active_adapters:
+                    delta = layer.get_delta_weight(adapter).to(weight.device, torch.float32)
+                    weight.add_(delta)
+    return base
+
+
+def float32_pipeline_parts(m: Models, checkpoint_dir: Path, trust_pickle: bool) -> Any:
+    """The tuned pipeline in float32 on the CPU, built on the stored weights (half runs).
+
+    The frozen parts of a half-precision run were rounded to the generation dtype; the output
+    takes them from ``checkpoint_dir`` again, adds the float32 adapters' deltas (or the whole
+    float32 UNet of full tuning), and so keeps float32 weights whatever the run computed in.
+    """
+    from ..models.pipelines import load_pipeline
+
+    cpu32 = Placement(device="cpu", dtype=torch.float32)
+    pipe = load_pipeline(checkpoint_dir, trust_pickle=trust_pickle, placement=cpu32)
+    if m.cfg.full:
+        pipe.unet = copy.deepcopy(m.unet).to("cpu", torch.float32)
+    elif getattr(m.unet, "peft_config", None):
+        _add_deltas(m.unet, pipe.unet)
+    if getattr(m.text_encoder, "peft_config", None):
+        _add_deltas(m.text_encoder, pipe.text_encoder)
+    for part in pipe.components.values():
+        if isinstance(part, torch.nn.Module):
+            part.eval().requires_grad_(False)
+    return pipe
 
 
 def merged_pipeline_parts(m: Models) -> tuple[Any, Any]:

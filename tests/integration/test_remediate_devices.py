@@ -141,3 +141,110 @@ def test_a_step_with_non_finite_gradients_is_skipped_and_logged(tiny_models, tmp
     tuned = load_pipeline(tmp_path / "nan").unet.state_dict()
     # no update was applied: the merged LoRA is its initialisation (B = 0), i.e. the original
     assert all(torch.allclose(tuned[n], base[n], atol=1e-6) for n in base)
+
+
+@pytest.fixture(scope="module")
+def half_saved(tmp_path_factory):
+    """The tiny SD 1.5-like fixture saved in float16 and in bfloat16, and in float32 (same seed)."""
+    root = tmp_path_factory.mktemp("half_saved")
+    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    return {k: save_sd_like(root / k, "sd15", "tiny", dtype=d) for k, d in dtypes.items()}
+
+
+def _stored(folder, part="unet"):
+    from safetensors.torch import load_file
+
+    (path,) = (folder / part).glob("*.safetensors")
+    return load_file(path)
+
+
+@pytest.mark.parametrize("saved", ["float16", "bfloat16"])
+@pytest.mark.parametrize("want", ["float32", "float16", "bfloat16"])
+def test_a_half_saved_pipeline_loads_every_component_in_the_requested_dtype(
+    half_saved, saved, want, tiny_models, tmp_path
+):
+    from medfair_audit import AuditConfig, GenerationConfig, run_audit
+
+    assert next(iter(_stored(half_saved[saved]).values())).dtype == getattr(torch, saved)
+    placement = Placement(device="cpu", dtype=want)
+    pipe = load_pipeline(half_saved[saved], placement=placement)
+    for name, part in pipe.components.items():
+        if isinstance(part, torch.nn.Module):
+            assert {p.dtype for p in part.parameters()} == {getattr(torch, want)}, name
+    result = run_audit(
+        AuditConfig(
+            checkpoint=half_saved[saved], classifier=tiny_models["classifier"],
+            prompts=PROMPTS, target=TARGET, out=tmp_path / "a", placement=placement,
+            generation=GenerationConfig(n_per_prompt=2, seed=1, steps=2, shard_size=2),
+            n_boot=20,
+        )
+    )  # fmt: skip
+    assert result.data["n_images"] == 2
+    assert result.data["config"]["placement"]["dtype"] == want
+
+
+@pytest.mark.parametrize("saved", ["float16", "bfloat16"])
+def test_a_half_saved_pipeline_is_remediated_in_float32(half_saved, saved, tiny_models, tmp_path):
+    out = tmp_path / "out"
+    result = remediate(
+        half_saved[saved], classifier=tiny_models["classifier"], target=TARGET, prompts=PROMPTS,
+        out=out, config=RemediationConfig(**CFG),
+    )  # fmt: skip
+    assert result.data["steps_done"] == 2 and result.data["skipped_steps"] == 0
+    tuned, stored = _stored(out), _stored(half_saved[saved])
+    assert {t.dtype for t in tuned.values()} == {torch.float32}
+    changed = [n for n, t in tuned.items() if not torch.equal(t, stored[n].float())]
+    assert changed and all("attn" in n for n in changed)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_a_half_precision_remediation_writes_the_stored_weights_plus_a_float32_update(
+    half_saved, dtype, tiny_models, tmp_path
+):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "out"
+    result = remediate(
+        half_saved["float32"], classifier=tiny_models["classifier"], target=TARGET,
+        prompts=PROMPTS, out=out, config=RemediationConfig(**CFG),
+        placement=Placement(device="cpu", dtype=dtype),
+    )  # fmt: skip
+    assert result.data["placement"]["dtype"] == dtype and result.data["skipped_steps"] < 2
+    stored = _stored(half_saved["float32"])
+    for part in ("unet", "vae", "text_encoder"):
+        assert {t.dtype for t in _stored(out, part).values()} == {torch.float32}, part
+    assert all(torch.equal(t, s) for t, s in zip(
+        _stored(out, "vae").values(), _stored(half_saved["float32"], "vae").values(), strict=True
+    ))  # fmt: skip
+    tuned = _stored(out)
+    # weights LoRA does not touch are the stored float32 ones, bit for bit (not rounded) ...
+    untouched = [n for n in stored if "to_q" not in n and "to_k" not in n and "to_v" not in n
+                 and "to_out" not in n]  # fmt: skip
+    assert untouched and all(torch.equal(tuned[n], stored[n]) for n in untouched)
+    # ... and the tuned ones are stored + B·A·scale of the saved float32 adapters
+    (path,) = (out / "adapters").glob("*.safetensors")
+    layers = load_file(path)
+    down = {k.removesuffix(".lora.down.weight").removeprefix("unet."): v
+            for k, v in layers.items() if k.endswith(".lora.down.weight")}  # fmt: skip
+    assert down and {v.dtype for v in layers.values()} == {torch.float32}
+    scale = CFG.get("lora_alpha", CFG["lora_rank"]) / CFG["lora_rank"]
+    for name, a in down.items():
+        b = layers[f"unet.{name}.lora.up.weight"]
+        delta = tuned[f"{name}.weight"] - stored[f"{name}.weight"]
+        torch.testing.assert_close(delta, (b @ a) * scale, atol=1e-6, rtol=1e-5)
+    assert any(float(layers[k].abs().max()) > 0 for k in layers if "lora.up" in k)  # it moved
+
+
+def test_full_tuning_in_half_precision_starts_its_master_copy_from_the_stored_weights(
+    half_saved, tiny_models
+):
+    m = load_models(
+        half_saved["float32"], tiny_models["classifier"], TARGET, PROMPTS, [],
+        RemediationConfig(**{**CFG, "full": True}), Placement(device="cpu", dtype="bfloat16"),
+        False,
+    )  # fmt: skip
+    stored = _stored(half_saved["float32"])
+    tuned = {n: p for n, p in m.unet.state_dict().items()}
+    assert all(torch.equal(tuned[n], stored[n]) for n in stored)  # float32, not rounded
+    assert next(m.original_unet.parameters()).dtype == torch.bfloat16
+    assert m.pipe.vae.dtype == torch.bfloat16 and m.pipe.text_encoder.dtype == torch.bfloat16
