@@ -15,9 +15,14 @@ Sections (``--sections``, default all that apply to the device):
   each; the tiny SD-1.5 fixture at 1 step so the run is about the audit's own bookkeeping:
   images stream through shards and only moments, probabilities and a bounded sample stay).
 * ``processes``: wall time of the same audit with 1 and 2 processes (torchrun on CPUs).
-* ``remediation``: seconds per step and peak accelerator memory of LoRA remediation at
-  SD-1.5 size (batch 4, T = 10, K = 1, 2, 4); GPU only (on the CPU it runs the tiny fixture
-  to keep the code path tested).
+* ``remediation``: seconds per step and peak accelerator memory of remediation at SD-1.5 size
+  at the defaults (λ = 1 with a CLIP ViT-L/14-size image encoder) and with the memory-saving
+  settings, one row each (:data:`REMEDIATION_ROWS`); on the CPU it runs the tiny fixture to
+  keep the code path tested.
+
+Every timed loop is warmed up first. The JSON is rewritten after every section (and every
+remediation row), so a run stopped by a time limit keeps what it measured. ``--size tiny`` runs
+the GPU plan with the tiny fixture (a dry run, also on the CPU).
 
 Writes ``benchmarks/audit.json`` (``--out``) and, with ``--render``, the table between the
 ``audit-bench`` markers of ``benchmarks/RESULTS.md`` (GPU rows from ``benchmarks/audit-gpu.json``
@@ -99,7 +104,17 @@ def throughput(checkpoint: Path, classifier: Path, placement, n: int, batch: int
 
     rows = {}
     with torch.inference_mode():
-        batched(min(batch, n))  # warm-up: kernels, allocator
+        # Warm-up of every loop that is timed: kernels, allocator, autotuning.
+        naive(1)
+        batched(min(batch, n))
+        with tempfile.TemporaryDirectory() as tmp:
+            warm = GenerationConfig(n_per_prompt=min(batch, n), steps=steps, guidance=guidance,
+                                    shard_size=batch)  # fmt: skip
+            run_shards(
+                lambda p, s: generate(pipe, p, s, steps=steps, guidance=guidance),
+                PROMPTS[:1], warm, tmp, analyse=lambda x: (clf.predict_proba(x), extractor(x)),
+                settings={}, overlap=False,
+            )  # fmt: skip
         naive_n = max(1, n // 4)  # the naive loop is timed on a quarter of the images
         rows["naive diffusers loop (1 image per call)"] = naive_n / _timed(
             lambda: naive(naive_n), device
@@ -109,20 +124,26 @@ def throughput(checkpoint: Path, classifier: Path, placement, n: int, batch: int
             with tempfile.TemporaryDirectory() as tmp:
                 label = f"medfair engine: + classifier, features, shard writes{', overlapped' if overlap else ''}"  # noqa: E501
                 rows[label] = n / _timed(lambda o=overlap, d=tmp: engine(o, d), device)
+    info = pipeline_info(pipe)
     if statistics:
-        with tempfile.TemporaryDirectory() as tmp:
-            cfg = AuditConfig(
+        del pipe  # run_audit loads its own
+
+        def audit_config(out: Path, count: int) -> AuditConfig:
+            return AuditConfig(
                 checkpoint=checkpoint, classifier=classifier, prompts=PROMPTS[:1],
-                target=parse_target("male=0.58,female=0.42"), out=Path(tmp) / "a",
+                target=parse_target("male=0.58,female=0.42"), out=out,
                 generation=GenerationConfig(
-                    n_per_prompt=n, steps=steps, guidance=guidance, shard_size=batch
+                    n_per_prompt=count, steps=steps, guidance=guidance, shard_size=batch
                 ),
                 placement=placement,
             )  # fmt: skip
-            rows["medfair audit end to end (+ statistics, reports)"] = n / _timed(
-                lambda: run_audit(cfg), device
-            )
-    info = pipeline_info(pipe)
+
+        with tempfile.TemporaryDirectory() as tmp:
+            run_audit(audit_config(Path(tmp) / "warm", min(batch, n)))  # warm-up, file cache
+            rows[
+                "medfair audit end to end (+ loading the pipeline, hashing the checkpoint, "
+                "statistics, reports)"
+            ] = n / _timed(lambda: run_audit(audit_config(Path(tmp) / "a", n)), device)
     return {
         "pipeline": {k: info[k] for k in ("class", "unet_parameters", "resolution")},
         "placement": placement.describe(),
@@ -218,31 +239,43 @@ def processes(checkpoint: Path, classifier: Path, n: int, steps: int) -> dict:
     return {"n": n, "seconds": rows, "speedup": rows["1"] / rows["2"]}
 
 
-def remediation(classifier: Path, placement, size: str, ks=(1, 2, 4), steps: int = 3) -> dict:
-    """Seconds per LoRA step and peak memory at SD-1.5 size (batch 4, T = 10, K = ks)."""
+#: Remediation rows: label → settings on top of the defaults (``RemediationConfig()``: LoRA rank
+#: 8, 8 images per prompt, T = 10 DDIM steps, K = 2, λ = 1 with a CLIP ViT-L/14-size image
+#: encoder, UNet steps recomputed in backward; the VAE decode checkpointed on accelerators).
+REMEDIATION_ROWS = {
+    "defaults": {},
+    "defaults + --unet-checkpointing (memory-saving)": {"unet_checkpointing": True},
+    "defaults, --no-decode-checkpointing": {"decode_checkpointing": False},
+    "defaults, K = 4, --unet-checkpointing": {"grad_steps": 4, "unet_checkpointing": True},
+}
+
+
+def remediation(classifier: Path, placement, size: str, steps: int = 2, save=None) -> dict:
+    """Seconds per step and peak accelerator memory of remediation at SD-1.5 size, per row of
+    :data:`REMEDIATION_ROWS`, each after one warm-up step; peak memory counts from before the
+    models are loaded (weights, optimiser state and the step)."""
     from medfair_audit._dist import accelerator
-    from medfair_audit.models.sd_like import save_sd_like
+    from medfair_audit.models.sd_like import save_clip_like, save_sd_like
     from medfair_audit.remediation import RemediationConfig
     from medfair_audit.remediation.step import train_step
     from medfair_audit.remediation.wiring import load_models
     from medfair_audit.target import parse_target
 
     device = placement.device
+    doc = {"size": size, "placement": placement.describe(), "rows": {}}
 
-    def one_k(ckpt: Path, k: int) -> dict:
-        cfg = RemediationConfig(
-            batch_per_prompt=4, sampling_steps=10, grad_steps=k, lambda_clip=0.0,
-            unet_checkpointing=True,
-        )  # fmt: skip
+    def one(ckpt: Path, clip: Path, label: str, settings: dict) -> dict:
+        cfg = RemediationConfig(**settings)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
         acc = accelerator(device)
         m = load_models(ckpt, classifier, parse_target("male=0.58,female=0.42"),
-                        PROMPTS, [], cfg, placement, False)  # fmt: skip
+                        PROMPTS, [(clip, 1.0)], cfg, placement, False)  # fmt: skip
         opt = torch.optim.AdamW(list(m.trainable.values()), lr=cfg.lr)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
         scaler = placement.grad_scaler()
         train_step(m, cfg, 0, opt, sched, acc, None, scaler)  # warm-up
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
 
         def run() -> None:
             for s in range(1, steps + 1):
@@ -250,13 +283,27 @@ def remediation(classifier: Path, placement, size: str, ks=(1, 2, 4), steps: int
 
         seconds = _timed(run, device) / steps
         peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-        print(f"  remediation K={k}: {seconds:.2f} s/step, peak {peak} GiB", flush=True)
-        return {"seconds_per_step": seconds, "peak_gib": peak}
+        row = {
+            "settings": settings, "batch_per_prompt": cfg.batch_per_prompt,
+            "T": cfg.sampling_steps, "K": cfg.k, "lambda_clip": cfg.lambda_clip,
+            "unet_checkpointing": cfg.unet_checkpointing,
+            "decode_checkpointing": m.decode_checkpointing, "seconds_per_step": seconds,
+            "peak_gib": peak,
+        }  # fmt: skip
+        print(f"  remediation, {label}: {seconds:.2f} s/step, peak {peak} GiB", flush=True)
+        return row
 
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = save_sd_like(Path(tmp) / "sd15", "sd15", size, dtype=placement.dtype)
-        rows = {str(k): one_k(ckpt, k) for k in ks}
-    return {"size": size, "placement": placement.describe(), "batch": 4, "T": 10, "rows": rows}
+        ckpt = save_sd_like(Path(tmp) / "sd15", "sd15", size)
+        clip = save_clip_like(Path(tmp) / "clip", size)
+        for label, settings in REMEDIATION_ROWS.items():
+            try:
+                doc["rows"][label] = one(ckpt, clip, label, settings)
+            except torch.OutOfMemoryError as exc:
+                doc["rows"][label] = {"settings": settings, "error": f"out of memory: {exc}"}
+            if save:
+                save(doc)
+    return doc
 
 
 TABLE_GPU_MISSING = "| GPU | not measured: no GPU was at hand (`scripts/gpu_check.sh`) | | |"
@@ -314,13 +361,20 @@ def render(cpu: dict, gpu: dict | None) -> None:
             f"2 processes {s['2']:.0f} s ({pr['speedup']:.2f}×).",
         ]
     rem = (gpu or {}).get("remediation")
-    if rem:
-        cells = ", ".join(
-            f"K={k}: {r['seconds_per_step']:.2f} s/step, peak {r['peak_gib']:.1f} GiB"
-            for k, r in rem["rows"].items()
-        )
-        lines += ["", f"Remediation at SD-1.5 size (LoRA, batch 4, T = 10, "
-                      f"{rem['placement']['dtype']}): {cells}."]  # fmt: skip
+    if rem and all("settings" in r for r in rem["rows"].values()):
+        lines += ["", f"Remediation at SD-1.5 size ({rem['placement']['dtype']}; peak memory "
+                      "from before loading: weights, optimiser state and one step):", "",
+                      "| settings | images per prompt, T, K, λ | s/step | peak GiB |",
+                      "|---|---|---:|---:|"]  # fmt: skip
+        for label, r in rem["rows"].items():
+            if "error" in r:
+                lines.append(f"| {label} | | {r['error'].split(':')[0]} | |")
+                continue
+            lines.append(
+                f"| {label} | {r['batch_per_prompt']}, {r['T']}, {r['K']}, {r['lambda_clip']:g} | "
+                f"{r['seconds_per_step']:.2f} | "
+                f"{'–' if r['peak_gib'] is None else format(r['peak_gib'], '.1f')} |"
+            )
     else:
         lines += ["", "Remediation at SD-1.5 size on a GPU: not measured."]
     text = "\n".join(lines)
@@ -346,6 +400,14 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--out", type=Path, default=HERE / "audit.json")
     parser.add_argument("--render", action="store_true", help="only rewrite RESULTS.md")
+    parser.add_argument(
+        "--append", action="store_true",
+        help="add to --out if it exists (throughput rows appended, other sections replaced)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--size", choices=("tiny", "full"), default=None,
+        help="scale fixture on accelerators (default full: SD-1.5 size; tiny: a dry run)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.render:
         gpu_path = HERE / "audit-gpu.json"
@@ -366,15 +428,24 @@ def main() -> None:
         + f", torch {torch.__version__}",
         "throughput": [],
     }
+    if args.append and args.out.is_file():
+        doc = {**json.loads(args.out.read_text()), "date": doc["date"]}
+
+    def save(_: object = None) -> None:  # after every section: a killed run keeps what it has
+        tmp = args.out.with_name(args.out.name + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+        tmp.replace(args.out)
+
+    size = args.size or ("full" if gpu else "tiny")
     if "throughput" in sections:
         dtypes = (args.dtypes or ("float16,bfloat16" if gpu else "float32")).split(",")
         for dtype in dtypes:
             placement = Placement(device=device, dtype=dtype)
-            if gpu:
+            if gpu or args.size:
                 from medfair_audit.models.sd_like import save_sd_like
 
                 tmp = tempfile.mkdtemp()
-                ckpt = save_sd_like(Path(tmp) / "sd15", "sd15", "full", dtype=placement.dtype)
+                ckpt = save_sd_like(Path(tmp) / "sd15", "sd15", size, dtype=placement.dtype)
                 n, batch = args.n or 128, args.batch or 32
             else:
                 ckpt, n, batch = args.demo / "models" / "t2medi", args.n or 64, args.batch or 32
@@ -383,19 +454,27 @@ def main() -> None:
                 throughput(ckpt, clf, placement, n, batch, args.steps, args.guidance)
             )
             print(json.dumps(doc["throughput"][-1]["images_per_s"], indent=1), flush=True)
+            save()
     if "fid" in sections:
         doc["fid"] = fid_timing()
         print("fid", doc["fid"], flush=True)
+        save()
     if "memory" in sections:
         doc["memory"] = memory(clf, (1000, 5000, 20000), threads=2)
+        save()
     if "processes" in sections:
         doc["processes"] = processes(args.demo / "models" / "t2medi", clf, 64, args.steps)
         print("processes", doc["processes"], flush=True)
+        save()
     if "remediation" in sections:
-        size = "full" if gpu else "tiny"
         placement = Placement(device=device, dtype=(args.dtypes or "auto").split(",")[0])
-        doc["remediation"] = remediation(clf, placement, size)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+
+        def partial(rows: dict) -> None:
+            doc["remediation"] = rows
+            save()
+
+        doc["remediation"] = remediation(clf, placement, size, save=partial)
+    save()
     print(f"wrote {args.out}")
 
 

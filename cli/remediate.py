@@ -181,6 +181,15 @@ def remediate(
             help="Also checkpoint inside the UNet (less memory for SD-sized models, slower).",
         ),
     ] = R["unet_checkpointing"],
+    decode_checkpointing: Annotated[
+        bool | None,
+        typer.Option(
+            "--decode-checkpointing/--no-decode-checkpointing",
+            help="Recompute the VAE decode image by image in backward, so its memory does not "
+            "grow with --batch-per-prompt. Default: on with a GPU or MPS, off on the CPU.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Fine-tune a checkpoint so its subgroup distribution matches the target.
 

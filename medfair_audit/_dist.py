@@ -8,9 +8,15 @@ nothing for GPU runs.
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 __all__ = ["accelerator", "is_main_process", "num_processes", "partial_state"]
+
+#: How long a process waits for the others at a collective (NCCL's default is 10 minutes): rank
+#: 0 runs the quick audits and writes checkpoints while the others wait in the next all-reduce,
+#: which at Stable Diffusion size can take longer than that.
+PROCESS_GROUP_TIMEOUT = datetime.timedelta(hours=2)
 
 
 def _cpu_only() -> bool:
@@ -23,6 +29,16 @@ def _cpu(device: Any) -> bool:
     return _cpu_only() if device is None else device.type == "cpu"
 
 
+def _pin(device: Any) -> None:
+    """Make ``cuda:N`` the current CUDA device, so that what says plain ``cuda`` (accelerate's
+    state, its reductions, kernels' workspaces) works on GPU N and sets nothing up on GPU 0."""
+    import torch
+
+    if device is not None and device.type == "cuda" and device.index is not None:
+        if torch.cuda.current_device() != device.index:
+            torch.cuda.set_device(device)
+
+
 def partial_state(device: Any = None) -> Any:
     """The ``PartialState`` of accelerate (rank, world size, barriers) for this run.
 
@@ -32,14 +48,20 @@ def partial_state(device: Any = None) -> Any:
     """
     from accelerate import PartialState
 
-    return PartialState(cpu=_cpu(device))
+    _pin(device)
+    return PartialState(cpu=_cpu(device), timeout=PROCESS_GROUP_TIMEOUT)
 
 
 def accelerator(device: Any = None) -> Any:
     """An ``Accelerator`` for this run (process group, reductions), on ``device``'s kind."""
     from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
 
-    return Accelerator(cpu=_cpu(device))
+    _pin(device)
+    partial_state(device)  # the process group, with its timeout, if it is not there yet
+    return Accelerator(
+        cpu=_cpu(device), kwargs_handlers=[InitProcessGroupKwargs(timeout=PROCESS_GROUP_TIMEOUT)]
+    )
 
 
 def is_main_process(device: Any = None) -> bool:

@@ -334,6 +334,10 @@ class RemediationConfig:
         unet_checkpointing: Also checkpoint inside the UNet (diffusers' block-level gradient
             checkpointing): the recomputed step keeps only block boundaries, for SD-sized
             models on a GPU; slower, same gradients.
+        decode_checkpointing: Decode the tuned images without keeping the VAE's activations
+            and recompute the decode one image at a time in backward, so the VAE's share of
+            peak memory does not grow with ``batch_per_prompt``. ``None`` (default): on with a
+            GPU or MPS, off on the CPU. Same images; gradients equal up to rounding.
         warmup: Linear warm-up steps of the learning rate.
         weight_decay: AdamW weight decay.
         max_grad_norm: Gradient clipping norm (0 disables).
@@ -375,6 +379,7 @@ class RemediationConfig:
     changed_weight: float = 0.2
     gradient_checkpointing: bool = True
     unet_checkpointing: bool = False
+    decode_checkpointing: bool | None = None
     warmup: int = 10
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -485,7 +490,13 @@ class RemediationConfig:
         world size would continue with other noise than the interrupted run. So is the
         generation dtype (another precision takes other steps).
         """
-        keep_free = ("checkpoint_every", "audit_every", "until_kl", "unet_checkpointing")
+        keep_free = (
+            "checkpoint_every",
+            "audit_every",
+            "until_kl",
+            "unet_checkpointing",
+            "decode_checkpointing",
+        )
         key = {k: v for k, v in asdict(self).items() if k not in keep_free}
         return {**key, "processes": processes, "dtype": dtype}
 

@@ -381,6 +381,7 @@ LATER_FIELDS: dict[str, Any] = {
     "robust_eps": 0.5,
     "robust_steps": 3,
     "augment": 0,
+    "decode_checkpointing": None,
 }
 
 

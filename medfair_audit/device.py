@@ -104,6 +104,12 @@ def _mps_available() -> bool:
     return bool(backend is not None and backend.is_available())
 
 
+def _bf16_supported(device: torch.device) -> bool:
+    """Whether the chosen GPU (not the current one) runs bfloat16."""
+    with torch.cuda.device(device):
+        return bool(torch.cuda.is_bf16_supported())
+
+
 def resolve_dtype(spec: str, device: torch.device, *, param: str = "dtype") -> torch.dtype:
     """The generation dtype a ``--dtype`` value names on ``device``.
 
@@ -113,12 +119,12 @@ def resolve_dtype(spec: str, device: torch.device, *, param: str = "dtype") -> t
     spec = (spec or "auto").strip().lower()
     if spec == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.bfloat16 if _bf16_supported(device) else torch.float16
         return torch.float16 if device.type == "mps" else torch.float32
     if spec not in DTYPES:
         raise ConfigError(f"expected auto, {', '.join(DTYPES)}, got '{spec}'", param=param)
     dtype = DTYPES[spec]
-    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if dtype == torch.bfloat16 and device.type == "cuda" and not _bf16_supported(device):
         raise ConfigError(f"{device} does not support bfloat16: use --dtype float16", param=param)
     return dtype
 

@@ -413,7 +413,7 @@ def _fit_network(job: _FitJob) -> tuple[Any, list[dict[str, Any]], int, float]:
         running = 0.0
         for b in range(per_epoch):
             idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            x = _augment(images[idx], cfg, generator).to(device)
+            x = _augment(images[idx].to(device), cfg, generator)  # draws on the CPU, work here
             target = y[idx].to(device)
             x = _perturb(model, x, target, cfg, weights, generator, placement)
             with placement.autocast():
@@ -422,8 +422,9 @@ def _fit_network(job: _FitJob) -> tuple[Any, list[dict[str, Any]], int, float]:
             backward_step(loss, model, opt, scaler, max_norm=None)
             sched.step()
             step += 1
-            running += loss.item()
-            report(job.progress, "train classifier", step, total, loss=loss.item(), epoch=epoch + 1)
+            value = loss.item()  # the step's one synchronisation
+            running += value
+            report(job.progress, "train classifier", step, total, loss=value, epoch=epoch + 1)
         score = balanced_accuracy_score(y[val_idx].numpy(), val_logits().argmax(1).numpy())
         history.append(
             {"epoch": epoch + 1, "loss": running / per_epoch, "val_balanced_accuracy": float(score)}

@@ -273,8 +273,9 @@ def train_clip(
                 backward_step(out_.loss, model, opt, scaler)
                 sched.step()
                 step += 1
-                running += out_.loss.item()
-                report(progress, "train clip", step, total, loss=out_.loss.item(), epoch=epoch + 1)
+                value = out_.loss.item()  # the step's one synchronisation
+                running += value
+                report(progress, "train clip", step, total, loss=value, epoch=epoch + 1)
             losses.append(running / per_epoch)
         model.to("cpu").eval()  # evaluated and saved on the CPU, in float32
         recall, chance = retrieval_recall_at_1(

@@ -12,6 +12,7 @@ The folders are standard ``save_pretrained`` output in safetensors, loaded by
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 
 from ..exceptions import ConfigError
 
-__all__ = ["KINDS", "SIZES", "build_sd_like", "save_sd_like"]
+__all__ = ["KINDS", "SIZES", "build_sd_like", "save_clip_like", "save_sd_like"]
 
 KINDS = ("sd15", "sd2-v", "sdxl")
 SIZES = ("tiny", "full")
@@ -206,4 +207,41 @@ def save_sd_like(
         pipe = pipe.to(dtype=dtype)
     out = Path(out)
     pipe.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+#: CLIP's image normalisation (what a ``preprocessor_config.json`` of OpenAI's CLIP holds).
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def save_clip_like(out: str | os.PathLike[str], size: str = "tiny", *, seed: int = 0) -> Path:
+    """A CLIP model folder with random weights, for the semantics-preservation term.
+
+    ``full`` has the vision tower of CLIP ViT-L/14 at 224 px (what SD 1.5's users would pass
+    as ``--image-encoder``); the text tower, unused by remediation, is kept small. ``tiny``
+    builds in a second. Loads with :meth:`medfair_audit.remediation.ImageEncoder.from_pretrained`.
+    """
+    from transformers import CLIPConfig, CLIPModel
+
+    if size not in SIZES:
+        raise ConfigError(f"expected one of {', '.join(SIZES)}, got '{size}'", param="size")
+    if size == "tiny":
+        vision = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4,
+                  "num_hidden_layers": 2, "image_size": 32, "patch_size": 8}  # fmt: skip
+        projection = 32
+    else:
+        vision = {"hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16,
+                  "num_hidden_layers": 24, "image_size": 224, "patch_size": 14}  # fmt: skip
+        projection = 768
+    text = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4,
+            "num_hidden_layers": 1, "vocab_size": 400, "bos_token_id": 0, "eos_token_id": 1,
+            "pad_token_id": 1}  # fmt: skip
+    torch.manual_seed(seed)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection))
+    out = Path(out)
+    model.save_pretrained(out, safe_serialization=True)
+    (out / "preprocessor_config.json").write_text(
+        json.dumps({"image_mean": CLIP_MEAN, "image_std": CLIP_STD})
+    )
     return out

@@ -147,7 +147,12 @@ def encode_prompts(
         truncation=True,
         return_tensors="pt",
     )
-    return batched(lambda ids: text_encoder(ids)[0], tokens.input_ids, batch_size=batch_size)
+    return batched(
+        lambda ids: text_encoder(ids)[0],
+        tokens.input_ids,
+        batch_size=batch_size,
+        device=text_encoder.device,
+    )
 
 
 def sample_images(
@@ -275,20 +280,24 @@ def _train_unet(
         ema.to(device)  # the checkpoint is read onto the CPU
     unet.train()
     n = len(mean)
+    shape = (cfg.batch_size, *mean.shape[1:])
+    # The random draws come from the CPU generator (the same run on any device); the latents,
+    # the noising and the text states live on the training device.
+    mean, std, cond = mean.to(device), std.to(device), cond.to(device)
     for step in range(start, cfg.unet_steps):
         idx = torch.randint(n, (cfg.batch_size,), generator=generator)
-        eps0 = torch.randn(mean[idx].shape, generator=generator)
+        eps0 = torch.randn(shape, generator=generator).to(device)
         latents = (mean[idx] + std[idx] * eps0) * scale
-        noise = torch.randn(latents.shape, generator=generator)
+        noise = torch.randn(shape, generator=generator).to(device)
         t = torch.randint(
             0, noise_sched.config.num_train_timesteps, (cfg.batch_size,), generator=generator
         )
         drop = torch.rand(cfg.batch_size, generator=generator) < cfg.caption_dropout
         cap = torch.where(drop, torch.full_like(caption_idx[idx], empty_idx), caption_idx[idx])
-        noisy = noise_sched.add_noise(latents, noise, t).to(device)
+        noisy = noise_sched.add_noise(latents, noise, t.to(device))
         with placement.autocast():
-            pred = unet(noisy, t.to(device), encoder_hidden_states=cond[cap].to(device)).sample
-        per = F.mse_loss(pred.float(), noise.to(device), reduction="none").mean(dim=(1, 2, 3))
+            pred = unet(noisy, t.to(device), encoder_hidden_states=cond[cap.to(device)]).sample
+        per = F.mse_loss(pred.float(), noise, reduction="none").mean(dim=(1, 2, 3))
         if cfg.snr_gamma > 0:
             per = per * min_snr_weights(noise_sched, t, cfg.snr_gamma).to(device)
         loss = per.mean()
@@ -376,12 +385,12 @@ def train_t2i(
 
     distinct = sorted(set(captions))
     lookup = {c: i for i, c in enumerate(distinct)}
-    cond = encode_prompts(text_encoder, tokenizer, [*distinct, ""])
+    cond = encode_prompts(text_encoder.to(placement.device), tokenizer, [*distinct, ""])
     caption_idx = torch.tensor([lookup[c] for c in captions])
 
     # Stage 1: the VAE.
     if base is not None and cfg.vae_steps == 0:
-        vae = base.vae
+        vae = base.vae.float().to(placement.device)  # encodes the training images there
         vae_loss = None
     else:
         vae = (base.vae if base is not None else _build_vae(cfg)).float().to(placement.device)
@@ -415,7 +424,7 @@ def train_t2i(
     )
     if ema is not None:
         ema.copy_to(unet.parameters())
-    unet, vae = unet.to("cpu"), vae.to("cpu")
+    unet, vae, text_encoder = unet.to("cpu"), vae.to("cpu"), text_encoder.to("cpu")
     _, ddim = _schedulers()
     if base is not None:
         ddim = base.scheduler

@@ -104,9 +104,50 @@ def ddim_sample(
     return x
 
 
-def decode(vae: Any, latents: torch.Tensor) -> torch.Tensor:
-    """Latents → images in [-1, 1], as the pipeline decodes them."""
+def decode(vae: Any, latents: torch.Tensor, *, checkpointed: bool = False) -> torch.Tensor:
+    """Latents → images in [-1, 1], as the pipeline decodes them.
+
+    With ``checkpointed`` (and gradients wanted) the batch is decoded as usual without keeping
+    activations, and backward recomputes the decode one image at a time: the VAE's share of peak
+    memory is one image's, whatever the batch. The images are the same; the gradients agree up
+    to rounding (per-image instead of batched kernels).
+    """
+    if checkpointed and torch.is_grad_enabled() and latents.requires_grad:
+        return _SlicedDecode.apply(latents, vae)
+    return _decode(vae, latents)
+
+
+def _decode(vae: Any, latents: torch.Tensor) -> torch.Tensor:
     return vae.decode(latents / vae.config.scaling_factor).sample.clamp(-1, 1)
+
+
+class _SlicedDecode(torch.autograd.Function):
+    """Decode without stored activations; backward recomputes it image by image."""
+
+    @staticmethod
+    def forward(ctx: Any, latents: torch.Tensor, vae: Any) -> torch.Tensor:
+        device = latents.device.type
+        ctx.vae = vae
+        ctx.autocast = (
+            device,
+            torch.is_autocast_enabled(device),
+            torch.get_autocast_dtype(device),
+        )
+        ctx.save_for_backward(latents)
+        with torch.no_grad():
+            return _decode(vae, latents)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (latents,) = ctx.saved_tensors
+        device, enabled, dtype = ctx.autocast
+        out = torch.empty_like(latents)
+        for i in range(len(latents)):
+            z = latents[i : i + 1].detach().requires_grad_(True)
+            with torch.enable_grad(), torch.autocast(device, dtype=dtype, enabled=enabled):
+                image = _decode(ctx.vae, z)
+            (out[i : i + 1],) = torch.autograd.grad(image, z, grad[i : i + 1])
+        return out, None
 
 
 def step_seed(seed: int, step: int, slot: int) -> int:

@@ -60,7 +60,7 @@ def sample_pair(
         checkpointing=cfg.gradient_checkpointing,
         **kw,
     )
-    tuned = decode(m.pipe.vae, latents)
+    tuned = decode(m.pipe.vae, latents, checkpointed=m.decode_checkpointing)
     original = None
     if cfg.lambda_clip > 0:
         with torch.no_grad(), m.original() as unet:

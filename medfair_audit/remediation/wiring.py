@@ -75,6 +75,13 @@ class Models:
         return self._schedulers[steps]
 
     @property
+    def decode_checkpointing(self) -> bool:
+        """Whether the tuned images' decode is recomputed per image in backward."""
+        if self.cfg.decode_checkpointing is not None:
+            return self.cfg.decode_checkpointing
+        return self.device.type != "cpu"
+
+    @property
     def n_prompts(self) -> int:
         """Number of training prompts."""
         return len(self.tokens) - 1

@@ -251,3 +251,24 @@ def test_full_tuning_in_half_precision_starts_its_master_copy_from_the_stored_we
     assert all(torch.equal(tuned[n], stored[n]) for n in stored)  # float32, not rounded
     assert next(m.original_unet.parameters()).dtype == torch.bfloat16
     assert m.pipe.vae.dtype == torch.bfloat16 and m.pipe.text_encoder.dtype == torch.bfloat16
+
+
+def test_decode_checkpointing_changes_the_memory_not_the_run(tiny_models, tmp_path):
+    runs = {}
+    for on in (False, True):
+        cfg = RemediationConfig(**{**CFG, "decode_checkpointing": on})
+        runs[on] = remediate(
+            tiny_models["t2medi"], classifier=tiny_models["classifier"], target=TARGET,
+            prompts=PROMPTS, out=tmp_path / str(on), config=cfg,
+        ).data  # fmt: skip
+    off, on = runs[False]["curves"]["loss"], runs[True]["curves"]["loss"]
+    assert off[0] == on[0]  # the first step's images are the same
+    assert off != [0.0] * len(off)
+    assert on == pytest.approx(off, rel=1e-4, abs=1e-6)
+    key = RemediationConfig(**CFG).resume_key(1)
+    assert RemediationConfig(**{**CFG, "decode_checkpointing": True}).resume_key(1) == key
+    m = load_models(
+        tiny_models["t2medi"], tiny_models["classifier"], TARGET, PROMPTS, [],
+        RemediationConfig(**CFG), Placement(device="cpu", dtype="float32"), False,
+    )  # fmt: skip
+    assert m.decode_checkpointing is False  # default on the CPU: off (bit-identical runs)

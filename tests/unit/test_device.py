@@ -154,3 +154,64 @@ def test_the_demo_checks_its_device_up_front(tmp_path):
     with pytest.raises(ConfigError, match="not available"):
         DemoConfig(out=tmp_path, device="cuda")
     assert DemoConfig(out=tmp_path, dtype="bfloat16").placement.dtype == torch.bfloat16
+
+
+@pytest.fixture
+def two_fake_gpus(monkeypatch):
+    """GPU 0 without bfloat16, GPU 1 with it; the current device starts at 0."""
+    import contextlib
+
+    state = {"current": 0, "set": []}
+
+    @contextlib.contextmanager
+    def device(d):
+        before, state["current"] = state["current"], torch.device(d).index
+        try:
+            yield
+        finally:
+            state["current"] = before
+
+    def set_device(d):
+        state["set"].append(torch.device(d))
+        state["current"] = torch.device(d).index
+
+    monkeypatch.setattr(torch.cuda, "device", device)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: state["current"] == 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: state["current"])
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    return state
+
+
+def test_bfloat16_support_is_read_on_the_chosen_gpu_not_the_current_one(two_fake_gpus):
+    from medfair_audit.device import resolve_dtype
+
+    assert resolve_dtype("auto", torch.device("cuda", 1)) == torch.bfloat16
+    assert resolve_dtype("auto", torch.device("cuda", 0)) == torch.float16
+    assert resolve_dtype("bfloat16", torch.device("cuda", 1)) == torch.bfloat16
+    with pytest.raises(ConfigError, match="does not support bfloat16"):
+        resolve_dtype("bfloat16", torch.device("cuda", 0))
+    assert two_fake_gpus["current"] == 0  # asking changed nothing
+
+
+def test_a_chosen_gpu_becomes_the_current_one_before_accelerate_starts(two_fake_gpus):
+    from medfair_audit._dist import _pin
+
+    _pin(torch.device("cpu"))
+    _pin(torch.device("cuda"))  # plain cuda: the current GPU (or the local rank's) stays
+    assert two_fake_gpus["set"] == []
+    _pin(torch.device("cuda", 1))
+    assert two_fake_gpus["set"] == [torch.device("cuda", 1)] and two_fake_gpus["current"] == 1
+    _pin(torch.device("cuda", 1))  # already current: nothing more
+    assert len(two_fake_gpus["set"]) == 1
+
+
+def test_the_process_group_waits_longer_than_nccls_default(monkeypatch):
+    import accelerate
+
+    from medfair_audit import _dist
+
+    seen = []
+    monkeypatch.setattr(accelerate, "PartialState", lambda **kw: seen.append(kw))
+    _dist.partial_state(torch.device("cpu"))
+    assert seen == [{"cpu": True, "timeout": _dist.PROCESS_GROUP_TIMEOUT}]
+    assert _dist.PROCESS_GROUP_TIMEOUT.total_seconds() > 600  # NCCL's default: 10 minutes

@@ -179,3 +179,49 @@ def test_adjusted_dft_memory_is_flat_in_the_number_of_steps_with_checkpointing(p
     eight = _saved_bytes(pipe, 8, "adjusted", True)
     assert one_step > 0
     assert (eight - four) / 4 < 0.2 * one_step
+
+
+def _decode_and_grad(pipe, latents, checkpointed, dtype=None):
+    from medfair_audit.remediation.sampling import decode
+
+    z = latents.clone().requires_grad_(True)
+    saved = 0
+
+    def pack(t):
+        nonlocal saved
+        saved += t.numel() * t.element_size()
+        return t
+
+    with (
+        torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None),
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+    ):
+        images = decode(pipe.vae, z, checkpointed=checkpointed)
+    weights = torch.linspace(-1, 1, images[0].numel()).reshape(images.shape[1:])
+    (images.float() * weights).sum().backward()
+    return images.detach(), z.grad, saved
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_checkpointed_decode_gives_the_same_images_and_gradients(pipe, dtype):
+    size = pipe.unet.config.sample_size
+    latents = torch.randn(3, 4, size, size, generator=torch.Generator().manual_seed(2))
+    plain, g_plain, kept_plain = _decode_and_grad(pipe, latents, False, dtype)
+    sliced, g_sliced, kept_sliced = _decode_and_grad(pipe, latents, True, dtype)
+    assert torch.equal(plain, sliced)  # the forward is the batched decode itself
+    assert g_plain.abs().max() > 0
+    tol = 1e-5 if dtype is None else 2e-2  # per-image kernels round differently
+    torch.testing.assert_close(g_sliced, g_plain, atol=tol * g_plain.abs().max(), rtol=0)
+    assert kept_sliced == latents.numel() * latents.element_size()  # only its input is kept
+    assert kept_plain > 20 * kept_sliced
+
+
+def test_checkpointed_decode_memory_does_not_grow_with_the_batch(pipe):
+    size = pipe.unet.config.sample_size
+    kept = {}
+    for n in (2, 8):
+        latents = torch.randn(n, 4, size, size, generator=torch.Generator().manual_seed(n))
+        kept[n] = [_decode_and_grad(pipe, latents, c)[2] for c in (False, True)]
+    assert kept[8][0] > 3.5 * kept[2][0]  # the plain decode keeps activations per image
+    assert kept[8][1] == 4 * kept[2][1]  # checkpointed: the latents only (4 floats per pixel)
+    assert kept[8][1] < 0.05 * kept[8][0]
