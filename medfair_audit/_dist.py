@@ -30,8 +30,11 @@ def _cpu(device: Any) -> bool:
 
 
 def _pin(device: Any) -> None:
-    """Make ``cuda:N`` the current CUDA device, so that what says plain ``cuda`` (accelerate's
-    state, its reductions, kernels' workspaces) works on GPU N and sets nothing up on GPU 0."""
+    """Make ``cuda:N`` the current CUDA device before anything says plain ``cuda``.
+
+    accelerate's state, its reductions and kernels' workspaces then work on GPU N and set
+    nothing up on GPU 0.
+    """
     import torch
 
     if device is not None and device.type == "cuda" and device.index is not None:
