@@ -13,7 +13,8 @@
 #
 # Steps, each under its own time limit so that one slow step cannot take the others' time:
 #   1. every GPU test (tests/gpu: each remediation option checked for real work) and the device
-#      and pipeline tests, all of them (no stop at the first failure): $OUT/tests.log, tests.xml
+#      and pipeline tests, all of them (no stop at the first failure): $OUT/tests.log (one line
+#      per test as it finishes, so a stopped run keeps its results), tests.xml
 #   2. the audit benchmark in float16 (SD-1.5 size): $OUT/audit-gpu.json
 #   3. remediation at SD-1.5 size, defaults and memory-saving rows: added to audit-gpu.json
 #   4. the audit benchmark in bfloat16, with the time that is left: added to audit-gpu.json
@@ -40,9 +41,9 @@ if command -v nvidia-smi > /dev/null; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 fi
 # 1. tests (at most 170 s)
-MEDFAIR_TEST_DEVICE=$DEVICE timeout 170 $PY -m pytest -q -p no:cacheprovider \
+MEDFAIR_TEST_DEVICE=$DEVICE timeout 170 $PY -m pytest -v -p no:cacheprovider \
   --junitxml "$OUT/tests.xml" tests/gpu tests/unit/test_device.py \
-  tests/integration/test_pipelines.py 2>&1 | tail -40 | tee "$OUT/tests.log"
+  tests/integration/test_pipelines.py 2>&1 | grep -v "Loading\|it/s" | tee "$OUT/tests.log"
 DEMO=.gpu
 mkdir -p /tmp/demo/models
 [ -d "$DEMO/classifier" ] && cp -r "$DEMO/classifier" /tmp/demo/models/
