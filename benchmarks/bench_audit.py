@@ -67,8 +67,11 @@ def _timed(fn, device: torch.device) -> float:
 
 
 def throughput(checkpoint: Path, classifier: Path, placement, n: int, batch: int, steps: int,
-               guidance: float, *, statistics: bool = True) -> dict:  # fmt: skip
-    """Images/s of the naive loop, the batched loop, the engine and the whole audit."""
+               guidance: float, *, statistics: bool = True, save=None) -> dict:  # fmt: skip
+    """Images/s of the naive loop, the batched loop, the engine and the whole audit.
+
+    ``save(result)`` is called after every row, so a stopped run keeps the rows it measured.
+    """
     from medfair_audit import AuditConfig, run_audit
     from medfair_audit.generation import GenerationConfig, image_seed
     from medfair_audit.generation.engine import run_shards
@@ -102,7 +105,20 @@ def throughput(checkpoint: Path, classifier: Path, placement, n: int, batch: int
             settings={}, overlap=overlap,
         )  # fmt: skip
 
-    rows = {}
+    info = pipeline_info(pipe)
+    result = {
+        "pipeline": {k: info[k] for k in ("class", "unet_parameters", "resolution")},
+        "placement": placement.describe(),
+        "n": n, "batch": batch, "steps": steps, "guidance": guidance,
+        "images_per_s": {},
+    }  # fmt: skip
+    rows = result["images_per_s"]
+
+    def put(label: str, value: float) -> None:
+        rows[label] = value
+        if save:
+            save(result)
+
     with torch.inference_mode():
         # Warm-up of every loop that is timed: kernels, allocator, autotuning.
         naive(1)
@@ -116,15 +132,15 @@ def throughput(checkpoint: Path, classifier: Path, placement, n: int, batch: int
                 settings={}, overlap=False,
             )  # fmt: skip
         naive_n = max(1, n // 4)  # the naive loop is timed on a quarter of the images
-        rows["naive diffusers loop (1 image per call)"] = naive_n / _timed(
-            lambda: naive(naive_n), device
+        put(
+            "naive diffusers loop (1 image per call)",
+            naive_n / _timed(lambda: naive(naive_n), device),
         )
-        rows[f"batched diffusers loop ({batch} per call)"] = n / _timed(lambda: batched(n), device)
+        put(f"batched diffusers loop ({batch} per call)", n / _timed(lambda: batched(n), device))
         for overlap in (False, True):
             with tempfile.TemporaryDirectory() as tmp:
                 label = f"medfair engine: + classifier, features, shard writes{', overlapped' if overlap else ''}"  # noqa: E501
-                rows[label] = n / _timed(lambda o=overlap, d=tmp: engine(o, d), device)
-    info = pipeline_info(pipe)
+                put(label, n / _timed(lambda o=overlap, d=tmp: engine(o, d), device))
     if statistics:
         del pipe  # run_audit loads its own
 
@@ -140,16 +156,12 @@ def throughput(checkpoint: Path, classifier: Path, placement, n: int, batch: int
 
         with tempfile.TemporaryDirectory() as tmp:
             run_audit(audit_config(Path(tmp) / "warm", min(batch, n)))  # warm-up, file cache
-            rows[
+            put(
                 "medfair audit end to end (+ loading the pipeline, hashing the checkpoint, "
-                "statistics, reports)"
-            ] = n / _timed(lambda: run_audit(audit_config(Path(tmp) / "a", n)), device)
-    return {
-        "pipeline": {k: info[k] for k in ("class", "unet_parameters", "resolution")},
-        "placement": placement.describe(),
-        "n": n, "batch": batch, "steps": steps, "guidance": guidance,
-        "images_per_s": rows,
-    }  # fmt: skip
+                "statistics, reports)",
+                n / _timed(lambda: run_audit(audit_config(Path(tmp) / "a", n)), device),
+            )
+    return result
 
 
 def fid_timing(d: int = 2048, repeats: int = 3) -> dict:
@@ -316,12 +328,15 @@ def _fmt_rows(doc: dict, where: str) -> list[str]:
         head = f"{p.get('name', where)}, {p['dtype']}"
         model = f"{t['pipeline']['class']} {t['pipeline']['unet_parameters'] / 1e6:.0f}M UNet"
         base = t["images_per_s"]
-        ref = next(v for k, v in base.items() if k.startswith("batched"))
-        naive = next(v for k, v in base.items() if k.startswith("naive"))
+        ref = next((v for k, v in base.items() if k.startswith("batched")), None)
+        naive = next((v for k, v in base.items() if k.startswith("naive")), None)
         for label, value in base.items():
+            ratios = [f"{value / ref:.2f}× batched" if ref else "", f"{value / naive:.1f}× naive"
+                      if naive else ""]  # fmt: skip
+            ratio = ", ".join(r for r in ratios if r)
             lines.append(
                 f"| {head} | {model}, {t['steps']} steps, batch {t['batch']} | {label} | "
-                f"{value:.2f} ({value / ref:.2f}× batched, {value / naive:.1f}× naive) |"
+                f"{value:.2f}{f' ({ratio})' if ratio else ''} |"
             )
     return lines
 
@@ -450,9 +465,15 @@ def main() -> None:
             else:
                 ckpt, n, batch = args.demo / "models" / "t2medi", args.n or 64, args.batch or 32
             print(f"throughput {dtype} ...", flush=True)
-            doc["throughput"].append(
-                throughput(ckpt, clf, placement, n, batch, args.steps, args.guidance)
-            )
+            slot = len(doc["throughput"])
+
+            def partial(result: dict, slot: int = slot) -> None:
+                doc["throughput"][slot:] = [result]
+                save()
+
+            doc["throughput"][slot:] = [
+                throughput(ckpt, clf, placement, n, batch, args.steps, args.guidance, save=partial)
+            ]
             print(json.dumps(doc["throughput"][-1]["images_per_s"], indent=1), flush=True)
             save()
     if "fid" in sections:
