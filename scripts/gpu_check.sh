@@ -3,12 +3,11 @@
 #
 # For a GPU machine without network access, prepare the wheels and models on this one first,
 # in the repo root:
-#   echo /.whl/ >> .git/info/exclude; mkdir -p .whl
+#   mkdir -p .whl   # .whl/ and .gpu/ are git-ignored: pass them to the GPU machine
 #   for p in diffusers==0.42.1 nilearn nibabel fairlearn safetensors; do
 #     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #       --implementation cp --platform manylinux2014_x86_64 -d .whl "$p"; done
 #   mkdir -p .gpu && cp -r reports/demo/models/classifier .gpu/classifier   # for the benchmark
-#   echo /.gpu/ >> .git/info/exclude
 # Then, on the GPU machine with .whl and .gpu copied into the checkout: bash scripts/gpu_check.sh
 #
 # Steps, each under its own time limit so that one slow step cannot take the others' time:
