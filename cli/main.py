@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {_one_line(exc.format_message())}", file=sys.stderr)
             return 2
         raise
+    if result == 130:  # typer turns Ctrl-C inside a command into a silent Exit(130)
+        print("error: interrupted", file=sys.stderr)
+        return 130
     return result if isinstance(result, int) else 0
 
 

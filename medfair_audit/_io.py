@@ -40,12 +40,36 @@ __all__ = [
 _HELD: set[Path] = set()  # locks this process holds (re-entrant: a run may build its output)
 
 
+def _umask() -> int:
+    """The process's umask (read without changing it where the system says it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: read it by setting it, then put it back
+    os.umask(mask)
+    return mask
+
+
+def _as_created(path: str | os.PathLike[str], *, folder: bool) -> None:
+    """Give a ``mkstemp``/``mkdtemp`` result (0600/0700) the mode a plain create would have.
+
+    Output is meant to be shared (a report on a lab machine): files get ``0666 & ~umask``
+    and folders ``0777 & ~umask``, 0644 and 0755 under the usual umask 022.
+    """
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        _as_created(tmp, folder=False)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -109,6 +133,7 @@ def building_dir(
     with run_lock(out, param=param):
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".building", dir=out.parent))
+        _as_created(tmp, folder=True)
         try:
             yield tmp
         except BaseException:
@@ -138,6 +163,9 @@ def _read_holder(fd: int) -> dict[str, Any]:
 def run_lock(out: str | os.PathLike[str], *, param: str = "out") -> Iterator[Path]:
     """Hold ``<out>.lock`` while a run writes ``out``, so that two runs never write one folder.
 
+    The lock sits beside the real path of ``out`` (symlinks resolved), so ``--out real`` and
+    ``--out link`` (a symlink to ``real``) exclude each other.
+
     The lock is an exclusive ``flock`` on that file, which the kernel drops when its process
     ends in any way: the lock of a killed run is stale by construction and the next run takes it
     over (the file, left behind, is reused). The file names its holder (host, pid, start time,
@@ -147,7 +175,8 @@ def run_lock(out: str | os.PathLike[str], *, param: str = "out") -> Iterator[Pat
     Raises:
         DataError: Another live run holds the lock.
     """
-    out = Path(out).absolute()
+    # The real path: a symlink to a folder and the folder itself are one output, one lock.
+    out = Path(out).resolve()
     lock = out.with_name(out.name + ".lock")
     try:
         import fcntl

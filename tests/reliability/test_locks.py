@@ -148,3 +148,18 @@ def test_two_racing_runs_never_both_hold_the_lock(tmp_path):
         inside += 1 if line.startswith("in ") else -1
         assert inside in (0, 1), entries
     assert len(entries) >= 2
+
+
+def test_a_symlink_to_a_folder_being_written_is_the_same_output(holder, tmp_path):
+    out, proc = holder
+    link = tmp_path / "link"
+    link.symlink_to(out, target_is_directory=True)
+    with pytest.raises(DataError, match=rf"being written by another medfair run \(pid {proc.pid}"):
+        with run_lock(link):
+            pass
+    elsewhere = tmp_path / "sub"
+    elsewhere.mkdir()
+    (elsewhere / "out").symlink_to(out, target_is_directory=True)  # same name, other folder
+    with pytest.raises(DataError, match="being written by another medfair run"):
+        with run_lock(elsewhere / "out"):
+            pass
