@@ -39,7 +39,7 @@ from ..models._training import load_images
 from ..models.attributes import ClassifierSet
 from ..models.attributes import classifier_sha256 as classifier_sha256_of
 from ..models.features import get_extractor
-from ..models.pipelines import generate, load_pipeline, pipeline_info
+from ..models.pipelines import generate, load_pipeline, pipeline_info, truncated_prompts
 from ..progress import ProgressCallback, report
 from ..reporting import image_grid_png, render_audit_html
 from .config import AuditConfig
@@ -250,6 +250,7 @@ def _run(cfg: AuditConfig, state: Any, progress: ProgressCallback | None) -> Aud
     cset.to(cfg.placement.device)
     pipe = load_pipeline(cfg.checkpoint, trust_pickle=cfg.trust_pickle, placement=cfg.placement)
     info = pipeline_info(pipe)
+    truncated = truncated_prompts(pipe, cfg.prompts)
     cfg.speed.apply(pipe)
     extractor = get_extractor(
         cfg.features, clf, trust_pickle=cfg.trust_pickle, device=cfg.placement.device
@@ -370,6 +371,11 @@ def _run(cfg: AuditConfig, state: Any, progress: ProgressCallback | None) -> Aud
         confidence=cfg.confidence,
     )
     remediation, warnings = _remediation(cfg, settings["classifier_sha256"])
+    warnings += [
+        f"prompt {t['prompt']} has {t['tokens']} tokens; the text encoder reads the first "
+        f'{t["limit"]} and the rest is cut: the images follow "{t["kept"]}"'
+        for t in truncated
+    ]
     if not overall["identifiable"]:
         warnings.append(
             "the classifier's confusion matrix is ill-conditioned (condition number "
@@ -467,6 +473,7 @@ def _run(cfg: AuditConfig, state: Any, progress: ProgressCallback | None) -> Aud
         **({"attributes": attributes, "joint": joint} if cset.multi else {}),
         **({"readers": readers_doc} if readers_doc else {}),
         "warnings": warnings,
+        "prompts_truncated": truncated,
         "classifier": {"path": str(cfg.classifier), "evaluation": clf.evaluation}
         if not cset.multi
         else {

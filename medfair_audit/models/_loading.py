@@ -8,8 +8,10 @@ one-line :class:`~medfair_audit.exceptions.ModelError`.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,38 @@ def check_no_pickle(
     return folder
 
 
+class _DropFallbackErrors(logging.Filter):
+    """Drop diffusers' "error" about a missing safetensors file that it then loads around."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (
+            message.startswith("An error occurred while trying to fetch")
+            or message.startswith("Defaulting to unsafe serialization")
+        )
+
+
+@contextlib.contextmanager
+def _quiet_pickle_fallback(trust_pickle: bool) -> Iterator[None]:
+    """Silence diffusers' fallback "error" under ``--trust-pickle``.
+
+    A component without safetensors is then loaded from its pickle file, as asked; diffusers
+    logs that as an error first, which would read as a failure of a run that succeeded.
+    """
+    if not trust_pickle:
+        yield
+        return
+    loggers = [logging.getLogger(n) for n in ("diffusers.models.modeling_utils",)]
+    drop = _DropFallbackErrors()
+    for logger in loggers:
+        logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(drop)
+
+
 def load_pretrained(
     cls: Any,
     folder: str | os.PathLike[str],
@@ -99,9 +133,10 @@ def load_pretrained(
     if marker and not (folder / marker).is_file():
         raise ModelError(f"'{folder}' has no {marker}: not {what} folder", param=param)
     try:
-        return cls.from_pretrained(
-            str(folder), use_safetensors=None if trust_pickle else True, **kwargs
-        )
+        with _quiet_pickle_fallback(trust_pickle):
+            return cls.from_pretrained(
+                str(folder), use_safetensors=None if trust_pickle else True, **kwargs
+            )
     except load_errors() as exc:
         raise ModelError(
             f"cannot load {what} from '{folder}': {exc.__class__.__name__}: {exc}", param=param

@@ -23,7 +23,15 @@ from ..device import Placement, initial_latents
 from ..exceptions import ConfigError, ModelError
 from ._loading import check_no_pickle, load_pretrained
 
-__all__ = ["Speed", "generate", "latent_shape", "load_pipeline", "pipeline_info", "save_pipeline"]
+__all__ = [
+    "Speed",
+    "generate",
+    "latent_shape",
+    "load_pipeline",
+    "pipeline_info",
+    "save_pipeline",
+    "truncated_prompts",
+]
 
 FAMILIES = {
     "StableDiffusionPipeline": "stable-diffusion",
@@ -210,3 +218,22 @@ def save_pipeline(pipe: Any, folder: str | os.PathLike[str]) -> Path:
     folder = Path(folder)
     pipe.save_pretrained(str(folder), safe_serialization=True)
     return folder
+
+
+def truncated_prompts(pipe: Any, prompts: Sequence[str]) -> list[dict[str, Any]]:
+    """The prompts longer than the text encoder reads, which the pipeline cuts silently.
+
+    One entry per such prompt: its index, its length and the limit in tokens (start and end
+    tokens included), and the part the encoder sees.
+    """
+    tokenizer = getattr(pipe, "tokenizer", None)
+    if tokenizer is None:
+        return []
+    limit = int(tokenizer.model_max_length)
+    out = []
+    for i, prompt in enumerate(prompts):
+        ids = tokenizer(prompt, truncation=False, verbose=False).input_ids
+        if len(ids) > limit:
+            kept = tokenizer.decode(ids[1 : limit - 1], skip_special_tokens=True)
+            out.append({"prompt": i, "tokens": len(ids), "limit": limit, "kept": kept})
+    return out

@@ -138,3 +138,25 @@ def test_cli_refuses_an_unavailable_device_before_writing_anything(capsys, tiny_
     code, _, err = run(capsys, *args, "--dtype", "half")
     assert_one_line_error(code, err, "--dtype", "expected auto, float32")
     assert not (tmp_path / "o").exists()
+
+
+def test_prompts_longer_than_the_text_encoder_reads_are_warned_about_and_recorded(
+    tiny_models, tmp_path
+):
+    pipe = load_pipeline(tiny_models["t2medi"])
+    limit = pipe.tokenizer.model_max_length
+    long = "Axial FLAIR MRI of the brain showing a glioma " + "with edema " * limit
+    prompts = [long, "Axial T1-weighted MRI of the brain."]
+    result = run_audit(
+        AuditConfig(
+            checkpoint=tiny_models["t2medi"], classifier=tiny_models["classifier"],
+            prompts=prompts, target=parse_target("male=0.58,female=0.42"), out=tmp_path / "a",
+            generation=GenerationConfig(n_per_prompt=2, seed=2, steps=2, shard_size=2), n_boot=20,
+        )
+    )  # fmt: skip
+    doc = json.loads((tmp_path / "a" / "audit.json").read_text())
+    (cut,) = doc["prompts_truncated"]
+    assert cut["prompt"] == 0 and cut["limit"] == limit and cut["tokens"] > limit
+    assert long.lower().startswith(cut["kept"].split(" with")[0].rstrip())
+    assert [w for w in result.data["warnings"] if w.startswith("prompt 0 has")]
+    assert not [w for w in result.data["warnings"] if w.startswith("prompt 1 has")]

@@ -51,3 +51,25 @@ def test_trusting_pickle_still_loads_safetensors_first(kind, tiny_models, tmp_pa
     else:
         assert load_pipeline(folder, trust_pickle=True).unet is not None
     assert not marker.exists()  # the safetensors file was read, the pickle never opened
+
+
+def test_a_successful_trust_pickle_audit_prints_no_library_error(tiny_models, tmp_path):
+    """A pipeline saved with pickle weights only: diffusers logs its safetensors fallback as an
+    error; the run succeeds, so stderr must not say "error"."""
+    import subprocess
+    import sys
+
+    from medfair_audit.models.sd_like import build_sd_like
+
+    build_sd_like("sd15", "tiny").save_pretrained(tmp_path / "pk", safe_serialization=False)
+    assert not list((tmp_path / "pk" / "unet").glob("*.safetensors"))
+    done = subprocess.run(
+        [sys.executable, "-m", "medfair_cli.main", "audit", str(tmp_path / "pk"),
+         "--trust-pickle", "--classifier", str(tiny_models["classifier"]),
+         "--target", "male=0.58,female=0.42", "--prompt", "Axial FLAIR MRI of the brain.",
+         "--n-per-prompt", "2", "--steps", "2", "--out", str(tmp_path / "a")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "error" not in done.stderr.lower(), done.stderr
+    assert (tmp_path / "a" / "audit.json").is_file()
