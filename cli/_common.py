@@ -34,6 +34,7 @@ OutDir = Annotated[
     ),
 ]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")]
+OverwriteFile = Annotated[bool, typer.Option("--overwrite", help="Replace an existing file.")]
 Seed = Annotated[int, typer.Option("--seed", min=0, help="Seed of every random draw.")]
 TrustPickle = Annotated[
     bool,

@@ -25,6 +25,7 @@ from ._common import (
     AllowOutsideRoot,
     OutDir,
     Overwrite,
+    OverwriteFile,
     Seed,
     out_console,
     progress_bar,
@@ -149,7 +150,7 @@ def target(
             "`medfair data import-brats` folder)."
         ),
     ] = None,
-    overwrite: Overwrite = False,
+    overwrite: OverwriteFile = False,
 ) -> None:
     """Write target subgroup proportions (target.json) from labels or inline values.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import typer
@@ -56,9 +57,45 @@ def _root(
     """Measure and repair demographic bias in text-to-medical-image diffusion models."""
 
 
+#: Library argument names that the CLI takes as positional arguments → their metavar.
+POSITIONAL = {"checkpoint": "CKPT"}
+
+
 def _flag(param: str) -> str:
     """Library argument name → how the user typed it."""
+    if param in POSITIONAL:
+        return POSITIONAL[param]
     return param if param.isupper() or param.startswith("-") else "--" + param.replace("_", "-")
+
+
+#: Click's path checks, said the way medfair's own errors say things.
+_CLICK_PATH = [
+    (
+        re.compile(r"^(?:dir|directory) '(.*)' is a file\.?$", re.I),
+        "expected a folder, got the file '{}'",
+    ),
+    (re.compile(r"^file '(.*)' is a directory\.?$", re.I), "expected a file, got the folder '{}'"),
+    (
+        re.compile(r"^(?:path|file|dir|directory) '(.*)' does not exist\.?$", re.I),
+        "'{}' does not exist",
+    ),
+]
+
+
+def _bad_parameter(exc: Exception) -> str:
+    """``--flag: message`` for click's BadParameter, in medfair's form."""
+    message = _one_line(getattr(exc, "message", "") or str(exc))
+    for pattern, form in _CLICK_PATH:
+        match = pattern.match(message)
+        if match:
+            message = form.format(match.group(1))
+            break
+    param = getattr(exc, "param", None)
+    if param is None:
+        return message
+    names = [o for o in getattr(param, "opts", []) if o.startswith("--")]
+    where = names[0] if names else (param.human_readable_name or "").upper()
+    return f"{where}: {message}" if where else message
 
 
 def _one_line(text: str) -> str:
@@ -113,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         if _is(exc, "Abort"):
             print("error: interrupted", file=sys.stderr)
             return 130
+        if _is(exc, "BadParameter") and not debug:
+            print(f"error: {_bad_parameter(exc)}", file=sys.stderr)
+            return 2
         if _is(exc, "ClickException") and not debug:
             print(f"error: {_one_line(exc.format_message())}", file=sys.stderr)
             return 2

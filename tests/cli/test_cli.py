@@ -278,3 +278,33 @@ def test_installed_console_script():
         pytest.skip("the medfair console script is not installed in this environment")
     proc = subprocess.run([str(exe), "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.startswith("medfair ")
+
+
+def test_click_path_checks_read_like_medfairs_own_errors(capsys, tmp_path):
+    (tmp_path / "file").write_text("x")
+    code, _, err = run(capsys, "demo", "--out", tmp_path / "file")
+    assert_one_line_error(code, err, f"--out: expected a folder, got the file '{tmp_path}/file'")
+    code, _, err = run(
+        capsys, "data", "target", "--target", "male=0.5,female=0.5", "--out", tmp_path
+    )
+    assert_one_line_error(code, err, f"--out: expected a file, got the folder '{tmp_path}'")
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_the_positional_checkpoint_is_named_as_typed(capsys, tmp_path, tiny_models):
+    code, _, err = run(
+        capsys, "audit", tmp_path / "nope", "--classifier", tiny_models["classifier"], "--target",
+        "male=0.5,female=0.5", "--prompt", "brain MRI", "--out", tmp_path / "o",
+    )  # fmt: skip
+    assert_one_line_error(code, err, "CKPT")
+    assert "--checkpoint" not in err
+
+
+def test_overwrite_help_says_what_it_replaces(capsys):
+    def text(out):
+        return " ".join(out.replace("│", " ").split())
+
+    code, out, _ = run(capsys, "data", "target", "--help")
+    assert code == 0 and "Replace an existing file" in text(out)
+    code, out, _ = run(capsys, "data", "phantom", "--help")
+    assert code == 0 and "Replace an existing output folder" in text(out)

@@ -82,7 +82,7 @@ def test_sdxl_is_refused_naming_what_is_supported(sd_like, tiny_models, tmp_path
         "--target", "male=0.58,female=0.42", "--prompt", PROMPTS[0], "--out", tmp_path / "o",
         "--lambda-clip", "0",
     )  # fmt: skip
-    assert_one_line_error(code, err, "--checkpoint", "SDXL", "epsilon or v_prediction")
+    assert_one_line_error(code, err, "CKPT", "SDXL", "epsilon or v_prediction")
     assert not (tmp_path / "o").exists()
 
 

@@ -100,10 +100,10 @@ def _with(base, **swap):
 
 CASES = {
     # audit
-    "audit: checkpoint missing": (["audit", "{B}/nope", *A[2:], "--out", "{B}/o"], "--checkpoint"),
-    "audit: checkpoint is a file": (["audit", "{B}/file.txt", *A[2:], "--out", "{B}/o"], "--checkpoint"),
-    "audit: checkpoint weights cut": (["audit", "{B}/ckpt-cut", *A[2:], "--out", "{B}/o"], "--checkpoint"),
-    "audit: checkpoint index broken": (["audit", "{B}/ckpt-index", *A[2:], "--out", "{B}/o"], "--checkpoint"),
+    "audit: checkpoint missing": (["audit", "{B}/nope", *A[2:], "--out", "{B}/o"], "CKPT"),
+    "audit: checkpoint is a file": (["audit", "{B}/file.txt", *A[2:], "--out", "{B}/o"], "CKPT"),
+    "audit: checkpoint weights cut": (["audit", "{B}/ckpt-cut", *A[2:], "--out", "{B}/o"], "CKPT"),
+    "audit: checkpoint index broken": (["audit", "{B}/ckpt-index", *A[2:], "--out", "{B}/o"], "CKPT"),
     "audit: classifier weights cut": (_with(A, classifier="{B}/clf-cut", out="{B}/o"), "--classifier"),
     "audit: classifier weights empty": (_with(A, classifier="{B}/clf-empty", out="{B}/o"), "--classifier"),
     "audit: target JSON empty": (_with(A, target="{B}/empty.json", out="{B}/o"), "--target"),

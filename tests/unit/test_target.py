@@ -40,11 +40,11 @@ def test_any_normalised_vector_is_accepted_and_round_trips(tmp_path_factory, val
     [
         ("male=0.5,female=0.6", MSG_TARGET_SUM.format(total=1.1)),
         ("male=1.0", MSG_TARGET_TWO_GROUPS.format(n=1)),
-        ("male=1.2,female=-0.2", "non-negative"),
+        ("male=1.2,female=-0.2", "expected a finite proportion ≥ 0 for 'female', got -0.2"),
         ("male=0.5,female=abc", "must be a number"),
         ("male=0.5,male=0.5", "twice"),
         ("male:0.5,female=0.5", "GROUP=PROPORTION"),
-        ("male=nan,female=0.5", "non-negative"),
+        ("male=nan,female=0.5", "expected a finite proportion ≥ 0 for 'male', got nan"),
     ],
 )
 def test_invalid_inline_targets_name_the_problem(spec, needle):
