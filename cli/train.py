@@ -292,7 +292,7 @@ def classifier(
                 *(
                     f"{values[m]:.0f}"
                     if m == "count"
-                    else (f"{values[m]:.3f}" if m in values else "-")
+                    else (f"{values[m]:.3f}" if values.get(m) is not None else "-")
                     for m in metrics
                 ),
             )

@@ -166,6 +166,26 @@ def _prepare_out(cfg: AuditConfig, state: Any) -> None:
     state.wait_for_everyone()
 
 
+def _unidentifiable(evaluation: dict[str, Any], condition: dict[str, float]) -> str:
+    """Why the corrected shares cannot be identified, pointing at the cause where it is known."""
+    groups = evaluation.get("groups") or []
+    rows = evaluation.get("confusion_matrix") or []
+    empty = [g for g, row in zip(groups, rows, strict=False) if not sum(row)]
+    if empty:
+        split = evaluation.get("split", "test")
+        return (
+            f"corrected shares are not identifiable: the classifier's '{split}' split held no "
+            f"{', '.join(repr(g) for g in empty)} image, so its confusion matrix cannot say how "
+            "it reads that group; retrain it with every group in that split (more subjects, or "
+            "a 'split' column); reported as [0, 1]"
+        )
+    return (
+        "the classifier's confusion matrix is ill-conditioned (condition number "
+        f"{max(condition.values()):.3g}): corrected shares are not identifiable and are "
+        "reported as [0, 1]"
+    )
+
+
 def run_audit(
     config: AuditConfig, *, progress: ProgressCallback | None = None
 ) -> AuditResult | None:
@@ -377,11 +397,7 @@ def _run(cfg: AuditConfig, state: Any, progress: ProgressCallback | None) -> Aud
         for t in truncated
     ]
     if not overall["identifiable"]:
-        warnings.append(
-            "the classifier's confusion matrix is ill-conditioned (condition number "
-            f"{max(overall['condition_number'].values()):.3g}): corrected shares are not "
-            "identifiable and are reported as [0, 1]"
-        )
+        warnings.append(_unidentifiable(clf.evaluation or {}, overall["condition_number"]))
     quality = None
     if ref_feats is not None:
         quality, quality_warnings = quality_by_group(

@@ -74,7 +74,7 @@ def _extra_columns(
         name = str(col).strip()
         if name.lower() == "age":
             out[col] = "age"
-        elif name in OWN_COLUMNS or name in ("age", "age_band"):
+        elif name.lower() in OWN_COLUMNS or name.lower() in ("age", "age_band"):
             out[col] = f"table_{name}"
         else:
             out[col] = name

@@ -64,10 +64,14 @@ class ClassifierResult:
     def summary(self) -> list[str]:
         """Lines for a terminal (the per-subgroup table is in ``evaluation["by_group"]``)."""
         ev = self.evaluation
-        auc = "–" if ev["roc_auc"] is None else f"{ev['roc_auc']:.3f}"
+
+        def num(key: str) -> str:
+            return "–" if ev.get(key) is None else f"{ev[key]:.3f}"
+
         return [
-            f"wrote {self.path}: test balanced accuracy {ev['balanced_accuracy']:.3f}, "
-            f"ROC AUC {auc}, ECE {ev['ece']:.3f} (n={ev['n']}) in {self.seconds:.0f} s"
+            f"wrote {self.path}: test balanced accuracy {num('balanced_accuracy')}, "
+            f"ROC AUC {num('roc_auc')}, ECE {num('ece')} (n={ev['n']}) in {self.seconds:.0f} s",
+            *(f"warning: {w}" for w in ev.get("warnings", [])),
         ]
 
 
@@ -142,7 +146,9 @@ class SubgroupClassifier:
             },
         )
         if self.evaluation is not None:
-            atomic_write_json(folder / "evaluation.json", self.evaluation)
+            atomic_write_json(
+                folder / "evaluation.json", finite_or_null(self.evaluation), allow_nan=False
+            )
         return folder
 
     @classmethod
@@ -609,6 +615,62 @@ BY_GROUP_COLUMNS = ("sex", "age_band", "grade", "tumour")
 SPLITS = ("train", "val", "test")
 
 
+def split_warnings(
+    meta: Any, y: torch.Tensor, groups: Sequence[str], parts: dict[str, np.ndarray]
+) -> list[str]:
+    """One line per split that holds no image of some group: what that breaks, what to do.
+
+    A small cohort split 70/15/15 by subject easily leaves a group out of the test split.
+    """
+    out = []
+    unit = "subjects" if "subject" in meta.columns else "images"
+    for name, idx in parts.items():
+        counts = torch.bincount(y[torch.as_tensor(idx)], minlength=len(groups)).tolist()
+        missing = [g for g, c in zip(groups, counts, strict=True) if c == 0]
+        if not missing:
+            continue
+        n_units = meta.iloc[idx]["subject"].nunique() if unit == "subjects" else len(idx)
+        effect = (
+            "its held-out confusion matrix cannot say how the classifier reads that group, so "
+            "an audit with it cannot correct shares"
+            if name == list(parts)[2]
+            else "the classifier cannot learn or calibrate on that group there"
+        )
+        out.append(
+            f"the '{name}' split ({n_units} {unit}) holds no "
+            f"{', '.join(repr(g) for g in missing)} image: {effect}; use more subjects, or "
+            "give metadata.csv a 'split' column (train/val/test) that puts every group in "
+            "each split"
+        )
+    return out
+
+
+def finite_or_null(obj: Any, where: str = "", nulls: dict[str, str] | None = None) -> Any:
+    """``obj`` with every NaN or infinity replaced by ``None``, and ``null_reasons`` saying why.
+
+    ``evaluation.json`` is then valid JSON (no bare ``NaN``), and a metric that is not defined
+    (a rate of a group without images in the test split) is ``null`` with its reason.
+    """
+    top = nulls is None
+    nulls = {} if top else nulls
+    if isinstance(obj, dict):
+        out: Any = {k: finite_or_null(v, f"{where}.{k}" if where else str(k), nulls)
+                    for k, v in obj.items()}  # fmt: skip
+    elif isinstance(obj, (list, tuple)):
+        out = [finite_or_null(v, f"{where}[{i}]", nulls) for i, v in enumerate(obj)]
+    elif isinstance(obj, float) and not np.isfinite(obj):
+        nulls[where] = (
+            "not defined on the test split (a group without images, or a rate with nothing to "
+            "count)"
+        )
+        out = None
+    else:
+        out = obj
+    if top and nulls:
+        out["null_reasons"] = {**out.get("null_reasons", {}), **nulls}
+    return out
+
+
 def _splits(
     meta: Any, seed: int, names: Sequence[str] = SPLITS
 ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], str]:
@@ -785,7 +847,11 @@ def train_classifier(
         ece_uncalibrated=expected_calibration_error(raw, y[test_idx].numpy()),
         best_epoch=best_epoch,
         val_balanced_accuracy=best,
+        warnings=split_warnings(
+            meta, y, groups, dict(zip(splits, (train_idx, val_idx, test_idx), strict=True))
+        ),
     )
+    evaluation = finite_or_null(evaluation)
     seconds = time.perf_counter() - start
     clf.evaluation = evaluation
     with building_dir(out, overwrite=overwrite) as tmp:

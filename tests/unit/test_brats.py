@@ -164,8 +164,8 @@ def test_a_clinical_table_with_f_m_and_age_gives_a_joint_target_without_renaming
     root, _ = brats
     table = tmp_path / "clinical.csv"
     table.write_text(
-        "Subject,Sex,Age,Survival,tumour\n"
-        "Brats18_A_1,M,35,289,x\nBrats18_A_2,Female,61.5,,y\nBrats18_B_1,f,47,400,z\n"
+        "Subject,Sex,Age,Survival,tumour,Grade\n"
+        "Brats18_A_1,M,35,289,x,HGG\nBrats18_A_2,Female,61.5,,y,HGG\nBrats18_B_1,f,47,400,z,LGG\n"
     )
     ds = BratsDataset(root, table, slices_per_subject=2, size=32)
     by_subject = ds.metadata.groupby("subject").first()
@@ -180,6 +180,9 @@ def test_a_clinical_table_with_f_m_and_age_gives_a_joint_target_without_renaming
     }  # fmt: skip
     assert by_subject.Survival.to_dict()["Brats18_A_1"] == "289"
     assert by_subject.table_tumour.to_dict()["Brats18_A_1"] == "x"  # clashes get a prefix
+    assert by_subject.table_Grade.to_dict()["Brats18_B_1"] == "LGG"  # in any case
+    names = [c.lower() for c in ds.metadata.columns]
+    assert len(names) == len(set(names)), list(ds.metadata.columns)  # no grade beside Grade
     out = tmp_path / "imported"
     export_image_folder(ds, out)
     target = target_from_labels(out / "metadata.csv", column=["sex", "age_band"])

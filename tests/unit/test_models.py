@@ -286,3 +286,46 @@ def test_splits_keep_each_subject_in_one_split():
         _splits(leaking, seed=0)
     (_, _, _), unit = _splits(pd.DataFrame({"x": range(40)}), seed=0)
     assert unit == "image"
+
+
+def test_a_small_cohort_whose_test_split_lacks_a_group_says_so_everywhere(
+    small_phantom, tmp_path, tiny_models
+):
+    """A test split without a female image: the classifier warns naming the split and what to
+    do, evaluation.json stays valid JSON (null with a reason, no NaN), and an audit with it says
+    in one line why its shares cannot be corrected."""
+    from medfair_audit import AuditConfig, run_audit
+    from medfair_audit.generation import GenerationConfig
+    from medfair_audit.target import parse_target
+
+    data = tmp_path / "cohort"
+    shutil.copytree(small_phantom, data)
+    meta = pd.read_csv(data / "metadata.csv")
+    test = meta.split == "test"
+    meta.loc[test & (meta.sex == "female"), "split"] = "train"  # the test split: males only
+    assert (meta.split == "test").any() and set(meta[meta.split == "test"].sex) == {"male"}
+    meta.to_csv(data / "metadata.csv", index=False)
+    result = train_classifier(data, tmp_path / "clf", TINY_CLF, attribute="sex")
+
+    def strict(text):
+        def refuse(name):
+            raise ValueError(f"{name} is not JSON")
+
+        return json.loads(text, parse_constant=refuse)
+
+    ev = strict((tmp_path / "clf" / "evaluation.json").read_text())
+    (warning,) = [w for w in ev["warnings"] if "'test' split" in w]
+    assert "no 'female' image" in warning and "'split' column" in warning
+    assert any(line.startswith("warning: the 'test' split") for line in result.summary())
+    assert ev["balanced_accuracy"] is None or np.isfinite(ev["balanced_accuracy"])
+    assert all(v for v in ev.get("null_reasons", {}).values())
+    audit = run_audit(
+        AuditConfig(
+            checkpoint=tiny_models["t2medi"], classifier=tmp_path / "clf",
+            prompts=["Axial FLAIR MRI of the brain."], target=parse_target("male=0.58,female=0.42"),
+            out=tmp_path / "a", generation=GenerationConfig(n_per_prompt=4, steps=2, shard_size=4),
+            n_boot=20,
+        )
+    )  # fmt: skip
+    (why,) = [w for w in audit.data["warnings"] if "not identifiable" in w]
+    assert "'test' split held no 'female' image" in why and "\n" not in why
