@@ -16,6 +16,7 @@ their shards hold the images.
 from __future__ import annotations
 
 import os
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -504,7 +505,55 @@ _LATEX_SPECIAL = {
     "Δ": r"$\Delta$",
     "−": r"$-$",
     "±": r"$\pm$",
+    # Every other symbol the renderers write, in a form pdflatex (no Unicode engine) compiles.
+    "≥": r"$\geq$",
+    "≤": r"$\leq$",
+    "≈": r"$\approx$",
+    "≠": r"$\neq$",
+    "×": r"$\times$",
+    "·": r"$\cdot$",
+    "⊗": r"$\otimes$",
+    "∩": r"$\cap$",
+    "→": r"$\rightarrow$",
+    "∞": r"$\infty$",
+    "√": r"$\surd$",
+    "…": r"\ldots{}",
+    "–": "--",
+    "—": "---",
+    "°": r"$^\circ$",
+    "ᵀ": r"$^{T}$",
+    "⁻": r"$^{-}$",
+    "²": r"$^{2}$",
+    "³": r"$^{3}$",
+    "₀": r"$_{0}$",
+    "₁": r"$_{1}$",
+    "₂": r"$_{2}$",
+    "ₖ": r"$_{k}$",
+    "α": r"$\alpha$",
+    "β": r"$\beta$",
+    "χ": r"$\chi$",
+    "ε": r"$\varepsilon$",
+    "κ": r"$\kappa$",
+    "λ": r"$\lambda$",
+    "μ": r"$\mu$",
+    "σ": r"$\sigma$",
+    "Σ": r"$\Sigma$",
+    "Ĉ": r"$\hat{C}$",
+    "\u0302": "",  # a combining circumflex (written as a hat above)
 }
+
+
+def _latex_char(ch: str) -> str:
+    """One character in a form pdflatex compiles: escaped, a math symbol, or Latin text.
+
+    Letters of the Latin scripts pass through (LaTeX reads UTF-8 input for them); anything else
+    outside ASCII that no rule covers becomes ``?`` rather than a document that fails to build.
+    """
+    if ch in _LATEX_SPECIAL:
+        return _LATEX_SPECIAL[ch]
+    if ord(ch) < 128 or (ord(ch) < 0x250 and unicodedata.category(ch).startswith("L")):
+        return ch
+    return "?"
 
 
 def _latex(text: str) -> str:
@@ -513,7 +562,7 @@ def _latex(text: str) -> str:
     Specials are escaped; line breaks (a blank line would end the paragraph inside a tabular)
     and other runs of whitespace become one space.
     """
-    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in " ".join(text.split()))
+    return "".join(_latex_char(ch) for ch in " ".join(text.split()))
 
 
 def render_latex(columns: Sequence[AuditColumn], paired: Sequence[dict[str, Any]] = ()) -> str:

@@ -414,3 +414,55 @@ def test_the_plot_draws_a_value_that_lies_outside_its_interval():
         },
     }
     assert proportion_plot_png({"m": audit}).startswith(b"\x89PNG")
+
+
+def _renderer_symbols() -> set[str]:
+    """Every non-ASCII character in the sources of what writes report text (a superset of what
+    the renderers can emit: docstrings and comments are scanned too)."""
+    from pathlib import Path
+
+    import medfair_audit
+
+    root = Path(medfair_audit.__file__).parent
+    files = [*(root / "reporting").glob("*.py"), root / "audit" / "result.py",
+             root / "metrics" / "estimates.py", root / "audit" / "readers.py"]  # fmt: skip
+    return {ch for f in files for ch in f.read_text(encoding="utf-8") if ord(ch) > 127}
+
+
+def test_every_symbol_the_renderers_write_has_a_pdflatex_form():
+    from medfair_audit.reporting.compare import _LATEX_SPECIAL, _latex
+
+    symbols = _renderer_symbols()
+    assert {"≥", "≤", "±", "−", "×", "–"} <= symbols  # the scan sees what the tables use
+    import unicodedata
+
+    for ch in sorted(symbols):
+        out = _latex(f"a{ch}b")
+        latin = ord(ch) < 0x250 and unicodedata.category(ch).startswith("L")
+        if latin and ch not in _LATEX_SPECIAL:
+            assert out == f"a{ch}b"  # a Latin letter: LaTeX reads it as UTF-8 input
+            continue
+        assert out.isascii(), (ch, out)
+        assert "?" not in out, f"no rule for {ch!r} (U+{ord(ch):04X})"
+    assert _latex("männlich") == "männlich"  # Latin letters pass (UTF-8 input)
+    assert _latex("男") == "?"  # what pdflatex cannot set is never passed through
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed")
+@pytest.mark.parametrize("example", ["example", "example/attributes"])
+def test_the_committed_example_report_tex_compiles_with_pdflatex(example, tmp_path):
+    from pathlib import Path
+
+    table = Path(__file__).resolve().parents[2] / "reports" / example / "report.tex"
+    assert table.read_text(encoding="utf-8").isascii()
+    (tmp_path / "doc.tex").write_text(
+        "\\documentclass{article}\n\\usepackage{booktabs}\n"
+        "\\usepackage[margin=1cm,landscape]{geometry}\n"
+        f"\\begin{{document}}\n\\input{{{table}}}\n\\end{{document}}\n"
+    )
+    done = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert (tmp_path / "doc.pdf").stat().st_size > 0
