@@ -183,6 +183,31 @@ def measure(demo: Path, plan: dict[str, list[int]]) -> list[dict]:
     return rows
 
 
+#: The name of the rows read off whole demo runs (the default as ``medfair demo`` runs it).
+DEMO_ROWS = "demo (full run)"
+
+
+def demo_rows(folders: list[Path]) -> list[dict]:
+    """One row per finished demo folder: its remediated model's audit (held-out prompts, the
+    evaluator, read by every guide and the reader), labelled with the demo's training seed.
+
+    The demo runs the default with its own settings (2 prompts per step, 64 images per prompt),
+    and each folder retrains every model from its seed: this is the run-to-run spread a user
+    would see, where the variant rows hold the trained models fixed.
+    """
+    rows = []
+    for folder in folders:
+        doc = json.loads((folder / "demo.json").read_text())
+        audit = json.loads((folder / "after" / "audit.json").read_text())
+        tuned = json.loads((folder / "models" / "t2medi-fair" / "remediation.json").read_text())
+        variant = {
+            "guide": Path(tuned["classifier"]).name,
+            "ensemble": tuple(Path(p).name for p in tuned.get("ensemble", ())),
+        }
+        rows.append(row_of(DEMO_ROWS, doc["config"]["seed"], variant, audit, {}))
+    return rows
+
+
 def _readers_spread(row: dict) -> float | None:
     """Largest minus smallest PACC male share among all readers of one run's images."""
     points = [_point(e) for e in row["male"].values()]
@@ -383,6 +408,12 @@ def main() -> None:
     )
     parser.add_argument("--render", action="store_true")
     parser.add_argument(
+        "--demo-runs",
+        type=lambda v: [Path(p) for p in v.split(",") if p],
+        default=[],
+        help="finished demo folders (e.g. reports/demo,reports/demo-seed1) added as rows",
+    )
+    parser.add_argument(
         "--threads", type=int, default=2, help="CPU threads (s/step is measured with them)"
     )
     args = parser.parse_args()
@@ -399,7 +430,7 @@ def main() -> None:
         seeds = [int(s) for s in args.seeds.split(",") if s]
         default_seeds = [int(s) for s in args.default_seeds.split(",") if s]
         plan = {v: default_seeds if v == DEFAULT_VARIANT else seeds for v in variants}
-        rows = measure(args.demo, plan)
+        rows = measure(args.demo, plan) + demo_rows(args.demo_runs)
         doc = summarise(rows, steps=DemoConfig(out=args.demo).remediation.steps)
         doc["seconds"] = time.perf_counter() - start
         (HERE / "transfer.json").write_text(json.dumps(doc, indent=2) + "\n")
