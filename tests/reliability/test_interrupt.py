@@ -11,8 +11,12 @@ import textwrap
 # typer turns KeyboardInterrupt into a silent exit 130) at a known moment.
 CHILD = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys, time
     import medfair_audit
+
+    # As in a terminal: a test runner started in the background hands its children SIGINT
+    # ignored, and Python then keeps ignoring it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from medfair_cli.main import main
 
     def waiting(*args, **kwargs):
