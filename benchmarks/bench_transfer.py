@@ -217,7 +217,9 @@ def _readers_spread(row: dict) -> float | None:
 def closest(doc: dict) -> str | None:
     """The variant whose evaluator reading is nearest the target on average over its seeds."""
     scored = {
-        k: v["target_miss"] for k, v in doc["summary"].items() if v.get("target_miss") is not None
+        k: v["target_miss"]
+        for k, v in doc["summary"].items()
+        if v.get("target_miss") is not None and k != DEMO_ROWS
     }
     return min(scored, key=scored.get) if scored else None
 
@@ -342,11 +344,16 @@ def summary_text(doc: dict) -> str:
         ev = ", ".join(format_estimate(r["male"]["evaluator"], ".1%") for r in runs)
         rd = ", ".join(format_estimate(r["male"]["reader"], ".1%") for r in runs)
         spread = s.get("readers_spread")
+        label = f"`{name}`"
+        if name == DEMO_ROWS:
+            label += f" (training seeds {', '.join(str(r['seed']) for r in runs)}; demo settings)"
         parts.append(
-            f"`{name}`: evaluator {ev}, radiomics reader {rd}, mean gap {_pp(s['mean_gap'])}"
+            f"{label}: evaluator {ev}, radiomics reader {rd}, mean gap {_pp(s['mean_gap'])}"
             + ("" if spread is None else f", readers' spread {spread * 100:.1f} pp")
         )
-    seeds = sorted({r["seed"] for r in doc["rows"] if r["seed"] is not None})
+    seeds = sorted(
+        {r["seed"] for r in doc["rows"] if r["seed"] is not None and r["variant"] != DEMO_ROWS}
+    )
     return (
         f"Measured on the demo's biased model (target {target:.0%} male; PACC male share on the "
         f"held-out prompts; {doc['steps']} steps × {doc['prompts_per_step']} prompt per step; "
