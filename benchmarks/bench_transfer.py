@@ -386,8 +386,14 @@ def _closest_text(doc: dict) -> str:
         else "the evaluator's interval misses the target in some seed"
     )
     gap_ok = s["mean_gap"] is not None and abs(s["mean_gap"]) <= 0.05
+    within = [
+        f"`{k}` (evaluator {'on' if v['evaluator_holds_target'] else 'off'} target)"
+        for k, v in doc["summary"].items()
+        if k != DEMO_ROWS and v["mean_gap"] is not None and abs(v["mean_gap"]) <= 0.05
+    ]
     return (
-        f" Closest to the target under the evaluator: `{best}` (mean miss "
+        (f" Within the ±5 pp gap bar: {', '.join(within)}." if within else "")
+        + f" Closest to the target under the evaluator: `{best}` (mean miss "
         f"{s['target_miss'] * 100:.1f} pp over seeds {', '.join(map(str, s['seeds']))}; "
         f"{verdict}; mean gap {_pp(s['mean_gap'])}, "
         f"{'within' if gap_ok else 'outside'} the ±5 pp bar)."
