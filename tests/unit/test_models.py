@@ -329,3 +329,31 @@ def test_a_small_cohort_whose_test_split_lacks_a_group_says_so_everywhere(
     )  # fmt: skip
     (why,) = [w for w in audit.data["warnings"] if "not identifiable" in w]
     assert "'test' split held no 'female' image" in why and "\n" not in why
+
+
+def test_fine_tuning_from_init_moves_its_vae_and_text_encoder_to_the_training_device(
+    small_phantom, t2i_dir, tmp_path, monkeypatch
+):
+    """With --init and no VAE training, the VAE (which encodes every training image) and the
+    text encoder (which encodes every caption) are moved to the placement's device, not left on
+    the CPU where the pipeline was loaded. Spied on the CPU, with the device spelt ``cpu:0``
+    so that the moves to it stand apart from loading and saving (plain ``cpu``)."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel
+
+    from medfair_audit.device import Placement
+
+    moved = []
+    for cls in (AutoencoderKL, CLIPTextModel):
+        real = cls.to
+
+        def spy(self, *args, _real=real, _name=cls.__name__, **kw):
+            moved.append((_name, args[0] if args else kw.get("device")))
+            return _real(self, *args, **kw)
+
+        monkeypatch.setattr(cls, "to", spy)
+    where = Placement(device=torch.device("cpu", 0), dtype="float32")
+    cfg = T2IConfig(vae_steps=0, unet_steps=1, batch_size=4, checkpoint_every=0)
+    train_t2i(small_phantom, tmp_path / "ft", cfg, init=t2i_dir, placement=where)
+    to_device = {name for name, d in moved if str(d) == "cpu:0"}
+    assert to_device == {"AutoencoderKL", "CLIPTextModel"}, moved
