@@ -60,8 +60,7 @@ def accelerator(device: Any = None) -> Any:
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs
 
-    _pin(device)
-    partial_state(device)  # the process group, with its timeout, if it is not there yet
+    partial_state(device)  # the device pinned, the process group with its timeout, if not yet
     return Accelerator(
         cpu=_cpu(device), kwargs_handlers=[InitProcessGroupKwargs(timeout=PROCESS_GROUP_TIMEOUT)]
     )

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import inspect
 import json
+import math
 import os
 import shutil
 import socket
@@ -34,6 +35,7 @@ __all__ = [
     "file_sha256",
     "folder_sha256",
     "locks_out",
+    "null_non_finite",
     "run_lock",
 ]
 
@@ -95,6 +97,26 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, allow_nan: bool
     """
     text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=allow_nan)
     return atomic_write_text(path, text + "\n")
+
+
+def null_non_finite(node: Any, where: str = "") -> list[str]:
+    """Replace every NaN/inf float in a JSON tree by ``None`` (in place); return where they were."""
+    found = []
+    items = (
+        node.items()
+        if isinstance(node, dict)
+        else enumerate(node)
+        if isinstance(node, list)
+        else ()
+    )
+    for key, value in items:
+        path = f"{where}.{key}" if where else str(key)
+        if isinstance(value, float) and not math.isfinite(value):
+            node[key] = None
+            found.append(path)
+        elif isinstance(value, (dict, list)):
+            found += null_non_finite(value, path)
+    return found
 
 
 def check_out(out: str | os.PathLike[str], *, overwrite: bool, param: str = "out") -> Path:

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .._io import folder_sha256, run_lock
+from .._io import folder_sha256, null_non_finite, run_lock
 from ..attributes import cell_name
 from ..data.datasets import ImageFolderDataset
 from ..exceptions import ConfigError, DataError
@@ -111,26 +111,6 @@ def _remediation(cfg: AuditConfig, classifier_sha256: str) -> tuple[dict | None,
             "audit held-out prompts to judge generalisation"
         )
     return record, warnings
-
-
-def _non_finite(node: Any, where: str = "") -> list[str]:
-    """Replace every NaN/inf float in a JSON tree by ``None`` (in place); return where they were."""
-    found = []
-    items = (
-        node.items()
-        if isinstance(node, dict)
-        else enumerate(node)
-        if isinstance(node, list)
-        else ()
-    )
-    for key, value in items:
-        path = f"{where}.{key}" if where else str(key)
-        if isinstance(value, float) and not np.isfinite(value):
-            node[key] = None
-            found.append(path)
-        elif isinstance(value, (dict, list)):
-            found += _non_finite(value, path)
-    return found
 
 
 def _audit_file(name: str) -> bool:
@@ -528,7 +508,7 @@ def _run(cfg: AuditConfig, state: Any, progress: ProgressCallback | None) -> Aud
         },
     }
     doc = json.loads(json.dumps(doc, default=float))  # plain JSON types, stable on disk
-    for where in _non_finite(doc):  # JSON has no NaN/inf: null, and said so
+    for where in null_non_finite(doc):  # JSON has no NaN/inf: null, and said so
         doc["warnings"].append(f"{where} was not a finite number; written as null")
     table = pd.DataFrame(
         {

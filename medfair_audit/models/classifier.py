@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .._io import atomic_write_json, building_dir, check_out, locks_out
+from .._io import atomic_write_json, building_dir, check_out, locks_out, null_non_finite
 from ..attributes import cell_name, cells, check_level, sort_levels
 from ..config import ClassifierConfig
 from ..data.datasets import ImageFolderDataset
@@ -645,30 +645,24 @@ def split_warnings(
     return out
 
 
-def finite_or_null(obj: Any, where: str = "", nulls: dict[str, str] | None = None) -> Any:
-    """``obj`` with every NaN or infinity replaced by ``None``, and ``null_reasons`` saying why.
+def finite_or_null(evaluation: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``evaluation`` with every NaN or infinity ``None`` and ``null_reasons`` saying why.
+
+    The nulling is the audit's own (:func:`~medfair_audit._io.null_non_finite`); the reason is
+    a classifier's.
 
     ``evaluation.json`` is then valid JSON (no bare ``NaN``), and a metric that is not defined
     (a rate of a group without images in the test split) is ``null`` with its reason.
     """
-    top = nulls is None
-    nulls = {} if top else nulls
-    if isinstance(obj, dict):
-        out: Any = {k: finite_or_null(v, f"{where}.{k}" if where else str(k), nulls)
-                    for k, v in obj.items()}  # fmt: skip
-    elif isinstance(obj, (list, tuple)):
-        out = [finite_or_null(v, f"{where}[{i}]", nulls) for i, v in enumerate(obj)]
-    elif isinstance(obj, float) and not np.isfinite(obj):
-        nulls[where] = (
+    doc = json.loads(json.dumps(evaluation))  # a copy in JSON's own types (tuples as lists)
+    found = null_non_finite(doc)
+    if found:
+        reason = (
             "not defined on the test split (a group without images, or a rate with nothing to "
             "count)"
         )
-        out = None
-    else:
-        out = obj
-    if top and nulls:
-        out["null_reasons"] = {**out.get("null_reasons", {}), **nulls}
-    return out
+        doc["null_reasons"] = {**doc.get("null_reasons", {}), **dict.fromkeys(found, reason)}
+    return doc
 
 
 def _splits(

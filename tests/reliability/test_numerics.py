@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from medfair_audit import AuditConfig, run_audit
+from medfair_audit._io import null_non_finite
 from medfair_audit.audit.quality import quality_by_group
-from medfair_audit.audit.run import _non_finite
 from medfair_audit.generation import GenerationConfig
 from medfair_audit.metrics.accumulators import FeatureMoments
 from medfair_audit.target import parse_target
@@ -98,7 +98,7 @@ def test_fid_and_kid_on_degenerate_features_are_finite_or_explained(kind):
 
 def test_non_finite_values_become_null_and_are_named():
     doc = {"a": 1.0, "b": [0.5, float("nan")], "c": {"d": float("inf"), "e": "x"}, "f": None}
-    assert _non_finite(doc) == ["b.1", "c.d"]
+    assert null_non_finite(doc) == ["b.1", "c.d"]
     assert doc == {"a": 1.0, "b": [0.5, None], "c": {"d": None, "e": "x"}, "f": None}
 
 
