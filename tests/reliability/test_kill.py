@@ -117,13 +117,14 @@ def test_a_remediation_killed_at_20_seeded_points_resumes_to_the_same_weights(
     rng = np.random.default_rng(20261129)
     out = tmp_path / "killed"
     log = out.with_name("killed.partial") / "log.jsonl"
-    # kill points: once a seeded number of steps is logged, after a seeded pause
+    # kill points: once a seeded number of steps is logged, after a seeded pause; in rising order,
+    # so that only the last few can come after the run finished, however fast the machine
     killed = _kill_then_finish(
         _remediate_cmd(tiny_models, out),
         out / "model_index.json",
         lambda: len(log.read_text().splitlines()) if log.is_file() else 0,
-        rng.integers(0, 6, size=KILLS),
-        rng.uniform(0, 1.0, size=KILLS),
+        np.sort(rng.integers(0, 6, size=KILLS)),
+        rng.uniform(0, 0.3, size=KILLS),
     )
     assert killed >= KILLS // 2
     names = ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors")
@@ -159,13 +160,14 @@ def test_a_t2i_training_killed_at_20_seeded_points_resumes_to_the_same_weights(
     out = tmp_path / "killed"
     partial = out.with_name("killed.partial")
     # kill points: once a seeded number of steps (4 VAE, then 8 UNet) is checkpointed, after a
-    # seeded pause
+    # short seeded pause; in rising order, so that only the last few can come after the run
+    # finished, however fast the machine (unsorted, a fast machine finished at the first point)
     killed = _kill_then_finish(
         _t2i_cmd(small_phantom, tiny_models["clip"], out),
         out / "model_index.json",
         lambda: _steps_done(partial),
-        rng.integers(0, 12, size=KILLS),
-        rng.uniform(0, 0.5, size=KILLS),
+        np.sort(rng.integers(0, 12, size=KILLS)),
+        rng.uniform(0, 0.15, size=KILLS),
     )
     assert killed >= KILLS // 2
     names = [f"{part}/diffusion_pytorch_model.safetensors" for part in ("unet", "vae")]
