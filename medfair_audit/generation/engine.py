@@ -6,6 +6,11 @@ finished shard is a ``.safetensors`` file plus a ``.json`` manifest, both rename
 so a killed run that is started again with the same settings skips it. Each shard stores what
 the audit needs downstream (images as uint8, classifier probabilities and features), so the
 expensive part never runs twice.
+
+A plan of many shards (thousands of prompts) would leave two files per shard; instead each
+process gathers its finished shards into packs (a stored ZIP of their files, renamed into place
+complete, then the loose files removed), so the folder holds a bounded number of files. Packs
+change neither the images nor the result, and resume reads loose and packed shards alike.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,14 +26,22 @@ from typing import Any
 
 import torch
 
-from .._io import atomic_write_bytes, atomic_write_json
+from .._io import atomic_file, atomic_write_bytes, atomic_write_json
 from ..config import GenerationConfig
 from ..device import is_out_of_memory
 from ..exceptions import DataError, ResourceError
 from ..progress import ProgressCallback, report
 from .seeds import image_seed
 
-__all__ = ["GenerationConfig", "Shard", "iter_shards", "plan_shards", "run_shards"]
+__all__ = [
+    "GenerationConfig",
+    "Shard",
+    "ShardStore",
+    "iter_shards",
+    "plan_shards",
+    "run_shards",
+    "stored_shards",
+]
 
 
 @dataclass(frozen=True)
@@ -42,6 +56,12 @@ class Shard:
     def name(self) -> str:
         """File stem of the shard."""
         return f"p{self.prompt_index:04d}-i{self.start:07d}"
+
+    @staticmethod
+    def key(name: str) -> tuple[int, int]:
+        """``(prompt_index, start)`` of a shard's file stem (sorts past 9,999 prompts too)."""
+        p, i = name.split("-")
+        return int(p[1:]), int(i[1:])
 
 
 def plan_shards(n_prompts: int, config: GenerationConfig) -> list[Shard]:
@@ -62,15 +82,134 @@ def _to_uint8(images: torch.Tensor) -> torch.Tensor:
     return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
-def load_shard(folder: Path, shard: Shard) -> dict[str, Any] | None:
-    """A finished shard's arrays and manifest, or ``None`` if it is not (completely) there."""
-    from safetensors.torch import load_file
+#: A plan of more shards than this gathers its finished shards into packs (``pack-<first>.zip``,
+#: stored uncompressed) of :func:`pack_size` shards each, so an audit of any number of prompts
+#: ends with about this many files in ``shards/`` (plus one per process); a plan this small or
+#: smaller keeps one ``.safetensors`` and ``.json`` pair per shard.
+MAX_PACKS = 128
+PACK_PREFIX = "pack-"
 
-    meta_path = folder / f"{shard.name}.json"
-    data_path = folder / f"{shard.name}.safetensors"
-    if not (meta_path.is_file() and data_path.is_file()):
-        return None
-    return {"meta": json.loads(meta_path.read_text()), **load_file(str(data_path))}
+
+def pack_size(n_shards: int) -> int:
+    """Shards per pack for a plan of ``n_shards`` (1: no packs, every shard keeps its files)."""
+    return max(1, -(-n_shards // MAX_PACKS))
+
+
+class ShardStore:
+    """The finished shards in a folder, loose or packed, read the same way.
+
+    A loose shard is a ``.safetensors`` and a ``.json`` file; a pack is a stored ZIP of such
+    pairs, its comment the settings hash they were drawn under.
+
+    Args:
+        folder: The shard folder.
+        stamp: Settings hash of the current run: packs written under other settings are left
+            out (see :meth:`drop_stale`); ``None`` reads every pack.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], stamp: str | None = None) -> None:
+        self.folder = Path(folder)
+        self.stale: list[Path] = []
+        self._packed: dict[str, Path] = {}
+        self._open: tuple[Path, zipfile.ZipFile] | None = None
+        for pack in sorted(self.folder.glob(f"{PACK_PREFIX}*.zip")):
+            try:
+                with zipfile.ZipFile(pack) as zf:
+                    comment, members = zf.comment.decode(), zf.namelist()
+            except (zipfile.BadZipFile, UnicodeDecodeError) as exc:
+                raise DataError(
+                    f"'{pack}' is not a readable shard pack ({exc}): delete it and run again to "
+                    "redraw the shards it held",
+                    param="out",
+                ) from exc
+            if stamp is not None and comment != stamp:
+                self.stale.append(pack)
+                continue
+            for member in members:
+                if member.endswith(".json"):
+                    self._packed[member[: -len(".json")]] = pack
+
+    def _loose(self, name: str) -> tuple[Path, Path]:
+        return self.folder / f"{name}.json", self.folder / f"{name}.safetensors"
+
+    def names(self) -> list[str]:
+        """Every finished shard's name, sorted (plan order within a prompt)."""
+        loose = {p.stem for p in self.folder.glob("p*-i*.json") if self._loose(p.stem)[1].is_file()}
+        return sorted(loose | set(self._packed), key=Shard.key)
+
+    def packed(self, shard: Shard) -> bool:
+        """Whether a pack (of this run's settings) holds ``shard``."""
+        return shard.name in self._packed
+
+    def load(self, name: str) -> dict[str, Any] | None:
+        """Shard ``name``'s arrays and manifest, or ``None`` if it is not (completely) there."""
+        from safetensors.torch import load, load_file
+
+        meta_path, data_path = self._loose(name)
+        if meta_path.is_file() and data_path.is_file():
+            return {"meta": json.loads(meta_path.read_text()), **load_file(str(data_path))}
+        pack = self._packed.get(name)
+        if pack is None:
+            return None
+        if self._open is None or self._open[0] != pack:  # shards are read pack after pack
+            self.close()
+            self._open = (pack, zipfile.ZipFile(pack))
+        zf = self._open[1]
+        meta = json.loads(zf.read(f"{name}.json"))
+        return {"meta": meta, **load(zf.read(f"{name}.safetensors"))}
+
+    def close(self) -> None:
+        """Close the pack last read from."""
+        if self._open is not None:
+            self._open[1].close()
+            self._open = None
+
+    def pack(self, shards: Sequence[Shard], stamp: str) -> None:
+        """Gather loose finished ``shards`` into one pack, then remove their loose files.
+
+        The pack is renamed into place complete, so a kill leaves either the loose files or the
+        pack (or both, tidied by :meth:`tidy`): nothing finished is lost.
+        """
+        path = self.folder / f"{PACK_PREFIX}{shards[0].name}.zip"
+        with atomic_file(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
+            zf.comment = stamp.encode()
+            for shard in shards:
+                for file in reversed(self._loose(shard.name)):
+                    zf.write(file, file.name)
+        for shard in shards:
+            self._packed[shard.name] = path
+            for file in self._loose(shard.name):
+                file.unlink(missing_ok=True)
+
+    def tidy(self, shards: Sequence[Shard]) -> None:
+        """Remove the loose files of ``shards`` that a pack of this run's settings holds.
+
+        They are left by a kill between writing a pack and removing what it gathered.
+        """
+        for shard in shards:
+            if shard.name in self._packed:
+                for file in self._loose(shard.name):
+                    file.unlink(missing_ok=True)
+
+    def drop_stale(self) -> None:
+        """Remove packs written under other settings (their shards have been redrawn).
+
+        A pack of this run that has taken such a pack's name stays.
+        """
+        current = set(self._packed.values())
+        for pack in self.stale:
+            if pack not in current:
+                pack.unlink(missing_ok=True)
+        self.stale = []
+
+
+def load_shard(folder: str | os.PathLike[str], shard: Shard) -> dict[str, Any] | None:
+    """A finished shard's arrays and manifest, or ``None`` if it is not (completely) there."""
+    store = ShardStore(folder)
+    try:
+        return store.load(shard.name)
+    finally:
+        store.close()
 
 
 def _finish(
@@ -184,6 +323,11 @@ def run_shards(
     done = 0
     report(progress, "generate", 0, total)
     pending: tuple[Future, Shard] | None = None
+    store = ShardStore(folder, stamp)
+    store.tidy(mine)
+    size = pack_size(len(plan))
+    loose: list[Shard] = []  # finished, not packed yet
+    packing: list[Future] = []
 
     def wait() -> None:
         nonlocal pending
@@ -196,11 +340,23 @@ def run_shards(
         nonlocal done
         done += shard.stop - shard.start
         report(progress, "generate", done, total, **info)
+        if size > 1 and not store.packed(shard):
+            loose.append(shard)
+            if len(loose) >= size:
+                pack()
+
+    def pack() -> None:  # on the writer thread, after the shards it gathers were written
+        group = loose[:]
+        loose.clear()
+        if executor is None:
+            store.pack(group, stamp)
+        else:
+            packing.append(executor.submit(store.pack, group, stamp))
 
     executor = ThreadPoolExecutor(max_workers=1) if overlap else None
     try:
         for shard in mine:
-            existing = load_shard(folder, shard)
+            existing = store.load(shard.name)
             if existing is not None and existing["meta"].get("settings") == stamp:
                 advance(shard, resumed=True)
                 continue
@@ -219,6 +375,11 @@ def run_shards(
             wait()  # at most one shard in flight: memory stays at two batches
             pending = (executor.submit(_finish, *args), shard)
         wait()
+        if loose:
+            pack()
+        for job in packing:
+            job.result()
+        store.drop_stale()
     except Exception as exc:
         if is_out_of_memory(exc):
             raise _out_of_memory(exc, config) from exc
@@ -226,6 +387,7 @@ def run_shards(
     finally:
         if executor is not None:  # a shard already generated is still written
             executor.shutdown(wait=True)
+        store.close()
     return plan
 
 
@@ -235,9 +397,30 @@ def iter_shards(folder: str | os.PathLike[str], plan: Sequence[Shard]) -> Iterat
     Raises:
         DataError: A shard is missing (another process has not finished it).
     """
-    folder = Path(folder)
-    for shard in plan:
-        data = load_shard(folder, shard)
-        if data is None:
-            raise DataError(f"shard {shard.name} is missing from '{folder}'", param="out")
-        yield data
+    store = ShardStore(folder)
+    try:
+        for shard in plan:
+            data = store.load(shard.name)
+            if data is None:
+                raise DataError(f"shard {shard.name} is missing from '{folder}'", param="out")
+            yield data
+    finally:
+        store.close()
+
+
+def stored_shards(
+    folder: str | os.PathLike[str], prompt_index: int | None = None
+) -> Iterator[dict[str, Any]]:
+    """Every finished shard in ``folder`` (loose or packed), in plan order, without a plan.
+
+    For reading a finished audit's images back; only ``prompt_index``'s if given.
+    """
+    store = ShardStore(folder)
+    try:
+        for name in store.names():
+            if prompt_index is None or Shard.key(name)[0] == prompt_index:
+                data = store.load(name)
+                if data is not None:
+                    yield data
+    finally:
+        store.close()

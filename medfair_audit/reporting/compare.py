@@ -642,13 +642,11 @@ def audit_images(folder: str | os.PathLike[str], prompt_index: int | None = None
         ``seeds``, ``images`` (uint8 ``(N, C, H, W)``) and ``probs`` as numpy arrays, or ``None``
         when there are no shards (deleted, or the audit was made elsewhere).
     """
-    from safetensors.torch import load_file
+    from ..generation.engine import stored_shards
 
-    pattern = "p*" if prompt_index is None else f"p{prompt_index:04d}"
-    shards = sorted((Path(folder) / "shards").glob(f"{pattern}-i*.safetensors"))
-    if not shards:
+    parts = list(stored_shards(Path(folder) / "shards", prompt_index))
+    if not parts:
         return None
-    parts = [load_file(str(s)) for s in shards]
     return {k: np.concatenate([s[k].numpy() for s in parts]) for k in ("seeds", "images", "probs")}
 
 

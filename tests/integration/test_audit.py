@@ -418,3 +418,42 @@ def test_a_failed_save_leaves_no_audit_json_and_a_rerun_resumes(tiny_models, tmp
     monkeypatch.undo()
     result = run_audit(config(tiny_models, out, n=2, shard=2))  # unfinished: resumed, no flag
     assert (out / "audit.json").is_file() and result.data["n_images"] == 4
+
+
+def test_a_packed_audit_equals_a_loose_one_and_resumes(tiny_models, tmp_path, monkeypatch):
+    """Shards gathered into packs (here 8 shards in packs of 4) change no result and no resume;
+    the report reads the images back from the packs."""
+    from medfair_audit.generation import engine
+    from medfair_audit.reporting.compare import audit_images
+
+    loose = run_audit(config(tiny_models, tmp_path / "loose", n=4, shard=1))
+    monkeypatch.setattr(engine, "MAX_PACKS", 2)
+
+    class Kill(Exception):
+        pass
+
+    def killer(event):
+        if event.stage == "generate" and event.completed >= 5:
+            raise Kill
+
+    with pytest.raises(Kill):
+        run_audit(config(tiny_models, tmp_path / "packed", n=4, shard=1), progress=killer)
+    shards = sorted(p.name for p in (tmp_path / "packed" / "shards").iterdir())
+    assert shards == [  # 4 shards packed, the 5th loose
+        "p0001-i0000000.json",
+        "p0001-i0000000.safetensors",
+        "pack-p0000-i0000000.zip",
+    ]
+    events = []
+    run_audit(config(tiny_models, tmp_path / "packed", n=4, shard=1), progress=events.append)
+    assert sum(bool(e.info.get("resumed")) for e in events) == 5
+    assert sorted(p.name for p in (tmp_path / "packed" / "shards").iterdir()) == [
+        "pack-p0000-i0000000.zip",
+        "pack-p0001-i0000000.zip",
+    ]
+    for name in ("audit.json", "images.csv"):
+        assert (tmp_path / "packed" / name).read_bytes() == (tmp_path / "loose" / name).read_bytes()
+    for p in (None, 1):
+        a, b = audit_images(tmp_path / "packed", p), audit_images(tmp_path / "loose", p)
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert len(loose.images) == 8

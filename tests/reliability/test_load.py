@@ -1,4 +1,5 @@
-"""Load: a 20,000-image audit runs in flat memory and begins with the 2,000-image audit's images.
+"""Load: a 20,000-image audit runs in flat memory and begins with the 2,000-image audit's images;
+a 10,000-prompt plan leaves a bounded number of files.
 
 Each audit runs in its own process (the tiny SD-1.5-shaped fixture, 1 denoising step), which
 reports its peak resident memory and its current resident memory as generation passes 2,000 and
@@ -14,6 +15,7 @@ import sys
 
 import pandas as pd
 import pytest
+import torch
 
 from medfair_audit.models.sd_like import save_sd_like
 
@@ -89,3 +91,65 @@ def test_bootstrap_replicates_do_not_depend_on_the_memory_block(monkeypatch):
         assert other.keys() == runs[0].keys()
         for kind in runs[0]:
             np.testing.assert_allclose(other[kind], runs[0][kind], rtol=0, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_ten_thousand_prompts_leave_a_few_hundred_files_and_resume(tmp_path):
+    """An audit's plan of 10,000 prompts (one shard each) through the generation engine, with a
+    stand-in pipeline (each image a function of its seed): stopped after 6,000 shards and
+    resumed, it draws only the 4,000 missing ones, ends with one pack per 79 shards (129 files
+    where loose shards would be 20,000), never holds more than a few hundred files while it
+    runs, and every image is the one its seed gives."""
+    from medfair_audit.device import initial_latents
+    from medfair_audit.generation import GenerationConfig
+    from medfair_audit.generation.engine import (
+        MAX_PACKS,
+        iter_shards,
+        pack_size,
+        plan_shards,
+        run_shards,
+    )
+
+    prompts = [f"Axial FLAIR MRI of the brain, case {i}." for i in range(10_000)]
+    cfg = GenerationConfig(n_per_prompt=1)  # the default batch: one shard per prompt
+    folder = tmp_path / "shards"
+    calls, most = [], 0
+
+    def draw(seeds):
+        return initial_latents(seeds, (1, 8, 8)).tanh()
+
+    def generate(prompt, seeds):
+        if len(calls) == 6_000:
+            raise KeyboardInterrupt
+        calls.append(seeds[0])
+        return draw(seeds)
+
+    def analyse(images):
+        return images.flatten(1)[:, :2].softmax(1), images.flatten(1)[:, :4]
+
+    def count(event):
+        nonlocal most
+        if event.completed % 250 == 0:
+            most = max(most, sum(1 for _ in folder.iterdir()))
+
+    def run():
+        return run_shards(
+            generate, prompts, cfg, folder, analyse=analyse, settings={}, progress=count
+        )
+
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    first = list(calls)
+    calls.clear()
+    plan = run()
+    assert len(first) == 6_000 and len(calls) == 4_000 and not set(first) & set(calls)
+    size = pack_size(len(plan))
+    files = sorted(p.name for p in folder.iterdir())
+    print(f"{len(plan)} shards in {len(files)} files (packs of {size}); {most} at most")
+    assert size == 79 and len(files) == -(-10_000 // size) <= MAX_PACKS + 1
+    assert all(f.startswith("pack-") for f in files)
+    assert most <= MAX_PACKS + 2 * size + 4  # packs, plus the shards waiting for their pack
+    assert [s.name for s in plan] == [s.name for s in plan_shards(10_000, cfg)]
+    for shard in iter_shards(folder, plan):
+        want = ((draw(shard["seeds"].tolist()).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        assert torch.equal(shard["images"], want)
