@@ -42,7 +42,7 @@ from medfair_audit.demo import HELD_OUT_PROMPTS, TRAIN_PROMPTS, DemoConfig
 from medfair_audit.generation import GenerationConfig
 from medfair_audit.models.clip import CLIP, encode_images
 from medfair_audit.remediation import remediate
-from medfair_audit.reporting.compare import audit_images
+from medfair_audit.reporting.html import audit_images
 from medfair_audit.target import Target
 
 LAMBDAS = (0.0, 1.0, 4.0)

@@ -154,7 +154,8 @@ def render_audit_html(result: Any) -> str:
 
     The report template with one column.
     """
-    from .compare import AuditColumn, render_html
+    from .html import render_html
+    from .tables import AuditColumn
 
     return render_html(
         [AuditColumn("model", result.data, result.folder, result.grids, result.images)]

@@ -424,7 +424,7 @@ def test_a_packed_audit_equals_a_loose_one_and_resumes(tiny_models, tmp_path, mo
     """Shards gathered into packs (here 8 shards in packs of 4) change no result and no resume;
     the report reads the images back from the packs."""
     from medfair_audit.generation import engine
-    from medfair_audit.reporting.compare import audit_images
+    from medfair_audit.reporting.html import audit_images
 
     loose = run_audit(config(tiny_models, tmp_path / "loose", n=4, shard=1))
     monkeypatch.setattr(engine, "MAX_PACKS", 2)

@@ -9,12 +9,8 @@ from pathlib import Path
 import pytest
 
 from medfair_audit.audit import audit_schema
-from medfair_audit.reporting.compare import (
-    comparisons,
-    load_audit,
-    paired_analysis,
-    render_markdown,
-)
+from medfair_audit.reporting.markdown import render_markdown
+from medfair_audit.reporting.tables import comparisons, load_audit, paired_analysis
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "reports" / "example"

@@ -15,7 +15,8 @@ import pytest
 from medfair_audit import AuditConfig, run_audit
 from medfair_audit.generation import GenerationConfig
 from medfair_audit.remediation import RemediationConfig, remediate
-from medfair_audit.reporting.compare import headline_rows, load_audit, write_report
+from medfair_audit.reporting.compare import write_report
+from medfair_audit.reporting.tables import headline_rows, load_audit
 from medfair_audit.target import parse_target
 from tests.cli.test_cli import assert_one_line_error, run
 
@@ -81,7 +82,7 @@ def test_html_report_is_self_contained_and_compares(audits, tmp_path):
 
 
 def test_paired_summary_matches_the_image_tables(audits):
-    from medfair_audit.reporting.compare import paired_images
+    from medfair_audit.reporting.html import paired_images
 
     before, after = load_audit(audits / "before", "before"), load_audit(audits / "after", "after")
     paired = paired_images(before, after)
@@ -143,7 +144,7 @@ def test_censored_values_show_as_bounds_and_give_no_change(audits):
     rows = headline_rows([before, after])
     row = next(r for r in rows if r["measure"] == "female share, corrected (PACC)")
     assert row["cells"][0]["bound"] == ("≤", 0.023) and row["deltas"] == [None]
-    from medfair_audit.reporting.compare import format_rows
+    from medfair_audit.reporting.tables import format_rows
 
     _, text = format_rows([before, after])
     cell = next(r for r in text if r[0] == "female share, corrected (PACC)")
@@ -199,7 +200,7 @@ def test_cli_report_formats_and_bad_input(capsys, audits, tmp_path):
 def test_columns_change_only_within_one_classifier(audits, tmp_path):
     """A third audit by another classifier gets no Δ against the first two, and the evaluator
     table says which classifier the remediation was tuned against."""
-    from medfair_audit.reporting.compare import comparisons, evaluator_rows
+    from medfair_audit.reporting.tables import comparisons, evaluator_rows
 
     other = tmp_path / "other-clf"
     shutil.copytree(audits / "after", other)
@@ -365,7 +366,7 @@ def test_every_user_string_is_escaped_in_html_markdown_and_latex(audits, tmp_pat
     tex = write_report([before, after], tmp_path / "r.tex", labels=labels).read_text()
     assert "<" not in tex and ">" not in tex
     assert r"L1\textless{}script\textgreater{}" in tex and r"\% \textbackslash{} \{\}" in tex
-    from medfair_audit.reporting.compare import _LATEX_SPECIAL
+    from medfair_audit.reporting.latex import _LATEX_SPECIAL
 
     math = tex.split("\n", 1)[1]  # the symbols' own math forms removed, nothing else may remain
     for form in sorted({v for v in _LATEX_SPECIAL.values() if v.startswith("$")}, key=len)[::-1]:
@@ -434,7 +435,7 @@ def _renderer_symbols() -> set[str]:
 
 
 def test_every_symbol_the_renderers_write_has_a_pdflatex_form():
-    from medfair_audit.reporting.compare import _LATEX_SPECIAL, _latex
+    from medfair_audit.reporting.latex import _LATEX_SPECIAL, _latex
 
     symbols = _renderer_symbols()
     assert {"≥", "≤", "±", "−", "×", "–"} <= symbols  # the scan sees what the tables use

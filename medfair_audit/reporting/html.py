@@ -1,0 +1,196 @@
+"""The report as one self-contained HTML file.
+
+Plots and images are embedded as data URIs; Jinja2 renders with autoescaping on. Paired grids
+show the same seed before and after: audits made with the same ``--seed``, prompts and number of
+images draw the same initial noise for image ``i`` of prompt ``p``, and their shards hold the
+images (read through :func:`medfair_audit.generation.engine.stored_shards`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .readers import has_readers, reader_rows, support_rows
+from .tables import (
+    READERS_CAPTION,
+    SUPPORT_CAPTION,
+    AuditColumn,
+    _title,
+    comparisons,
+    evaluator_rows,
+    format_rows,
+    paired_rows,
+)
+
+__all__ = ["audit_images", "paired_images", "render_html"]
+
+
+def audit_images(folder: str | os.PathLike[str], prompt_index: int | None = None) -> dict | None:
+    """The arrays an audit's shards hold, concatenated in plan order (per prompt, by image).
+
+    Args:
+        folder: The audit's output folder (with ``shards/``).
+        prompt_index: Only this prompt's images; ``None`` for all.
+
+    Returns:
+        ``seeds``, ``images`` (uint8 ``(N, C, H, W)``) and ``probs`` as numpy arrays, or ``None``
+        when there are no shards (deleted, or the audit was made elsewhere).
+    """
+    from ..generation.engine import stored_shards
+
+    parts = list(stored_shards(Path(folder) / "shards", prompt_index))
+    if not parts:
+        return None
+    return {k: np.concatenate([s[k].numpy() for s in parts]) for k in ("seeds", "images", "probs")}
+
+
+def paired_images(
+    before: AuditColumn, after: AuditColumn, *, per_prompt: int = 8
+) -> dict[str, Any] | None:
+    """Images with the same prompt and seed in two audits, and how they changed.
+
+    Returns:
+        ``None`` when the audits share no seeds (or their shards are gone); otherwise ``pairs``
+        (per prompt: prompt, PNG of two rows, predicted groups before/after) and ``summary``
+        (number of pairs, share whose predicted group changed, mean absolute pixel change).
+    """
+    from . import image_grid_png
+
+    if before.folder is None or after.folder is None:
+        return None
+    groups = before.data["groups"]
+    prompts_a = before.data["config"].get("prompts", [])
+    prompts_b = after.data["config"].get("prompts", [])
+    pairs, changed, n, diffs = [], 0, 0, []
+    for p, prompt in enumerate(prompts_a):
+        if p >= len(prompts_b) or prompts_b[p] != prompt:
+            continue
+        a, b = audit_images(before.folder, p), audit_images(after.folder, p)
+        if a is None or b is None:
+            continue
+        common, ia, ib = np.intersect1d(a["seeds"], b["seeds"], return_indices=True)
+        if not len(common):
+            continue
+        order = np.argsort(ia)
+        ia, ib = ia[order], ib[order]
+        la, lb = a["probs"][ia].argmax(1), b["probs"][ib].argmax(1)
+        changed += int((la != lb).sum())
+        n += len(ia)
+        diffs.append(np.abs(a["images"][ia].astype(np.int16) - b["images"][ib].astype(np.int16)))
+        k = min(per_prompt, len(ia))
+        grid = np.concatenate([a["images"][ia[:k]], b["images"][ib[:k]]])
+        pairs.append(
+            {
+                "prompt": prompt,
+                "png": image_grid_png(grid, cols=k),
+                "before": [groups[i] for i in la[:k]],
+                "after": [groups[i] for i in lb[:k]],
+            }
+        )
+    if not n:
+        return None
+    return {
+        "before": before.label,
+        "after": after.label,
+        "pairs": pairs,
+        "summary": {
+            "n_pairs": n,
+            "changed_group": changed / n,
+            "mean_abs_pixel_change": float(np.mean(np.concatenate([d.ravel() for d in diffs]))),
+        },
+    }
+
+
+def _plot(columns: Sequence[AuditColumn]) -> bytes:
+    from . import proportion_plot_png
+
+    return proportion_plot_png({c.label: c.data for c in columns})
+
+
+def _shrink_png(png: bytes, factor: int = 2) -> bytes:
+    import io
+
+    from PIL import Image
+
+    im = Image.open(io.BytesIO(png))
+    im = im.resize((max(1, im.width // factor), max(1, im.height // factor)), Image.BILINEAR)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def render_html(
+    columns: Sequence[AuditColumn],
+    *,
+    paired: bool = True,
+    small: bool = False,
+    paired_stats: Sequence[dict[str, Any]] = (),
+    figures: Sequence[tuple[str, bytes]] = (),
+) -> str:
+    """The self-contained HTML report (one audit renders alone as well).
+
+    Args:
+        columns: The audits, in column order.
+        paired: Add paired grids of the seeds the first audit shares with each later one.
+        small: Half-size grids and fewer pairs (for a report committed to a repository).
+        paired_stats: :func:`~.tables.paired_analysis` results to show.
+        figures: ``(caption, PNG bytes)`` shown in the methods section (e.g. the
+            fairness–quality trade-off of ``benchmarks/bench_tradeoff.py``).
+    """
+    from . import _env
+
+    header, rows = format_rows(columns)
+    pairs = []
+    if paired:
+        for j, i in comparisons(columns):
+            p = paired_images(columns[j], columns[i], per_prompt=6 if small else 8)
+            if p is not None:
+                pairs.append(p)
+    if small:
+        columns = [
+            AuditColumn(
+                c.label, c.data, c.folder, {g: _shrink_png(v) for g, v in c.grids.items()}, c.images
+            )
+            for c in columns
+        ]
+        for p in pairs:
+            for q in p["pairs"]:
+                q["png"] = _shrink_png(q["png"])
+    from .. import __version__
+    from .joint import joint_heatmap_png, joint_rows, marginal_rows
+
+    versions = {"medfair (report)": __version__}
+    joint = None
+    if all(c.data.get("joint") for c in columns):
+        joint = {
+            "heatmap": joint_heatmap_png(columns),
+            "cells": joint_rows(columns),
+            "marginals": marginal_rows(columns),
+            "data": columns[0].data["joint"],
+        }
+    return (
+        _env()
+        .get_template("report.html.j2")
+        .render(
+            columns=columns,
+            first=columns[0].data,
+            header=header,
+            rows=rows,
+            plot=_plot(columns),
+            pairs=pairs,
+            paired_stats=[(p, paired_rows(p)) for p in paired_stats],
+            evaluators=evaluator_rows(columns),
+            figures=list(figures),
+            title=_title(columns),
+            report_versions=versions,
+            joint=joint,
+            readers=(reader_rows(columns), support_rows(columns)) if has_readers(columns) else None,
+            readers_caption=READERS_CAPTION,
+            support_caption=SUPPORT_CAPTION,
+        )
+    )

@@ -1,0 +1,162 @@
+"""The report as LaTeX ``table`` floats (booktabs), every user string escaped."""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Sequence
+from typing import Any
+
+from .readers import has_readers, reader_rows, support_rows
+from .tables import (
+    READERS_CAPTION,
+    SUPPORT_CAPTION,
+    AuditColumn,
+    _title,
+    format_rows,
+    paired_rows,
+)
+
+__all__ = ["render_latex"]
+
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "|": r"\textbar{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+    "^": r"\textasciicircum{}",
+    "‖": r"$\Vert$",
+    "Δ": r"$\Delta$",
+    "−": r"$-$",
+    "±": r"$\pm$",
+    # Every other symbol the renderers write, in a form pdflatex (no Unicode engine) compiles.
+    "≥": r"$\geq$",
+    "≤": r"$\leq$",
+    "≈": r"$\approx$",
+    "≠": r"$\neq$",
+    "×": r"$\times$",
+    "·": r"$\cdot$",
+    "⊗": r"$\otimes$",
+    "∩": r"$\cap$",
+    "→": r"$\rightarrow$",
+    "∞": r"$\infty$",
+    "√": r"$\surd$",
+    "…": r"\ldots{}",
+    "–": "--",
+    "—": "---",
+    "°": r"$^\circ$",
+    "ᵀ": r"$^{T}$",
+    "⁻": r"$^{-}$",
+    "²": r"$^{2}$",
+    "³": r"$^{3}$",
+    "₀": r"$_{0}$",
+    "₁": r"$_{1}$",
+    "₂": r"$_{2}$",
+    "ₖ": r"$_{k}$",
+    "α": r"$\alpha$",
+    "β": r"$\beta$",
+    "χ": r"$\chi$",
+    "ε": r"$\varepsilon$",
+    "κ": r"$\kappa$",
+    "λ": r"$\lambda$",
+    "μ": r"$\mu$",
+    "σ": r"$\sigma$",
+    "Σ": r"$\Sigma$",
+    "Ĉ": r"$\hat{C}$",
+    "\u0302": "",  # a combining circumflex (written as a hat above)
+}
+
+
+def _latex_char(ch: str) -> str:
+    """One character in a form pdflatex compiles: escaped, a math symbol, or Latin text.
+
+    Letters of the Latin scripts pass through (LaTeX reads UTF-8 input for them); anything else
+    outside ASCII that no rule covers becomes ``?`` rather than a document that fails to build.
+    """
+    if ch in _LATEX_SPECIAL:
+        return _LATEX_SPECIAL[ch]
+    if ord(ch) < 128 or (ord(ch) < 0x250 and unicodedata.category(ch).startswith("L")):
+        return ch
+    return "?"
+
+
+def _latex(text: str) -> str:
+    """User text safe in a LaTeX table cell.
+
+    Specials are escaped; line breaks (a blank line would end the paragraph inside a tabular)
+    and other runs of whitespace become one space.
+    """
+    return "".join(_latex_char(ch) for ch in " ".join(text.split()))
+
+
+def render_latex(columns: Sequence[AuditColumn], paired: Sequence[dict[str, Any]] = ()) -> str:
+    """The headline table (and paired tables) as LaTeX ``table`` floats with booktabs rules."""
+    conf = round(100 * columns[0].data.get("confidence", 0.95))
+
+    def table(head: list[str], body: list[list[str]], caption: str, label: str) -> list[str]:
+        out = [
+            "\\begin{table}[t]",
+            "\\centering",
+            "\\small",
+            "\\begin{tabular}{l" + "r" * (len(head) - 1) + "}",
+            "\\toprule",
+            " & ".join(_latex(h) for h in head) + " \\\\",
+            "\\midrule",
+        ]
+        out += [" & ".join(_latex(x) for x in r) + " \\\\" for r in body]
+        out += [
+            "\\bottomrule",
+            "\\end{tabular}",
+            f"\\caption{{{caption}}}",
+            f"\\label{{{label}}}",
+            "\\end{table}",
+        ]
+        return out
+
+    lines = ["% medfair report; needs \\usepackage{booktabs}"]
+    lines += table(
+        *format_rows(columns),
+        _latex(_title(columns)[:1].upper() + _title(columns)[1:])
+        + f", with {conf}\\% intervals; censored values are shown as their bound; FID/KID "
+        "at a common subsample size (mean $\\pm$ sd over draws).",
+        "tab:medfair",
+    )
+    if all(c.data.get("joint") for c in columns):
+        from .joint import joint_rows, marginal_rows
+
+        j = columns[0].data["joint"]
+        lines += table(
+            *joint_rows(columns),
+            f"Joint cells ({_latex(' × '.join(j['attributes']))}): {j['reading'].upper()} shares "
+            f"with {conf}\\% intervals, images per cell and Holm-adjusted p of share = target "
+            f"(* rejected at {j['holm']['alpha']:g}; constrained: projected onto the simplex "
+            "because another cell is censored).",
+            "tab:medfair-joint",
+        )
+        lines += table(
+            *marginal_rows(columns),
+            f"Marginal shares of each attribute with {conf}\\% intervals, and Shen et al.'s "
+            "bias (mean absolute difference over pairs of groups).",
+            "tab:medfair-marginals",
+        )
+    if has_readers(columns):
+        for rows, caption, label in (
+            (reader_rows(columns), READERS_CAPTION, "tab:medfair-readers"),
+            (support_rows(columns), SUPPORT_CAPTION, "tab:medfair-support"),
+        ):
+            if rows[1]:
+                lines += table(*rows, _latex(caption), label)
+    for i, p in enumerate(paired):
+        lines += table(
+            *paired_rows(p),
+            "Paired comparison of images with the same prompt and seed.",
+            f"tab:medfair-paired{i or ''}",
+        )
+    return "\n".join(lines) + "\n"
