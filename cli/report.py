@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import Overwrite, out_console
+from ._common import OverwriteFile, out_console
 
 
 def report(
@@ -40,14 +40,15 @@ def report(
             help="A PNG to show in the methods section (repeatable), e.g. a trade-off plot."
         ),
     ] = None,
-    overwrite: Overwrite = False,
+    overwrite: OverwriteFile = False,
 ) -> None:
     """Compare audits side by side: proportions against the target, distances, quality.
 
     HTML is one self-contained file: headline table with intervals and the change between
-    columns, a bar plot with the target line, per-prompt tables, image grids per group, paired
-    grids of the same seeds before and after, the classifier's own accuracy, and the methods
-    (checkpoint hashes, seeds, versions). md and latex give the headline table for a paper
+    columns, a forest plot of the shares (one panel per group, every series labelled, target
+    line), per-prompt tables, image grids per group, paired grids of the same seeds before and
+    after, the classifier's own accuracy, and the methods (checkpoint hashes, seeds,
+    versions). md and latex give the headline table for a paper
     (LaTeX needs booktabs).
 
     For example:

@@ -71,78 +71,101 @@ def image_grid_png(images: Any, cols: int = 8) -> bytes:
     return buf.getvalue()
 
 
-def proportion_plot_png(audits: dict[str, dict[str, Any]]) -> bytes:
-    """Bar plot of group proportions (labels and corrected, with intervals) and the target line.
+#: The headline figure's width in inches (at 110 dpi about 790 px: it fits a printed page and,
+#: scaled down by the page's CSS, an 800-px window).
+PLOT_WIDTH_IN = 7.2
 
-    A censored corrected share has no bar, only its interval.
+
+def _plot_series(audits: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One series per (audit, reading): the classifier's labels, then the headline reading."""
+    out = []
+    for m, (label, audit) in enumerate(audits.items()):
+        for kind in ("raw", audit["default_reading"]):
+            out.append(
+                {
+                    "name": f"{label} · {'labels' if kind == 'raw' else kind.upper()}",
+                    "model": m,
+                    "labels": kind == "raw",
+                    "shares": audit["proportions"].get(kind, {}),
+                }
+            )
+    return out
+
+
+def proportion_plot_png(audits: dict[str, dict[str, Any]]) -> bytes:
+    """Forest plot of group shares with intervals against the target, one small panel per group.
+
+    Each panel lists every series (audit · reading) by name, with its point estimate and
+    interval, and the group's target as a dashed line. A censored share has no point: its
+    interval is drawn with an open end at the bound. A point outside its own interval (a
+    simplex-constrained value) is drawn where it is, hollow.
 
     Args:
         audits: Label → ``audit.json`` content (one or more models).
     """
+    import math
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import pandas as pd
-    import seaborn as sns
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import PercentFormatter
 
-    rows = []
-    for label, audit in audits.items():
-        for kind in ("raw", audit["default_reading"]):
-            for g, v in audit["proportions"].get(kind, {}).items():
-                value = v["value"]
-                rows.append(
-                    {
-                        "model": label,
-                        "reading": "labels" if kind == "raw" else kind.upper(),
-                        "group": g,
-                        "value": 0.0 if value is None else value,  # censored: no bar
-                        "mid": (v["ci"][0] + v["ci"][1]) / 2 if value is None else value,
-                        "lo": v["ci"][0],
-                        "hi": v["ci"][1],
-                    }
-                )
-    frame = pd.DataFrame(rows)
-    groups = list(next(iter(audits.values()))["groups"])
-    target = next(iter(audits.values()))["target"]
-    fig, ax = plt.subplots(figsize=(1.6 + 1.8 * len(groups) * len(audits), 3.2), dpi=110)
-    frame["bar"] = frame["model"] + " · " + frame["reading"]
-    sns.barplot(
-        frame, x="group", y="value", hue="bar", order=groups, ax=ax, errorbar=None, palette="muted"
-    )
-    for patch_group, (_, sub) in zip(ax.containers, frame.groupby("bar", sort=False), strict=False):
-        sub = sub.set_index("group").loc[groups]
-        xs = [p.get_x() + p.get_width() / 2 for p in patch_group]
-        # a point estimate may sit outside its percentile interval (bootstrap skew, or a
-        # simplex-constrained value): the bar shows the value, the whisker the interval
-        mid = sub["mid"].clip(lower=sub["lo"], upper=sub["hi"])
-        ax.errorbar(
-            xs,
-            mid,
-            yerr=[mid - sub["lo"], sub["hi"] - mid],
-            fmt="none",
-            ecolor="black",
-            capsize=3,
-            lw=1,
-        )
-    for i, g in enumerate(groups):
-        ax.hlines(
-            target[g],
-            i - 0.45,
-            i + 0.45,
-            colors="crimson",
-            linestyles="--",
-            lw=2,
-            label="target" if i == 0 else None,
-        )
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("share of images")
-    ax.set_xlabel("")
-    ax.legend(fontsize=7, loc="upper left", frameon=False)
-    sns.despine(fig)
+    first = next(iter(audits.values()))
+    groups, target = list(first["groups"]), first["target"]
+    series = _plot_series(audits)
+    cols = min(len(groups), 3)
+    rows = math.ceil(len(groups) / cols)
+    height = 0.55 + rows * (0.45 + 0.24 * len(series))
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(PLOT_WIDTH_IN, height), dpi=110, sharex=True, sharey=True,
+        squeeze=False,
+    )  # fmt: skip
+    palette = plt.get_cmap("tab10")
+    ys = list(range(len(series)))
+    for k, ax in enumerate(axes.flat):
+        if k >= len(groups):
+            ax.set_visible(False)
+            continue
+        g = groups[k]
+        for y, s in zip(ys, series, strict=True):
+            e = s["shares"].get(g)
+            if not e:
+                continue
+            color = palette(s["model"] % 10)
+            lo, hi = e["ci"]
+            ax.hlines(y, lo, hi, color=color, lw=1.6)
+            value = e.get("value")
+            if value is None:  # censored (or not identifiable): the interval alone
+                ax.plot([lo, hi], [y, y], "|", color=color, ms=7)
+                continue
+            inside = lo - 1e-12 <= value <= hi + 1e-12
+            ax.plot(
+                value, y, "s" if s["labels"] else "o", ms=5, color=color,
+                mfc=color if inside else "white",
+            )  # fmt: skip
+        ax.axvline(target[g], color="crimson", ls="--", lw=1.2)
+        ax.set_title(g, fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.set_xticks([0, 0.25, 0.5, 0.75, 1] if cols > 2 else [0, 0.2, 0.4, 0.6, 0.8, 1])
+        ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+        ax.tick_params(labelsize=7)
+        ax.grid(axis="x", color="#e5e5e5", lw=0.6)
+        ax.set_axisbelow(True)
+    axes[0][0].set_yticks(ys, [s["name"] for s in series])
+    axes[0][0].set_ylim(len(series) - 0.5, -0.5)  # the first series on top
+    handles = [
+        Line2D([], [], color="crimson", ls="--", label="target"),
+        Line2D([], [], color="gray", marker="s", ls="", label="classifier's labels"),
+        Line2D([], [], color="gray", marker="o", ls="", label="corrected"),
+        Line2D([], [], color="gray", marker="o", mfc="white", ls="", label="outside its interval"),
+        Line2D([], [], color="gray", marker="|", ls="-", label="censored: interval only"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=7, frameon=False)
     with warnings.catch_warnings():  # long group or column names: the plot is still drawn
         warnings.filterwarnings("ignore", "Tight layout not applied", UserWarning)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0.2 / height + 0.02, 1, 1))
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)

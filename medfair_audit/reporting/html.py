@@ -17,6 +17,7 @@ import numpy as np
 
 from .readers import has_readers, reader_rows, support_rows
 from .tables import (
+    CONSTRAINED_NOTE,
     READERS_CAPTION,
     SUPPORT_CAPTION,
     AuditColumn,
@@ -24,6 +25,7 @@ from .tables import (
     comparisons,
     evaluator_rows,
     format_rows,
+    has_constrained,
     paired_rows,
 )
 
@@ -181,6 +183,7 @@ def render_html(
             first=columns[0].data,
             header=header,
             rows=rows,
+            constrained_note=CONSTRAINED_NOTE if has_constrained(rows) else None,
             plot=_plot(columns),
             pairs=pairs,
             paired_stats=[(p, paired_rows(p)) for p in paired_stats],

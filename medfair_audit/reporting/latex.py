@@ -8,11 +8,13 @@ from typing import Any
 
 from .readers import has_readers, reader_rows, support_rows
 from .tables import (
+    CONSTRAINED_NOTE,
     READERS_CAPTION,
     SUPPORT_CAPTION,
     AuditColumn,
     _title,
     format_rows,
+    has_constrained,
     paired_rows,
 )
 
@@ -121,11 +123,14 @@ def render_latex(columns: Sequence[AuditColumn], paired: Sequence[dict[str, Any]
         return out
 
     lines = ["% medfair report; needs \\usepackage{booktabs}"]
+    header, rows = format_rows(columns)
+    constrained = f"; {_latex(CONSTRAINED_NOTE)}" if has_constrained(rows) else ""
     lines += table(
-        *format_rows(columns),
+        header,
+        rows,
         _latex(_title(columns)[:1].upper() + _title(columns)[1:])
-        + f", with {conf}\\% intervals; censored values are shown as their bound; FID/KID "
-        "at a common subsample size (mean $\\pm$ sd over draws).",
+        + f", with {conf}\\% intervals; censored values are shown as their bound{constrained}; "
+        "FID/KID at a common subsample size (mean $\\pm$ sd over draws).",
         "tab:medfair",
     )
     if all(c.data.get("joint") for c in columns):

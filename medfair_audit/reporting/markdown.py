@@ -7,6 +7,7 @@ from typing import Any
 
 from .readers import has_readers, reader_rows, support_rows
 from .tables import (
+    CONSTRAINED_NOTE,
     READERS_CAPTION,
     SUPPORT_CAPTION,
     AuditColumn,
@@ -14,6 +15,7 @@ from .tables import (
     evaluator_notes,
     evaluator_rows,
     format_rows,
+    has_constrained,
     paired_rows,
 )
 
@@ -35,11 +37,12 @@ def render_markdown(columns: Sequence[AuditColumn], paired: Sequence[dict[str, A
     header, rows = format_rows(columns)
     conf = round(100 * columns[0].data.get("confidence", 0.95))
     title = _markdown(_title(columns)[:1].upper() + _title(columns)[1:])
+    constrained = f"; {CONSTRAINED_NOTE}" if has_constrained(rows) else ""
     lines = [
         f"<!-- medfair report: {_markdown(', '.join(c.label for c in columns))} -->",
         f"**{title}.** Values with {conf}% "
-        "intervals; censored values are shown as their bound; FID/KID at a common subsample "
-        "size (mean ± sd over draws).",
+        f"intervals; censored values are shown as their bound{constrained}; FID/KID at a "
+        "common subsample size (mean ± sd over draws).",
         "",
     ]
 

@@ -91,7 +91,14 @@ def _cell(entry: dict[str, Any] | None) -> dict[str, Any]:
     elif entry.get("value") is None and "at_least" in b:
         bound = ("≥", b["at_least"])
     ci = entry.get("ci")
-    return {"value": entry.get("value"), "ci": tuple(ci) if ci else None, "bound": bound}
+    return {
+        "value": entry.get("value"),
+        "ci": tuple(ci) if ci else None,
+        "bound": bound,
+        # projected onto the simplex because another group is censored: another estimator than
+        # the interval's, so the value need not lie inside it
+        "constrained": "simplex-constrained" in (entry.get("method") or ""),
+    }
 
 
 def _reading_name(reading: str) -> str:
@@ -308,7 +315,21 @@ def _cell_text(cell: dict[str, Any], kind: str) -> str:
     text = _fmt(cell["value"], kind)
     if cell.get("sd") is not None:
         return f"{text} ± {_fmt(cell['sd'], kind)}"
+    if cell.get("constrained"):
+        text += " (constrained)"
     return text + interval
+
+
+#: The caption's note when a headline cell holds a simplex-constrained value.
+CONSTRAINED_NOTE = (
+    "(constrained): projected onto the simplex because another group is censored, beside the "
+    "unconstrained estimate's interval, which need not contain it"
+)
+
+
+def has_constrained(rows: Sequence[Sequence[str]]) -> bool:
+    """Whether a formatted table shows a simplex-constrained value."""
+    return any("(constrained)" in cell for row in rows for cell in row)
 
 
 def format_rows(columns: Sequence[AuditColumn]) -> tuple[list[str], list[list[str]]]:

@@ -95,3 +95,25 @@ def test_two_attribute_tables_are_the_example_report_regenerated_from_the_commit
     after = columns[1].data["config"]
     assert after["remediation"]["same_classifier"] is False  # independent evaluators
     assert columns[3].data["config"]["remediation"]["same_classifier"] is True
+
+
+@pytest.mark.parametrize("root", [EXAMPLE, ATTRIBUTES], ids=["one", "two"])
+def test_no_share_is_shown_bare_outside_its_interval(root):
+    """A simplex-constrained value is another estimator than its interval's, so it may lie
+    outside it; the table then says so, in the cell and in the caption."""
+    import re
+
+    columns = [load_audit(root / s, label) for s, label in COLUMNS.items()]
+    md = render_markdown(columns)
+    outside = 0
+    for value, mark, lo, hi, after in re.findall(
+        r"(?<![≤≥] )(\d+\.\d)%( \(constrained\))? \[(\d+\.\d)%, (\d+\.\d)%\]"
+        r"( \(constrained\))?",  # (the joint cells' table marks it after the interval)
+        md,
+    ):
+        if not float(lo) <= float(value) <= float(hi):
+            outside += 1
+            assert mark or after, (value, lo, hi)
+    assert ("(constrained): projected onto the simplex" in md.splitlines()[1]) == bool(outside)
+    if root == ATTRIBUTES:
+        assert outside  # the two-attribute example has such cells

@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -471,3 +472,51 @@ def test_the_committed_example_report_tex_compiles_with_pdflatex(example, tmp_pa
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:]
     assert (tmp_path / "doc.pdf").stat().st_size > 0
+
+
+def _chromium_flags(tmp_path, width):
+    return [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        "--no-first-run", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", f"--window-size={width},1000",
+    ]  # fmt: skip
+
+
+_PROBE = (
+    "<script>const d = document.documentElement; document.body.insertAdjacentHTML('beforeend', "
+    '\'<div id="probe" data-scroll="\' + d.scrollWidth + \'" data-client="\' + d.clientWidth '
+    "+ '\"></div>')</script>"
+)
+
+
+def _page_width(report, tmp_path, width):
+    """(scrollWidth, clientWidth) of the page in headless Chromium at ``width`` px (measured by a
+    script added to a copy: the report itself runs none)."""
+    probe = tmp_path / f"probe-{report.stem}-{width}.html"
+    probe.write_text(report.read_text().replace("</body>", _PROBE + "</body>"))
+    dom = subprocess.run(
+        [CHROMIUM, *_chromium_flags(tmp_path, width), "--dump-dom", probe.as_uri()],
+        check=True, capture_output=True, timeout=120, text=True,
+    ).stdout  # fmt: skip
+    found = re.search(r'id="probe" data-scroll="(\d+)" data-client="(\d+)"', dom)
+    assert found, dom[-500:]
+    return int(found[1]), int(found[2])
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (Debian package 'chromium')")
+def test_no_report_is_wider_than_the_page_at_800_and_1400_px(audits, tmp_path):
+    """The headline figure, the image grids and the widest tables (four columns, six joint
+    cells) stay inside the page: nothing scrolls the page sideways (a wide table scrolls in
+    its own box)."""
+    example = Path(__file__).resolve().parents[2] / "reports" / "example"
+    sides = ["before", "after", "before-trainclf", "after-trainclf"]
+    reports = [
+        write_report([audits / "before", audits / "after"], tmp_path / "tiny.html"),
+        write_report([example / s for s in sides], tmp_path / "one.html"),
+        write_report([example / "attributes" / s for s in sides], tmp_path / "two.html"),
+    ]
+    for report in reports:
+        assert "<img" in report.read_text()
+        for width in (800, 1400):
+            scroll, client = _page_width(report, tmp_path, width)
+            assert 0 < scroll <= client, (report.name, width, scroll, client)
