@@ -101,30 +101,19 @@ def independence_check(cset: ClassifierSet, alpha: float = 0.05) -> dict[str, An
     }
 
 
-def joint_sections(
+def _attribute_sections(
     cset: ClassifierSet,
     stored: np.ndarray,
     target: Target,
-    overall: dict[str, Any],
     *,
     reading: str,
-    min_cell_n: int,
-    heldout: Any,
     n_boot: int,
     confidence: float,
     smoothing: float,
     half_width: float,
     seed: int,
-    overall_estimates: Any = None,
-) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
-    """``attributes`` and ``joint`` sections of ``audit.json``, and their warnings.
-
-    ``overall_estimates`` are the replicates behind ``overall`` (drawn again from ``seed``
-    when not given).
-    """
-    groups = cset.groups
-    t_joint = np.array(target.vector(groups))
-    probs = cset.joint(stored)
+) -> tuple[dict[str, Any], list[str]]:
+    """Each attribute's own summary (its marginal shares against its marginal target)."""
     warnings: list[str] = []
     attributes: dict[str, Any] = {}
     for i, (attr, levels) in enumerate(cset.levels.items()):
@@ -157,12 +146,20 @@ def joint_sections(
                 f"attribute '{attr}': its classifier's confusion matrix is ill-conditioned; "
                 "its corrected shares are reported as [0, 1]"
             )
-    est = overall_estimates or estimate_shares(probs, heldout, n_boot=n_boot, seed=seed)
-    r = reading if reading in est.point else "raw"
-    tests = cell_tests(est, r, t_joint, confidence)
-    props = overall["proportions"][r]
-    cells = []
-    for j, g in enumerate(groups):
+    return attributes, warnings
+
+
+def _cells(
+    cset: ClassifierSet,
+    overall: dict[str, Any],
+    props: dict[str, Any],
+    tests: list[dict[str, Any]],
+    t_joint: np.ndarray,
+    min_cell_n: int,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """One entry per joint cell (share, test, size), and a warning per small cell."""
+    cells, warnings = [], []
+    for j, g in enumerate(cset.groups):
         n_g = int(overall["counts"][g])
         small = n_g < min_cell_n
         cells.append(
@@ -185,19 +182,63 @@ def joint_sections(
                 f"joint cell '{g}' holds {n_g} images (< {min_cell_n}): its interval is wide "
                 "and its test has little power"
             )
+    return cells, warnings
+
+
+def _independence_warnings(check: dict[str, Any] | None, confidence: float) -> list[str]:
+    """Where a classifier's accuracy on a level depends on the other attributes."""
+    if not (check and check["doubtful"]):
+        return []
+    out = []
+    for t in check["tests"]:
+        if t["p_holm"] <= 1 - confidence:
+            acc = t["accuracy_by_cell"].values()
+            out.append(
+                f"the {t['classifier']} classifier's held-out accuracy on '{t['level']}' "
+                f"images depends on the other attributes ({min(acc):.2f}-{max(acc):.2f}, "
+                f"Holm p = {t['p_holm']:.2g}): the independence behind the joint cells is "
+                "doubtful there; a joint classifier does not need it"
+            )
+    return out
+
+
+def joint_sections(
+    cset: ClassifierSet,
+    stored: np.ndarray,
+    target: Target,
+    overall: dict[str, Any],
+    *,
+    reading: str,
+    min_cell_n: int,
+    heldout: Any,
+    n_boot: int,
+    confidence: float,
+    smoothing: float,
+    half_width: float,
+    seed: int,
+    overall_estimates: Any = None,
+) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """``attributes`` and ``joint`` sections of ``audit.json``, and their warnings.
+
+    ``overall_estimates`` are the replicates behind ``overall`` (drawn again from ``seed``
+    when not given).
+    """
+    groups = cset.groups
+    t_joint = np.array(target.vector(groups))
+    attributes, warnings = _attribute_sections(
+        cset, stored, target, reading=reading, n_boot=n_boot, confidence=confidence,
+        smoothing=smoothing, half_width=half_width, seed=seed,
+    )  # fmt: skip
+    est = overall_estimates or estimate_shares(
+        cset.joint(stored), heldout, n_boot=n_boot, seed=seed
+    )
+    r = reading if reading in est.point else "raw"
+    tests = cell_tests(est, r, t_joint, confidence)
+    cells, more = _cells(cset, overall, overall["proportions"][r], tests, t_joint, min_cell_n)
+    warnings += more
     check = independence_check(cset, alpha=1 - confidence)
-    if check and check["doubtful"]:
-        for t in check["tests"]:
-            if t["p_holm"] <= 1 - confidence:
-                acc = t["accuracy_by_cell"].values()
-                warnings.append(
-                    f"the {t['classifier']} classifier's held-out accuracy on '{t['level']}' "
-                    f"images depends on the other attributes ({min(acc):.2f}-{max(acc):.2f}, "
-                    f"Holm p = {t['p_holm']:.2g}): the independence behind the joint cells is "
-                    "doubtful there; a joint classifier does not need it"
-                )
+    warnings += _independence_warnings(check, confidence)
     zero = [g for g, t in zip(groups, t_joint, strict=True) if t == 0]
-    rejected = [c["cell"] for c in cells if c["reject"]]
     joint = {
         "attributes": list(cset.attributes),
         "levels": {a: list(v) for a, v in cset.levels.items()},
@@ -209,7 +250,7 @@ def joint_sections(
         "independence_check": check,
         "holm": {
             "alpha": 1 - confidence,
-            "rejected": rejected,
+            "rejected": [c["cell"] for c in cells if c["reject"]],
             "method": "per cell, bootstrap test of share = target (percentile-interval "
             "inversion); Holm's step-down adjustment across the cells controls the "
             "family-wise error at alpha",

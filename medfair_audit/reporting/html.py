@@ -15,11 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from .readers import has_readers, reader_rows, support_rows
-from .tables import (
-    CONSTRAINED_NOTE,
+from .readers import (
     READERS_CAPTION,
     SUPPORT_CAPTION,
+    has_readers,
+    reader_rows,
+    support_rows,
+)
+from .tables import (
+    CONSTRAINED_NOTE,
     AuditColumn,
     _title,
     comparisons,

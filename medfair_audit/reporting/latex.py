@@ -6,11 +6,15 @@ import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
-from .readers import has_readers, reader_rows, support_rows
-from .tables import (
-    CONSTRAINED_NOTE,
+from .readers import (
     READERS_CAPTION,
     SUPPORT_CAPTION,
+    has_readers,
+    reader_rows,
+    support_rows,
+)
+from .tables import (
+    CONSTRAINED_NOTE,
     AuditColumn,
     _title,
     format_rows,

@@ -5,11 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .readers import has_readers, reader_rows, support_rows
-from .tables import (
-    CONSTRAINED_NOTE,
+from .readers import (
     READERS_CAPTION,
     SUPPORT_CAPTION,
+    has_readers,
+    reader_rows,
+    support_rows,
+)
+from .tables import (
+    CONSTRAINED_NOTE,
     AuditColumn,
     _title,
     evaluator_notes,

@@ -11,7 +11,26 @@ from typing import Any
 
 from ..audit.result import format_estimate
 
-__all__ = ["has_readers", "reader_rows", "support_rows"]
+__all__ = [
+    "READERS_CAPTION",
+    "SUPPORT_CAPTION",
+    "has_readers",
+    "reader_rows",
+    "support_rows",
+]
+
+READERS_CAPTION = (
+    "Corrected (PACC) shares by other classifiers of the same attribute, and each one's "
+    "difference from the audit's classifier with a paired-bootstrap 95% interval. Under label "
+    "shift all estimate the same true share: an interval without 0 says a reading is bent "
+    "by how the generated images look."
+)
+
+SUPPORT_CAPTION = (
+    "Share of generated images whose 5th nearest real held-out image is farther than the real "
+    "images' own 95th percentile, in each classifier's feature space (real images: 5%), by "
+    "the audit classifier's label, with Wilson 95% intervals."
+)
 
 
 def has_readers(columns: Sequence[Any]) -> bool:

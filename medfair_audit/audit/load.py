@@ -1,0 +1,196 @@
+"""The audit's first stage: check the inputs and load everything generation and statistics need.
+
+Everything that can fail on the user's input (classifier, target, reference images, readers,
+checkpoint) fails here, before an image is generated.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._io import folder_sha256
+from ..attributes import cell_name
+from ..data.datasets import ImageFolderDataset
+from ..exceptions import ConfigError, DataError
+from ..models._training import load_images
+from ..models.attributes import ClassifierSet
+from ..models.attributes import classifier_sha256 as classifier_sha256_of
+from ..models.features import get_extractor
+from ..models.pipelines import load_pipeline, pipeline_info, truncated_prompts
+from ..progress import ProgressCallback
+from .config import AuditConfig
+from .readers import ReaderSpace
+from .readers import features as reader_features
+
+__all__ = ["Loaded", "load"]
+
+
+@dataclass
+class Loaded:
+    """What the later stages use: models, held-out data, reference features, settings.
+
+    Attributes:
+        cset: The classifier(s), on the audit's device.
+        heldout: The classifier's held-out predictions (for the corrected shares).
+        named: Conditional mode: the group each prompt names.
+        pipe: The text-to-image pipeline.
+        info: :func:`~medfair_audit.models.pipelines.pipeline_info` of ``pipe``.
+        truncated: Prompts longer than the text encoder reads.
+        extractor: The feature extractor for FID/KID.
+        spaces: The audit classifier and each reader, with the reference's features.
+        ref_feats: Reference features (main process, with a reference).
+        ref_labels: Each reference image's group index.
+        settings: What determines a shard's content (hashes, extractor, dtype).
+        classifiers_sha256: Per-attribute classifier hashes (several attributes).
+    """
+
+    cset: ClassifierSet
+    heldout: Any
+    named: list[str] | None
+    pipe: Any
+    info: dict[str, Any]
+    truncated: list[dict[str, Any]]
+    extractor: Any
+    spaces: list[ReaderSpace] = field(default_factory=list)
+    ref_feats: np.ndarray | None = None
+    ref_labels: np.ndarray | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    classifiers_sha256: Any = None
+
+    @property
+    def groups(self) -> list[str]:
+        """The groups (joint cells for several attributes)."""
+        return self.cset.groups
+
+
+def _named_groups(prompts: Sequence[str], groups: Sequence[str]) -> list[str]:
+    named = []
+    for p in prompts:
+        hits = [g for g in groups if re.search(rf"\b{re.escape(g)}\b", p, re.IGNORECASE)]
+        if len(hits) != 1:
+            raise ConfigError(
+                f"conditional mode needs each prompt to name exactly one of {list(groups)}; "
+                f"'{p[:60]}' names {hits or 'none'}",
+                param="prompts",
+            )
+        named.append(hits[0])
+    return named
+
+
+def _load_readers(cfg: AuditConfig, cset: ClassifierSet) -> list[tuple[str, Path, Any]]:
+    """``(name, folder, ClassifierSet)`` of each ``--reader``: one attribute, the same groups."""
+    out = []
+    for path in cfg.readers:
+        reader = ClassifierSet.load(path, trust_pickle=cfg.trust_pickle, param="reader")
+        if cset.multi or reader.multi:
+            raise ConfigError("readers read one attribute", param="reader")
+        if reader.attribute != cset.attribute or set(reader.groups) != set(cset.groups):
+            raise ConfigError(
+                f"'{path}' reads {reader.attribute} {reader.groups}; the classifier reads "
+                f"{cset.attribute} {cset.groups}",
+                param="reader",
+            )
+        if list(reader.groups) != list(cset.groups):
+            raise ConfigError(
+                f"'{path}' orders the groups {reader.groups}, the classifier {cset.groups}",
+                param="reader",
+            )
+        out.append((path.name, path, reader.to(cfg.placement.device)))
+    return out
+
+
+def _ref_labels(ref: ImageFolderDataset, cset: ClassifierSet) -> list[str]:
+    """Each reference image's group: its level, or its joint cell for several attributes."""
+    if not cset.multi:
+        return list(ref.labels(cset.attribute))
+    columns = [ref.labels(a) for a in cset.attributes]
+    return [cell_name(t) for t in zip(*columns, strict=True)]
+
+
+def _reference(cfg: AuditConfig, cset: ClassifierSet) -> ImageFolderDataset | None:
+    """The ``--reference`` images, their labels checked against the classifier's groups."""
+    if cfg.reference is None:
+        return None
+    ref = ImageFolderDataset(
+        cfg.reference,
+        require=cset.attributes,
+        split=cfg.reference_split,
+        size=None,
+        param="reference",
+        allow_outside_root=cfg.allow_outside_root,
+    )
+    unknown = sorted(set(_ref_labels(ref, cset)) - set(cset.groups))
+    if unknown:
+        raise DataError(
+            f"reference labels outside the classifier's groups {cset.groups}: {unknown}",
+            param="reference",
+        )
+    return ref
+
+
+def _classifiers(cfg: AuditConfig) -> tuple[ClassifierSet, list[str] | None]:
+    """The classifier set, checked against the target and the mode, and the named groups."""
+    cset = ClassifierSet.load(cfg.classifier, trust_pickle=cfg.trust_pickle)
+    cset.check_target(cfg.target)
+    if cfg.mode == "conditional" and cset.multi:
+        raise ConfigError(
+            "conditional mode reads one attribute; audit several attributes in marginal mode",
+            param="mode",
+        )
+    named = _named_groups(cfg.prompts, cset.groups) if cfg.mode == "conditional" else None
+    return cset, named
+
+
+def load(cfg: AuditConfig, state: Any, progress: ProgressCallback | None = None) -> Loaded:
+    """Check the inputs and load the models.
+
+    The main process also featurises the reference, first, so that a bad reference image fails
+    before anything is generated.
+    """
+    cset, named = _classifiers(cfg)
+    heldout = cset.heldout()
+    ref = _reference(cfg, cset)
+    readers = _load_readers(cfg, cset)
+    cset.to(cfg.placement.device)
+    pipe = load_pipeline(cfg.checkpoint, trust_pickle=cfg.trust_pickle, placement=cfg.placement)
+    info = pipeline_info(pipe)
+    truncated = truncated_prompts(pipe, cfg.prompts)
+    cfg.speed.apply(pipe)
+    extractor = get_extractor(
+        cfg.features, cset.primary, trust_pickle=cfg.trust_pickle, device=cfg.placement.device
+    )
+    loaded = Loaded(cset, heldout, named, pipe, info, truncated, extractor)
+    # The audit's classifier first, then the readers; with a reference (one attribute), each
+    # one's support test in its own feature space.
+    members = [(cfg.classifier.name, cfg.classifier, cset), *readers] if not cset.multi else []
+    if readers:
+        loaded.spaces = [ReaderSpace(name=n, path=p, classifier=c) for n, p, c in members]
+    if ref is not None and state.is_main_process:
+        ref_images = load_images(ref, progress=progress, stage="reference")
+        loaded.ref_feats = extractor(ref_images).numpy()
+        loaded.ref_labels = np.array([cset.groups.index(v) for v in _ref_labels(ref, cset)])
+        loaded.spaces = [
+            ReaderSpace(name=n, path=p, classifier=c, reference=reader_features(c, ref_images))
+            for n, p, c in members
+        ]
+        del ref_images
+    classifier_sha256, loaded.classifiers_sha256 = classifier_sha256_of(cfg.classifier)
+    loaded.settings = {
+        "checkpoint_sha256": folder_sha256(cfg.checkpoint),
+        "classifier_sha256": classifier_sha256,
+        "features": extractor.name,
+        # shards from another dtype are redrawn; another device of the same dtype agrees within
+        # kernel tolerance, so a run may resume elsewhere
+        "dtype": str(cfg.placement.dtype),
+    }
+    # One image at a time: batched sums depend on the batch's shape (only when asked, so that
+    # the shards of ordinary audits keep their stamps).
+    if cfg.batch_invariant:
+        loaded.settings["batch_invariant"] = True
+    return loaded
