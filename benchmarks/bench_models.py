@@ -25,10 +25,10 @@ from PIL import Image
 
 from medfair_audit.data import ImageFolderDataset
 from medfair_audit.metrics import kernel_inception_distance
-from medfair_audit.models._training import load_images
 from medfair_audit.models.classifier import SubgroupClassifier
 from medfair_audit.models.t2medi import load_pipeline, sample_images
 from medfair_audit.reporting import image_grid_png
+from medfair_audit.training import load_images
 
 PROMPTS = [
     "Axial FLAIR MRI of the brain showing a glioma in the left frontal lobe.",

@@ -30,7 +30,7 @@ import json, resource, sys, time, torch
 from accelerate import Accelerator
 from pathlib import Path
 from medfair_audit.demo import TRAIN_PROMPTS
-from medfair_audit.models._training import warmup_cosine
+from medfair_audit.training import warmup_cosine
 from medfair_audit.remediation import RemediationConfig
 from medfair_audit.remediation.step import batch_losses, sample_pair, train_step
 from medfair_audit.remediation.wiring import load_models

@@ -18,12 +18,12 @@ from .._io import folder_sha256
 from ..attributes import cell_name
 from ..data.datasets import ImageFolderDataset
 from ..exceptions import ConfigError, DataError
-from ..models._training import load_images
 from ..models.attributes import ClassifierSet
 from ..models.attributes import classifier_sha256 as classifier_sha256_of
 from ..models.features import get_extractor
 from ..models.pipelines import load_pipeline, pipeline_info, truncated_prompts
 from ..progress import ProgressCallback
+from ..training import load_images
 from .config import AuditConfig
 from .readers import ReaderSpace
 from .readers import features as reader_features

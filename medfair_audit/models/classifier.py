@@ -34,8 +34,8 @@ from ..device import Placement
 from ..exceptions import ConfigError, DataError, ModelError
 from ..metrics.functional import expected_calibration_error, mean_output_matrix
 from ..progress import ProgressCallback, report
+from ..training import backward_step, batched, load_images, seed_everything, warmup_cosine
 from ._loading import adapt_images, group_index, load_errors, load_pretrained
-from ._training import backward_step, batched, load_images, seed_everything, warmup_cosine
 
 __all__ = [
     "ClassifierConfig",

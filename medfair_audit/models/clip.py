@@ -28,8 +28,8 @@ from ..data.datasets import ImageFolderDataset
 from ..device import Placement
 from ..exceptions import ConfigError, ModelError
 from ..progress import ProgressCallback, report
+from ..training import backward_step, batched, load_images, seed_everything, warmup_cosine
 from ._loading import load_errors, load_pretrained
-from ._training import backward_step, batched, load_images, seed_everything, warmup_cosine
 from .tokenizer import train_caption_tokenizer
 
 __all__ = ["CLIP", "CLIPTrainConfig", "CLIPTrainResult", "encode_images", "train_clip"]

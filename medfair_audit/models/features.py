@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ..exceptions import ConfigError, ModelError
-from ._training import batched
+from ..training import batched
 
 __all__ = ["FeatureExtractor", "get_extractor"]
 

@@ -38,7 +38,7 @@ from ..data.datasets import ImageFolderDataset
 from ..device import Placement
 from ..exceptions import ConfigError
 from ..progress import ProgressCallback, report
-from ._training import (
+from ..training import (
     Checkpointer,
     RunFolder,
     backward_step,
@@ -48,7 +48,7 @@ from ._training import (
     seed_everything,
     warmup_cosine,
 )
-from ._training import (
+from ..training import (
     ema as make_ema,
 )
 from .clip import CLIP

@@ -203,8 +203,8 @@ def remediate(
         progress: Called once per step with the loss terms.
     """
     from .._dist import accelerator as make_accelerator
-    from ..models._training import RunFolder, warmup_cosine
-    from ..models._training import ema as make_ema
+    from ..training import RunFolder, warmup_cosine
+    from ..training import ema as make_ema
 
     cfg, started = config or RemediationConfig(), time.perf_counter()
     spec = (

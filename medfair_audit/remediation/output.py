@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from .._io import atomic_write_json
-from ..models._training import RunFolder
 from ..models.pipelines import save_pipeline
+from ..training import RunFolder
 from .wiring import Models, float32_pipeline_parts, merged_pipeline_parts
 
 __all__ = ["write_output"]

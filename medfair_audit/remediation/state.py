@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..exceptions import ConfigError
-from ..models._training import Checkpointer, ParamState
+from ..training import Checkpointer, ParamState
 from .wiring import Models
 
 __all__ = ["restore_state", "save_state"]

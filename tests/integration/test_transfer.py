@@ -74,7 +74,7 @@ def test_radiomic_features_are_differentiable_and_read_size():
 
 def test_radiomics_classifier_round_trip(readers, small_phantom):
     from medfair_audit.data import ImageFolderDataset
-    from medfair_audit.models._training import load_images
+    from medfair_audit.training import load_images
 
     clf = SubgroupClassifier.from_pretrained(readers["radiomics"])
     assert clf.architecture == "radiomics"
@@ -399,7 +399,7 @@ def test_radiomics_ignores_features_constant_in_training(small_phantom, tmp_path
     """Faint noise where every training image is background must not move the reading."""
     from medfair_audit.data import ImageFolderDataset
     from medfair_audit.models import radiomics
-    from medfair_audit.models._training import load_images
+    from medfair_audit.training import load_images
 
     class WithThumbnail(radiomics.RadiomicsConfig):  # pixel-like features, corners included
         def __init__(self, **kw):

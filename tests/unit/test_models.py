@@ -12,7 +12,6 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_s
 from medfair_audit.exceptions import DataError, ModelError
 from medfair_audit.metrics.functional import expected_calibration_error
 from medfair_audit.models._loading import check_no_pickle
-from medfair_audit.models._training import load_images
 from medfair_audit.models.classifier import (
     SubgroupClassifier,
     _fit_temperature,
@@ -22,6 +21,7 @@ from medfair_audit.models.classifier import (
 from medfair_audit.models.clip import CLIP, encode_images
 from medfair_audit.models.t2medi import T2IConfig, load_pipeline, sample_images, train_t2i
 from medfair_audit.models.tokenizer import train_caption_tokenizer
+from medfair_audit.training import load_images
 from tests.conftest import TINY_CLF, TINY_T2I
 
 

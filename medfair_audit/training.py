@@ -29,10 +29,10 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from .._io import atomic_write_json, building_dir, check_out
-from ..data.datasets import ImageDataset
-from ..exceptions import ConfigError
-from ..progress import ProgressCallback, report
+from ._io import atomic_write_json, building_dir, check_out
+from .data.datasets import ImageDataset
+from .exceptions import ConfigError
+from .progress import ProgressCallback, report
 
 __all__ = [
     "Checkpointer",
@@ -186,10 +186,12 @@ class ParamState:
         self.params = params
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """A copy of the parameters' values, by name."""
         return {n: p.detach().clone() for n, p in self.params.items()}
 
     @torch.no_grad()
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Copy saved values into the parameters, in place."""
         for name, value in state.items():
             self.params[name].copy_(value)
 
