@@ -191,14 +191,17 @@ class ShardStore:
                 for file in self._loose(shard.name):
                     file.unlink(missing_ok=True)
 
-    def drop_stale(self) -> None:
+    def drop_stale(self, owns: Callable[[str], bool]) -> None:
         """Remove packs written under other settings (their shards have been redrawn).
 
-        A pack of this run that has taken such a pack's name stays.
+        Only the packs named after a shard ``owns`` accepts: a pack is named after its first
+        shard, and only the process that draws that shard writes a pack of that name, so no
+        process removes a pack another one has just written in its place. A pack of this run
+        that has taken such a name stays.
         """
         current = set(self._packed.values())
         for pack in self.stale:
-            if pack not in current:
+            if owns(pack.stem.removeprefix(PACK_PREFIX)) and pack not in current:
                 pack.unlink(missing_ok=True)
         self.stale = []
 
@@ -325,6 +328,7 @@ def run_shards(
     pending: tuple[Future, Shard] | None = None
     store = ShardStore(folder, stamp)
     store.tidy(mine)
+    own = {s.name for s in mine}
     size = pack_size(len(plan))
     loose: list[Shard] = []  # finished, not packed yet
     packing: list[Future] = []
@@ -379,7 +383,9 @@ def run_shards(
             pack()
         for job in packing:
             job.result()
-        store.drop_stale()
+        # each process its own shards' old packs; the main one also those of no current shard
+        names = {s.name for s in plan}
+        store.drop_stale(lambda n: n in own or (rank == 0 and n not in names))
     except Exception as exc:
         if is_out_of_memory(exc):
             raise _out_of_memory(exc, config) from exc

@@ -195,3 +195,43 @@ def test_shard_names_sort_in_plan_order_past_9999_prompts():
     assert plan_shards(10001, GenerationConfig(n_per_prompt=1, shard_size=1))[-1].name == (
         "p10000-i0000000"
     )
+
+
+def test_processes_redrawing_under_new_settings_keep_each_others_packs(small_packs, tmp_path):
+    """Two processes resume a folder packed under other settings. Process 1 finishes (its new
+    packs take the old packs' names) while process 0 is still at its first shard, holding the
+    list of old packs it read at its start: process 0 must not remove process 1's new packs."""
+    import threading
+
+    _run(tmp_path, _fake()[0], settings={"checkpoint": "a"}, world=2)
+    one_done = threading.Event()
+    errors = []
+
+    def rank(r):
+        first = {"wait": r == 0}
+
+        def generate(prompt, seeds):
+            if first["wait"]:
+                first["wait"] = False
+                one_done.wait(60)
+            return initial_latents(seeds, (1, 4, 4)).tanh()
+
+        try:
+            run_shards(
+                generate, PROMPTS, CFG, tmp_path, analyse=_analyse,
+                settings={"checkpoint": "b"}, rank=r, world=2,
+            )  # fmt: skip
+        except Exception as exc:
+            errors.append(exc)
+        if r == 1:
+            one_done.set()
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    plan = plan_shards(len(PROMPTS), CFG)
+    stamps = {shard["meta"]["settings"] for shard in iter_shards(tmp_path, plan)}
+    assert len(stamps) == 1  # every shard is there, all drawn under the new settings
