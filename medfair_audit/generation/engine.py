@@ -112,6 +112,7 @@ class ShardStore:
         self.stale: list[Path] = []
         self._packed: dict[str, Path] = {}
         self._open: tuple[Path, zipfile.ZipFile] | None = None
+        self._by_prompt: dict[int, list[str]] | None = None  # names(), read once
         for pack in sorted(self.folder.glob(f"{PACK_PREFIX}*.zip")):
             try:
                 with zipfile.ZipFile(pack) as zf:
@@ -132,10 +133,22 @@ class ShardStore:
     def _loose(self, name: str) -> tuple[Path, Path]:
         return self.folder / f"{name}.json", self.folder / f"{name}.safetensors"
 
-    def names(self) -> list[str]:
-        """Every finished shard's name, sorted (plan order within a prompt)."""
-        loose = {p.stem for p in self.folder.glob("p*-i*.json") if self._loose(p.stem)[1].is_file()}
-        return sorted(loose | set(self._packed), key=Shard.key)
+    def names(self, prompt_index: int | None = None) -> list[str]:
+        """Every finished shard's name (only ``prompt_index``'s if given), in plan order.
+
+        The folder is listed once per store, so reading a finished audit prompt by prompt does
+        not list it again for every prompt.
+        """
+        if self._by_prompt is None:
+            loose = {
+                p.stem for p in self.folder.glob("p*-i*.json") if self._loose(p.stem)[1].is_file()
+            }
+            self._by_prompt = {}
+            for name in sorted(loose | set(self._packed), key=Shard.key):
+                self._by_prompt.setdefault(Shard.key(name)[0], []).append(name)
+        if prompt_index is not None:
+            return list(self._by_prompt.get(prompt_index, []))
+        return [name for p in sorted(self._by_prompt) for name in self._by_prompt[p]]
 
     def packed(self, shard: Shard) -> bool:
         """Whether a pack (of this run's settings) holds ``shard``."""
@@ -415,18 +428,24 @@ def iter_shards(folder: str | os.PathLike[str], plan: Sequence[Shard]) -> Iterat
 
 
 def stored_shards(
-    folder: str | os.PathLike[str], prompt_index: int | None = None
+    folder: str | os.PathLike[str],
+    prompt_index: int | None = None,
+    *,
+    store: ShardStore | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Every finished shard in ``folder`` (loose or packed), in plan order, without a plan.
 
-    For reading a finished audit's images back; only ``prompt_index``'s if given.
+    For reading a finished audit's images back; only ``prompt_index``'s if given. Pass the same
+    ``store`` (of ``folder``) to read many prompts one after the other without listing the
+    folder and its packs again each time; the caller then closes it.
     """
-    store = ShardStore(folder)
+    own = store is None
+    store = ShardStore(folder) if store is None else store
     try:
-        for name in store.names():
-            if prompt_index is None or Shard.key(name)[0] == prompt_index:
-                data = store.load(name)
-                if data is not None:
-                    yield data
+        for name in store.names(prompt_index):
+            data = store.load(name)
+            if data is not None:
+                yield data
     finally:
-        store.close()
+        if own:
+            store.close()

@@ -36,12 +36,16 @@ from .tables import (
 __all__ = ["audit_images", "paired_images", "render_html"]
 
 
-def audit_images(folder: str | os.PathLike[str], prompt_index: int | None = None) -> dict | None:
+def audit_images(
+    folder: str | os.PathLike[str], prompt_index: int | None = None, *, store: Any = None
+) -> dict | None:
     """The arrays an audit's shards hold, concatenated in plan order (per prompt, by image).
 
     Args:
         folder: The audit's output folder (with ``shards/``).
         prompt_index: Only this prompt's images; ``None`` for all.
+        store: A :class:`~medfair_audit.generation.engine.ShardStore` of the folder's shards,
+            reused across calls (reading many prompts); the caller closes it.
 
     Returns:
         ``seeds``, ``images`` (uint8 ``(N, C, H, W)``) and ``probs`` as numpy arrays, or ``None``
@@ -49,7 +53,7 @@ def audit_images(folder: str | os.PathLike[str], prompt_index: int | None = None
     """
     from ..generation.engine import stored_shards
 
-    parts = list(stored_shards(Path(folder) / "shards", prompt_index))
+    parts = list(stored_shards(Path(folder) / "shards", prompt_index, store=store))
     if not parts:
         return None
     return {k: np.concatenate([s[k].numpy() for s in parts]) for k in ("seeds", "images", "probs")}
@@ -65,10 +69,13 @@ def paired_images(
         (per prompt: prompt, PNG of two rows, predicted groups before/after) and ``summary``
         (number of pairs, share whose predicted group changed, mean absolute pixel change).
     """
+    from ..generation.engine import ShardStore
     from . import image_grid_png
 
     if before.folder is None or after.folder is None:
         return None
+    # one listing of each audit's shards for all prompts (not one per prompt)
+    stores = [ShardStore(Path(c.folder) / "shards") for c in (before, after)]
     groups = before.data["groups"]
     prompts_a = before.data["config"].get("prompts", [])
     prompts_b = after.data["config"].get("prompts", [])
@@ -76,7 +83,8 @@ def paired_images(
     for p, prompt in enumerate(prompts_a):
         if p >= len(prompts_b) or prompts_b[p] != prompt:
             continue
-        a, b = audit_images(before.folder, p), audit_images(after.folder, p)
+        a = audit_images(before.folder, p, store=stores[0])
+        b = audit_images(after.folder, p, store=stores[1])
         if a is None or b is None:
             continue
         common, ia, ib = np.intersect1d(a["seeds"], b["seeds"], return_indices=True)
@@ -98,6 +106,8 @@ def paired_images(
                 "after": [groups[i] for i in lb[:k]],
             }
         )
+    for store in stores:
+        store.close()
     if not n:
         return None
     return {

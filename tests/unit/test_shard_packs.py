@@ -235,3 +235,18 @@ def test_processes_redrawing_under_new_settings_keep_each_others_packs(small_pac
     plan = plan_shards(len(PROMPTS), CFG)
     stamps = {shard["meta"]["settings"] for shard in iter_shards(tmp_path, plan)}
     assert len(stamps) == 1  # every shard is there, all drawn under the new settings
+
+
+def test_one_store_reads_every_prompt_without_listing_the_folder_again(small_packs, tmp_path):
+    _run(tmp_path, _fake()[0])
+    store = ShardStore(tmp_path)
+    every = store.names()
+    (tmp_path / "p0009-i0000000.json").write_text("{}")  # listed once: a later file is not seen
+    (tmp_path / "p0009-i0000000.safetensors").write_bytes(b"")
+    by_prompt = [store.names(p) for p in range(len(PROMPTS))]
+    assert [n for names in by_prompt for n in names] == every and len(every) == 20
+    for p in (0, 7):
+        got = list(stored_shards(tmp_path, p, store=store))
+        assert [int(s["meta"]["prompt_index"]) for s in got] == [p, p]
+        assert [int(s["meta"]["start"]) for s in got] == [0, 2]
+    store.close()
