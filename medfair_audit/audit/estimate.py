@@ -81,10 +81,15 @@ def _kw(cfg: AuditConfig, loaded: Loaded) -> dict[str, Any]:
 
 
 def _by_prompt(
-    cfg: AuditConfig, loaded: Loaded, probs: np.ndarray, data: dict[str, Any], progress: Any
+    cfg: AuditConfig,
+    loaded: Loaded,
+    probs: np.ndarray,
+    target: np.ndarray,
+    data: dict[str, Any],
+    progress: Any,
 ) -> tuple[list[dict[str, Any]], list[Any]]:
     """Each prompt's summary (and the conditional share it names), and its replicates."""
-    groups, target = loaded.groups, np.array(cfg.target.vector(loaded.groups))
+    groups = loaded.groups
     pred = probs.argmax(1)
     by_prompt, prompt_estimates = [], []
     for i, prompt in enumerate(cfg.prompts):
@@ -172,7 +177,7 @@ def estimate(
     report(progress, "statistics", 0, len(cfg.prompts) + 1)
     overall_est = estimate_shares(probs, loaded.heldout, n_boot=cfg.n_boot, seed=seed)
     overall = summarise(probs, groups, target, seed=seed, estimates=overall_est, **kw)
-    by_prompt, prompt_estimates = _by_prompt(cfg, loaded, probs, data, progress)
+    by_prompt, prompt_estimates = _by_prompt(cfg, loaded, probs, target, data, progress)
     reading = headline_reading(overall["proportions"])
     spread = dispersion(
         prompt_estimates, by_prompt, cfg.prompts, groups, target, reading=reading,

@@ -145,15 +145,24 @@ def test_results_do_not_depend_on_batch_size(tiny_models, tmp_path, audited):
     assert np.allclose(a.p_male, b.p_male, atol=1e-4)
 
 
+class Kill(Exception):
+    """Raised by :func:`_kill_after`'s callback: the audit stops mid-generation."""
+
+
+def _kill_after(images: int):
+    """A progress callback that stops an audit once ``images`` images are generated."""
+
+    def killer(event):
+        if event.stage == "generate" and event.completed >= images:
+            raise Kill
+
+    return killer
+
+
 def test_killed_audit_resumes_to_the_same_result(tiny_models, tmp_path):
     full = run_audit(config(tiny_models, tmp_path / "full", n=4, shard=2))
 
-    class Kill(Exception):
-        pass
-
-    def killer(event):
-        if event.stage == "generate" and event.completed >= 4:
-            raise Kill
+    killer = _kill_after(4)
 
     with pytest.raises(Kill):
         run_audit(config(tiny_models, tmp_path / "cut", n=4, shard=2), progress=killer)
@@ -429,12 +438,7 @@ def test_a_packed_audit_equals_a_loose_one_and_resumes(tiny_models, tmp_path, mo
     loose = run_audit(config(tiny_models, tmp_path / "loose", n=4, shard=1))
     monkeypatch.setattr(engine, "MAX_PACKS", 2)
 
-    class Kill(Exception):
-        pass
-
-    def killer(event):
-        if event.stage == "generate" and event.completed >= 5:
-            raise Kill
+    killer = _kill_after(5)
 
     with pytest.raises(Kill):
         run_audit(config(tiny_models, tmp_path / "packed", n=4, shard=1), progress=killer)
