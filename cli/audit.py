@@ -69,7 +69,11 @@ def audit(
         "guidance"
     ],
     features: Annotated[
-        str, typer.Option(help="FID/KID features: classifier, inception:WEIGHTS, or a CLIP folder.")
+        str,
+        typer.Option(
+            help="Quality features (FID, KID, PRDC, Vendi; CMMD for embeddings): classifier, "
+            "inception:WEIGHTS, clip:FOLDER or dinov2:FOLDER."
+        ),
     ] = "classifier",
     mode: Annotated[
         str, typer.Option(help="marginal (neutral prompts) or conditional (prompts name a group).")

@@ -58,7 +58,8 @@ class AuditConfig:
         generation: Images per prompt, seed, steps, guidance, batch (shard) size.
         reference: Image folder of real images with the attribute column, for FID/KID.
         reference_split: Use only this ``split`` of the reference.
-        features: Feature extractor: ``classifier``, ``inception:PATH`` or a CLIP folder.
+        features: Quality features: ``classifier``, ``inception:PATH``, ``clip:PATH`` or
+            ``dinov2:PATH`` (a bare folder is read as CLIP).
         mode: ``marginal`` (neutral prompts vs the target) or ``conditional`` (each prompt names
             one group; the share of images showing it).
         n_boot: Bootstrap resamples for intervals (also the simulations of the χ² null).

@@ -6,7 +6,13 @@
   from a local file the user supplies (``pt_inception-2015-12-05-6726825d.pth``); needs the
   ``torch-fidelity`` package. Grey images are repeated to three channels and mapped to 0-255;
   torch-fidelity resizes to 299×299 as in the reference implementation.
-* a folder path: a local CLIP model's image embeddings (e.g. the one ``medfair train clip`` made).
+* ``clip:PATH`` (or a bare folder path): a local CLIP model's image embeddings (e.g. the one
+  ``medfair train clip`` made); the space CMMD is defined in.
+* ``dinov2:PATH``: a local DINOv2 (transformers ``Dinov2Model``) folder's CLS embedding, the
+  encoder Stein et al. 2023 recommend for generative evaluation. Images are repeated to three
+  channels, resized to the model's image size and normalised with ImageNet statistics.
+
+Embedding extractors (CLIP, DINOv2) also give CMMD in the audit's quality block.
 
 The extractor's name and its input handling are recorded in every audit.
 """
@@ -23,7 +29,12 @@ import torch
 from ..exceptions import ConfigError, ModelError
 from ..training import batched
 
-__all__ = ["FeatureExtractor", "get_extractor"]
+__all__ = ["EMBEDDING_PREFIXES", "FeatureExtractor", "get_extractor"]
+
+#: ``--features`` kinds whose features are image embeddings (CMMD is computed on them).
+EMBEDDING_PREFIXES = ("clip:", "dinov2:")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -118,6 +129,42 @@ def _clip(folder: Path, trust_pickle: bool, device: torch.device) -> FeatureExtr
     )
 
 
+def _dinov2(folder: Path, trust_pickle: bool, device: torch.device) -> FeatureExtractor:
+    from transformers import Dinov2Model
+
+    from ._loading import load_pretrained
+
+    model = load_pretrained(
+        Dinov2Model, folder, trust_pickle=trust_pickle, param="features", what="a DINOv2 model"
+    )
+    model.eval().to(device=device, dtype=torch.float32)
+    size = model.config.image_size
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        x = x.mean(1, keepdim=True) if x.shape[1] != 1 else x
+        x = (x.clamp(-1, 1) + 1) / 2
+        if x.shape[-1] != size:
+            x = torch.nn.functional.interpolate(
+                x, size=(size, size), mode="bicubic", antialias=True, align_corners=False
+            )
+        x = (x.repeat(1, 3, 1, 1) - mean) / std
+        return model(pixel_values=x).pooler_output
+
+    return FeatureExtractor(
+        f"dinov2:{folder}",
+        fn,
+        {
+            "grayscale": "repeated to 3 channels, ImageNet mean/std",
+            "resize": f"{size}x{size} bicubic",
+            "layer": "CLS token after the final layer norm",
+            "dim": model.config.hidden_size,
+        },
+        device,
+    )
+
+
 def get_extractor(
     spec: str,
     classifier: Any = None,
@@ -125,7 +172,9 @@ def get_extractor(
     trust_pickle: bool = False,
     device: torch.device | str = "cpu",
 ) -> FeatureExtractor:
-    """Resolve ``--features``: ``classifier``, ``inception:PATH`` or a CLIP folder path.
+    """Resolve ``--features``: ``classifier``, ``inception:PATH``, ``clip:PATH``, ``dinov2:PATH``.
+
+    A bare folder path is read as ``clip:PATH``.
 
     The extractor runs in float32 on ``device`` (the classifier's features on the classifier's
     device) and returns float64 features on the CPU.
@@ -149,14 +198,21 @@ def get_extractor(
         if not path:
             raise ConfigError("give the weights file: --features inception:PATH", param="features")
         return _inception(path, device)
-    folder = Path(spec)
+    kind, _, path = spec.partition(":") if spec.startswith(EMBEDDING_PREFIXES) else ("", "", spec)
+    folder = Path(path)
+    if kind and not folder.is_dir():
+        raise ConfigError(
+            f"'{folder}' is not a folder (give --features {kind}:FOLDER)", param="features"
+        )
     if folder.is_dir():
+        loader, what = (_dinov2, "DINOv2") if kind == "dinov2" else (_clip, "CLIP")
         try:
-            return _clip(folder, trust_pickle, device)
+            return loader(folder, trust_pickle, device)
         except ModelError as exc:
             raise ConfigError(
-                f"'{folder}' is not a CLIP model folder: {exc.message}", param="features"
+                f"'{folder}' is not a {what} model folder: {exc.message}", param="features"
             ) from exc
     raise ConfigError(
-        f"expected 'classifier', 'inception:PATH' or a CLIP folder, got '{spec}'", param="features"
+        f"expected 'classifier', 'inception:PATH', 'clip:PATH' or 'dinov2:PATH', got '{spec}'",
+        param="features",
     )

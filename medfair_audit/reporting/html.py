@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .quality import QUALITY_CAPTION, has_fidelity, quality_readings, quality_rows
 from .readers import (
     READERS_CAPTION,
     SUPPORT_CAPTION,
@@ -209,5 +210,9 @@ def render_html(
             readers=(reader_rows(columns), support_rows(columns)) if has_readers(columns) else None,
             readers_caption=READERS_CAPTION,
             support_caption=SUPPORT_CAPTION,
+            quality=(quality_rows(columns), quality_readings(columns))
+            if has_fidelity(columns)
+            else None,
+            quality_caption=QUALITY_CAPTION,
         )
     )

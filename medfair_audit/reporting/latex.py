@@ -6,6 +6,7 @@ import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
+from .quality import QUALITY_CAPTION, has_fidelity, quality_readings, quality_rows
 from .readers import (
     READERS_CAPTION,
     SUPPORT_CAPTION,
@@ -162,6 +163,11 @@ def render_latex(columns: Sequence[AuditColumn], paired: Sequence[dict[str, Any]
         ):
             if rows[1]:
                 lines += table(*rows, _latex(caption), label)
+    if has_fidelity(columns):
+        rows = quality_rows(columns)
+        if rows[1]:
+            readings = "".join(f" {r[:1].upper()}{r[1:]}." for r in quality_readings(columns))
+            lines += table(*rows, _latex(QUALITY_CAPTION + readings), "tab:medfair-quality")
     for i, p in enumerate(paired):
         lines += table(
             *paired_rows(p),

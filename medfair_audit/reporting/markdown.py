@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from .quality import QUALITY_CAPTION, has_fidelity, quality_readings, quality_rows
 from .readers import (
     READERS_CAPTION,
     SUPPORT_CAPTION,
@@ -93,6 +94,15 @@ def render_markdown(columns: Sequence[AuditColumn], paired: Sequence[dict[str, A
         if body:
             lines += ["", f"**Outside the real images' support.** {_markdown(SUPPORT_CAPTION)}", ""]
             table(header, body)
+    if has_fidelity(columns):
+        header, body = quality_rows(columns)
+        if body:
+            lines += ["", f"**Quality by group.** {_markdown(QUALITY_CAPTION)}", ""]
+            table(header, body)
+            readings = quality_readings(columns)
+            if readings:
+                lines.append("")
+                lines += [f"- {_markdown(r)}" for r in readings]
     for p in paired:
         lines.append("")
         table(*paired_rows(p))

@@ -259,6 +259,14 @@ def test_nan_images_are_reported_with_prompt_and_seed(tiny_models, tmp_path):
             ["--reference", "no column 'sex'"],
         ),
         (["--target", "male=0.5,female=0.5", "--features", "bogus"], ["--features"]),
+        (
+            ["--target", "male=0.5,female=0.5", "--features", "dinov2:/no/such/folder"],
+            ["--features", "dinov2:FOLDER"],
+        ),
+        (
+            ["--target", "male=0.5,female=0.5", "--features", "dinov2:{nolabels}"],
+            ["--features", "not a DINOv2 model folder"],
+        ),
         (["--target", "male=0.5,female=0.5", "--mode", "joint"], ["--mode"]),
         (["--target", "male=0.5,female=0.5", "--half-width", "1.5"], ["--half-width", "(0, 1)"]),
     ],
@@ -270,7 +278,8 @@ def test_audit_bad_input(capsys, tiny_models, tmp_path, extra, needles):
     nolabels.mkdir()
     (nolabels / "metadata.csv").write_text("file\n")
     subs = {"{empty}": str(empty), "{nolabels}": str(nolabels)}
-    extra = [subs.get(a, a) for a in extra]
+    for key, value in subs.items():
+        extra = [a.replace(key, value) for a in extra]
     prompt = [] if "--prompts" in extra else ["--prompt", "Axial MRI."]
     code, _, err = run(
         capsys,
@@ -461,3 +470,30 @@ def test_a_packed_audit_equals_a_loose_one_and_resumes(tiny_models, tmp_path, mo
         a, b = audit_images(tmp_path / "packed", p), audit_images(tmp_path / "loose", p)
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     assert len(loose.images) == 8
+
+
+def test_embedding_features_give_cmmd_and_name_their_encoder(tiny_models, small_phantom, tmp_path):
+    """``--features dinov2:PATH`` and ``clip:PATH``: a local encoder's embeddings, with CMMD on the
+    same subsample draws as FID, and the encoder named in the audit."""
+    import jsonschema
+    from transformers import Dinov2Config, Dinov2Model
+
+    from medfair_audit.audit import audit_schema
+
+    torch.manual_seed(0)
+    dino = tmp_path / "dinov2"
+    Dinov2Model(
+        Dinov2Config(
+            hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+            image_size=28, patch_size=14,
+        )
+    ).save_pretrained(dino)  # fmt: skip
+    for spec in (f"dinov2:{dino}", f"clip:{tiny_models['clip']}"):
+        out = tmp_path / f"audit-{spec.split(':')[0]}"
+        r = run_audit(config(tiny_models, out, reference=small_phantom, features=spec))
+        jsonschema.validate(r.data, audit_schema())
+        q = r.data["quality"]
+        assert r.data["config"]["features"]["name"] == spec and "CMMD" in q["method"]
+        at = q["by_group"]["overall"]["at_n"]
+        assert at and all(a["cmmd"] is not None for a in at.values())
+        assert all(("prdc" in a) == (int(n) > 5) for n, a in at.items())  # k = 5 neighbours

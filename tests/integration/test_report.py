@@ -520,3 +520,62 @@ def test_no_report_is_wider_than_the_page_at_800_and_1400_px(audits, tmp_path):
         for width in (800, 1400):
             scroll, client = _page_width(report, tmp_path, width)
             assert 0 < scroll <= client, (report.name, width, scroll, client)
+
+
+def _toy_quality(collapse: bool) -> dict:
+    """A quality block over features where 'female' is intact or drawn from one prototype."""
+    from medfair_audit.audit.quality import quality_by_group
+    from medfair_audit.metrics.accumulators import FeatureMoments
+
+    rng = np.random.default_rng(7)
+    dim, n = 12, 128
+    centres = np.stack([np.full(dim, 2.0), np.full(dim, -2.0)])  # female, male
+    ref = np.concatenate([c + rng.normal(size=(n, dim)) for c in centres])
+    female = centres[0] + rng.normal(size=(n, dim))
+    if collapse:
+        female = centres[0] + rng.normal(size=dim) + 0.02 * rng.normal(size=(n, dim))
+    gen = [female, centres[1] + rng.normal(size=(n, dim))]
+    moments = [FeatureMoments(dim).update(g) for g in gen]
+    quality, _ = quality_by_group(
+        moments, gen, ref, np.repeat([0, 1], n), ["female", "male"], draws=4
+    )
+    return quality
+
+
+def test_quality_by_group_names_a_collapsed_group_in_every_format(audits, tmp_path):
+    """The section's rows carry the block's numbers, and its reading says in words that the
+    remediated model's female recall and coverage fell and that the group collapsed."""
+    from medfair_audit.reporting.tables import AuditColumn
+
+    cols = [load_audit(audits / s, s) for s in ("before", "after")]
+    before, after = _toy_quality(False), _toy_quality(True)
+    docs = [dict(cols[0].data, quality=before), dict(cols[1].data, quality=after)]
+    for i, d in enumerate(docs):
+        d["groups"] = ["female", "male"]
+        root = tmp_path / ("before", "after")[i]
+        root.mkdir()
+        (root / "audit.json").write_text(json.dumps(d))
+        shutil.copy(audits / ("before", "after")[i] / "images.csv", root / "images.csv")
+    paths = [tmp_path / "before", tmp_path / "after"]
+    md = write_report(paths, tmp_path / "q.md").read_text()
+    tex = write_report(paths, tmp_path / "q.tex", fmt="latex").read_text()
+    html = write_report(paths, tmp_path / "q.html").read_text()
+    n = str(after["equal_n"])
+    rec_b = before["by_group"]["female"]["at_n"][n]["prdc"]["recall"]["mean"]
+    rec_a = after["by_group"]["female"]["at_n"][n]["prdc"]["recall"]["mean"]
+    assert rec_a < 0.1 < 0.8 < rec_b
+    reading = f"female recall fell from {rec_b:.2f} (before) to {rec_a:.2f} (after) at n = {n}"
+    prototypes = "female in after: drawn from a few prototypes"
+    for text in (md, html):
+        assert "Quality by group" in text and reading in text and prototypes in text
+    assert reading[:1].upper() + reading[1:] in tex and "tab:medfair-quality" in tex
+    row = next(r for r in md.splitlines() if r.startswith(f"| female | recall (n = {n})"))
+    assert f"{rec_b:.2f} ±" in row and f"{rec_a:.2f} ±" in row
+    assert md.count("drawn from a few prototypes (low") == 1  # not the intact male group
+    vendi = next(r for r in md.splitlines() if r.startswith("| female | Vendi score (n = 32)"))
+    assert f"{after['by_group']['female']['vendi']['value']:.2f} [" in vendi
+    # a quality block without these measures (version 1) renders without the section
+    old = [AuditColumn(c.label, dict(c.data, quality=None), c.folder) for c in cols]
+    from medfair_audit.reporting.markdown import render_markdown
+
+    assert "Quality by group" not in render_markdown(old)

@@ -15,6 +15,7 @@ from ._divergence import (
     total_variation,
 )
 from ._fid import fid_from_moments, sqrtm_psd_product_trace
+from ._fidelity import CMMD_SCALE, CMMD_SIGMA, cmmd, pairwise_distances, prdc, vendi_score
 from ._kid import kernel_inception_distance, mmd2_unbiased
 from ._proportions import (
     corrected_proportions,
@@ -31,9 +32,12 @@ from ._quantification import (
 )
 
 __all__ = [
+    "CMMD_SCALE",
+    "CMMD_SIGMA",
     "DEFAULT_SMOOTHING",
     "MAX_CONDITION",
     "adjusted_count",
+    "cmmd",
     "condition_number",
     "corrected_proportions",
     "em_boundary_limit",
@@ -46,9 +50,12 @@ __all__ = [
     "l2_fairness_discrepancy",
     "mean_output_matrix",
     "mmd2_unbiased",
+    "pairwise_distances",
+    "prdc",
     "proportion_gaps",
     "sqrtm_psd_product_trace",
     "stationary_prior",
     "total_variation",
+    "vendi_score",
     "wilson_interval",
 ]

@@ -1,0 +1,145 @@
+"""Report pieces for the "Quality by group" section: fidelity and diversity beyond FID.
+
+Precision, recall, density and coverage (and CMMD with embedding features) at a subsample size
+every audit has, each group's Vendi score with its interval beside the real group's, the
+changes between audits read by the same classifier, and a short reading in words (see
+:mod:`medfair_audit.audit.quality`). Audits without these measures (a quality block of version 1)
+simply have no cells here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["QUALITY_CAPTION", "has_fidelity", "quality_readings", "quality_rows"]
+
+QUALITY_CAPTION = (
+    "Per group, at a subsample size every audit has (mean ± sd over the same draws as FID): "
+    "precision and density (generated images inside the real images' k-NN balls), recall and "
+    "coverage (real images reached by generated ones; they fall when a group is drawn from a "
+    "few prototypes), CMMD with embedding features; and the Vendi score (the effective number "
+    "of distinct images among 32, features centred on the real group's mean) with a t interval "
+    "over disjoint blocks, beside the real group's."
+)
+
+PRDC = ("precision", "recall", "density", "coverage")
+#: A change in recall or coverage at least this large is put into words.
+NOTABLE = 0.1
+
+
+def _entries(columns: Sequence[Any], group: str) -> list[dict[str, Any] | None]:
+    return [((c.data.get("quality") or {}).get("by_group") or {}).get(group) for c in columns]
+
+
+def has_fidelity(columns: Sequence[Any]) -> bool:
+    """Whether any audit's quality block has the fidelity measures (version 2)."""
+    return any((c.data.get("quality") or {}).get("version", 1) >= 2 for c in columns)
+
+
+def _spread(m: dict[str, Any] | None, digits: int = 2) -> str:
+    return "–" if not m else f"{m['mean']:.{digits}f} ± {m['sd']:.{digits}f}"
+
+
+def _vendi(v: dict[str, Any] | None) -> str:
+    if not v or v.get("value") is None:
+        return "–"
+    lo, hi = v["ci"]
+    return f"{v['value']:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def _prdc_n(entries: Sequence[dict[str, Any] | None]) -> str | None:
+    """The largest size at which every entry that has any PRDC has it."""
+    sizes = None
+    for e in entries:
+        have = {n for n, at in ((e or {}).get("at_n") or {}).items() if at.get("prdc")}
+        if have:
+            sizes = have if sizes is None else sizes & have
+    return max(sizes, key=int) if sizes else None
+
+
+def _at(entry: dict[str, Any] | None, n: str | None, key: str) -> Any:
+    return (((entry or {}).get("at_n") or {}).get(n) or {}).get(key) if n else None
+
+
+def _delta(a: float | None, b: float | None, digits: int = 2) -> str:
+    if a is None or b is None:
+        return "–"
+    d = b - a
+    return f"{'+' if d >= 0 else '−'}{abs(d):.{digits}f}"
+
+
+def quality_rows(columns: Sequence[Any]) -> tuple[list[str], list[list[str]]]:
+    """Rows (group, measure) × audits, then each same-classifier change (later − earlier)."""
+    from .tables import comparisons
+
+    pairs = comparisons(columns)
+    labels = [c.label for c in columns]
+    header = ["group", "measure", *labels]
+    header += [f"Δ {labels[i]} − {labels[j]}" for j, i in pairs]
+    groups = [*columns[0].data["groups"], "overall"]
+    rows: list[list[str]] = []
+    for g in groups:
+        entries = _entries(columns, g)
+        n = _prdc_n(entries)
+        measures = [(m, "prdc") for m in PRDC]
+        if all(_at(e, n, "cmmd") for e in entries if e):
+            measures.append(("CMMD", "cmmd"))
+        for name, key in measures:
+            vals = [_at(e, n, key) for e in entries]
+            vals = [v.get(name) if key == "prdc" and v else v for v in vals]
+            if not any(vals):
+                continue
+            means = [v["mean"] if v else None for v in vals]
+            digits = 3 if key == "cmmd" else 2
+            rows.append(
+                [g, f"{name} (n = {n})", *[_spread(v, digits) for v in vals]]
+                + [_delta(means[j], means[i], digits) for j, i in pairs]
+            )
+        vendi = [(e or {}).get("vendi") for e in entries]
+        if any(v and v.get("value") is not None for v in vendi):
+            size = next(v["n"] for v in vendi if v)
+            values = [v.get("value") if v else None for v in vendi]
+            rows.append(
+                [g, f"Vendi score (n = {size})", *[_vendi(v) for v in vendi]]
+                + [_delta(values[j], values[i]) for j, i in pairs]
+            )
+            real = [(e or {}).get("vendi_reference") for e in entries]
+            rows.append(
+                [g, f"Vendi score, real images (n = {size})", *[_vendi(v) for v in real]]
+                + ["" for _ in pairs]
+            )
+    return header, rows
+
+
+def quality_readings(columns: Sequence[Any]) -> list[str]:
+    """The section's findings in words: notable recall/coverage changes, collapsed groups."""
+    from .tables import comparisons
+
+    out = []
+    for g in columns[0].data["groups"]:
+        entries = _entries(columns, g)
+        for j, i in comparisons(columns):
+            pair = [entries[j], entries[i]]
+            n = _prdc_n(pair)
+            for name in ("recall", "coverage"):
+                a, b = (((_at(e, n, "prdc") or {}).get(name) or {}).get("mean") for e in pair)
+                if a is not None and b is not None and abs(b - a) >= NOTABLE:
+                    verb = "fell" if b < a else "rose"
+                    out.append(
+                        f"{g} {name} {verb} from {a:.2f} ({columns[j].label}) to {b:.2f} "
+                        f"({columns[i].label}) at n = {n}"
+                    )
+            va, vb = ((e or {}).get("vendi") or {} for e in pair)
+            if va.get("ci") and vb.get("ci") and (vb["ci"][1] < va["ci"][0]):
+                out.append(
+                    f"{g} Vendi score fell from {va['value']:.2f} to {vb['value']:.2f} "
+                    f"({columns[j].label} → {columns[i].label}; intervals do not overlap)"
+                )
+        for c, e in zip(columns, entries, strict=True):
+            if (e or {}).get("collapsed"):
+                out.append(
+                    f"{g} in {c.label}: drawn from a few prototypes (low coverage and a Vendi "
+                    "score under half the real group's)"
+                )
+    return out
