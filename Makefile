@@ -2,7 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo demo-attributes test test-fast test-slow lint format example example-attributes clean
+.PHONY: setup setup-test demo demo-attributes test test-fast test-slow lint format example example-attributes clean
 
 setup:
 	@bash scripts/setup.sh
@@ -13,16 +13,19 @@ demo: setup  ## the main job: the full demo on the embedded phantom data
 demo-attributes: setup  ## the two-attribute pipeline (sex × age band) in reports/demo/attributes
 	$(BIN)/medfair demo --out reports/demo --attributes sex,age_band
 
-test: setup  ## lint, format check, the fast test tier, then the slow reliability guarantees
+setup-test:
+	@MEDFAIR_FRD=1 bash scripts/setup.sh
+
+test: setup-test  ## lint, format check, the fast test tier, then the slow reliability guarantees
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
 	$(BIN)/pytest -m slow tests/reliability
 
-test-fast: setup  ## the fast tier alone (what to run while editing)
+test-fast: setup-test  ## the fast tier alone (what to run while editing)
 	$(BIN)/pytest
 
-test-slow: setup  ## the slow tier (model quality bars, full pipelines)
+test-slow: setup-test  ## the slow tier (model quality bars, full pipelines)
 	$(BIN)/pytest -m slow
 
 lint: setup

@@ -15,6 +15,9 @@ Sections (``--sections``, default all that apply to the device):
   each; the tiny SD-1.5 fixture at 1 step so the run is about the audit's own bookkeeping:
   images stream through shards and only moments, probabilities and a bounded sample stay).
 * ``processes``: wall time of the same audit with 1 and 2 processes (torchrun on CPUs).
+* ``quality``: the share of a 256-image CPU audit (the demo's T2MedI, classifier features, the
+  target set's ``test`` split as reference) spent in the quality block (FID, KID, PRDC, CMMD, the
+  Vendi intervals), timed inside the audit; the target is under 15%.
 * ``remediation``: seconds per step and peak accelerator memory of remediation at SD-1.5 size
   at the defaults (λ = 1 with a CLIP ViT-L/14-size image encoder) and with the memory-saving
   settings, one row each (:data:`REMEDIATION_ROWS`); on the CPU it runs the tiny fixture to
@@ -321,6 +324,55 @@ def remediation(classifier: Path, placement, size: str, steps: int = 2, save=Non
 TABLE_GPU_MISSING = "| GPU | not measured: no GPU was at hand (`scripts/gpu_check.sh`) | | |"
 
 
+def quality_share(demo: Path, n: int = 256, steps: int = 25) -> dict:
+    """Seconds of a whole 256-image audit and of its quality block (timed where it runs)."""
+    from medfair_audit import AuditConfig, run_audit
+    from medfair_audit.audit import estimate as stage
+    from medfair_audit.demo import HELD_OUT_PROMPTS
+    from medfair_audit.generation import GenerationConfig
+    from medfair_audit.target import parse_target
+
+    block: list[float] = []
+    inner = stage.quality_by_group
+
+    def timed(*a, **kw):
+        start = time.perf_counter()
+        out = inner(*a, **kw)
+        block.append(time.perf_counter() - start)
+        return out
+
+    def config(out: Path, count: int) -> AuditConfig:
+        prompts = HELD_OUT_PROMPTS[:8]
+        return AuditConfig(
+            checkpoint=demo / "models" / "t2medi", classifier=demo / "models" / "classifier",
+            prompts=prompts, target=parse_target("male=0.58,female=0.42"), out=out,
+            reference=demo / "data" / "target_set", reference_split="test",
+            generation=GenerationConfig(n_per_prompt=count // len(prompts), steps=steps),
+        )  # fmt: skip
+
+    stage.quality_by_group = timed
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            run_audit(config(Path(tmp) / "warm", 16))
+            block.clear()
+            seconds = _timed(lambda: run_audit(config(Path(tmp) / "a", n)), torch.device("cpu"))
+            doc = json.loads((Path(tmp) / "a" / "audit.json").read_text())
+    finally:
+        stage.quality_by_group = inner
+    q = doc["quality"]
+    return {
+        "n": doc["n_images"],
+        "steps": steps,
+        "features": doc["config"]["features"]["name"],
+        "equal_n": q["equal_n"],
+        "draws": q["draws"],
+        "audit_seconds": seconds,
+        "quality_seconds": block[0],
+        "share": block[0] / seconds,
+        "n_reference": q["by_group"]["overall"]["n_reference"],
+    }
+
+
 def _fmt_rows(doc: dict, where: str) -> list[str]:
     lines = []
     for t in doc.get("throughput", []):
@@ -374,6 +426,15 @@ def render(cpu: dict, gpu: dict | None) -> None:
             "",
             f"Processes ({pr['n']} images, demo model, 2 cores): 1 process {s['1']:.0f} s, "
             f"2 processes {s['2']:.0f} s ({pr['speedup']:.2f}×).",
+        ]
+    q = cpu.get("quality")
+    if q:
+        lines += [
+            "",
+            f"Quality block ({q['n']}-image CPU audit, demo model, {q['features']} features, "
+            f"{q['n_reference']} reference images, {q['draws']} draws per size; FID, KID, "
+            f"PRDC, Vendi intervals): {q['quality_seconds']:.1f} s of {q['audit_seconds']:.0f} s "
+            f"({100 * q['share']:.1f}% of the audit; target < 15%).",
         ]
     rem = (gpu or {}).get("remediation")
     if rem and all("settings" in r for r in rem["rows"].values()):
@@ -433,8 +494,8 @@ def main() -> None:
 
     device = Placement(device=args.device).device
     gpu = device.type == "cuda"
-    sections = (args.sections or ("throughput,remediation" if gpu else
-                                  "throughput,fid,memory,processes")).split(",")  # fmt: skip
+    cpu_sections = "throughput,fid,memory,processes,quality"
+    sections = (args.sections or ("throughput,remediation" if gpu else cpu_sections)).split(",")
     torch.set_num_threads(os.cpu_count() if gpu else 2)
     clf = args.demo / "models" / "classifier"
     doc: dict = {
@@ -486,6 +547,10 @@ def main() -> None:
     if "processes" in sections:
         doc["processes"] = processes(args.demo / "models" / "t2medi", clf, 64, args.steps)
         print("processes", doc["processes"], flush=True)
+        save()
+    if "quality" in sections:
+        doc["quality"] = quality_share(args.demo)
+        print("quality", doc["quality"], flush=True)
         save()
     if "remediation" in sections:
         placement = Placement(device=device, dtype=(args.dtypes or "auto").split(",")[0])

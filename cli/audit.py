@@ -54,6 +54,14 @@ def audit(
             "paired interval (one attribute)."
         ),
     ] = None,
+    frd: Annotated[
+        bool,
+        typer.Option(
+            "--frd",
+            help="Also the Fréchet Radiomics Distance per group against --reference (needs "
+            "the frd extra: pip install 'medfair[frd]').",
+        ),
+    ] = False,
     seed: Annotated[
         int, typer.Option(help="Global seed (each image's seed derives from it).")
     ] = GEN["seed"],
@@ -198,6 +206,7 @@ def audit(
         reference=reference,
         reference_split=reference_split,
         readers=reader or (),
+        frd=frd,
         features=features,
         mode=mode,
         n_boot=n_boot,

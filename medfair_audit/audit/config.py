@@ -88,6 +88,8 @@ class AuditConfig:
             one's corrected share and its disagreement with ``classifier`` (paired bootstrap),
             and, with a ``reference``, the share of images outside the real images' support in
             each classifier's feature space (:mod:`medfair_audit.audit.readers`).
+        frd: Also the Fréchet Radiomics Distance per group (needs a ``reference`` and the
+            ``frd`` extra; :mod:`medfair_audit.audit.frd`).
     """
 
     checkpoint: Path
@@ -116,6 +118,7 @@ class AuditConfig:
     overlap: bool | None = None
     batch_invariant: bool = False
     readers: Sequence[Path] = ()
+    frd: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prompts", tuple(self.prompts))
@@ -135,6 +138,8 @@ class AuditConfig:
             )
         else:
             object.__setattr__(self, "classifier", Path(self.classifier))
+        if self.frd and self.reference is None:
+            raise ConfigError("FRD compares with real images: give --reference", param="frd")
         if self.min_cell_n < 0:
             raise ConfigError(f"expected min_cell_n ≥ 0, got {self.min_cell_n}", param="min_cell_n")
         if self.out.exists() and not self.out.is_dir():

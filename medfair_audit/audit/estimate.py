@@ -195,6 +195,13 @@ def estimate(
             confidence=cfg.confidence,
         )  # fmt: skip
         est.warnings += more
+        if cfg.frd:
+            from .frd import frd_by_group
+
+            est.quality["frd"] = frd_by_group(
+                (s["images"] for s in iter_shards(folder, plan)), probs.argmax(1),
+                loaded.ref_images, loaded.ref_labels, groups,
+            )  # fmt: skip
     est.warnings += _share_warnings(est)
     if cset.multi:
         est.attributes, est.joint, more = joint_sections(

@@ -46,6 +46,7 @@ class Loaded:
         spaces: The audit classifier and each reader, with the reference's features.
         ref_feats: Reference features (main process, with a reference).
         ref_labels: Each reference image's group index.
+        ref_images: The reference images as uint8 (kept only for FRD).
         settings: What determines a shard's content (hashes, extractor, dtype).
         classifiers_sha256: Per-attribute classifier hashes (several attributes).
     """
@@ -60,6 +61,7 @@ class Loaded:
     spaces: list[ReaderSpace] = field(default_factory=list)
     ref_feats: np.ndarray | None = None
     ref_labels: np.ndarray | None = None
+    ref_images: np.ndarray | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     classifiers_sha256: Any = None
 
@@ -153,6 +155,10 @@ def load(cfg: AuditConfig, state: Any, progress: ProgressCallback | None = None)
     The main process also featurises the reference, first, so that a bad reference image fails
     before anything is generated.
     """
+    if cfg.frd:
+        from .frd import require_frd
+
+        require_frd()  # before anything is generated
     cset, named = _classifiers(cfg)
     heldout = cset.heldout()
     ref = _reference(cfg, cset)
@@ -179,6 +185,8 @@ def load(cfg: AuditConfig, state: Any, progress: ProgressCallback | None = None)
             ReaderSpace(name=n, path=p, classifier=c, reference=reader_features(c, ref_images))
             for n, p, c in members
         ]
+        if cfg.frd:
+            loaded.ref_images = ((ref_images + 1) * 127.5).round().clamp(0, 255).byte().numpy()
         del ref_images
     classifier_sha256, loaded.classifiers_sha256 = classifier_sha256_of(cfg.classifier)
     loaded.settings = {

@@ -20,7 +20,8 @@ QUALITY_CAPTION = (
     "coverage (real images reached by generated ones; they fall when a group is drawn from a "
     "few prototypes), CMMD with embedding features; and the Vendi score (the effective number "
     "of distinct images among 32, features centred on the real group's mean) with a t interval "
-    "over disjoint blocks, beside the real group's."
+    "over disjoint blocks, beside the real group's; FRD (radiomic features, when the audit "
+    "computed it) on every image of the group."
 )
 
 PRDC = ("precision", "recall", "density", "coverage")
@@ -109,6 +110,15 @@ def quality_rows(columns: Sequence[Any]) -> tuple[list[str], list[list[str]]]:
                 [g, f"Vendi score, real images (n = {size})", *[_vendi(v) for v in real]]
                 + ["" for _ in pairs]
             )
+        frd = [(((c.data.get("quality") or {}).get("frd") or {}).get("by_group") or {}).get(g)
+               for c in columns]  # fmt: skip
+        if any(f and f.get("frd") is not None for f in frd):
+            values = [f.get("frd") if f else None for f in frd]
+            rows.append(
+                [g, "FRD (v1, log d²; all images)",
+                 *["–" if v is None else f"{v:.2f}" for v in values]]
+                + [_delta(values[j], values[i]) for j, i in pairs]
+            )  # fmt: skip
     return header, rows
 
 
