@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from medfair_audit import AuditConfig, run_audit
-from medfair_audit.audit.quality import common_n
+from medfair_audit.audit.quality import common_n, prdc_n
 from medfair_audit.audit.result import format_estimate
 from medfair_audit.demo import HELD_OUT_PROMPTS, TRAIN_PROMPTS, DemoConfig
 from medfair_audit.generation import GenerationConfig
@@ -132,6 +132,7 @@ def summarise(points: list[dict]) -> dict:
     """The JSON record: one row per point, FID/KID at one n that every point has."""
     quality = [p["audit"]["quality"]["by_group"] for p in points]
     n = {g: common_n([q[g] for q in quality]) for g in quality[0]}
+    n_prdc = {g: prdc_n([q[g] for q in quality]) for g in quality[0]}
     rows = []
     for p in points:
         a = p["audit"]
@@ -148,14 +149,22 @@ def summarise(points: list[dict]) -> dict:
             at = a["quality"]["by_group"][g]["at_n"].get(size) if size else None
             row[f"fid_{g}"] = at and at["fid"]
             row[f"kid_{g}"] = at and at["kid"]
+            prdc = (a["quality"]["by_group"][g]["at_n"].get(n_prdc[g]) or {}).get("prdc") or {}
+            row[f"recall_{g}"], row[f"coverage_{g}"] = prdc.get("recall"), prdc.get("coverage")
         rows.append(row)
     return {
         "prompts": "held-out (demo.HELD_OUT_PROMPTS)",
         "evaluator": "independent (models/evaluator)",
         "n_per_prompt": N_PER_PROMPT,
         "quality_n": n,
+        "prdc_n": n_prdc,
         "rows": rows,
     }
+
+
+def _per_group(r: dict, key: str, groups: list[str]) -> str:
+    values = [r.get(f"{key}_{g}") for g in groups]
+    return " / ".join("–" if v is None else f"{v['mean']:.2f}" for v in values)
 
 
 def plot(doc: dict, path: Path) -> None:
@@ -196,10 +205,14 @@ def plot(doc: dict, path: Path) -> None:
 
 def table(doc: dict) -> str:
     n = doc["quality_n"]
+    groups = [g for g in n if g != "overall"]
+    prdc = any(r.get(f"recall_{g}") for r in doc["rows"] for g in groups)
+    head = (f" | recall {' / '.join(groups)} | coverage {' / '.join(groups)}"
+            if prdc else "")  # fmt: skip
     lines = [
         f"| λ | steps | male share, PACC | KL(target‖gen), PACC | FID all (n = {n['overall']}) "
-        f"| KID all | CLIP drift | remediation s |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| KID all{head} | CLIP drift | remediation s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if prdc else ""),
     ]
     for r in doc["rows"]:
         fid, kid = r["fid_overall"], r["kid_overall"]
@@ -213,6 +226,11 @@ def table(doc: dict) -> str:
                     format_estimate(r["kl_corrected"], ".4f"),
                     "–" if not fid else f"{fid['mean']:.2f} ± {fid['sd']:.2f}",
                     "–" if not kid else f"{kid['mean']:.3f} ± {kid['sd']:.3f}",
+                    *(
+                        [_per_group(r, "recall", groups), _per_group(r, "coverage", groups)]
+                        if prdc
+                        else []
+                    ),
                     f"{r['clip_drift']:.4f}",
                     "–" if r["remediation_seconds"] is None else f"{r['remediation_seconds']:.0f}",
                 ]

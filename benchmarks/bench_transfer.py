@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from medfair_audit import AuditConfig, run_audit
-from medfair_audit.audit.quality import common_n
+from medfair_audit.audit.quality import common_n, prdc_n
 from medfair_audit.audit.result import format_estimate
 from medfair_audit.demo import HELD_OUT_PROMPTS, READERS, TRAIN_PROMPTS, DemoConfig, run_demo
 from medfair_audit.remediation import remediate
@@ -256,9 +256,14 @@ def variant_summary(rows: list[dict], target: float) -> dict:
 def summarise(rows: list[dict], *, steps: int) -> dict:
     """The record: rows with FID/KID at one n all runs have, and a summary per variant."""
     n = common_n([r["quality"]["overall"] for r in rows])
+    groups = [g for g in rows[0]["quality"] if g != "overall"]
+    n_prdc = {g: prdc_n([r["quality"][g] for r in rows]) for g in groups}
     for r in rows:
         at = r["quality"]["overall"]["at_n"].get(n) if n else None
         r["fid"], r["kid"] = (at and at["fid"]), (at and at["kid"])
+        for g in groups:  # per-group recall and coverage (a group collapsed onto prototypes)
+            prdc = (r["quality"][g]["at_n"].get(n_prdc[g]) or {}).get("prdc") or {}
+            r[f"recall_{g}"], r[f"coverage_{g}"] = prdc.get("recall"), prdc.get("coverage")
         del r["quality"]
     target = rows[0]["target_male"]
     variants = variant_summary(rows, target)
@@ -270,6 +275,7 @@ def summarise(rows: list[dict], *, steps: int) -> dict:
         "prompts_per_step": PROMPTS_PER_STEP,
         "steps": steps,
         "quality_n": n,
+        "prdc_n": n_prdc,
         "target_male": target,
         "variants_defined": {
             k: {a: list(b) if isinstance(b, tuple) else b for a, b in v.items()}
@@ -284,8 +290,15 @@ def _pp(x: float | None) -> str:
     return "–" if x is None else f"{x * 100:+.1f} pp".replace("-", "−")
 
 
+def _per_group(r: dict, key: str, groups: list[str]) -> str:
+    values = [r.get(f"{key}_{g}") for g in groups]
+    return " / ".join("–" if v is None else f"{v['mean']:.2f}" for v in values)
+
+
 def table(doc: dict) -> str:
     n = doc["quality_n"]
+    groups = list(doc.get("prdc_n") or {})
+    prdc = any(r.get(f"recall_{g}") for r in doc["rows"] for g in groups)
     lines = [
         f"Target male share {doc['target_male']:.0%}; {doc['steps']} steps × "
         f"{doc['prompts_per_step']} prompt(s) per step; audits of {doc['n_per_prompt']} images "
@@ -294,8 +307,10 @@ def table(doc: dict) -> str:
         "| variant | seed | evaluator | radiomics reader | classifier (plain ResNet) "
         "| classifier-b | classifier-robust | gap (guides − evaluator) | KL, evaluator "
         f"| FID (n = {n}) | KID "
-        "| outside support (evaluator / reader) | s/step |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        + (f"| recall {' / '.join(groups)} | coverage {' / '.join(groups)} " if prdc else "")
+        + "| outside support (evaluator / reader) | s/step |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        + ("---:|---:|" if prdc else ""),
     ]
     for r in doc["rows"]:
         m = r["male"]
@@ -310,6 +325,8 @@ def table(doc: dict) -> str:
             format_estimate(r["kl"], ".4f"),
             "–" if not r["fid"] else f"{r['fid']['mean']:.2f} ± {r['fid']['sd']:.2f}",
             "–" if not r["kid"] else f"{r['kid']['mean']:.3f} ± {r['kid']['sd']:.3f}",
+            *([_per_group(r, "recall", groups), _per_group(r, "coverage", groups)]
+              if prdc else []),
             f"{ev['overall']['share']:.0%} / {out['reader']['overall']['share']:.0%}",
             "–" if r["seconds_per_step"] is None
             else f"{r['seconds_per_step']:.1f} ({r.get('threads', 2)} thr.)",

@@ -33,6 +33,7 @@ __all__ = [
     "VENDI_N",
     "collapse_warnings",
     "common_n",
+    "prdc_n",
     "quality_by_group",
     "vendi_interval",
 ]
@@ -126,6 +127,47 @@ def vendi_interval(
     return out
 
 
+def _group_entry(
+    gen: FeatureMoments,
+    sample: np.ndarray,
+    ref: np.ndarray,
+    n_eq: int,
+    draws: int,
+    rng: np.random.Generator,
+    *,
+    embedding: bool,
+    confidence: float,
+    seed: int,
+) -> dict[str, Any]:
+    """One group's (or the overall) entry: full-n FID, the equal-n ladder, the Vendi scores."""
+    ng, nr = gen.n, len(ref)
+    entry: dict[str, Any] = {"n_generated": ng, "n_reference": nr, "fid": None, "at_n": {}}
+    if ng < 2 or nr < 2:
+        side = "generated" if ng < 2 else "reference"
+        entry["reason"] = f"fewer than 2 {side} images in this group: FID and KID undefined"
+        return entry
+    moments = FeatureMoments(ref.shape[1]).update(ref)
+    entry["fid"] = fid_from_moments(gen.mean, gen.cov, moments.mean, moments.cov)
+    limit = min(len(sample), nr)
+    ladder = sorted({n for n in LADDER if n <= limit} | ({n_eq} if 2 <= n_eq <= limit else set()))
+    for n in ladder:
+        entry["at_n"][str(n)] = _at_n(sample, ref, n, draws, rng, embedding=embedding)
+    centre = ref.mean(0)
+    for key, feats in (("vendi", sample), ("vendi_reference", ref)):
+        entry[key] = vendi_interval(feats, confidence=confidence, seed=seed, center=centre)
+    return entry
+
+
+def prdc_n(entries: Sequence[dict[str, Any] | None]) -> str | None:
+    """The largest size at which every entry that has PRDC has it (``None``: none has)."""
+    sizes = None
+    for e in entries:
+        have = {n for n, at in ((e or {}).get("at_n") or {}).items() if at.get("prdc")}
+        if have:
+            sizes = have if sizes is None else sizes & have
+    return max(sizes, key=int) if sizes else None
+
+
 def quality_by_group(
     moments: Sequence[FeatureMoments],
     samples: Sequence[np.ndarray],
@@ -172,26 +214,14 @@ def quality_by_group(
     warnings: list[str] = []
     by_group: dict[str, Any] = {}
     for name, gen, sample, r_sel in entries:
-        ng, nr = gen.n, int(r_sel.sum())
-        entry: dict[str, Any] = {"n_generated": ng, "n_reference": nr, "fid": None, "at_n": {}}
-        if ng < 2 or nr < 2:
-            side = "generated" if ng < 2 else "reference"
-            entry["reason"] = f"fewer than 2 {side} images in this group: FID and KID undefined"
+        ng = gen.n
+        entry = _group_entry(
+            gen, sample, ref_feats[r_sel], n_eq, draws, rng,
+            embedding=embedding, confidence=confidence, seed=seed,
+        )  # fmt: skip
+        if entry["fid"] is None:
             by_group[name] = entry
             continue
-        ref = FeatureMoments(dim).update(ref_feats[r_sel])
-        entry["fid"] = fid_from_moments(gen.mean, gen.cov, ref.mean, ref.cov)
-        limit = min(len(sample), nr)
-        ladder = sorted(
-            {n for n in LADDER if n <= limit} | ({n_eq} if 2 <= n_eq <= limit else set())
-        )
-        for n in ladder:
-            entry["at_n"][str(n)] = _at_n(
-                sample, ref_feats[r_sel], n, draws, rng, embedding=embedding
-            )
-        centre = ref_feats[r_sel].mean(0)
-        for key, feats in (("vendi", sample), ("vendi_reference", ref_feats[r_sel])):
-            entry[key] = vendi_interval(feats, confidence=confidence, seed=seed, center=centre)
         if name != "overall" and ng < min_group_n:
             msg = (
                 f"group '{name}' has {ng} generated images (< {min_group_n}): its full-n FID is "

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..audit.quality import prdc_n
+
 __all__ = ["QUALITY_CAPTION", "has_fidelity", "quality_readings", "quality_rows"]
 
 QUALITY_CAPTION = (
@@ -49,16 +51,6 @@ def _vendi(v: dict[str, Any] | None) -> str:
     return f"{v['value']:.2f} [{lo:.2f}, {hi:.2f}]"
 
 
-def _prdc_n(entries: Sequence[dict[str, Any] | None]) -> str | None:
-    """The largest size at which every entry that has any PRDC has it."""
-    sizes = None
-    for e in entries:
-        have = {n for n, at in ((e or {}).get("at_n") or {}).items() if at.get("prdc")}
-        if have:
-            sizes = have if sizes is None else sizes & have
-    return max(sizes, key=int) if sizes else None
-
-
 def _at(entry: dict[str, Any] | None, n: str | None, key: str) -> Any:
     return (((entry or {}).get("at_n") or {}).get(n) or {}).get(key) if n else None
 
@@ -82,7 +74,7 @@ def quality_rows(columns: Sequence[Any]) -> tuple[list[str], list[list[str]]]:
     rows: list[list[str]] = []
     for g in groups:
         entries = _entries(columns, g)
-        n = _prdc_n(entries)
+        n = prdc_n(entries)
         measures = [(m, "prdc") for m in PRDC]
         if all(_at(e, n, "cmmd") for e in entries if e):
             measures.append(("CMMD", "cmmd"))
@@ -131,7 +123,7 @@ def quality_readings(columns: Sequence[Any]) -> list[str]:
         entries = _entries(columns, g)
         for j, i in comparisons(columns):
             pair = [entries[j], entries[i]]
-            n = _prdc_n(pair)
+            n = prdc_n(pair)
             for name in ("recall", "coverage"):
                 a, b = (((_at(e, n, "prdc") or {}).get(name) or {}).get("mean") for e in pair)
                 if a is not None and b is not None and abs(b - a) >= NOTABLE:

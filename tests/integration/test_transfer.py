@@ -388,7 +388,8 @@ def test_report_shows_readers_and_support(tiny_models, small_phantom, readers, t
     assert (
         "**Other readers of the same images.**" in md and "| with | radiomics | radiomics |" in md
     )
-    assert "| with | classifier | " in md and "| without |" not in md.split("Other readers")[1]
+    readers_and_support = md.split("Other readers")[1].split("**Quality by group.**")[0]
+    assert "| with | classifier | " in md and "| without |" not in readers_and_support
     html = write_report(files, tmp_path / "r.html", labels=["with", "without"]).read_text()
     assert 'id="readers"' in html and 'id="support"' in html
     tex = write_report(files, tmp_path / "r.tex", labels=["with", "without"]).read_text()
