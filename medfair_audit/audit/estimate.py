@@ -16,7 +16,7 @@ import numpy as np
 from ..generation.engine import Shard, iter_shards
 from ..metrics.accumulators import ShardAggregate
 from ..metrics.estimates import estimate_shares, headline_reading
-from ..metrics.frame import dispersion, summarise
+from ..metrics.frame import LABEL_SHIFT_Z, dispersion, summarise
 from ..metrics.functional import wilson_interval
 from ..models.features import EMBEDDING_PREFIXES
 from ..progress import ProgressCallback, report
@@ -142,10 +142,10 @@ def _share_warnings(est: Estimates) -> list[str]:
     for where, summ in summaries:
         if any(e.get("label_shift_fails") for e in summ["proportions"][est.reading].values()):
             out.append(
-                f"{where}: every bootstrap draw of the {est.reading.upper()} share lies beyond "
-                "[0, 1]; the images do not look to the classifier as its held-out images do "
-                "(label shift fails), so the corrected share there is only a bound at the "
-                "boundary"
+                f"{where}: the {est.reading.upper()} share lies beyond [0, 1] by more than "
+                f"{LABEL_SHIFT_Z} bootstrap standard deviations; the images do not look to the "
+                "classifier as its held-out images do (label shift fails), so the corrected "
+                "share there is only a bound at the boundary"
             )
     for g, n_g in est.overall["counts"].items():
         if n_g == 0:

@@ -39,18 +39,51 @@ from .functional import (
     stationary_prior,
 )
 
-__all__ = ["cell_tests", "dispersion", "holm_adjust", "proportions_entry", "shen_bias", "summarise"]
+__all__ = [
+    "LABEL_SHIFT_Z",
+    "cell_tests",
+    "dispersion",
+    "holm_adjust",
+    "proportions_entry",
+    "shen_bias",
+    "summarise",
+]
 
 _TOL = 1e-9
+#: How far (in bootstrap standard deviations) a corrected share must lie beyond [0, 1] before
+#: the audit says label shift fails. A group truly absent from the images, with label shift
+#: holding, puts its corrected share below 0 by chance about half the time and its whole
+#: percentile interval below 0 a few percent of the time; past 3.29 sd (one-sided 0.05%) it
+#: almost never goes.
+LABEL_SHIFT_Z = 3.29
 BEYOND_NOTE = (
-    "every bootstrap draw lies beyond [0, 1]: these images do not look to the classifier as its "
-    "held-out images do (label shift fails here), so the correction cannot place the share; "
-    "read the classifier's labels instead"
+    f"the corrected share lies beyond [0, 1] by more than {LABEL_SHIFT_Z} bootstrap standard "
+    "deviations: these images do not look to the classifier as its held-out images do (label "
+    "shift fails here), so the correction cannot place the share; read the classifier's labels "
+    "instead"
+)
+BOUNDARY_NOTE = (
+    "every bootstrap draw lies beyond [0, 1], but within the spread a group absent from the "
+    "images (or present in all of them) shows when label shift holds: the share is at its bound"
 )
 EM_BOUNDARY_NOTE = (
     "the maximum-likelihood share sits on the boundary of [0, 1]: only a one-sided bound is "
     "reported"
 )
+
+
+def _beyond_the_spread(est: ShareEstimates, reading: str, i: int) -> bool:
+    """Whether group ``i``'s share lies beyond [0, 1] by more than ``LABEL_SHIFT_Z`` sd.
+
+    The point estimate against the bootstrap draws' standard deviation: evidence that label
+    shift fails, not the chance excursion of a group that is truly absent.
+    """
+    draws = est.samples.get(reading)
+    if draws is None or reading == "em" or len(draws) < 2:
+        return False
+    q = float(est.point[reading][i])
+    sd = float(np.std(draws[:, i], ddof=1))
+    return q < -LABEL_SHIFT_Z * sd or q > 1 + LABEL_SHIFT_Z * sd
 
 
 def shen_bias(q: np.ndarray) -> float:
@@ -133,9 +166,11 @@ def proportions_entry(
                 bound={"at_most": hi} if below else {"at_least": lo},
                 note=CENSORED_NOTE if reading != "em" else EM_BOUNDARY_NOTE,
             )
-            if hi - lo <= 0:  # zero width: no draw inside the simplex
+            if _beyond_the_spread(est, reading, i):
                 entry["note"] = BEYOND_NOTE
                 entry["label_shift_fails"] = True
+            elif hi - lo <= 0:  # zero width: no draw inside the simplex, but no evidence
+                entry["note"] = BOUNDARY_NOTE
             if reading == "em" and len(groups) == 2:
                 entry["method"] = "likelihood-ratio test inversion (the MLE is on the boundary)"
         elif constrained is not None:
