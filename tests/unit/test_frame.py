@@ -76,6 +76,35 @@ def test_em_equals_plain_em_iterations_and_the_stationary_prior_recovers_calibra
     assert em_prior_shift(p3, pi3, w)[0] == pytest.approx(em_prior_shift(rep, pi3), abs=1e-6)
 
 
+def test_three_group_em_reaches_the_likelihood_maximum_scipy_finds_in_every_replicate():
+    """Accelerated EM (SQUAREM) against scipy's constrained optimiser, on bootstrap replicates
+    of three groups with one group nearly absent (where plain EM crawls to the boundary)."""
+    from scipy import optimize
+
+    rng = np.random.default_rng(0)
+    conf = np.array([[0.8, 0.15, 0.05], [0.1, 0.7, 0.2], [0.05, 0.1, 0.85]])
+    labels = rng.choice(3, 512, p=[0.02, 0.48, 0.5])
+    p = np.stack([rng.dirichlet(20 * conf[g]) for g in labels])
+    prior = np.full(3, 1 / 3)
+    w = rng.multinomial(512, np.full(512, 1 / 512), size=40).astype(float)
+    q = em_prior_shift(p, prior, w)
+    ratio = p / prior
+    for b in range(len(w)):
+        wb = w[b] / w[b].sum()
+
+        def loglik(x, wb=wb):
+            return float((wb * np.log(np.maximum(ratio @ x, 1e-300))).sum())
+
+        best = optimize.minimize(
+            lambda x, f=loglik: -f(x), q[b], method="SLSQP", bounds=[(0, 1)] * 3,
+            constraints=[{"type": "eq", "fun": lambda x: x.sum() - 1}],
+            options={"ftol": 1e-15, "maxiter": 500},
+        ).x  # fmt: skip
+        assert q[b].sum() == pytest.approx(1) and (q[b] >= 0).all()
+        assert loglik(q[b]) >= loglik(np.clip(best, 0, None) / np.clip(best, 0, None).sum()) - 1e-9
+        assert q[b] == pytest.approx(best, abs=2e-3)
+
+
 def test_raw_interval_is_wilson_as_statsmodels_computes_it():
     from statsmodels.stats.proportion import proportion_confint
 
