@@ -434,7 +434,8 @@ def render(cpu: dict, gpu: dict | None) -> None:
             f"Quality block ({q['n']}-image CPU audit, demo model, {q['features']} features, "
             f"{q['n_reference']} reference images, {q['draws']} draws per size; FID, KID, "
             f"PRDC, Vendi intervals): {q['quality_seconds']:.1f} s of {q['audit_seconds']:.0f} s "
-            f"({100 * q['share']:.1f}% of the audit; target < 15%).",
+            f"({100 * q['share']:.1f}% of the audit; target < 15%)"
+            + (f"; {q['date']}, {q['note']}." if q.get("note") else "."),
         ]
     rem = (gpu or {}).get("remediation")
     if rem and all("settings" in r for r in rem["rows"].values()):
