@@ -68,14 +68,12 @@ def _write(images: np.ndarray, folder: Path) -> list[str]:
     return paths
 
 
-def _as_uint8(images: np.ndarray) -> np.ndarray:
-    """``(N, H, W)`` uint8 from ``(N, 1, H, W)`` uint8 or floats in [-1, 1] (first channel)."""
+def _grey(images: Any) -> np.ndarray:
+    """``(N, H, W)`` from uint8 ``(N, C, H, W)`` images (their first channel)."""
     images = np.asarray(images)
-    if images.ndim == 4:
-        images = images[:, 0] if images.shape[1] in (1, 3) else images[..., 0]
     if images.dtype != np.uint8:
-        images = np.round((np.clip(images, -1, 1) + 1) * 127.5).astype(np.uint8)
-    return images
+        raise ValueError(f"expected uint8 images, got {images.dtype}")
+    return images[:, 0] if images.ndim == 4 else images
 
 
 def frd_by_group(
@@ -92,7 +90,8 @@ def frd_by_group(
     Args:
         generated: The generated images in plan order, in chunks (uint8 ``(n, 1, H, W)``).
         labels: Each generated image's predicted group index (same order).
-        reference: The reference images (uint8 or [-1, 1] floats).
+        reference: The reference images, uint8 (quantised as the shards are:
+            :func:`~medfair_audit.generation.engine.to_uint8`).
         ref_labels: Each reference image's group index.
         groups: Group names.
         workers: Feature-extraction processes (default: the CPU count, at most 8).
@@ -104,8 +103,8 @@ def frd_by_group(
     """
     frd = require_frd()
     workers = workers or max(1, min(8, os.cpu_count() or 1))
-    gen = np.concatenate([_as_uint8(x) for x in generated]) if labels.size else None
-    ref = _as_uint8(reference)
+    gen = np.concatenate([_grey(x) for x in generated]) if labels.size else None
+    ref = _grey(reference)
     out: dict[str, Any] = {"by_group": {}, "method": FRD_METHOD}
     sets = [(g, labels == i, ref_labels == i) for i, g in enumerate(groups)]
     sets.append(("overall", np.ones(len(labels), bool), np.ones(len(ref_labels), bool)))

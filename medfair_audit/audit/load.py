@@ -18,6 +18,7 @@ from .._io import folder_sha256
 from ..attributes import cell_name
 from ..data.datasets import ImageFolderDataset
 from ..exceptions import ConfigError, DataError
+from ..generation.engine import to_uint8
 from ..models.attributes import ClassifierSet
 from ..models.attributes import classifier_sha256 as classifier_sha256_of
 from ..models.features import get_extractor
@@ -186,7 +187,8 @@ def load(cfg: AuditConfig, state: Any, progress: ProgressCallback | None = None)
             for n, p, c in members
         ]
         if cfg.frd:
-            loaded.ref_images = ((ref_images + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+            # quantised as the shards quantise the generated images
+            loaded.ref_images = to_uint8(ref_images).numpy()
         del ref_images
     classifier_sha256, loaded.classifiers_sha256 = classifier_sha256_of(cfg.classifier)
     loaded.settings = {

@@ -262,9 +262,7 @@ def collapse_warnings(quality: dict[str, Any]) -> list[str]:
     for name, entry in quality.get("by_group", {}).items():
         cov = ((entry.get("at_n", {}).get(n_eq) or {}).get("prdc") or {}).get("coverage")
         v, v_ref = entry.get("vendi") or {}, entry.get("vendi_reference") or {}
-        if name == "overall" or cov is None or v.get("value") is None:
-            continue
-        if v_ref.get("value") is None:
+        if name == "overall" or cov is None or None in (v.get("value"), v_ref.get("value")):
             continue
         ratio = v["value"] / v_ref["value"]
         if cov["mean"] < COLLAPSE_COVERAGE and ratio < COLLAPSE_VENDI_RATIO:

@@ -41,6 +41,7 @@ __all__ = [
     "plan_shards",
     "run_shards",
     "stored_shards",
+    "to_uint8",
 ]
 
 
@@ -78,7 +79,8 @@ def settings_hash(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _to_uint8(images: torch.Tensor) -> torch.Tensor:
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] as the uint8 the shards store (0 for -1, 255 for 1, rounded)."""
     return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
@@ -260,7 +262,7 @@ def _finish(
                     param="classifier" if name == "classifier" else "features",
                 )
         arrays = {
-            "images": _to_uint8(images).cpu().contiguous(),
+            "images": to_uint8(images).cpu().contiguous(),
             "probs": probs.double().cpu().contiguous(),
             "features": feats.double().cpu().contiguous(),
             "seeds": torch.tensor(seeds, dtype=torch.int64),

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..audit.quality import prdc_n
+from .tables import _cell_text, _fmt, _fmt_delta, comparisons
 
 __all__ = ["QUALITY_CAPTION", "has_fidelity", "quality_readings", "quality_rows"]
 
@@ -40,32 +41,25 @@ def has_fidelity(columns: Sequence[Any]) -> bool:
     return any((c.data.get("quality") or {}).get("version", 1) >= 2 for c in columns)
 
 
-def _spread(m: dict[str, Any] | None, digits: int = 2) -> str:
-    return "–" if not m else f"{m['mean']:.{digits}f} ± {m['sd']:.{digits}f}"
-
-
-def _vendi(v: dict[str, Any] | None) -> str:
-    if not v or v.get("value") is None:
+def _cell(m: dict[str, Any] | None, kind: str) -> str:
+    """A ``{mean, sd}`` spread or a ``{value, ci}`` Vendi entry, formatted as the headline's."""
+    if not m:
         return "–"
-    lo, hi = v["ci"]
-    return f"{v['value']:.2f} [{lo:.2f}, {hi:.2f}]"
+    if "mean" in m:
+        return _cell_text({"value": m["mean"], "sd": m["sd"]}, kind)
+    return _cell_text({"value": m.get("value"), "ci": m.get("ci")}, kind)
 
 
 def _at(entry: dict[str, Any] | None, n: str | None, key: str) -> Any:
     return (((entry or {}).get("at_n") or {}).get(n) or {}).get(key) if n else None
 
 
-def _delta(a: float | None, b: float | None, digits: int = 2) -> str:
-    if a is None or b is None:
-        return "–"
-    d = b - a
-    return f"{'+' if d >= 0 else '−'}{abs(d):.{digits}f}"
+def _delta(a: float | None, b: float | None, kind: str = "") -> str:
+    return _fmt_delta(None if a is None or b is None else b - a, kind)
 
 
 def quality_rows(columns: Sequence[Any]) -> tuple[list[str], list[list[str]]]:
     """Rows (group, measure) × audits, then each same-classifier change (later − earlier)."""
-    from .tables import comparisons
-
     pairs = comparisons(columns)
     labels = [c.label for c in columns]
     header = ["group", "measure", *labels]
@@ -84,22 +78,22 @@ def quality_rows(columns: Sequence[Any]) -> tuple[list[str], list[list[str]]]:
             if not any(vals):
                 continue
             means = [v["mean"] if v else None for v in vals]
-            digits = 3 if key == "cmmd" else 2
+            kind = "kid" if key == "cmmd" else ""  # CMMD with KID's three decimals
             rows.append(
-                [g, f"{name} (n = {n})", *[_spread(v, digits) for v in vals]]
-                + [_delta(means[j], means[i], digits) for j, i in pairs]
+                [g, f"{name} (n = {n})", *[_cell(v, kind) for v in vals]]
+                + [_delta(means[j], means[i], kind) for j, i in pairs]
             )
         vendi = [(e or {}).get("vendi") for e in entries]
         if any(v and v.get("value") is not None for v in vendi):
             size = next(v["n"] for v in vendi if v)
             values = [v.get("value") if v else None for v in vendi]
             rows.append(
-                [g, f"Vendi score (n = {size})", *[_vendi(v) for v in vendi]]
+                [g, f"Vendi score (n = {size})", *[_cell(v, "") for v in vendi]]
                 + [_delta(values[j], values[i]) for j, i in pairs]
             )
             real = [(e or {}).get("vendi_reference") for e in entries]
             rows.append(
-                [g, f"Vendi score, real images (n = {size})", *[_vendi(v) for v in real]]
+                [g, f"Vendi score, real images (n = {size})", *[_cell(v, "") for v in real]]
                 + ["" for _ in pairs]
             )
         frd = [(((c.data.get("quality") or {}).get("frd") or {}).get("by_group") or {}).get(g)
@@ -108,7 +102,7 @@ def quality_rows(columns: Sequence[Any]) -> tuple[list[str], list[list[str]]]:
             values = [f.get("frd") if f else None for f in frd]
             rows.append(
                 [g, "FRD (v1, log d²; all images)",
-                 *["–" if v is None else f"{v:.2f}" for v in values]]
+                 *[_fmt(v, "") for v in values]]
                 + [_delta(values[j], values[i]) for j, i in pairs]
             )  # fmt: skip
     return header, rows
@@ -116,8 +110,6 @@ def quality_rows(columns: Sequence[Any]) -> tuple[list[str], list[list[str]]]:
 
 def quality_readings(columns: Sequence[Any]) -> list[str]:
     """The section's findings in words: notable recall/coverage changes, collapsed groups."""
-    from .tables import comparisons
-
     out = []
     for g in columns[0].data["groups"]:
         entries = _entries(columns, g)
