@@ -18,7 +18,6 @@ from ..metrics.accumulators import ShardAggregate
 from ..metrics.estimates import estimate_shares, headline_reading
 from ..metrics.frame import LABEL_SHIFT_Z, dispersion, summarise
 from ..metrics.functional import wilson_interval
-from ..models.features import EMBEDDING_PREFIXES
 from ..progress import ProgressCallback, report
 from .config import AuditConfig
 from .joint import joint_sections
@@ -191,7 +190,7 @@ def estimate(
         est.quality, more = quality_by_group(
             data["moments"], data["samples"], loaded.ref_feats, loaded.ref_labels, groups,
             draws=cfg.quality_draws, seed=seed, min_group_n=cfg.min_group_n,
-            embedding=loaded.extractor.name.startswith(EMBEDDING_PREFIXES),
+            embedding=loaded.extractor.embedding,
             confidence=cfg.confidence,
         )  # fmt: skip
         est.warnings += more

@@ -46,6 +46,11 @@ class FeatureExtractor:
     details: dict[str, Any] = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
+    @property
+    def embedding(self) -> bool:
+        """Whether the features are image embeddings (CLIP, DINOv2), where CMMD is defined."""
+        return self.name.startswith(EMBEDDING_PREFIXES)
+
     def __call__(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Features ``(N, D)`` in float64 on the CPU, computed in float32 batches on ``device``."""
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=False):
