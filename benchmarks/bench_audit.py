@@ -491,7 +491,7 @@ def main() -> None:
         gpu = json.loads(gpu_path.read_text()) if gpu_path.is_file() else None
         render(json.loads((HERE / "audit.json").read_text()), gpu)
         return
-    from medfair_audit.device import Placement
+    from medfair_audit.config import Placement
 
     device = Placement(device=args.device).device
     gpu = device.type == "cuda"

@@ -35,7 +35,7 @@ from medfair_audit.remediation import RemediationConfig
 from medfair_audit.remediation.step import batch_losses, sample_pair, train_step
 from medfair_audit.remediation.wiring import load_models
 from medfair_audit.target import Target
-from medfair_audit.device import Placement
+from medfair_audit.config import Placement
 torch.set_num_threads(2)
 demo, grad, k, ckpt = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
 steps = int(sys.argv[5])

@@ -41,7 +41,7 @@ from medfair_audit.audit.result import format_estimate
 from medfair_audit.demo import HELD_OUT_PROMPTS, TRAIN_PROMPTS, DemoConfig
 from medfair_audit.generation import GenerationConfig
 from medfair_audit.models.clip import CLIP, encode_images
-from medfair_audit.remediation import remediate
+from medfair_audit.remediation import RemediationJob, remediate
 from medfair_audit.reporting.html import audit_images
 from medfair_audit.target import Target
 
@@ -96,20 +96,22 @@ def measure(demo: Path) -> list[dict]:
             if not (model / "model_index.json").is_file():
                 start = time.perf_counter()
                 remediate(
-                    demo / "models" / "t2medi",
-                    classifier=demo / "models" / "classifier",
-                    target=Target.load(demo / "target.json"),
-                    prompts=TRAIN_PROMPTS,
-                    out=model,
-                    config=dataclasses.replace(
-                        cfg.remediation,
-                        lambda_clip=lam,
-                        steps=steps,
-                        prompts_per_step=1,
-                        audit_every=0,
-                    ),
-                    image_encoders=[(demo / "models" / "clip", 1.0)],
-                    overwrite=True,
+                    RemediationJob(
+                        checkpoint=demo / "models" / "t2medi",
+                        classifier=demo / "models" / "classifier",
+                        target=Target.load(demo / "target.json"),
+                        prompts=TRAIN_PROMPTS,
+                        out=model,
+                        config=dataclasses.replace(
+                            cfg.remediation,
+                            lambda_clip=lam,
+                            steps=steps,
+                            prompts_per_step=1,
+                            audit_every=0,
+                        ),
+                        image_encoders=[(demo / "models" / "clip", 1.0)],
+                        overwrite=True,
+                    )
                 )
                 seconds = time.perf_counter() - start
             audit = _audit(demo, model, work / f"audit-{name}", cfg)

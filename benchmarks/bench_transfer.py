@@ -44,7 +44,7 @@ from medfair_audit import AuditConfig, run_audit
 from medfair_audit.audit.quality import common_n, prdc_n
 from medfair_audit.audit.result import format_estimate
 from medfair_audit.demo import HELD_OUT_PROMPTS, READERS, TRAIN_PROMPTS, DemoConfig, run_demo
-from medfair_audit.remediation import remediate
+from medfair_audit.remediation import RemediationJob, remediate
 from medfair_audit.target import Target
 
 #: Variant → how it guides: ``guide`` (the classifier aligned against, default the training
@@ -107,15 +107,17 @@ def _remediate(demo: Path, cfg: DemoConfig, variant: dict, seed: int, out: Path)
     )
     start = time.perf_counter()
     remediate(
-        demo / "models" / "t2medi",
-        classifier=demo / "models" / variant.get("guide", "classifier"),
-        ensemble=[demo / "models" / g for g in variant.get("ensemble", ())],
-        target=Target.load(demo / "target.json"),
-        prompts=TRAIN_PROMPTS,
-        out=out,
-        config=rcfg,
-        image_encoders=[(demo / "models" / "clip", 1.0)],
-        overwrite=True,
+        RemediationJob(
+            checkpoint=demo / "models" / "t2medi",
+            classifier=demo / "models" / variant.get("guide", "classifier"),
+            ensemble=[demo / "models" / g for g in variant.get("ensemble", ())],
+            target=Target.load(demo / "target.json"),
+            prompts=TRAIN_PROMPTS,
+            out=out,
+            config=rcfg,
+            image_encoders=[(demo / "models" / "clip", 1.0)],
+            overwrite=True,
+        )
     )
     per_step = (time.perf_counter() - start) / rcfg.steps
     record = json.loads((out / "remediation.json").read_text())

@@ -134,7 +134,7 @@ Dtype = Annotated[
 
 def placement(device: str, dtype: str) -> object:
     """The checked :class:`~medfair_audit.device.Placement` of ``--device`` and ``--dtype``."""
-    from medfair_audit.device import Placement
+    from medfair_audit.config import Placement
 
     return Placement(device=device, dtype=dtype)
 

@@ -183,7 +183,7 @@ def audit(
         --target joint-target.json --prompts prompts.txt --out reports/audit-joint
     """
     from medfair_audit import AuditConfig, run_audit
-    from medfair_audit.models.pipelines import Speed
+    from medfair_audit.config import Speed
 
     texts = prompt_texts(prompts, prompt)
     classifier_spec, target_value = classifiers_and_target(classifier, target)

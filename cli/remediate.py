@@ -225,6 +225,7 @@ def remediate(
         --ensemble models/sex-robust --augment 4 --target data/target.json --prompts
         prompts.txt --out models/t2medi-fair
     """
+    from medfair_audit.config import RemediationJob
     from medfair_audit.remediation import parse_encoder_spec
     from medfair_audit.remediation import remediate as run
 
@@ -238,19 +239,21 @@ def remediate(
             raise ConfigError(f"'{path}' is not a folder", param="image_encoder")
     with quiet_libraries(), progress_bar() as callback:
         result = run(
-            checkpoint,
-            classifier=classifier_spec,
-            target=tgt,
-            prompts=texts,
-            out=out,
-            config=config,
-            image_encoders=encoders,
-            ensemble=ensemble or (),
-            resume=resume,
-            overwrite=overwrite,
-            trust_pickle=trust_pickle,
-            keep_checkpoints=keep_checkpoints,
-            placement=where,
+            RemediationJob(
+                checkpoint=checkpoint,
+                classifier=classifier_spec,
+                target=tgt,
+                prompts=texts,
+                out=out,
+                config=config,
+                image_encoders=encoders,
+                ensemble=ensemble or (),
+                resume=resume,
+                overwrite=overwrite,
+                trust_pickle=trust_pickle,
+                keep_checkpoints=keep_checkpoints,
+                placement=where,
+            ),
             progress=callback,
         )
     from medfair_audit import is_main_process

@@ -28,13 +28,14 @@ except PackageNotFoundError:  # running from a source tree without installation
 # The audit pulls in torch, diffusers and scipy; resolve its names on first use so that
 # `import medfair_audit` (and so every `medfair` command, `--help` included) starts fast.
 _LAZY = {
-    "AuditConfig": ("audit", "AuditConfig"),
+    "AuditConfig": ("config", "AuditConfig"),
     "AuditResult": ("audit", "AuditResult"),
     "read_prompts": ("audit", "read_prompts"),
     "run_audit": ("audit", "run_audit"),
     "GenerationConfig": ("config", "GenerationConfig"),
-    "Placement": ("device", "Placement"),
-    "Speed": ("models.pipelines", "Speed"),
+    "Placement": ("config", "Placement"),
+    "Speed": ("config", "Speed"),
+    "RemediationJob": ("config", "RemediationJob"),
     "RemediationConfig": ("remediation", "RemediationConfig"),
     "RemediationResult": ("remediation", "RemediationResult"),
     "remediate": ("remediation", "remediate"),
@@ -72,6 +73,7 @@ __all__ = [
     "ProgressCallback",
     "ProgressEvent",
     "RemediationConfig",
+    "RemediationJob",
     "RemediationResult",
     "ResourceError",
     "RocoDataset",

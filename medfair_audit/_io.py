@@ -260,7 +260,7 @@ def run_lock(out: str | os.PathLike[str], *, param: str = "out") -> Iterator[Pat
 
 
 def locks_out(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Run ``fn`` holding :func:`run_lock` on its ``out`` argument (main process only).
+    """Run ``fn`` holding :func:`run_lock` on its ``out`` (or ``job.out``), main process only.
 
     Under ``torchrun``/``accelerate launch`` the processes of one run share its folder: only rank
     0 (``RANK``) takes the lock.
@@ -271,7 +271,9 @@ def locks_out(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if int(os.environ.get("RANK", "0") or 0) != 0:
             return fn(*args, **kwargs)
-        with run_lock(signature.bind(*args, **kwargs).arguments["out"]):
+        arguments = signature.bind(*args, **kwargs).arguments
+        out = arguments["out"] if "out" in arguments else arguments["job"].out
+        with run_lock(out):
             return fn(*args, **kwargs)
 
     return wrapper

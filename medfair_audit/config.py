@@ -7,29 +7,29 @@ its option defaults from these fields (a test checks that none differs) while ``
 stays fast. Named presets replace hand-written copies: ``.tiny()`` (tests, ``medfair demo
 --fast``) and ``RemediationConfig.demo()``.
 
-The audit's configuration holds a device placement, so it lives beside the code that needs torch;
-its name resolves here on first use.
+The device placement (:class:`Placement`) is defined here too; only making one imports torch,
+to find the device.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 from ._validate import require_count, require_rate
 from .data.phantom import AnatomyModel, PhantomConfig
-from .exceptions import ConfigError
+from .exceptions import ConfigError, DataError
 from .target import Target
-
-if TYPE_CHECKING:
-    from .audit.config import AuditConfig
 
 __all__ = [
     "ALIGN",
     "ALIGN_TO",
     "ARCHITECTURES",
+    "DEFAULT_SMOOTHING",
+    "DTYPE_NAMES",
     "GRADIENTS",
     "LORA_ON",
     "LOSSES",
@@ -40,21 +40,13 @@ __all__ = [
     "ClassifierConfig",
     "GenerationConfig",
     "PhantomConfig",
+    "Placement",
     "RemediationConfig",
+    "RemediationJob",
+    "Speed",
     "T2IConfig",
     "Target",
 ]
-
-_LAZY = {"AuditConfig": "medfair_audit.audit.config"}
-
-
-def __getattr__(name: str) -> object:
-    """The audit's and generation's configurations, imported on first use (PEP 562)."""
-    if name not in _LAZY:
-        raise AttributeError(f"module 'medfair_audit.config' has no attribute '{name}'")
-    import importlib
-
-    return getattr(importlib.import_module(_LAZY[name]), name)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -501,6 +493,110 @@ class RemediationConfig:
         return {**key, "processes": processes, "dtype": dtype}
 
 
+#: Generation dtypes by name (``--dtype``); ``auto`` picks one for the device.
+DTYPE_NAMES = ("float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Placement:
+    """A device and a generation dtype, resolved and checked on construction.
+
+    Defining it does not import torch (this module stays torch-free); making one does, to find
+    the device and check that it can run the dtype (:func:`medfair_audit.device.resolve_device`).
+
+    Args:
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (or a ``torch.device``).
+        dtype: ``auto``, ``float32``, ``float16`` or ``bfloat16`` (or a ``torch.dtype``).
+    """
+
+    device: Any = "auto"
+    dtype: Any = "auto"
+
+    def __post_init__(self) -> None:
+        import torch
+
+        from .device import resolve_device, resolve_dtype
+
+        device = self.device
+        if not isinstance(device, torch.device):
+            device = resolve_device(str(device))
+        object.__setattr__(self, "device", device)
+        dtype = self.dtype
+        if not isinstance(dtype, torch.dtype):
+            dtype = resolve_dtype(str(dtype), device)
+        if str(dtype).removeprefix("torch.") not in DTYPE_NAMES:
+            raise ConfigError(
+                f"expected one of {', '.join(DTYPE_NAMES)}, got {dtype}", param="dtype"
+            )
+        object.__setattr__(self, "dtype", dtype)
+
+    @property
+    def dtype_name(self) -> str:
+        """``float32``, ``float16`` or ``bfloat16``."""
+        return str(self.dtype).removeprefix("torch.")
+
+    @property
+    def half(self) -> bool:
+        """Whether generation runs in a 16-bit dtype."""
+        return self.dtype_name != "float32"
+
+    def autocast(self) -> Any:
+        """``torch.autocast`` to the generation dtype (a no-op context in ``float32``)."""
+        import torch
+
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.half)
+
+    def grad_scaler(self) -> Any:
+        """A ``GradScaler`` for float16 training (its range needs loss scaling), else ``None``."""
+        if self.dtype_name != "float16":
+            return None
+        import torch
+
+        return torch.amp.GradScaler(self.device.type)
+
+    def describe(self) -> dict[str, str]:
+        """JSON-able record: device, dtype and the GPU's name when there is one."""
+        out = {"device": str(self.device), "dtype": self.dtype_name}
+        if self.device.type == "cuda":
+            import torch
+
+            out["name"] = torch.cuda.get_device_name(self.device)
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class Speed:
+    """Inference speed-ups; none changes which image a seed gives beyond kernel tolerance.
+
+    :func:`medfair_audit.models.pipelines.apply_speed` applies them to a loaded pipeline.
+
+    Args:
+        compile: ``torch.compile`` the UNet and the VAE decoder (first batch pays the compile).
+        channels_last: Channels-last memory format for the UNet and VAE (faster convolutions
+            on GPUs).
+        vae_slicing: Decode a batch one image at a time (less memory for large batches).
+        vae_tiling: Decode large images in overlapping tiles (less memory for large images).
+    """
+
+    compile: bool = False
+    channels_last: bool = False
+    vae_slicing: bool = False
+    vae_tiling: bool = False
+
+    def describe(self) -> dict[str, bool]:
+        """JSON-able record of the switches."""
+        return {
+            "compile": self.compile,
+            "channels_last": self.channels_last,
+            "vae_slicing": self.vae_slicing,
+            "vae_tiling": self.vae_tiling,
+        }
+
+
+#: ε of the smoothed KL/JS divergences (stated in every report that uses it).
+DEFAULT_SMOOTHING = 1e-3
+
+
 #: Upper bounds that catch a typo (an extra zero too many) before it becomes an hours-long run or
 #: a shard plan that fills the memory: batches of 65,536 and 10,000 denoising steps (images per
 #: prompt are capped at :data:`~medfair_audit._validate.MAX_COUNT`, ten million).
@@ -536,3 +632,202 @@ class GenerationConfig:
             )
         if self.seed < 0:
             raise ConfigError(f"expected a non-negative seed, got {self.seed}", param="seed")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditConfig:
+    """Everything an audit needs.
+
+    Args:
+        checkpoint: Diffusers text-to-image pipeline folder.
+        classifier: Subgroup classifier folder (``medfair train classifier``), or attribute →
+            folder for several attributes (``{"sex": ..., "age_band": ...}``: marginals and
+            joint cells, see :mod:`medfair_audit.models.attributes`). A joint classifier's folder
+            alone also audits several attributes.
+        prompts: Prompts to audit.
+        target: Target proportions; its groups must be the classifier's (for several
+            attributes, a joint target over the same attributes in the same order).
+        out: Output folder (``audit.json``, ``audit.html``, ``images.csv``, grids, shards).
+        generation: Images per prompt, seed, steps, guidance, batch (shard) size.
+        reference: Image folder of real images with the attribute column, for FID/KID.
+        reference_split: Use only this ``split`` of the reference.
+        features: Quality features: ``classifier``, ``inception:PATH``, ``clip:PATH`` or
+            ``dinov2:PATH`` (a bare folder is read as CLIP).
+        mode: ``marginal`` (neutral prompts vs the target) or ``conditional`` (each prompt names
+            one group; the share of images showing it).
+        n_boot: Bootstrap resamples for intervals (also the simulations of the χ² null).
+        confidence: Interval level.
+        smoothing: ε of KL/JS smoothing (stated in the report).
+        half_width: Interval half-width for the sample-size estimate.
+        min_group_n: Below this many images a group's full-n FID carries a warning.
+        min_cell_n: Several attributes: a joint cell with fewer images classified into it is
+            reported with its n and a warning (its interval is wide; it is never hidden).
+        quality_draws: Subsamples per size for FID/KID at equal n.
+        trust_pickle: Allow pickle weights.
+        save_images: Also write every generated image as PNG.
+        placement: Device and generation dtype (the classifier and features run in float32).
+        speed: Inference speed-ups (``torch.compile``, channels-last, VAE slicing/tiling).
+        allow_outside_root: Read reference images that its ``metadata.csv`` places outside it.
+        overwrite: Replace a finished audit (or anything else) in ``out``; its shards are
+            kept and reused where their settings match. Without it, ``out`` must be absent,
+            empty or hold an unfinished audit (which is resumed).
+        overlap: Classify and write each batch while the next one is generated (``None``: on
+            an accelerator, where the generator leaves the CPU free; off on the CPU, where both
+            would share the same cores).
+        batch_invariant: Compute each image on its own (a batch of one) inside every batch, so
+            that the results are bit-identical whatever ``generation.shard_size`` (they equal
+            a batch-size-1 audit's). Slower: batching is what makes generation fast.
+        readers: Other classifiers of the same (one) attribute that read the same images: each
+            one's corrected share and its disagreement with ``classifier`` (paired bootstrap),
+            and, with a ``reference``, the share of images outside the real images' support in
+            each classifier's feature space (:mod:`medfair_audit.audit.readers`).
+        frd: Also the Fréchet Radiomics Distance per group (needs a ``reference`` and the
+            ``frd`` extra; :mod:`medfair_audit.audit.frd`).
+    """
+
+    checkpoint: Path
+    classifier: Path | Mapping[str, Path]
+    prompts: Sequence[str]
+    target: Target
+    out: Path
+    generation: GenerationConfig
+    reference: Path | None = None
+    reference_split: str | None = None
+    features: str = "classifier"
+    mode: str = "marginal"
+    n_boot: int = 1000
+    confidence: float = 0.95
+    smoothing: float = DEFAULT_SMOOTHING
+    half_width: float = 0.05
+    min_group_n: int = 50
+    min_cell_n: int = 20
+    quality_draws: int = 20
+    trust_pickle: bool = False
+    save_images: bool = False
+    placement: Placement = field(default_factory=Placement)
+    speed: Speed = field(default_factory=Speed)
+    allow_outside_root: bool = False
+    overwrite: bool = False
+    overlap: bool | None = None
+    batch_invariant: bool = False
+    readers: Sequence[Path] = ()
+    frd: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prompts", tuple(self.prompts))
+        object.__setattr__(self, "readers", tuple(Path(p) for p in self.readers))
+        if self.readers and isinstance(self.classifier, Mapping) and len(self.classifier) > 1:
+            raise ConfigError(
+                "readers read one attribute; audit several attributes without --reader",
+                param="reader",
+            )
+        object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "checkpoint", Path(self.checkpoint))
+        if self.reference is not None:
+            object.__setattr__(self, "reference", Path(self.reference))
+        if isinstance(self.classifier, Mapping):
+            if not self.classifier:
+                raise ConfigError("expected at least one classifier", param="classifier")
+            specs = {str(k): Path(v) for k, v in self.classifier.items()}
+            object.__setattr__(
+                self, "classifier", specs if len(specs) > 1 else next(iter(specs.values()))
+            )
+        else:
+            object.__setattr__(self, "classifier", Path(self.classifier))
+        if self.frd and self.reference is None:
+            raise ConfigError("FRD compares with real images: give --reference", param="frd")
+        if self.min_cell_n < 0:
+            raise ConfigError(f"expected min_cell_n ≥ 0, got {self.min_cell_n}", param="min_cell_n")
+        if self.out.exists() and not self.out.is_dir():
+            raise DataError(f"'{self.out}' is a file; expected a folder to write", param="out")
+        if not self.prompts or any(not p.strip() for p in self.prompts):
+            raise ConfigError("expected at least one non-empty prompt", param="prompts")
+        if self.mode not in ("marginal", "conditional"):
+            raise ConfigError(
+                f"expected 'marginal' or 'conditional', got '{self.mode}'", param="mode"
+            )
+        if self.n_boot < 0:
+            raise ConfigError(f"expected n_boot ≥ 0, got {self.n_boot}", param="n_boot")
+        if self.quality_draws < 2:
+            raise ConfigError(
+                f"expected quality_draws ≥ 2, got {self.quality_draws}", param="quality_draws"
+            )
+        if not 0 < self.half_width < 1:
+            raise ConfigError(
+                f"expected a half-width in (0, 1), got {self.half_width}", param="half_width"
+            )
+        if not 0 < self.confidence < 1:
+            raise ConfigError(
+                f"expected a level in (0, 1), got {self.confidence}", param="confidence"
+            )
+        if not 0 <= self.smoothing < 1:
+            raise ConfigError(f"expected ε in [0, 1), got {self.smoothing}", param="smoothing")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RemediationJob:
+    """Everything one remediation run needs: what to tune, against what, and where to write.
+
+    Args:
+        checkpoint: Diffusers text-to-image pipeline folder (T2MedI or a Stable Diffusion).
+        classifier: Subgroup classifier folder; its groups must be the target's. Several
+            attributes: attribute → folder (one classifier each; ``config.align`` picks a joint or
+            per-attribute loss) or one joint classifier's folder, with a joint target.
+        target: Target proportions (e.g. the BraTS18-like set's sex proportions).
+        prompts: Training prompts (keep held-out prompts for the evaluation).
+        out: New pipeline folder; checkpoints live in ``<out>.partial/`` while it runs.
+        config: Training settings.
+        image_encoders: ``(folder, weight)`` of each CLIP or DINOv2 encoder of the
+            semantics-preservation term (default: the CLIP in the checkpoint's ``medfair.json``).
+        ensemble: More classifiers of the same attribute (one attribute only): the alignment
+            loss is the mean of each classifier's own loss (each with its soft confusion matrix
+            under ``align_to="corrected"``). Classifiers that differ in seed, width, robustness
+            or subjects agree on the anatomy more than on each one's quirks.
+        resume: Continue from the newest checkpoint in ``<out>.partial/``.
+        overwrite: Replace an existing ``out``.
+        trust_pickle: Allow pickle weights.
+        keep_checkpoints: Keep ``<out>.partial/`` after success.
+        placement: Device and generation dtype (``None``: ``auto``, the GPU in bfloat16/float16
+            when there is one, else the CPU in float32). Under ``accelerate launch`` each
+            process takes the GPU of its local rank.
+    """
+
+    checkpoint: Path
+    classifier: Path | Mapping[str, Path]
+    target: Target
+    prompts: Sequence[str]
+    out: Path
+    config: RemediationConfig = field(default_factory=RemediationConfig)
+    image_encoders: Sequence[tuple[Path, float]] = ()
+    ensemble: Sequence[Path] = ()
+    resume: bool = False
+    overwrite: bool = False
+    trust_pickle: bool = False
+    keep_checkpoints: bool = False
+    placement: Placement | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "checkpoint", Path(self.checkpoint))
+        object.__setattr__(self, "out", Path(self.out))
+        if self.config is None:
+            object.__setattr__(self, "config", RemediationConfig())
+        elif not isinstance(self.config, RemediationConfig):
+            raise ConfigError(
+                f"expected a RemediationConfig, got {type(self.config).__name__}", param="config"
+            )
+        if isinstance(self.classifier, Mapping):
+            if not self.classifier:
+                raise ConfigError("expected at least one classifier", param="classifier")
+            spec: Path | dict[str, Path] = {str(a): Path(p) for a, p in self.classifier.items()}
+        else:
+            spec = Path(self.classifier)
+        object.__setattr__(self, "classifier", spec)
+        prompts = tuple(p for p in self.prompts if p.strip())
+        if not prompts:
+            raise ConfigError("expected at least one non-empty prompt", param="prompts")
+        object.__setattr__(self, "prompts", prompts)
+        encoders = tuple((Path(p), float(w)) for p, w in self.image_encoders)
+        object.__setattr__(self, "image_encoders", encoders)
+        object.__setattr__(self, "ensemble", tuple(Path(p) for p in self.ensemble))
+        if self.out.resolve() == self.checkpoint.resolve():
+            raise ConfigError("--out must differ from the checkpoint being remediated", param="out")

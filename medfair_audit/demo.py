@@ -45,9 +45,15 @@ from typing import Any
 
 from ._io import atomic_write_json
 from .audit import AuditConfig, run_audit
-from .config import ClassifierConfig, CLIPTrainConfig, RemediationConfig, T2IConfig
+from .config import (
+    ClassifierConfig,
+    CLIPTrainConfig,
+    Placement,
+    RemediationConfig,
+    RemediationJob,
+    T2IConfig,
+)
 from .data.phantom import AnatomyModel, PhantomConfig, build_phantom
-from .device import Placement
 from .exceptions import ConfigError
 from .generation import GenerationConfig
 from .generation.engine import settings_hash
@@ -575,16 +581,18 @@ def _remediate(
 ) -> Stage:
     def work() -> dict[str, Any]:
         r = remediate(
-            checkpoint,
-            classifier=classifier,
-            ensemble=ensemble,
-            target=Target.load(target),
-            prompts=TRAIN_PROMPTS,
-            out=folder,
-            config=rcfg,
-            image_encoders=[(encoder, 1.0)],
-            overwrite=True,
-            placement=ctx.where,
+            RemediationJob(
+                checkpoint=checkpoint,
+                classifier=classifier,
+                ensemble=ensemble,
+                target=Target.load(target),
+                prompts=TRAIN_PROMPTS,
+                out=folder,
+                config=rcfg,
+                image_encoders=[(encoder, 1.0)],
+                overwrite=True,
+                placement=ctx.where,
+            ),
             progress=ctx.progress,
         )
         first, last = r.data["audits"][0], r.final_audit

@@ -16,8 +16,6 @@ seed gives the same starting point on any device, batch size and process count.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -26,7 +24,6 @@ from .exceptions import ConfigError
 __all__ = [
     "DEVICES",
     "DTYPES",
-    "Placement",
     "initial_latents",
     "is_out_of_memory",
     "resolve_device",
@@ -127,53 +124,6 @@ def resolve_dtype(spec: str, device: torch.device, *, param: str = "dtype") -> t
     if dtype == torch.bfloat16 and device.type == "cuda" and not _bf16_supported(device):
         raise ConfigError(f"{device} does not support bfloat16: use --dtype float16", param=param)
     return dtype
-
-
-@dataclass(frozen=True, kw_only=True)
-class Placement:
-    """A device and a generation dtype, resolved and checked.
-
-    Args:
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (or a ``torch.device``).
-        dtype: ``auto``, ``float32``, ``float16`` or ``bfloat16`` (or a ``torch.dtype``).
-    """
-
-    device: Any = "auto"
-    dtype: Any = "auto"
-
-    def __post_init__(self) -> None:
-        device = self.device
-        if not isinstance(device, torch.device):
-            device = resolve_device(str(device))
-        object.__setattr__(self, "device", device)
-        dtype = self.dtype
-        if not isinstance(dtype, torch.dtype):
-            dtype = resolve_dtype(str(dtype), device)
-        if dtype not in DTYPES.values():
-            raise ConfigError(f"expected one of {', '.join(DTYPES)}, got {dtype}", param="dtype")
-        object.__setattr__(self, "dtype", dtype)
-
-    @property
-    def half(self) -> bool:
-        """Whether generation runs in a 16-bit dtype."""
-        return self.dtype != torch.float32
-
-    def autocast(self) -> Any:
-        """``torch.autocast`` to the generation dtype (a no-op context in ``float32``)."""
-        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.half)
-
-    def grad_scaler(self) -> Any:
-        """A ``GradScaler`` for float16 training (its range needs loss scaling), else ``None``."""
-        if self.dtype != torch.float16:
-            return None
-        return torch.amp.GradScaler(self.device.type)
-
-    def describe(self) -> dict[str, str]:
-        """JSON-able record: device, dtype and the GPU's name when there is one."""
-        out = {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch.")}
-        if self.device.type == "cuda":
-            out["name"] = torch.cuda.get_device_name(self.device)
-        return out
 
 
 def initial_latents(

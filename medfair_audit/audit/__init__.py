@@ -5,7 +5,8 @@ and ``result`` (:class:`AuditResult`, saved and loaded as a folder; ``audit.sche
 JSON Schema of its ``audit.json``).
 """
 
-from .config import AuditConfig, read_prompts
+from ..config import AuditConfig
+from .config import read_prompts
 from .result import AUDIT_SCHEMA_VERSION, AuditResult, audit_schema, read_audit_json
 from .run import run_audit
 

@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from ..config import AuditConfig
 from ..generation.engine import Shard, iter_shards
 from ..metrics.accumulators import ShardAggregate
 from ..metrics.estimates import estimate_shares, headline_reading
 from ..metrics.frame import LABEL_SHIFT_Z, dispersion, summarise
 from ..metrics.functional import wilson_interval
 from ..progress import ProgressCallback, report
-from .config import AuditConfig
 from .joint import joint_sections
 from .load import Loaded
 from .quality import quality_by_group

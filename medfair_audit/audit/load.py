@@ -16,16 +16,16 @@ import numpy as np
 
 from .._io import folder_sha256
 from ..attributes import cell_name
+from ..config import AuditConfig
 from ..data.datasets import ImageFolderDataset
 from ..exceptions import ConfigError, DataError
 from ..generation.engine import to_uint8
 from ..models.attributes import ClassifierSet
 from ..models.attributes import classifier_sha256 as classifier_sha256_of
 from ..models.features import get_extractor
-from ..models.pipelines import load_pipeline, pipeline_info, truncated_prompts
+from ..models.pipelines import apply_speed, load_pipeline, pipeline_info, truncated_prompts
 from ..progress import ProgressCallback
 from ..training import load_images
-from .config import AuditConfig
 from .readers import ReaderSpace
 from .readers import features as reader_features
 
@@ -168,7 +168,7 @@ def load(cfg: AuditConfig, state: Any, progress: ProgressCallback | None = None)
     pipe = load_pipeline(cfg.checkpoint, trust_pickle=cfg.trust_pickle, placement=cfg.placement)
     info = pipeline_info(pipe)
     truncated = truncated_prompts(pipe, cfg.prompts)
-    cfg.speed.apply(pipe)
+    apply_speed(pipe, cfg.speed)
     extractor = get_extractor(
         cfg.features, cset.primary, trust_pickle=cfg.trust_pickle, device=cfg.placement.device
     )

@@ -24,12 +24,12 @@ import pandas as pd
 import torch
 
 from .._io import run_lock
+from ..config import AuditConfig
 from ..exceptions import DataError
 from ..generation.engine import Shard, iter_shards, run_shards
 from ..models.pipelines import generate
 from ..progress import ProgressCallback
 from ..reporting import image_grid_png, render_audit_html
-from .config import AuditConfig
 from .estimate import Estimates, estimate
 from .load import Loaded, load
 from .result import AuditResult, audit_document

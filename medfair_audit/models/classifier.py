@@ -28,9 +28,8 @@ import torch.nn.functional as F
 
 from .._io import atomic_write_json, building_dir, check_out, locks_out, null_non_finite
 from ..attributes import cell_name, cells, check_level, sort_levels
-from ..config import ClassifierConfig
+from ..config import ClassifierConfig, Placement
 from ..data.datasets import ImageFolderDataset
-from ..device import Placement
 from ..exceptions import ConfigError, DataError, ModelError
 from ..metrics.functional import expected_calibration_error, mean_output_matrix
 from ..progress import ProgressCallback, report

@@ -23,9 +23,8 @@ import numpy as np
 import torch
 
 from .._io import atomic_write_json, building_dir, check_out, locks_out
-from ..config import CLIPTrainConfig
+from ..config import CLIPTrainConfig, Placement
 from ..data.datasets import ImageFolderDataset
-from ..device import Placement
 from ..exceptions import ConfigError, ModelError
 from ..progress import ProgressCallback, report
 from ..training import backward_step, batched, load_images, seed_everything, warmup_cosine

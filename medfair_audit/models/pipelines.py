@@ -13,18 +13,18 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..device import Placement, initial_latents
+from ..config import Placement, Speed
+from ..device import initial_latents
 from ..exceptions import ConfigError, ModelError
 from ._loading import check_no_pickle, load_pretrained
 
 __all__ = [
-    "Speed",
+    "apply_speed",
     "generate",
     "latent_shape",
     "load_pipeline",
@@ -39,48 +39,22 @@ FAMILIES = {
 }
 
 
-@dataclass(frozen=True, kw_only=True)
-class Speed:
-    """Inference speed-ups; none changes which image a seed gives beyond kernel tolerance.
-
-    Args:
-        compile: ``torch.compile`` the UNet and the VAE decoder (first batch pays the compile).
-        channels_last: Channels-last memory format for the UNet and VAE (faster convolutions
-            on GPUs).
-        vae_slicing: Decode a batch one image at a time (less memory for large batches).
-        vae_tiling: Decode large images in overlapping tiles (less memory for large images).
-    """
-
-    compile: bool = False
-    channels_last: bool = False
-    vae_slicing: bool = False
-    vae_tiling: bool = False
-
-    def apply(self, pipe: Any) -> None:
-        """Apply the chosen speed-ups to ``pipe`` in place."""
-        vae = getattr(pipe, "vae", None)
-        if self.channels_last:
-            for part in (getattr(pipe, "unet", None), vae):
-                if part is not None:
-                    part.to(memory_format=torch.channels_last)
-        if vae is not None and self.vae_slicing:
-            vae.enable_slicing()
-        if vae is not None and self.vae_tiling:
-            vae.enable_tiling()
-        if self.compile:
-            if getattr(pipe, "unet", None) is not None:
-                pipe.unet = torch.compile(pipe.unet)
-            if vae is not None:
-                vae.decoder = torch.compile(vae.decoder)
-
-    def describe(self) -> dict[str, bool]:
-        """JSON-able record of the switches."""
-        return {
-            "compile": self.compile,
-            "channels_last": self.channels_last,
-            "vae_slicing": self.vae_slicing,
-            "vae_tiling": self.vae_tiling,
-        }
+def apply_speed(pipe: Any, speed: Speed) -> None:
+    """Apply the chosen speed-ups (:class:`~medfair_audit.config.Speed`) to ``pipe`` in place."""
+    vae = getattr(pipe, "vae", None)
+    if speed.channels_last:
+        for part in (getattr(pipe, "unet", None), vae):
+            if part is not None:
+                part.to(memory_format=torch.channels_last)
+    if vae is not None and speed.vae_slicing:
+        vae.enable_slicing()
+    if vae is not None and speed.vae_tiling:
+        vae.enable_tiling()
+    if speed.compile:
+        if getattr(pipe, "unet", None) is not None:
+            pipe.unet = torch.compile(pipe.unet)
+        if vae is not None:
+            vae.decoder = torch.compile(vae.decoder)
 
 
 def load_pipeline(

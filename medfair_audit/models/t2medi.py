@@ -33,9 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from .._io import atomic_write_json, check_out, locks_out
-from ..config import T2IConfig
+from ..config import Placement, T2IConfig
 from ..data.datasets import ImageFolderDataset
-from ..device import Placement
 from ..exceptions import ConfigError
 from ..progress import ProgressCallback, report
 from ..training import (

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config import RemediationConfig
 from ..device import initial_latents
 from ..generation.seeds import image_seed
 from ..metrics.functional import adjusted_count, kl_divergence
-from .config import RemediationConfig
 from .sampling import ddim_sample, decode
 from .wiring import Models
 

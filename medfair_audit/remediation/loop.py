@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +28,8 @@ from typing import Any
 import torch
 
 from .._io import check_out, locks_out
-from ..device import Placement
-from ..exceptions import ConfigError
+from ..config import Placement, RemediationConfig, RemediationJob
 from ..progress import ProgressCallback, report
-from ..target import Target
-from .config import RemediationConfig
 from .evaluate import quick_audit
 from .output import write_output
 from .state import restore_state, save_state
@@ -120,16 +117,6 @@ def _append(path: Path, records: list[dict[str, Any]], *, replace: bool = False)
         fh.writelines(json.dumps(r, sort_keys=True) + "\n" for r in records)
 
 
-def _check(checkpoint: Path, out: Path, prompts: Sequence[str], overwrite: bool) -> list[str]:
-    prompts = [p for p in prompts if p.strip()]
-    if not prompts:
-        raise ConfigError("expected at least one non-empty prompt", param="prompts")
-    check_out(out, overwrite=overwrite)
-    if out.resolve() == checkpoint.resolve():
-        raise ConfigError("--out must differ from the checkpoint being remediated", param="out")
-    return prompts
-
-
 def _spec_json(spec: Path | dict[str, Path]) -> str | dict[str, str]:
     return str(spec) if isinstance(spec, Path) else {a: str(p) for a, p in spec.items()}
 
@@ -160,68 +147,29 @@ def _record(m: Models, cfg: RemediationConfig, log: list, audits: list, **extra:
 
 @locks_out
 def remediate(
-    checkpoint: str | Path,
-    *,
-    classifier: str | Path | Mapping[str, str | Path],
-    target: Target,
-    prompts: Sequence[str],
-    out: str | Path,
-    config: RemediationConfig | None = None,
-    image_encoders: Sequence[tuple[str | Path, float]] = (),
-    ensemble: Sequence[str | Path] = (),
-    resume: bool = False,
-    overwrite: bool = False,
-    trust_pickle: bool = False,
-    keep_checkpoints: bool = False,
-    placement: Placement | None = None,
-    progress: ProgressCallback | None = None,
+    job: RemediationJob, *, progress: ProgressCallback | None = None
 ) -> RemediationResult:
-    """Fine-tune ``checkpoint`` so its subgroup distribution matches ``target``.
+    """Fine-tune ``job.checkpoint`` so its subgroup distribution matches ``job.target``.
 
     Args:
-        checkpoint: Diffusers text-to-image pipeline folder (T2MedI or a Stable Diffusion).
-        classifier: Subgroup classifier folder; its groups must be the target's. Several
-            attributes: attribute → folder (one classifier each; ``config.align`` picks a joint or
-            per-attribute loss) or one joint classifier's folder, with a joint target.
-        target: Target proportions (e.g. the BraTS18-like set's sex proportions).
-        prompts: Training prompts (keep held-out prompts for the evaluation).
-        out: New pipeline folder; checkpoints live in ``<out>.partial/`` while it runs.
-        config: Training settings.
-        image_encoders: ``(folder, weight)`` of each CLIP or DINOv2 encoder of the
-            semantics-preservation term (default: the CLIP in the checkpoint's ``medfair.json``).
-        ensemble: More classifiers of the same attribute (one attribute only): the alignment
-            loss is the mean of each classifier's own loss (each with its soft confusion matrix
-            under ``align_to="corrected"``). Classifiers that differ in seed, width, robustness
-            or subjects agree on the anatomy more than on each one's quirks.
-        resume: Continue from the newest checkpoint in ``<out>.partial/``.
-        overwrite: Replace an existing ``out``.
-        trust_pickle: Allow pickle weights.
-        keep_checkpoints: Keep ``<out>.partial/`` after success.
-        placement: Device and generation dtype (default ``auto``: the GPU in bfloat16/float16
-            when there is one, else the CPU in float32). Under ``accelerate launch`` each
-            process takes the GPU of its local rank.
+        job: What to tune, against which classifier(s) and target, with which settings, and
+            where to write (:class:`~medfair_audit.config.RemediationJob`).
         progress: Called once per step with the loss terms.
     """
     from .._dist import accelerator as make_accelerator
     from ..training import RunFolder, warmup_cosine
     from ..training import ema as make_ema
 
-    cfg, started = config or RemediationConfig(), time.perf_counter()
-    spec = (
-        {str(a): Path(p) for a, p in classifier.items()}
-        if isinstance(classifier, Mapping)
-        else Path(classifier)
-    )
-    checkpoint, out = Path(checkpoint), Path(out)
-    prompts = _check(checkpoint, out, prompts, overwrite)
-    placement = placement or Placement()
+    cfg, started = job.config, time.perf_counter()
+    checkpoint, out, resume = job.checkpoint, job.out, job.resume
+    check_out(out, overwrite=job.overwrite)
+    placement = job.placement or Placement()
     acc = make_accelerator(placement.device)
     torch.manual_seed(cfg.seed)
-    encoders = [(Path(p), float(w)) for p, w in image_encoders]
-    ensemble = [Path(p) for p in ensemble]
     m = load_models(
-        checkpoint, spec, target, prompts, encoders, cfg, placement, trust_pickle, ensemble
-    )
+        checkpoint, job.classifier, job.target, job.prompts, job.image_encoders, cfg, placement,
+        job.trust_pickle, job.ensemble,
+    )  # fmt: skip
     params = list(m.trainable.values())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     lr_sched = warmup_cosine(optimizer, total=cfg.steps, warmup=max(1, cfg.warmup), floor=0.1)
@@ -234,7 +182,11 @@ def remediate(
     if m.ensemble:  # resuming with other guides would continue another run
         key["ensemble_sha256"] = m.ensemble_sha256
     run = RunFolder(
-        out, overwrite=overwrite, resume=resume, keep=keep_checkpoints, main=acc.is_main_process
+        out,
+        overwrite=job.overwrite,
+        resume=resume,
+        keep=job.keep_checkpoints,
+        main=acc.is_main_process,
     )
     work, ckpts = run.work, run.checkpointer()
     acc.wait_for_everyone()
@@ -289,12 +241,12 @@ def remediate(
         audits.append(a)
     seconds = time.perf_counter() - started
     data = _record(
-        m, cfg, log, audits, checkpoint=str(checkpoint), classifier=_spec_json(spec),
-        target=target.to_json(), prompts=list(prompts), steps_done=step,
+        m, cfg, log, audits, checkpoint=str(checkpoint), classifier=_spec_json(job.classifier),
+        target=job.target.to_json(), prompts=list(job.prompts), steps_done=step,
         stopped_early=bool(stopped and step < cfg.steps), processes=acc.num_processes,
         seconds=seconds,
     )  # fmt: skip
     if acc.is_main_process:
-        write_output(run, checkpoint, m, data, log, trust_pickle=trust_pickle)
+        write_output(run, checkpoint, m, data, log, trust_pickle=job.trust_pickle)
     acc.wait_for_everyone()
     return RemediationResult(path=out, data=data, seconds=seconds)

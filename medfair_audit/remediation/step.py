@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import RemediationConfig
+from ..config import RemediationConfig
 from .losses import alignment_kl, consistency, ot_cross_entropy
 from .sampling import ddim_sample, decode, step_seed
 from .transforms import eot_views, fold_views

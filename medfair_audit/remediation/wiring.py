@@ -24,10 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..device import Placement
+from ..config import Placement, RemediationConfig
 from ..exceptions import ConfigError, ModelError
 from ..target import Target
-from .config import RemediationConfig
 
 __all__ = ["Models", "load_models", "merged_pipeline_parts"]
 

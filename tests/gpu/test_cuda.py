@@ -19,11 +19,12 @@ import torch
 from safetensors.torch import load_file
 
 from medfair_audit import AuditConfig, run_audit
-from medfair_audit.device import Placement, initial_latents
+from medfair_audit.config import Placement, Speed
+from medfair_audit.device import initial_latents
 from medfair_audit.generation import GenerationConfig
-from medfair_audit.models.pipelines import Speed, generate, load_pipeline
+from medfair_audit.models.pipelines import apply_speed, generate, load_pipeline
 from medfair_audit.models.sd_like import save_sd_like
-from medfair_audit.remediation import RemediationConfig, remediate
+from medfair_audit.remediation import RemediationConfig, RemediationJob, remediate
 from medfair_audit.target import parse_target
 
 DEVICE = os.environ.get("MEDFAIR_TEST_DEVICE", "cuda")
@@ -111,7 +112,7 @@ def test_compiled_generation_agrees_with_eager(sd15, no_tf32):
     where = Placement(device=DEVICE, dtype="float32")
     eager = generate(load_pipeline(sd15, placement=where), PROMPT, [3, 4], steps=3, guidance=2.0)
     pipe = load_pipeline(sd15, placement=where)
-    Speed(compile=True).apply(pipe)
+    apply_speed(pipe, Speed(compile=True))
     compiled = generate(pipe, PROMPT, [3, 4], steps=3, guidance=2.0)
     assert (compiled - eager).abs().max() < 1e-3
 
@@ -136,12 +137,13 @@ def _config(**kw):
     return RemediationConfig(**{**base, **kw})
 
 
-def _remediate(models, out, cfg, dtype, **kw):
-    return remediate(
-        models["t2medi"], classifier=models["classifier"], target=TARGET, prompts=[PROMPT],
-        out=out, config=cfg, image_encoders=[(models["clip"], 1.0)],
+def _remediate(models, out, cfg, dtype, progress=None, **kw):
+    job = RemediationJob(
+        checkpoint=models["t2medi"], classifier=models["classifier"], target=TARGET,
+        prompts=[PROMPT], out=out, config=cfg, image_encoders=[(models["clip"], 1.0)],
         placement=Placement(device=DEVICE, dtype=dtype), **kw,
     )  # fmt: skip
+    return remediate(job, progress=progress)
 
 
 @pytest.mark.parametrize("option", list(OPTIONS))

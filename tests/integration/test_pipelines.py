@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from medfair_audit import AuditConfig, run_audit
-from medfair_audit.device import Placement
+from medfair_audit.config import Placement, Speed
 from medfair_audit.generation import GenerationConfig, image_seed
-from medfair_audit.models.pipelines import Speed, generate, load_pipeline, pipeline_info
+from medfair_audit.models.pipelines import apply_speed, generate, load_pipeline, pipeline_info
 from medfair_audit.models.sd_like import save_sd_like
 from medfair_audit.target import parse_target
 from tests.cli.test_cli import assert_one_line_error, run
@@ -111,7 +111,7 @@ def test_half_precision_places_the_pipeline_but_keeps_the_classifier_float32(
 def test_channels_last_and_vae_slicing_change_nothing_beyond_kernel_tolerance(sd_like):
     ref = generate(load_pipeline(sd_like["sd15"]), "brain MRI", [4, 5], steps=2, guidance=2.0)
     pipe = load_pipeline(sd_like["sd15"])
-    Speed(channels_last=True, vae_slicing=True, vae_tiling=True).apply(pipe)
+    apply_speed(pipe, Speed(channels_last=True, vae_slicing=True, vae_tiling=True))
     assert pipe.vae.use_slicing and pipe.vae.use_tiling
     got = generate(pipe, "brain MRI", [4, 5], steps=2, guidance=2.0)
     assert torch.allclose(got, ref, atol=1e-4)
@@ -121,7 +121,7 @@ def test_channels_last_and_vae_slicing_change_nothing_beyond_kernel_tolerance(sd
 def test_compiled_pipeline_agrees_with_the_eager_one(sd_like):
     ref = generate(load_pipeline(sd_like["sd15"]), "brain MRI", [4, 5], steps=2, guidance=2.0)
     pipe = load_pipeline(sd_like["sd15"])
-    Speed(compile=True).apply(pipe)
+    apply_speed(pipe, Speed(compile=True))
     got = generate(pipe, "brain MRI", [4, 5], steps=2, guidance=2.0)
     assert torch.allclose(got, ref, atol=1e-4)
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from medfair_audit.device import Placement
+from medfair_audit.config import Placement
 from medfair_audit.exceptions import ConfigError, ModelError
 from medfair_audit.models.t2medi import load_pipeline
-from medfair_audit.remediation import RemediationConfig, remediate
+from medfair_audit.remediation import RemediationConfig, RemediationJob, remediate
 from medfair_audit.remediation.step import train_step
 from medfair_audit.remediation.wiring import load_models
 from medfair_audit.target import parse_target
@@ -40,17 +40,18 @@ def tiny(**kw):
     return RemediationConfig(**{**base, **kw})
 
 
-def _run(models, out, cfg, **kw):
-    return remediate(
-        models["t2medi"],
+def _run(models, out, cfg, progress=None, **kw):
+    kw.setdefault("image_encoders", [(models["clip"], 1.0)])
+    job = RemediationJob(
+        checkpoint=models["t2medi"],
         classifier=models["classifier"],
         target=TARGET,
         prompts=PROMPTS,
         out=out,
         config=cfg,
-        image_encoders=kw.pop("image_encoders", [(models["clip"], 1.0)]),
         **kw,
     )
+    return remediate(job, progress=progress)
 
 
 def _unet_weights(folder):
@@ -194,12 +195,14 @@ def test_full_tuning_and_ot_loss(tiny_models, tmp_path):
 
 def test_lambda_zero_needs_no_encoder_and_skips_the_original(tiny_models, tmp_path):
     result = remediate(
-        tiny_models["t2medi"],
-        classifier=tiny_models["classifier"],
-        target=TARGET,
-        prompts=PROMPTS,
-        out=tmp_path / "z",
-        config=tiny(steps=1, lambda_clip=0.0),
+        RemediationJob(
+            checkpoint=tiny_models["t2medi"],
+            classifier=tiny_models["classifier"],
+            target=TARGET,
+            prompts=PROMPTS,
+            out=tmp_path / "z",
+            config=tiny(steps=1, lambda_clip=0.0),
+        )
     )
     assert result.data["image_encoders"] == [] and result.data["curves"]["clip"] == [None]
 
@@ -467,12 +470,14 @@ def test_missing_default_image_encoder_is_named(tiny_models, tmp_path):
     (ckpt / "medfair.json").unlink()  # no record of the CLIP it was trained with
     with pytest.raises(ModelError, match="--image-encoder") as info:
         remediate(
-            ckpt,
-            classifier=tiny_models["classifier"],
-            target=TARGET,
-            prompts=PROMPTS,
-            out=tmp_path / "o",
-            config=tiny(steps=1),
+            RemediationJob(
+                checkpoint=ckpt,
+                classifier=tiny_models["classifier"],
+                target=TARGET,
+                prompts=PROMPTS,
+                out=tmp_path / "o",
+                config=tiny(steps=1),
+            )
         )
     assert info.value.param == "image_encoder"
     assert not (tmp_path / "o").exists()

@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
-from medfair_audit.device import Placement
+from medfair_audit.config import Placement
 from medfair_audit.exceptions import ModelError
 from medfair_audit.models.pipelines import load_pipeline
 from medfair_audit.models.sd_like import save_sd_like
-from medfair_audit.remediation import RemediationConfig, remediate
+from medfair_audit.remediation import RemediationConfig, RemediationJob, remediate
 from medfair_audit.remediation import step as step_module
 from medfair_audit.remediation.sampling import ddim_sample, decode
 from medfair_audit.remediation.wiring import load_models
@@ -55,9 +55,15 @@ def test_the_sampler_follows_a_v_prediction_pipeline_exactly(sd_like):
 
 def test_v_prediction_pipeline_is_remediated(sd_like, tiny_models, tmp_path):
     result = remediate(
-        sd_like["sd2-v"], classifier=tiny_models["classifier"], target=TARGET, prompts=PROMPTS,
-        out=tmp_path / "out", config=RemediationConfig(**CFG),
-    )  # fmt: skip
+        RemediationJob(
+            checkpoint=sd_like["sd2-v"],
+            classifier=tiny_models["classifier"],
+            target=TARGET,
+            prompts=PROMPTS,
+            out=tmp_path / "out",
+            config=RemediationConfig(**CFG),
+        )
+    )
     assert result.data["steps_done"] == 2 and result.data["skipped_steps"] == 0
     tuned = load_pipeline(tmp_path / "out")
     assert tuned.scheduler.config.prediction_type == "v_prediction"
@@ -97,9 +103,16 @@ def test_mixed_precision_keeps_a_float32_master_copy(tiny_models, tmp_path):
     assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
     assert next(m.classifier.primary.model.parameters()).dtype == torch.float32
     result = remediate(
-        tiny_models["t2medi"], classifier=tiny_models["classifier"], target=TARGET,
-        prompts=PROMPTS, out=tmp_path / "bf16", config=RemediationConfig(**CFG), placement=bf16,
-    )  # fmt: skip
+        RemediationJob(
+            checkpoint=tiny_models["t2medi"],
+            classifier=tiny_models["classifier"],
+            target=TARGET,
+            prompts=PROMPTS,
+            out=tmp_path / "bf16",
+            config=RemediationConfig(**CFG),
+            placement=bf16,
+        )
+    )
     data = json.loads((tmp_path / "bf16" / "remediation.json").read_text())
     assert data["placement"] == {"device": "cpu", "dtype": "bfloat16"}
     assert all(v is not None and v == v for v in data["curves"]["loss"])  # finite losses
@@ -107,15 +120,30 @@ def test_mixed_precision_keeps_a_float32_master_copy(tiny_models, tmp_path):
     # another precision is another run: resuming a bf16 checkpoint in float32 is refused
     with pytest.raises(Exception, match="other settings \\(dtype\\)"):
         remediate(
-            tiny_models["t2medi"], classifier=tiny_models["classifier"], target=TARGET,
-            prompts=PROMPTS, out=tmp_path / "bf16b", config=RemediationConfig(**CFG),
-            placement=bf16, keep_checkpoints=True,
-        )  # fmt: skip
+            RemediationJob(
+                checkpoint=tiny_models["t2medi"],
+                classifier=tiny_models["classifier"],
+                target=TARGET,
+                prompts=PROMPTS,
+                out=tmp_path / "bf16b",
+                config=RemediationConfig(**CFG),
+                placement=bf16,
+                keep_checkpoints=True,
+            )
+        )
         remediate(
-            tiny_models["t2medi"], classifier=tiny_models["classifier"], target=TARGET,
-            prompts=PROMPTS, out=tmp_path / "bf16b", config=RemediationConfig(**CFG),
-            placement=Placement(device="cpu", dtype="float32"), resume=True, overwrite=True,
-        )  # fmt: skip
+            RemediationJob(
+                checkpoint=tiny_models["t2medi"],
+                classifier=tiny_models["classifier"],
+                target=TARGET,
+                prompts=PROMPTS,
+                out=tmp_path / "bf16b",
+                config=RemediationConfig(**CFG),
+                placement=Placement(device="cpu", dtype="float32"),
+                resume=True,
+                overwrite=True,
+            )
+        )
 
 
 def test_a_step_with_non_finite_gradients_is_skipped_and_logged(tiny_models, tmp_path, monkeypatch):
@@ -132,9 +160,15 @@ def test_a_step_with_non_finite_gradients_is_skipped_and_logged(tiny_models, tmp
     monkeypatch.setattr(step_module, "batch_losses", poisoned)
     cfg = RemediationConfig(**{**CFG, "steps": 1, "ema_decay": 0.9})
     result = remediate(
-        tiny_models["t2medi"], classifier=tiny_models["classifier"], target=TARGET,
-        prompts=PROMPTS, out=tmp_path / "nan", config=cfg,
-    )  # fmt: skip
+        RemediationJob(
+            checkpoint=tiny_models["t2medi"],
+            classifier=tiny_models["classifier"],
+            target=TARGET,
+            prompts=PROMPTS,
+            out=tmp_path / "nan",
+            config=cfg,
+        )
+    )
     assert result.data["skipped_steps"] == 1 and result.data["curves"]["skipped"] == [True]
     assert result.data["curves"]["grad_norm"] == [None]
     base = load_pipeline(tiny_models["t2medi"]).unet.state_dict()
@@ -190,9 +224,16 @@ def test_a_half_saved_pipeline_is_remediated_and_saved_in_float32(
 ):
     out = tmp_path / "out"
     result = remediate(
-        half_saved[saved], classifier=tiny_models["classifier"], target=TARGET, prompts=PROMPTS,
-        out=out, config=RemediationConfig(**CFG), placement=Placement(device="cpu", dtype=want),
-    )  # fmt: skip
+        RemediationJob(
+            checkpoint=half_saved[saved],
+            classifier=tiny_models["classifier"],
+            target=TARGET,
+            prompts=PROMPTS,
+            out=out,
+            config=RemediationConfig(**CFG),
+            placement=Placement(device="cpu", dtype=want),
+        )
+    )
     assert result.data["steps_done"] == 2 and result.data["skipped_steps"] < 2
     tuned, stored = _stored(out), _stored(half_saved[saved])
     assert {t.dtype for t in tuned.values()} == {torch.float32}
@@ -208,10 +249,16 @@ def test_a_half_precision_remediation_writes_the_stored_weights_plus_a_float32_u
 
     out = tmp_path / "out"
     result = remediate(
-        half_saved["float32"], classifier=tiny_models["classifier"], target=TARGET,
-        prompts=PROMPTS, out=out, config=RemediationConfig(**CFG),
-        placement=Placement(device="cpu", dtype=dtype),
-    )  # fmt: skip
+        RemediationJob(
+            checkpoint=half_saved["float32"],
+            classifier=tiny_models["classifier"],
+            target=TARGET,
+            prompts=PROMPTS,
+            out=out,
+            config=RemediationConfig(**CFG),
+            placement=Placement(device="cpu", dtype=dtype),
+        )
+    )
     assert result.data["placement"]["dtype"] == dtype and result.data["skipped_steps"] < 2
     stored = _stored(half_saved["float32"])
     for part in ("unet", "vae", "text_encoder"):
@@ -258,9 +305,15 @@ def test_decode_checkpointing_changes_the_memory_not_the_run(tiny_models, tmp_pa
     for on in (False, True):
         cfg = RemediationConfig(**{**CFG, "decode_checkpointing": on})
         runs[on] = remediate(
-            tiny_models["t2medi"], classifier=tiny_models["classifier"], target=TARGET,
-            prompts=PROMPTS, out=tmp_path / str(on), config=cfg,
-        ).data  # fmt: skip
+            RemediationJob(
+                checkpoint=tiny_models["t2medi"],
+                classifier=tiny_models["classifier"],
+                target=TARGET,
+                prompts=PROMPTS,
+                out=tmp_path / str(on),
+                config=cfg,
+            )
+        ).data  # fmt: skip)
     off, on = runs[False]["curves"]["loss"], runs[True]["curves"]["loss"]
     assert off[0] == on[0]  # the first step's images are the same
     assert off != [0.0] * len(off)

@@ -15,7 +15,7 @@ import pytest
 
 from medfair_audit import AuditConfig, run_audit
 from medfair_audit.generation import GenerationConfig
-from medfair_audit.remediation import RemediationConfig, remediate
+from medfair_audit.remediation import RemediationConfig, RemediationJob, remediate
 from medfair_audit.reporting.compare import write_report
 from medfair_audit.reporting.tables import headline_rows, load_audit
 from medfair_audit.target import parse_target
@@ -45,22 +45,24 @@ def audits(tiny_models, small_phantom, tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     fair = root / "fair"
     remediate(
-        tiny_models["t2medi"],
-        classifier=tiny_models["classifier"],
-        target=TARGET,
-        prompts=PROMPTS,
-        out=fair,
-        config=RemediationConfig(
-            steps=2,
-            batch_per_prompt=2,
-            sampling_steps=2,
-            lora_rank=2,
-            lr=0.05,
-            audit_images=2,
-            audit_steps=2,
-            warmup=1,
-        ),
-        image_encoders=[(tiny_models["clip"], 1.0)],
+        RemediationJob(
+            checkpoint=tiny_models["t2medi"],
+            classifier=tiny_models["classifier"],
+            target=TARGET,
+            prompts=PROMPTS,
+            out=fair,
+            config=RemediationConfig(
+                steps=2,
+                batch_per_prompt=2,
+                sampling_steps=2,
+                lora_rank=2,
+                lr=0.05,
+                audit_images=2,
+                audit_steps=2,
+                warmup=1,
+            ),
+            image_encoders=[(tiny_models["clip"], 1.0)],
+        )
     )
     _audit(tiny_models, tiny_models["t2medi"], root / "before", small_phantom)
     _audit(tiny_models, fair, root / "after", small_phantom)

@@ -22,7 +22,7 @@ from medfair_audit.generation import GenerationConfig
 from medfair_audit.metrics.estimates import HeldOut
 from medfair_audit.models.classifier import SubgroupClassifier, train_classifier
 from medfair_audit.models.radiomics import fit_logistic, radiomic_features
-from medfair_audit.remediation import remediate
+from medfair_audit.remediation import RemediationJob, remediate
 from medfair_audit.remediation.transforms import eot_views, fold_views
 from medfair_audit.target import parse_target
 from tests.conftest import TINY_CLF
@@ -120,7 +120,7 @@ def test_classifier_config_checks_the_new_fields(kw, param):
 
 
 def test_pgd_finds_a_worse_case_inside_the_ball():
-    from medfair_audit.device import Placement
+    from medfair_audit.config import Placement
     from medfair_audit.models.classifier import _build, _perturb
 
     torch.manual_seed(0)
@@ -303,14 +303,16 @@ def test_disagreement_interval_covers_zero_under_label_shift():
 def test_remediation_with_an_ensemble_and_eot(tiny_models, readers, tmp_path):
     cfg = RemediationConfig.tiny(augment=2, align_to="corrected", lambda_clip=0.5)
     r = remediate(
-        tiny_models["t2medi"],
-        classifier=tiny_models["classifier"],
-        ensemble=[readers["resnet-2"], readers["radiomics"]],
-        target=parse_target(TARGET),
-        prompts=PROMPTS,
-        out=tmp_path / "fair",
-        config=cfg,
-        image_encoders=[(tiny_models["clip"], 1.0)],
+        RemediationJob(
+            checkpoint=tiny_models["t2medi"],
+            classifier=tiny_models["classifier"],
+            ensemble=[readers["resnet-2"], readers["radiomics"]],
+            target=parse_target(TARGET),
+            prompts=PROMPTS,
+            out=tmp_path / "fair",
+            config=cfg,
+            image_encoders=[(tiny_models["clip"], 1.0)],
+        )
     )
     data = json.loads((tmp_path / "fair" / "remediation.json").read_text())
     assert data["config"]["augment"] == 2
@@ -336,20 +338,22 @@ def test_ensemble_needs_one_attribute_and_the_same_groups(tiny_models, small_pha
     train_classifier(small_phantom, tmp_path / "age", TINY_CLF, attribute="age_band")
     with pytest.raises(ConfigError, match="an ensemble reads one attribute") as err:
         remediate(
-            tiny_models["t2medi"],
-            classifier=tiny_models["classifier"],
-            ensemble=[tmp_path / "age"],
-            target=parse_target(TARGET),
-            prompts=PROMPTS,
-            out=tmp_path / "fair",
-            config=RemediationConfig.tiny(lambda_clip=0),
+            RemediationJob(
+                checkpoint=tiny_models["t2medi"],
+                classifier=tiny_models["classifier"],
+                ensemble=[tmp_path / "age"],
+                target=parse_target(TARGET),
+                prompts=PROMPTS,
+                out=tmp_path / "fair",
+                config=RemediationConfig.tiny(lambda_clip=0),
+            )
         )
     assert err.value.param == "ensemble"
 
 
 def test_ensemble_alignment_is_the_mean_of_each_classifiers_loss(tiny_models, readers):
     """batch_losses with an ensemble = mean of the members' KLs (EOT views shared)."""
-    from medfair_audit.device import Placement
+    from medfair_audit.config import Placement
     from medfair_audit.models.attributes import ClassifierSet
     from medfair_audit.remediation.losses import alignment_kl
     from medfair_audit.remediation.step import batch_losses

@@ -19,7 +19,7 @@ import pytest
 from medfair_audit._io import building_dir, run_lock
 from medfair_audit.exceptions import DataError
 from medfair_audit.models.t2medi import train_t2i
-from medfair_audit.remediation import remediate
+from medfair_audit.remediation import RemediationJob, remediate
 from medfair_audit.target import parse_target
 from tests.cli.test_cli import assert_one_line_error, run
 
@@ -104,11 +104,13 @@ def test_training_remediation_and_built_folders_are_locked(holder, tiny_models, 
         train_t2i(tmp_path / "no-data", out, clip=tiny_models["clip"])
     with pytest.raises(DataError, match="another medfair run"):
         remediate(
-            tiny_models["t2medi"],
-            classifier=tiny_models["classifier"],
-            target=parse_target("male=0.5,female=0.5"),
-            prompts=["Axial MRI."],
-            out=out,
+            RemediationJob(
+                checkpoint=tiny_models["t2medi"],
+                classifier=tiny_models["classifier"],
+                target=parse_target("male=0.5,female=0.5"),
+                prompts=["Axial MRI."],
+                out=out,
+            )
         )
     with pytest.raises(DataError, match="another medfair run"), building_dir(out):
         pass

@@ -92,7 +92,8 @@ def test_config_module_loads_no_torch() -> None:
     import sys
 
     code = (
-        "import sys, medfair_audit.config as c; c.RemediationConfig(); "
+        "import sys, medfair_audit.config as c; c.RemediationConfig(); c.Speed(); "
+        "c.AuditConfig, c.RemediationJob, c.Placement; "
         "print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

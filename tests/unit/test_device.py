@@ -7,8 +7,8 @@ import time
 import pytest
 import torch
 
+from medfair_audit.config import Placement
 from medfair_audit.device import (
-    Placement,
     initial_latents,
     is_out_of_memory,
     resolve_device,

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from medfair_audit import AuditConfig, GenerationConfig, read_prompts
-from medfair_audit.exceptions import DataError
+from medfair_audit.exceptions import ConfigError, DataError
 from medfair_audit.target import Target, parse_target
 
 
@@ -58,3 +58,30 @@ def test_cli_audit_out_that_is_a_file_is_one_line_and_leaves_it_alone(capsys, tm
     )  # fmt: skip
     assert_one_line_error(code, err, "--out", "is a file")
     assert target.read_bytes() == b"%PDF"
+
+
+def test_a_remediation_job_checks_itself_on_construction(tmp_path):
+    from medfair_audit.config import RemediationConfig, RemediationJob
+    from medfair_audit.target import parse_target
+
+    base = dict(
+        checkpoint=str(tmp_path / "t2medi"),
+        classifier={"sex": str(tmp_path / "clf")},
+        target=parse_target("male=0.58,female=0.42"),
+        prompts=["a brain MRI", "  "],
+        out=str(tmp_path / "fair"),
+    )
+    job = RemediationJob(**base)
+    assert job.checkpoint == tmp_path / "t2medi" and job.out == tmp_path / "fair"
+    assert job.classifier == {"sex": tmp_path / "clf"}
+    assert job.prompts == ("a brain MRI",)  # blank prompts dropped
+    assert job.config == RemediationConfig()
+    for bad, param in [
+        ({"out": str(tmp_path / "t2medi")}, "out"),
+        ({"prompts": [" "]}, "prompts"),
+        ({"classifier": {}}, "classifier"),
+        ({"config": {"steps": 3}}, "config"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            RemediationJob(**{**base, **bad})
+        assert err.value.param == param

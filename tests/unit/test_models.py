@@ -341,7 +341,7 @@ def test_fine_tuning_from_init_moves_its_vae_and_text_encoder_to_the_training_de
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel
 
-    from medfair_audit.device import Placement
+    from medfair_audit.config import Placement
 
     moved = []
     for cls in (AutoencoderKL, CLIPTextModel):

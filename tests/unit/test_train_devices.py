@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from medfair_audit.device import Placement
+from medfair_audit.config import Placement
 from medfair_audit.models.classifier import SubgroupClassifier, train_classifier
 from medfair_audit.models.t2medi import train_t2i
 from tests.cli.test_cli import assert_one_line_error, run

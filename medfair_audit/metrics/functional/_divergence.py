@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...config import DEFAULT_SMOOTHING
+
 __all__ = [
     "DEFAULT_SMOOTHING",
     "jensen_shannon",
@@ -19,8 +21,6 @@ __all__ = [
     "smooth",
     "total_variation",
 ]
-
-DEFAULT_SMOOTHING = 1e-3
 
 
 def _check(p: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
