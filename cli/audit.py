@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from medfair_audit.config import GenerationConfig
+from medfair_audit.exceptions import ConfigError
 
 from ._common import (
     AllowOutsideRoot,
@@ -28,6 +29,8 @@ from ._common import (
 )
 
 GEN = defaults(GenerationConfig)
+#: ``--precision`` without ``--max-n-per-prompt``: at most this many images per prompt.
+MAX_N_PER_PROMPT = 2048
 
 
 def audit(
@@ -39,7 +42,24 @@ def audit(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
     prompts: PromptsFile = None,
     prompt: PromptText = None,
-    n_per_prompt: Annotated[int, typer.Option(help="Images per prompt.")] = GEN["n_per_prompt"],
+    n_per_prompt: Annotated[
+        int, typer.Option(help="Images per prompt (with --precision: --max-n-per-prompt).")
+    ] = GEN["n_per_prompt"],
+    precision: Annotated[
+        float | None,
+        typer.Option(
+            help="Draw images round by round (one batch per prompt) and stop once every group's "
+            "anytime-valid corrected share is within ± this half-width (e.g. 0.05); the interval "
+            "stays valid however the stop falls."
+        ),
+    ] = None,
+    max_n_per_prompt: Annotated[
+        int | None,
+        typer.Option(help="With --precision: the most images per prompt (default 2048)."),
+    ] = None,
+    min_n_per_prompt: Annotated[
+        int, typer.Option(min=0, help="With --precision: images per prompt before the first stop.")
+    ] = 0,
     reference: Annotated[
         Path | None, typer.Option(help="Real images with the attribute column, for FID/KID.")
     ] = None,
@@ -187,6 +207,10 @@ def audit(
 
     texts = prompt_texts(prompts, prompt)
     classifier_spec, target_value = classifiers_and_target(classifier, target)
+    if precision is None and max_n_per_prompt is not None:
+        raise ConfigError("--max-n-per-prompt goes with --precision", param="max_n_per_prompt")
+    if precision is not None:
+        n_per_prompt = max_n_per_prompt if max_n_per_prompt is not None else MAX_N_PER_PROMPT
     config = AuditConfig(
         placement=placement(device, dtype),
         speed=Speed(
@@ -211,6 +235,8 @@ def audit(
         mode=mode,
         n_boot=n_boot,
         half_width=half_width,
+        precision=precision,
+        min_n_per_prompt=min_n_per_prompt,
         save_images=save_images,
         trust_pickle=trust_pickle,
         overwrite=overwrite,

@@ -683,6 +683,12 @@ class AuditConfig:
             each classifier's feature space (:mod:`medfair_audit.audit.readers`).
         frd: Also the Fréchet Radiomics Distance per group (needs a ``reference`` and the
             ``frd`` extra; :mod:`medfair_audit.audit.frd`).
+        precision: Stop drawing once every group's anytime-valid corrected (PACC) share is
+            within ± this half-width (``None``: draw ``generation.n_per_prompt`` images per
+            prompt). ``generation.n_per_prompt`` is then the maximum; images come in rounds of
+            one shard per prompt (:mod:`medfair_audit.audit.sequential`).
+        min_n_per_prompt: With ``precision``: draw at least this many images per prompt before
+            the first look that may stop.
     """
 
     checkpoint: Path
@@ -712,6 +718,8 @@ class AuditConfig:
     batch_invariant: bool = False
     readers: Sequence[Path] = ()
     frd: bool = False
+    precision: float | None = None
+    min_n_per_prompt: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prompts", tuple(self.prompts))
@@ -736,6 +744,19 @@ class AuditConfig:
             object.__setattr__(self, "classifier", Path(self.classifier))
         if self.frd and self.reference is None:
             raise ConfigError("FRD compares with real images: give --reference", param="frd")
+        if self.precision is not None:
+            if not 0 < self.precision <= 0.5:
+                raise ConfigError(
+                    f"expected a half-width in (0, 0.5], got {self.precision}", param="precision"
+                )
+            if self.mode != "marginal":
+                raise ConfigError("--precision works with --mode marginal", param="precision")
+        if not 0 <= self.min_n_per_prompt <= self.generation.n_per_prompt:
+            raise ConfigError(
+                f"expected 0 ≤ min_n_per_prompt ≤ {self.generation.n_per_prompt} (the most "
+                f"images per prompt), got {self.min_n_per_prompt}",
+                param="min_n_per_prompt",
+            )
         if self.min_cell_n < 0:
             raise ConfigError(f"expected min_cell_n ≥ 0, got {self.min_cell_n}", param="min_cell_n")
         if self.out.exists() and not self.out.is_dir():

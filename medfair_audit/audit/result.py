@@ -205,6 +205,11 @@ class AuditResult:
                 f"{len(rejected)} of {len(joint['cells'])}"
                 + (f": {', '.join(rejected)}" if rejected else "")
             )
+        seq = d.get("sequential")
+        if seq:
+            from .sequential import sequential_text
+
+            lines.append(sequential_text(seq))
         worst = d.get("dispersion", {}).get("worst_prompt")
         if worst and len(d["by_prompt"]) > 1:
             lines.append(
@@ -302,6 +307,7 @@ def audit_document(
     warnings: list[str],
     remediation: dict[str, Any] | None,
     versions: dict[str, str],
+    sequential: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``audit.json`` content of a run, in plain JSON types.
 
@@ -314,6 +320,7 @@ def audit_document(
         warnings: Every warning, in order.
         remediation: What remediation the checkpoint went through, if any.
         versions: Software versions.
+        sequential: The ``--precision`` record (rule, looks, n at stopping), if any.
     """
     from ..metrics.estimates import READINGS
 
@@ -340,6 +347,7 @@ def audit_document(
         "by_prompt": est.by_prompt,
         **({"attributes": est.attributes, "joint": est.joint} if loaded.cset.multi else {}),
         **({"readers": est.readers} if est.readers else {}),
+        **({"sequential": sequential} if sequential is not None else {}),
         "warnings": warnings,
         "prompts_truncated": loaded.truncated,
         "classifier": _classifier_section(cfg, loaded),

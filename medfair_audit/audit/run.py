@@ -33,6 +33,7 @@ from ..reporting import image_grid_png, render_audit_html
 from .estimate import Estimates, estimate
 from .load import Loaded, load
 from .result import AuditResult, audit_document
+from .sequential import draw_until_precise
 
 __all__ = ["run_audit"]
 
@@ -158,8 +159,13 @@ def run_audit(
         return _run(config, state, progress)
 
 
-def _draw(cfg: AuditConfig, loaded: Loaded, state: Any, progress: Any) -> list[Shard]:
-    """The generation stage: this process's shards of the plan, drawn, read and written."""
+def _draw(
+    cfg: AuditConfig, loaded: Loaded, state: Any, progress: Any, only: Any = None
+) -> list[Shard]:
+    """The generation stage: this process's shards of the plan, drawn, read and written.
+
+    ``only``: draw just the shards it accepts (one round of a ``--precision`` audit).
+    """
     one = cfg.batch_invariant
     cset, extractor, pipe, gen = loaded.cset, loaded.extractor, loaded.pipe, cfg.generation
 
@@ -189,6 +195,7 @@ def _draw(cfg: AuditConfig, loaded: Loaded, state: Any, progress: Any) -> list[S
         world=state.num_processes,
         overlap=cfg.placement.device.type != "cpu" if cfg.overlap is None else cfg.overlap,
         progress=progress,
+        only=only,
     )
 
 
@@ -249,7 +256,13 @@ def _run(cfg: AuditConfig, state: Any, progress: ProgressCallback | None) -> Aud
     """The stages: prepare the folder, load, generate, estimate, then save and render."""
     _prepare_out(cfg, state)
     loaded = load(cfg, state, progress)
-    plan = _draw(cfg, loaded, state, progress)
+    sequential = None
+    if cfg.precision is None:
+        plan = _draw(cfg, loaded, state, progress)
+    else:
+        plan, sequential = draw_until_precise(
+            cfg, loaded, state, progress, lambda only: _draw(cfg, loaded, state, progress, only)
+        )
     state.wait_for_everyone()
     if not state.is_main_process:
         return None
@@ -257,7 +270,7 @@ def _run(cfg: AuditConfig, state: Any, progress: ProgressCallback | None) -> Aud
     remediation, warnings = _input_warnings(cfg, loaded, est)
     doc = audit_document(
         cfg, loaded, est, warnings=warnings + est.warnings, remediation=remediation,
-        versions=_versions(),
+        versions=_versions(), sequential=sequential,
     )  # fmt: skip
     table = _image_table(cfg, loaded, est)
     grids = {g: image_grid_png(est.data["images"][j]) for j, g in enumerate(loaded.groups)}

@@ -301,6 +301,7 @@ def run_shards(
     world: int = 1,
     overlap: bool = True,
     progress: ProgressCallback | None = None,
+    only: Callable[[Shard], bool] | None = None,
 ) -> list[Shard]:
     """Generate this process's shards that are not finished yet.
 
@@ -321,6 +322,8 @@ def run_shards(
         world: Number of processes.
         overlap: Analyse and write each shard while the next is generated.
         progress: Called after each shard with images done by this process.
+        only: Draw only the plan's shards this accepts (one round of a ``--precision`` audit),
+            split over the processes as the whole plan would be.
 
     Returns:
         The whole plan (all processes' shards).
@@ -336,7 +339,7 @@ def run_shards(
     folder.mkdir(parents=True, exist_ok=True)
     plan = plan_shards(len(prompts), config)
     stamp = settings_hash({**settings, **asdict(config), "prompts": list(prompts)})
-    mine = plan[rank::world]
+    mine = plan[rank::world] if only is None else [s for s in plan if only(s)][rank::world]
     total = sum(s.stop - s.start for s in mine)
     done = 0
     report(progress, "generate", 0, total)

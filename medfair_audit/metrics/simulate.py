@@ -26,10 +26,12 @@ from .paired import paired_change
 __all__ = [
     "SimulatedCategorical",
     "SimulatedClassifier",
+    "censored_study",
     "coverage_study",
     "dispersion_study",
     "joint_coverage_study",
     "paired_study",
+    "sequential_study",
 ]
 
 
@@ -286,22 +288,33 @@ def paired_study(
 class SimulatedCategorical:
     """A calibrated K-group classifier of one attribute with known error rates.
 
-    An image of true level ``y`` has a score vector ``separation · e_y + N(0, I)``; its
-    probabilities ``softmax(separation · score)`` are the exact posterior under a uniform prior.
+    An image of true level ``y`` has a score vector ``d_y · e_y + N(0, I)`` (``d_y`` its level's
+    separation); its probabilities ``softmax(d_j s_j − d_j² / 2)`` are the exact posterior under a
+    uniform prior. Unequal separations give asymmetric errors (a weakly separated level is
+    mistaken for the others more often), still calibrated.
 
     Args:
         k: Number of levels.
         separation: Distance of the score means (larger: fewer errors).
+        separations: One separation per level (overrides ``separation``).
     """
 
     k: int
     separation: float = 1.6
+    separations: tuple[float, ...] | None = None
+
+    def _d(self) -> np.ndarray:
+        d = self.separations if self.separations is not None else (self.separation,) * self.k
+        if len(d) != self.k:
+            raise ValueError(f"expected {self.k} separations, got {len(d)}")
+        return np.asarray(d, dtype=np.float64)
 
     def probs(self, rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
         """Calibrated probabilities ``(n, k)`` of images with true ``labels``."""
+        d = self._d()
         score = rng.normal(0.0, 1.0, size=(len(labels), self.k))
-        score[np.arange(len(labels)), labels] += self.separation
-        z = self.separation * score
+        score[np.arange(len(labels)), labels] += d[labels]
+        z = d * score - d**2 / 2
         z -= z.max(1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(1, keepdims=True)
@@ -310,6 +323,93 @@ class SimulatedCategorical:
         """A held-out set with ``per_group`` images of each true level."""
         labels = np.repeat(np.arange(self.k), per_group)
         return HeldOut(labels=labels, probs=self.probs(rng, labels), predicted=None)
+
+
+def censored_study(
+    *,
+    truth: Sequence[float],
+    n: int,
+    reps: int,
+    classifier: SimulatedCategorical | None = None,
+    per_group: int = 200,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """How often a censored share's one-sided bound holds the truth, given that it is censored.
+
+    A share is censored when its corrected point estimate falls outside [0, 1]; the report then
+    gives only its bound (``at_most`` the interval's upper end for a share below 0). Over all
+    audits the interval still covers at about its level, but the audits that are censored are the
+    ones whose data happened to lie low, so *given* censoring the bound misses the truth more
+    often. This measures both, per group and corrected reading.
+
+    Args:
+        truth: True shares (``K`` groups, summing to 1).
+        n: Generated images per audit.
+        reps: Simulated audits.
+        classifier: The simulated classifier (default: ``K`` levels, separation 1.6).
+        per_group: Held-out images per true level.
+        n_boot: Bootstrap replicates per audit.
+        confidence: Interval level.
+        seed: Seed of the study.
+
+    Returns:
+        Per reading and group: the censored fraction, the coverage over all audits, the coverage
+        given censoring (``None`` when never censored) and the number of censored audits.
+    """
+    from .frame import proportions_entry
+
+    q = np.asarray(truth, dtype=np.float64)
+    k = len(q)
+    clf = classifier or SimulatedCategorical(k=k)
+    groups = [f"g{i}" for i in range(k)]
+    rng = np.random.default_rng(seed)
+    readings = ("acc", "pacc", "em")
+    hits = {r: np.zeros(k) for r in readings}
+    cens = {r: np.zeros(k) for r in readings}
+    cens_hits = {r: np.zeros(k) for r in readings}
+    for rep in range(reps):
+        held = clf.heldout(rng, per_group)
+        probs = clf.probs(rng, rng.choice(k, size=n, p=q))
+        est = estimate_shares(probs, held, n_boot=n_boot, seed=seed * 100_003 + rep)
+        for r in readings:
+            entry = proportions_entry(est, r, groups, held, confidence)
+            for i, g in enumerate(groups):
+                bound = entry[g].get("bound", {})
+                if "at_most" in bound:  # the one-sided claim the report makes
+                    inside = q[i] <= bound["at_most"] + 1e-12
+                elif "at_least" in bound:
+                    inside = q[i] >= bound["at_least"] - 1e-12
+                else:
+                    inside = _covers(entry[g], q[i])
+                hits[r][i] += inside
+                if entry[g].get("censored"):
+                    cens[r][i] += 1
+                    cens_hits[r][i] += inside
+    return {
+        "truth": q.tolist(),
+        "n": n,
+        "reps": reps,
+        "per_group": per_group,
+        "n_boot": n_boot,
+        "confidence": confidence,
+        "separations": clf._d().tolist(),
+        "shares": {
+            r: {
+                g: {
+                    "censored": float(cens[r][i] / reps),
+                    "coverage": float(hits[r][i] / reps),
+                    "coverage_given_censored": (
+                        float(cens_hits[r][i] / cens[r][i]) if cens[r][i] else None
+                    ),
+                    "n_censored": int(cens[r][i]),
+                }
+                for i, g in enumerate(groups)
+            }
+            for r in readings
+        },
+    }
 
 
 def joint_coverage_study(
@@ -387,4 +487,86 @@ def joint_coverage_study(
             for r in readings
         },
         "holm_familywise_rejection": family_rejections / reps,
+    }
+
+
+def sequential_study(
+    *,
+    male_share: float,
+    precision: float,
+    reps: int,
+    look_every: int = 256,
+    max_n: int = 16_384,
+    per_group: int = 4000,
+    n_boot: int = 200,
+    confidence: float = 0.95,
+    classifier: SimulatedClassifier | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """An audit that stops at the first look where every share's interval is within ±precision.
+
+    Two rules on the same image streams: the anytime-valid one
+    (:class:`~medfair_audit.metrics.sequential.SequentialShares`) and the naive one that
+    recomputes the fixed-n PACC bootstrap interval at every look and stops when it is narrow
+    enough (peeking). For each: the coverage of the interval reported at stopping, the
+    stopping n (the naive rule's is about the fixed n that reaches the same precision), the
+    width at stopping, and how often it ran to ``max_n``.
+
+    Returns:
+        ``{"sequential": {...}, "naive": {...}}`` plus the settings.
+    """
+    from .sequential import SequentialShares
+
+    clf = classifier or SimulatedClassifier()
+    rng = np.random.default_rng(seed)
+    rows: dict[str, dict[str, list]] = {
+        rule: {"hit": [], "n": [], "width": [], "capped": []} for rule in ("sequential", "naive")
+    }
+    for rep in range(reps):
+        held = clf.heldout(rng, per_group)
+        stream = _draw(rng, clf, male_share, max_n)
+        seq = SequentialShares(heldout=held, confidence=confidence)
+        done: dict[str, tuple] = {}
+        for stop in range(look_every, max_n + 1, look_every):
+            last = stop == max_n
+            if "sequential" not in done:
+                seq.update(stream[stop - look_every : stop])
+                region = seq.intervals()
+                if region is not None and max(h - lo for lo, h in region) <= 2 * precision:
+                    done["sequential"] = (region[1], stop, False)
+                elif last:
+                    done["sequential"] = (region[1] if region else (0.0, 1.0), stop, True)
+            if "naive" not in done:
+                est = estimate_shares(stream[:stop], held, n_boot=n_boot, seed=seed * 100_003 + rep)
+                from .estimates import share_intervals
+
+                ci = share_intervals(est, DEFAULT_READING, confidence)[1]
+                if ci[1] - ci[0] <= 2 * precision or last:
+                    done["naive"] = (ci, stop, last and ci[1] - ci[0] > 2 * precision)
+            if len(done) == 2:
+                break
+        for rule, ((lo, hi), n, capped) in done.items():
+            rows[rule]["hit"].append(lo - 1e-12 <= male_share <= hi + 1e-12)
+            rows[rule]["n"].append(n)
+            rows[rule]["width"].append(hi - lo)
+            rows[rule]["capped"].append(capped)
+    return {
+        "male_share": male_share,
+        "precision": precision,
+        "reps": reps,
+        "look_every": look_every,
+        "max_n": max_n,
+        "per_group": per_group,
+        "n_boot": n_boot,
+        "confidence": confidence,
+        **{
+            rule: {
+                "coverage": float(np.mean(r["hit"])),
+                "median_n": float(np.median(r["n"])),
+                "mean_n": float(np.mean(r["n"])),
+                "mean_width": float(np.mean(r["width"])),
+                "capped": float(np.mean(r["capped"])),
+            }
+            for rule, r in rows.items()
+        },
     }

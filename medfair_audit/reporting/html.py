@@ -23,6 +23,7 @@ from .readers import (
     reader_rows,
     support_rows,
 )
+from .sequential import SEQUENTIAL_NOTE, has_sequential
 from .tables import (
     CONSTRAINED_NOTE,
     AuditColumn,
@@ -199,6 +200,7 @@ def render_html(
             header=header,
             rows=rows,
             constrained_note=CONSTRAINED_NOTE if has_constrained(rows) else None,
+            sequential_note=SEQUENTIAL_NOTE if has_sequential(rows) else None,
             plot=_plot(columns),
             pairs=pairs,
             paired_stats=[(p, paired_rows(p)) for p in paired_stats],

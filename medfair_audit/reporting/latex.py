@@ -14,7 +14,9 @@ from .readers import (
     reader_rows,
     support_rows,
 )
+from .sequential import SEQUENTIAL_NOTE, has_sequential
 from .tables import (
+    CENSORED_CAPTION,
     CONSTRAINED_NOTE,
     AuditColumn,
     _title,
@@ -130,11 +132,12 @@ def render_latex(columns: Sequence[AuditColumn], paired: Sequence[dict[str, Any]
     lines = ["% medfair report; needs \\usepackage{booktabs}"]
     header, rows = format_rows(columns)
     constrained = f"; {_latex(CONSTRAINED_NOTE)}" if has_constrained(rows) else ""
+    constrained += f"; {_latex(SEQUENTIAL_NOTE)}" if has_sequential(rows) else ""
     lines += table(
         header,
         rows,
         _latex(_title(columns)[:1].upper() + _title(columns)[1:])
-        + f", with {conf}\\% intervals; censored values are shown as their bound{constrained}; "
+        + f", with {conf}\\% intervals; {_latex(CENSORED_CAPTION)}{constrained}; "
         "FID/KID at a common subsample size (mean $\\pm$ sd over draws).",
         "tab:medfair",
     )

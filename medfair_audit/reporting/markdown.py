@@ -13,7 +13,9 @@ from .readers import (
     reader_rows,
     support_rows,
 )
+from .sequential import SEQUENTIAL_NOTE, has_sequential
 from .tables import (
+    CENSORED_CAPTION,
     CONSTRAINED_NOTE,
     AuditColumn,
     _title,
@@ -43,10 +45,11 @@ def render_markdown(columns: Sequence[AuditColumn], paired: Sequence[dict[str, A
     conf = round(100 * columns[0].data.get("confidence", 0.95))
     title = _markdown(_title(columns)[:1].upper() + _title(columns)[1:])
     constrained = f"; {CONSTRAINED_NOTE}" if has_constrained(rows) else ""
+    constrained += f"; {SEQUENTIAL_NOTE}" if has_sequential(rows) else ""
     lines = [
         f"<!-- medfair report: {_markdown(', '.join(c.label for c in columns))} -->",
         f"**{title}.** Values with {conf}% "
-        f"intervals; censored values are shown as their bound{constrained}; FID/KID at a "
+        f"intervals; {CENSORED_CAPTION}{constrained}; FID/KID at a "
         "common subsample size (mean ± sd over draws).",
         "",
     ]

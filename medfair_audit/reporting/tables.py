@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..audit.quality import common_n
+from .sequential import sequential_cells
 
 __all__ = [
     "AuditColumn",
@@ -188,9 +189,8 @@ def headline_rows(columns: Sequence[AuditColumn]) -> list[dict[str, Any]]:
 
     Each row has ``measure``, ``kind`` (``share`` in [0, 1], ``kl``, ``p``, ``fid``, ``kid``),
     ``target`` (or ``None``), ``cells`` (``{value, ci, bound}`` per column; ``value`` is
-    ``None`` for a censored or missing value, whose ``bound`` is then shown) and ``deltas``
-    (one per :func:`comparisons` pair, later minus earlier; ``None`` where either side has no
-    value).
+    ``None`` for a censored or missing value, whose ``bound`` is then shown) and ``deltas`` (one
+    per :func:`comparisons` pair, later minus earlier; ``None`` where a side has no value).
     """
     pairs = comparisons(columns)
     first = columns[0].data
@@ -216,6 +216,8 @@ def headline_rows(columns: Sequence[AuditColumn]) -> list[dict[str, Any]]:
             [_cell(c.data["proportions"].get(reading, {}).get(g)) for c in columns],
             first["target"].get(g),
         )
+        if (seq := sequential_cells(columns, g)) is not None:
+            add(f"{g} share, anytime-valid ({name})", "share", seq)
         add(
             f"{g} share, classifier's labels",
             "share",
@@ -296,7 +298,7 @@ def _cell_text(cell: dict[str, Any], kind: str) -> str:
             return f"{sign} {_fmt(x, kind)}"
         return f"{sign} {_fmt(x, kind)} (censored){interval}"
     if cell.get("value") is None:
-        return "–"
+        return interval.strip() if cell.get("interval_only") and interval else "–"
     text = _fmt(cell["value"], kind)
     if cell.get("sd") is not None:
         return f"{text} ± {_fmt(cell['sd'], kind)}"
@@ -304,6 +306,12 @@ def _cell_text(cell: dict[str, Any], kind: str) -> str:
         text += " (constrained)"
     return text + interval
 
+
+#: How the captions read a censored value (README, "Calibration": censored bounds).
+CENSORED_CAPTION = (
+    "censored values are shown as their bound, which among censored audits misses the truth "
+    "more often than the interval's level"
+)
 
 #: The caption's note when a headline cell holds a simplex-constrained value.
 CONSTRAINED_NOTE = (

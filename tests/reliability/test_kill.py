@@ -98,6 +98,31 @@ def test_an_audit_killed_at_20_seeded_points_resumes_to_the_same_result(tiny_mod
     assert len(manifests) == shards
 
 
+def test_a_precision_audit_killed_at_seeded_points_resumes_to_the_same_stop(tiny_models, tmp_path):
+    """``--precision``: the looks after a resume repeat those before it, to the same stop."""
+    cmd = _cmd(tiny_models, tmp_path / "full")
+    at = cmd.index("--n-per-prompt")
+    cmd[at : at + 2] = ["--precision", "0.001", "--max-n-per-prompt", "10"]
+    _run(cmd)
+    rng = np.random.default_rng(20261202)
+    out = tmp_path / "killed"
+    cmd = [str(out) if c == str(tmp_path / "full") else c for c in cmd]
+    shards = 20  # 2 prompts x at most 10 images, 1 per shard: a look after every 2 shards
+    killed = _kill_then_finish(
+        cmd,
+        out / "audit.json",
+        lambda: len(list(out.glob("shards/*.json"))),
+        np.sort(rng.choice(shards - 1, size=8, replace=False)),
+        rng.uniform(0.0, 0.4, size=8),
+    )
+    assert killed >= 6
+    full = json.loads((tmp_path / "full" / "audit.json").read_text())
+    assert full["sequential"]["stopped_by"] == "max_n_per_prompt"
+    assert len(full["sequential"]["looks"]) == 10
+    for name in ("audit.json", "images.csv"):
+        assert (out / name).read_bytes() == (tmp_path / "full" / name).read_bytes(), name
+
+
 def _remediate_cmd(models, out):
     return [
         sys.executable, "-m", "medfair_cli.main", "remediate", str(models["t2medi"]),

@@ -333,3 +333,37 @@ def test_a_truly_absent_group_under_label_shift_is_not_called_a_label_shift_fail
             zero_width += female["ci"][1] - female["ci"][0] <= 0
     assert zero_width >= 5  # the situation the old rule misread does occur here
     assert fires["acc"] <= 1 and fires["pacc"] <= 1, fires
+
+
+def test_unequal_separations_give_asymmetric_errors_and_stay_calibrated():
+    from medfair_audit.metrics.simulate import SimulatedCategorical
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, size=300_000)
+    clf = SimulatedCategorical(k=3, separations=(1.0, 1.6, 2.4))
+    p = clf.probs(np.random.default_rng(1), labels)
+    recall = [(p[labels == j].argmax(1) == j).mean() for j in range(3)]
+    assert recall[0] < recall[1] < recall[2]  # the weakly separated level is missed most
+    for j in range(3):  # calibrated under the uniform prior: P(y = j | p_j ≈ b) ≈ b
+        bins = np.digitize(p[:, j], np.linspace(0, 1, 11))
+        for b in np.unique(bins):
+            sel = bins == b
+            if sel.sum() > 2000:
+                assert abs((labels[sel] == j).mean() - p[sel, j].mean()) < 0.015
+    # equal separations reproduce the single-separation classifier draw for draw
+    same = SimulatedCategorical(k=3, separations=(1.6, 1.6, 1.6))
+    a = same.probs(np.random.default_rng(2), labels[:500])
+    b = SimulatedCategorical(k=3).probs(np.random.default_rng(2), labels[:500])
+    np.testing.assert_allclose(a, b, atol=1e-12)
+
+
+def test_a_truly_absent_group_is_censored_often_and_its_bound_always_holds():
+    from medfair_audit.metrics.simulate import censored_study
+
+    study = censored_study(truth=[0.0, 0.4, 0.6], n=200, reps=24, n_boot=100, seed=3)
+    for reading in ("acc", "pacc"):
+        e = study["shares"][reading]["g0"]
+        assert e["n_censored"] >= 4 and e["censored"] == e["n_censored"] / 24
+        # a share of exactly 0 is under every "at most" bound: the study must count it as held
+        assert e["coverage_given_censored"] == 1.0
+        assert e["coverage"] >= e["censored"]
