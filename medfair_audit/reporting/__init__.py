@@ -97,8 +97,8 @@ def proportion_plot_png(audits: dict[str, dict[str, Any]]) -> bytes:
 
     Each panel lists every series (audit · reading) by name, with its point estimate and
     interval, and the group's target as a dashed line. A censored share has no point: its
-    interval is drawn with an open end at the bound. A point outside its own interval (a
-    simplex-constrained value) is drawn where it is, hollow.
+    bound is a triangle pointing the way the share may lie (◁ at most, ▷ at least). A point
+    outside its own interval (a simplex-constrained value) is drawn where it is, hollow.
 
     Args:
         audits: Label → ``audit.json`` content (one or more models).
@@ -137,8 +137,16 @@ def proportion_plot_png(audits: dict[str, dict[str, Any]]) -> bytes:
             lo, hi = e["ci"]
             ax.hlines(y, lo, hi, color=color, lw=1.6)
             value = e.get("value")
-            if value is None:  # censored (or not identifiable): the interval alone
-                ax.plot([lo, hi], [y, y], "|", color=color, ms=7)
+            if value is None:  # censored: the bound, pointing the way the share may go
+                bound = e.get("bound") or {}
+                if "at_most" in bound or "at_least" in bound:
+                    at_most = "at_most" in bound
+                    ax.plot(
+                        bound["at_most" if at_most else "at_least"], y, "<" if at_most else ">",
+                        ms=6, color=color, clip_on=False,
+                    )  # fmt: skip
+                else:  # not identifiable: the interval alone
+                    ax.plot([lo, hi], [y, y], "|", color=color, ms=7)
                 continue
             inside = lo - 1e-12 <= value <= hi + 1e-12
             ax.plot(
@@ -147,7 +155,7 @@ def proportion_plot_png(audits: dict[str, dict[str, Any]]) -> bytes:
             )  # fmt: skip
         ax.axvline(target[g], color="crimson", ls="--", lw=1.2)
         ax.set_title(g, fontsize=9)
-        ax.set_xlim(0, 1)
+        ax.set_xlim(-0.02, 1.02)  # bounds at 0% or 100% stay visible
         ax.set_xticks([0, 0.25, 0.5, 0.75, 1] if cols > 2 else [0, 0.2, 0.4, 0.6, 0.8, 1])
         ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
         ax.tick_params(labelsize=7)
@@ -160,7 +168,7 @@ def proportion_plot_png(audits: dict[str, dict[str, Any]]) -> bytes:
         Line2D([], [], color="gray", marker="s", ls="", label="classifier's labels"),
         Line2D([], [], color="gray", marker="o", ls="", label="corrected"),
         Line2D([], [], color="gray", marker="o", mfc="white", ls="", label="outside its interval"),
-        Line2D([], [], color="gray", marker="|", ls="-", label="censored: interval only"),
+        Line2D([], [], color="gray", marker="<", ls="", label="censored: ≤ bound (◁) or ≥ (▷)"),
     ]
     fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=7, frameon=False)
     with warnings.catch_warnings():  # long group or column names: the plot is still drawn
