@@ -4,10 +4,18 @@ Runs :mod:`medfair_audit.metrics.simulate` at the issue's settings: a calibrated
 classifier with about 12% errors, its confusion matrix estimated from 200 held-out images per
 group; true male shares 0.58 (exactly on the 58% target), 0.90 and 0.98 (female 0.42, 0.10,
 0.02); 256 and 1024 images per audit; 1000 bootstrap draws per audit (the audit's default).
-Also the across-prompt intervals (4 prompts × 64 images) and the paired before/after change.
+Also the across-prompt intervals (4 prompts × 64 images) and the paired before/after change,
+and how often a censored share's one-sided bound holds the truth *given* that it is censored
+(two groups, and three groups with asymmetric errors and a nearly absent group).
 Writes ``benchmarks/calibration.json`` and prints a table for ``RESULTS.md``.
 
     .venv/bin/python benchmarks/bench_calibration.py [--reps 1000] [--workers 2]
+    .venv/bin/python benchmarks/bench_calibration.py --only censored   # that section alone
+    .venv/bin/python benchmarks/bench_calibration.py --only sequential # the --precision rule
+
+The sequential section simulates ``--precision`` audits: looks every 256 images, stop when every
+share's interval is within ± H, against the naive rule that recomputes the fixed-n bootstrap
+interval at every look and stops when it is narrow enough.
 """
 
 from __future__ import annotations
@@ -18,7 +26,14 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from medfair_audit.metrics.simulate import coverage_study, dispersion_study, paired_study
+from medfair_audit.metrics.simulate import (
+    SimulatedCategorical,
+    censored_study,
+    coverage_study,
+    dispersion_study,
+    paired_study,
+    sequential_study,
+)
 
 OUT = Path(__file__).with_name("calibration.json")
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,6 +42,134 @@ ROOT = Path(__file__).resolve().parents[1]
 def _coverage(args: tuple[float, int, int, int, int]) -> dict:
     share, n, reps, n_boot, seed = args
     return coverage_study(male_share=share, n=n, reps=reps, n_boot=n_boot, seed=seed)
+
+
+#: The censored-bound settings: (true shares, per-level separations, images per audit).
+CENSORED = [
+    ((0.02, 0.98), (1.6, 1.6), 256),
+    ((0.05, 0.35, 0.60), (1.2, 1.6, 2.0), 512),
+]
+
+
+def _censored(args: tuple) -> dict:
+    truth, separations, n, reps, n_boot, seed = args
+    clf = SimulatedCategorical(k=len(truth), separations=separations)
+    return censored_study(truth=truth, n=n, reps=reps, classifier=clf, n_boot=n_boot, seed=seed)
+
+
+def _merge_censored(results: list[dict]) -> dict:
+    """Pool chunks: rates weighted by replications, conditional coverage by censored audits."""
+    out = json.loads(json.dumps(results[0]))
+    total = sum(r["reps"] for r in results)
+    out["reps"] = total
+    for reading, per in out["shares"].items():
+        for g, e in per.items():
+            parts = [r["shares"][reading][g] for r in results]
+            n_cens = sum(p["n_censored"] for p in parts)
+            e["n_censored"] = n_cens
+            e["censored"] = n_cens / total
+            held = sum(p["coverage"] * r["reps"] for p, r in zip(parts, results, strict=True))
+            e["coverage"] = held / total
+            hits = sum((p["coverage_given_censored"] or 0) * p["n_censored"] for p in parts)
+            e["coverage_given_censored"] = hits / n_cens if n_cens else None
+    return out
+
+
+def censored_section(reps: int, n_boot: int, workers: int) -> list[dict]:
+    """Every :data:`CENSORED` setting, its replications split over ``workers`` processes."""
+    jobs, per = [], len(_split(reps, workers))
+    for i, (truth, seps, n) in enumerate(CENSORED):
+        for j, r in enumerate(_split(reps, workers)):
+            jobs.append((truth, seps, n, r, n_boot, 7000 + 100 * i + j))
+    with ProcessPoolExecutor(workers) as pool:
+        chunks = list(pool.map(_censored, jobs))
+    return [_merge_censored(chunks[i * per : (i + 1) * per]) for i in range(len(CENSORED))]
+
+
+def censored_table(studies: list[dict]) -> list[str]:
+    """The censored-bound rows as Markdown (README and RESULTS.md, between markers)."""
+    lines = [
+        "| true shares | separations | n | audits | reading | group (true share) | censored "
+        "| bound holds (all audits) | bound holds, given censored |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for st in studies:
+        truth = st["truth"]
+        low = min(range(len(truth)), key=lambda i: truth[i])
+        for reading in ("acc", "pacc"):
+            e = st["shares"][reading][f"g{low}"]
+            given = e["coverage_given_censored"]
+            lines.append(
+                f"| {' / '.join(f'{t:.2f}' for t in truth)} | "
+                f"{' / '.join(f'{d:g}' for d in st['separations'])} | {st['n']} | {st['reps']} | "
+                f"{reading.upper()} | {truth[low]:.2f} | {e['censored']:.3f} | "
+                f"{e['coverage']:.3f} | "
+                + (f"{given:.3f} (of {e['n_censored']})" if given is not None else "never censored")
+                + " |"
+            )
+    return lines
+
+
+#: The sequential settings: true male shares × precisions (half-widths), and the most images.
+SEQUENTIAL = [(share, h) for h in (0.05, 0.03) for share in (0.58, 0.90, 0.98)]
+SEQUENTIAL_MAX_N = {0.05: 16_384, 0.03: 32_768}
+SEQUENTIAL_HELD_OUT = 4000
+
+
+def _sequential(args: tuple) -> dict:
+    share, h, reps, seed = args
+    return sequential_study(
+        male_share=share, precision=h, reps=reps, max_n=SEQUENTIAL_MAX_N[h],
+        per_group=SEQUENTIAL_HELD_OUT, seed=seed,
+    )  # fmt: skip
+
+
+def _merge_sequential(results: list[dict]) -> dict:
+    """Pool chunks: every rate and mean weighted by replications (medians: of the chunks')."""
+    out = json.loads(json.dumps(results[0]))
+    total = sum(r["reps"] for r in results)
+    out["reps"] = total
+    for rule in ("sequential", "naive"):
+        for key in out[rule]:
+            out[rule][key] = sum(r[rule][key] * r["reps"] for r in results) / total
+    return out
+
+
+def sequential_section(reps: int, workers: int) -> list[dict]:
+    """Every :data:`SEQUENTIAL` setting, its replications split over ``workers`` processes."""
+    jobs, per = [], len(_split(reps, workers))
+    for i, (share, h) in enumerate(SEQUENTIAL):
+        for j, r in enumerate(_split(reps, workers)):
+            jobs.append((share, h, r, 9000 + 100 * i + j))
+    with ProcessPoolExecutor(workers) as pool:
+        chunks = list(pool.map(_sequential, jobs))
+    return [_merge_sequential(chunks[i * per : (i + 1) * per]) for i in range(len(SEQUENTIAL))]
+
+
+def sequential_table(studies: list[dict]) -> list[str]:
+    """The sequential rows as Markdown (README and RESULTS.md, between markers)."""
+    s = studies[0]
+    lines = [
+        f"{s['reps']} simulated audits per row; looks every {s['look_every']} images; the "
+        f"classifier of the table above, its confusion matrix from {s['per_group']} held-out "
+        f"images per group; at most {SEQUENTIAL_MAX_N[0.05]:,} images at ±0.05 and "
+        f"{SEQUENTIAL_MAX_N[0.03]:,} at ±0.03. *Naive*: the fixed-n PACC bootstrap interval "
+        f"({s['n_boot']} draws) recomputed at every look, stopping once it is within ± H "
+        "(peeking); its stopping n is about the fixed n that reaches H.",
+        "",
+        "| true female share | H | anytime-valid covers | naive covers | images (median), "
+        "anytime-valid | images (median), naive | width at stop, anytime-valid / naive "
+        "| ran to the maximum |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for st in studies:
+        a, n = st["sequential"], st["naive"]
+        lines.append(
+            f"| {1 - st['male_share']:.2f} | ±{st['precision']:g} | **{a['coverage']:.3f}** | "
+            f"{n['coverage']:.3f} | {a['median_n']:,.0f} | {n['median_n']:,.0f} | "
+            f"{a['mean_width']:.3f} / {n['mean_width']:.3f} | {a['capped']:.2f} |"
+        )
+    return lines
 
 
 def _split(reps: int, parts: int) -> list[int]:
@@ -61,8 +204,32 @@ def main() -> None:
     ap.add_argument(
         "--side-reps", type=int, default=400, help="replications of the prompt and paired studies"
     )
+    ap.add_argument(
+        "--censored-reps", type=int, default=2000, help="replications of the censored-bound study"
+    )
+    ap.add_argument(
+        "--sequential-reps", type=int, default=300, help="replications of the sequential study"
+    )
+    ap.add_argument(
+        "--only",
+        choices=("all", "censored", "sequential"),
+        default="all",
+        help="run every section, or only the censored-bound study (kept beside the others)",
+    )
     args = ap.parse_args()
     start = time.perf_counter()
+    if args.only == "censored":
+        result = json.loads(OUT.read_text())
+        result["censored"] = censored_section(args.censored_reps, args.n_boot, args.workers)
+        result["censored_seconds"] = time.perf_counter() - start
+        _write(result)
+        return
+    if args.only == "sequential":
+        result = json.loads(OUT.read_text())
+        result["sequential"] = sequential_section(args.sequential_reps, args.workers)
+        result["sequential_seconds"] = time.perf_counter() - start
+        _write(result)
+        return
     scenarios = [(s, n) for s in (0.58, 0.90, 0.98) for n in (256, 1024)]
     jobs = []
     for i, (share, n) in enumerate(scenarios):
@@ -103,12 +270,26 @@ def main() -> None:
         "dispersion": side[:2],
         "paired": side[2:],
     }
+    t = time.perf_counter()
+    result["censored"] = censored_section(args.censored_reps, args.n_boot, args.workers)
+    result["censored_seconds"] = time.perf_counter() - t
+    t = time.perf_counter()
+    result["sequential"] = sequential_section(args.sequential_reps, args.workers)
+    result["sequential_seconds"] = time.perf_counter() - t
+    _write(result)
+
+
+def _write(result: dict) -> None:
     OUT.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {OUT} in {result['seconds']:.0f} s")
+    print(f"wrote {OUT}")
     lines = table(result)
     print("\n".join(lines))
     for path in (ROOT / "README.md", Path(__file__).with_name("RESULTS.md")):
         splice(path, lines)
+        if "censored" in result:
+            splice(path, censored_table(result["censored"]), marker="censored-table")
+        if "sequential" in result:
+            splice(path, sequential_table(result["sequential"]), marker="sequential-table")
 
 
 def table(result: dict) -> list[str]:
@@ -176,9 +357,9 @@ def table(result: dict) -> list[str]:
     return lines
 
 
-def splice(path: Path, lines: list[str]) -> None:
-    """Replace the text between the calibration-table markers of ``path``."""
-    start, end = "<!-- calibration-table:start -->", "<!-- calibration-table:end -->"
+def splice(path: Path, lines: list[str], marker: str = "calibration-table") -> None:
+    """Replace the text between the ``marker`` start and end comments of ``path``."""
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
     text = path.read_text()
     if start not in text:
         return

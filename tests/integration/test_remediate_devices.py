@@ -27,6 +27,15 @@ CFG = dict(
 )  # fmt: skip
 
 
+def _tune(models, checkpoint, out, config=None, **kw):
+    """Remediate with the tiny classifier, target and prompts (``CFG`` unless ``config``)."""
+    job = RemediationJob(
+        checkpoint=checkpoint, classifier=models["classifier"], target=TARGET, prompts=PROMPTS,
+        out=out, config=config or RemediationConfig(**CFG), **kw,
+    )  # fmt: skip
+    return remediate(job)
+
+
 @pytest.fixture(scope="module")
 def sd_like(tmp_path_factory):
     root = tmp_path_factory.mktemp("sd_like")
@@ -54,16 +63,7 @@ def test_the_sampler_follows_a_v_prediction_pipeline_exactly(sd_like):
 
 
 def test_v_prediction_pipeline_is_remediated(sd_like, tiny_models, tmp_path):
-    result = remediate(
-        RemediationJob(
-            checkpoint=sd_like["sd2-v"],
-            classifier=tiny_models["classifier"],
-            target=TARGET,
-            prompts=PROMPTS,
-            out=tmp_path / "out",
-            config=RemediationConfig(**CFG),
-        )
-    )
+    result = _tune(tiny_models, sd_like["sd2-v"], tmp_path / "out")
     assert result.data["steps_done"] == 2 and result.data["skipped_steps"] == 0
     tuned = load_pipeline(tmp_path / "out")
     assert tuned.scheduler.config.prediction_type == "v_prediction"
@@ -102,47 +102,27 @@ def test_mixed_precision_keeps_a_float32_master_copy(tiny_models, tmp_path):
     frozen = [p for n, p in m.unet.named_parameters() if not p.requires_grad]
     assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
     assert next(m.classifier.primary.model.parameters()).dtype == torch.float32
-    result = remediate(
-        RemediationJob(
-            checkpoint=tiny_models["t2medi"],
-            classifier=tiny_models["classifier"],
-            target=TARGET,
-            prompts=PROMPTS,
-            out=tmp_path / "bf16",
-            config=RemediationConfig(**CFG),
-            placement=bf16,
-        )
-    )
+    result = _tune(tiny_models, tiny_models["t2medi"], tmp_path / "bf16", placement=bf16)
     data = json.loads((tmp_path / "bf16" / "remediation.json").read_text())
     assert data["placement"] == {"device": "cpu", "dtype": "bfloat16"}
     assert all(v is not None and v == v for v in data["curves"]["loss"])  # finite losses
     assert result.data["skipped_steps"] == 0
     # another precision is another run: resuming a bf16 checkpoint in float32 is refused
     with pytest.raises(Exception, match="other settings \\(dtype\\)"):
-        remediate(
-            RemediationJob(
-                checkpoint=tiny_models["t2medi"],
-                classifier=tiny_models["classifier"],
-                target=TARGET,
-                prompts=PROMPTS,
-                out=tmp_path / "bf16b",
-                config=RemediationConfig(**CFG),
-                placement=bf16,
-                keep_checkpoints=True,
-            )
+        _tune(
+            tiny_models,
+            tiny_models["t2medi"],
+            tmp_path / "bf16b",
+            placement=bf16,
+            keep_checkpoints=True,
         )
-        remediate(
-            RemediationJob(
-                checkpoint=tiny_models["t2medi"],
-                classifier=tiny_models["classifier"],
-                target=TARGET,
-                prompts=PROMPTS,
-                out=tmp_path / "bf16b",
-                config=RemediationConfig(**CFG),
-                placement=Placement(device="cpu", dtype="float32"),
-                resume=True,
-                overwrite=True,
-            )
+        _tune(
+            tiny_models,
+            tiny_models["t2medi"],
+            tmp_path / "bf16b",
+            placement=Placement(device="cpu", dtype="float32"),
+            resume=True,
+            overwrite=True,
         )
 
 
@@ -159,16 +139,7 @@ def test_a_step_with_non_finite_gradients_is_skipped_and_logged(tiny_models, tmp
 
     monkeypatch.setattr(step_module, "batch_losses", poisoned)
     cfg = RemediationConfig(**{**CFG, "steps": 1, "ema_decay": 0.9})
-    result = remediate(
-        RemediationJob(
-            checkpoint=tiny_models["t2medi"],
-            classifier=tiny_models["classifier"],
-            target=TARGET,
-            prompts=PROMPTS,
-            out=tmp_path / "nan",
-            config=cfg,
-        )
-    )
+    result = _tune(tiny_models, tiny_models["t2medi"], tmp_path / "nan", config=cfg)
     assert result.data["skipped_steps"] == 1 and result.data["curves"]["skipped"] == [True]
     assert result.data["curves"]["grad_norm"] == [None]
     base = load_pipeline(tiny_models["t2medi"]).unet.state_dict()
@@ -223,16 +194,8 @@ def test_a_half_saved_pipeline_is_remediated_and_saved_in_float32(
     half_saved, saved, want, tiny_models, tmp_path
 ):
     out = tmp_path / "out"
-    result = remediate(
-        RemediationJob(
-            checkpoint=half_saved[saved],
-            classifier=tiny_models["classifier"],
-            target=TARGET,
-            prompts=PROMPTS,
-            out=out,
-            config=RemediationConfig(**CFG),
-            placement=Placement(device="cpu", dtype=want),
-        )
+    result = _tune(
+        tiny_models, half_saved[saved], out, placement=Placement(device="cpu", dtype=want)
     )
     assert result.data["steps_done"] == 2 and result.data["skipped_steps"] < 2
     tuned, stored = _stored(out), _stored(half_saved[saved])
@@ -248,16 +211,8 @@ def test_a_half_precision_remediation_writes_the_stored_weights_plus_a_float32_u
     from safetensors.torch import load_file
 
     out = tmp_path / "out"
-    result = remediate(
-        RemediationJob(
-            checkpoint=half_saved["float32"],
-            classifier=tiny_models["classifier"],
-            target=TARGET,
-            prompts=PROMPTS,
-            out=out,
-            config=RemediationConfig(**CFG),
-            placement=Placement(device="cpu", dtype=dtype),
-        )
+    result = _tune(
+        tiny_models, half_saved["float32"], out, placement=Placement(device="cpu", dtype=dtype)
     )
     assert result.data["placement"]["dtype"] == dtype and result.data["skipped_steps"] < 2
     stored = _stored(half_saved["float32"])
@@ -304,16 +259,7 @@ def test_decode_checkpointing_changes_the_memory_not_the_run(tiny_models, tmp_pa
     runs = {}
     for on in (False, True):
         cfg = RemediationConfig(**{**CFG, "decode_checkpointing": on})
-        runs[on] = remediate(
-            RemediationJob(
-                checkpoint=tiny_models["t2medi"],
-                classifier=tiny_models["classifier"],
-                target=TARGET,
-                prompts=PROMPTS,
-                out=tmp_path / str(on),
-                config=cfg,
-            )
-        ).data  # fmt: skip)
+        runs[on] = _tune(tiny_models, tiny_models["t2medi"], tmp_path / str(on), config=cfg).data
     off, on = runs[False]["curves"]["loss"], runs[True]["curves"]["loss"]
     assert off[0] == on[0]  # the first step's images are the same
     assert off != [0.0] * len(off)
