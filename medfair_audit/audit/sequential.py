@@ -21,7 +21,6 @@ import numpy as np
 from ..config import AuditConfig
 from ..exceptions import ConfigError
 from ..generation.engine import Shard, iter_shards, plan_shards
-from ..metrics.estimates import HeldOut
 from ..progress import report
 from .load import Loaded
 
@@ -36,16 +35,10 @@ RULE = (
 )
 
 
-def check_sequential(cfg: AuditConfig, loaded: Loaded) -> HeldOut:
+def check_sequential(loaded: Loaded) -> Any:
     """The held-out set the sequence needs, or a one-line error naming what is missing."""
-    if loaded.cset.multi:
-        raise ConfigError(
-            "--precision audits one attribute; audit several attributes with a fixed "
-            "--n-per-prompt",
-            param="precision",
-        )
     held = loaded.heldout
-    if not isinstance(held, HeldOut) or held.probs is None:
+    if not all(p.probs is not None for p in getattr(held, "parts", (held,))):
         raise ConfigError(
             "--precision needs the classifier's held-out probabilities in its evaluation.json "
             "(retrain it with this version of medfair)",
@@ -73,7 +66,7 @@ def draw_until_precise(
     """
     from ..metrics.sequential import SequentialShares
 
-    held = check_sequential(cfg, loaded)
+    held = check_sequential(loaded)
     gen, size = cfg.generation, cfg.generation.shard_size
     plan = plan_shards(len(cfg.prompts), gen)
     rounds = math.ceil(gen.n_per_prompt / size)
@@ -81,14 +74,19 @@ def draw_until_precise(
     seq = SequentialShares(heldout=held, confidence=cfg.confidence)
     looks: list[dict[str, Any]] = []
     stopped_by = "max_n_per_prompt"
+    counts = np.zeros(len(loaded.groups), dtype=np.int64)
+    # several attributes: no stop while a joint cell holds fewer than min_cell_n images
+    guard = cfg.min_cell_n if loaded.cset.multi else 0
     for r in range(rounds):
         draw(lambda s, r=r: s.start // size == r)
         state.wait_for_everyone()
         shards = [s for s in plan if s.start // size == r]
-        probs = np.concatenate(
+        stored = np.concatenate(
             [d["probs"].numpy() for d in iter_shards(cfg.out / "shards", shards)]
         )
+        probs = loaded.cset.joint(stored) if loaded.cset.multi else stored
         seq.update(probs)
+        counts += np.bincount(probs.argmax(1), minlength=len(counts))
         region = seq.intervals()
         half = None if region is None else max(hi - lo for lo, hi in region) / 2
         n_per_prompt = min((r + 1) * size, gen.n_per_prompt)
@@ -98,13 +96,14 @@ def draw_until_precise(
                 "n_images": seq.n,
                 "half_width": half,
                 "intervals": None if region is None else [list(iv) for iv in region],
+                "smallest_group_n": int(counts.min()),
             }
         )
         report(
             progress, "precision", r + 1, rounds,
             half_width="none" if half is None else round(half, 4),
         )  # fmt: skip
-        if r + 1 >= first and half is not None and half <= cfg.precision:
+        if r + 1 >= first and half is not None and half <= cfg.precision and counts.min() >= guard:
             stopped_by = "precision"
             break
     last = looks[-1]
@@ -114,6 +113,7 @@ def draw_until_precise(
         "precision": cfg.precision,
         "confidence": cfg.confidence,
         "min_n_per_prompt": cfg.min_n_per_prompt,
+        "min_cell_n": guard,
         "max_n_per_prompt": gen.n_per_prompt,
         "n_per_prompt": last["n_per_prompt"],
         "stopped_by": stopped_by,

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .estimates import HeldOut
+from .estimates import HeldOut, ProductHeldOut
 
 __all__ = ["BettingCS", "SequentialShares", "betting_interval"]
 
@@ -180,34 +180,48 @@ def betting_interval(x: Sequence[float] | np.ndarray, alpha: float) -> tuple[flo
     return out if out is not None else (0.0, 1.0)
 
 
+def _box(held: HeldOut, columns: Sequence[int], alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed-sample betting box for ``S[y, c] = E[p_c | true y]`` (other entries: [0, 1])."""
+    probs, labels = held.probs, held.labels
+    k = probs.shape[1]
+    lo, hi = np.zeros((k, k)), np.ones((k, k))
+    for y in range(k):
+        rows = probs[labels == y]
+        for c in columns if len(rows) else ():  # no held-out image of y: [0, 1], no information
+            lo[y, c], hi[y, c] = betting_interval(rows[:, c], alpha)
+    return lo, hi
+
+
 @dataclass
 class SequentialShares:
     """Anytime-valid corrected (PACC) shares of a stream of generated images.
 
     Args:
-        heldout: The classifier's held-out images (true groups and calibrated probabilities).
+        heldout: The classifier's held-out images (true groups and calibrated probabilities), or
+            one classifier's per attribute (:class:`~medfair_audit.metrics.estimates.
+            ProductHeldOut`): the joint cells' box is then the Kronecker product of the
+            attributes' boxes (every entry is non-negative, so products of the bounds bound the
+            products), under the same independence assumption as the joint estimates.
         confidence: Joint level of every group's interval at every look.
     """
 
-    heldout: HeldOut
+    heldout: HeldOut | ProductHeldOut
     confidence: float = 0.95
     _cs: list[BettingCS] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
-        if self.heldout.probs is None:
+        parts = getattr(self.heldout, "parts", (self.heldout,))
+        if any(p.probs is None for p in parts):
             raise ValueError("a sequential audit needs the held-out probabilities")
         alpha = 1 - self.confidence
-        probs, labels = self.heldout.probs, self.heldout.labels
-        k = probs.shape[1]
+        k = int(np.prod([p.probs.shape[1] for p in parts]))
         self.columns = [1] if k == 2 else list(range(k))  # two groups: one share decides both
-        entries = k * len(self.columns)
-        self.s_lo, self.s_hi = np.zeros((k, k)), np.ones((k, k))
-        for y in range(k):
-            rows = probs[labels == y]
-            if not len(rows):
-                raise ValueError(f"the held-out set has no image of group {y}")
-            for c in self.columns:
-                self.s_lo[y, c], self.s_hi[y, c] = betting_interval(rows[:, c], alpha / 2 / entries)
+        own = [self.columns if len(parts) == 1 else range(p.probs.shape[1]) for p in parts]
+        entries = sum(p.probs.shape[1] * len(c) for p, c in zip(parts, own, strict=True))
+        boxes = [_box(p, c, alpha / 2 / entries) for p, c in zip(parts, own, strict=True)]
+        self.s_lo, self.s_hi = boxes[0]
+        for lo, hi in boxes[1:]:
+            self.s_lo, self.s_hi = np.kron(self.s_lo, lo), np.kron(self.s_hi, hi)
         if not self._cs:
             a = alpha / 2 / len(self.columns)
             self._cs = [BettingCS(alpha=a) for _ in self.columns]

@@ -196,3 +196,39 @@ def test_fast_two_attribute_demo(tmp_path):
     assert len(before["joint"]["cells"]) == len(after["joint"]["cells"]) == 6
     assert "Joint cells" in (root / "report.md").read_text()
     assert not (tmp_path / "demo" / "report.html").exists()  # the default demo's is not made
+
+
+def test_a_precision_audit_of_joint_cells_waits_for_the_smallest_cell(joint_setup, tiny_models):
+    """Every cell's interval within ± H is not enough: each cell needs min_cell_n images."""
+    from medfair_audit import AuditConfig, GenerationConfig, run_audit
+    from medfair_audit.metrics.sequential import SequentialShares, _box
+    from medfair_audit.models.attributes import ClassifierSet
+    from medfair_audit.target import Target
+
+    root, classifiers = joint_setup
+
+    def audit(out, min_cell_n):
+        return run_audit(
+            AuditConfig(
+                checkpoint=tiny_models["t2medi"], classifier=classifiers,
+                target=Target.load(root / "target.json"), prompts=[PROMPT], out=root / out,
+                precision=0.5, min_cell_n=min_cell_n, n_boot=30,
+                generation=GenerationConfig(n_per_prompt=12, seed=2, steps=2, shard_size=4),
+            )
+        ).data["sequential"]  # fmt: skip
+
+    free = audit("prec-free", 0)
+    assert free["stopped_by"] == "precision" and free["n_per_prompt"] == 4
+    assert len(free["intervals"]) == 6  # every joint cell (2 sexes × 3 age bands)
+    guarded = audit("prec-guard", 2)
+    smallest = [look["smallest_group_n"] for look in guarded["looks"]]
+    stops = [i for i, n in enumerate(smallest) if n >= 2]
+    assert guarded["n_per_prompt"] == (4 * (stops[0] + 1) if stops else 12)
+    assert guarded["stopped_by"] == ("precision" if stops else "max_n_per_prompt")
+    # the joint box is the Kronecker product of the attributes' boxes (one α split over all)
+    held = ClassifierSet.load(classifiers).heldout()
+    seq = SequentialShares(heldout=held)
+    alpha = 0.05 / 2 / (2 * 2 + 3 * 3)
+    (lo1, hi1), (lo2, hi2) = (_box(p, range(p.probs.shape[1]), alpha) for p in held.parts)
+    np.testing.assert_allclose(seq.s_lo, np.kron(lo1, lo2))
+    np.testing.assert_allclose(seq.s_hi, np.kron(hi1, hi2))
