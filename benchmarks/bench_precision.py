@@ -12,6 +12,7 @@ README and ``benchmarks/RESULTS.md``.
 
 Run: .venv/bin/python benchmarks/bench_precision.py [DEMO_DIR] [--precision 0.05]
      [--max-n-per-prompt 256]        (needs a finished `make demo`)
+     .venv/bin/python benchmarks/bench_precision.py --render   (the paragraph from the JSON)
 """
 
 from __future__ import annotations
@@ -84,13 +85,18 @@ def _model_text(r: dict, h: float) -> str:
             f"ending at {reached}"
         )
     fixed = max((hi - lo) / 2 for lo, hi in r["fixed_n"].values())
+    fixed_text = (
+        "censored (a bound, not an interval)"
+        if any(r["fixed_n_censored"].values())
+        else f"±{fixed:.3f}"
+    )
     need = r["needed_total"]
     advice = f"{need:,} images" if need is not None else "unreachable"
     floor = r["floor_half_width"]
     floor_text = f", held-out floor ±{floor:.3f}" if floor is not None else ""
     return (
-        f"the {r['model']} model {stop}; the fixed-n bootstrap interval of the same images is "
-        f"±{fixed:.3f}, and the fixed-n advice for ±{h:g} is {advice}{floor_text}"
+        f"the {r['model']} model {stop}; the fixed-n PACC reading of the same images is "
+        f"{fixed_text}, and the fixed-n advice for ±{h:g} is {advice}{floor_text}"
     )
 
 
@@ -121,7 +127,11 @@ def main() -> None:
     ap.add_argument("demo", nargs="?", type=Path, default=ROOT / "reports" / "demo")
     ap.add_argument("--precision", type=float, default=0.05)
     ap.add_argument("--max-n-per-prompt", type=int, default=256)
+    ap.add_argument("--render", action="store_true", help="the paragraph again from the JSON")
     args = ap.parse_args()
+    if args.render:
+        _publish(json.loads((HERE / "precision.json").read_text()))
+        return
     if not (args.demo / "models" / "t2medi-fair" / "model_index.json").is_file():
         raise SystemExit(f"error: {args.demo} holds no finished demo; run 'make demo' first")
     result = {
@@ -130,6 +140,10 @@ def main() -> None:
         "models": [measure(args.demo, m, args.precision, args.max_n_per_prompt) for m in MODELS],
     }
     (HERE / "precision.json").write_text(json.dumps(result, indent=1) + "\n")
+    _publish(result)
+
+
+def _publish(result: dict) -> None:
     text = summary(result)
     print(text)
     for path in (ROOT / "README.md", HERE / "RESULTS.md"):
