@@ -92,12 +92,30 @@ def _plot_series(audits: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _draw_estimate(ax: Any, y: float, e: dict[str, Any], color: Any, marker: str) -> None:
+    """One series' share in a forest panel: interval, then its point or its censored bound."""
+    lo, hi = e["ci"]
+    ax.hlines(y, lo, hi, color=color, lw=1.6)
+    value, bound = e.get("value"), e.get("bound") or {}
+    if value is None and ("at_most" in bound or "at_least" in bound):
+        at_most = "at_most" in bound  # the bound, pointing the way the share may lie
+        ax.plot(
+            bound["at_most" if at_most else "at_least"], y, "<" if at_most else ">",
+            ms=6, color=color, clip_on=False,
+        )  # fmt: skip
+    elif value is None:  # not identifiable: the interval alone
+        ax.plot([lo, hi], [y, y], "|", color=color, ms=7)
+    else:
+        inside = lo - 1e-12 <= value <= hi + 1e-12
+        ax.plot(value, y, marker, ms=5, color=color, mfc=color if inside else "white")
+
+
 def proportion_plot_png(audits: dict[str, dict[str, Any]]) -> bytes:
     """Forest plot of group shares with intervals against the target, one small panel per group.
 
     Each panel lists every series (audit · reading) by name, with its point estimate and
     interval, and the group's target as a dashed line. A censored share has no point: its
-    bound is a triangle pointing the way the share may lie (◁ at most, ▷ at least). A point
+    bound is a triangle pointing the way the share may lie (left: at most; right: at least). A point
     outside its own interval (a simplex-constrained value) is drawn where it is, hollow.
 
     Args:
@@ -133,26 +151,7 @@ def proportion_plot_png(audits: dict[str, dict[str, Any]]) -> bytes:
             e = s["shares"].get(g)
             if not e:
                 continue
-            color = palette(s["model"] % 10)
-            lo, hi = e["ci"]
-            ax.hlines(y, lo, hi, color=color, lw=1.6)
-            value = e.get("value")
-            if value is None:  # censored: the bound, pointing the way the share may go
-                bound = e.get("bound") or {}
-                if "at_most" in bound or "at_least" in bound:
-                    at_most = "at_most" in bound
-                    ax.plot(
-                        bound["at_most" if at_most else "at_least"], y, "<" if at_most else ">",
-                        ms=6, color=color, clip_on=False,
-                    )  # fmt: skip
-                else:  # not identifiable: the interval alone
-                    ax.plot([lo, hi], [y, y], "|", color=color, ms=7)
-                continue
-            inside = lo - 1e-12 <= value <= hi + 1e-12
-            ax.plot(
-                value, y, "s" if s["labels"] else "o", ms=5, color=color,
-                mfc=color if inside else "white",
-            )  # fmt: skip
+            _draw_estimate(ax, y, e, palette(s["model"] % 10), "s" if s["labels"] else "o")
         ax.axvline(target[g], color="crimson", ls="--", lw=1.2)
         ax.set_title(g, fontsize=9)
         ax.set_xlim(-0.02, 1.02)  # bounds at 0% or 100% stay visible
@@ -168,7 +167,7 @@ def proportion_plot_png(audits: dict[str, dict[str, Any]]) -> bytes:
         Line2D([], [], color="gray", marker="s", ls="", label="classifier's labels"),
         Line2D([], [], color="gray", marker="o", ls="", label="corrected"),
         Line2D([], [], color="gray", marker="o", mfc="white", ls="", label="outside its interval"),
-        Line2D([], [], color="gray", marker="<", ls="", label="censored: ≤ bound (◁) or ≥ (▷)"),
+        Line2D([], [], color="gray", marker="<", ls="", label="censored: its bound"),
     ]
     fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=7, frameon=False)
     with warnings.catch_warnings():  # long group or column names: the plot is still drawn
