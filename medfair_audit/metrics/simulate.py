@@ -515,6 +515,7 @@ def sequential_study(
     Returns:
         ``{"sequential": {...}, "naive": {...}}`` plus the settings.
     """
+    from .estimates import share_intervals
     from .sequential import SequentialShares
 
     clf = classifier or SimulatedClassifier()
@@ -538,8 +539,6 @@ def sequential_study(
                     done["sequential"] = (region[1] if region else (0.0, 1.0), stop, True)
             if "naive" not in done:
                 est = estimate_shares(stream[:stop], held, n_boot=n_boot, seed=seed * 100_003 + rep)
-                from .estimates import share_intervals
-
                 ci = share_intervals(est, DEFAULT_READING, confidence)[1]
                 if ci[1] - ci[0] <= 2 * precision or last:
                     done["naive"] = (ci, stop, last and ci[1] - ci[0] > 2 * precision)

@@ -134,3 +134,14 @@ def test_three_group_region_covers_the_truth_and_flags_images_no_share_explains(
     odd = SequentialShares(heldout=held)
     odd.update(np.tile([[1.0, 0.0, 0.0]], (3000, 1)))
     assert odd.intervals() is None
+
+
+def test_the_sequential_study_stops_each_rule_at_its_own_precision():
+    from medfair_audit.metrics.simulate import sequential_study
+
+    r = sequential_study(male_share=0.9, precision=0.1, reps=3, max_n=2048, per_group=1000)
+    for rule in ("sequential", "naive"):
+        assert r[rule]["capped"] == 0.0 and r[rule]["mean_width"] <= 0.2 + 1e-12
+        assert r[rule]["median_n"] % r["look_every"] == 0  # stops only at looks
+    # the anytime-valid interval is the wider at any n, so it never stops first
+    assert r["sequential"]["mean_n"] >= r["naive"]["mean_n"]
