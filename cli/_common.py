@@ -133,7 +133,7 @@ Dtype = Annotated[
 
 
 def placement(device: str, dtype: str) -> object:
-    """The checked :class:`~medfair_audit.device.Placement` of ``--device`` and ``--dtype``."""
+    """The checked :class:`~medfair_audit.config.Placement` of ``--device`` and ``--dtype``."""
     from medfair_audit.config import Placement
 
     return Placement(device=device, dtype=dtype)

@@ -314,7 +314,7 @@ def audit_document(
     A NaN or infinity becomes ``null``, and a warning names each.
 
     Args:
-        cfg: The :class:`~medfair_audit.audit.config.AuditConfig`.
+        cfg: The :class:`~medfair_audit.config.AuditConfig`.
         loaded: The load stage's :class:`~medfair_audit.audit.load.Loaded`.
         est: The statistics stage's :class:`~medfair_audit.audit.estimate.Estimates`.
         warnings: Every warning, in order.
