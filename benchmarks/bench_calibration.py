@@ -151,7 +151,7 @@ def sequential_table(studies: list[dict]) -> list[str]:
     s = studies[0]
     lines = [
         f"{s['reps']} simulated audits per row; looks every {s['look_every']} images; the "
-        f"classifier of the table above, its confusion matrix from {s['per_group']} held-out "
+        f"calibration table's classifier, its confusion matrix from {s['per_group']} held-out "
         f"images per group; at most {SEQUENTIAL_MAX_N[0.05]:,} images at ±0.05 and "
         f"{SEQUENTIAL_MAX_N[0.03]:,} at ±0.03. *Naive*: the fixed-n PACC bootstrap interval "
         f"({s['n_boot']} draws) recomputed at every look, stopping once it is within ± H "
