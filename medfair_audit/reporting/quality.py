@@ -41,13 +41,19 @@ def has_fidelity(columns: Sequence[Any]) -> bool:
     return any((c.data.get("quality") or {}).get("version", 1) >= 2 for c in columns)
 
 
+#: A Vendi interval from fewer disjoint blocks than this says how many (its t interval is wide).
+FEW_BLOCKS = 5
+
+
 def _cell(m: dict[str, Any] | None, kind: str) -> str:
     """A ``{mean, sd}`` spread or a ``{value, ci}`` Vendi entry, formatted as the headline's."""
     if not m:
         return "–"
     if "mean" in m:
         return _cell_text({"value": m["mean"], "sd": m["sd"]}, kind)
-    return _cell_text({"value": m.get("value"), "ci": m.get("ci")}, kind)
+    text = _cell_text({"value": m.get("value"), "ci": m.get("ci")}, kind)
+    few = m.get("blocks") is not None and m.get("value") is not None and m["blocks"] < FEW_BLOCKS
+    return f"{text} ({m['blocks']} blocks)" if few else text
 
 
 def _at(entry: dict[str, Any] | None, n: str | None, key: str) -> Any:

@@ -576,6 +576,16 @@ def test_quality_by_group_names_a_collapsed_group_in_every_format(audits, tmp_pa
     assert md.count("drawn from a few prototypes (low") == 1  # not the intact male group
     vendi = next(r for r in md.splitlines() if r.startswith("| female | Vendi score (n = 32)"))
     assert f"{after['by_group']['female']['vendi']['value']:.2f} [" in vendi
+    blocks = [after["by_group"]["female"]["vendi"]["blocks"]]
+    blocks.append(before["by_group"]["female"]["vendi"]["blocks"])
+    for b in blocks:  # a t interval over fewer than 5 blocks says how many it had
+        assert (f"({b} blocks)" in vendi) == (b < 5)
+    from medfair_audit.reporting.quality import _cell
+
+    assert _cell({"n": 32, "blocks": 2, "value": 5.3, "ci": [1.0, 14.2]}, "") == (
+        "5.30 [1.00, 14.20] (2 blocks)"
+    )
+    assert "blocks" not in _cell({"n": 32, "blocks": 8, "value": 5.3, "ci": [4.0, 6.0]}, "")
     # a quality block without these measures (version 1) renders without the section
     old = [AuditColumn(c.label, dict(c.data, quality=None), c.folder) for c in cols]
     from medfair_audit.reporting.markdown import render_markdown
