@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .notes import caption_notes
 from .quality import QUALITY_CAPTION, has_fidelity, quality_readings, quality_rows
 from .readers import (
     READERS_CAPTION,
@@ -23,15 +24,12 @@ from .readers import (
     reader_rows,
     support_rows,
 )
-from .sequential import SEQUENTIAL_NOTE, has_sequential
 from .tables import (
-    CONSTRAINED_NOTE,
     AuditColumn,
     _title,
     comparisons,
     evaluator_rows,
     format_rows,
-    has_constrained,
     paired_rows,
 )
 
@@ -199,8 +197,7 @@ def render_html(
             first=columns[0].data,
             header=header,
             rows=rows,
-            constrained_note=CONSTRAINED_NOTE if has_constrained(rows) else None,
-            sequential_note=SEQUENTIAL_NOTE if has_sequential(rows) else None,
+            notes=caption_notes(rows),
             plot=_plot(columns),
             pairs=pairs,
             paired_stats=[(p, paired_rows(p)) for p in paired_stats],

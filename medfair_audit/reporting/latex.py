@@ -6,6 +6,7 @@ import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
+from .notes import CENSORED_CAPTION, caption_notes
 from .quality import QUALITY_CAPTION, has_fidelity, quality_readings, quality_rows
 from .readers import (
     READERS_CAPTION,
@@ -14,14 +15,10 @@ from .readers import (
     reader_rows,
     support_rows,
 )
-from .sequential import SEQUENTIAL_NOTE, has_sequential
 from .tables import (
-    CENSORED_CAPTION,
-    CONSTRAINED_NOTE,
     AuditColumn,
     _title,
     format_rows,
-    has_constrained,
     paired_rows,
 )
 
@@ -131,8 +128,7 @@ def render_latex(columns: Sequence[AuditColumn], paired: Sequence[dict[str, Any]
 
     lines = ["% medfair report; needs \\usepackage{booktabs}"]
     header, rows = format_rows(columns)
-    constrained = f"; {_latex(CONSTRAINED_NOTE)}" if has_constrained(rows) else ""
-    constrained += f"; {_latex(SEQUENTIAL_NOTE)}" if has_sequential(rows) else ""
+    constrained = "".join(f"; {_latex(note)}" for note in caption_notes(rows))
     lines += table(
         header,
         rows,

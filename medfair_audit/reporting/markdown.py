@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from .notes import CENSORED_CAPTION, caption_notes
 from .quality import QUALITY_CAPTION, has_fidelity, quality_readings, quality_rows
 from .readers import (
     READERS_CAPTION,
@@ -13,16 +14,12 @@ from .readers import (
     reader_rows,
     support_rows,
 )
-from .sequential import SEQUENTIAL_NOTE, has_sequential
 from .tables import (
-    CENSORED_CAPTION,
-    CONSTRAINED_NOTE,
     AuditColumn,
     _title,
     evaluator_notes,
     evaluator_rows,
     format_rows,
-    has_constrained,
     paired_rows,
 )
 
@@ -44,8 +41,7 @@ def render_markdown(columns: Sequence[AuditColumn], paired: Sequence[dict[str, A
     header, rows = format_rows(columns)
     conf = round(100 * columns[0].data.get("confidence", 0.95))
     title = _markdown(_title(columns)[:1].upper() + _title(columns)[1:])
-    constrained = f"; {CONSTRAINED_NOTE}" if has_constrained(rows) else ""
-    constrained += f"; {SEQUENTIAL_NOTE}" if has_sequential(rows) else ""
+    constrained = "".join(f"; {note}" for note in caption_notes(rows))
     lines = [
         f"<!-- medfair report: {_markdown(', '.join(c.label for c in columns))} -->",
         f"**{title}.** Values with {conf}% "

@@ -307,24 +307,6 @@ def _cell_text(cell: dict[str, Any], kind: str) -> str:
     return text + interval
 
 
-#: How the captions read a censored value (README, "Calibration": censored bounds).
-CENSORED_CAPTION = (
-    "censored values are shown as their bound, which among censored audits misses the truth "
-    "more often than the interval's level"
-)
-
-#: The caption's note when a headline cell holds a simplex-constrained value.
-CONSTRAINED_NOTE = (
-    "(constrained): projected onto the simplex because another group is censored, beside the "
-    "unconstrained estimate's interval, which need not contain it"
-)
-
-
-def has_constrained(rows: Sequence[Sequence[str]]) -> bool:
-    """Whether a formatted table shows a simplex-constrained value."""
-    return any("(constrained)" in cell for row in rows for cell in row)
-
-
 def format_rows(columns: Sequence[AuditColumn]) -> tuple[list[str], list[list[str]]]:
     """The headline table as strings: header and rows (shared by every format)."""
     rows = headline_rows(columns)
