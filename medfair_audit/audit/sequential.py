@@ -35,18 +35,6 @@ RULE = (
 )
 
 
-def check_sequential(loaded: Loaded) -> Any:
-    """The held-out set the sequence needs, or a one-line error naming what is missing."""
-    held = loaded.heldout
-    if not all(p.probs is not None for p in getattr(held, "parts", (held,))):
-        raise ConfigError(
-            "--precision needs the classifier's held-out probabilities in its evaluation.json "
-            "(retrain it with this version of medfair)",
-            param="precision",
-        )
-    return held
-
-
 def draw_until_precise(
     cfg: AuditConfig,
     loaded: Loaded,
@@ -66,21 +54,30 @@ def draw_until_precise(
     """
     from ..metrics.sequential import SequentialShares
 
-    held = check_sequential(loaded)
+    try:
+        seq = SequentialShares(heldout=loaded.heldout, confidence=cfg.confidence)
+    except ValueError as exc:  # no held-out probabilities
+        raise ConfigError(
+            f"--precision: {exc} (retrain the classifier with this version of medfair)",
+            param="precision",
+        ) from exc
     gen, size = cfg.generation, cfg.generation.shard_size
     plan = plan_shards(len(cfg.prompts), gen)
     rounds = math.ceil(gen.n_per_prompt / size)
     first = max(1, math.ceil(cfg.min_n_per_prompt / size))
-    seq = SequentialShares(heldout=held, confidence=cfg.confidence)
     looks: list[dict[str, Any]] = []
     stopped_by = "max_n_per_prompt"
     counts = np.zeros(len(loaded.groups), dtype=np.int64)
     # several attributes: no stop while a joint cell holds fewer than min_cell_n images
     guard = cfg.min_cell_n if loaded.cset.multi else 0
     for r in range(rounds):
-        draw(lambda s, r=r: s.start // size == r)
+
+        def in_round(shard: Shard, r: int = r) -> bool:
+            return shard.start // size == r
+
+        draw(in_round)
         state.wait_for_everyone()
-        shards = [s for s in plan if s.start // size == r]
+        shards = [s for s in plan if in_round(s)]
         stored = np.concatenate(
             [d["probs"].numpy() for d in iter_shards(cfg.out / "shards", shards)]
         )
@@ -107,7 +104,18 @@ def draw_until_precise(
             stopped_by = "precision"
             break
     last = looks[-1]
-    record = {
+    record = _record(cfg, loaded.groups, guard, stopped_by, looks)
+    drawn = [s for s in plan if s.start < last["n_per_prompt"]]
+    return drawn, record
+
+
+def _record(
+    cfg: AuditConfig, groups: list[str], guard: int, stopped_by: str, looks: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """``audit.json``'s ``sequential`` block: the rule, every look, where and why it stopped."""
+    last = looks[-1]
+    gen = cfg.generation
+    return {
         "rule": RULE,
         "reading": "pacc",
         "precision": cfg.precision,
@@ -118,14 +126,10 @@ def draw_until_precise(
         "n_per_prompt": last["n_per_prompt"],
         "stopped_by": stopped_by,
         "intervals": (
-            None
-            if last["intervals"] is None
-            else dict(zip(loaded.groups, last["intervals"], strict=True))
+            None if last["intervals"] is None else dict(zip(groups, last["intervals"], strict=True))
         ),
         "looks": looks,
     }
-    drawn = [s for s in plan if s.start < last["n_per_prompt"]]
-    return drawn, record
 
 
 def sequential_text(seq: dict[str, Any]) -> str:

@@ -207,12 +207,14 @@ class SequentialShares:
 
     heldout: HeldOut | ProductHeldOut
     confidence: float = 0.95
-    _cs: list[BettingCS] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         parts = getattr(self.heldout, "parts", (self.heldout,))
         if any(p.probs is None for p in parts):
-            raise ValueError("a sequential audit needs the held-out probabilities")
+            raise ValueError(
+                "a sequential audit needs the classifier's held-out probabilities in its "
+                "evaluation.json"
+            )
         alpha = 1 - self.confidence
         k = int(np.prod([p.probs.shape[1] for p in parts]))
         self.columns = [1] if k == 2 else list(range(k))  # two groups: one share decides both
@@ -222,9 +224,8 @@ class SequentialShares:
         self.s_lo, self.s_hi = boxes[0]
         for lo, hi in boxes[1:]:
             self.s_lo, self.s_hi = np.kron(self.s_lo, lo), np.kron(self.s_hi, hi)
-        if not self._cs:
-            a = alpha / 2 / len(self.columns)
-            self._cs = [BettingCS(alpha=a) for _ in self.columns]
+        a = alpha / 2 / len(self.columns)
+        self._cs = [BettingCS(alpha=a) for _ in self.columns]
 
     @property
     def n(self) -> int:
@@ -292,7 +293,3 @@ class SequentialShares:
         if lo > hi:  # no share explains the images
             return None
         return [(1 - hi, 1 - lo), (lo, hi)]
-
-    def state(self) -> list[dict[str, Any]]:
-        """The sequences' JSON-able state."""
-        return [cs.state() for cs in self._cs]
