@@ -328,6 +328,7 @@ def quality_share(demo: Path, n: int = 256, steps: int = 25) -> dict:
     """Seconds of a whole 256-image audit and of its quality block (timed where it runs)."""
     from medfair_audit import AuditConfig, run_audit
     from medfair_audit.audit import estimate as stage
+    from medfair_audit.audit.result import AuditResult
     from medfair_audit.demo import HELD_OUT_PROMPTS
     from medfair_audit.generation import GenerationConfig
     from medfair_audit.target import parse_target
@@ -356,20 +357,20 @@ def quality_share(demo: Path, n: int = 256, steps: int = 25) -> dict:
             run_audit(config(Path(tmp) / "warm", 16))
             block.clear()
             seconds = _timed(lambda: run_audit(config(Path(tmp) / "a", n)), torch.device("cpu"))
-            doc = json.loads((Path(tmp) / "a" / "audit.json").read_text())
+            result = AuditResult.load(Path(tmp) / "a")
     finally:
         stage.quality_by_group = inner
-    q = doc["quality"]
+    q = result.quality
     return {
-        "n": doc["n_images"],
+        "n": result.n_images,
         "steps": steps,
-        "features": doc["config"]["features"]["name"],
-        "equal_n": q["equal_n"],
-        "draws": q["draws"],
+        "features": result.settings.feature_name,
+        "equal_n": q.equal_n,
+        "draws": q.draws,
         "audit_seconds": seconds,
         "quality_seconds": block[0],
         "share": block[0] / seconds,
-        "n_reference": q["by_group"]["overall"]["n_reference"],
+        "n_reference": q.by_group["overall"].n_reference,
     }
 
 

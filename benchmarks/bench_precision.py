@@ -49,29 +49,26 @@ def measure(demo: Path, name: str, precision: float, max_n: int) -> dict:
             overwrite=True,
         )
     )
-    d, seq = result.data, result.data["sequential"]
-    fixed = d["proportions"]["pacc"]
+    seq = result.sequential
+    fixed = result.overall.proportions["pacc"]
+    held = result.heldout().counts_per_group()
     return {
         "model": name,
         "seconds": time.perf_counter() - start,
-        "stopped_by": seq["stopped_by"],
-        "n_per_prompt": seq["n_per_prompt"],
-        "n_images": d["n_images"],
+        "stopped_by": seq.stopped_by,
+        "n_per_prompt": seq.n_per_prompt,
+        "n_images": result.n_images,
         "prompts": len(HELD_OUT_PROMPTS),
-        "anytime_valid": seq["intervals"],
-        "half_widths": [look["half_width"] for look in seq["looks"]],
-        "fixed_n": {g: fixed[g]["ci"] for g in d["groups"]},
-        "fixed_n_censored": {g: bool(fixed[g].get("censored")) for g in d["groups"]},
-        "needed_total": d["sample_size"]["needed_total"],
-        "floor_half_width": d["sample_size"]["floor_half_width"],
-        "heldout_per_group": _heldout_counts(d),
+        "anytime_valid": {g: list(ci) for g, ci in seq.intervals.items()}
+        if seq.intervals is not None
+        else None,
+        "half_widths": list(seq.half_widths),
+        "fixed_n": {g: list(fixed[g].ci) for g in result.groups},
+        "fixed_n_censored": {g: bool(fixed[g].censored) for g in result.groups},
+        "needed_total": result.sample_size.needed_total,
+        "floor_half_width": result.sample_size.floor_half_width,
+        "heldout_per_group": {g: int(k) for g, k in zip(result.groups, held, strict=True)},
     }
-
-
-def _heldout_counts(d: dict) -> dict[str, int]:
-    held = d["classifier"]["evaluation"]["heldout"]
-    groups = d["classifier"]["evaluation"].get("groups", d["groups"])
-    return {g: sum(1 for y in held["labels"] if y == i) for i, g in enumerate(groups)}
 
 
 def _model_text(r: dict, h: float) -> str:

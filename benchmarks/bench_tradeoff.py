@@ -36,10 +36,11 @@ import numpy as np
 import torch
 
 from medfair_audit import AuditConfig, run_audit
-from medfair_audit.audit.quality import common_n, prdc_n
-from medfair_audit.audit.result import format_estimate
+from medfair_audit.audit.result import AuditResult, format_estimate
 from medfair_audit.demo import HELD_OUT_PROMPTS, TRAIN_PROMPTS, DemoConfig
 from medfair_audit.generation import GenerationConfig
+from medfair_audit.metrics.results import common_size, prdc_size
+from medfair_audit.metrics.results_json import estimate_from_json
 from medfair_audit.models.clip import CLIP, encode_images
 from medfair_audit.remediation import RemediationJob, remediate
 from medfair_audit.reporting.html import audit_images
@@ -63,7 +64,7 @@ def clip_drift(before: Path, after: Path, clip: object) -> float:
     return float((1 - (emb(a, ia) * emb(b, ib)).sum(-1)).mean())
 
 
-def _audit(demo: Path, checkpoint: Path, out: Path, cfg: DemoConfig) -> dict:
+def _audit(demo: Path, checkpoint: Path, out: Path, cfg: DemoConfig) -> AuditResult:
     if not (out / "audit.json").is_file():
         gen = dataclasses.replace(cfg.audit_generation, n_per_prompt=N_PER_PROMPT)
         assert isinstance(gen, GenerationConfig)
@@ -79,7 +80,7 @@ def _audit(demo: Path, checkpoint: Path, out: Path, cfg: DemoConfig) -> dict:
                 reference_split="test",
             )
         )
-    return json.loads((out / "audit.json").read_text())
+    return AuditResult.load(out)
 
 
 def measure(demo: Path) -> list[dict]:
@@ -132,27 +133,30 @@ def measure(demo: Path) -> list[dict]:
 
 def summarise(points: list[dict]) -> dict:
     """The JSON record: one row per point, FID/KID at one n that every point has."""
-    quality = [p["audit"]["quality"]["by_group"] for p in points]
-    n = {g: common_n([q[g] for q in quality]) for g in quality[0]}
-    n_prdc = {g: prdc_n([q[g] for q in quality]) for g in quality[0]}
+    quality = [p["audit"].quality.by_group for p in points]
+    n = {g: common_size([q.get(g) for q in quality]) for g in quality[0]}
+    n_prdc = {g: prdc_size([q.get(g) for q in quality]) for g in quality[0]}
     rows = []
     for p in points:
-        a = p["audit"]
-        reading = a["default_reading"]
+        a: AuditResult = p["audit"]
         row = {
             "lambda": p["lambda"],
             "steps": p["steps"],
             "remediation_seconds": p.get("seconds"),
-            "kl_corrected": a["distances"][reading]["kl_target_to_generated"],
-            "male_corrected": a["proportions"][reading]["male"],
+            "kl_corrected": a.kl().to_json(),
+            "male_corrected": a.share("male").to_json(),
             "clip_drift": p["drift"],
         }
         for g, size in n.items():
-            at = a["quality"]["by_group"][g]["at_n"].get(size) if size else None
-            row[f"fid_{g}"] = at and at["fid"]
-            row[f"kid_{g}"] = at and at["kid"]
-            prdc = (a["quality"]["by_group"][g]["at_n"].get(n_prdc[g]) or {}).get("prdc") or {}
-            row[f"recall_{g}"], row[f"coverage_{g}"] = prdc.get("recall"), prdc.get("coverage")
+            entry = a.quality.entry(g)
+            at = entry.at(size) if entry else None
+            row[f"fid_{g}"] = at.fid.to_json() if at and at.fid else None
+            row[f"kid_{g}"] = at.kid.to_json() if at and at.kid else None
+            pr = entry.at(n_prdc[g]) if entry else None
+            prdc = (pr.prdc if pr else None) or {}
+            row[f"recall_{g}"], row[f"coverage_{g}"] = (
+                prdc[k].to_json() if prdc.get(k) else None for k in ("recall", "coverage")
+            )
         rows.append(row)
     return {
         "prompts": "held-out (demo.HELD_OUT_PROMPTS)",
@@ -184,13 +188,13 @@ def plot(doc: dict, path: Path) -> None:
         strict=True,
     ):  # fmt: skip
         for r in doc["rows"]:
-            kl = r["kl_corrected"]
+            kl = estimate_from_json(r["kl_corrected"])
             x = r[key]["mean"] if isinstance(r[key], dict) else r[key]
             if x is None:
                 continue
-            lo, hi = kl["ci"]
-            y = kl["value"] if kl["value"] is not None else kl["bound"].get("at_least", lo)
-            marker = "o" if kl["value"] is not None else "^"  # ^: a lower bound
+            lo, hi = kl.ci
+            y = kl.value if kl.value is not None else kl.at_least if kl.at_least is not None else lo
+            marker = "o" if kl.value is not None else "^"  # ^: a lower bound
             ax.errorbar(x, y, yerr=[[y - lo], [max(hi - y, 0)]], fmt=marker,
                         color=colours[r["lambda"]], capsize=3)  # fmt: skip
             tag = "biased" if r["lambda"] is None else f"λ={r['lambda']:g}, {r['steps']} st."
@@ -245,7 +249,7 @@ def table(doc: dict) -> str:
 def summary_text(doc: dict) -> str:
     """The README's paragraph, written from the record (no number or trend typed by hand)."""
     rows = [r for r in doc["rows"] if r["lambda"] is not None]
-    best = min(rows, key=lambda r: r["kl_corrected"]["value"] or float("inf"))
+    best = min(rows, key=lambda r: estimate_from_json(r["kl_corrected"]).value or float("inf"))
     longest = max(r["steps"] for r in rows)
     at_end = {r["lambda"]: r for r in rows if r["steps"] == longest}
     drifts = [r["clip_drift"] for _, r in sorted(at_end.items())]
@@ -254,7 +258,7 @@ def summary_text(doc: dict) -> str:
         if all(b < a for a, b in itertools.pairwise(drifts))
         else "does not fall steadily with λ"
     )
-    cis = [r["male_corrected"]["ci"] for r in at_end.values()]
+    cis = [estimate_from_json(r["male_corrected"]).ci for r in at_end.values()]
     overlap = max(lo for lo, _ in cis) <= min(hi for _, hi in cis)
     drift = ", ".join(f"{r['clip_drift']:.4f} (λ = {lam:g})" for lam, r in at_end.items())
     share = ", ".join(
@@ -272,7 +276,10 @@ def summary_text(doc: dict) -> str:
     )
     if best["steps"] < longest:
         later = at_end[best["lambda"]]
-        (a_lo, a_hi), (b_lo, b_hi) = best["kl_corrected"]["ci"], later["kl_corrected"]["ci"]
+        (a_lo, a_hi), (b_lo, b_hi) = (
+            estimate_from_json(best["kl_corrected"]).ci,
+            estimate_from_json(later["kl_corrected"]).ci,
+        )
         same = max(a_lo, b_lo) <= min(a_hi, b_hi)
         text += (
             f"; {longest} steps with the same λ gave KL "

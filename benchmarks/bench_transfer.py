@@ -36,14 +36,16 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from medfair_audit import AuditConfig, run_audit
-from medfair_audit.audit.quality import common_n, prdc_n
-from medfair_audit.audit.result import format_estimate
+from medfair_audit.audit.result import AuditResult, format_estimate
 from medfair_audit.demo import HELD_OUT_PROMPTS, READERS, TRAIN_PROMPTS, DemoConfig, run_demo
+from medfair_audit.metrics.results import Estimate, common_size, prdc_size
+from medfair_audit.metrics.results_json import estimate_from_json
 from medfair_audit.remediation import RemediationJob, remediate
 from medfair_audit.target import Target
 
@@ -72,7 +74,7 @@ def guides_of(variant: dict) -> list[str]:
     return [variant.get("guide", "classifier"), *variant.get("ensemble", ())]
 
 
-def _audit(demo: Path, checkpoint: Path, out: Path, cfg: DemoConfig) -> dict:
+def _audit(demo: Path, checkpoint: Path, out: Path, cfg: DemoConfig) -> AuditResult:
     if not (out / "audit.json").is_file():
         run_audit(
             AuditConfig(
@@ -88,7 +90,7 @@ def _audit(demo: Path, checkpoint: Path, out: Path, cfg: DemoConfig) -> dict:
                 overwrite=True,
             )
         )
-    return json.loads((out / "audit.json").read_text())
+    return AuditResult.load(out)
 
 
 def _remediate(demo: Path, cfg: DemoConfig, variant: dict, seed: int, out: Path) -> dict:
@@ -126,45 +128,47 @@ def _remediate(demo: Path, cfg: DemoConfig, variant: dict, seed: int, out: Path)
     return timing
 
 
-def _male(entry: dict) -> dict:
-    """A reader's PACC male share (the audit's estimate entry)."""
-    return entry["male"]
+def _point(est: dict | Estimate) -> float | None:
+    """A share's value, or the bound of a censored one (from a row's stored estimate)."""
+    e = est if isinstance(est, Estimate) else estimate_from_json(est)
+    if e is None:
+        return None
+    return e.value if e.value is not None else e.bound[1] if e.bound else None
 
 
-def _point(est: dict) -> float | None:
-    """A share's value, or the bound of a censored one."""
-    if est.get("value") is not None:
-        return est["value"]
-    bound = est.get("bound") or {}
-    return bound.get("at_least", bound.get("at_most"))
+def _support(share: Any) -> dict:
+    return {"share": share.share, "ci": list(share.ci), "n": share.n}
 
 
-def row_of(name: str, seed: int | None, variant: dict | None, audit: dict, timing: dict) -> dict:
-    """One run's numbers from its audit."""
-    reading = audit["default_reading"]
-    readers = {r["name"]: r for r in audit["readers"]["readers"]}
-    shares = {"evaluator": _male(audit["proportions"][reading])}
-    shares |= {n: _male(r["proportions"]) for n, r in readers.items()}
+def row_of(
+    name: str, seed: int | None, variant: dict | None, audit: AuditResult, timing: dict
+) -> dict:
+    """One run's numbers from its audit (estimates stored as ``audit.json`` writes them)."""
+    readers = audit.readers
+    shares = {"evaluator": audit.share("male")}
+    shares |= {r.name: r.proportions["male"] for r in readers.readers}
     guides = guides_of(variant) if variant is not None else []
     gap = None
     if guides and all(_point(shares[g]) is not None for g in guides):
         gap = float(np.mean([_point(shares[g]) for g in guides])) - _point(shares["evaluator"])
-    support = {s["space"]: s for s in audit["readers"]["support"]}
     return {
         "variant": name,
         "seed": seed,
         "guides": guides,
-        "male": shares,
+        "male": {k: e.to_json() for k, e in shares.items()},
         "gap": gap,
-        "kl": audit["distances"][reading]["kl_target_to_generated"],
-        "quality": audit["quality"]["by_group"],
+        "kl": audit.kl().to_json(),
+        "quality": audit.quality.by_group,
         "seconds_per_step": timing.get("seconds_per_step"),
         "threads": timing.get("threads"),
         "outside_support": {
-            space: {"overall": s["overall"], "by_group": s["by_group"]}
-            for space, s in support.items()
+            s.space: {
+                "overall": _support(s.overall),
+                "by_group": {g: _support(x) for g, x in s.by_group.items()},
+            }
+            for s in readers.support
         },
-        "target_male": audit["target"]["male"],
+        "target_male": audit.target["male"],
     }
 
 
@@ -200,7 +204,7 @@ def demo_rows(folders: list[Path]) -> list[dict]:
     rows = []
     for folder in folders:
         doc = json.loads((folder / "demo.json").read_text())
-        audit = json.loads((folder / "after" / "audit.json").read_text())
+        audit = AuditResult.load(folder / "after")
         tuned = json.loads((folder / "models" / "t2medi-fair" / "remediation.json").read_text())
         variant = {
             "guide": Path(tuned["classifier"]).name,
@@ -235,9 +239,8 @@ def variant_summary(rows: list[dict], target: float) -> dict:
         gaps = [r["gap"] for r in runs if r["gap"] is not None]
 
         def holds(reader: str, runs: list[dict] = runs) -> bool:
-            return all(
-                r["male"][reader]["ci"][0] <= target <= r["male"][reader]["ci"][1] for r in runs
-            )
+            cis = [estimate_from_json(r["male"][reader]).ci for r in runs]
+            return all(ci is not None and ci[0] <= target <= ci[1] for ci in cis)
 
         spreads = [_readers_spread(r) for r in runs]
         variants[name] = {
@@ -257,15 +260,19 @@ def variant_summary(rows: list[dict], target: float) -> dict:
 
 def summarise(rows: list[dict], *, steps: int) -> dict:
     """The record: rows with FID/KID at one n all runs have, and a summary per variant."""
-    n = common_n([r["quality"]["overall"] for r in rows])
+    n = common_size([r["quality"].get("overall") for r in rows])
     groups = [g for g in rows[0]["quality"] if g != "overall"]
-    n_prdc = {g: prdc_n([r["quality"][g] for r in rows]) for g in groups}
+    n_prdc = {g: prdc_size([r["quality"].get(g) for r in rows]) for g in groups}
     for r in rows:
-        at = r["quality"]["overall"]["at_n"].get(n) if n else None
-        r["fid"], r["kid"] = (at and at["fid"]), (at and at["kid"])
+        at = r["quality"]["overall"].at(n)
+        r["fid"] = at.fid.to_json() if at and at.fid else None
+        r["kid"] = at.kid.to_json() if at and at.kid else None
         for g in groups:  # per-group recall and coverage (a group collapsed onto prototypes)
-            prdc = (r["quality"][g]["at_n"].get(n_prdc[g]) or {}).get("prdc") or {}
-            r[f"recall_{g}"], r[f"coverage_{g}"] = prdc.get("recall"), prdc.get("coverage")
+            pr = r["quality"][g].at(n_prdc[g])
+            prdc = (pr.prdc if pr else None) or {}
+            r[f"recall_{g}"], r[f"coverage_{g}"] = (
+                prdc[k].to_json() if prdc.get(k) else None for k in ("recall", "coverage")
+            )
         del r["quality"]
     target = rows[0]["target_male"]
     variants = variant_summary(rows, target)

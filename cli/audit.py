@@ -257,15 +257,14 @@ def audit(
     from medfair_audit.models.pipelines import describe
 
     world = num_processes(config.placement.device)
-    where = result.data["config"]["placement"]
-    out_console.print(f"pipeline: {describe(result.data['config']['pipeline'])}")
+    where = result.settings
+    out_console.print(f"pipeline: {describe(dict(result.settings.pipeline))}")
     out_console.print(
-        f"{result.data['n_images']} images ({world} process{'es' if world > 1 else ''}, "
-        f"{where['device']}, {where['dtype']})"
+        f"{result.n_images} images ({world} process{'es' if world > 1 else ''}, "
+        f"{where.device}, {where.dtype})"
     )
     for line in result.summary():
         out_console.print(line)
     out_console.print(f"report: {out / 'audit.html'}")
-    a = result.data
-    for w in a["warnings"]:
+    for w in result.warnings:
         out_console.print(f"warning: {w}")

@@ -553,11 +553,13 @@ def _audit(
             ),
             progress=ctx.progress,
         )
-        info = {"path": str(folder), "kl": r.kl()}
+        info = {"path": str(folder), "kl": r.kl().to_json()}
         if "male" in r.groups:
-            info.update(male_raw=r.share("male", "raw"), male_corrected=r.share("male"))
-        if r.data.get("joint"):
-            info["rejected_cells"] = r.data["joint"]["holm"]["rejected"]
+            info.update(
+                male_raw=r.share("male", "raw").to_json(), male_corrected=r.share("male").to_json()
+            )
+        if r.joint is not None:
+            info["rejected_cells"] = list(r.joint.rejected)
         return info
 
     settings: dict[str, Any] = {"gen": asdict(cfg.audit_generation), "prompts": HELD_OUT_PROMPTS}
@@ -595,7 +597,7 @@ def _remediate(
             ),
             progress=ctx.progress,
         )
-        first, last = r.data["audits"][0], r.final_audit
+        first, last = r.first_audit, r.final_audit
         return {
             "path": str(r.path),
             "quick_audit_before": {"share": first["share"], "kl": first["kl"]},

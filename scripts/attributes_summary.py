@@ -9,11 +9,11 @@ Per audit: the joint KL(target‖generated) read off the classifiers' labels and
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
-from medfair_audit.audit.result import format_estimate
+from medfair_audit.audit.result import AuditResult
+from medfair_audit.metrics.results import Summary
 
 COLUMNS = {
     "before": "before",
@@ -36,20 +36,18 @@ def main() -> int:  # noqa: D103
     print("| " + " | ".join(head) + " |")
     print("|---|" + "---:|" * (len(head) - 1))
     for folder, label in COLUMNS.items():
-        d = json.loads((root / folder / "audit.json").read_text())
+        d = AuditResult.load(root / folder)
 
-        def kl(summary: dict, reading: str) -> str:
-            return format_estimate(summary["distances"][reading]["kl_target_to_generated"], ".3f")
+        def kl(summary: Summary, reading: str) -> str:
+            return summary.distances[reading].kl_target_to_generated.text(".3f")
 
-        rejected = d["joint"]["holm"]["rejected"]
-        cells = f"{len(rejected)} of {len(d['joint']['cells'])}"
         row = [
             label,
-            kl(d, "raw"),
-            kl(d, "pacc"),
-            kl(d["attributes"]["sex"], "pacc"),
-            kl(d["attributes"]["age_band"], "pacc"),
-            cells,
+            kl(d.overall, "raw"),
+            kl(d.overall, "pacc"),
+            kl(d.attributes["sex"], "pacc"),
+            kl(d.attributes["age_band"], "pacc"),
+            f"{len(d.joint.rejected)} of {len(d.joint.cells)}",
         ]
         print("| " + " | ".join(row).replace("<", "&lt;") + " |")
     return 0

@@ -30,7 +30,6 @@ from ..models.attributes import ClassifierSet
 from ..target import Target
 
 __all__ = [
-    "heldout_from_audit",
     "independence_check",
     "joint_sections",
     "shen_bias_entry",
@@ -268,22 +267,3 @@ def joint_sections(
             "image there is off target, and KL to the target is capped by its smoothing"
         )
     return attributes, joint, warnings
-
-
-def heldout_from_audit(doc: dict[str, Any]) -> Any:
-    """The held-out errors an ``audit.json`` used for its groups (joint cells too).
-
-    One classifier per attribute gives the Kronecker product of theirs; one classifier (joint or
-    not) gives its own.
-    """
-    from ..metrics.estimates import HeldOut, ProductHeldOut
-
-    by_attr = doc["classifier"].get("by_attribute")
-    if doc.get("joint") and by_attr and len(by_attr) > 1:
-        return ProductHeldOut(
-            [
-                HeldOut.from_evaluation(e["evaluation"], doc["joint"]["levels"][a])
-                for a, e in by_attr.items()
-            ]
-        )
-    return HeldOut.from_evaluation(doc["classifier"]["evaluation"], doc["groups"])

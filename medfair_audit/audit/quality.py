@@ -32,8 +32,6 @@ __all__ = [
     "QUALITY_VERSION",
     "VENDI_N",
     "collapse_warnings",
-    "common_n",
-    "prdc_n",
     "quality_by_group",
     "vendi_interval",
 ]
@@ -158,16 +156,6 @@ def _group_entry(
     return entry
 
 
-def prdc_n(entries: Sequence[dict[str, Any] | None]) -> str | None:
-    """The largest size at which every entry that has PRDC has it (``None``: none has)."""
-    sizes = None
-    for e in entries:
-        have = {n for n, at in ((e or {}).get("at_n") or {}).items() if at.get("prdc")}
-        if have:
-            sizes = have if sizes is None else sizes & have
-    return max(sizes, key=int) if sizes else None
-
-
 def quality_by_group(
     moments: Sequence[FeatureMoments],
     samples: Sequence[np.ndarray],
@@ -274,12 +262,3 @@ def collapse_warnings(quality: dict[str, Any]) -> list[str]:
                 "lack the real group's diversity"
             )
     return out
-
-
-def common_n(entries: Sequence[dict[str, Any] | None]) -> str | None:
-    """The largest subsample size present in every entry's ``at_n`` (``None`` if none)."""
-    keys = None
-    for e in entries:
-        have = set((e or {}).get("at_n", {}))
-        keys = have if keys is None else keys & have
-    return max(keys, key=int) if keys else None

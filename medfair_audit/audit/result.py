@@ -1,8 +1,14 @@
 """The outcome of an audit: one typed object, saved and loaded as a folder.
 
-Like fairlearn's ``MetricFrame`` it is one object with accessors (:meth:`AuditResult.share`,
-:meth:`AuditResult.kl`, :meth:`AuditResult.to_frame`, :meth:`AuditResult.summary`); like a
-diffusers model it round-trips through :meth:`AuditResult.save` and :meth:`AuditResult.load`.
+Like fairlearn's ``MetricFrame`` it is one object with typed accessors: :meth:`AuditResult.share`
+and :meth:`AuditResult.kl` return :class:`~medfair_audit.metrics.results.Estimate` values, and
+:attr:`AuditResult.overall`, :attr:`AuditResult.quality`, :attr:`AuditResult.readers` and the
+others the frames of :mod:`medfair_audit.metrics.results`; it also gives tables
+(:meth:`AuditResult.to_frame`) and text (:meth:`AuditResult.summary`). Like a diffusers model it
+round-trips through :meth:`AuditResult.save` and :meth:`AuditResult.load`. This module and the
+``*_from_json`` readers of :mod:`medfair_audit.metrics.results` are the only readers of
+``audit.json``'s keys: everything downstream reads attributes.
+
 The folder holds ``audit.json`` (schema version :data:`AUDIT_SCHEMA_VERSION`, described by the
 JSON Schema shipped as ``audit.schema.json``), ``images.csv``, ``grid_<group>.png`` and
 ``audit.html``.
@@ -13,20 +19,36 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from .._io import atomic_write_bytes, atomic_write_json, atomic_write_text, null_non_finite
+from .._io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..exceptions import DataError
+from ..metrics import results as r
+from ..metrics.results_json import (
+    attribute_summary_from_json,
+    classifier_from_json,
+    dispersion_from_json,
+    estimate_from_json,
+    joint_from_json,
+    prompt_summary_from_json,
+    quality_from_json,
+    readers_from_json,
+    sample_size_from_json,
+    sequential_from_json,
+    settings_from_json,
+    smoothing_from_json,
+    summary_from_json,
+)
 
 __all__ = [
     "AUDIT_SCHEMA_VERSION",
     "VOLATILE_FIELDS",
     "AuditResult",
-    "audit_document",
     "audit_schema",
     "format_estimate",
     "grid_name",
@@ -83,7 +105,8 @@ class AuditResult:
     """The outcome of an audit.
 
     Attributes:
-        data: The ``audit.json`` content.
+        data: The ``audit.json`` content (:meth:`to_json`); read it through the typed
+            accessors below.
         images: One row per generated image (prompt, seed, probabilities, predicted group).
         grids: Group name → PNG bytes of a sample grid of images classified as that group.
         folder: Where it was saved or loaded from, if anywhere.
@@ -94,27 +117,172 @@ class AuditResult:
     grids: dict[str, bytes] = field(default_factory=dict)
     folder: Path | None = None
 
+    @classmethod
+    def from_json(cls, doc: dict[str, Any], **parts: Any) -> AuditResult:
+        """An audit from its ``audit.json`` content (``parts``: ``images``, ``grids``, ``folder``).
+
+        The inverse of :meth:`to_json`; :meth:`load` reads the folder.
+        """
+        return cls(data=doc, images=parts.pop("images", pd.DataFrame()), **parts)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``audit.json`` content (plain JSON types, as written)."""
+        return self.data
+
     @property
     def groups(self) -> list[str]:
         """Group names in the classifier's order."""
         return list(self.data["groups"])
 
     @property
+    def attribute(self) -> str:
+        """The attribute audited (``sex × age_band`` style names for joint cells)."""
+        return self.data.get("attribute", "")
+
+    @property
+    def target(self) -> dict[str, float]:
+        """Target share of each group."""
+        return dict(self.data["target"])
+
+    @property
+    def target_name(self) -> str | None:
+        """What the target is (e.g. the reference data set's name), if given."""
+        return self.data.get("target_name")
+
+    @property
+    def confidence(self) -> float:
+        """Interval level."""
+        return float(self.data.get("confidence", 0.95))
+
+    @property
+    def n_boot(self) -> int:
+        """Bootstrap replicates behind the intervals."""
+        return int(self.data.get("n_boot") or 0)
+
+    @property
+    def n_images(self) -> int:
+        """Images audited."""
+        return int(self.data["n_images"])
+
+    @property
+    def warnings(self) -> list[str]:
+        """Every warning of the run, in order."""
+        return list(self.data.get("warnings", []))
+
+    @property
+    def mode(self) -> str:
+        """``marginal`` (one target for all prompts) or ``conditional``."""
+        return self.data["mode"]
+
+    @property
+    def n_prompts(self) -> int:
+        """Prompts audited."""
+        return int(self.data["n_prompts"])
+
+    @property
+    def schema_version(self) -> int:
+        """The ``audit.json`` schema version."""
+        return int(self.data["schema_version"])
+
+    @property
+    def readings(self) -> dict[str, str]:
+        """Reading name → what it is, in words."""
+        return dict(self.data["readings"])
+
+    @property
+    def smoothing(self) -> r.Smoothing:
+        """The ε-smoothing before KL."""
+        return smoothing_from_json(self.data["smoothing"])
+
+    @property
+    def sample_size(self) -> r.SampleSize:
+        """Images needed for a ±5-point interval (the audit's own advice)."""
+        return sample_size_from_json(self.data["sample_size"])
+
+    @cached_property
+    def classifier(self) -> r.ClassifierInfo:
+        """The measuring instrument: folder, held-out evaluation, condition numbers."""
+        return classifier_from_json(self.data["classifier"], self.data.get("condition_number"))
+
+    @property
     def default_reading(self) -> str:
         """The reading headlines use (see ``readings`` in the JSON)."""
         return self.data["default_reading"]
 
-    def share(self, group: str, reading: str | None = None) -> dict[str, Any]:
-        """One group's share: ``{value, ci, method[, censored, bound, note]}``.
+    @cached_property
+    def overall(self) -> r.Summary:
+        """Shares, distances and the on-target test of all images."""
+        return summary_from_json(self.data)
 
-        ``value`` is ``None`` when the estimate is censored (then ``bound`` holds the one-sided
-        limit) or not identifiable.
+    @cached_property
+    def by_prompt(self) -> list[r.PromptSummary]:
+        """One :class:`~medfair_audit.metrics.results.Summary` per prompt."""
+        return [prompt_summary_from_json(p) for p in self.data["by_prompt"]]
+
+    def share(self, group: str, reading: str | None = None) -> r.Estimate:
+        """One group's share (``value`` is ``None`` when censored: ``bound`` holds the limit)."""
+        return self.overall.proportions[reading or self.default_reading][group]
+
+    def kl(self, reading: str | None = None, direction: str = "target_to_generated") -> r.Estimate:
+        """KL divergence to the target (nats)."""
+        return getattr(self.overall.distances[reading or self.default_reading], f"kl_{direction}")
+
+    @cached_property
+    def dispersion(self) -> r.Dispersion:
+        """How the prompts spread around the target."""
+        return dispersion_from_json(self.data["dispersion"], self.default_reading)
+
+    @cached_property
+    def quality(self) -> r.Quality | None:
+        """Per-group quality, if measured (an audit without a reference has none)."""
+        return quality_from_json(self.data.get("quality"))
+
+    @cached_property
+    def readers(self) -> r.Readers | None:
+        """Other readers' shares and the support shares, if any."""
+        return readers_from_json(self.data.get("readers"))
+
+    @cached_property
+    def joint(self) -> r.Joint | None:
+        """Joint cells (several attributes only)."""
+        return joint_from_json(self.data.get("joint"))
+
+    @cached_property
+    def attributes(self) -> dict[str, r.AttributeSummary]:
+        """Each attribute's marginal summary (several attributes only; else empty)."""
+        return {
+            a: attribute_summary_from_json(s)
+            for a, s in (self.data.get("attributes") or {}).items()
+        }
+
+    @cached_property
+    def sequential(self) -> r.Sequential | None:
+        """Where a ``--precision`` audit stopped and its anytime-valid intervals."""
+        return sequential_from_json(self.data.get("sequential"))
+
+    @cached_property
+    def settings(self) -> r.AuditSettings:
+        """How the audit ran: checkpoint, classifier, prompts, generation, remediation."""
+        return settings_from_json(self.data["config"])
+
+    def heldout(self) -> Any:
+        """The held-out errors the audit used for its groups (joint cells too).
+
+        One classifier per attribute gives the Kronecker product of theirs; one classifier (joint
+        or not) gives its own.
         """
-        return self.data["proportions"][reading or self.default_reading][group]
+        from ..metrics.estimates import HeldOut, ProductHeldOut
 
-    def kl(self, reading: str | None = None, direction: str = "target_to_generated") -> dict:
-        """KL divergence to the target: ``{value, ci[, censored, bound]}`` (nats)."""
-        return self.data["distances"][reading or self.default_reading][f"kl_{direction}"]
+        clf, joint = self.data["classifier"], self.data.get("joint")
+        by_attr = clf.get("by_attribute")
+        if joint and by_attr and len(by_attr) > 1:
+            return ProductHeldOut(
+                [
+                    HeldOut.from_evaluation(e["evaluation"], joint["levels"][a])
+                    for a, e in by_attr.items()
+                ]
+            )
+        return HeldOut.from_evaluation(clf["evaluation"], self.groups)
 
     def comparable(self) -> dict[str, Any]:
         """The ``audit.json`` content without :data:`VOLATILE_FIELDS`, for equality checks."""
@@ -128,94 +296,15 @@ class AuditResult:
 
     def to_frame(self) -> dict[str, pd.DataFrame]:
         """Tables: ``overall`` and ``by_prompt`` (one row per reading × group) and ``by_group``."""
+        from .views import result_frames
 
-        def rows(summary: dict[str, Any], **extra: Any) -> list[dict[str, Any]]:
-            out = []
-            for kind, per in summary["proportions"].items():
-                for g, v in per.items():
-                    gap = summary["distances"].get(kind, {}).get("gaps", {}).get(g, {})
-                    out.append(
-                        {
-                            **extra,
-                            "reading": kind,
-                            "group": g,
-                            "proportion": v["value"],
-                            "ci_low": v["ci"][0],
-                            "ci_high": v["ci"][1],
-                            "censored": v.get("censored"),
-                            "target": self.data["target"][g],
-                            "gap": gap.get("value"),
-                        }
-                    )
-            return out
-
-        by_prompt = [
-            r
-            for p in self.data["by_prompt"]
-            for r in rows(p, prompt_index=p["index"], prompt=p["prompt"])
-        ]
-        quality = (self.data.get("quality") or {}).get("by_group", {})
-        by_group = pd.DataFrame(
-            [
-                {
-                    "group": g,
-                    "n_generated": quality.get(g, {}).get("n_generated"),
-                    "n_reference": quality.get(g, {}).get("n_reference"),
-                    "fid_full_n": quality.get(g, {}).get("fid"),
-                }
-                for g in [*self.groups, "overall"]
-            ]
-        )
-        return {
-            "overall": pd.DataFrame(rows(self.data)),
-            "by_prompt": pd.DataFrame(by_prompt),
-            "by_group": by_group,
-        }
+        return result_frames(self)
 
     def summary(self) -> list[str]:
         """Plain-text lines: each group's raw and default-reading share, KL, test, worst prompt."""
-        d, reading = self.data, self.default_reading
-        lines = []
-        for g in self.groups:
-            raw, est = self.share(g, "raw"), self.share(g)
-            lines.append(
-                f"{g}: {_share_text(raw)} raw, {_share_text(est)} {reading} "
-                f"(target {d['target'][g]:.1%})"
-            )
-        kl = self.kl()
-        lines.append(f"KL(target‖generated, {reading}) = {format_estimate(kl, '.4f')}")
-        chi = d["chi_square"]
-        if chi.get("p_value") is not None:
-            sign = "≤" if chi.get("p_value_is_bound") else "="
-            lines.append(
-                f"on-target test (null: labels follow target·C): p {sign} {chi['p_value']:.3g}"
-            )
-        joint = d.get("joint")
-        if joint:
-            r = joint["reading"]
-            for attr, sect in d["attributes"].items():
-                shares = ", ".join(
-                    f"{g} {_share_text(sect['proportions'][r][g])} (target {sect['target'][g]:.1%})"
-                    for g in sect["levels"]
-                )
-                lines.append(f"{attr}: {shares}")
-            rejected = joint["holm"]["rejected"]
-            lines.append(
-                f"joint cells: share = target rejected (Holm, α = {joint['holm']['alpha']:g}) for "
-                f"{len(rejected)} of {len(joint['cells'])}"
-                + (f": {', '.join(rejected)}" if rejected else "")
-            )
-        seq = d.get("sequential")
-        if seq:
-            from .sequential import sequential_text
+        from .views import summary_lines
 
-            lines.append(sequential_text(seq))
-        worst = d.get("dispersion", {}).get("worst_prompt")
-        if worst and len(d["by_prompt"]) > 1:
-            lines.append(
-                f"worst prompt #{worst['index']}: |gap| {format_estimate(worst['abs_gap'], '.1%')}"
-            )
-        return lines
+        return summary_lines(self)
 
     def save(self, out: str | os.PathLike[str] | None = None, *, html: str | None = None) -> Path:
         """Write ``images.csv``, grids, ``audit.html`` (``html``) and, last, ``audit.json``.
@@ -256,109 +345,6 @@ class AuditResult:
         return cls(data=data, images=images, grids=grids, folder=folder)
 
 
-def _classifier_section(cfg: Any, loaded: Any) -> dict[str, Any]:
-    cset = loaded.cset
-    out = {"path": str(cfg.classifier), "evaluation": cset.primary.evaluation}
-    if cset.multi:
-        out["by_attribute"] = {
-            a: {"path": str(p), "evaluation": m.evaluation}
-            for a, p, m in zip(cset.attributes, cset.paths, cset.members, strict=False)
-        }
-    return out
-
-
-def _config_section(
-    cfg: Any, loaded: Any, remediation: dict[str, Any] | None, versions: dict[str, str]
-) -> dict[str, Any]:
-    gen, settings = cfg.generation, loaded.settings
-    return {
-        "checkpoint": str(cfg.checkpoint),
-        "checkpoint_sha256": settings["checkpoint_sha256"],
-        "classifier": str(cfg.classifier)
-        if not isinstance(cfg.classifier, dict)
-        else {a: str(p) for a, p in cfg.classifier.items()},
-        "classifier_sha256": settings["classifier_sha256"],
-        **({"classifiers_sha256": loaded.classifiers_sha256} if loaded.classifiers_sha256 else {}),
-        "prompts": list(cfg.prompts),
-        "n_per_prompt": gen.n_per_prompt,
-        "seed": gen.seed,
-        "seeding": "image seed = SeedSequence([seed, prompt index, image index])",
-        "steps": gen.steps,
-        "guidance": gen.guidance,
-        "batch_size": gen.shard_size,
-        "batch_invariant": cfg.batch_invariant,
-        "features": {"name": loaded.extractor.name, **loaded.extractor.details},
-        "pipeline": loaded.info,
-        "placement": cfg.placement.describe(),
-        "speed": cfg.speed.describe(),
-        "reference": str(cfg.reference) if cfg.reference else None,
-        "reference_split": cfg.reference_split,
-        "target_source": cfg.target.source,
-        "remediation": remediation,
-        "versions": versions,
-    }
-
-
-def audit_document(
-    cfg: Any,
-    loaded: Any,
-    est: Any,
-    *,
-    warnings: list[str],
-    remediation: dict[str, Any] | None,
-    versions: dict[str, str],
-    sequential: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The ``audit.json`` content of a run, in plain JSON types.
-
-    A NaN or infinity becomes ``null``, and a warning names each.
-
-    Args:
-        cfg: The :class:`~medfair_audit.config.AuditConfig`.
-        loaded: The load stage's :class:`~medfair_audit.audit.load.Loaded`.
-        est: The statistics stage's :class:`~medfair_audit.audit.estimate.Estimates`.
-        warnings: Every warning, in order.
-        remediation: What remediation the checkpoint went through, if any.
-        versions: Software versions.
-        sequential: The ``--precision`` record (rule, looks, n at stopping), if any.
-    """
-    from ..metrics.estimates import READINGS
-
-    groups, overall = loaded.groups, est.overall
-    target = cfg.target.vector(groups)
-    doc = {
-        "schema_version": AUDIT_SCHEMA_VERSION,
-        "mode": cfg.mode,
-        "attribute": loaded.cset.attribute,
-        "groups": groups,
-        "target": dict(zip(groups, map(float, target), strict=True)),
-        "target_name": cfg.target.name,
-        "n_images": len(est.probs),
-        "n_prompts": len(cfg.prompts),
-        "confidence": cfg.confidence,
-        "smoothing": {"epsilon": cfg.smoothing, "method": "p' = (1 - ε) p + ε / K before KL"},
-        "n_boot": cfg.n_boot,
-        "default_reading": est.reading,
-        "readings": {k: READINGS[k] for k in overall["proportions"]},
-        **overall,
-        "sample_size": est.sample_size,
-        "dispersion": est.spread,
-        "quality": est.quality,
-        "by_prompt": est.by_prompt,
-        **({"attributes": est.attributes, "joint": est.joint} if loaded.cset.multi else {}),
-        **({"readers": est.readers} if est.readers else {}),
-        **({"sequential": sequential} if sequential is not None else {}),
-        "warnings": warnings,
-        "prompts_truncated": loaded.truncated,
-        "classifier": _classifier_section(cfg, loaded),
-        "config": _config_section(cfg, loaded, remediation, versions),
-    }
-    doc = json.loads(json.dumps(doc, default=float))  # plain JSON types, stable on disk
-    for where in null_non_finite(doc):  # JSON has no NaN/inf: null, and said so
-        doc["warnings"].append(f"{where} was not a finite number; written as null")
-    return doc
-
-
 def grid_name(group: str) -> str:
     """File name of a group's sample grid: ``grid_<group>.png``.
 
@@ -374,19 +360,11 @@ def grid_name(group: str) -> str:
     return f"grid_{safe}.png"
 
 
-def format_estimate(entry: dict[str, Any], fmt: str) -> str:
-    """An estimate as text: ``value [lo, hi]``, or its bound when censored (``≥ x (censored)``)."""
-    ci = entry.get("ci") or [None, None]
-    interval = f" [{ci[0]:{fmt}}, {ci[1]:{fmt}}]" if ci[0] is not None else ""
-    if entry.get("value") is None:
-        bound = entry.get("bound") or {}
-        if "at_most" in bound:
-            return f"≤ {bound['at_most']:{fmt}} (censored){interval}"
-        if "at_least" in bound:
-            return f"≥ {bound['at_least']:{fmt}} (censored){interval}"
-        return f"not identifiable{interval}"
-    return f"{entry['value']:{fmt}}{interval}"
-
-
-def _share_text(entry: dict[str, Any]) -> str:
-    return format_estimate(entry, ".1%")
+def format_estimate(entry: dict[str, Any] | r.Estimate, fmt: str) -> str:
+    """An estimate (typed, or an ``audit.json`` entry) as text: :meth:`Estimate.text`."""
+    est = (
+        entry
+        if isinstance(entry, r.Estimate)
+        else estimate_from_json(entry) or r.Estimate(value=None)
+    )
+    return est.text(fmt)

@@ -30,9 +30,10 @@ from ..generation.engine import Shard, iter_shards, run_shards
 from ..models.pipelines import generate
 from ..progress import ProgressCallback
 from ..reporting import image_grid_png, render_audit_html
+from .document import audit_document
 from .estimate import Estimates, estimate
 from .load import Loaded, load
-from .result import AuditResult, audit_document
+from .result import AuditResult
 from .sequential import draw_until_precise
 
 __all__ = ["run_audit"]

@@ -132,19 +132,23 @@ def _record(
     }
 
 
-def sequential_text(seq: dict[str, Any]) -> str:
-    """One line on a ``--precision`` audit: where it stopped, why, and the intervals it proves."""
+def sequential_text(seq: Any) -> str:
+    """One line on a ``--precision`` audit: where it stopped, why, and the intervals it proves.
+
+    Args:
+        seq: The audit's :class:`~medfair_audit.metrics.results.Sequential`.
+    """
     why = (
-        f"every group within ±{seq['precision']:g}"
-        if seq["stopped_by"] == "precision"
-        else f"the maximum; ±{seq['precision']:g} not reached"
+        f"every group within ±{seq.precision:g}"
+        if seq.stopped_by == "precision"
+        else f"the maximum; ±{seq.precision:g} not reached"
     )
-    level = round(100 * seq["confidence"])
-    if seq["intervals"] is None:
+    level = round(100 * seq.confidence)
+    if seq.intervals is None:
         shares = "no share explains the images (label shift fails)"
     else:
-        shares = ", ".join(f"{g} [{lo:.1%}, {hi:.1%}]" for g, (lo, hi) in seq["intervals"].items())
+        shares = ", ".join(f"{g} [{lo:.1%}, {hi:.1%}]" for g, (lo, hi) in seq.intervals.items())
     return (
-        f"stopped at {seq['n_per_prompt']} images per prompt after {len(seq['looks'])} looks "
+        f"stopped at {seq.n_per_prompt} images per prompt after {seq.looks} looks "
         f"({why}); anytime-valid {level}% PACC: {shares}"
     )

@@ -54,6 +54,11 @@ class RemediationResult:
     seconds: float
 
     @property
+    def first_audit(self) -> dict[str, Any]:
+        """The quick audit before the first step (share per group and KL to the target)."""
+        return self.data["audits"][0]
+
+    @property
     def final_audit(self) -> dict[str, Any]:
         """The last quick audit (share per group and KL to the target)."""
         return self.data["audits"][-1]
@@ -61,7 +66,7 @@ class RemediationResult:
     def summary(self) -> list[str]:
         """Lines for a terminal: the first and last quick audits, steps, time and where."""
         lines = []
-        for label, a in (("before", self.data["audits"][0]), ("after", self.final_audit)):
+        for label, a in (("before", self.first_audit), ("after", self.final_audit)):
             shares = ", ".join(f"{g} {v:.1%}" for g, v in a["share"].items())
             if "share_corrected" in a:
                 corrected = ", ".join(f"{g} {v:.1%}" for g, v in a["share_corrected"].items())

@@ -76,33 +76,30 @@ def image_grid_png(images: Any, cols: int = 8) -> bytes:
 PLOT_WIDTH_IN = 7.2
 
 
-def _plot_series(audits: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def _plot_series(audits: dict[str, Any]) -> list[dict[str, Any]]:
     """One series per (audit, reading): the classifier's labels, then the headline reading."""
     out = []
     for m, (label, audit) in enumerate(audits.items()):
-        for kind in ("raw", audit["default_reading"]):
+        for kind in ("raw", audit.default_reading):
             out.append(
                 {
                     "name": f"{label} · {'labels' if kind == 'raw' else kind.upper()}",
                     "model": m,
                     "labels": kind == "raw",
-                    "shares": audit["proportions"].get(kind, {}),
+                    "shares": audit.overall.proportions.get(kind, {}),
                 }
             )
     return out
 
 
-def _draw_estimate(ax: Any, y: float, e: dict[str, Any], color: Any, marker: str) -> None:
+def _draw_estimate(ax: Any, y: float, e: Any, color: Any, marker: str) -> None:
     """One series' share in a forest panel: interval, then its point or its censored bound."""
-    lo, hi = e["ci"]
+    lo, hi = e.ci
     ax.hlines(y, lo, hi, color=color, lw=1.6)
-    value, bound = e.get("value"), e.get("bound") or {}
-    if value is None and ("at_most" in bound or "at_least" in bound):
-        at_most = "at_most" in bound  # the bound, pointing the way the share may lie
-        ax.plot(
-            bound["at_most" if at_most else "at_least"], y, "<" if at_most else ">",
-            ms=6, color=color, clip_on=False,
-        )  # fmt: skip
+    value, bound = e.value, e.bound
+    if bound is not None:
+        at_most = bound[0] == "≤"  # the bound, pointing the way the share may lie
+        ax.plot(bound[1], y, "<" if at_most else ">", ms=6, color=color, clip_on=False)
     elif value is None:  # not identifiable: the interval alone
         ax.plot([lo, hi], [y, y], "|", color=color, ms=7)
     else:
@@ -110,7 +107,7 @@ def _draw_estimate(ax: Any, y: float, e: dict[str, Any], color: Any, marker: str
         ax.plot(value, y, marker, ms=5, color=color, mfc=color if inside else "white")
 
 
-def proportion_plot_png(audits: dict[str, dict[str, Any]]) -> bytes:
+def proportion_plot_png(audits: dict[str, Any]) -> bytes:
     """Forest plot of group shares with intervals against the target, one small panel per group.
 
     Each panel lists every series (audit · reading) by name, with its point estimate and
@@ -119,7 +116,7 @@ def proportion_plot_png(audits: dict[str, dict[str, Any]]) -> bytes:
     outside its own interval (a simplex-constrained value) is drawn where it is, hollow.
 
     Args:
-        audits: Label → ``audit.json`` content (one or more models).
+        audits: Label → :class:`~medfair_audit.audit.result.AuditResult` (one or more models).
     """
     import math
 
@@ -131,7 +128,7 @@ def proportion_plot_png(audits: dict[str, dict[str, Any]]) -> bytes:
     from matplotlib.ticker import PercentFormatter
 
     first = next(iter(audits.values()))
-    groups, target = list(first["groups"]), first["target"]
+    groups, target = first.groups, first.target
     series = _plot_series(audits)
     cols = min(len(groups), 3)
     rows = math.ceil(len(groups) / cols)
@@ -187,6 +184,4 @@ def render_audit_html(result: Any) -> str:
     from .html import render_html
     from .tables import AuditColumn
 
-    return render_html(
-        [AuditColumn("model", result.data, result.folder, result.grids, result.images)]
-    )
+    return render_html([AuditColumn("model", result)])

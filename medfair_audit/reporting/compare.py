@@ -47,15 +47,15 @@ def render_report(
 
 
 def _check_comparable(columns: Sequence[AuditColumn]) -> None:
-    first = columns[0].data
+    first = columns[0].result
     for c in columns[1:]:
-        if list(c.data["groups"]) != list(first["groups"]):
+        if c.result.groups != first.groups:
             raise DataError(
-                f"audit '{c.label}' has groups {c.data['groups']}, the first has "
-                f"{first['groups']}: they cannot share a table",
+                f"audit '{c.label}' has groups {c.result.groups}, the first has "
+                f"{first.groups}: they cannot share a table",
                 param="AUDIT_JSON",
             )
-        if c.data["target"] != first["target"]:
+        if c.result.target != first.target:
             raise DataError(
                 f"audit '{c.label}' was measured against another target than the first",
                 param="AUDIT_JSON",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -76,9 +77,9 @@ def paired_images(
         return None
     # one listing of each audit's shards for all prompts (not one per prompt)
     stores = [ShardStore(Path(c.folder) / "shards") for c in (before, after)]
-    groups = before.data["groups"]
-    prompts_a = before.data["config"].get("prompts", [])
-    prompts_b = after.data["config"].get("prompts", [])
+    groups = before.result.groups
+    prompts_a = before.result.settings.prompts
+    prompts_b = after.result.settings.prompts
     pairs, changed, n, diffs = [], 0, 0, []
     for p, prompt in enumerate(prompts_a):
         if p >= len(prompts_b) or prompts_b[p] != prompt:
@@ -125,7 +126,7 @@ def paired_images(
 def _plot(columns: Sequence[AuditColumn]) -> bytes:
     from . import proportion_plot_png
 
-    return proportion_plot_png({c.label: c.data for c in columns})
+    return proportion_plot_png({c.label: c.result for c in columns})
 
 
 def _shrink_png(png: bytes, factor: int = 2) -> bytes:
@@ -170,7 +171,8 @@ def render_html(
     if small:
         columns = [
             AuditColumn(
-                c.label, c.data, c.folder, {g: _shrink_png(v) for g, v in c.grids.items()}, c.images
+                c.label,
+                replace(c.result, grids={g: _shrink_png(v) for g, v in c.grids.items()}),
             )
             for c in columns
         ]
@@ -182,19 +184,19 @@ def render_html(
 
     versions = {"medfair (report)": __version__}
     joint = None
-    if all(c.data.get("joint") for c in columns):
+    if all(c.result.joint for c in columns):
         joint = {
             "heatmap": joint_heatmap_png(columns),
             "cells": joint_rows(columns),
             "marginals": marginal_rows(columns),
-            "data": columns[0].data["joint"],
+            "info": columns[0].result.joint,
         }
     return (
         _env()
         .get_template("report.html.j2")
         .render(
             columns=columns,
-            first=columns[0].data,
+            first=columns[0].result,
             header=header,
             rows=rows,
             notes=caption_notes(rows),

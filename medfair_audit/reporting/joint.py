@@ -8,54 +8,53 @@ from typing import Any
 
 import numpy as np
 
-from ..audit.result import format_estimate
+from ..metrics.results import Estimate, JointCell
 
 __all__ = ["joint_heatmap_png", "joint_rows", "marginal_rows"]
 
 
-def _share(entry: dict[str, Any]) -> str:
-    text = format_estimate(entry, ".1%")
-    if "simplex-constrained" in entry.get("method", ""):
+def _share(entry: Estimate) -> str:
+    text = entry.text(".1%")
+    if entry.constrained:
         text += " (constrained)"  # another cell is censored: the value is projected
     return text
 
 
 def joint_rows(columns: Sequence[Any]) -> tuple[list[str], list[list[str]]]:
     """One row per joint cell: target, then per audit its share [interval], n and Holm p."""
-    first = columns[0].data["joint"]
+    first = columns[0].result.joint
     header = ["cell", "target"]
     for c in columns:
         header += [f"{c.label} share", f"{c.label} n", f"{c.label} Holm p"]
     rows = []
-    for i, cell in enumerate(first["cells"]):
-        row = [cell["cell"], f"{cell['target']:.1%}"]
+    for i, cell in enumerate(first.cells):
+        row = [cell.cell, f"{cell.target:.1%}"]
         for c in columns:
-            e = c.data["joint"]["cells"][i]
-            p = e.get("p_holm")
-            mark = " *" if e.get("reject") else ""
-            small = " (small)" if e.get("small") else ""
-            row += [_share(e), f"{e['n']}{small}", "–" if p is None else f"{p:.3g}{mark}"]
+            e = c.result.joint.cells[i]
+            p = e.p_holm
+            mark = " *" if e.reject else ""
+            small = " (small)" if e.small else ""
+            row += [_share(e.share), f"{e.n}{small}", "–" if p is None else f"{p:.3g}{mark}"]
         rows.append(row)
     return header, rows
 
 
 def marginal_rows(columns: Sequence[Any]) -> tuple[list[str], list[list[str]]]:
     """One row per attribute level: target, then per audit its corrected share [interval]."""
-    first = columns[0].data
+    first = columns[0].result
     header = ["attribute", "group", "target"] + [f"{c.label} share" for c in columns]
     rows = []
-    for attr, sect in first["attributes"].items():
-        for level in sect["levels"]:
-            row = [attr, level, f"{sect['target'][level]:.1%}"]
+    for attr, sect in first.attributes.items():
+        for level in sect.levels:
+            row = [attr, level, f"{sect.target[level]:.1%}"]
             for c in columns:
-                a = c.data["attributes"][attr]
-                r = c.data["joint"]["reading"]
-                row.append(_share(a["proportions"][r][level]))
+                a = c.result.attributes[attr]
+                row.append(_share(a.proportions[c.result.joint.reading][level]))
             rows.append(row)
-    for key in ["cells", *first["attributes"]]:
+    for key in ["cells", *first.attributes]:
         row = [key if key != "cells" else "joint cells", "Shen bias", "–"]
         for c in columns:
-            row.append(format_estimate(c.data["joint"]["shen_bias"][key], ".3f"))
+            row.append(c.result.joint.shen_bias[key].text(".3f"))
         rows.append(row)
     return header, rows
 
@@ -71,31 +70,31 @@ def joint_heatmap_png(columns: Sequence[Any]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    first = columns[0].data["joint"]
-    attrs = first["attributes"]
-    rows = first["levels"][attrs[0]]
-    cols = list(dict.fromkeys("/".join(c["cell"].split("/")[1:]) for c in first["cells"]))
+    first = columns[0].result.joint
+    attrs = first.attributes
+    rows = list(first.levels[attrs[0]])
+    cols = list(dict.fromkeys("/".join(c.cell.split("/")[1:]) for c in first.cells))
 
-    def grid(cells: list[dict[str, Any]], key: str) -> tuple[np.ndarray, list[list[str]]]:
+    def grid(cells: Sequence[JointCell], key: str) -> tuple[np.ndarray, list[list[str]]]:
         values = np.full((len(rows), len(cols)), np.nan)
         text = [["" for _ in cols] for _ in rows]
         for e in cells:
-            head, *rest = e["cell"].split("/")
+            head, *rest = e.cell.split("/")
             i, j = rows.index(head), cols.index("/".join(rest))
             if key == "target":
-                values[i, j] = e["target"]
-                text[i][j] = f"{e['target']:.1%}"
+                values[i, j] = e.target
+                text[i][j] = f"{e.target:.1%}"
             else:
-                v = e.get("value")
-                values[i, j] = np.nan if v is None else v - e["target"]
-                lo, hi = e.get("ci", [None, None])
+                v = e.share.value
+                values[i, j] = np.nan if v is None else v - e.target
+                lo, hi = e.share.ci or (None, None)
                 shown = "n/a" if v is None else f"{v:.1%}"
                 interval = f"\n[{lo:.0%}, {hi:.0%}]" if lo is not None else ""
-                text[i][j] = f"{shown}{interval}\nn={e['n']}"
+                text[i][j] = f"{shown}{interval}\nn={e.n}"
         return values, text
 
-    panels = [("target", first["cells"], "target")] + [
-        (c.label, c.data["joint"]["cells"], "share") for c in columns
+    panels = [("target", first.cells, "target")] + [
+        (c.label, c.result.joint.cells, "share") for c in columns
     ]
     fig, axes = plt.subplots(
         1,

@@ -104,7 +104,7 @@ def _latex(text: str) -> str:
 
 def render_latex(columns: Sequence[AuditColumn], paired: Sequence[dict[str, Any]] = ()) -> str:
     """The headline table (and paired tables) as LaTeX ``table`` floats with booktabs rules."""
-    conf = round(100 * columns[0].data.get("confidence", 0.95))
+    conf = round(100 * columns[0].result.confidence)
 
     def table(head: list[str], body: list[list[str]], caption: str, label: str) -> list[str]:
         out = [
@@ -137,15 +137,15 @@ def render_latex(columns: Sequence[AuditColumn], paired: Sequence[dict[str, Any]
         "FID/KID at a common subsample size (mean $\\pm$ sd over draws).",
         "tab:medfair",
     )
-    if all(c.data.get("joint") for c in columns):
+    if all(c.result.joint for c in columns):
         from .joint import joint_rows, marginal_rows
 
-        j = columns[0].data["joint"]
+        j = columns[0].result.joint
         lines += table(
             *joint_rows(columns),
-            f"Joint cells ({_latex(' × '.join(j['attributes']))}): {j['reading'].upper()} shares "
+            f"Joint cells ({_latex(' × '.join(j.attributes))}): {j.reading.upper()} shares "
             f"with {conf}\\% intervals, images per cell and Holm-adjusted p of share = target "
-            f"(* rejected at {j['holm']['alpha']:g}; constrained: projected onto the simplex "
+            f"(* rejected at {j.holm_alpha:g}; constrained: projected onto the simplex "
             "because another cell is censored).",
             "tab:medfair-joint",
         )

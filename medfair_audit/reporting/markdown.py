@@ -39,7 +39,7 @@ def _markdown(text: str) -> str:
 def render_markdown(columns: Sequence[AuditColumn], paired: Sequence[dict[str, Any]] = ()) -> str:
     """The headline table (and paired tables) as GitHub Markdown."""
     header, rows = format_rows(columns)
-    conf = round(100 * columns[0].data.get("confidence", 0.95))
+    conf = round(100 * columns[0].result.confidence)
     title = _markdown(_title(columns)[:1].upper() + _title(columns)[1:])
     constrained = "".join(f"; {note}" for note in caption_notes(rows))
     lines = [
@@ -59,24 +59,24 @@ def render_markdown(columns: Sequence[AuditColumn], paired: Sequence[dict[str, A
         lines.extend(cells(r) for r in body)
 
     table(header, rows)
-    if all(c.data.get("joint") for c in columns):
+    if all(c.result.joint for c in columns):
         from .joint import joint_rows, marginal_rows
 
-        j = columns[0].data["joint"]
+        j = columns[0].result.joint
         lines += [
             "",
-            f"**Joint cells ({_markdown(' × '.join(j['attributes']))}).** "
-            f"{_markdown(j['reading'].upper())} shares; Holm-adjusted p of share = target "
-            f"(* rejected at {j['holm']['alpha']:g}); (constrained): projected onto the simplex "
+            f"**Joint cells ({_markdown(' × '.join(j.attributes))}).** "
+            f"{_markdown(j.reading.upper())} shares; Holm-adjusted p of share = target "
+            f"(* rejected at {j.holm_alpha:g}); (constrained): projected onto the simplex "
             "because another cell is censored, beside its unconstrained interval; "
-            f"{_markdown(j['method'] or '')}.",
+            f"{_markdown(j.method)}.",
             "",
         ]
         table(*joint_rows(columns))
         lines += ["", "**Marginals.**", ""]
         table(*marginal_rows(columns))
-    if len({c.data["config"]["classifier_sha256"] for c in columns}) > 1 or any(
-        c.data["config"].get("remediation") for c in columns
+    if len({c.result.settings.classifier_sha256 for c in columns}) > 1 or any(
+        c.result.settings.remediation for c in columns
     ):
         lines.append("")
         table(*evaluator_rows(columns))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..audit.result import format_estimate
+from ..metrics.results import Estimate, SupportShare
 
 __all__ = [
     "READERS_CAPTION",
@@ -35,61 +35,54 @@ SUPPORT_CAPTION = (
 
 def has_readers(columns: Sequence[Any]) -> bool:
     """Whether any audit has a readers section (readers or support shares)."""
-    return any(c.data.get("readers") for c in columns)
+    return any(c.result.readers for c in columns)
 
 
-def _delta(entry: dict[str, Any]) -> str:
-    lo, hi = entry["ci"]
+def _delta(entry: Estimate) -> str:
+    lo, hi = entry.ci or (None, None)
     interval = "" if lo is None else f" [{lo * 100:+.1f}, {hi * 100:+.1f}]"
-    text = f"{entry['value'] * 100:+.1f} pp{interval}".replace("-", "−")  # a minus sign
-    return text + " (censored)" if entry.get("censored") else text
+    text = f"{entry.value * 100:+.1f} pp{interval}".replace("-", "−")  # a minus sign
+    return text + " (censored)" if entry.censored else text
 
 
 def reader_rows(columns: Sequence[Any]) -> tuple[list[str], list[list[str]]]:
     """Per audit: its classifier's corrected share, then each reader's and the difference."""
-    groups = columns[0].data["groups"]
+    groups = columns[0].result.groups
     header = ["audit", "read by", "architecture"]
     for g in groups:
         header += [f"{g} share", f"Δ {g} vs audit's"]
     rows = []
     for c in columns:
-        section = c.data.get("readers")
-        if not section or not section["readers"]:
+        section = c.result.readers
+        if not section or not section.readers:
             continue
-        reading = c.data["default_reading"]
-        own = c.data["config"]["classifier"]
-        row = [c.label, f"{own.rsplit('/', 1)[-1]} (the audit's)", "–"]
+        row = [c.label, f"{c.result.settings.classifier_name} (the audit's)", "–"]
         for g in groups:
-            row += [format_estimate(c.data["proportions"][reading][g], ".1%"), "–"]
+            row += [c.result.share(g).text(".1%"), "–"]
         rows.append(row)
-        for r in section["readers"]:
-            row = [c.label, r["name"], r["architecture"]]
+        for r in section.readers:
+            row = [c.label, r.name, r.architecture]
             for g in groups:
-                row += [format_estimate(r["proportions"][g], ".1%"), _delta(r["disagreement"][g])]
+                row += [r.proportions[g].text(".1%"), _delta(r.disagreement[g])]
             rows.append(row)
     return header, rows
 
 
-def _share(entry: dict[str, Any]) -> str:
-    if entry["share"] is None:
-        return f"– (n = {entry['n']})"
-    lo, hi = entry["ci"]
-    return f"{entry['share']:.0%} [{lo:.0%}, {hi:.0%}] (n = {entry['n']})"
+def _share(entry: SupportShare) -> str:
+    if entry.share is None:
+        return f"– (n = {entry.n})"
+    lo, hi = entry.ci
+    return f"{entry.share:.0%} [{lo:.0%}, {hi:.0%}] (n = {entry.n})"
 
 
 def support_rows(columns: Sequence[Any]) -> tuple[list[str], list[list[str]]]:
     """Per audit and feature space: the share of images outside the real images' support."""
-    groups = columns[0].data["groups"]
+    groups = columns[0].result.groups
     header = ["audit", "feature space of", "all images", *groups]
     rows = []
     for c in columns:
-        for s in (c.data.get("readers") or {}).get("support", []):
+        for s in c.result.readers.support if c.result.readers else ():
             rows.append(
-                [
-                    c.label,
-                    s["space"],
-                    _share(s["overall"]),
-                    *(_share(s["by_group"][g]) for g in groups),
-                ]
+                [c.label, s.space, _share(s.overall), *(_share(s.by_group[g]) for g in groups)]
             )
     return header, rows

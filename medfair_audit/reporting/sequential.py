@@ -10,12 +10,12 @@ __all__ = ["sequential_cells"]
 
 def sequential_cells(columns: Sequence[Any], group: str) -> list[dict[str, Any]] | None:
     """One interval-only cell per column for ``group`` (``None`` if no column stopped early)."""
-    if not any(c.data.get("sequential") for c in columns):
+    if not any(c.result.sequential for c in columns):
         return None
     cells = []
     for c in columns:
-        intervals = (c.data.get("sequential") or {}).get("intervals") or {}
-        ci = intervals.get(group)
+        seq = c.result.sequential
+        ci = (seq.intervals or {}).get(group) if seq else None
         cells.append(
             {"value": None, "ci": tuple(ci) if ci else None, "bound": None, "interval_only": True}
         )

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..audit.quality import common_n
+from ..metrics.results import Estimate, QualityEntry, common_size
 from .sequential import sequential_cells
+
+if TYPE_CHECKING:
+    from ..audit.result import AuditResult
 
 __all__ = [
     "AuditColumn",
@@ -33,23 +36,33 @@ __all__ = [
 ]
 
 
-@dataclass
+@dataclass(frozen=True)
 class AuditColumn:
     """One audit in a report.
 
     Attributes:
         label: Column label (e.g. ``before``).
-        data: The ``audit.json`` content.
-        folder: The audit's folder (grids, shards and ``images.csv`` are read from it), if known.
-        grids: Group → PNG bytes of images classified as that group.
-        images: The per-image table (``images.csv``), if known.
+        result: The audit (:class:`~medfair_audit.audit.result.AuditResult`); its folder (grids,
+            shards and ``images.csv`` are read from it), grids and image table come with it.
     """
 
     label: str
-    data: dict[str, Any]
-    folder: Path | None = None
-    grids: dict[str, bytes] = field(default_factory=dict)
-    images: Any = None
+    result: AuditResult
+
+    @property
+    def folder(self) -> Path | None:
+        """The audit's folder, if known."""
+        return self.result.folder
+
+    @property
+    def grids(self) -> dict[str, bytes]:
+        """Group → PNG bytes of images classified as that group."""
+        return self.result.grids
+
+    @property
+    def images(self) -> Any:
+        """The per-image table (``images.csv``)."""
+        return self.result.images
 
 
 def load_audit(
@@ -62,28 +75,18 @@ def load_audit(
     """
     from ..audit.result import AuditResult
 
-    result = AuditResult.load(path, param=param)
-    return AuditColumn(label, result.data, result.folder, result.grids, result.images)
+    return AuditColumn(label, AuditResult.load(path, param=param))
 
 
-def _cell(entry: dict[str, Any] | None) -> dict[str, Any]:
-    """``{value, ci, bound}`` of an estimate entry; ``bound`` is ``('≤' | '≥', x)`` if censored."""
-    if not entry:
+def _cell(entry: Estimate | None) -> dict[str, Any]:
+    """``{value, ci, bound}`` of an estimate; ``bound`` is ``('≤' | '≥', x)`` if censored."""
+    if entry is None:
         return {"value": None, "ci": None, "bound": None}
-    bound = None
-    b = entry.get("bound") or {}
-    if entry.get("value") is None and "at_most" in b:
-        bound = ("≤", b["at_most"])
-    elif entry.get("value") is None and "at_least" in b:
-        bound = ("≥", b["at_least"])
-    ci = entry.get("ci")
     return {
-        "value": entry.get("value"),
-        "ci": tuple(ci) if ci else None,
-        "bound": bound,
-        # projected onto the simplex because another group is censored: another estimator than
-        # the interval's, so the value need not lie inside it
-        "constrained": "simplex-constrained" in (entry.get("method") or ""),
+        "value": entry.value,
+        "ci": entry.ci,
+        "bound": entry.bound,
+        "constrained": entry.constrained,
     }
 
 
@@ -100,9 +103,9 @@ def comparisons(columns: Sequence[AuditColumn]) -> list[tuple[int, int]]:
     """
     out = []
     for i, c in enumerate(columns):
-        sha = c.data["config"]["classifier_sha256"]
+        sha = c.result.settings.classifier_sha256
         for j in range(i - 1, -1, -1):
-            if columns[j].data["config"]["classifier_sha256"] == sha:
+            if columns[j].result.settings.classifier_sha256 == sha:
                 out.append((j, i))
                 break
     return out
@@ -112,10 +115,10 @@ def _tuned_against(columns: Sequence[AuditColumn]) -> tuple[set[str], set[str]]:
     """Classifier hashes and prompts that any audited checkpoint was remediated with."""
     shas, prompts = set(), set()
     for c in columns:
-        rem = c.data["config"].get("remediation") or {}
-        if rem.get("classifier_sha256"):
-            shas.add(rem["classifier_sha256"])
-        prompts.update(rem.get("prompts") or [])
+        rem = c.result.settings.remediation
+        if rem is not None and rem.classifier_sha256:
+            shas.add(rem.classifier_sha256)
+        prompts.update(rem.prompts if rem is not None else ())
     return shas, prompts
 
 
@@ -131,10 +134,10 @@ def evaluator_rows(columns: Sequence[AuditColumn]) -> tuple[list[str], list[list
     ]
     rows = []
     for c in columns:
-        cfg = c.data["config"]
-        sha = cfg["classifier_sha256"]
+        cfg = c.result.settings
+        sha = cfg.classifier_sha256
         seen = "–" if not shas else ("yes" if sha in shas else "no (independent)")
-        prompts = list(cfg.get("prompts") or [])
+        prompts = list(cfg.prompts)
         shared = sum(p in trained_on for p in prompts)
         if not trained_on:
             where = f"{len(prompts)}"
@@ -142,13 +145,7 @@ def evaluator_rows(columns: Sequence[AuditColumn]) -> tuple[list[str], list[list
             where = f"{len(prompts)} held out"
         else:
             where = f"{shared} of {len(prompts)} were training prompts"
-        clf = cfg["classifier"]
-        name = (
-            ", ".join(f"{a}={Path(v).name}" for a, v in clf.items())
-            if isinstance(clf, dict)
-            else Path(clf).name
-        )
-        rows.append([c.label, name, sha[:12], seen, where])
+        rows.append([c.label, cfg.classifier_name, sha[:12], seen, where])
     return header, rows
 
 
@@ -163,13 +160,13 @@ def evaluator_notes(columns: Sequence[AuditColumn]) -> list[str]:
     _, rows = evaluator_rows(columns)
     lines = []
     for c, row in zip(columns, rows, strict=True):
-        if not c.data["config"].get("remediation"):
+        if c.result.settings.remediation is None:
             continue
-        reading = c.data["default_reading"]
+        reading = c.result.default_reading
         parts = []
-        for g in c.data["groups"]:
-            cell = _cell(c.data["proportions"].get(reading, {}).get(g))
-            t = c.data["target"].get(g)
+        for g in c.result.groups:
+            cell = _cell(c.result.overall.share(g, reading))
+            t = c.result.target.get(g)
             text = _cell_text(cell, "share")
             if cell["ci"] is not None and t is not None and cell["bound"] is None:
                 inside = cell["ci"][0] <= t <= cell["ci"][1]
@@ -193,9 +190,9 @@ def headline_rows(columns: Sequence[AuditColumn]) -> list[dict[str, Any]]:
     per :func:`comparisons` pair, later minus earlier; ``None`` where a side has no value).
     """
     pairs = comparisons(columns)
-    first = columns[0].data
-    groups = list(first["groups"])
-    reading = first["default_reading"]
+    first = columns[0].result
+    groups = first.groups
+    reading = first.default_reading
     name = _reading_name(reading)
     rows: list[dict[str, Any]] = []
 
@@ -213,57 +210,74 @@ def headline_rows(columns: Sequence[AuditColumn]) -> list[dict[str, Any]]:
         add(
             f"{g} share, corrected ({name})",
             "share",
-            [_cell(c.data["proportions"].get(reading, {}).get(g)) for c in columns],
-            first["target"].get(g),
+            [_cell(c.result.overall.share(g, reading)) for c in columns],
+            first.target.get(g),
         )
         if (seq := sequential_cells(columns, g)) is not None:
             add(f"{g} share, anytime-valid ({name})", "share", seq)
         add(
             f"{g} share, classifier's labels",
             "share",
-            [_cell(c.data["proportions"]["raw"].get(g)) for c in columns],
+            [_cell(c.result.overall.share(g, "raw")) for c in columns],
         )
-    dist = [c.data["distances"].get(reading, {}) for c in columns]
+    dist = [c.result.overall.distances.get(reading) for c in columns]
     add(
         f"KL(target‖generated), {name}",
         "kl",
-        [_cell(d.get("kl_target_to_generated")) for d in dist],
+        [_cell(d.kl_target_to_generated if d else None) for d in dist],
     )
-    add(f"largest |gap|, {name}", "share", [_cell(d.get("max_abs_gap")) for d in dist])
+    add(f"largest |gap|, {name}", "share", [_cell(d.max_abs_gap if d else None) for d in dist])
     add(
         "mean |gap| over prompts",
         "share",
-        [_cell(c.data["dispersion"]["mean_abs_gap"]) for c in columns],
+        [_cell(c.result.dispersion.mean_abs_gap) for c in columns],
     )
     add(
         "worst prompt |gap|",
         "share",
-        [_cell(c.data["dispersion"]["worst_prompt"]["abs_gap"]) for c in columns],
+        [_cell(_worst_gap(c)) for c in columns],
     )
     cells = []
     for c in columns:
-        chi = c.data["chi_square"]
-        bound = ("≤", chi["p_value"]) if chi.get("p_value_is_bound") else None
-        cells.append({"value": None if bound else chi.get("p_value"), "ci": None, "bound": bound})
+        chi = c.result.overall.chi_square
+        bound = ("≤", chi.p_value) if chi and chi.p_value_is_bound else None
+        p = chi.p_value if chi else None
+        cells.append({"value": None if bound else p, "ci": None, "bound": bound})
     add("on-target test p (labels vs target·C)", "p", cells)
-    qualities = [(c.data.get("quality") or {}).get("by_group", {}) for c in columns]
-    if any(qualities):
-        for metric in ("fid", "kid"):
-            for g in [*groups, "overall"]:
-                entries = [q.get(g) for q in qualities]
-                n = common_n(entries)
-                cells = []
-                for e in entries:
-                    at = (e or {}).get("at_n", {}).get(n) if n else None
-                    m = (at or {}).get(metric)
-                    cells.append(
-                        {"value": m["mean"], "ci": None, "sd": m["sd"], "bound": None}
-                        if m
-                        else {"value": None, "ci": None, "bound": None}
-                    )
-                size = f"n = {n} each side" if n else "no common n"
-                add(f"{metric.upper()}, {g} ({size}; ± sd)", metric, cells)
+    for measure, kind, cells in _quality_cells(columns, groups):
+        add(measure, kind, cells)
     return rows
+
+
+def _quality_cells(
+    columns: Sequence[AuditColumn], groups: Sequence[str]
+) -> list[tuple[str, str, list[dict[str, Any]]]]:
+    """FID and KID rows (measure, kind, cells) at a subsample size every audit has."""
+    qualities = [c.result.quality.by_group if c.result.quality else {} for c in columns]
+    if not any(qualities):
+        return []
+    out = []
+    for metric in ("fid", "kid"):
+        for g in [*groups, "overall"]:
+            entries: list[QualityEntry | None] = [q.get(g) for q in qualities]
+            n = common_size(entries)
+            cells = []
+            for e in entries:
+                at = e.at(n) if e else None
+                m = getattr(at, metric) if at else None
+                cells.append(
+                    {"value": m.mean, "ci": None, "sd": m.sd, "bound": None}
+                    if m
+                    else {"value": None, "ci": None, "bound": None}
+                )
+            size = f"n = {n} each side" if n else "no common n"
+            out.append((f"{metric.upper()}, {g} ({size}; ± sd)", metric, cells))
+    return out
+
+
+def _worst_gap(column: AuditColumn) -> Estimate | None:
+    worst = column.result.dispersion.worst_prompt
+    return worst.abs_gap if worst else None
 
 
 def _fmt(value: float | None, kind: str) -> str:
@@ -336,7 +350,7 @@ def paired_analysis(
     """
     from ..audit.paired import paired_audits
 
-    result = paired_audits(before.data, before.images, after.data, after.images, n_boot=n_boot)
+    result = paired_audits(before.result, after.result, n_boot=n_boot)
     if result is None:
         return None
     return {"before": before.label, "after": after.label, **result}
@@ -361,11 +375,12 @@ def paired_rows(paired: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             ]
         )
     for g, c in paired["change"].items():
-        rows.append([f"Δ {g} share, {name} (paired bootstrap)", _delta_text(_cell(c))])
+        rows.append([f"Δ {g} share, {name} (paired bootstrap)", _delta_text(c)])
     return header, rows
 
 
 def _delta_text(cell: dict[str, Any]) -> str:
+    """A paired change (``paired_change``'s own ``{value, ci}``, computed, not read from a file)."""
     ci = cell.get("ci")
     interval = f" [{_fmt_delta(ci[0], 'share')}, {_fmt_delta(ci[1], 'share')}]" if ci else ""
     if cell.get("value") is None:
@@ -374,6 +389,6 @@ def _delta_text(cell: dict[str, Any]) -> str:
 
 
 def _title(columns: Sequence[AuditColumn]) -> str:
-    first = columns[0].data
-    against = first.get("target_name") or "the target"
-    return f"{first.get('attribute', '')} distribution of generated images against {against}"
+    first = columns[0].result
+    against = first.target_name or "the target"
+    return f"{first.attribute} distribution of generated images against {against}"

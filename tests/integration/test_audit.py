@@ -94,8 +94,8 @@ def test_audit_outputs_and_invariants(audited, small_phantom):
     assert len(frames["overall"]) == 10 and len(frames["by_prompt"]) == 20
     loaded = AuditResult.load(out)
     assert loaded.data == result.data and loaded.images.seed.tolist() == table.seed.tolist()
-    assert loaded.share("male") == a["proportions"]["pacc"]["male"]
-    assert loaded.kl("raw") == a["distances"]["raw"]["kl_target_to_generated"]
+    assert loaded.share("male").to_json() == a["proportions"]["pacc"]["male"]
+    assert loaded.kl("raw").to_json() == a["distances"]["raw"]["kl_target_to_generated"]
     assert any(line.startswith("male:") for line in loaded.summary())
 
 

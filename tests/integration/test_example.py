@@ -39,10 +39,10 @@ def test_readme_table_is_the_example_report_regenerated_from_the_committed_files
     start, end = "<!-- example-table:start -->\n", "\n<!-- example-table:end -->"
     assert readme.split(start, 1)[1].split(end, 1)[0] == md.strip()
     # The headline is independent of the tuning: held-out prompts, a classifier it never saw.
-    after = columns[1].data["config"]
+    after = columns[1].result.data["config"]
     assert after["remediation"]["same_classifier"] is False
     assert after["remediation"]["shared_prompts"] == 0
-    assert columns[3].data["config"]["remediation"]["same_classifier"] is True
+    assert columns[3].result.data["config"]["remediation"]["same_classifier"] is True
 
 
 def test_a_censored_value_gets_no_change():
@@ -92,9 +92,9 @@ def test_two_attribute_tables_are_the_example_report_regenerated_from_the_commit
     for doc in (results, (ROOT / "README.md").read_text()):
         kl = doc.split("<!-- attributes-kl:start -->\n", 1)[1].split("\n<!-- attributes-kl:end -->")
         assert kl[0] == summary
-    after = columns[1].data["config"]
+    after = columns[1].result.data["config"]
     assert after["remediation"]["same_classifier"] is False  # independent evaluators
-    assert columns[3].data["config"]["remediation"]["same_classifier"] is True
+    assert columns[3].result.data["config"]["remediation"]["same_classifier"] is True
 
 
 @pytest.mark.parametrize("root", [EXAMPLE, ATTRIBUTES], ids=["one", "two"])

@@ -143,7 +143,7 @@ def test_censored_values_show_as_bounds_and_give_no_change(audits):
         "censored": "below",
         "bound": {"at_most": 0.023},
     }
-    before.data["proportions"]["pacc"]["female"] = entry
+    before.result.data["proportions"]["pacc"]["female"] = entry
     rows = headline_rows([before, after])
     row = next(r for r in rows if r["measure"] == "female share, corrected (PACC)")
     assert row["cells"][0]["bound"] == ("≤", 0.023) and row["deltas"] == [None]
@@ -407,6 +407,7 @@ def test_hostile_strings_run_nothing_in_headless_chromium(audits, tmp_path):
 def test_the_plot_draws_a_value_that_lies_outside_its_interval():
     """A corrected share may sit outside its percentile interval (bootstrap skew, or a
     simplex-constrained value); the whisker must still span the interval, not fail."""
+    from medfair_audit.audit.result import AuditResult
     from medfair_audit.reporting import proportion_plot_png
 
     audit = {
@@ -421,7 +422,8 @@ def test_the_plot_draws_a_value_that_lies_outside_its_interval():
             },
         },
     }
-    assert proportion_plot_png({"m": audit}).startswith(b"\x89PNG")
+    result = AuditResult.from_json(audit)
+    assert proportion_plot_png({"m": result}).startswith(b"\x89PNG")
 
 
 def _renderer_symbols() -> set[str]:
@@ -551,7 +553,7 @@ def test_quality_by_group_names_a_collapsed_group_in_every_format(audits, tmp_pa
 
     cols = [load_audit(audits / s, s) for s in ("before", "after")]
     before, after = _toy_quality(False), _toy_quality(True)
-    docs = [dict(cols[0].data, quality=before), dict(cols[1].data, quality=after)]
+    docs = [dict(cols[0].result.data, quality=before), dict(cols[1].result.data, quality=after)]
     for i, d in enumerate(docs):
         d["groups"] = ["female", "male"]
         root = tmp_path / ("before", "after")[i]
@@ -580,14 +582,19 @@ def test_quality_by_group_names_a_collapsed_group_in_every_format(audits, tmp_pa
     blocks.append(before["by_group"]["female"]["vendi"]["blocks"])
     for b in blocks:  # a t interval over fewer than 5 blocks says how many it had
         assert (f"({b} blocks)" in vendi) == (b < 5)
+    from medfair_audit.audit.result import AuditResult
+    from medfair_audit.metrics.results import Vendi
     from medfair_audit.reporting.quality import _cell
 
-    assert _cell({"n": 32, "blocks": 2, "value": 5.3, "ci": [1.0, 14.2]}, "") == (
+    assert _cell(Vendi(n=32, blocks=2, value=5.3, ci=(1.0, 14.2)), "") == (
         "5.30 [1.00, 14.20] (2 blocks)"
     )
-    assert "blocks" not in _cell({"n": 32, "blocks": 8, "value": 5.3, "ci": [4.0, 6.0]}, "")
+    assert "blocks" not in _cell(Vendi(n=32, blocks=8, value=5.3, ci=(4.0, 6.0)), "")
     # a quality block without these measures (version 1) renders without the section
-    old = [AuditColumn(c.label, dict(c.data, quality=None), c.folder) for c in cols]
+    old = [
+        AuditColumn(c.label, AuditResult.from_json(dict(c.result.to_json(), quality=None)))
+        for c in cols
+    ]
     from medfair_audit.reporting.markdown import render_markdown
 
     assert "Quality by group" not in render_markdown(old)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -147,6 +148,8 @@ RESULTS = (
     "medfair_audit/audit/paired.py",
     "medfair_audit/audit/load.py",
     "medfair_audit/audit/estimate.py",
+    "medfair_audit/audit/views.py",
+    "medfair_audit/audit/document.py",
 )
 TOP = ("medfair_audit.audit.run", "medfair_audit.remediation", "medfair_audit.demo")
 LAYERS = [
@@ -300,3 +303,58 @@ def test_demo_is_a_declared_list_of_stages() -> None:
             same = {n: "a" for n in st.inputs}
             for n in st.inputs:
                 assert settings_hash(st.key(same)) != settings_hash(st.key({**same, n: "b"}))
+
+
+#: Where ``audit.json`` is read key by key: the result object and the typed frames' readers (its
+#: writers, the audit's own stages, build it; the schema test checks the file itself).
+AUDIT_JSON_READERS = ("medfair_audit/audit/result.py", "medfair_audit/metrics/results_json.py")
+#: What consumes saved audits: these read typed attributes only.
+AUDIT_CONSUMERS = (
+    "medfair_audit/reporting", "medfair_audit/audit/paired.py", "medfair_audit/audit/views.py",
+    "medfair_audit/audit/sequential.py", "medfair_audit/demo.py", "cli", "benchmarks", "scripts",
+)  # fmt: skip
+
+
+def _json_reads(tree: ast.AST) -> list[str]:
+    """``x.data[...]``, ``x.data.get(...)`` and ``x.to_json()[...]``: a result read by key."""
+    out = []
+    for node in ast.walk(tree):
+        base = None
+        if isinstance(node, ast.Subscript):
+            base = node.value
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if node.func.attr == "get":
+                base = node.func.value
+        if isinstance(base, ast.Attribute) and base.attr == "data":
+            out.append(f"line {node.lineno}: .data")
+        elif (
+            isinstance(base, ast.Call)
+            and isinstance(base.func, ast.Attribute)
+            and base.func.attr == "to_json"
+        ):
+            out.append(f"line {node.lineno}: .to_json()")
+    return out
+
+
+def test_no_audit_json_key_is_read_outside_the_result():
+    """Reports, the CLI, the demo, the benchmarks and the scripts read an audit through
+    ``AuditResult``'s typed attributes: no key of its JSON, no ``audit.json`` opened by hand."""
+    files = []
+    for w in AUDIT_CONSUMERS:
+        path = ROOT / w
+        files += sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    bad = []
+    for f in files:
+        text = f.read_text()
+        rel = str(f.relative_to(ROOT))
+        bad += [f"{rel} {hit}" for hit in _json_reads(ast.parse(text))]
+        # (benchmarks/audit.json, the audit benchmark's own record, is not an audit)
+        if "read_audit_json(" in text or re.search(r"(?<!HERE) / \"audit\.json\"\)\.read", text):
+            bad.append(f"{rel} opens audit.json itself")
+    template = (ROOT / "medfair_audit/reporting/templates/report.html.j2").read_text()
+    bad += [f"report.html.j2 reads {m}" for m in re.findall(r"\b\w+\.data\.\w+", template)]
+    assert not bad, bad
+    # the check itself finds such a read
+    assert _json_reads(ast.parse('a.data["groups"]; b.data.get("x"); c.to_json()["y"]')) == [
+        "line 1: .data", "line 1: .data", "line 1: .to_json()",
+    ]  # fmt: skip
