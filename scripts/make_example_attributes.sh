@@ -37,5 +37,5 @@ cp "$DEMO/models/t2medi-fair/remediation.json" "$OUT/remediation.json"
 "$BIN/python" scripts/paste_markers.py README.md attributes-kl "$OUT/summary.md"
 "$BIN/python" scripts/paste_markers.py benchmarks/RESULTS.md attributes-table "$OUT/report.md"
 "$BIN/python" scripts/paste_markers.py README.md attributes-table "$OUT/report.md" \
-  --from '^\*\*Joint cells' --to '^\| column \| evaluator'
+  --from '^\*\*Joint cells' --to '^\*\*Evaluators\.'
 ls -la "$OUT"

@@ -17,14 +17,7 @@ from typing import Any
 import numpy as np
 
 from .notes import caption_notes
-from .quality import QUALITY_CAPTION, has_fidelity, quality_readings, quality_rows
-from .readers import (
-    READERS_CAPTION,
-    SUPPORT_CAPTION,
-    has_readers,
-    reader_rows,
-    support_rows,
-)
+from .sections import sections
 from .tables import (
     AuditColumn,
     _title,
@@ -208,12 +201,6 @@ def render_html(
             title=_title(columns),
             report_versions=versions,
             joint=joint,
-            readers=(reader_rows(columns), support_rows(columns)) if has_readers(columns) else None,
-            readers_caption=READERS_CAPTION,
-            support_caption=SUPPORT_CAPTION,
-            quality=(quality_rows(columns), quality_readings(columns))
-            if has_fidelity(columns)
-            else None,
-            quality_caption=QUALITY_CAPTION,
+            sections=sections(columns),
         )
     )

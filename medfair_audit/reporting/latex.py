@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
 from .notes import CENSORED_CAPTION, caption_notes
-from .quality import QUALITY_CAPTION, has_fidelity, quality_readings, quality_rows
-from .readers import (
-    READERS_CAPTION,
-    SUPPORT_CAPTION,
-    has_readers,
-    reader_rows,
-    support_rows,
-)
-from .tables import (
-    AuditColumn,
-    _title,
-    format_rows,
-    paired_rows,
-)
+from .sections import sections
+from .tables import AuditColumn, _title, format_rows
 
 __all__ = ["render_latex"]
 
@@ -137,40 +126,10 @@ def render_latex(columns: Sequence[AuditColumn], paired: Sequence[dict[str, Any]
         "FID/KID at a common subsample size (mean $\\pm$ sd over draws).",
         "tab:medfair",
     )
-    if all(c.result.joint for c in columns):
-        from .joint import joint_rows, marginal_rows
-
-        j = columns[0].result.joint
-        lines += table(
-            *joint_rows(columns),
-            f"Joint cells ({_latex(' × '.join(j.attributes))}): {j.reading.upper()} shares "
-            f"with {conf}\\% intervals, images per cell and Holm-adjusted p of share = target "
-            f"(* rejected at {j.holm_alpha:g}; constrained: projected onto the simplex "
-            "because another cell is censored).",
-            "tab:medfair-joint",
-        )
-        lines += table(
-            *marginal_rows(columns),
-            f"Marginal shares of each attribute with {conf}\\% intervals, and Shen et al.'s "
-            "bias (mean absolute difference over pairs of groups).",
-            "tab:medfair-marginals",
-        )
-    if has_readers(columns):
-        for rows, caption, label in (
-            (reader_rows(columns), READERS_CAPTION, "tab:medfair-readers"),
-            (support_rows(columns), SUPPORT_CAPTION, "tab:medfair-support"),
-        ):
-            if rows[1]:
-                lines += table(*rows, _latex(caption), label)
-    if has_fidelity(columns):
-        rows = quality_rows(columns)
-        if rows[1]:
-            readings = "".join(f" {r[:1].upper()}{r[1:]}." for r in quality_readings(columns))
-            lines += table(*rows, _latex(QUALITY_CAPTION + readings), "tab:medfair-quality")
-    for i, p in enumerate(paired):
-        lines += table(
-            *paired_rows(p),
-            "Paired comparison of images with the same prompt and seed.",
-            f"tab:medfair-paired{i or ''}",
-        )
+    for section in sections(columns, paired):
+        # findings as sentences; Markdown emphasis (``*after*``) dropped
+        plain = [re.sub(r"\*([^*]+)\*", r"\1", f).rstrip(". ") for f in section.findings]
+        findings = "".join(f" {f[:1].upper()}{f[1:]}." for f in plain)
+        caption = f"{section.title}. {section.sentence}{findings}"
+        lines += table(section.header, section.rows, _latex(caption), f"tab:medfair-{section.key}")
     return "\n".join(lines) + "\n"

@@ -6,22 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from .notes import CENSORED_CAPTION, caption_notes
-from .quality import QUALITY_CAPTION, has_fidelity, quality_readings, quality_rows
-from .readers import (
-    READERS_CAPTION,
-    SUPPORT_CAPTION,
-    has_readers,
-    reader_rows,
-    support_rows,
-)
-from .tables import (
-    AuditColumn,
-    _title,
-    evaluator_notes,
-    evaluator_rows,
-    format_rows,
-    paired_rows,
-)
+from .sections import sections
+from .tables import AuditColumn, _title, format_rows
 
 __all__ = ["render_markdown"]
 
@@ -59,50 +45,10 @@ def render_markdown(columns: Sequence[AuditColumn], paired: Sequence[dict[str, A
         lines.extend(cells(r) for r in body)
 
     table(header, rows)
-    if all(c.result.joint for c in columns):
-        from .joint import joint_rows, marginal_rows
-
-        j = columns[0].result.joint
-        lines += [
-            "",
-            f"**Joint cells ({_markdown(' × '.join(j.attributes))}).** "
-            f"{_markdown(j.reading.upper())} shares; Holm-adjusted p of share = target "
-            f"(* rejected at {j.holm_alpha:g}); (constrained): projected onto the simplex "
-            "because another cell is censored, beside its unconstrained interval; "
-            f"{_markdown(j.method)}.",
-            "",
-        ]
-        table(*joint_rows(columns))
-        lines += ["", "**Marginals.**", ""]
-        table(*marginal_rows(columns))
-    if len({c.result.settings.classifier_sha256 for c in columns}) > 1 or any(
-        c.result.settings.remediation for c in columns
-    ):
-        lines.append("")
-        table(*evaluator_rows(columns))
-        notes = evaluator_notes(columns)
-        if notes:
+    for section in sections(columns, paired):
+        lines += ["", f"**{_markdown(section.title)}.** {_markdown(section.sentence)}", ""]
+        table(section.header, section.rows)
+        if section.findings:
             lines.append("")
-            lines += [f"- {_markdown(n)}" for n in notes]
-    if has_readers(columns):
-        header, body = reader_rows(columns)
-        if body:
-            lines += ["", f"**Other readers of the same images.** {_markdown(READERS_CAPTION)}", ""]
-            table(header, body)
-        header, body = support_rows(columns)
-        if body:
-            lines += ["", f"**Outside the real images' support.** {_markdown(SUPPORT_CAPTION)}", ""]
-            table(header, body)
-    if has_fidelity(columns):
-        header, body = quality_rows(columns)
-        if body:
-            lines += ["", f"**Quality by group.** {_markdown(QUALITY_CAPTION)}", ""]
-            table(header, body)
-            readings = quality_readings(columns)
-            if readings:
-                lines.append("")
-                lines += [f"- {_markdown(r)}" for r in readings]
-    for p in paired:
-        lines.append("")
-        table(*paired_rows(p))
+            lines += [f"- {_markdown(f)}" for f in section.findings]
     return "\n".join(lines) + "\n"

@@ -117,3 +117,26 @@ def test_no_share_is_shown_bare_outside_its_interval(root):
     assert ("(constrained): projected onto the simplex" in md.splitlines()[1]) == bool(outside)
     if root == ATTRIBUTES:
         assert outside  # the two-attribute example has such cells
+
+
+@pytest.mark.parametrize("root", [EXAMPLE, ATTRIBUTES], ids=["one", "two"])
+def test_markdown_and_latex_print_the_same_sections(root):
+    """One section model: every table after the headline has the same title, caption and rows
+    in Markdown and LaTeX (the LaTeX of a paper is the README's table)."""
+    from medfair_audit.reporting.latex import render_latex
+    from medfair_audit.reporting.markdown import _markdown
+    from medfair_audit.reporting.sections import sections
+
+    columns = [load_audit(root / s, label) for s, label in COLUMNS.items()]
+    paired = [paired_analysis(columns[j], columns[i]) for j, i in comparisons(columns)]
+    found = sections(columns, paired)
+    keys = [s.key for s in found]
+    assert keys[-2:] == ["paired", "paired1"] and "evaluators" in keys
+    assert ("joint" in keys) == (root == ATTRIBUTES)
+    md, tex = render_markdown(columns, paired), render_latex(columns, paired)
+    for s in found:
+        assert f"**{_markdown(s.title)}.** {_markdown(s.sentence)}" in md
+        assert f"\\label{{tab:medfair-{s.key}}}" in tex
+        assert tex.count("\\begin{table}") == len(found) + 1  # and the headline
+        for row in s.rows:  # every row, in both
+            assert "| " + " | ".join(_markdown(x) for x in row) + " |" in md
