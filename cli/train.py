@@ -8,7 +8,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from medfair_audit.config import ClassifierConfig, CLIPTrainConfig, T2IConfig
+from medfair_audit.config import (
+    ClassifierConfig,
+    ClassifierJob,
+    CLIPJob,
+    CLIPTrainConfig,
+    T2IConfig,
+    T2IJob,
+)
 from medfair_audit.exceptions import ConfigError
 
 from ._common import (
@@ -77,12 +84,14 @@ def clip(
     config = config_from(CLIPTrainConfig, locals())
     with quiet_libraries(), progress_bar() as callback:
         result = train_clip(
-            data,
-            out,
-            config,
-            overwrite=overwrite,
-            placement=placement(device, dtype),
-            allow_outside_root=allow_outside_root,
+            CLIPJob(
+                data=data,
+                out=out,
+                config=config,
+                overwrite=overwrite,
+                placement=placement(device, dtype),
+                allow_outside_root=allow_outside_root,
+            ),
             progress=callback,
         )
     for line in result.summary():
@@ -154,17 +163,19 @@ def t2i(
     config = config_from(T2IConfig, locals(), unet_channels=channels)
     with quiet_libraries(), progress_bar() as callback:
         result = train_t2i(
-            data,
-            out,
-            config,
-            clip=clip,
-            init=init,
-            resume=resume,
-            overwrite=overwrite,
-            trust_pickle=trust_pickle,
-            keep_checkpoints=keep_checkpoints,
-            placement=placement(device, dtype),
-            allow_outside_root=allow_outside_root,
+            T2IJob(
+                data=data,
+                out=out,
+                config=config,
+                clip=clip,
+                init=init,
+                resume=resume,
+                overwrite=overwrite,
+                trust_pickle=trust_pickle,
+                keep_checkpoints=keep_checkpoints,
+                placement=placement(device, dtype),
+                allow_outside_root=allow_outside_root,
+            ),
             progress=callback,
         )
     for line in result.summary():
@@ -262,15 +273,17 @@ def classifier(
     )
     with quiet_libraries(), progress_bar() as callback:
         result = train_classifier(
-            data,
-            out,
-            config,
-            attribute=attribute or ["sex"],
-            groups=split_list(groups),
-            splits=tuple(split_list(splits) or ()),
-            overwrite=overwrite,
-            placement=placement(device, dtype),
-            allow_outside_root=allow_outside_root,
+            ClassifierJob(
+                data=data,
+                out=out,
+                config=config,
+                attribute=attribute or ["sex"],
+                groups=split_list(groups),
+                splits=tuple(split_list(splits) or ()),
+                overwrite=overwrite,
+                placement=placement(device, dtype),
+                allow_outside_root=allow_outside_root,
+            ),
             progress=callback,
         )
     for line in result.summary():

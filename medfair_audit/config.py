@@ -34,10 +34,13 @@ __all__ = [
     "LORA_ON",
     "LOSSES",
     "ROBUST",
+    "SPLITS",
     "AnatomyModel",
     "AuditConfig",
+    "CLIPJob",
     "CLIPTrainConfig",
     "ClassifierConfig",
+    "ClassifierJob",
     "GenerationConfig",
     "PhantomConfig",
     "Placement",
@@ -45,7 +48,9 @@ __all__ = [
     "RemediationJob",
     "Speed",
     "T2IConfig",
+    "T2IJob",
     "Target",
+    "TrainJob",
 ]
 
 
@@ -852,3 +857,114 @@ class RemediationJob:
         object.__setattr__(self, "ensemble", tuple(Path(p) for p in self.ensemble))
         if self.out.resolve() == self.checkpoint.resolve():
             raise ConfigError("--out must differ from the checkpoint being remediated", param="out")
+
+
+#: Values of ``metadata.csv``'s ``split`` column a classifier trains, stops and is tested on.
+SPLITS = ("train", "val", "test")
+
+
+def _config_of(job: Any, kind: type) -> None:
+    if job.config is None:
+        object.__setattr__(job, "config", kind())
+    elif not isinstance(job.config, kind):
+        raise ConfigError(
+            f"expected a {kind.__name__}, got {type(job.config).__name__}", param="config"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainJob:
+    """What to train on and where to write: the part every training job shares.
+
+    Args:
+        data: Image folder with ``metadata.csv``.
+        out: Destination folder (absent or empty unless ``overwrite``).
+        overwrite: Replace an existing ``out``.
+        placement: Device and training precision (default: the CPU in float32; half precision
+            trains under autocast; models are saved in float32).
+        allow_outside_root: Read images that ``metadata.csv`` places outside ``data``.
+    """
+
+    data: Path
+    out: Path
+    overwrite: bool = False
+    placement: Placement | None = None
+    allow_outside_root: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data", Path(self.data))
+        object.__setattr__(self, "out", Path(self.out))
+        if self.out.resolve() == self.data.resolve():
+            raise ConfigError("--out must differ from the training data folder", param="out")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CLIPJob(TrainJob):
+    """Train CLIP on captioned images (:func:`medfair_audit.models.clip.train_clip`).
+
+    Args:
+        config: Model size and schedule.
+    """
+
+    config: CLIPTrainConfig = field(default_factory=CLIPTrainConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _config_of(self, CLIPTrainConfig)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClassifierJob(TrainJob):
+    """Train a subgroup classifier (:func:`medfair_audit.models.classifier.train_classifier`).
+
+    Args:
+        config: Architecture and schedule.
+        attribute: Column to predict, or several columns (a sequence, or ``"sex,age_band"``)
+            for one joint classifier over their cells (``"female/<40"``, ...).
+        groups: Known groups (default: the labels found, sorted). Labels outside are an error.
+        splits: Values of the ``split`` column used as train, val and test.
+    """
+
+    config: ClassifierConfig = field(default_factory=ClassifierConfig)
+    attribute: str | Sequence[str] = "sex"
+    groups: Sequence[str] | None = None
+    splits: Sequence[str] = SPLITS
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _config_of(self, ClassifierConfig)
+        object.__setattr__(self, "splits", tuple(self.splits))
+        if self.groups is not None:
+            object.__setattr__(self, "groups", tuple(self.groups))
+
+
+@dataclass(frozen=True, kw_only=True)
+class T2IJob(TrainJob):
+    """Train (or fine-tune) the T2MedI pipeline (:func:`medfair_audit.models.t2medi.train_t2i`).
+
+    Args:
+        config: Architecture and schedule.
+        clip: CLIP folder whose text tower becomes the frozen text encoder (required unless
+            ``init`` is given; with ``init`` it replaces the pipeline's text encoder).
+        init: An existing pipeline folder to fine-tune (its VAE is kept when
+            ``config.vae_steps == 0``).
+        resume: Continue from the checkpoints in ``<out>.partial/``.
+        trust_pickle: Allow pickle weights in ``init``/``clip``.
+        keep_checkpoints: Keep ``<out>.partial/`` after success.
+    """
+
+    config: T2IConfig = field(default_factory=T2IConfig)
+    clip: Path | None = None
+    init: Path | None = None
+    resume: bool = False
+    trust_pickle: bool = False
+    keep_checkpoints: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _config_of(self, T2IConfig)
+        for name in ("clip", "init"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
+        if self.clip is None and self.init is None:
+            raise ConfigError("give --clip CLIP_DIR (or --init CKPT to fine-tune)", param="clip")

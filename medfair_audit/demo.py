@@ -46,12 +46,16 @@ from typing import Any
 from ._io import atomic_write_json
 from .audit import AuditConfig, run_audit
 from .config import (
+    SPLITS,
     ClassifierConfig,
+    ClassifierJob,
+    CLIPJob,
     CLIPTrainConfig,
     Placement,
     RemediationConfig,
     RemediationJob,
     T2IConfig,
+    T2IJob,
 )
 from .data.phantom import AnatomyModel, PhantomConfig, build_phantom
 from .exceptions import ConfigError
@@ -450,10 +454,10 @@ def _phantom(ctx: _Context, name: str, cfg: PhantomConfig, folder: Path) -> Stag
 
 def _clip(ctx: _Context, data: Path, folder: Path) -> Stage:
     def work() -> dict[str, Any]:
-        r = train_clip(
-            data, folder, ctx.config.clip, overwrite=True, placement=ctx.where,
-            progress=ctx.progress,
-        )  # fmt: skip
+        job = CLIPJob(
+            data=data, out=folder, config=ctx.config.clip, overwrite=True, placement=ctx.where
+        )
+        r = train_clip(job, progress=ctx.progress)
         return {"path": str(r.path), "recall_at_1": r.recall_at_1, "chance": r.chance}
 
     return Stage("clip", ("corpus",), {"cfg": asdict(ctx.config.clip)}, work)
@@ -471,10 +475,11 @@ def _t2medi(
     init: Path | None = None,
 ) -> Stage:
     def work() -> dict[str, Any]:
-        r = train_t2i(
-            data, folder, cfg, clip=clip, init=init, overwrite=True, placement=ctx.where,
-            progress=ctx.progress,
+        job = T2IJob(
+            data=data, out=folder, config=cfg, clip=clip, init=init, overwrite=True,
+            placement=ctx.where,
         )  # fmt: skip
+        r = train_t2i(job, progress=ctx.progress)
         info = {"path": str(r.path), "unet_loss": r.unet_loss}
         return info if init else {"path": str(r.path), "vae_loss": r.vae_loss, **info}
 
@@ -503,10 +508,11 @@ def _classifier(
     groups: tuple[str, ...] | None = ("female", "male"),
 ) -> Stage:
     def work() -> dict[str, Any]:
-        r = train_classifier(
-            data, folder, cfg, attribute=attribute, groups=groups, splits=splits,
-            overwrite=True, placement=ctx.where, progress=ctx.progress,
+        job = ClassifierJob(
+            data=data, out=folder, config=cfg, attribute=attribute, groups=groups,
+            splits=splits, overwrite=True, placement=ctx.where,
         )  # fmt: skip
+        r = train_classifier(job, progress=ctx.progress)
         ev = r.evaluation
         return {
             "path": str(r.path),
@@ -699,7 +705,6 @@ SIDES = (("", "evaluator"), ("-trainclf", "classifier"))
 #: guides and the architecture-disjoint reader (models/<name>).
 READERS = ("classifier", "classifier-b", "classifier-robust", "reader")
 #: A data set's own splits (the reader's phantom set).
-SPLITS = ("train", "val", "test")
 #: Classifier roles → the splits each trains, validates and is tested on.
 ROLES = {"classifier": ("train", "val", "test"), "evaluator": ("eval_train", "eval_val", "test")}
 

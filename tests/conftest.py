@@ -4,7 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from medfair_audit.config import ClassifierConfig, CLIPTrainConfig, T2IConfig
+from medfair_audit.config import (
+    ClassifierConfig,
+    ClassifierJob,
+    CLIPJob,
+    CLIPTrainConfig,
+    T2IConfig,
+    T2IJob,
+)
 from medfair_audit.data import PhantomConfig, build_phantom
 
 # The library's presets, named once for the tests that share them.
@@ -29,7 +36,9 @@ def tiny_models(small_phantom: Path, tmp_path_factory: pytest.TempPathFactory) -
     from medfair_audit.models.t2medi import train_t2i
 
     root = tmp_path_factory.mktemp("models")
-    train_clip(small_phantom, root / "clip", TINY_CLIP)
-    train_t2i(small_phantom, root / "t2medi", TINY_T2I, clip=root / "clip")
-    train_classifier(small_phantom, root / "classifier", TINY_CLF, attribute="sex")
+    train_clip(CLIPJob(data=small_phantom, out=root / "clip", config=TINY_CLIP))
+    train_t2i(T2IJob(data=small_phantom, out=root / "t2medi", config=TINY_T2I, clip=root / "clip"))
+    train_classifier(
+        ClassifierJob(data=small_phantom, out=root / "classifier", config=TINY_CLF, attribute="sex")
+    )
     return {"clip": root / "clip", "t2medi": root / "t2medi", "classifier": root / "classifier"}

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from .._io import atomic_write_json, building_dir, check_out, locks_out, null_non_finite
 from ..attributes import cell_name, cells, check_level, sort_levels
-from ..config import ClassifierConfig, Placement
+from ..config import SPLITS, ClassifierConfig, ClassifierJob, Placement
 from ..data.datasets import ImageFolderDataset
 from ..exceptions import ConfigError, DataError, ModelError
 from ..metrics.functional import expected_calibration_error, mean_output_matrix
@@ -611,9 +611,6 @@ def evaluate_classifier(
 BY_GROUP_COLUMNS = ("sex", "age_band", "grade", "tumour")
 
 
-SPLITS = ("train", "val", "test")
-
-
 def split_warnings(
     meta: Any, y: torch.Tensor, groups: Sequence[str], parts: dict[str, np.ndarray]
 ) -> list[str]:
@@ -714,46 +711,31 @@ def _splits(
 
 @locks_out
 def train_classifier(
-    data: str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    config: ClassifierConfig | None = None,
-    *,
-    attribute: str | Sequence[str] = "sex",
-    groups: Sequence[str] | None = None,
-    splits: Sequence[str] = SPLITS,
-    overwrite: bool = False,
-    placement: Placement | None = None,
-    allow_outside_root: bool = False,
-    progress: ProgressCallback | None = None,
+    job: ClassifierJob, *, progress: ProgressCallback | None = None
 ) -> ClassifierResult:
     """Train a subgroup classifier on labelled images and save it with its evaluation.
 
     Uses the ``train``/``val``/``test`` splits of ``metadata.csv`` when all three exist (or the
-    three named by ``splits``: e.g. an independent evaluation classifier trained on subjects the
-    remediation's classifier never saw, ``("eval_train", "eval_val", "test")``), else a
+    three named by ``job.splits``: e.g. an independent evaluation classifier trained on subjects
+    the remediation's classifier never saw, ``("eval_train", "eval_val", "test")``), else a
     seeded 70/15/15 split, by subject where a ``subject`` column exists (slices of one BraTS
     subject never land in two splits; ``evaluation.json`` records the unit as ``split_unit``).
     Early stopping and temperature scaling use ``val``; every number in ``evaluation.json``
     comes from ``test``.
 
     Args:
-        data: Image folder whose ``metadata.csv`` has the ``attribute`` column.
-        out: Destination folder (absent or empty unless ``overwrite``).
-        config: Architecture and schedule.
-        attribute: Column to predict, or several columns (a sequence, or ``"sex,age_band"``)
-            for one joint classifier over their cells (``"female/<40"``, ...).
-        groups: Known groups (default: the labels found, sorted). Labels outside are an error.
-        splits: Values of the ``split`` column used as train, val and test.
-        overwrite: Replace an existing ``out``.
-        placement: Device and training precision (default: the CPU in float32; half precision
-            trains under autocast, float16 with loss scaling; the model is saved in float32).
-        allow_outside_root: Read images that ``metadata.csv`` places outside ``data``.
+        job: Data (``metadata.csv`` with the ``attribute`` column), destination, attribute,
+            groups, splits, architecture and schedule, placement
+            (:class:`~medfair_audit.config.ClassifierJob`; half precision trains under
+            autocast, float16 with loss scaling; the model is saved in float32).
         progress: Called once per step with the loss.
 
     Returns:
         Path and evaluation.
     """
-    cfg = config or ClassifierConfig()
+    data, out, cfg, placement = job.data, job.out, job.config, job.placement
+    attribute, groups, splits = job.attribute, job.groups, job.splits
+    overwrite, allow_outside_root = job.overwrite, job.allow_outside_root
     check_out(out, overwrite=overwrite)  # before the training, not after it
     placement = placement or Placement(device="cpu", dtype="float32")
     device = placement.device

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .._io import atomic_write_json, building_dir, check_out, locks_out
-from ..config import CLIPTrainConfig, Placement
+from ..config import CLIPJob, CLIPTrainConfig, Placement
 from ..data.datasets import ImageFolderDataset
 from ..exceptions import ConfigError, ModelError
 from ..progress import ProgressCallback, report
@@ -188,35 +188,23 @@ def retrieval_recall_at_1(
 
 
 @locks_out
-def train_clip(
-    data: str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    config: CLIPTrainConfig | None = None,
-    *,
-    overwrite: bool = False,
-    placement: Placement | None = None,
-    allow_outside_root: bool = False,
-    progress: ProgressCallback | None = None,
-) -> CLIPTrainResult:
-    """Train CLIP on the captioned images of ``data`` and save it to ``out``.
+def train_clip(job: CLIPJob, *, progress: ProgressCallback | None = None) -> CLIPTrainResult:
+    """Train CLIP on the captioned images of ``job.data`` and save it to ``job.out``.
 
     Pairs of the ``train`` split train the model; the ``val`` split (or ``test``, or a seeded
-    10% when there is no split column) measures retrieval.
+    10% when there is no split column) measures retrieval. The model is evaluated and saved on
+    the CPU in float32.
 
     Args:
-        data: Image folder with ``metadata.csv`` holding ``file`` and ``caption``.
-        out: Destination folder (absent or empty unless ``overwrite``).
-        config: Model size and schedule.
-        overwrite: Replace an existing ``out``.
-        placement: Device and training precision (default: the CPU in float32); the model is
-            evaluated and saved on the CPU in float32.
-        allow_outside_root: Read images that ``metadata.csv`` places outside ``data``.
+        job: Data (``metadata.csv`` holding ``file`` and ``caption``), destination, model size
+            and schedule, placement (:class:`~medfair_audit.config.CLIPJob`).
         progress: Called once per step with the loss.
 
     Returns:
         Paths and held-out recall@1.
     """
-    cfg = config or CLIPTrainConfig()
+    data, out, cfg, placement = job.data, job.out, job.config, job.placement
+    overwrite, allow_outside_root = job.overwrite, job.allow_outside_root
     check_out(out, overwrite=overwrite)  # before the training, not after it
     start = time.perf_counter()
     generator = seed_everything(cfg.seed)

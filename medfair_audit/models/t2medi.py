@@ -21,7 +21,6 @@ continues from the newest checkpoint so that the result equals an uninterrupted 
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -33,9 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from .._io import atomic_write_json, check_out, locks_out
-from ..config import Placement, T2IConfig
+from ..config import Placement, T2IConfig, T2IJob
 from ..data.datasets import ImageFolderDataset
-from ..exceptions import ConfigError
 from ..progress import ProgressCallback, report
 from ..training import (
     Checkpointer,
@@ -313,53 +311,28 @@ def _train_unet(
 
 
 @locks_out
-def train_t2i(
-    data: str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    config: T2IConfig | None = None,
-    *,
-    clip: str | os.PathLike[str] | None = None,
-    init: str | os.PathLike[str] | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    trust_pickle: bool = False,
-    keep_checkpoints: bool = False,
-    placement: Placement | None = None,
-    allow_outside_root: bool = False,
-    progress: ProgressCallback | None = None,
-) -> T2IResult:
-    """Train (or fine-tune) the T2MedI pipeline on captioned images and save it to ``out``.
+def train_t2i(job: T2IJob, *, progress: ProgressCallback | None = None) -> T2IResult:
+    """Train (or fine-tune) the T2MedI pipeline on captioned images and save it to ``job.out``.
 
     Args:
-        data: Image folder with ``file`` and ``caption`` (the ``train`` split is used when a
-            ``split`` column exists).
-        out: Pipeline folder to write.
-        config: Architecture and schedule.
-        clip: CLIP folder whose text tower becomes the frozen text encoder (required unless
-            ``init`` is given; with ``init`` it replaces the pipeline's text encoder).
-        init: An existing pipeline folder to fine-tune (its VAE is kept when
-            ``config.vae_steps == 0``).
-        resume: Continue from the checkpoints in ``<out>.partial/``.
-        overwrite: Replace an existing ``out``.
-        trust_pickle: Allow pickle weights in ``init``/``clip``.
-        keep_checkpoints: Keep ``<out>.partial/`` after success.
-        placement: Device and training precision of the VAE and UNet (default: the CPU in
-            float32); the pipeline is saved from the CPU in float32.
-        allow_outside_root: Read images that ``metadata.csv`` places outside ``data``.
+        job: Data (``file`` and ``caption``; the ``train`` split when a ``split`` column
+            exists), destination, architecture and schedule, the CLIP text tower or the
+            pipeline to fine-tune, resume and placement (:class:`~medfair_audit.config.T2IJob`;
+            the pipeline is saved from the CPU in float32).
         progress: Called once per step with the loss.
 
     Returns:
         Paths, final losses and time.
     """
+    data, out, cfg, placement = job.data, job.out, job.config, job.placement
+    clip, init, resume, overwrite = job.clip, job.init, job.resume, job.overwrite
+    trust_pickle, keep_checkpoints = job.trust_pickle, job.keep_checkpoints
+    allow_outside_root = job.allow_outside_root
     from diffusers import StableDiffusionPipeline
 
-    cfg = config or T2IConfig()
     placement = placement or Placement(device="cpu", dtype="float32")
     start_time = time.perf_counter()
-    out = Path(out)
     check_out(out, overwrite=overwrite)
-    if clip is None and init is None:
-        raise ConfigError("give --clip CLIP_DIR (or --init CKPT to fine-tune)", param="clip")
     run = RunFolder(out, overwrite=overwrite, resume=resume, keep=keep_checkpoints)
     generator = seed_everything(cfg.seed)
 

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from medfair_audit.audit.result import audit_schema
+from medfair_audit.config import ClassifierJob
 from medfair_audit.target import target_from_labels
 from tests.cli.test_cli import assert_one_line_error, run
 from tests.conftest import TINY_CLF
@@ -24,7 +25,9 @@ def joint_setup(tiny_models, small_phantom, tmp_path_factory):
     from medfair_audit.models.classifier import train_classifier
 
     root = tmp_path_factory.mktemp("joint")
-    train_classifier(small_phantom, root / "age", TINY_CLF, attribute="age_band")
+    train_classifier(
+        ClassifierJob(data=small_phantom, out=root / "age", config=TINY_CLF, attribute="age_band")
+    )
     target = target_from_labels(small_phantom / "metadata.csv", column=["sex", "age_band"])
     target.save(root / "target.json")
     classifiers = {"sex": tiny_models["classifier"], "age_band": root / "age"}

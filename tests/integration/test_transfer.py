@@ -16,7 +16,7 @@ import torch
 from medfair_audit import AuditConfig, run_audit
 from medfair_audit.audit import audit_schema
 from medfair_audit.audit.readers import knn_radius, reader_comparison
-from medfair_audit.config import ClassifierConfig, RemediationConfig
+from medfair_audit.config import ClassifierConfig, ClassifierJob, RemediationConfig
 from medfair_audit.exceptions import ConfigError, ModelError
 from medfair_audit.generation import GenerationConfig
 from medfair_audit.metrics.estimates import HeldOut
@@ -36,9 +36,19 @@ def readers(tiny_models, small_phantom, tmp_path_factory):
     """Another seed and width of the ResNet, and a radiomics reader."""
     root = tmp_path_factory.mktemp("readers")
     train_classifier(
-        small_phantom, root / "resnet-2", ClassifierConfig.tiny(seed=5, widths=(8, 8, 8, 16))
+        ClassifierJob(
+            data=small_phantom,
+            out=root / "resnet-2",
+            config=ClassifierConfig.tiny(seed=5, widths=(8, 8, 8, 16)),
+        )
     )
-    train_classifier(small_phantom, root / "radiomics", ClassifierConfig(architecture="radiomics"))
+    train_classifier(
+        ClassifierJob(
+            data=small_phantom,
+            out=root / "radiomics",
+            config=ClassifierConfig(architecture="radiomics"),
+        )
+    )
     return {"resnet-2": root / "resnet-2", "radiomics": root / "radiomics"}
 
 
@@ -144,9 +154,11 @@ def test_pgd_finds_a_worse_case_inside_the_ball():
 def test_robust_classifiers_train(small_phantom, tmp_path):
     for robust in ("noise", "pgd"):
         r = train_classifier(
-            small_phantom,
-            tmp_path / robust,
-            ClassifierConfig.tiny(robust=robust, robust_steps=2, epochs=1),
+            ClassifierJob(
+                data=small_phantom,
+                out=tmp_path / robust,
+                config=ClassifierConfig.tiny(robust=robust, robust_steps=2, epochs=1),
+            )
         )
         meta = json.loads((tmp_path / robust / "classifier.json").read_text())
         assert meta["config"]["robust"] == robust and 0 <= r.evaluation["accuracy"] <= 1
@@ -239,10 +251,12 @@ def test_audit_support_without_readers_and_none_without_reference(
 
 def test_a_reader_of_another_attribute_is_refused(tiny_models, small_phantom, tmp_path):
     train_classifier(
-        small_phantom,
-        tmp_path / "age",
-        ClassifierConfig.tiny(),
-        attribute="age_band",
+        ClassifierJob(
+            data=small_phantom,
+            out=tmp_path / "age",
+            config=ClassifierConfig.tiny(),
+            attribute="age_band",
+        )
     )
     with pytest.raises(ConfigError, match="reads age_band") as err:
         _audit(tiny_models, tmp_path / "a", small_phantom, readers=[tmp_path / "age"])
@@ -335,7 +349,11 @@ def test_remediation_with_an_ensemble_and_eot(tiny_models, readers, tmp_path):
 
 
 def test_ensemble_needs_one_attribute_and_the_same_groups(tiny_models, small_phantom, tmp_path):
-    train_classifier(small_phantom, tmp_path / "age", TINY_CLF, attribute="age_band")
+    train_classifier(
+        ClassifierJob(
+            data=small_phantom, out=tmp_path / "age", config=TINY_CLF, attribute="age_band"
+        )
+    )
     with pytest.raises(ConfigError, match="an ensemble reads one attribute") as err:
         remediate(
             RemediationJob(
@@ -411,7 +429,13 @@ def test_radiomics_ignores_features_constant_in_training(small_phantom, tmp_path
             super().__init__(**{**kw, "thumbnail": 8})
 
     monkeypatch.setattr(radiomics, "RadiomicsConfig", WithThumbnail)
-    train_classifier(small_phantom, tmp_path / "r", ClassifierConfig(architecture="radiomics"))
+    train_classifier(
+        ClassifierJob(
+            data=small_phantom,
+            out=tmp_path / "r",
+            config=ClassifierConfig(architecture="radiomics"),
+        )
+    )
     clf = SubgroupClassifier.from_pretrained(tmp_path / "r")
     assert clf.model.config.thumbnail == 8
     assert (clf.model.feature_std == 1e6).any()  # the always-background corners are off

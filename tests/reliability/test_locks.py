@@ -17,6 +17,7 @@ import textwrap
 import pytest
 
 from medfair_audit._io import building_dir, run_lock
+from medfair_audit.config import T2IJob
 from medfair_audit.exceptions import DataError
 from medfair_audit.models.t2medi import train_t2i
 from medfair_audit.remediation import RemediationJob, remediate
@@ -101,7 +102,7 @@ def test_cli_audit_refuses_a_folder_another_run_writes(capsys, holder, tiny_mode
 def test_training_remediation_and_built_folders_are_locked(holder, tiny_models, tmp_path):
     out, _ = holder
     with pytest.raises(DataError, match="another medfair run"):
-        train_t2i(tmp_path / "no-data", out, clip=tiny_models["clip"])
+        train_t2i(T2IJob(data=tmp_path / "no-data", out=out, clip=tiny_models["clip"]))
     with pytest.raises(DataError, match="another medfair run"):
         remediate(
             RemediationJob(

@@ -95,6 +95,8 @@ def test_config_module_loads_no_torch() -> None:
     code = (
         "import sys, medfair_audit.config as c; c.RemediationConfig(); c.Speed(); "
         "c.AuditConfig, c.RemediationJob, c.Placement; "
+        "c.T2IJob(data='d', out='o', clip='c'); c.ClassifierJob(data='d', out='o'); "
+        "c.CLIPJob(data='d', out='o'); "
         "print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -85,3 +85,32 @@ def test_a_remediation_job_checks_itself_on_construction(tmp_path):
         with pytest.raises(ConfigError) as err:
             RemediationJob(**{**base, **bad})
         assert err.value.param == param
+
+
+def test_train_jobs_check_themselves_on_construction(tmp_path):
+    from medfair_audit.config import (
+        ClassifierConfig,
+        ClassifierJob,
+        CLIPJob,
+        CLIPTrainConfig,
+        T2IConfig,
+        T2IJob,
+    )
+
+    data, out = str(tmp_path / "data"), str(tmp_path / "out")
+    job = T2IJob(data=data, out=out, clip=str(tmp_path / "clip"))
+    assert job.data == tmp_path / "data" and job.clip == tmp_path / "clip"
+    assert job.config == T2IConfig() and job.init is None
+    assert CLIPJob(data=data, out=out, config=None).config == CLIPTrainConfig()
+    clf = ClassifierJob(data=data, out=out, splits=["a", "b", "c"], groups=["x", "y"])
+    assert clf.splits == ("a", "b", "c") and clf.groups == ("x", "y")
+    assert clf.config == ClassifierConfig()
+    for make, param in [
+        (lambda: T2IJob(data=data, out=out), "clip"),  # neither a CLIP nor a pipeline
+        (lambda: CLIPJob(data=data, out=data), "out"),  # would write over its own data
+        (lambda: ClassifierJob(data=data, out=out, config=T2IConfig()), "config"),
+        (lambda: T2IJob(data=data, out=out, init=out, config=CLIPTrainConfig()), "config"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            make()
+        assert err.value.param == param

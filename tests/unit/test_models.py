@@ -9,6 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score
 
+from medfair_audit.config import ClassifierJob, T2IJob
 from medfair_audit.exceptions import DataError, ModelError
 from medfair_audit.metrics.functional import expected_calibration_error
 from medfair_audit.models._loading import check_no_pickle
@@ -115,7 +116,9 @@ def test_sampling_is_reproducible_and_batch_size_invariant(t2i_dir):
 
 
 def test_resume_gives_the_weights_of_an_uninterrupted_run(small_phantom, clip_dir, tmp_path):
-    full = train_t2i(small_phantom, tmp_path / "full", TINY_T2I, clip=clip_dir).path
+    full = train_t2i(
+        T2IJob(data=small_phantom, out=tmp_path / "full", config=TINY_T2I, clip=clip_dir)
+    ).path
 
     class Stop(Exception):
         pass
@@ -125,10 +128,17 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(small_phantom, clip_di
             raise Stop
 
     with pytest.raises(Stop):
-        train_t2i(small_phantom, tmp_path / "cut", TINY_T2I, clip=clip_dir, progress=interrupt)
+        train_t2i(
+            T2IJob(data=small_phantom, out=tmp_path / "cut", config=TINY_T2I, clip=clip_dir),
+            progress=interrupt,
+        )
     assert not (tmp_path / "cut").exists()  # nothing half-written where the pipeline goes
     assert (tmp_path / "cut.partial" / "unet" / "step-0000002").is_dir()
-    cut = train_t2i(small_phantom, tmp_path / "cut", TINY_T2I, clip=clip_dir, resume=True).path
+    cut = train_t2i(
+        T2IJob(
+            data=small_phantom, out=tmp_path / "cut", config=TINY_T2I, clip=clip_dir, resume=True
+        )
+    ).path
     from safetensors.torch import load_file
 
     for part in ("unet", "vae"):
@@ -141,7 +151,7 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(small_phantom, clip_di
 
 def test_fine_tune_from_init_keeps_the_vae(small_phantom, t2i_dir, tmp_path):
     cfg = T2IConfig(vae_steps=0, unet_steps=2, batch_size=4, checkpoint_every=0)
-    out = train_t2i(small_phantom, tmp_path / "ft", cfg, init=t2i_dir).path
+    out = train_t2i(T2IJob(data=small_phantom, out=tmp_path / "ft", config=cfg, init=t2i_dir)).path
     from safetensors.torch import load_file
 
     a = load_file(next((t2i_dir / "vae").glob("*.safetensors")))
@@ -170,7 +180,9 @@ def test_model_folder_errors(tmp_path, t2i_dir):
 
 
 def test_classifier_trains_calibrates_and_round_trips(small_phantom, tmp_path):
-    r = train_classifier(small_phantom, tmp_path / "clf", TINY_CLF, attribute="sex")
+    r = train_classifier(
+        ClassifierJob(data=small_phantom, out=tmp_path / "clf", config=TINY_CLF, attribute="sex")
+    )
     ev = json.loads((tmp_path / "clf" / "evaluation.json").read_text())
     meta = pd.read_csv(small_phantom / "metadata.csv")
     n_test = int((meta.split == "test").sum())
@@ -248,9 +260,17 @@ def test_ece_by_hand_and_temperature_scaling_lowers_nll():
 
 def test_classifier_input_errors(small_phantom, tmp_path):
     with pytest.raises(DataError, match="no column 'ethnicity'"):
-        train_classifier(small_phantom, tmp_path / "c", TINY_CLF, attribute="ethnicity")
+        train_classifier(
+            ClassifierJob(
+                data=small_phantom, out=tmp_path / "c", config=TINY_CLF, attribute="ethnicity"
+            )
+        )
     with pytest.raises(DataError, match="outside the known groups"):
-        train_classifier(small_phantom, tmp_path / "c", TINY_CLF, groups=["female", "other"])
+        train_classifier(
+            ClassifierJob(
+                data=small_phantom, out=tmp_path / "c", config=TINY_CLF, groups=["female", "other"]
+            )
+        )
     assert not (tmp_path / "c").exists()
 
 
@@ -305,7 +325,9 @@ def test_a_small_cohort_whose_test_split_lacks_a_group_says_so_everywhere(
     meta.loc[test & (meta.sex == "female"), "split"] = "train"  # the test split: males only
     assert (meta.split == "test").any() and set(meta[meta.split == "test"].sex) == {"male"}
     meta.to_csv(data / "metadata.csv", index=False)
-    result = train_classifier(data, tmp_path / "clf", TINY_CLF, attribute="sex")
+    result = train_classifier(
+        ClassifierJob(data=data, out=tmp_path / "clf", config=TINY_CLF, attribute="sex")
+    )
 
     def strict(text):
         def refuse(name):
@@ -354,6 +376,8 @@ def test_fine_tuning_from_init_moves_its_vae_and_text_encoder_to_the_training_de
         monkeypatch.setattr(cls, "to", spy)
     where = Placement(device=torch.device("cpu", 0), dtype="float32")
     cfg = T2IConfig(vae_steps=0, unet_steps=1, batch_size=4, checkpoint_every=0)
-    train_t2i(small_phantom, tmp_path / "ft", cfg, init=t2i_dir, placement=where)
+    train_t2i(
+        T2IJob(data=small_phantom, out=tmp_path / "ft", config=cfg, init=t2i_dir, placement=where)
+    )
     to_device = {name for name, d in moved if str(d) == "cpu:0"}
     assert to_device == {"AutoencoderKL", "CLIPTextModel"}, moved

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from medfair_audit.config import Placement
+from medfair_audit.config import ClassifierJob, Placement, T2IJob
 from medfair_audit.models.classifier import SubgroupClassifier, train_classifier
 from medfair_audit.models.t2medi import train_t2i
 from tests.cli.test_cli import assert_one_line_error, run
@@ -15,10 +15,12 @@ from tests.conftest import TINY_CLF, TINY_T2I
 
 def test_classifier_trains_under_bfloat16_autocast_and_saves_float32(small_phantom, tmp_path):
     bf16 = Placement(device="cpu", dtype="bfloat16")
-    result = train_classifier(small_phantom, tmp_path / "clf", TINY_CLF, placement=bf16)
+    result = train_classifier(
+        ClassifierJob(data=small_phantom, out=tmp_path / "clf", config=TINY_CLF, placement=bf16)
+    )
     weights = load_file(tmp_path / "clf" / "model.safetensors")
     assert all(w.dtype == torch.float32 for w in weights.values() if w.is_floating_point())
-    ref = train_classifier(small_phantom, tmp_path / "ref", TINY_CLF)
+    ref = train_classifier(ClassifierJob(data=small_phantom, out=tmp_path / "ref", config=TINY_CLF))
     # another precision is another optimisation path, but the same model kind and evaluation
     assert set(result.evaluation) == set(ref.evaluation)
     clf = SubgroupClassifier.from_pretrained(tmp_path / "clf")
@@ -27,7 +29,15 @@ def test_classifier_trains_under_bfloat16_autocast_and_saves_float32(small_phant
 
 def test_t2i_trains_under_bfloat16_autocast_and_saves_float32(small_phantom, tiny_models, tmp_path):
     bf16 = Placement(device="cpu", dtype="bfloat16")
-    train_t2i(small_phantom, tmp_path / "t2i", TINY_T2I, clip=tiny_models["clip"], placement=bf16)
+    train_t2i(
+        T2IJob(
+            data=small_phantom,
+            out=tmp_path / "t2i",
+            config=TINY_T2I,
+            clip=tiny_models["clip"],
+            placement=bf16,
+        )
+    )
     unet = load_file(tmp_path / "t2i" / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(w.dtype == torch.float32 for w in unet.values())
     assert all(torch.isfinite(w).all() for w in unet.values())
