@@ -359,13 +359,9 @@ def table(result: dict) -> list[str]:
 
 def splice(path: Path, lines: list[str], marker: str = "calibration-table") -> None:
     """Replace the text between the ``marker`` start and end comments of ``path``."""
-    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
-    text = path.read_text()
-    if start not in text:
-        return
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    path.write_text(head + start + "\n" + "\n".join(lines) + "\n" + end + tail)
+    from _markers import splice as paste
+
+    paste(path, marker, "\n".join(lines))
 
 
 if __name__ == "__main__":

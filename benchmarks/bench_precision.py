@@ -23,6 +23,8 @@ import json
 import time
 from pathlib import Path
 
+from _markers import splice
+
 from medfair_audit import AuditConfig, run_audit
 from medfair_audit.demo import HELD_OUT_PROMPTS, DemoConfig
 from medfair_audit.target import Target
@@ -109,16 +111,6 @@ def summary(result: dict) -> str:
     )
 
 
-def splice(path: Path, text: str) -> None:
-    """Replace the text between the ``precision-summary`` markers of ``path``."""
-    start, end = "<!-- precision-summary:start -->", "<!-- precision-summary:end -->"
-    doc = path.read_text()
-    if start not in doc:
-        return
-    head, rest = doc.split(start, 1)
-    path.write_text(head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("demo", nargs="?", type=Path, default=ROOT / "reports" / "demo")
@@ -144,7 +136,7 @@ def _publish(result: dict) -> None:
     text = summary(result)
     print(text)
     for path in (ROOT / "README.md", HERE / "RESULTS.md"):
-        splice(path, text)
+        splice(path, "precision-summary", text)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .estimates import DISTANCES
 from .results import (
     AttributeSummary,
     AuditSettings,
@@ -76,14 +77,7 @@ def estimate_from_json(d: dict[str, Any] | None) -> Estimate | None:
 
 
 def _distances(d: dict[str, Any]) -> Distances:
-    keys = (
-        "kl_target_to_generated",
-        "kl_generated_to_target",
-        "js",
-        "tv",
-        "l2_fairness_discrepancy",
-        "max_abs_gap",
-    )
+    keys = DISTANCES
     return Distances(
         **{k: estimate_from_json(d.get(k)) for k in keys},
         gaps={g: estimate_from_json(e) for g, e in (d.get("gaps") or {}).items()},
