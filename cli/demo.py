@@ -77,6 +77,12 @@ def demo(
             progress=callback,
             log=log,
         )
+    from medfair_audit.demo import stage_names
+
+    for name in stage_names(result.stages):  # each stage's wall time (also in demo.json)
+        st = result.stages[name]
+        note = " (reused)" if st.get("reused") else ""
+        out_console.print(f"{st.get('seconds') or 0:8.0f} s  {name}{note}")
     out_console.print(
         f"demo finished in {time.perf_counter() - start:.1f} s; outputs in {result.out}"
     )

@@ -145,7 +145,7 @@ class T2IConfig:
     image_size: int = 64
     vae_channels: Sequence[int] = (16, 32, 64)
     latent_channels: int = 4
-    vae_steps: int = 250
+    vae_steps: int = 1000
     vae_batch_size: int = 32
     vae_lr: float = 2e-3
     kl_weight: float = 1e-6

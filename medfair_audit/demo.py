@@ -68,7 +68,7 @@ from .progress import ProgressCallback
 from .remediation import remediate
 from .target import Target, target_from_labels
 
-__all__ = ["DemoConfig", "DemoResult", "run_demo"]
+__all__ = ["DemoConfig", "DemoResult", "run_demo", "stage_names", "stage_table"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -633,6 +633,35 @@ def _report(name: str, inputs: tuple[str, ...], folder: Path, stem: Path) -> Sta
         return {"paths": [str(p) for p in paths]}
 
     return Stage(name, inputs, {}, work)
+
+
+#: The demo's stages in the order they run (others, e.g. the two-attribute pipeline's, follow).
+STAGE_ORDER = (
+    "corpus", "target_set", "clip", "t2medi", "target", "classifier", "evaluator",
+    "classifier-b", "classifier-robust", "reader_set", "reader", "audit_before",
+    "audit_before-trainclf", "remediate", "audit_after", "audit_after-trainclf", "report",
+)  # fmt: skip
+
+
+def stage_names(stages: dict[str, Any]) -> list[str]:
+    """The stages of ``stages`` in running order (:data:`STAGE_ORDER`, then the rest by name)."""
+    return [n for n in STAGE_ORDER if n in stages] + sorted(set(stages) - set(STAGE_ORDER))
+
+
+def stage_table(stages: dict[str, dict[str, Any]]) -> list[str]:
+    """Each stage's wall time as Markdown rows (from ``demo.json``'s ``stages``), then the total.
+
+    A stage reused from an earlier invocation shows the time it took when it ran.
+    """
+    names = stage_names(stages)
+    lines = ["| stage | wall time | ran |", "|---|---:|---|"]
+    for name in names:
+        st = stages[name]
+        when = "earlier (reused now)" if st.get("reused") else "this run"
+        lines.append(f"| {name} | {st.get('seconds') or 0:.0f} s | {when} |")
+    total = sum(st.get("seconds") or 0 for st in stages.values())
+    lines.append(f"| **all stages** | **{total / 60:.1f} min** | |")
+    return lines
 
 
 def run_demo(

@@ -15,7 +15,7 @@ SIDES="before after before-trainclf after-trainclf"
 LABELS="before,after,before (training clf),after (training clf)"
 for f in before/audit.json after/audit.json before-trainclf/audit.json after-trainclf/audit.json \
          models/classifier-robust/evaluation.json models/evaluator/evaluation.json \
-         models/t2medi-fair/remediation.json; do
+         models/t2medi-fair/remediation.json demo.json; do
   [ -f "$DEMO/$f" ] || { echo "error: $DEMO/$f is missing; run 'make demo' first" >&2; exit 2; }
 done
 AUDITS=()
@@ -36,6 +36,16 @@ for name in classifier classifier-b reader; do
   fi
 done
 cp "$DEMO/models/t2medi-fair/remediation.json" "$OUT/remediation.json"
+# the demo's record (settings, stage times, headline numbers) and the README's stage-time table
+cp "$DEMO/demo.json" "$OUT/demo.json"
+"$BIN/python" - "$OUT/demo.json" > "$OUT/demo-stages.md" <<'PY'
+import json, sys
+
+from medfair_audit.demo import stage_table
+
+print("\n".join(stage_table(json.load(open(sys.argv[1]))["stages"])))
+PY
+"$BIN/python" scripts/paste_markers.py README.md demo-timings "$OUT/demo-stages.md"
 FIG=()
 [ -f benchmarks/fairness-quality-tradeoff.png ] && FIG=(--figure benchmarks/fairness-quality-tradeoff.png)
 # The report reads grids and paired images from the demo's audit folders (shards are not copied).
