@@ -173,15 +173,17 @@ def render_html(
             for q in p["pairs"]:
                 q["png"] = _shrink_png(q["png"])
     from .. import __version__
-    from .joint import joint_heatmap_png, joint_rows, marginal_rows
+    from .joint import joint_heatmap_png
 
     versions = {"medfair (report)": __version__}
+    parts = sections(columns)
+    by_key = {sec.key: sec for sec in parts}
     joint = None
-    if all(c.result.joint for c in columns):
+    if "joint" in by_key:  # the tables of the joint and marginals sections, with the heatmap
         joint = {
             "heatmap": joint_heatmap_png(columns),
-            "cells": joint_rows(columns),
-            "marginals": marginal_rows(columns),
+            "cells": (by_key["joint"].header, by_key["joint"].rows),
+            "marginals": (by_key["marginals"].header, by_key["marginals"].rows),
             "info": columns[0].result.joint,
         }
     return (
@@ -201,6 +203,6 @@ def render_html(
             title=_title(columns),
             report_versions=versions,
             joint=joint,
-            sections=sections(columns),
+            sections=parts,
         )
     )
