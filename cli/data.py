@@ -65,6 +65,15 @@ def phantom(
             "the age band easier to read from an image).",
         ),
     ] = 1.0,
+    age_signs: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Scale of the signs of ageing a reader sees: white-matter hyperintensities "
+            "and sulcal widening (0 = none, the default; 1 = published sizes; the "
+            "two-attribute demo uses 5).",
+        ),
+    ] = 0.0,
     tumour_rate: Annotated[float, typer.Option(help="Share of images with a glioma.")] = 0.7,
     splits: Annotated[
         str, typer.Option(help="Split fractions, NAME=FRACTION pairs summing to 1.")
@@ -107,7 +116,9 @@ def phantom(
         sequences=split_list(sequences) or [],
         bit_depth=bit_depth,
         caption_sex_rate=caption_sex_rate,
-        anatomy=AnatomyModel(effect_scale=effect_scale, age_effect_scale=age_effect_scale),
+        anatomy=AnatomyModel(
+            effect_scale=effect_scale, age_effect_scale=age_effect_scale, age_signs=age_signs
+        ),
     )
     with progress_bar() as callback:
         result = build_phantom(out, config, overwrite=overwrite, progress=callback)

@@ -240,12 +240,15 @@ class DemoConfig:
 
     @property
     def age_anatomy(self) -> AnatomyModel:
-        """Anatomy of the two-attribute data: age effects ×6.
+        """Anatomy of the two-attribute data: ageing ×6, and the signs of ageing ×5.
 
-        At ×1 a small CNN reads the age band at chance; at ×6 its held-out balanced accuracy
-        is about 0.66.
+        Ventricle and grey-matter ageing ×6, white-matter hyperintensities and sulcal widening
+        (``age_signs``) ×5. With the first alone a small CNN read the age band (<40, 40-59,
+        60+) on held-out subjects at balanced accuracy 0.50; with the signs of ageing added,
+        0.78 in three runs (two evaluator seeds, 3000 and 6000 images), while its sex reading
+        stayed at 0.87-0.88.
         """
-        return AnatomyModel(age_effect_scale=6.0, ventricle_gain_max=0.7)
+        return AnatomyModel(age_effect_scale=6.0, ventricle_gain_max=0.7, age_signs=5.0)
 
     @property
     def corpus_attributes(self) -> PhantomConfig:
@@ -392,6 +395,13 @@ LATER_FIELDS: dict[str, Any] = {
     "robust_steps": 3,
     "augment": 0,
     "decode_checkpointing": None,
+    "wmh_log_load_at_60": -1.5,
+    "wmh_log_load_per_year": 0.07,
+    "wmh_log_load_sd": 0.7,
+    "wmh_deep_per_load": 6.0,
+    "atrophy_per_year": 0.004,
+    "atrophy_onset": 20.0,
+    "age_signs": 0.0,
 }
 
 

@@ -11,6 +11,8 @@ How one image is made (all draws from a generator seeded by ``(seed, index)``):
    (see :class:`AnatomyModel` for values and sources): head size (an isotropic scale of the
    template), ventricle size (a local magnification around the lateral ventricles, growing with
    age), and the grey/white balance (a shift of the grey-matter share of tissue, falling with age).
+   Optionally (``AnatomyModel.age_signs``) white-matter hyperintensities and sulcal widening that
+   grow with age.
 2. **Geometry.** A slice position in the supratentorial band, an in-plane rotation, a small
    out-of-plane tilt, a translation, a scanner scale jitter and a smooth random elastic field.
 3. **Glioma** (optional). A necrotic core, an enhancing rim and surrounding oedema with irregular
@@ -99,6 +101,8 @@ METADATA_COLUMNS = (
     "head_scale",
     "ventricle_gain",
     "gm_shift",
+    "wmh_load",
+    "atrophy",
 )
 FOV_MM = 200.0  # square field of view of every image
 CENTRE_Y_MM = -18.0  # MNI y of the field of view's centre (the brain's middle, front to back)
@@ -129,6 +133,25 @@ class AnatomyModel:
     reads the age band at chance). ``ventricle_gain_max`` caps the ventricle gain (raise it with
     a large ``age_effect_scale``, so that old subjects' ventricles keep growing).
 
+    ``age_signs`` adds two signs of brain ageing that a reader of the image sees directly, at
+    their published sizes (0, the default, leaves them out, so data sets made before stay
+    byte-identical; 1 = the values below):
+
+    * **White-matter hyperintensities** (``wmh_log_load_*``): periventricular caps and punctate
+      deep lesions, bright on T2 and FLAIR and slightly dark on T1. Their prevalence and volume
+      grow steeply with age: rare and punctate before 40, found in over 90% of people over 60
+      (de Leeuw et al. 2001, J. Neurol. Neurosurg. Psychiatry 70:9, Rotterdam Scan Study), the
+      volume growing about 7% per year (log-linear). A subject's load is log-normal around that
+      curve; it sets the caps' strength and the expected number of deep lesions in a slice.
+    * **Cortical atrophy** (``atrophy_per_year`` from ``atrophy_onset``): grey matter next to
+      the sulcal CSF turns to CSF (sulcal widening). Cortical thinning is roughly linear across
+      adulthood from the twenties on (Salat et al. 2004, Cereb. Cortex 14:721), and whole-brain
+      volume falls by about 0.2-0.5% per year in healthy ageing, faster after 70 (Fotenos et al.
+      2005, Neurology 64:1032).
+
+    The signs are drawn from a child generator of the image's own, so an image with
+    ``age_signs > 0`` shows the same subject, slice and pose as with 0.
+
     ``effect_scale`` multiplies the three male-female differences (1 = the values above). The
     default is 2.0: at the literature's effect sizes a logistic regression on 64-px phantom pixels
     reaches only about 0.68 balanced accuracy, because slice position, pose and contrast hide the
@@ -153,6 +176,32 @@ class AnatomyModel:
     effect_scale: float = 2.0
     age_effect_scale: float = 1.0
     ventricle_gain_max: float = 0.45
+    wmh_log_load_at_60: float = -1.5
+    wmh_log_load_per_year: float = 0.07
+    wmh_log_load_sd: float = 0.7
+    wmh_deep_per_load: float = 6.0
+    atrophy_per_year: float = 0.004
+    atrophy_onset: float = 20.0
+    age_signs: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.age_signs) and self.age_signs >= 0):
+            raise ConfigError(f"expected a scale ≥ 0, got {self.age_signs}", param="age_signs")
+
+    def draw_signs(self, rng: np.random.Generator, age: float) -> dict[str, float]:
+        """White-matter hyperintensity load and cortical atrophy of a subject of ``age``.
+
+        Zero for both while ``age_signs`` is 0 (nothing is drawn then).
+        """
+        if self.age_signs == 0:
+            return {"wmh_load": 0.0, "atrophy": 0.0}
+        mu = self.wmh_log_load_at_60 + self.wmh_log_load_per_year * (age - 60.0)
+        load = float(np.exp(rng.normal(mu, self.wmh_log_load_sd)))
+        atrophy = self.atrophy_per_year * max(age - self.atrophy_onset, 0.0)
+        return {
+            "wmh_load": min(self.age_signs * load, 2.0),
+            "atrophy": min(self.age_signs * atrophy, 0.9),
+        }
 
     def draw(
         self,
@@ -406,6 +455,43 @@ def _caption(
     return forms[int(rng.integers(len(forms)))]
 
 
+def _age_signs(
+    rng: np.random.Generator,
+    gm: np.ndarray,
+    wm: np.ndarray,
+    csf: np.ndarray,
+    near_vent: np.ndarray,
+    pix: float,
+    atrophy: float,
+    caps: float,
+    deep_mean: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sulcal widening and white-matter hyperintensities on the warped tissue maps.
+
+    ``atrophy``: share of cortical grey matter turned to CSF; ``caps``: strength (0-1) of the
+    periventricular caps; ``deep_mean``: expected number of deep lesions in the slice. Returns
+    the new grey-matter and CSF maps and the share of each pixel's white matter that is
+    hyperintense (0-1).
+    """
+    vent = (csf > 0.3) & near_vent
+    # Atrophy: grey matter next to sulcal CSF (not the ventricles') becomes CSF.
+    sulcal = ndimage.gaussian_filter(np.where(vent, 0.0, csf), 2.0 / pix)
+    lost = gm * np.clip(atrophy * 4.0 * sulcal, 0.0, 0.9)
+    gm, csf = gm - lost, csf + lost
+    # Periventricular caps: a band of white matter around the ventricles, as strong as the load.
+    band = ndimage.gaussian_filter(vent.astype(np.float64), 6.0 / pix)
+    wmh = np.clip(band / 0.15, 0.0, 1.0) * caps
+    # Deep lesions: round foci in deep white matter, more with a larger load.
+    deep = np.argwhere(wm > 0.6)
+    n = int(rng.poisson(deep_mean)) if len(deep) else 0
+    if n:
+        rows, cols = np.mgrid[0 : gm.shape[0], 0 : gm.shape[1]]
+        for r0, c0 in deep[rng.integers(len(deep), size=n)]:
+            r = float(rng.uniform(1.5, 4.0)) / pix
+            wmh = np.maximum(wmh, np.clip(r - np.hypot(rows - r0, cols - c0) + 0.5, 0.0, 1.0))
+    return gm, csf, (wmh * np.clip(wm, 0.0, 1.0)).astype(np.float32)
+
+
 def render_phantom_slice(
     atlas: TissueAtlas,
     rng: np.random.Generator,
@@ -496,8 +582,22 @@ def render_phantom_slice(
         f = np.clip(gm / np.maximum(t, 1e-6), 1e-4, 1 - 1e-4)
         f = 1.0 / (1.0 + np.exp(-(np.log(f / (1 - f)) + subj["gm_shift"])))
         gm, wm = t * f, t * (1 - f)
+    # The signs of ageing come from a child generator: the draws below stay as without them.
+    child = rng.spawn(1)[0] if anatomy.age_signs else rng
+    signs = anatomy.draw_signs(child, subj["age"])
+    subj.update(signs)
+    wmh = None
+    if anatomy.age_signs:
+        near_vent = np.hypot(qx - vc[0], qy - vc[1]) < 30.0
+        deep = signs["wmh_load"] * anatomy.wmh_deep_per_load
+        gm, csf, wmh = _age_signs(child, gm, wm, csf, near_vent, pix, signs["atrophy"],
+                                  min(signs["wmh_load"], 1.0), deep)  # fmt: skip
     contrast = {k: v * float(rng.uniform(0.93, 1.07)) for k, v in CONTRASTS[sequence].items()}
     img = contrast["gm"] * gm + contrast["wm"] * wm + contrast["csf"] * csf
+    if wmh is not None:
+        # Hyperintense on T2/FLAIR (as oedema), slightly hypointense on T1 (toward grey matter).
+        bright = contrast["oedema"] if sequence in ("t2", "flair") else contrast["gm"] * 1.1
+        img = img + wmh * (bright - contrast["wm"])
 
     if lesion is not None:
         r = lesion["radius_mm"] / pix
@@ -631,6 +731,8 @@ def _render_one(
         "head_scale": f"{params['head_scale']:.5f}",
         "ventricle_gain": f"{params['ventricle_gain']:.5f}",
         "gm_shift": f"{params['gm_shift']:.5f}",
+        "wmh_load": f"{params['wmh_load']:.5f}",
+        "atrophy": f"{params['atrophy']:.5f}",
     }
     return data, row
 

@@ -108,3 +108,34 @@ def test_fast_demo_builds_biased_corpus_and_target_and_reuses_stages(tmp_path, c
     with pytest.raises(ConfigError) as err:
         run_demo(DemoConfig(out=out, fast=True), until="nothing")
     assert err.value.param == "until"
+
+
+def test_fields_added_later_leave_finished_stages_valid_while_at_their_default():
+    """A field listed in LATER_FIELDS holds there the default its dataclass gives it, and a
+    stage configuration at those defaults is stamped without it (finished stages stay valid)."""
+    import dataclasses
+
+    from medfair_audit.config import ClassifierConfig, RemediationConfig, T2IConfig
+    from medfair_audit.data import AnatomyModel, PhantomConfig
+    from medfair_audit.demo import LATER_FIELDS, _settings
+
+    defaults = {}
+    for cls in (AnatomyModel, PhantomConfig, ClassifierConfig, RemediationConfig, T2IConfig):
+        for f in dataclasses.fields(cls):
+            if f.name in LATER_FIELDS and f.default is not dataclasses.MISSING:
+                defaults[f.name] = f.default
+    assert set(defaults) == set(LATER_FIELDS)
+    for name, value in defaults.items():
+        expected = LATER_FIELDS[name]
+        assert value == (tuple(expected) if isinstance(value, tuple) else expected), name
+
+    def keys(node):
+        if isinstance(node, dict):
+            return set(node) | {k for v in node.values() for k in keys(v)}
+        return set()
+
+    cfg = DemoConfig()
+    for stage_cfg in (cfg.corpus, cfg.target_set, cfg.classifier, cfg.remediation):
+        assert not keys(_settings(stage_cfg)) & set(LATER_FIELDS)
+    aged = _settings(cfg.corpus_attributes)
+    assert aged["anatomy"]["age_signs"] == cfg.age_anatomy.age_signs > 0

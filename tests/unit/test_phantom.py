@@ -218,3 +218,52 @@ def test_existing_output_is_kept_without_overwrite_and_replaced_with_it(tmp_path
     build_phantom(out, PhantomConfig(n=5, seed=1, workers=1), overwrite=True)
     assert len(pd.read_csv(out / "metadata.csv")) == 5
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no leftovers
+
+
+def test_age_signs_grow_with_age_and_are_off_by_default():
+    rng = np.random.default_rng(0)
+    off = AnatomyModel()
+    assert off.draw_signs(rng, 80.0) == {"wmh_load": 0.0, "atrophy": 0.0}
+    on = AnatomyModel(age_signs=1.0)
+    load = {age: np.median([on.draw_signs(rng, age)["wmh_load"] for _ in range(400)])
+            for age in (30.0, 50.0, 75.0)}  # fmt: skip
+    # log-linear growth of 0.07 per year: about ×4 per 20 years
+    assert load[30.0] < load[50.0] < load[75.0]
+    assert 3.0 < load[75.0] / load[50.0] < 6.5
+    atrophy = [on.draw_signs(rng, age)["atrophy"] for age in (18.0, 20.0, 40.0, 80.0)]
+    assert atrophy[0] == atrophy[1] == 0.0 < atrophy[2] < atrophy[3]
+
+
+def test_age_signs_show_the_same_subject_with_hyperintense_white_matter():
+    atlas = load_atlas(2)
+
+    def render(signs, band, seq="flair"):
+        return render_phantom_slice(
+            atlas, np.random.default_rng([3, 9]), sex="female", tumour=False, sequence=seq,
+            anatomy=AnatomyModel(age_signs=signs), age_range=band, return_tissue=True,
+        )  # fmt: skip
+
+    old0, p0 = render(0.0, (75, 90))
+    old1, p1 = render(2.0, (75, 90))
+    same = ("age", "slice_z_mm", "head_scale", "ventricle_gain", "gm_shift")
+    assert {k: p0[k] for k in same} == {k: p1[k] for k in same}
+    assert p0["wmh_load"] == 0.0 < p1["wmh_load"]
+    assert p1["atrophy"] > 0.0
+    wm = p0["wm"] > 0.8
+    # FLAIR: white matter brighter with hyperintensities; the sulci's CSF grows (atrophy)
+    assert old1[wm].mean() > old0[wm].mean()
+    assert p1["csf"].sum() > p0["csf"].sum()
+    t1_0, _ = render(0.0, (75, 90), "t1")
+    t1_1, _ = render(2.0, (75, 90), "t1")
+    assert t1_1[wm].mean() < t1_0[wm].mean()  # slightly dark on T1
+    young0, _ = render(0.0, (18, 30))
+    young1, q1 = render(2.0, (18, 30))
+    assert q1["atrophy"] < p1["atrophy"] / 4
+    assert abs(young1 - young0).mean() < abs(old1 - old0).mean()
+
+
+@pytest.mark.parametrize("signs", [-0.5, float("nan")])
+def test_invalid_age_signs_name_the_argument(signs):
+    with pytest.raises(ConfigError) as info:
+        AnatomyModel(age_signs=signs)
+    assert info.value.param == "age_signs"
