@@ -23,7 +23,7 @@ table between the ``transfer-table`` markers of ``benchmarks/RESULTS.md``; runs 
 ``DEMO/transfer/`` so a rerun computes only what is missing.
 
 Run: .venv/bin/python benchmarks/bench_transfer.py [DEMO_DIR] [--variants a,b] [--seeds 0,1]
-     [--default-seeds 0,1,2] [--threads 2]
+     [--default-seeds 0,1,2] [--threads 2] [--cached]
      .venv/bin/python benchmarks/bench_transfer.py --render   (tables again from transfer.json)
 """
 
@@ -60,7 +60,7 @@ VARIANTS: dict[str, dict] = {
 }
 SEEDS = (0, 1)
 #: The demo's default (its guide, ``DemoConfig.guide``) gets one seed more.
-DEFAULT_VARIANT = "robust"
+DEFAULT_VARIANT = "single"
 DEFAULT_SEEDS = (0, 1, 2)
 #: Images per held-out prompt in each audit (the demo draws 64).
 N_PER_PROMPT = 32
@@ -172,8 +172,14 @@ def row_of(
     }
 
 
-def measure(demo: Path, plan: dict[str, list[int]]) -> list[dict]:
-    """Every (variant, seed) of ``plan``; finished runs under ``DEMO/transfer/`` are reused."""
+def measure(
+    demo: Path, plan: dict[str, list[int]], *, cached: bool = False, skipped: list | None = None
+) -> list[dict]:
+    """Every (variant, seed) of ``plan``; finished runs under ``DEMO/transfer/`` are reused.
+
+    With ``cached``, a run whose remediated model is not finished is left out (and its
+    ``variant-sSEED`` name appended to ``skipped``) instead of computed.
+    """
     cfg = DemoConfig(out=demo)
     run_demo(cfg, until="reader", log=print)
     work = demo / "transfer"
@@ -182,6 +188,10 @@ def measure(demo: Path, plan: dict[str, list[int]]) -> list[dict]:
     for name, seeds in plan.items():
         for seed in seeds:
             run = work / f"{name}-s{seed}"
+            if cached and not (run / "model" / "model_index.json").is_file():
+                if skipped is not None:
+                    skipped.append(run.name)
+                continue
             timing = _remediate(demo, cfg, VARIANTS[name], seed, run / "model")
             audit = _audit(demo, run / "model", run / "audit", cfg)
             rows.append(row_of(name, seed, VARIANTS[name], audit, timing))
@@ -311,7 +321,8 @@ def table(doc: dict) -> str:
     lines = [
         f"Target male share {doc['target_male']:.0%}; {doc['steps']} steps × "
         f"{doc['prompts_per_step']} prompt(s) per step; audits of {doc['n_per_prompt']} images "
-        f"per held-out prompt. PACC male share with 95% interval by each reader.",
+        f"per held-out prompt. PACC male share with 95% interval by each reader."
+        + (f" Planned but not run: {', '.join(doc['not_run'])}." if doc.get("not_run") else ""),
         "",
         "| variant | seed | evaluator | radiomics reader | classifier (plain ResNet) "
         "| classifier-b | classifier-robust | gap (guides − evaluator) | KL, evaluator "
@@ -455,6 +466,11 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=2, help="CPU threads (s/step is measured with them)"
     )
+    parser.add_argument(
+        "--cached",
+        action="store_true",
+        help="only the finished runs of the plan (the JSON lists the others as not run)",
+    )
     args = parser.parse_args()
     if args.render:
         doc = json.loads((HERE / "transfer.json").read_text())
@@ -469,8 +485,11 @@ def main() -> None:
         seeds = [int(s) for s in args.seeds.split(",") if s]
         default_seeds = [int(s) for s in args.default_seeds.split(",") if s]
         plan = {v: default_seeds if v == DEFAULT_VARIANT else seeds for v in variants}
-        rows = measure(args.demo, plan) + demo_rows(args.demo_runs)
+        skipped: list[str] = []
+        rows = measure(args.demo, plan, cached=args.cached, skipped=skipped)
+        rows += demo_rows(args.demo_runs)
         doc = summarise(rows, steps=DemoConfig(out=args.demo).remediation.steps)
+        doc["not_run"] = skipped
         doc["seconds"] = time.perf_counter() - start
         (HERE / "transfer.json").write_text(json.dumps(doc, indent=2) + "\n")
     splice(HERE / "RESULTS.md", table(doc), "transfer-table")

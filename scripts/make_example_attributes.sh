@@ -2,8 +2,8 @@
 # Regenerate reports/example/attributes/ from a finished two-attribute demo
 # (medfair demo --attributes sex,age_band): the four audits of the joint cells (before/after,
 # read by the independent evaluators and by the training classifiers), the four classifiers'
-# evaluations, the remediation record, a small report (HTML, Markdown, LaTeX), and the tables
-# of benchmarks/RESULTS.md and the README (pasted from report.md, never typed by hand).
+# evaluations, the remediation record and stage times, a small report (HTML, Markdown, LaTeX),
+# and the tables of benchmarks/RESULTS.md and the README (pasted, never typed by hand).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO="${1:-reports/demo/attributes}"
@@ -29,12 +29,21 @@ for role in classifier evaluator; do
   done
 done
 cp "$DEMO/models/t2medi-fair/remediation.json" "$OUT/remediation.json"
+# the run's record (stage times) and the README's stage-time table for the two-attribute demo
+cp "$DEMO/demo.json" "$OUT/demo.json"
+"$BIN/python" - "$OUT/demo.json" > "$OUT/demo-stages.md" <<'PY'
+import json
+import sys
+from medfair_audit.demo import stage_table
+print("\n".join(stage_table(json.load(open(sys.argv[1]))["stages"])))
+PY
 "$BIN/medfair" report "${AUDITS[@]}" --overwrite --labels "$LABELS" --small --out "$OUT/report.html"
 "$BIN/medfair" report "${AUDITS[@]}" --overwrite --labels "$LABELS" --out "$OUT/report.md"
 "$BIN/medfair" report "${AUDITS[@]}" --overwrite --labels "$LABELS" --out "$OUT/report.tex"
 "$BIN/python" scripts/attributes_summary.py "$OUT" > "$OUT/summary.md"
 "$BIN/python" scripts/paste_markers.py benchmarks/RESULTS.md attributes-kl "$OUT/summary.md"
 "$BIN/python" scripts/paste_markers.py README.md attributes-kl "$OUT/summary.md"
+"$BIN/python" scripts/paste_markers.py README.md attributes-timings "$OUT/demo-stages.md"
 "$BIN/python" scripts/paste_markers.py benchmarks/RESULTS.md attributes-table "$OUT/report.md"
 "$BIN/python" scripts/paste_markers.py README.md attributes-table "$OUT/report.md" \
   --from '^\*\*Joint cells' --to '^\*\*Evaluators\.'
