@@ -405,10 +405,13 @@ def summary_text(doc: dict) -> str:
 def _cut_text(doc: dict) -> str:
     run = {r["variant"] for r in doc["rows"]}
     cut = [v for v in doc["variants_defined"] if v not in run]
-    if not cut:
-        return ""
     names = ", ".join(f"`{v}`" for v in cut)
-    return f" Defined but not run in this record (left out with `--variants`): {names}."
+    text = (
+        f" Defined but not run in this record (left out with `--variants`): {names}." if cut else ""
+    )
+    if doc.get("not_run"):
+        text += f" Planned but not run yet (`--cached`): {', '.join(doc['not_run'])}."
+    return text
 
 
 def _closest_text(doc: dict) -> str:

@@ -14,10 +14,13 @@ BIN="${BIN:-.venv/bin}"
 SIDES="before after before-trainclf after-trainclf"
 LABELS="before,after,before (training clf),after (training clf)"
 for f in before/audit.json after/audit.json before-trainclf/audit.json after-trainclf/audit.json \
-         models/classifier-robust/evaluation.json models/evaluator/evaluation.json \
-         models/t2medi-fair/remediation.json demo.json; do
+         models/evaluator/evaluation.json models/t2medi-fair/remediation.json demo.json; do
   [ -f "$DEMO/$f" ] || { echo "error: $DEMO/$f is missing; run 'make demo' first" >&2; exit 2; }
 done
+# the classifier remediation was tuned against, as its record names it
+GUIDE="$("$BIN/python" -c 'import json, pathlib, sys
+print(pathlib.Path(json.load(open(sys.argv[1]))["classifier"]).name)' \
+  "$DEMO/models/t2medi-fair/remediation.json")"
 AUDITS=()
 for side in $SIDES; do
   mkdir -p "$OUT/$side"
@@ -25,13 +28,13 @@ for side in $SIDES; do
   AUDITS+=("$DEMO/$side")
 done
 rm -f "$OUT/evaluation.json"
-# the classifier remediation was tuned against (the robust one), the independent evaluator, and
-# the other readers of the evaluator's audits: the plain ResNet, classifier-b, the radiomics reader
-cp "$DEMO/models/classifier-robust/evaluation.json" "$OUT/evaluation-training-classifier.json"
+# the classifier remediation was tuned against, the independent evaluator, and the other
+# readers of the evaluator's audits (the other guides and the radiomics reader)
+cp "$DEMO/models/$GUIDE/evaluation.json" "$OUT/evaluation-training-classifier.json"
 cp "$DEMO/models/evaluator/evaluation.json" "$OUT/evaluation-evaluator.json"
-rm -f "$OUT/evaluation-classifier-robust.json"
-for name in classifier classifier-b reader; do
-  if [ -f "$DEMO/models/$name/evaluation.json" ]; then
+for name in classifier classifier-b classifier-robust reader; do
+  rm -f "$OUT/evaluation-$name.json"
+  if [ "$name" != "$GUIDE" ] && [ -f "$DEMO/models/$name/evaluation.json" ]; then
     cp "$DEMO/models/$name/evaluation.json" "$OUT/evaluation-$name.json"
   fi
 done
