@@ -199,8 +199,13 @@ def measure(
     return rows
 
 
-#: The name of the rows read off whole demo runs (the default as ``medfair demo`` runs it).
+#: The name of the rows read off whole demo runs (the default as ``medfair demo`` runs it);
+#: each row's name adds the guide the run was tuned against.
 DEMO_ROWS = "demo (full run)"
+
+
+def _is_demo(variant: str) -> bool:
+    return variant.startswith(DEMO_ROWS[:-1])
 
 
 def demo_rows(folders: list[Path]) -> list[dict]:
@@ -220,7 +225,8 @@ def demo_rows(folders: list[Path]) -> list[dict]:
             "guide": Path(tuned["classifier"]).name,
             "ensemble": tuple(Path(p).name for p in tuned.get("ensemble", ())),
         }
-        rows.append(row_of(DEMO_ROWS, doc["config"]["seed"], variant, audit, {}))
+        name = f"{DEMO_ROWS[:-1]}, guide {variant['guide']})"
+        rows.append(row_of(name, doc["config"]["seed"], variant, audit, {}))
     return rows
 
 
@@ -235,7 +241,7 @@ def closest(doc: dict) -> str | None:
     scored = {
         k: v["target_miss"]
         for k, v in doc["summary"].items()
-        if v.get("target_miss") is not None and k != DEMO_ROWS
+        if v.get("target_miss") is not None and not _is_demo(k)
     }
     return min(scored, key=scored.get) if scored else None
 
@@ -382,14 +388,14 @@ def summary_text(doc: dict) -> str:
         rd = ", ".join(format_estimate(r["male"]["reader"], ".1%") for r in runs)
         spread = s.get("readers_spread")
         label = f"`{name}`"
-        if name == DEMO_ROWS:
+        if _is_demo(name):
             label += f" (training seeds {', '.join(str(r['seed']) for r in runs)}; demo settings)"
         parts.append(
             f"{label}: evaluator {ev}, radiomics reader {rd}, mean gap {_pp(s['mean_gap'])}"
             + ("" if spread is None else f", readers' spread {spread * 100:.1f} pp")
         )
     seeds = sorted(
-        {r["seed"] for r in doc["rows"] if r["seed"] is not None and r["variant"] != DEMO_ROWS}
+        {r["seed"] for r in doc["rows"] if r["seed"] is not None and not _is_demo(r["variant"])}
     )
     return (
         f"Measured on the demo's biased model (target {target:.0%} male; PACC male share on the "
@@ -429,7 +435,7 @@ def _closest_text(doc: dict) -> str:
     within = [
         f"`{k}` (evaluator {'on' if v['evaluator_holds_target'] else 'off'} target)"
         for k, v in doc["summary"].items()
-        if k != DEMO_ROWS and v["mean_gap"] is not None and abs(v["mean_gap"]) <= 0.05
+        if not _is_demo(k) and v["mean_gap"] is not None and abs(v["mean_gap"]) <= 0.05
     ]
     return (
         (f" Within the ±5 pp gap bar: {', '.join(within)}." if within else "")

@@ -43,7 +43,6 @@ PY
 "$BIN/python" scripts/attributes_summary.py "$OUT" > "$OUT/summary.md"
 "$BIN/python" scripts/paste_markers.py benchmarks/RESULTS.md attributes-kl "$OUT/summary.md"
 "$BIN/python" scripts/paste_markers.py README.md attributes-kl "$OUT/summary.md"
-"$BIN/python" scripts/paste_markers.py README.md attributes-timings "$OUT/demo-stages.md"
 "$BIN/python" scripts/paste_markers.py benchmarks/RESULTS.md attributes-table "$OUT/report.md"
 "$BIN/python" scripts/paste_markers.py README.md attributes-table "$OUT/report.md" \
   --from '^\*\*Joint cells' --to '^\*\*Evaluators\.'
