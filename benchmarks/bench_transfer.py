@@ -199,13 +199,16 @@ def measure(
     return rows
 
 
-#: The name of the rows read off whole demo runs (the default as ``medfair demo`` runs it);
-#: each row's name adds the guide the run was tuned against.
-DEMO_ROWS = "demo (full run)"
+#: The start of the names of rows read off whole demo runs; each adds the run's guide.
+DEMO_ROWS = "demo (full run"
+
+
+def _demo_name(guide: str) -> str:
+    return f"{DEMO_ROWS}, guide {guide})"
 
 
 def _is_demo(variant: str) -> bool:
-    return variant.startswith(DEMO_ROWS[:-1])
+    return variant.startswith(DEMO_ROWS)
 
 
 def demo_rows(folders: list[Path]) -> list[dict]:
@@ -225,8 +228,7 @@ def demo_rows(folders: list[Path]) -> list[dict]:
             "guide": Path(tuned["classifier"]).name,
             "ensemble": tuple(Path(p).name for p in tuned.get("ensemble", ())),
         }
-        name = f"{DEMO_ROWS[:-1]}, guide {variant['guide']})"
-        rows.append(row_of(name, doc["config"]["seed"], variant, audit, {}))
+        rows.append(row_of(_demo_name(variant["guide"]), doc["config"]["seed"], variant, audit, {}))
     return rows
 
 

@@ -41,13 +41,7 @@ done
 cp "$DEMO/models/t2medi-fair/remediation.json" "$OUT/remediation.json"
 # the demo's record (settings, stage times, headline numbers) and the README's stage-time table
 cp "$DEMO/demo.json" "$OUT/demo.json"
-"$BIN/python" - "$OUT/demo.json" > "$OUT/demo-stages.md" <<'PY'
-import json, sys
-
-from medfair_audit.demo import stage_table
-
-print("\n".join(stage_table(json.load(open(sys.argv[1]))["stages"])))
-PY
+"$BIN/python" scripts/stage_table.py "$OUT/demo.json" > "$OUT/demo-stages.md"
 "$BIN/python" scripts/paste_markers.py README.md demo-timings "$OUT/demo-stages.md"
 FIG=()
 [ -f benchmarks/fairness-quality-tradeoff.png ] && FIG=(--figure benchmarks/fairness-quality-tradeoff.png)

@@ -11,6 +11,10 @@ OUT="${2:-reports/example/attributes}"
 BIN="${BIN:-.venv/bin}"
 SIDES="before after before-trainclf after-trainclf"
 LABELS="before,after,before (training clf),after (training clf)"
+[ -f "$DEMO/demo.json" ] || {
+  echo "error: $DEMO/demo.json is missing; run 'medfair demo --attributes sex,age_band'" >&2
+  exit 2
+}
 for side in $SIDES; do
   [ -f "$DEMO/$side/audit.json" ] || {
     echo "error: $DEMO/$side/audit.json is missing; run 'medfair demo --attributes sex,age_band'" >&2
@@ -29,14 +33,9 @@ for role in classifier evaluator; do
   done
 done
 cp "$DEMO/models/t2medi-fair/remediation.json" "$OUT/remediation.json"
-# the run's record (stage times) and the README's stage-time table for the two-attribute demo
+# the run's record (stage times) and its stage-time table
 cp "$DEMO/demo.json" "$OUT/demo.json"
-"$BIN/python" - "$OUT/demo.json" > "$OUT/demo-stages.md" <<'PY'
-import json
-import sys
-from medfair_audit.demo import stage_table
-print("\n".join(stage_table(json.load(open(sys.argv[1]))["stages"])))
-PY
+"$BIN/python" scripts/stage_table.py "$OUT/demo.json" > "$OUT/demo-stages.md"
 "$BIN/medfair" report "${AUDITS[@]}" --overwrite --labels "$LABELS" --small --out "$OUT/report.html"
 "$BIN/medfair" report "${AUDITS[@]}" --overwrite --labels "$LABELS" --out "$OUT/report.md"
 "$BIN/medfair" report "${AUDITS[@]}" --overwrite --labels "$LABELS" --out "$OUT/report.tex"
