@@ -155,4 +155,3 @@ def test_readme_stage_times_are_the_example_demo_record():
     assert readme.split(start, 1)[1].split(end, 1)[0] == table
     total = sum(s["seconds"] for s in stages.values())
     assert f"**{total / 60:.1f} min**" in table
-
