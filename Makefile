@@ -2,13 +2,16 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup setup-test demo demo-attributes test test-fast test-slow lint format example example-attributes clean
+.PHONY: setup setup-test demo demo-quick demo-attributes test test-fast test-slow lint format example example-attributes clean
 
 setup:
 	@bash scripts/setup.sh
 
 demo: setup  ## the main job: the full demo on the embedded phantom data
 	$(BIN)/medfair demo --out reports/demo
+
+demo-quick: setup  ## the same protocol at smaller sizes, about 10 minutes (reports/demo-quick)
+	$(BIN)/medfair demo --quick --out reports/demo-quick
 
 demo-attributes: setup  ## the two-attribute pipeline (sex × age band) in reports/demo/attributes
 	$(BIN)/medfair demo --out reports/demo --attributes sex,age_band

@@ -77,7 +77,12 @@ class DemoConfig:
 
     Args:
         out: Output folder (default ``reports/demo``).
-        fast: A small configuration for tests and quick looks.
+        fast: A configuration of seconds for tests: its models are fixtures that show nothing.
+        quick: The whole protocol at smaller sizes (about 10 minutes on 2 CPU cores): a
+            smaller corpus and T2MedI, shorter tuning, fewer audit images, no extra guides and
+            no training-classifier audits (the evaluator's audits still read their images with
+            the training classifier). The effect is real but its intervals are wider and its
+            models weaker than the full demo's; the report's columns say "quick".
         seed: Seed of every stage.
         corpus_male_fraction: Male share of the text-to-image training corpus.
         target_male_fraction: Male share of the BraTS18-like target set.
@@ -91,6 +96,7 @@ class DemoConfig:
 
     out: Path = Path("reports/demo")
     fast: bool = False
+    quick: bool = False
     seed: int = 0
     corpus_male_fraction: float = 0.85
     target_male_fraction: float = 0.58
@@ -108,6 +114,10 @@ class DemoConfig:
                 param="attributes",
             )
         object.__setattr__(self, "attributes", attrs)
+        if self.fast and self.quick:
+            raise ConfigError("choose --fast or --quick, not both", param="quick")
+        if self.quick and attrs != ("sex",):
+            raise ConfigError("--quick runs the one-attribute demo (sex)", param="quick")
         for name in ("corpus_male_fraction", "target_male_fraction"):
             value = getattr(self, name)
             if not 0.0 < value < 1.0:
@@ -124,7 +134,7 @@ class DemoConfig:
     def corpus(self) -> PhantomConfig:
         """The biased text-to-image training corpus."""
         return PhantomConfig(
-            n=240 if self.fast else 4000,
+            n=240 if self.fast else QUICK["corpus_n"] if self.quick else 4000,
             seed=self.seed,
             male_fraction=self.corpus_male_fraction,
             tumour_rate=0.7,
@@ -148,6 +158,8 @@ class DemoConfig:
         """The CLIP model (text encoder of T2MedI, image encoder of remediation)."""
         if self.fast:
             return CLIPTrainConfig.tiny(seed=self.seed)
+        if self.quick:
+            return CLIPTrainConfig(**QUICK["clip"], seed=self.seed)
         return CLIPTrainConfig(seed=self.seed)
 
     @property
@@ -155,6 +167,8 @@ class DemoConfig:
         """The T2MedI pipeline."""
         if self.fast:
             return T2IConfig.tiny(checkpoint_every=0, seed=self.seed)
+        if self.quick:
+            return T2IConfig(**QUICK["t2i"], seed=self.seed)
         return T2IConfig(seed=self.seed)
 
     @property
@@ -186,6 +200,8 @@ class DemoConfig:
                     robust="pgd", robust_steps=2, seed=self.seed + 4
                 ),
             }
+        if self.quick:
+            return {}
         return {
             "classifier-b": ClassifierConfig(widths=(12, 24, 48, 96), seed=self.seed + 3),
             "classifier-robust": ClassifierConfig(robust="pgd", seed=self.seed + 4),
@@ -195,7 +211,7 @@ class DemoConfig:
     def reader_set(self) -> PhantomConfig:
         """Subjects of their own for the architecture-disjoint reader (same 58% male)."""
         return PhantomConfig(
-            n=240 if self.fast else 3000,
+            n=240 if self.fast else QUICK["reader_set_n"] if self.quick else 3000,
             seed=self.seed + 2,
             male_fraction=self.target_male_fraction,
             tumour_rate=1.0,
@@ -205,6 +221,25 @@ class DemoConfig:
     def reader(self) -> ClassifierConfig:
         """The architecture-disjoint evaluator: radiomics features + logistic regression."""
         return ClassifierConfig(architecture="radiomics", seed=self.seed + 11)
+
+    @property
+    def readers(self) -> tuple[str, ...]:
+        """Who else reads the evaluator's audit images (``models/<name>``).
+
+        The training classifier, the other guides and the architecture-disjoint reader.
+        """
+        return ("classifier", *self.guides, "reader")
+
+    @property
+    def report_columns(self) -> dict[str, str]:
+        """The report's audits, folder → column label.
+
+        :data:`REPORT_COLUMNS`, or with ``quick`` the evaluator's pair alone, labelled as the
+        quick demo's.
+        """
+        if self.quick:
+            return {"before": "before (quick demo)", "after": "after (quick demo)"}
+        return dict(REPORT_COLUMNS)
 
     @property
     def guide(self) -> str:
@@ -229,6 +264,8 @@ class DemoConfig:
         """Subgroup distribution aligned tuning of the biased T2MedI (see its ``demo()``)."""
         if self.fast:
             return RemediationConfig.tiny(seed=self.seed)
+        if self.quick:
+            return RemediationConfig.demo(**QUICK["remediation"], seed=self.seed)
         return RemediationConfig.demo(seed=self.seed)
 
     @property
@@ -236,6 +273,8 @@ class DemoConfig:
         """Images drawn by each demo audit (seeds never used in training)."""
         if self.fast:
             return GenerationConfig(n_per_prompt=4, seed=10_000 + self.seed, steps=2, shard_size=4)
+        if self.quick:
+            return GenerationConfig(**QUICK["audit"], seed=10_000 + self.seed)
         return GenerationConfig(n_per_prompt=64, seed=10_000 + self.seed, steps=25, shard_size=32)
 
     # -- the two-attribute pipeline (sex × age band) ---------------------------------------
@@ -286,6 +325,20 @@ class DemoConfig:
         """Joint alignment over the six cells (``align="joint"``, PACC-corrected)."""
         return dataclasses.replace(self.remediation, align="joint")
 
+
+#: What ``--quick`` shrinks (every other setting is the full demo's): chosen so that the whole
+#: protocol runs in about 10 minutes on 2 CPU cores and the biased model still reads far above
+#: the target by the evaluator (``benchmarks/RESULTS.md``, quick demo).
+QUICK: dict[str, Any] = {
+    "corpus_n": 1500,
+    "reader_set_n": 1500,
+    "clip": {"epochs": 3},
+    "t2i": {"vae_steps": 400, "vae_batch_size": 16, "unet_steps": 650, "batch_size": 32,
+            "lr": 1e-3, "unet_channels": (32, 64, 64), "checkpoint_every": 0},
+    "remediation": {"steps": 60, "batch_per_prompt": 6, "sampling_steps": 8, "audit_every": 0,
+                    "audit_images": 8, "audit_steps": 15},
+    "audit": {"n_per_prompt": 32, "steps": 20, "shard_size": 32},
+}  # fmt: skip
 
 #: The two attribute sets the demo runs.
 DEMO_ATTRIBUTES = (("sex",), ("sex", "age_band"))
@@ -630,21 +683,27 @@ def _remediate(
     return Stage(name, inputs, settings, work)
 
 
-def _report(name: str, inputs: tuple[str, ...], folder: Path, stem: Path) -> Stage:
-    """Reports (HTML, Markdown, LaTeX) of the audits in ``folder`` (:data:`REPORT_COLUMNS`)."""
+def _report(
+    name: str,
+    inputs: tuple[str, ...],
+    folder: Path,
+    stem: Path,
+    columns: dict[str, str] = REPORT_COLUMNS,
+) -> Stage:
+    """Reports (HTML, Markdown, LaTeX) of the audits in ``folder`` (``columns``: folder → label)."""
 
     def work() -> dict[str, Any]:
         from .reporting.compare import write_report
 
-        files = [folder / f / "audit.json" for f in REPORT_COLUMNS]
-        labels = list(REPORT_COLUMNS.values())
+        files = [folder / f / "audit.json" for f in columns]
+        labels = list(columns.values())
         paths = [
             write_report(files, stem.with_suffix(ext), labels=labels, overwrite=True)
             for ext in (".html", ".md", ".tex")
         ]
         return {"paths": [str(p) for p in paths]}
 
-    return Stage(name, inputs, {}, work)
+    return Stage(name, inputs, {} if columns == REPORT_COLUMNS else {"columns": columns}, work)
 
 
 #: The demo's stages in the order they run (others, e.g. the two-attribute pipeline's, follow).
@@ -778,8 +837,8 @@ def _sex_stages(ctx: _Context) -> list[Stage]:
     ]  # fmt: skip
     # The evaluator's audits also read the images with every guide and the disjoint reader;
     # the "-trainclf" audits read them with the classifier remediation is tuned against.
-    readers: dict[str, tuple[str, ...]] = {"": READERS, "-trainclf": ()}
-    sides = (("", "evaluator"), ("-trainclf", cfg.guide))
+    readers: dict[str, tuple[str, ...]] = {"": cfg.readers, "-trainclf": ()}
+    sides = (("", "evaluator"), ("-trainclf", cfg.guide))[: 1 if cfg.quick else 2]
     stages += [
         _audit(ctx, f"audit_before{suffix}", ("t2medi", role, "target", *readers[suffix]),
                checkpoint=models / "t2medi", classifier=models / role, target=target,
@@ -802,8 +861,9 @@ def _sex_stages(ctx: _Context) -> list[Stage]:
                readers=tuple(models / r for r in readers[suffix]))
         for suffix, role in sides
     ]  # fmt: skip
-    audits = tuple(f"audit_{f}" for f in REPORT_COLUMNS)
-    return [*stages, _report("report", audits, out, out / "report")]
+    columns = cfg.report_columns
+    audits = tuple(f"audit_{f}" for f in columns)
+    return [*stages, _report("report", audits, out, out / "report", columns)]
 
 
 #: The two-attribute pipeline's stages (``medfair demo --attributes sex,age_band``), written

@@ -139,3 +139,42 @@ def test_fields_added_later_leave_finished_stages_valid_while_at_their_default()
         assert not keys(_settings(stage_cfg)) & set(LATER_FIELDS)
     aged = _settings(cfg.corpus_attributes)
     assert aged["anatomy"]["age_signs"] == cfg.age_anatomy.age_signs > 0
+
+
+def test_quick_demo_is_the_full_protocol_at_smaller_sizes(capsys):
+    """--quick keeps the full demo's target set, classifiers and evaluator (so the headline
+    reader is the same model), shrinks only what QUICK names, and labels its report."""
+    from medfair_audit.demo import QUICK, demo_stages
+
+    full, quick = DemoConfig(), DemoConfig(quick=True)
+    assert (quick.target_set, quick.classifier, quick.evaluator, quick.reader) == (
+        full.target_set,
+        full.classifier,
+        full.evaluator,
+        full.reader,
+    )
+    assert quick.corpus.n == QUICK["corpus_n"] < full.corpus.n
+    assert quick.t2i.unet_channels == QUICK["t2i"]["unet_channels"] != full.t2i.unet_channels
+    assert quick.remediation.steps == QUICK["remediation"]["steps"] < full.remediation.steps
+    assert quick.remediation.align_to == full.remediation.align_to == "corrected"
+    assert quick.audit_generation.seed == full.audit_generation.seed
+    names = [st.name for st in demo_stages(quick)]
+    assert names == [
+        "corpus", "clip", "t2medi", "target_set", "target", "classifier", "evaluator",
+        "reader_set", "reader", "audit_before", "remediate", "audit_after", "report",
+    ]  # fmt: skip
+    assert quick.readers == ("classifier", "reader")
+    assert full.readers == ("classifier", "classifier-b", "classifier-robust", "reader")
+    assert all("quick" in label for label in quick.report_columns.values())
+    report = {st.name: st for st in demo_stages(quick)}["report"]
+    assert report.inputs == ("audit_before", "audit_after")
+    assert {st.name: st for st in demo_stages(full)}["report"].settings == {}
+    with pytest.raises(ConfigError) as err:
+        DemoConfig(quick=True, fast=True)
+    assert err.value.param == "quick"
+    with pytest.raises(ConfigError) as err:
+        DemoConfig(quick=True, attributes=("sex", "age_band"))
+    assert err.value.param == "quick"
+    assert main(["demo", "--quick", "--fast"]) == 2
+    err_text = capsys.readouterr().err.strip()
+    assert len(err_text.splitlines()) == 1 and "quick" in err_text

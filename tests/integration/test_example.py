@@ -155,3 +155,35 @@ def test_readme_stage_times_are_the_example_demo_record():
     assert readme.split(start, 1)[1].split(end, 1)[0] == table
     total = sum(s["seconds"] for s in stages.values())
     assert f"**{total / 60:.1f} min**" in table
+
+
+def test_quick_demo_figures_are_the_benchmark_record_rendered():
+    """The quick demo's time and readings in the README and RESULTS.md are
+    ``bench_quick_demo.py``'s rendering of ``quick_demo.json``, whose stages are the quick
+    demo's, timed from an empty folder (no stage reused)."""
+    import importlib.util
+    import sys
+
+    from medfair_audit.demo import DemoConfig, demo_stages, stage_names
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_quick_demo", ROOT / "benchmarks" / "bench_quick_demo.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec.loader.exec_module(bench)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    doc = json.loads((ROOT / "benchmarks" / "quick_demo.json").read_text())
+    plan = {st.name: None for st in demo_stages(DemoConfig(quick=True))}
+    assert list(doc["stages"]) == stage_names(plan)
+    # the stages ran within the measured wall time (each rounded to 0.1 s)
+    assert sum(doc["stages"].values()) <= doc["wall_seconds"] + 0.05 * len(doc["stages"])
+    for path, marker, text in (
+        (ROOT / "benchmarks" / "RESULTS.md", "quick-demo-table", bench.table(doc)),
+        (ROOT / "README.md", "quick-demo-summary", bench.summary(doc)),
+    ):
+        start, end = f"<!-- {marker}:start -->\n", f"\n<!-- {marker}:end -->"
+        assert path.read_text().split(start, 1)[1].split(end, 1)[0] == text
+    assert f"**{doc['wall_seconds'] / 60:.1f} minutes**" in bench.summary(doc)
