@@ -292,6 +292,16 @@ class DemoConfig:
         return AnatomyModel(age_effect_scale=6.0, ventricle_gain_max=0.7, age_signs=5.0)
 
     @property
+    def age_classifier(self) -> ClassifierConfig:
+        """The age-band training classifier: the sex one's network, with :data:`AGE_TRAINING`."""
+        return dataclasses.replace(self.classifier, **({} if self.fast else AGE_TRAINING))
+
+    @property
+    def age_evaluator(self) -> ClassifierConfig:
+        """The age-band evaluator: the sex evaluator's network, with :data:`AGE_TRAINING`."""
+        return dataclasses.replace(self.evaluator, **({} if self.fast else AGE_TRAINING))
+
+    @property
     def corpus_attributes(self) -> PhantomConfig:
         """A corpus skewed in sex and age band: old men dominate (see :data:`CORPUS_JOINT`)."""
         return PhantomConfig(
@@ -307,6 +317,7 @@ class DemoConfig:
         """The BraTS18-like set with sex and age bands (see :data:`TARGET_JOINT`)."""
         return dataclasses.replace(
             self.target_set,
+            n=self.target_set.n if self.fast else TARGET_ATTRIBUTES_N,
             seed=self.seed + 21,
             male_fraction=0.5,  # the joint shares set the sexes
             joint=TARGET_JOINT,
@@ -339,6 +350,14 @@ QUICK: dict[str, Any] = {
                     "audit_images": 8, "audit_steps": 15},
     "audit": {"n_per_prompt": 32, "steps": 20, "shard_size": 32},
 }  # fmt: skip
+
+#: How the age-band classifiers train differently from the sex ones: with five epochs of
+#: patience they stopped on validation noise (best epoch 7-8, held-out balanced accuracy
+#: 0.68-0.76 by seed); ``bench_age_signal.py --training`` measures the levers.
+AGE_TRAINING: dict[str, Any] = {"patience": 10, "epochs": 80}
+#: Images of the two-attribute target set (the sex-only demo's has 3000): three age bands need
+#: more training subjects than two sexes.
+TARGET_ATTRIBUTES_N = 6000
 
 #: The two attribute sets the demo runs.
 DEMO_ATTRIBUTES = (("sex",), ("sex", "age_band"))
@@ -893,7 +912,12 @@ def _attribute_stages(ctx: _Context) -> list[Stage]:
     """Sex × age band: every stage of :data:`ATTRIBUTE_STAGES`."""
     cfg, root = ctx.config, ctx.config.out / "attributes"
     data, models, target = root / "data", root / "models", root / "target.json"
-    role_cfg = {"classifier": cfg.classifier, "evaluator": cfg.evaluator}
+    role_cfg = {
+        ("classifier", "sex"): cfg.classifier,
+        ("evaluator", "sex"): cfg.evaluator,
+        ("classifier", "age_band"): cfg.age_classifier,
+        ("evaluator", "age_band"): cfg.age_evaluator,
+    }
     pairs = {role: {a: models / f"{role}-{a}" for a in cfg.attributes} for role in ROLES}
     clf_stages = {role: tuple(f"sa_{role}_{a}" for a in cfg.attributes) for role in ROLES}
     stages = [
@@ -906,7 +930,7 @@ def _attribute_stages(ctx: _Context) -> list[Stage]:
                 init=cfg.out / "models" / "t2medi"),
     ]  # fmt: skip
     stages += [
-        _classifier(ctx, f"sa_{role}_{attr}", role_cfg[role], splits, ("sa_target_set",),
+        _classifier(ctx, f"sa_{role}_{attr}", role_cfg[role, attr], splits, ("sa_target_set",),
                     data=data / "target_set", folder=pairs[role][attr], attribute=attr,
                     groups=None)
         for role, splits in ROLES.items()
