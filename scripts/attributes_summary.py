@@ -4,11 +4,13 @@
 
 Per audit: the joint KL(target‖generated) read off the classifiers' labels and corrected
 (PACC; a censored value is shown as its bound), each attribute's KL, and the cells whose
-"share = target" Holm rejects. Every number is read from the committed ``audit.json`` files.
+"share = target" Holm rejects; then each classifier's held-out balanced accuracy. Every number
+is read from the committed ``audit.json`` and ``evaluation-*.json`` files.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -50,6 +52,13 @@ def main() -> int:  # noqa: D103
             f"{len(d.joint.rejected)} of {len(d.joint.cells)}",
         ]
         print("| " + " | ".join(row).replace("<", "&lt;") + " |")
+    accuracy = []
+    for role in ("evaluator", "classifier"):
+        for attr in ("sex", "age_band"):
+            ev = json.loads((root / f"evaluation-{role}-{attr}.json").read_text())
+            accuracy.append(f"{role} of {attr.replace('_', ' ')} {ev['balanced_accuracy']:.3f}")
+    print()
+    print("Held-out balanced accuracy (`evaluation-*.json`): " + ", ".join(accuracy) + ".")
     return 0
 
 

@@ -36,6 +36,7 @@ cp "$DEMO/models/t2medi-fair/remediation.json" "$OUT/remediation.json"
 # the run's record (stage times) and its stage-time table
 cp "$DEMO/demo.json" "$OUT/demo.json"
 "$BIN/python" scripts/stage_table.py "$OUT/demo.json" > "$OUT/demo-stages.md"
+"$BIN/python" scripts/paste_markers.py README.md attributes-timings "$OUT/demo-stages.md"
 "$BIN/medfair" report "${AUDITS[@]}" --overwrite --labels "$LABELS" --small --out "$OUT/report.html"
 "$BIN/medfair" report "${AUDITS[@]}" --overwrite --labels "$LABELS" --out "$OUT/report.md"
 "$BIN/medfair" report "${AUDITS[@]}" --overwrite --labels "$LABELS" --out "$OUT/report.tex"

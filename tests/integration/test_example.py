@@ -142,16 +142,19 @@ def test_markdown_and_latex_print_the_same_sections(root):
             assert "| " + " | ".join(_markdown(x) for x in row) + " |" in md
 
 
-def test_readme_stage_times_are_the_example_demo_record():
+@pytest.mark.parametrize("root", [EXAMPLE, ATTRIBUTES], ids=["one", "two"])
+def test_readme_stage_times_are_the_example_demo_record(root):
     """The demo's stage times in the README come from the example run's demo.json, not by hand."""
-    from medfair_audit.demo import STAGE_ORDER, stage_table
+    from medfair_audit.demo import ATTRIBUTE_STAGES, STAGE_ORDER, stage_table
 
-    stages = json.loads((EXAMPLE / "demo.json").read_text())["stages"]
-    assert set(STAGE_ORDER) <= set(stages)  # every stage of the default demo is recorded
+    stages = json.loads((root / "demo.json").read_text())["stages"]
+    expected = STAGE_ORDER if root == EXAMPLE else ATTRIBUTE_STAGES
+    assert set(expected) <= set(stages)  # every stage of that pipeline is recorded
     table = "\n".join(stage_table(stages))
-    assert (EXAMPLE / "demo-stages.md").read_text().strip() == table
+    assert (root / "demo-stages.md").read_text().strip() == table
     readme = (ROOT / "README.md").read_text()
-    start, end = "<!-- demo-timings:start -->\n", "\n<!-- demo-timings:end -->"
+    marker = "demo-timings" if root == EXAMPLE else "attributes-timings"
+    start, end = f"<!-- {marker}:start -->\n", f"\n<!-- {marker}:end -->"
     assert readme.split(start, 1)[1].split(end, 1)[0] == table
     total = sum(s["seconds"] for s in stages.values())
     assert f"**{total / 60:.1f} min**" in table
