@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from _markers import splice
 
+from medfair_audit.audit.result import AuditResult
 from medfair_audit.demo import DemoConfig, run_demo, stage_names
 
 HERE = Path(__file__).resolve().parent
@@ -33,12 +34,12 @@ ROOT = HERE.parent
 READ_BY = {"evaluator": None, "training classifier": "classifier", "radiomics reader": "reader"}
 
 
-def reading(audit: dict, reader: str | None) -> dict:
-    """The male share of ``audit.json`` as read by ``reader`` (``None``: the audit's own)."""
+def reading(audit: AuditResult, reader: str | None) -> dict:
+    """The male share of ``audit`` as read by ``reader`` (``None``: the audit's own)."""
     if reader is None:
-        return audit["proportions"][audit["default_reading"]]["male"]
-    (row,) = [r for r in audit["readers"]["readers"] if r["name"] == reader]
-    return row["proportions"]["male"]
+        return audit.share("male").to_json()
+    (row,) = [r for r in audit.readers.readers if r.name == reader]
+    return row.proportions["male"].to_json()
 
 
 def measure(out: Path) -> dict:
@@ -50,7 +51,7 @@ def measure(out: Path) -> dict:
     assert not any(st["reused"] for st in result.stages.values())
     rows = {}
     for side in ("before", "after"):
-        audit = json.loads((out / side / "audit.json").read_text())
+        audit = AuditResult.load(out / side)
         rows[side] = {name: reading(audit, r) for name, r in READ_BY.items()}
     stages = {n: round(result.stages[n]["seconds"], 1) for n in stage_names(result.stages)}
     target = json.loads((out / "target.json").read_text())["proportions"]["male"]
