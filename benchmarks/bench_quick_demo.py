@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from _markers import splice
 
-from medfair_audit.audit.result import AuditResult
+from medfair_audit.audit.result import AuditResult, format_estimate
 from medfair_audit.demo import DemoConfig, run_demo, stage_names
 
 HERE = Path(__file__).resolve().parent
@@ -67,13 +67,7 @@ def measure(out: Path) -> dict:
 
 
 def _share(cell: dict) -> str:
-    if cell.get("value") is None:
-        bound = cell.get("bound", {})
-        if "at_least" in bound:
-            return f"≥ {100 * bound['at_least']:.0f}% (censored)"
-        return f"≤ {100 * bound.get('at_most', 0):.0f}% (censored)"
-    lo, hi = cell["ci"]
-    return f"{100 * cell['value']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+    return format_estimate(cell, ".1%")
 
 
 def table(doc: dict) -> str:

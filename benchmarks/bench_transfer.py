@@ -43,7 +43,7 @@ import torch
 
 from medfair_audit import AuditConfig, run_audit
 from medfair_audit.audit.result import AuditResult, format_estimate
-from medfair_audit.demo import HELD_OUT_PROMPTS, READERS, TRAIN_PROMPTS, DemoConfig, run_demo
+from medfair_audit.demo import HELD_OUT_PROMPTS, TRAIN_PROMPTS, DemoConfig, run_demo
 from medfair_audit.metrics.results import Estimate, common_size, prdc_size
 from medfair_audit.metrics.results_json import estimate_from_json
 from medfair_audit.remediation import RemediationJob, remediate
@@ -80,7 +80,7 @@ def _audit(demo: Path, checkpoint: Path, out: Path, cfg: DemoConfig) -> AuditRes
             AuditConfig(
                 checkpoint=checkpoint,
                 classifier=demo / "models" / "evaluator",
-                readers=tuple(demo / "models" / r for r in READERS),
+                readers=tuple(demo / "models" / r for r in cfg.readers),
                 prompts=HELD_OUT_PROMPTS,
                 target=Target.load(demo / "target.json"),
                 out=out,

@@ -821,10 +821,6 @@ def _base_stages(ctx: _Context) -> list[Stage]:
 
 #: Audits of one pipeline: folder suffix → the classifier role that reads the images.
 SIDES = (("", "evaluator"), ("-trainclf", "classifier"))
-#: Who else reads the images of the evaluator's audits: the training classifier, the other
-#: guides and the architecture-disjoint reader (models/<name>).
-READERS = ("classifier", "classifier-b", "classifier-robust", "reader")
-#: A data set's own splits (the reader's phantom set).
 #: Classifier roles → the splits each trains, validates and is tested on.
 ROLES = {"classifier": ("train", "val", "test"), "evaluator": ("eval_train", "eval_val", "test")}
 
