@@ -102,6 +102,7 @@ def phantom(
     files.
 
     For example:
+
         medfair data phantom --out data/corpus --n 2000 --male-fraction 0.85 --seed 0
     """
     config = PhantomConfig(
@@ -166,6 +167,7 @@ def target(
     """Write target subgroup proportions (target.json) from labels or inline values.
 
     For example:
+
         medfair data target --labels data/brats_like/metadata.csv --column sex --out target.json
 
         medfair data target --target male=0.58,female=0.42 --out target.json
@@ -242,6 +244,7 @@ def import_brats(
     on the result as it is.
 
     For example:
+
         medfair data import-brats --root MICCAI_BraTS_2018 --sex-csv sex.csv --out data/brats
     """
     check_out(out, overwrite=overwrite)  # before reading the volumes
@@ -276,6 +279,7 @@ def import_roco(
     """Turn ROCO-style images and captions into an image folder medfair reads.
 
     For example:
+
         medfair data import-roco --images roco/images --captions roco/captions.txt --out data/roco
     """
     check_out(out, overwrite=overwrite)  # before reading the images

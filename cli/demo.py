@@ -67,6 +67,7 @@ def demo(
     first if they are not there).
 
     For example:
+
         medfair demo --out reports/demo
 
         medfair demo --quick --out reports/demo-quick

@@ -48,6 +48,10 @@ def test_help_lists_commands_and_every_command_has_an_example(capsys):
     for cmd in commands:
         code, out, _ = run(capsys, *cmd, "--help")
         assert code == 0 and "For example" in out and "medfair " in out, cmd
+        # the first example is a line of its own, not run into the "For example:" paragraph
+        lines = [ln.strip(" │") for ln in out.splitlines()]
+        at = next(i for i, ln in enumerate(lines) if ln.startswith("For example"))
+        assert lines[at] == "For example:" and lines[at + 1] == "", (cmd, lines[at : at + 2])
 
 
 def test_no_arguments_shows_help(capsys):
