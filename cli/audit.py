@@ -122,6 +122,15 @@ def audit(
     save_images: Annotated[
         bool, typer.Option("--save-images", help="Also write every image as PNG.")
     ] = False,
+    images_from: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            help="Read the images of another audit (its folder) instead of drawing them, e.g. "
+            "to read them with another classifier: same checkpoint, prompts, --n-per-prompt, "
+            "--seed, --steps, --guidance, --batch-size and --dtype, else refused.",
+        ),
+    ] = None,
     trust_pickle: TrustPickle = False,
     overwrite: Annotated[
         bool,
@@ -238,6 +247,7 @@ def audit(
         precision=precision,
         min_n_per_prompt=min_n_per_prompt,
         save_images=save_images,
+        images_from=images_from,
         trust_pickle=trust_pickle,
         overwrite=overwrite,
         allow_outside_root=allow_outside_root,

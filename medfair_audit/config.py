@@ -694,6 +694,10 @@ class AuditConfig:
             one shard per prompt (:mod:`medfair_audit.audit.sequential`).
         min_n_per_prompt: With ``precision``: draw at least this many images per prompt before
             the first look that may stop.
+        images_from: Another audit's folder: read its stored (8-bit) images instead of drawing
+            them, e.g. to read one set of images with another classifier. That audit must have
+            drawn them from the same checkpoint, prompts, dtype and generation settings
+            (images per prompt, seed, steps, guidance, batch size); anything else is refused.
     """
 
     checkpoint: Path
@@ -725,6 +729,7 @@ class AuditConfig:
     frd: bool = False
     precision: float | None = None
     min_n_per_prompt: int = 0
+    images_from: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prompts", tuple(self.prompts))
@@ -749,6 +754,17 @@ class AuditConfig:
             object.__setattr__(self, "classifier", Path(self.classifier))
         if self.frd and self.reference is None:
             raise ConfigError("FRD compares with real images: give --reference", param="frd")
+        if self.images_from is not None:
+            object.__setattr__(self, "images_from", Path(self.images_from))
+            if not (self.images_from / "shards").is_dir():
+                raise ConfigError(
+                    f"expected a folder of an audit (with shards/), got '{self.images_from}'",
+                    param="images_from",
+                )
+            if self.images_from.resolve() == self.out.resolve():
+                raise ConfigError(
+                    "expected another audit's folder, not --out itself", param="images_from"
+                )
         if self.precision is not None:
             if not 0 < self.precision <= 0.5:
                 raise ConfigError(

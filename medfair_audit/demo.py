@@ -22,7 +22,8 @@ The evaluation is kept apart from the tuning, as Shen et al. evaluate theirs:
   Both classifiers are tested on the same held-out ``test`` subjects.
 
 It audits the biased model on the held-out prompts with both classifiers (``before/`` with the
-evaluator, ``before-trainclf/`` with the training classifier); the evaluator's audits are also
+evaluator, ``before-trainclf/`` with the training classifier, which reads the evaluator's
+images instead of drawing them again: ``AuditConfig.images_from``); the evaluator's audits are also
 read by the other guides (:attr:`DemoConfig.guides`) and by an architecture-disjoint reader
 (:attr:`DemoConfig.reader`: radiomics features and a logistic regression, trained on a phantom
 set of its own), with each one's disagreement and out-of-support share. It then remediates it
@@ -622,6 +623,7 @@ def _audit(
     reference: Path,
     folder: Path,
     readers: tuple[Path, ...] = (),
+    images_from: Path | None = None,
 ) -> Stage:
     cfg = ctx.config
 
@@ -640,6 +642,7 @@ def _audit(
                 overwrite=True,
                 placement=ctx.where,
                 readers=readers,
+                images_from=images_from,
             ),
             progress=ctx.progress,
         )
@@ -655,7 +658,19 @@ def _audit(
     settings: dict[str, Any] = {"gen": asdict(cfg.audit_generation), "prompts": HELD_OUT_PROMPTS}
     if readers:
         settings["readers"] = [p.name for p in readers]
+    if images_from is not None:
+        settings["images_from"] = images_from.name
     return Stage(name, inputs, settings, work)
+
+
+def _images_of(suffix: str, side: str, root: Path) -> tuple[tuple[str, ...], Path | None]:
+    """A second reader's audit reads the evaluator's images of the same side (no redraw).
+
+    Returns the stage inputs it adds and the folder it reads the images from.
+    """
+    if not suffix:
+        return (), None
+    return (f"audit_{side}",), root / side.removeprefix("sa_")
 
 
 def _remediate(
@@ -855,10 +870,12 @@ def _sex_stages(ctx: _Context) -> list[Stage]:
     readers: dict[str, tuple[str, ...]] = {"": cfg.readers, "-trainclf": ()}
     sides = (("", "evaluator"), ("-trainclf", cfg.guide))[: 1 if cfg.quick else 2]
     stages += [
-        _audit(ctx, f"audit_before{suffix}", ("t2medi", role, "target", *readers[suffix]),
+        _audit(ctx, f"audit_before{suffix}",
+               ("t2medi", role, "target", *readers[suffix], *_images_of(suffix, "before", out)[0]),
                checkpoint=models / "t2medi", classifier=models / role, target=target,
                reference=data / "target_set", folder=out / f"before{suffix}",
-               readers=tuple(models / r for r in readers[suffix]))
+               readers=tuple(models / r for r in readers[suffix]),
+               images_from=_images_of(suffix, "before", out)[1])
         for suffix, role in sides
     ]  # fmt: skip
     ensemble = tuple(models / g for g in cfg.ensemble)
@@ -870,10 +887,12 @@ def _sex_stages(ctx: _Context) -> list[Stage]:
                    ensemble=ensemble)
     )  # fmt: skip
     stages += [
-        _audit(ctx, f"audit_after{suffix}", ("remediate", f"audit_before{suffix}"),
+        _audit(ctx, f"audit_after{suffix}",
+               ("remediate", f"audit_before{suffix}", *_images_of(suffix, "after", out)[0]),
                checkpoint=models / "t2medi-fair", classifier=models / role, target=target,
                reference=data / "target_set", folder=out / f"after{suffix}",
-               readers=tuple(models / r for r in readers[suffix]))
+               readers=tuple(models / r for r in readers[suffix]),
+               images_from=_images_of(suffix, "after", out)[1])
         for suffix, role in sides
     ]  # fmt: skip
     columns = cfg.report_columns
@@ -933,9 +952,12 @@ def _attribute_stages(ctx: _Context) -> list[Stage]:
         for attr in cfg.attributes
     ]  # fmt: skip
     stages += [
-        _audit(ctx, f"audit_sa_before{suffix}", ("sa_t2medi", *clf_stages[role], "sa_target"),
+        _audit(ctx, f"audit_sa_before{suffix}",
+               ("sa_t2medi", *clf_stages[role], "sa_target",
+                *_images_of(suffix, "sa_before", root)[0]),
                checkpoint=models / "t2medi", classifier=pairs[role], target=target,
-               reference=data / "target_set", folder=root / f"before{suffix}")
+               reference=data / "target_set", folder=root / f"before{suffix}",
+               images_from=_images_of(suffix, "sa_before", root)[1])
         for suffix, role in SIDES
     ]  # fmt: skip
     stages.append(
@@ -945,9 +967,12 @@ def _attribute_stages(ctx: _Context) -> list[Stage]:
                    folder=models / "t2medi-fair", encoder=cfg.out / "models" / "clip")
     )  # fmt: skip
     stages += [
-        _audit(ctx, f"audit_sa_after{suffix}", ("sa_remediate", f"audit_sa_before{suffix}"),
+        _audit(ctx, f"audit_sa_after{suffix}",
+               ("sa_remediate", f"audit_sa_before{suffix}",
+                *_images_of(suffix, "sa_after", root)[0]),
                checkpoint=models / "t2medi-fair", classifier=pairs[role], target=target,
-               reference=data / "target_set", folder=root / f"after{suffix}")
+               reference=data / "target_set", folder=root / f"after{suffix}",
+               images_from=_images_of(suffix, "sa_after", root)[1])
         for suffix, role in SIDES
     ]  # fmt: skip
     audits = tuple(f"audit_sa_{f}" for f in REPORT_COLUMNS)

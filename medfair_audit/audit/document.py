@@ -51,6 +51,7 @@ def _config_section(
         "speed": cfg.speed.describe(),
         "reference": str(cfg.reference) if cfg.reference else None,
         "reference_split": cfg.reference_split,
+        **({"images_from": str(cfg.images_from)} if cfg.images_from is not None else {}),
         "target_source": cfg.target.source,
         "remediation": remediation,
         "versions": versions,

@@ -197,7 +197,18 @@ def _draw(
         overlap=cfg.placement.device.type != "cpu" if cfg.overlap is None else cfg.overlap,
         progress=progress,
         only=only,
+        image_settings=image_settings(loaded.settings),
+        images_from=None if cfg.images_from is None else cfg.images_from / "shards",
     )
+
+
+#: What in the load stage's settings decides the classification of the images, not the pixels.
+READING_SETTINGS = ("classifier_sha256", "features")
+
+
+def image_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings that decide an audit's pixels (what ``--images-from`` must match)."""
+    return {k: v for k, v in settings.items() if k not in READING_SETTINGS}
 
 
 def _input_warnings(cfg: AuditConfig, loaded: Loaded, est: Estimates) -> tuple[Any, list[str]]:

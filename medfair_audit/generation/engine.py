@@ -29,7 +29,7 @@ import torch
 from .._io import atomic_file, atomic_write_bytes, atomic_write_json
 from ..config import GenerationConfig
 from ..device import is_out_of_memory
-from ..exceptions import DataError, ResourceError
+from ..exceptions import ConfigError, DataError, ResourceError
 from ..progress import ProgressCallback, report
 from .seeds import image_seed
 
@@ -238,8 +238,13 @@ def _finish(
     images: torch.Tensor,
     analyse: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     stamp: str,
+    image_stamp: str | None = None,
 ) -> None:
-    """Check, classify, featurise and write one generated shard (runs beside the next batch)."""
+    """Check, classify, featurise and write one generated shard (runs beside the next batch).
+
+    ``image_stamp`` (recorded as the manifest's ``images``) hashes what decides the pixels
+    alone, so that another audit may read these images with other classifiers.
+    """
     from safetensors.torch import save
 
     with torch.inference_mode():
@@ -276,6 +281,7 @@ def _finish(
             "start": shard.start,
             "stop": shard.stop,
             "settings": stamp,
+            **({} if image_stamp is None else {"images": image_stamp}),
         },
     )
 
@@ -302,6 +308,8 @@ def run_shards(
     overlap: bool = True,
     progress: ProgressCallback | None = None,
     only: Callable[[Shard], bool] | None = None,
+    image_settings: dict[str, Any] | None = None,
+    images_from: str | os.PathLike[str] | None = None,
 ) -> list[Shard]:
     """Generate this process's shards that are not finished yet.
 
@@ -324,6 +332,13 @@ def run_shards(
         progress: Called after each shard with images done by this process.
         only: Draw only the plan's shards this accepts (one round of a ``--precision`` audit),
             split over the processes as the whole plan would be.
+        image_settings: The part of ``settings`` that decides the pixels (checkpoint hash,
+            dtype, ...; not the classifier or the features): its hash, with the generation
+            settings and prompts, is written into every shard, so that another run can read
+            these images (``images_from``).
+        images_from: Another run's shard folder: read each shard's stored 8-bit images from
+            there instead of generating them, and analyse them anew. Its shards must have been
+            drawn under the same ``image_settings``, generation settings and prompts.
 
     Returns:
         The whole plan (all processes' shards).
@@ -332,6 +347,8 @@ def run_shards(
         DataError: The pipeline produced NaN or infinite values (reported with prompt and
             seed); shards finished before stay on disk.
         ResourceError: Out of memory (names ``--batch-size``); finished shards stay on disk.
+        ConfigError: ``images_from`` lacks a shard of the plan, or drew it under other
+            settings (names ``images_from``).
     """
     from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -339,6 +356,12 @@ def run_shards(
     folder.mkdir(parents=True, exist_ok=True)
     plan = plan_shards(len(prompts), config)
     stamp = settings_hash({**settings, **asdict(config), "prompts": list(prompts)})
+    image_stamp = (
+        None
+        if image_settings is None
+        else settings_hash({**image_settings, **asdict(config), "prompts": list(prompts)})
+    )
+    source = None if images_from is None else ImageSource(images_from, image_stamp)
     mine = plan[rank::world] if only is None else [s for s in plan if only(s)][rank::world]
     total = sum(s.stop - s.start for s in mine)
     done = 0
@@ -388,8 +411,8 @@ def run_shards(
                 for i in range(shard.start, shard.stop)
             ]
             with torch.inference_mode():
-                images = generate(prompt, seeds)
-            args = (folder, shard, prompt, seeds, images, analyse, stamp)
+                images = generate(prompt, seeds) if source is None else source.images(shard, seeds)
+            args = (folder, shard, prompt, seeds, images, analyse, stamp, image_stamp)
             if executor is None:
                 _finish(*args)
                 advance(shard)
@@ -412,7 +435,62 @@ def run_shards(
         if executor is not None:  # a shard already generated is still written
             executor.shutdown(wait=True)
         store.close()
+        if source is not None:
+            source.close()
     return plan
+
+
+class ImageSource:
+    """Another run's stored images, read shard by shard instead of generating them.
+
+    Args:
+        folder: That run's shard folder.
+        image_stamp: The image hash this run's shards would carry (``None``: the caller
+            passed no ``image_settings``, and no shard can be checked against it).
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], image_stamp: str | None) -> None:
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise ConfigError(
+                f"expected an audit's shard folder, but '{self.folder}' is not a folder",
+                param="images_from",
+            )
+        if image_stamp is None:
+            raise ConfigError(
+                "reading another run's images needs image_settings", param="images_from"
+            )
+        self.image_stamp = image_stamp
+        self.store = ShardStore(self.folder)
+
+    def images(self, shard: Shard, seeds: list[int]) -> torch.Tensor:
+        """Shard ``shard``'s images in [-1, 1] (float32), after checking how they were drawn."""
+        got = self.store.load(shard.name)
+        where = f"shard {shard.name} of '{self.folder}'"
+        if got is None:
+            raise ConfigError(
+                f"{where} is missing: read images only from a finished audit of the same "
+                "prompts and images per prompt",
+                param="images_from",
+            )
+        drawn = got["meta"].get("images")
+        if drawn is None:
+            raise ConfigError(
+                f"{where} does not record how its images were drawn (an audit of an earlier "
+                "medfair): run that audit again to read its images here",
+                param="images_from",
+            )
+        if drawn != self.image_stamp or got["seeds"].tolist() != list(seeds):
+            raise ConfigError(
+                f"{where} was drawn under other settings (checkpoint, dtype, prompts, seed, "
+                "steps, guidance or batch size differ): its images are not this audit's",
+                param="images_from",
+            )
+        return got["images"].float() / 127.5 - 1.0
+
+    def close(self) -> None:
+        """Close the pack last read from."""
+        self.store.close()
 
 
 def iter_shards(folder: str | os.PathLike[str], plan: Sequence[Shard]) -> Iterator[dict[str, Any]]:

@@ -269,6 +269,10 @@ def test_nan_images_are_reported_with_prompt_and_seed(tiny_models, tmp_path):
         ),
         (["--target", "male=0.5,female=0.5", "--mode", "joint"], ["--mode"]),
         (["--target", "male=0.5,female=0.5", "--half-width", "1.5"], ["--half-width", "(0, 1)"]),
+        (
+            ["--target", "male=0.5,female=0.5", "--images-from", "{nolabels}"],
+            ["--images-from", "with shards/"],
+        ),
     ],
 )
 def test_audit_bad_input(capsys, tiny_models, tmp_path, extra, needles):

@@ -69,6 +69,16 @@ def test_fast_demo_builds_biased_corpus_and_target_and_reuses_stages(tmp_path, c
     assert [s["space"] for s in audit["readers"]["support"]] == ["evaluator", *names]
     trainclf = json.loads((out / "before-trainclf" / "audit.json").read_text())
     assert trainclf["readers"]["readers"] == []
+    # the training classifier's audits read the evaluator's images, drawn once; its corrected
+    # shares are its reading as a reader of the evaluator's audit
+    for side in ("before", "after"):
+        doc = json.loads((out / f"{side}-trainclf" / "audit.json").read_text())
+        assert doc["config"]["images_from"] == str(out / side)
+        read = json.loads((out / side / "audit.json").read_text())["readers"]["readers"][0]
+        for g in ("female", "male"):
+            assert doc["proportions"][read["reading"]][g]["value"] == pytest.approx(
+                read["proportions"][g]["value"], abs=1e-9
+            )
     assert (out / "models" / "t2medi" / "model_index.json").is_file()
     # remediated with the same audit seeds, so the report pairs every image
     after = json.loads((out / "after" / "audit.json").read_text())

@@ -7,6 +7,7 @@ classifiers, and the audit's readers section (disagreement, out-of-support share
 from __future__ import annotations
 
 import json
+import shutil
 
 import jsonschema
 import numpy as np
@@ -187,18 +188,19 @@ def test_eot_views_are_seeded_differentiable_and_fold_to_the_mean():
 # -- audit: readers and support ------------------------------------------------------------------
 
 
-def _audit(models, out, reference, readers=()):
+def _audit(models, out, reference, readers=(), classifier=None, steps=2, **kw):
     return run_audit(
         AuditConfig(
             checkpoint=models["t2medi"],
-            classifier=models["classifier"],
+            classifier=classifier or models["classifier"],
             prompts=PROMPTS,
             target=parse_target(TARGET),
             out=out,
             reference=reference,
             readers=readers,
-            generation=GenerationConfig(n_per_prompt=8, seed=1, steps=2, shard_size=3),
+            generation=GenerationConfig(n_per_prompt=8, seed=1, steps=steps, shard_size=3),
             n_boot=60,
+            **kw,
         )
     )
 
@@ -527,3 +529,91 @@ def test_toy_a_single_guide_is_fooled_and_an_ensemble_moves_the_attribute():
     truth, reads = _toy_remediation([leaning, other])
     assert truth == pytest.approx(0.58, abs=0.05)
     assert all(r == pytest.approx(0.58, abs=0.06) for r in reads)
+
+
+# -- reading another audit's images ------------------------------------------------------------
+
+
+def _stored(folder):
+    from medfair_audit.generation.engine import ShardStore
+
+    store = ShardStore(folder / "shards")
+    try:
+        return {n: store.load(n) for n in store.names()}
+    finally:
+        store.close()
+
+
+def test_images_from_reads_the_same_images_with_another_classifier(
+    tiny_models, small_phantom, readers, tmp_path
+):
+    other = readers["resnet-2"]
+    first = _audit(tiny_models, tmp_path / "a", small_phantom, readers=[other])
+    events = []
+    second = run_audit(
+        AuditConfig(
+            checkpoint=tiny_models["t2medi"],
+            classifier=other,
+            prompts=PROMPTS,
+            target=parse_target(TARGET),
+            out=tmp_path / "b",
+            reference=small_phantom,
+            generation=GenerationConfig(n_per_prompt=8, seed=1, steps=2, shard_size=3),
+            n_boot=60,
+            images_from=tmp_path / "a",
+        ),
+        progress=events.append,
+    )
+    a, b = _stored(tmp_path / "a"), _stored(tmp_path / "b")
+    assert list(a) == list(b) and len(a) == 3
+    for name in a:  # the very pixels, and the image stamp carried over
+        assert torch.equal(a[name]["images"], b[name]["images"])
+        assert a[name]["meta"]["images"] == b[name]["meta"]["images"]
+        assert a[name]["meta"]["settings"] != b[name]["meta"]["settings"]  # another classifier
+    # the second audit's classifier reads the stored 8-bit images, as the first audit's reader
+    # of that classifier did: the same corrected share
+    reading = next(r for r in first.data["readers"]["readers"] if r["name"] == "resnet-2")
+    for g in ("female", "male"):
+        assert second.data["proportions"][reading["reading"]][g]["value"] == pytest.approx(
+            reading["proportions"][g]["value"], abs=1e-9
+        )
+    assert second.data["config"]["images_from"] == str(tmp_path / "a")
+    assert second.data["config"]["classifier_sha256"] != first.data["config"]["classifier_sha256"]
+
+
+def test_images_from_refuses_images_drawn_otherwise(tiny_models, small_phantom, tmp_path):
+    _audit(tiny_models, tmp_path / "a", None)
+    before = sorted(p.name for p in (tmp_path / "a").rglob("*"))
+    with pytest.raises(ConfigError, match="other settings") as info:
+        _audit(tiny_models, tmp_path / "b", None, steps=3, images_from=tmp_path / "a")
+    assert info.value.param == "images_from"
+    assert not (tmp_path / "b" / "audit.json").exists()
+    assert sorted(p.name for p in (tmp_path / "a").rglob("*")) == before  # nothing lost
+    # more images per prompt than the other audit drew: other generation settings
+    with pytest.raises(ConfigError, match="other settings"):
+        run_audit(
+            AuditConfig(
+                checkpoint=tiny_models["t2medi"], classifier=tiny_models["classifier"],
+                prompts=PROMPTS, target=parse_target(TARGET), out=tmp_path / "c",
+                generation=GenerationConfig(n_per_prompt=11, seed=1, steps=2, shard_size=3),
+                n_boot=60, images_from=tmp_path / "a",
+            )
+        )  # fmt: skip
+    # an unfinished audit: a shard is not there yet
+    shutil.copytree(tmp_path / "a", tmp_path / "cut")
+    for part in (tmp_path / "cut" / "shards").glob("p0000-i0000003.*"):
+        part.unlink()
+    with pytest.raises(ConfigError, match="missing"):
+        _audit(tiny_models, tmp_path / "c2", None, images_from=tmp_path / "cut")
+    # shards of an audit that did not record how its images were drawn
+    for meta in (tmp_path / "a" / "shards").glob("*.json"):
+        doc = json.loads(meta.read_text())
+        doc.pop("images")
+        meta.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match="does not record"):
+        _audit(tiny_models, tmp_path / "d", None, images_from=tmp_path / "a")
+    with pytest.raises(ConfigError, match="with shards/") as info:
+        _audit(tiny_models, tmp_path / "e", None, images_from=tmp_path / "nowhere")
+    assert info.value.param == "images_from"
+    with pytest.raises(ConfigError, match="not --out itself"):
+        _audit(tiny_models, tmp_path / "a", None, images_from=tmp_path / "a", overwrite=True)
