@@ -655,7 +655,13 @@ def _audit(
             info["rejected_cells"] = list(r.joint.rejected)
         return info
 
-    settings: dict[str, Any] = {"gen": asdict(cfg.audit_generation), "prompts": HELD_OUT_PROMPTS}
+    settings: dict[str, Any] = {
+        "gen": asdict(cfg.audit_generation),
+        "prompts": HELD_OUT_PROMPTS,
+        # shards record how their pixels were drawn (``images_from``): an audit finished
+        # before runs again once, reusing its shards, and records it
+        "shards": 2,
+    }
     if readers:
         settings["readers"] = [p.name for p in readers]
     if images_from is not None:

@@ -286,6 +286,14 @@ def _finish(
     )
 
 
+def _record_image_stamp(
+    store: ShardStore, shard: Shard, meta: dict[str, Any], image_stamp: str
+) -> None:
+    """Add the image hash to a loose shard's manifest (a packed one is left as it is)."""
+    if not store.packed(shard):
+        atomic_write_json(store.folder / f"{shard.name}.json", {**meta, "images": image_stamp})
+
+
 def _out_of_memory(exc: BaseException, config: GenerationConfig) -> ResourceError:
     return ResourceError(
         f"out of memory with {config.shard_size} images per batch ({exc.__class__.__name__}): "
@@ -403,6 +411,9 @@ def run_shards(
         for shard in mine:
             existing = store.load(shard.name)
             if existing is not None and existing["meta"].get("settings") == stamp:
+                if image_stamp is not None and "images" not in existing["meta"]:
+                    # written before manifests recorded it: the same settings drew these pixels
+                    _record_image_stamp(store, shard, existing["meta"], image_stamp)
                 advance(shard, resumed=True)
                 continue
             prompt = prompts[shard.prompt_index]

@@ -612,6 +612,23 @@ def test_images_from_refuses_images_drawn_otherwise(tiny_models, small_phantom, 
         meta.write_text(json.dumps(doc))
     with pytest.raises(ConfigError, match="does not record"):
         _audit(tiny_models, tmp_path / "d", None, images_from=tmp_path / "a")
+    # running that audit again reuses its shards and records how they were drawn
+    events = []
+    rerun = run_audit(
+        AuditConfig(
+            checkpoint=tiny_models["t2medi"], classifier=tiny_models["classifier"],
+            prompts=PROMPTS, target=parse_target(TARGET), out=tmp_path / "a",
+            generation=GenerationConfig(n_per_prompt=8, seed=1, steps=2, shard_size=3),
+            n_boot=60, overwrite=True,
+        ),
+        progress=events.append,
+    )  # fmt: skip
+    assert all(e.info.get("resumed") for e in events if e.stage == "generate" and e.completed)
+    read = _audit(tiny_models, tmp_path / "d", None, images_from=tmp_path / "a")
+    # the same images, read from 8 bits instead of the generator's floats
+    assert read.data["counts"] == rerun.data["counts"]
+    p_read, p_gen = (r.data["proportions"]["probabilistic"]["male"]["value"] for r in (read, rerun))
+    assert p_read == pytest.approx(p_gen, abs=2e-3)
     with pytest.raises(ConfigError, match="with shards/") as info:
         _audit(tiny_models, tmp_path / "e", None, images_from=tmp_path / "nowhere")
     assert info.value.param == "images_from"
