@@ -15,6 +15,7 @@ from medfair_audit.data import (
     PhantomConfig,
     RocoDataset,
     build_phantom,
+    build_phantom_volumes,
     check_out,
     export_image_folder,
 )
@@ -93,6 +94,14 @@ def phantom(
             "(1 = literature values; default 2 makes a good but imperfect classifier).",
         ),
     ] = 2.0,
+    volumes: Annotated[
+        bool,
+        typer.Option(
+            "--volumes",
+            help="Write 3-D NIfTI volumes in the BraTS layout instead of slices: --n subjects, "
+            "each with t1, t1ce, t2, flair and seg; --size is the volume side in voxels (32-128).",
+        ),
+    ] = False,
     overwrite: Overwrite = False,
 ) -> None:
     """Build synthetic axial brain-MR slices from the MNI152 template that nilearn ships.
@@ -101,10 +110,19 @@ def phantom(
     sequence, caption, split, ...) and OUT/dataset.json. Same seed and options give identical
     files.
 
+    With --volumes: whole deformed heads in the BraTS layout, OUT/HGG/<subject>/
+    <subject>_<sequence>.nii.gz (t1, t1ce, t2, flair, seg; subjects without a glioma under
+    OUT/healthy/), OUT/subjects.csv (Subject, Sex, Age: what `import-brats --sex-csv` reads),
+    OUT/metadata.csv (one row per volume) and OUT/dataset.json.
+
     For example:
 
         medfair data phantom --out data/corpus --n 2000 --male-fraction 0.85 --seed 0
+
+        medfair data phantom --volumes --out data/brats_like --n 200 --size 48 --tumour-rate 1
     """
+    if volumes and caption_sex_rate:
+        raise ConfigError("volumes carry no captions", param="caption_sex_rate")
     config = PhantomConfig(
         n=n,
         seed=seed,
@@ -121,12 +139,14 @@ def phantom(
             effect_scale=effect_scale, age_effect_scale=age_effect_scale, age_signs=age_signs
         ),
     )
+    build = build_phantom_volumes if volumes else build_phantom
     with progress_bar() as callback:
-        result = build_phantom(out, config, overwrite=overwrite, progress=callback)
+        result = build(out, config, overwrite=overwrite, progress=callback)
     summary = ", ".join(
         f"{split}: {c['male']} male / {c['female']} female" for split, c in result.counts.items()
     )
-    out_console.print(f"wrote {config.n} images to {result.root} ({summary})")
+    what = "subjects' volumes" if volumes else "images"
+    out_console.print(f"wrote {config.n} {what} to {result.root} ({summary})")
 
 
 @app.command("target")

@@ -13,6 +13,7 @@ from .phantom import (
     render_phantom_slice,
 )
 from .roco import RocoDataset
+from .volumes import build_phantom_volumes, render_phantom_volume
 
 __all__ = [
     "METADATA_COLUMNS",
@@ -25,8 +26,10 @@ __all__ = [
     "PhantomResult",
     "RocoDataset",
     "build_phantom",
+    "build_phantom_volumes",
     "check_out",
     "export_image_folder",
     "normalise_sex",
     "render_phantom_slice",
+    "render_phantom_volume",
 ]

@@ -1,0 +1,456 @@
+"""Synthetic brain-MR volumes in the BraTS layout: the phantom in 3-D.
+
+The slice phantom (:mod:`.phantom`) cuts one plane out of a deformed copy of the MNI152 template;
+here the whole deformed head is rendered, so a subject is a set of co-registered volumes, one per
+BraTS sequence, with a segmentation, as BraTS ships them::
+
+    <out>/HGG/<subject>/<subject>_t1.nii.gz      (_t1ce, _t2, _flair, _seg)
+    <out>/healthy/<subject>/...                  (subjects without a glioma; seg all zero)
+    <out>/subjects.csv                           Subject, Sex, Age (what import-brats reads)
+    <out>/metadata.csv                           one row per volume: file, subject, sex, ...
+    <out>/dataset.json                           settings, voxel size, counts
+
+The anatomy is the slice phantom's (:class:`~.phantom.AnatomyModel`: head size, ventricles and
+grey/white balance by sex and age; optionally the signs of ageing), applied in 3-D: a pose
+(rotation about all three axes, translation), a smooth 3-D elastic field, the isotropic head scale
+and a 3-D magnification around the lateral ventricles. A glioma is a necrotic core, an enhancing
+rim and oedema around a centre inside the white and grey matter, with irregular 3-D borders and
+mass effect; the segmentation uses the BraTS labels (1 necrotic core, 2 oedema, 4 enhancing
+tumour). Each sequence has its own contrast jitter, bias field and Rician noise.
+
+Volumes are isotropic, ``size`` voxels a side over the slice phantom's 200 mm field of view
+(``size=48``: 4.2 mm voxels), in RAS+ orientation (the affine is diagonal), stored as int16 in
+0-1000 (background 0, as in skull-stripped BraTS), gzip-compressed without a time stamp, so the
+same configuration and seed give identical bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import math
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from .._io import atomic_write_bytes, atomic_write_json, atomic_write_text, building_dir
+from ..attributes import age_band, age_band_range
+from ..exceptions import ConfigError
+from ..progress import ProgressCallback, report
+from ._template import TissueAtlas, load_atlas
+from .phantom import (
+    CENTRE_Y_MM,
+    CONTRASTS,
+    FOV_MM,
+    SEQUENCES,
+    AnatomyModel,
+    PhantomConfig,
+    PhantomResult,
+    _assignments,
+    _lobe,
+)
+
+__all__ = [
+    "BRATS_LABELS",
+    "VOLUME_COLUMNS",
+    "build_phantom_volumes",
+    "render_phantom_volume",
+    "volume_affine",
+]
+
+#: BraTS segmentation labels.
+BRATS_LABELS = {"necrotic_core": 1, "oedema": 2, "enhancing": 4}
+#: MNI z (mm) of the field of view's centre: the brain's middle, top to bottom.
+CENTRE_Z_MM = 12.0
+#: Largest volume side (voxels) the phantom renders.
+MAX_VOLUME_SIZE = 128
+#: Deep white-matter lesions of a volume per unit of load: the slice phantom's count per slice
+#: times about the number of 5 mm slices through the deep white matter.
+DEEP_LESIONS_PER_LOAD = 6.0 * 8
+#: Stored intensity of a signal of 1.
+INTENSITY_SCALE = 1000
+VOLUME_COLUMNS = (
+    "file",
+    "subject",
+    "grade",
+    "sex",
+    "age",
+    "age_band",
+    "tumour",
+    "sequence",
+    "split",
+    "seg",
+    "tumour_side",
+    "tumour_lobe",
+    "head_scale",
+    "ventricle_gain",
+    "gm_shift",
+    "wmh_load",
+    "atrophy",
+    "lesion_ml",
+)
+
+
+def volume_affine(size: int) -> np.ndarray:
+    """Voxel → MNI-like millimetre affine (RAS+) of a ``size``-voxel phantom volume."""
+    pix = FOV_MM / size
+    half = (size - 1) / 2.0
+    affine = np.diag([pix, pix, pix, 1.0])
+    affine[:3, 3] = [-half * pix, CENTRE_Y_MM - half * pix, CENTRE_Z_MM - half * pix]
+    return affine
+
+
+def _smooth_field3(rng: np.random.Generator, size: int, knots: int, sd: float) -> np.ndarray:
+    coarse = rng.normal(0.0, sd, size=(knots, knots, knots))
+    return ndimage.zoom(coarse, size / knots, order=3, mode="nearest")[:size, :size, :size]
+
+
+def _magnify3(q: np.ndarray, centre: np.ndarray, gain: float, sigma: float) -> np.ndarray:
+    """Inverse map of a local 3-D magnification by ``1/(1-gain)`` at ``centre``."""
+    d = q - centre.reshape(3, 1, 1, 1)
+    w = 1.0 - gain * np.exp(-(d * d).sum(axis=0) / (2.0 * sigma * sigma))
+    return centre.reshape(3, 1, 1, 1) + d * w
+
+
+def _rotation(angles: np.ndarray) -> np.ndarray:
+    ax, ay, az = angles
+    rx = np.array([[1, 0, 0], [0, math.cos(ax), -math.sin(ax)], [0, math.sin(ax), math.cos(ax)]])
+    ry = np.array([[math.cos(ay), 0, math.sin(ay)], [0, 1, 0], [-math.sin(ay), 0, math.cos(ay)]])
+    rz = np.array([[math.cos(az), -math.sin(az), 0], [math.sin(az), math.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _age_signs3(
+    rng: np.random.Generator,
+    maps: tuple[np.ndarray, np.ndarray, np.ndarray],
+    near_vent: np.ndarray,
+    pix: float,
+    atrophy: float,
+    caps: float,
+    deep_mean: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The slice phantom's sulcal widening and white-matter hyperintensities, in 3-D."""
+    gm, wm, csf = maps
+    vent = (csf > 0.3) & near_vent
+    sulcal = ndimage.gaussian_filter(np.where(vent, 0.0, csf), 2.0 / pix)
+    lost = gm * np.clip(atrophy * 4.0 * sulcal, 0.0, 0.9)
+    gm, csf = gm - lost, csf + lost
+    band = ndimage.gaussian_filter(vent.astype(np.float64), 6.0 / pix)
+    wmh = np.clip(band / 0.15, 0.0, 1.0) * caps
+    deep = np.argwhere(wm > 0.6)
+    n = int(rng.poisson(deep_mean)) if len(deep) else 0
+    if n:
+        grid = np.indices(gm.shape, dtype=np.float64)
+        for c in deep[rng.integers(len(deep), size=n)]:
+            r = float(rng.uniform(1.5, 4.0)) / pix
+            dist = np.sqrt(((grid - c.reshape(3, 1, 1, 1)) ** 2).sum(axis=0))
+            wmh = np.maximum(wmh, np.clip(r - dist + 0.5, 0.0, 1.0))
+    return gm, csf, (wmh * np.clip(wm, 0.0, 1.0)).astype(np.float32)
+
+
+def render_phantom_volume(
+    atlas: TissueAtlas,
+    rng: np.random.Generator,
+    *,
+    sex: str,
+    tumour: bool,
+    size: int = 48,
+    anatomy: AnatomyModel | None = None,
+    age_range: tuple[float, float] | None = None,
+) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, Any]]:
+    """Render one phantom subject: a volume per sequence and the segmentation.
+
+    Args:
+        atlas: Tissue maps from :func:`~._template.load_atlas`.
+        rng: Generator for every random draw of this subject.
+        sex: ``"male"`` or ``"female"``.
+        tumour: Whether to draw a glioma.
+        size: Voxels a side (isotropic, over 200 mm).
+        anatomy: Anatomy model (default :class:`~.phantom.AnatomyModel`).
+        age_range: Draw the age within ``[low, high)`` years (an age band).
+
+    Returns:
+        Sequence → float32 volume in [0, 1] of shape ``(size, size, size)`` indexed
+        ``[x, y, z]`` in RAS+ (see :func:`volume_affine`); the uint8 segmentation with the
+        BraTS labels; the drawn parameters (the slice phantom's, plus ``lesion_ml``).
+    """
+    anatomy = anatomy or AnatomyModel()
+    subj = anatomy.draw(rng, sex, age_range)
+    pix = FOV_MM / size
+    p = np.indices((size,) * 3, dtype=np.float64)
+    p = p * pix + volume_affine(size)[:3, 3].reshape(3, 1, 1, 1)
+    centre = np.array([0.0, CENTRE_Y_MM, CENTRE_Z_MM])
+    p = p - centre.reshape(3, 1, 1, 1)  # millimetres from the field of view's centre
+
+    angles = rng.normal(0.0, [0.04, 0.04, math.radians(5.0)])
+    shift = rng.normal(0.0, 3.0, size=3)
+    scale = subj["head_scale"] * math.exp(rng.normal(0.0, 0.01))
+    elastic = np.stack([_smooth_field3(rng, size, 5, 1.8) for _ in range(3)])
+
+    # Output mm -> template mm (inverse mapping), before any lesion.
+    rot = _rotation(angles)
+    q = np.einsum("ij,j...->i...", rot.T, p - shift.reshape(3, 1, 1, 1))
+    q = (q + elastic) / scale + centre.reshape(3, 1, 1, 1)
+    q = _magnify3(q, atlas.ventricle_centre, subj["ventricle_gain"], 22.0)
+
+    def sample(mm: np.ndarray) -> np.ndarray:
+        vox = np.einsum("ij,j...->i...", atlas.inv_affine[:3, :3], mm)
+        vox = vox + atlas.inv_affine[:3, 3].reshape(3, 1, 1, 1)
+        return np.stack(
+            [ndimage.map_coordinates(m, vox, order=1, mode="constant") for m in atlas.maps]
+        ).astype(np.float32)
+
+    maps = sample(q)
+    lesion = None
+    if tumour:
+        tissue = maps[0] + maps[1]
+        inner = ndimage.binary_erosion(maps[3] > 0.5, iterations=max(2, size // 12))
+        candidates = np.argwhere(inner & (tissue > 0.6))
+        if len(candidates):
+            c = candidates[int(rng.integers(len(candidates)))]
+            radius_mm = float(rng.uniform(5.0, 14.0))
+            t = q[:, c[0], c[1], c[2]].copy()
+            q = _magnify3(q, t, float(rng.uniform(0.15, 0.35)), 1.8 * radius_mm)
+            maps = sample(q)
+            lesion = {
+                "voxel": c,
+                "radius_mm": radius_mm,
+                "side": "right" if t[0] > 0 else "left",
+                "lobe": _lobe(float(t[0]), float(t[1]), float(t[2])),
+            }
+
+    gm, wm, csf, mask = maps
+    if subj["gm_shift"] != 0.0:
+        total = gm + wm
+        f = np.clip(gm / np.maximum(total, 1e-6), 1e-4, 1 - 1e-4)
+        f = 1.0 / (1.0 + np.exp(-(np.log(f / (1 - f)) + subj["gm_shift"])))
+        gm, wm = total * f, total * (1 - f)
+    child = rng.spawn(1)[0] if anatomy.age_signs else rng
+    signs = anatomy.draw_signs(child, subj["age"])
+    subj.update(signs)
+    wmh = None
+    if anatomy.age_signs:
+        vc = atlas.ventricle_centre.reshape(3, 1, 1, 1)
+        near_vent = np.sqrt(((q - vc) ** 2)[:2].sum(axis=0)) < 30.0
+        deep = signs["wmh_load"] * DEEP_LESIONS_PER_LOAD
+        gm, csf, wmh = _age_signs3(child, (gm, wm, csf), near_vent, pix, signs["atrophy"],
+                                   min(signs["wmh_load"], 1.0), deep)  # fmt: skip
+
+    seg = np.zeros((size,) * 3, dtype=np.uint8)
+    parts = None
+    if lesion is not None:
+        r = lesion["radius_mm"] / pix
+        d = np.indices((size,) * 3, dtype=np.float64) - lesion["voxel"].reshape(3, 1, 1, 1)
+        dist = np.sqrt((d * d).sum(axis=0))
+        azimuth = np.arctan2(d[1], d[0])
+        elevation = np.arctan2(d[2], np.hypot(d[0], d[1]))
+        wobble = np.ones_like(dist)
+        for k in (2, 3, 5):
+            wobble += rng.normal(0.0, 0.08) * np.cos(k * azimuth + rng.uniform(0, 2 * np.pi))
+            wobble += rng.normal(0.0, 0.05) * np.cos(k * elevation + rng.uniform(0, 2 * np.pi))
+        dd = dist / wobble
+
+        def ramp(edge: float) -> np.ndarray:
+            return np.clip(edge - dd + 0.5, 0.0, 1.0)
+
+        inside = np.clip(mask, 0, 1)
+        core = ramp(0.55 * r) * inside
+        solid = ramp(r) * inside
+        oedema = ramp(r * float(rng.uniform(1.6, 2.4))) * np.clip(gm + wm, 0, 1)
+        parts = (core, solid - core, oedema, solid)
+        seg[oedema > 0.5] = BRATS_LABELS["oedema"]
+        seg[solid > 0.5] = BRATS_LABELS["enhancing"]  # the solid tumour outside the core
+        seg[core > 0.5] = BRATS_LABELS["necrotic_core"]
+
+    u = np.indices((size,) * 3, dtype=np.float64) / ((size - 1) / 2.0) - 1.0
+    volumes: dict[str, np.ndarray] = {}
+    for sequence in SEQUENCES:
+        contrast = {k: v * float(rng.uniform(0.93, 1.07)) for k, v in CONTRASTS[sequence].items()}
+        img = contrast["gm"] * gm + contrast["wm"] * wm + contrast["csf"] * csf
+        if wmh is not None:
+            bright = contrast["oedema"] if sequence in ("t2", "flair") else contrast["gm"] * 1.1
+            img = img + wmh * (bright - contrast["wm"])
+        if parts is not None:
+            core, rim, oedema, solid = parts
+            img = img * (1 - oedema) + contrast["oedema"] * oedema
+            img = img * (1 - solid) + contrast["core"] * core + contrast["rim"] * rim
+        b = rng.normal(0.0, 0.12, size=6)
+        field = b[0] * u[0] + b[1] * u[1] + b[2] * u[2]
+        field = field + b[3] * u[0] * u[1] + b[4] * u[0] * u[0] + b[5] * u[1] * u[1]
+        img = img * np.exp(field)
+        sigma = float(rng.uniform(0.01, 0.035))
+        noisy = np.hypot(img + rng.normal(0.0, sigma, img.shape), rng.normal(0.0, sigma, img.shape))
+        img = np.where(mask > 0.5, noisy, img * np.clip(mask * 2, 0, 1))
+        volumes[sequence] = np.clip(img / 1.15, 0.0, 1.0).astype(np.float32)
+
+    params = {
+        **subj,
+        "tumour_side": lesion["side"] if lesion else "",
+        "tumour_lobe": lesion["lobe"] if lesion else "",
+        "has_tumour": lesion is not None,
+        "lesion_ml": float((seg > 0).sum() * pix**3 / 1000.0),
+    }
+    return volumes, seg, params
+
+
+def nifti_bytes(data: np.ndarray, affine: np.ndarray) -> bytes:
+    """A ``.nii.gz`` file's bytes, gzip without a time stamp (same data, same bytes)."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_xyzt_units("mm")
+    img.header.set_qform(affine, code=1)
+    img.header.set_sform(affine, code=1)
+    return gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)
+
+
+def _render_subject(
+    cfg: PhantomConfig, i: int, sex: str, tumour: bool, split: str, band: str | None
+) -> tuple[dict[str, bytes], list[dict[str, Any]]]:
+    atlas = load_atlas(1 if cfg.size > 96 else 2)
+    rng = np.random.default_rng([cfg.seed, i, 0x3D])
+    volumes, seg, params = render_phantom_volume(
+        atlas,
+        rng,
+        sex=sex,
+        tumour=tumour,
+        size=cfg.size,
+        anatomy=cfg.anatomy,
+        age_range=None if band is None else age_band_range(band, cfg.age_bands),
+    )
+    sid = f"phantom3d-{cfg.seed}-{i:06d}"
+    grade = "HGG" if params["has_tumour"] else "healthy"
+    folder = f"{grade}/{sid}"
+    affine = volume_affine(cfg.size)
+    files = {f"{folder}/{sid}_seg.nii.gz": nifti_bytes(seg, affine)}
+    rows = []
+    for sequence, vol in volumes.items():
+        name = f"{folder}/{sid}_{sequence}.nii.gz"
+        stored = np.round(vol * INTENSITY_SCALE).astype(np.int16)
+        files[name] = nifti_bytes(stored, affine)
+        rows.append(
+            {
+                "file": name,
+                "subject": sid,
+                "grade": grade,
+                "sex": sex,
+                "age": params["age"],
+                "age_band": age_band(params["age"], cfg.age_bands),
+                "tumour": int(params["has_tumour"]),
+                "sequence": sequence,
+                "split": split,
+                "seg": f"{folder}/{sid}_seg.nii.gz",
+                "tumour_side": params["tumour_side"],
+                "tumour_lobe": params["tumour_lobe"],
+                "head_scale": f"{params['head_scale']:.5f}",
+                "ventricle_gain": f"{params['ventricle_gain']:.5f}",
+                "gm_shift": f"{params['gm_shift']:.5f}",
+                "wmh_load": f"{params['wmh_load']:.5f}",
+                "atrophy": f"{params['atrophy']:.5f}",
+                "lesion_ml": f"{params['lesion_ml']:.3f}",
+            }
+        )
+    return files, rows
+
+
+def _render_chunk(cfg: PhantomConfig, jobs: list[tuple[int, str, bool, str, str | None]]):
+    return [_render_subject(cfg, *job) for job in jobs]
+
+
+def build_phantom_volumes(
+    out: str | os.PathLike[str],
+    config: PhantomConfig,
+    *,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+) -> PhantomResult:
+    """Build a phantom of ``config.n`` subjects as NIfTI volumes in the BraTS layout.
+
+    ``config.size`` is the volume side in voxels (32-128); every subject gets all four
+    sequences (``config.sequences`` must be left at all four); captions are not written.
+    Sex, tumour, split and (joint) age band are assigned per subject exactly as the slice
+    phantom assigns them per image, so splits are subject-disjoint by construction. Built beside
+    ``out`` and moved into place at the end.
+
+    Returns:
+        Paths and per-split, per-sex counts of subjects.
+    """
+    if config.size > MAX_VOLUME_SIZE:
+        raise ConfigError(
+            f"expected a volume side of at most {MAX_VOLUME_SIZE} voxels, got {config.size}",
+            param="size",
+        )
+    if tuple(config.sequences) != SEQUENCES:
+        raise ConfigError(
+            "volumes are written for all four sequences, as BraTS ships them: leave "
+            "--sequences at its default",
+            param="sequences",
+        )
+    sexes, tumours, splits, _, bands = _assignments(config)
+    jobs = list(zip(range(config.n), sexes, tumours, splits, bands, strict=True))
+    workers = config.workers or min(2, os.cpu_count() or 1)
+    chunk = 8
+    chunks = [jobs[i : i + chunk] for i in range(0, len(jobs), chunk)]
+    rows: list[dict[str, Any]] = []
+    subjects: list[dict[str, Any]] = []
+    with building_dir(out, overwrite=overwrite, param="out") as tmp:
+        report(progress, "phantom volumes", 0, config.n)
+
+        def consume(results: list[tuple[dict[str, bytes], list[dict[str, Any]]]]) -> None:
+            for files, subject_rows in results:
+                for name, data in files.items():
+                    (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+                    atomic_write_bytes(tmp / name, data)
+                rows.extend(subject_rows)
+                first = subject_rows[0]
+                subjects.append({"Subject": first["subject"], "Sex": first["sex"],
+                                 "Age": first["age"]})  # fmt: skip
+            report(progress, "phantom volumes", len(subjects), config.n)
+
+        if workers > 1 and len(chunks) > 1:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                for results in pool.map(_render_chunk, [config] * len(chunks), chunks):
+                    consume(results)
+        else:
+            for c in chunks:
+                consume(_render_chunk(config, c))
+        for name, table, columns in (
+            ("metadata.csv", rows, VOLUME_COLUMNS),
+            ("subjects.csv", subjects, ("Subject", "Sex", "Age")),
+        ):
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(table)
+            atomic_write_text(tmp / name, buf.getvalue())
+        counts: dict[str, dict[str, int]] = {}
+        for row in rows[:: len(SEQUENCES)]:
+            per = counts.setdefault(row["split"], {"female": 0, "male": 0})
+            per[row["sex"]] += 1
+        cfg = asdict(config)
+        cfg["sequences"] = list(config.sequences)
+        cfg.pop("workers")
+        atomic_write_json(
+            tmp / "dataset.json",
+            {
+                "kind": "medfair-phantom-volumes",
+                "format": "BraTS layout (<grade>/<subject>/<subject>_<sequence>.nii.gz) + "
+                "metadata.csv (one row per volume) + subjects.csv",
+                "orientation": "RAS+ (diagonal affine)",
+                "voxel_mm": FOV_MM / config.size,
+                "shape": [config.size] * 3,
+                "intensity": f"int16, {INTENSITY_SCALE} = signal 1, 0 = background",
+                "segmentation": dict(BRATS_LABELS),
+                "config": cfg,
+                "counts": counts,
+                "n_subjects": len(subjects),
+            },
+        )
+    out = Path(out)
+    return PhantomResult(root=out, metadata_csv=out / "metadata.csv", counts=counts)

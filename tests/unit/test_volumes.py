@@ -1,0 +1,130 @@
+"""The phantom as 3-D volumes in the BraTS layout (``medfair data phantom --volumes``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from medfair_audit.data import BratsDataset, PhantomConfig, build_phantom_volumes
+from medfair_audit.data.phantom import SEQUENCES
+from medfair_audit.data.volumes import BRATS_LABELS, INTENSITY_SCALE, volume_affine
+from medfair_audit.exceptions import ConfigError
+from tests.cli.test_cli import assert_one_line_error, run
+
+
+def _digest(root):
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def volumes(tmp_path_factory):
+    out = tmp_path_factory.mktemp("vol") / "v"
+    cfg = PhantomConfig(n=12, seed=4, size=32, tumour_rate=0.75, workers=1,
+                        splits="train=0.5,val=0.25,test=0.25")  # fmt: skip
+    result = build_phantom_volumes(out, cfg)
+    return out, cfg, result
+
+
+def test_layout_nifti_and_segmentation(volumes):
+    out, cfg, result = volumes
+    meta = pd.read_csv(out / "metadata.csv")
+    assert len(meta) == cfg.n * len(SEQUENCES)
+    for seqs in meta.groupby("subject").sequence.apply(sorted):
+        assert seqs == sorted(SEQUENCES)
+    # splits are per subject, so any split of the rows is subject-disjoint
+    assert (meta.groupby("subject").split.nunique() == 1).all()
+    assert (meta.groupby("subject").sex.nunique() == 1).all()
+    assert meta.drop_duplicates("subject").tumour.sum() == 9  # 75% of 12, exactly
+    seen: set[int] = set()
+    for row in meta.drop_duplicates("subject").itertuples():
+        grade = "HGG" if row.tumour else "healthy"
+        assert row.file.startswith(f"{grade}/{row.subject}/{row.subject}_")
+        seg = nib.load(out / row.seg)
+        labels = np.asarray(seg.dataobj)
+        assert seg.shape == (32, 32, 32) and np.allclose(seg.affine, volume_affine(32))
+        assert set(np.unique(labels)) <= {0, *BRATS_LABELS.values()}
+        # a glioma has a necrotic core and oedema (the enhancing rim may be thinner than a
+        # voxel); a healthy subject none
+        assert {0, 1, 2} <= set(np.unique(labels)) if row.tumour else set(np.unique(labels)) == {0}
+        assert (float(row.lesion_ml) > 0) == bool(row.tumour)
+        seen |= set(np.unique(labels).tolist())
+    assert seen == {0, 1, 2, 4}
+    vol = nib.load(out / meta.file[0])
+    data = np.asarray(vol.dataobj)
+    assert vol.get_data_dtype() == np.int16 and 0 <= data.min() and data.max() <= INTENSITY_SCALE
+    assert nib.aff2axcodes(vol.affine) == ("R", "A", "S")
+    subjects = pd.read_csv(out / "subjects.csv")
+    assert list(subjects.columns) == ["Subject", "Sex", "Age"] and len(subjects) == cfg.n
+    doc = json.loads((out / "dataset.json").read_text())
+    assert doc["n_subjects"] == cfg.n and doc["voxel_mm"] == pytest.approx(200 / 32)
+    assert sum(c["male"] + c["female"] for c in result.counts.values()) == cfg.n
+
+
+def test_same_seed_same_bytes_and_workers_do_not_matter(volumes, tmp_path):
+    out, cfg, _ = volumes
+    again = tmp_path / "again"
+    build_phantom_volumes(again, PhantomConfig(**{**cfg.__dict__, "workers": 2}))
+    assert _digest(again) == _digest(out)
+    other = tmp_path / "other"
+    build_phantom_volumes(other, PhantomConfig(**{**cfg.__dict__, "seed": 5, "n": 2}))
+    assert set(_digest(other).values()).isdisjoint(_digest(out).values())
+
+
+def test_the_rendered_brain_follows_the_drawn_head_size(volumes):
+    out, _, _ = volumes
+    meta = pd.read_csv(out / "metadata.csv")
+    t1 = meta[meta.sequence == "t1"]
+    brain = [(np.asarray(nib.load(out / f).dataobj) > 0).sum() for f in t1.file]
+    r = np.corrcoef(np.asarray(brain, float), t1.head_scale.to_numpy() ** 3)[0, 1]
+    assert r > 0.9
+
+
+def test_import_brats_reads_the_phantom_volumes(volumes):
+    out, _, _ = volumes
+    ds = BratsDataset(out, out / "subjects.csv", sequence="flair", slices_per_subject=3, size=32)
+    subjects = pd.read_csv(out / "subjects.csv").set_index("Subject")
+    meta = ds.metadata
+    tumour = pd.read_csv(out / "metadata.csv").drop_duplicates("subject").set_index("subject")
+    # the HGG subjects, three slices each, labelled with their sex and age
+    assert sorted(meta.subject.unique()) == sorted(tumour.index[tumour.tumour == 1])
+    assert len(meta) == 3 * (tumour.tumour == 1).sum()
+    for row in meta.itertuples():
+        assert row.sex == subjects.Sex[row.subject] and int(row.age) == subjects.Age[row.subject]
+    x = ds[0]["image"]
+    assert x.shape == (1, 32, 32) and -1 <= float(x.min()) and float(x.max()) <= 1
+
+
+def test_bad_volume_settings(tmp_path, capsys):
+    with pytest.raises(ConfigError) as info:
+        build_phantom_volumes(tmp_path / "a", PhantomConfig(n=2, size=136))
+    assert info.value.param == "size"
+    with pytest.raises(ConfigError) as info:
+        build_phantom_volumes(tmp_path / "b", PhantomConfig(n=2, size=32, sequences=("t1",)))
+    assert info.value.param == "sequences"
+    code, _, err = run(capsys, "data", "phantom", "--volumes", "--out", tmp_path / "c",
+                       "--n", 2, "--caption-sex-rate", 0.5)  # fmt: skip
+    assert_one_line_error(code, err, "--caption-sex-rate", "captions")
+    assert not (tmp_path / "c").exists()
+
+
+def test_cli_writes_volumes(tmp_path, capsys):
+    code, out, _ = run(capsys, "data", "phantom", "--volumes", "--out", tmp_path / "v",
+                       "--n", 2, "--size", 32, "--tumour-rate", 1)  # fmt: skip
+    assert code == 0 and "volumes" in out
+    assert len(list((tmp_path / "v" / "HGG").glob("*/*.nii.gz"))) == 2 * 5
+    # the README's pair of commands: import-brats reads them, labelled from subjects.csv
+    code, _, _ = run(capsys, "data", "import-brats", "--root", tmp_path / "v", "--sex-csv",
+                     tmp_path / "v" / "subjects.csv", "--out", tmp_path / "s")  # fmt: skip
+    slices = pd.read_csv(tmp_path / "s" / "metadata.csv")
+    subjects = pd.read_csv(tmp_path / "v" / "subjects.csv").set_index("Subject")
+    assert code == 0 and len(slices) == 2 * 10
+    assert (slices.sex == subjects.Sex[slices.subject].to_numpy()).all()
