@@ -492,6 +492,78 @@ def _age_signs(
     return gm, csf, (wmh * np.clip(wm, 0.0, 1.0)).astype(np.float32)
 
 
+def grey_white_shift(gm: np.ndarray, wm: np.ndarray, shift: float) -> tuple[np.ndarray, np.ndarray]:
+    """Shift the logit of the grey-matter share of tissue by ``shift`` (tissue total kept)."""
+    if shift == 0.0:
+        return gm, wm
+    t = gm + wm
+    f = np.clip(gm / np.maximum(t, 1e-6), 1e-4, 1 - 1e-4)
+    f = 1.0 / (1.0 + np.exp(-(np.log(f / (1 - f)) + shift)))
+    return t * f, t * (1 - f)
+
+
+def draw_contrast(rng: np.random.Generator, sequence: str) -> dict[str, float]:
+    """The sequence's compartment signals, each with a small random jitter (±7%)."""
+    return {k: v * float(rng.uniform(0.93, 1.07)) for k, v in CONTRASTS[sequence].items()}
+
+
+def tissue_signal(
+    sequence: str,
+    contrast: dict[str, float],
+    gm: np.ndarray,
+    wm: np.ndarray,
+    csf: np.ndarray,
+    wmh: np.ndarray | None,
+) -> np.ndarray:
+    """Healthy-tissue signal, with white-matter hyperintensities where ``wmh`` is given."""
+    img = contrast["gm"] * gm + contrast["wm"] * wm + contrast["csf"] * csf
+    if wmh is not None:
+        # Hyperintense on T2/FLAIR (as oedema), slightly hypointense on T1 (toward grey matter).
+        bright = contrast["oedema"] if sequence in ("t2", "flair") else contrast["gm"] * 1.1
+        img = img + wmh * (bright - contrast["wm"])
+    return img
+
+
+def lesion_compartments(
+    rng: np.random.Generator, d: np.ndarray, r: float, mask: np.ndarray, tissue: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Necrotic core, solid tumour and oedema (0-1 each) at distance ``d`` from the centre.
+
+    ``d``: distance in pixels divided by the border's irregularity; ``r``: tumour radius in
+    pixels. The core fills 55% of the radius, the oedema 1.6-2.4 radii of grey and white matter.
+    """
+
+    def ramp(edge: float) -> np.ndarray:
+        return np.clip(edge - d + 0.5, 0.0, 1.0)
+
+    inside = np.clip(mask, 0, 1)
+    core = ramp(0.55 * r) * inside
+    solid = ramp(r) * inside
+    oedema = ramp(r * float(rng.uniform(1.6, 2.4))) * np.clip(tissue, 0, 1)
+    return core, solid, oedema
+
+
+def lesion_signal(
+    img: np.ndarray,
+    contrast: dict[str, float],
+    core: np.ndarray,
+    solid: np.ndarray,
+    oedema: np.ndarray,
+) -> np.ndarray:
+    """Oedema over the tissue, then the solid tumour: necrotic core and enhancing rim."""
+    rim = solid - core
+    img = img * (1 - oedema) + contrast["oedema"] * oedema
+    return img * (1 - solid) + contrast["core"] * core + contrast["rim"] * rim
+
+
+def rician_and_clip(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Rician noise inside the brain, a soft edge outside, scaled and clipped to [0, 1]."""
+    sigma = float(rng.uniform(0.01, 0.035))
+    noisy = np.hypot(img + rng.normal(0.0, sigma, img.shape), rng.normal(0.0, sigma, img.shape))
+    img = np.where(mask > 0.5, noisy, img * np.clip(mask * 2, 0, 1))
+    return np.clip(img / 1.15, 0.0, 1.0).astype(np.float32)
+
+
 def render_phantom_slice(
     atlas: TissueAtlas,
     rng: np.random.Generator,
@@ -577,11 +649,7 @@ def render_phantom_slice(
             }
 
     gm, wm, csf, mask = maps
-    if subj["gm_shift"] != 0.0:
-        t = gm + wm
-        f = np.clip(gm / np.maximum(t, 1e-6), 1e-4, 1 - 1e-4)
-        f = 1.0 / (1.0 + np.exp(-(np.log(f / (1 - f)) + subj["gm_shift"])))
-        gm, wm = t * f, t * (1 - f)
+    gm, wm = grey_white_shift(gm, wm, subj["gm_shift"])
     # The signs of ageing come from a child generator: the draws below stay as without them.
     child = rng.spawn(1)[0] if anatomy.age_signs else rng
     signs = anatomy.draw_signs(child, subj["age"])
@@ -592,12 +660,8 @@ def render_phantom_slice(
         deep = signs["wmh_load"] * anatomy.wmh_deep_per_load
         gm, csf, wmh = _age_signs(child, gm, wm, csf, near_vent, pix, signs["atrophy"],
                                   min(signs["wmh_load"], 1.0), deep)  # fmt: skip
-    contrast = {k: v * float(rng.uniform(0.93, 1.07)) for k, v in CONTRASTS[sequence].items()}
-    img = contrast["gm"] * gm + contrast["wm"] * wm + contrast["csf"] * csf
-    if wmh is not None:
-        # Hyperintense on T2/FLAIR (as oedema), slightly hypointense on T1 (toward grey matter).
-        bright = contrast["oedema"] if sequence in ("t2", "flair") else contrast["gm"] * 1.1
-        img = img + wmh * (bright - contrast["wm"])
+    contrast = draw_contrast(rng, sequence)
+    img = tissue_signal(sequence, contrast, gm, wm, csf, wmh)
 
     if lesion is not None:
         r = lesion["radius_mm"] / pix
@@ -606,27 +670,14 @@ def render_phantom_slice(
         wobble = np.ones_like(angle)
         for k in (2, 3, 5):
             wobble += rng.normal(0.0, 0.08) * np.cos(k * angle + rng.uniform(0, 2 * np.pi))
-        d = dist / wobble
-
-        def ramp(edge: float) -> np.ndarray:
-            return np.clip(edge - d + 0.5, 0.0, 1.0)
-
-        inside = np.clip(mask, 0, 1)
-        core = ramp(0.55 * r) * inside
-        solid = ramp(r) * inside
-        oedema = ramp(r * float(rng.uniform(1.6, 2.4))) * np.clip(gm + wm, 0, 1)
-        rim = solid - core
-        img = img * (1 - oedema) + contrast["oedema"] * oedema
-        img = img * (1 - solid) + contrast["core"] * core + contrast["rim"] * rim
+        core, solid, oedema = lesion_compartments(rng, dist / wobble, r, mask, gm + wm)
+        img = lesion_signal(img, contrast, core, solid, oedema)
 
     u = (cols - half) / half
     v = (rows - half) / half
     b = rng.normal(0.0, 0.12, size=5)
     img = img * np.exp(b[0] * u + b[1] * v + b[2] * u * v + b[3] * u * u + b[4] * v * v)
-    sigma = float(rng.uniform(0.01, 0.035))
-    noisy = np.hypot(img + rng.normal(0.0, sigma, img.shape), rng.normal(0.0, sigma, img.shape))
-    img = np.where(mask > 0.5, noisy, img * np.clip(mask * 2, 0, 1))
-    img = np.clip(img / 1.15, 0.0, 1.0).astype(np.float32)
+    img = rician_and_clip(rng, img, mask)
 
     params = {
         **subj,
@@ -728,13 +779,55 @@ def _render_one(
         "tumour_side": params["tumour_side"],
         "tumour_lobe": params["tumour_lobe"],
         "slice_z_mm": f"{params['slice_z_mm']:.2f}",
-        "head_scale": f"{params['head_scale']:.5f}",
-        "ventricle_gain": f"{params['ventricle_gain']:.5f}",
-        "gm_shift": f"{params['gm_shift']:.5f}",
-        "wmh_load": f"{params['wmh_load']:.5f}",
-        "atrophy": f"{params['atrophy']:.5f}",
+        **anatomy_columns(params),
     }
     return data, row
+
+
+#: The drawn anatomy parameters written to ``metadata.csv``, five decimals each.
+ANATOMY_COLUMNS = ("head_scale", "ventricle_gain", "gm_shift", "wmh_load", "atrophy")
+
+
+def anatomy_columns(params: Mapping[str, Any]) -> dict[str, str]:
+    """A subject's anatomy parameters as ``metadata.csv`` writes them."""
+    return {k: f"{params[k]:.5f}" for k in ANATOMY_COLUMNS}
+
+
+def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """Rows as CSV text with a header, one line per row."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def split_sex_counts(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
+    """Rows per split and sex."""
+    counts: dict[str, dict[str, int]] = {}
+    for row in rows:
+        per = counts.setdefault(row["split"], {"female": 0, "male": 0})
+        per[row["sex"]] += 1
+    return counts
+
+
+def render_chunks(
+    work: Any, config: PhantomConfig, jobs: Sequence[Any], chunk: int, consume: Any
+) -> None:
+    """Run ``work(config, chunk_of_jobs)`` over ``jobs`` in chunks of ``chunk``.
+
+    On up to ``config.workers`` processes (default: 2, or the CPUs there are); each chunk's
+    results go to ``consume`` in order.
+    """
+    workers = config.workers or min(2, os.cpu_count() or 1)
+    chunks = [jobs[i : i + chunk] for i in range(0, len(jobs), chunk)]
+    if workers > 1 and len(chunks) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for results in pool.map(work, [config] * len(chunks), chunks):
+                consume(results)
+    else:
+        for c in chunks:
+            consume(work(config, c))
 
 
 def _render_chunk(cfg: PhantomConfig, jobs: list[tuple[int, str, bool, str, str, str | None]]):
@@ -764,9 +857,6 @@ def build_phantom(
     """
     sexes, tumours, splits, seqs, bands = _assignments(config)
     jobs = list(zip(range(config.n), sexes, tumours, splits, seqs, bands, strict=True))
-    workers = config.workers or min(2, os.cpu_count() or 1)
-    chunk = 50
-    chunks = [jobs[i : i + chunk] for i in range(0, len(jobs), chunk)]
     rows: list[dict[str, Any]] = []
     with building_dir(out, overwrite=overwrite, param="out") as tmp:
         (tmp / "images").mkdir()
@@ -778,22 +868,9 @@ def build_phantom(
                 rows.append(row)
             report(progress, "phantom", len(rows), config.n)
 
-        if workers > 1 and len(chunks) > 1:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                for results in pool.map(_render_chunk, [config] * len(chunks), chunks):
-                    consume(results)
-        else:
-            for c in chunks:
-                consume(_render_chunk(config, c))
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=METADATA_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(tmp / "metadata.csv", buf.getvalue())
-        counts: dict[str, dict[str, int]] = {}
-        for row in rows:
-            per = counts.setdefault(row["split"], {"female": 0, "male": 0})
-            per[row["sex"]] += 1
+        render_chunks(_render_chunk, config, jobs, 50, consume)
+        atomic_write_text(tmp / "metadata.csv", csv_text(rows, METADATA_COLUMNS))
+        counts = split_sex_counts(rows)
         cfg = asdict(config)
         cfg["sequences"] = list(config.sequences)
         cfg.pop("workers")

@@ -26,12 +26,9 @@ same configuration and seed give identical bytes.
 
 from __future__ import annotations
 
-import csv
 import gzip
-import io
 import math
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -46,7 +43,6 @@ from ..progress import ProgressCallback, report
 from ._template import TissueAtlas, load_atlas
 from .phantom import (
     CENTRE_Y_MM,
-    CONTRASTS,
     FOV_MM,
     SEQUENCES,
     AnatomyModel,
@@ -54,6 +50,16 @@ from .phantom import (
     PhantomResult,
     _assignments,
     _lobe,
+    anatomy_columns,
+    csv_text,
+    draw_contrast,
+    grey_white_shift,
+    lesion_compartments,
+    lesion_signal,
+    render_chunks,
+    rician_and_clip,
+    split_sex_counts,
+    tissue_signal,
 )
 
 __all__ = [
@@ -226,11 +232,7 @@ def render_phantom_volume(
             }
 
     gm, wm, csf, mask = maps
-    if subj["gm_shift"] != 0.0:
-        total = gm + wm
-        f = np.clip(gm / np.maximum(total, 1e-6), 1e-4, 1 - 1e-4)
-        f = 1.0 / (1.0 + np.exp(-(np.log(f / (1 - f)) + subj["gm_shift"])))
-        gm, wm = total * f, total * (1 - f)
+    gm, wm = grey_white_shift(gm, wm, subj["gm_shift"])
     child = rng.spawn(1)[0] if anatomy.age_signs else rng
     signs = anatomy.draw_signs(child, subj["age"])
     subj.update(signs)
@@ -254,16 +256,8 @@ def render_phantom_volume(
         for k in (2, 3, 5):
             wobble += rng.normal(0.0, 0.08) * np.cos(k * azimuth + rng.uniform(0, 2 * np.pi))
             wobble += rng.normal(0.0, 0.05) * np.cos(k * elevation + rng.uniform(0, 2 * np.pi))
-        dd = dist / wobble
-
-        def ramp(edge: float) -> np.ndarray:
-            return np.clip(edge - dd + 0.5, 0.0, 1.0)
-
-        inside = np.clip(mask, 0, 1)
-        core = ramp(0.55 * r) * inside
-        solid = ramp(r) * inside
-        oedema = ramp(r * float(rng.uniform(1.6, 2.4))) * np.clip(gm + wm, 0, 1)
-        parts = (core, solid - core, oedema, solid)
+        core, solid, oedema = lesion_compartments(rng, dist / wobble, r, mask, gm + wm)
+        parts = (core, solid, oedema)
         seg[oedema > 0.5] = BRATS_LABELS["oedema"]
         seg[solid > 0.5] = BRATS_LABELS["enhancing"]  # the solid tumour outside the core
         seg[core > 0.5] = BRATS_LABELS["necrotic_core"]
@@ -271,23 +265,14 @@ def render_phantom_volume(
     u = np.indices((size,) * 3, dtype=np.float64) / ((size - 1) / 2.0) - 1.0
     volumes: dict[str, np.ndarray] = {}
     for sequence in SEQUENCES:
-        contrast = {k: v * float(rng.uniform(0.93, 1.07)) for k, v in CONTRASTS[sequence].items()}
-        img = contrast["gm"] * gm + contrast["wm"] * wm + contrast["csf"] * csf
-        if wmh is not None:
-            bright = contrast["oedema"] if sequence in ("t2", "flair") else contrast["gm"] * 1.1
-            img = img + wmh * (bright - contrast["wm"])
+        contrast = draw_contrast(rng, sequence)
+        img = tissue_signal(sequence, contrast, gm, wm, csf, wmh)
         if parts is not None:
-            core, rim, oedema, solid = parts
-            img = img * (1 - oedema) + contrast["oedema"] * oedema
-            img = img * (1 - solid) + contrast["core"] * core + contrast["rim"] * rim
+            img = lesion_signal(img, contrast, *parts)
         b = rng.normal(0.0, 0.12, size=6)
         field = b[0] * u[0] + b[1] * u[1] + b[2] * u[2]
         field = field + b[3] * u[0] * u[1] + b[4] * u[0] * u[0] + b[5] * u[1] * u[1]
-        img = img * np.exp(field)
-        sigma = float(rng.uniform(0.01, 0.035))
-        noisy = np.hypot(img + rng.normal(0.0, sigma, img.shape), rng.normal(0.0, sigma, img.shape))
-        img = np.where(mask > 0.5, noisy, img * np.clip(mask * 2, 0, 1))
-        volumes[sequence] = np.clip(img / 1.15, 0.0, 1.0).astype(np.float32)
+        volumes[sequence] = rician_and_clip(rng, img * np.exp(field), mask)
 
     params = {
         **subj,
@@ -348,11 +333,7 @@ def _render_subject(
                 "seg": f"{folder}/{sid}_seg.nii.gz",
                 "tumour_side": params["tumour_side"],
                 "tumour_lobe": params["tumour_lobe"],
-                "head_scale": f"{params['head_scale']:.5f}",
-                "ventricle_gain": f"{params['ventricle_gain']:.5f}",
-                "gm_shift": f"{params['gm_shift']:.5f}",
-                "wmh_load": f"{params['wmh_load']:.5f}",
-                "atrophy": f"{params['atrophy']:.5f}",
+                **anatomy_columns(params),
                 "lesion_ml": f"{params['lesion_ml']:.3f}",
             }
         )
@@ -394,9 +375,6 @@ def build_phantom_volumes(
         )
     sexes, tumours, splits, _, bands = _assignments(config)
     jobs = list(zip(range(config.n), sexes, tumours, splits, bands, strict=True))
-    workers = config.workers or min(2, os.cpu_count() or 1)
-    chunk = 8
-    chunks = [jobs[i : i + chunk] for i in range(0, len(jobs), chunk)]
     rows: list[dict[str, Any]] = []
     subjects: list[dict[str, Any]] = []
     with building_dir(out, overwrite=overwrite, param="out") as tmp:
@@ -413,26 +391,10 @@ def build_phantom_volumes(
                                  "Age": first["age"]})  # fmt: skip
             report(progress, "phantom volumes", len(subjects), config.n)
 
-        if workers > 1 and len(chunks) > 1:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                for results in pool.map(_render_chunk, [config] * len(chunks), chunks):
-                    consume(results)
-        else:
-            for c in chunks:
-                consume(_render_chunk(config, c))
-        for name, table, columns in (
-            ("metadata.csv", rows, VOLUME_COLUMNS),
-            ("subjects.csv", subjects, ("Subject", "Sex", "Age")),
-        ):
-            buf = io.StringIO()
-            writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(table)
-            atomic_write_text(tmp / name, buf.getvalue())
-        counts: dict[str, dict[str, int]] = {}
-        for row in rows[:: len(SEQUENCES)]:
-            per = counts.setdefault(row["split"], {"female": 0, "male": 0})
-            per[row["sex"]] += 1
+        render_chunks(_render_chunk, config, jobs, 8, consume)
+        atomic_write_text(tmp / "metadata.csv", csv_text(rows, VOLUME_COLUMNS))
+        atomic_write_text(tmp / "subjects.csv", csv_text(subjects, ("Subject", "Sex", "Age")))
+        counts = split_sex_counts(rows[:: len(SEQUENCES)])
         cfg = asdict(config)
         cfg["sequences"] = list(config.sequences)
         cfg.pop("workers")
