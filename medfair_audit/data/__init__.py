@@ -13,7 +13,7 @@ from .phantom import (
     render_phantom_slice,
 )
 from .roco import RocoDataset
-from .volumes import build_phantom_volumes, render_phantom_volume
+from .volumes import VolumeFolderDataset, build_phantom_volumes, render_phantom_volume
 
 __all__ = [
     "METADATA_COLUMNS",
@@ -25,6 +25,7 @@ __all__ = [
     "PhantomConfig",
     "PhantomResult",
     "RocoDataset",
+    "VolumeFolderDataset",
     "build_phantom",
     "build_phantom_volumes",
     "check_out",

@@ -38,9 +38,11 @@ from scipy import ndimage
 
 from .._io import atomic_write_bytes, atomic_write_json, atomic_write_text, building_dir
 from ..attributes import age_band, age_band_range
-from ..exceptions import ConfigError
+from ..exceptions import ConfigError, DataError
 from ..progress import ProgressCallback, report
 from ._template import TissueAtlas, load_atlas
+from .brats import _load_volume
+from .datasets import ImageFolderDataset
 from .phantom import (
     CENTRE_Y_MM,
     FOV_MM,
@@ -65,6 +67,7 @@ from .phantom import (
 __all__ = [
     "BRATS_LABELS",
     "VOLUME_COLUMNS",
+    "VolumeFolderDataset",
     "build_phantom_volumes",
     "render_phantom_volume",
     "volume_affine",
@@ -416,3 +419,87 @@ def build_phantom_volumes(
         )
     out = Path(out)
     return PhantomResult(root=out, metadata_csv=out / "metadata.csv", counts=counts)
+
+
+def resample_cube(volume: np.ndarray, size: int) -> np.ndarray:
+    """Zero-pad a volume to a cube (centred) and resample it to ``size`` voxels a side.
+
+    Linear interpolation; an isotropic volume keeps its proportions (BraTS's 240×240×155 is
+    padded to 240³ first).
+    """
+    side = max(volume.shape)
+    pad = [((side - n) // 2, side - n - (side - n) // 2) for n in volume.shape]
+    cube = np.pad(volume, pad)
+    if side == size:
+        return cube.astype(np.float32)
+    return ndimage.zoom(cube, size / side, order=1, grid_mode=True, mode="grid-constant")[
+        :size, :size, :size
+    ].astype(np.float32)
+
+
+class VolumeFolderDataset(ImageFolderDataset):
+    """NIfTI volumes listed in a ``metadata.csv`` (``medfair data phantom --volumes``' layout).
+
+    Each item is one volume, reoriented to RAS+, normalised by percentiles of its brain (the
+    non-zero voxels, as for skull-stripped BraTS: the 1st and 99th map to 0 and 1, the
+    background stays 0), zero-padded to a cube and resampled to ``size`` voxels a side:
+    ``{"image": Tensor(1, size, size, size) in [-1, 1], "caption": None, "metadata": row}``.
+
+    Args:
+        root: The folder.
+        sequence: Keep only rows whose ``sequence`` column equals this (``None``: all rows).
+        size: Output side in voxels.
+        percentiles: Brain-intensity percentiles mapped to 0 and 1.
+        **kwargs: As :class:`~.datasets.ImageFolderDataset` (``metadata``, ``split``,
+            ``require``, ``param``, ``allow_outside_root``; ``channels`` is 1).
+
+    Raises:
+        DataError: As the image folder's, and for volumes that are unreadable, not 3-D, not
+            finite or empty.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        sequence: str | None = None,
+        size: int = 48,
+        percentiles: tuple[float, float] = (1.0, 99.0),
+        **kwargs: Any,
+    ) -> None:
+        require = tuple(kwargs.pop("require", ())) + (("sequence",) if sequence else ())
+        super().__init__(root, size=size, require=require, **kwargs)
+        if sequence is not None:
+            self.metadata = self.metadata[self.metadata["sequence"] == sequence].reset_index(
+                drop=True
+            )
+            if not len(self.metadata):
+                raise ConfigError(
+                    f"no volume of sequence '{sequence}' in '{self.root}'", param="sequence"
+                )
+        lo, hi = percentiles
+        if not 0 <= lo < hi <= 100:
+            raise ConfigError(
+                f"expected 0 ≤ low < high ≤ 100, got {percentiles}", param="percentiles"
+            )
+        self.percentiles = (float(lo), float(hi))
+
+    def load_array(self, index: int) -> np.ndarray:
+        """The normalised volume of item ``index`` (``size``³, float32 in [0, 1])."""
+        path = self.root / self.metadata.at[index, self.file_column]
+        vol = _load_volume(path, param=self.param)
+        brain = vol > 0
+        if not brain.any():
+            raise DataError(f"'{path}' is empty (all zero)", param=self.param)
+        lo, hi = np.percentile(vol[brain], self.percentiles)
+        norm = np.where(brain, np.clip((vol - lo) / max(hi - lo, 1e-6), 0.0, 1.0), 0.0)
+        return resample_cube(norm, self.size)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        import torch
+
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        index %= len(self)
+        image = torch.from_numpy(self.load_array(index))[None] * 2.0 - 1.0
+        return {"image": image, "caption": None, "metadata": self.metadata.iloc[index].to_dict()}

@@ -128,3 +128,77 @@ def test_cli_writes_volumes(tmp_path, capsys):
     subjects = pd.read_csv(tmp_path / "v" / "subjects.csv").set_index("Subject")
     assert code == 0 and len(slices) == 2 * 10
     assert (slices.sex == subjects.Sex[slices.subject].to_numpy()).all()
+
+
+# -- reading volumes ------------------------------------------------------------------------
+
+
+def test_volume_dataset_reads_normalised_cubes(volumes):
+    from medfair_audit.data import VolumeFolderDataset
+    from medfair_audit.training import load_images
+
+    out, cfg, _ = volumes
+    ds = VolumeFolderDataset(out, sequence="flair", size=24)
+    assert len(ds) == cfg.n and set(ds.metadata.sequence) == {"flair"}
+    item = ds[0]
+    x = item["image"]
+    assert x.shape == (1, 24, 24, 24) and item["caption"] is None
+    assert float(x.min()) == -1.0 and float(x.max()) <= 1.0
+    assert float(x[0, 0, 0, 0]) == -1.0  # background stays background
+    stack = load_images(ds)
+    assert stack.shape == (cfg.n, 1, 24, 24, 24)
+    train = VolumeFolderDataset(out, sequence="t1", split="train", size=24)
+    meta = pd.read_csv(out / "metadata.csv")
+    assert len(train) == ((meta.sequence == "t1") & (meta.split == "train")).sum()
+
+
+def test_volume_normalisation_is_the_brats_importers(volumes):
+    """At the source size, the volume's axial slices are import-brats' slices."""
+    from medfair_audit.data import VolumeFolderDataset
+    from medfair_audit.data.brats import _to_display
+
+    out, _, _ = volumes
+    ds = VolumeFolderDataset(out, sequence="flair", size=32, split="train")
+    brats = BratsDataset(out, out / "subjects.csv", sequence="flair", slices_per_subject=4,
+                         size=32)  # fmt: skip
+    checked = 0
+    for i, row in brats.metadata.iterrows():
+        hits = np.flatnonzero(ds.metadata.subject == row.subject)
+        if not len(hits):
+            continue
+        vol = ds.load_array(int(hits[0]))
+        expected = _to_display(vol[:, :, int(row.slice_index)])
+        assert np.allclose(brats.load_array(i), expected, atol=1e-5)
+        checked += 1
+    assert checked >= 4
+
+
+def test_resample_cube_pads_centred_and_keeps_proportions():
+    from medfair_audit.data.volumes import resample_cube
+
+    vol = np.zeros((20, 30, 10), dtype=np.float32)
+    vol[5:15, 10:20, 2:8] = 1.0  # a box in the middle
+    cube = resample_cube(vol, 15)
+    assert cube.shape == (15, 15, 15)
+    centre = np.argwhere(cube > 0.5).mean(axis=0)
+    assert np.allclose(centre, 7, atol=0.6)  # centred in every axis
+    extent = (cube > 0.5).sum(axis=(1, 2)).nonzero()[0]
+    assert 4 <= len(extent) <= 6  # 10 of 30 voxels → 5 of 15
+    # at the cube's own side it only pads, centred
+    assert np.array_equal(resample_cube(vol, 30)[5:25, :, 10:20], vol)
+
+
+def test_volume_dataset_errors(volumes, tmp_path):
+    from medfair_audit.data import VolumeFolderDataset
+    from medfair_audit.exceptions import DataError
+
+    out, _, _ = volumes
+    with pytest.raises(ConfigError) as info:
+        VolumeFolderDataset(out, sequence="dwi")
+    assert info.value.param == "sequence"
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "v.nii.gz").write_bytes(b"not a nifti")
+    (broken / "metadata.csv").write_text("file,sex\nv.nii.gz,male\n")
+    with pytest.raises(DataError, match="cannot read NIfTI"):
+        VolumeFolderDataset(broken, size=16)[0]
