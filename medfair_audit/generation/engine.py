@@ -488,7 +488,9 @@ class ImageSource:
         if drawn is None:
             raise ConfigError(
                 f"{where} does not record how its images were drawn (an audit of an earlier "
-                "medfair): run that audit again to read its images here",
+                "medfair): run that audit again to read its images here (with --overwrite; an "
+                "audit of more than 128 shards keeps them in packs, which are redrawn only "
+                "after removing its shards/)",
                 param="images_from",
             )
         if drawn != self.image_stamp or got["seeds"].tolist() != list(seeds):
