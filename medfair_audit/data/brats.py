@@ -118,6 +118,21 @@ def _load_volume(path: Path, *, param: str) -> np.ndarray:
     return data
 
 
+def check_percentiles(percentiles: Sequence[float]) -> tuple[float, float]:
+    """The (low, high) brain-intensity percentiles, checked: ``0 ≤ low < high ≤ 100``."""
+    lo_p, hi_p = percentiles
+    if not 0 <= lo_p < hi_p <= 100:
+        raise ConfigError(f"expected 0 ≤ low < high ≤ 100, got {percentiles}", param="percentiles")
+    return float(lo_p), float(hi_p)
+
+
+def normalise_brain(vol: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
+    """Map the brain's (non-zero voxels') ``percentiles`` to 0 and 1; background stays 0."""
+    brain = vol > 0
+    lo, hi = np.percentile(vol[brain], percentiles)
+    return np.where(brain, np.clip((vol - lo) / max(hi - lo, 1e-6), 0.0, 1.0), 0.0)
+
+
 def _to_display(axial: np.ndarray) -> np.ndarray:
     """RAS ``(x, y)`` slice → rows anterior-first, columns patient's right first."""
     return axial.T[::-1, ::-1]
@@ -181,11 +196,7 @@ class BratsDataset(ImageDataset):
             raise ConfigError(f"expected 'brain' or 'tumour', got '{slices}'", param="slices")
         if slices_per_subject < 1 or band < 0:
             raise ConfigError("slices_per_subject must be ≥ 1 and band ≥ 0", param="slices")
-        lo_p, hi_p = percentiles
-        if not 0 <= lo_p < hi_p <= 100:
-            raise ConfigError(
-                f"expected 0 ≤ low < high ≤ 100, got {percentiles}", param="percentiles"
-            )
+        bounds = check_percentiles(percentiles)
         root = Path(root)
         if not root.is_dir():
             raise DataError(MSG_NOT_A_DIR.format(path=root), param=param)
@@ -261,8 +272,7 @@ class BratsDataset(ImageDataset):
             else:
                 take = min(slices_per_subject, len(valid))
                 zs = sorted({int(valid[round(i)]) for i in np.linspace(0, len(valid) - 1, take)})
-            lo, hi = np.percentile(vol[brain], [lo_p, hi_p])
-            norm = np.where(brain, np.clip((vol - lo) / max(hi - lo, 1e-6), 0.0, 1.0), 0.0)
+            norm = normalise_brain(vol, bounds)
             for z in zs:
                 arr = _to_display(norm[:, :, z]).astype(np.float32)
                 if size is not None:

@@ -8,8 +8,6 @@ thing whatever the source. Loaders work with ``torch.utils.data.DataLoader`` as 
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .._io import atomic_write_json, atomic_write_text, building_dir
+from .._io import atomic_write_json, atomic_write_text, building_dir, csv_text
 from ..exceptions import (
     MSG_EMPTY_DATASET,
     MSG_MISSING_COLUMN,
@@ -60,6 +58,10 @@ class ImageDataset:
         """The image of item ``index`` as float32 in [0, 1], ``(H, W)`` or ``(H, W, 3)``."""
         raise NotImplementedError
 
+    def to_tensor(self, array: np.ndarray) -> Any:
+        """An image from :meth:`load_array` as the model's input: ``(C, size, size)`` in [-1, 1]."""
+        return to_model_tensor(array, size=self.size, channels=self.channels)
+
     def __len__(self) -> int:
         return len(self.metadata)
 
@@ -68,7 +70,7 @@ class ImageDataset:
             raise IndexError(index)
         index %= len(self)
         row = self.metadata.iloc[index].to_dict()
-        image = to_model_tensor(self.load_array(index), size=self.size, channels=self.channels)
+        image = self.to_tensor(self.load_array(index))
         caption = row.get("caption")
         return {"image": image, "caption": caption if caption else None, "metadata": row}
 
@@ -258,11 +260,7 @@ def export_image_folder(
             if i % 50 == 49 or i == n - 1:
                 report(progress, "export", i + 1, n)
         columns = list(dict.fromkeys(k for row in rows for k in row))
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(tmp / "metadata.csv", buf.getvalue())
+        atomic_write_text(tmp / "metadata.csv", csv_text(rows, columns))
         atomic_write_json(
             tmp / "dataset.json",
             {"kind": type(dataset).__name__, "n": n, "size": dataset.size, "bit_depth": bit_depth},

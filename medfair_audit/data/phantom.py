@@ -29,8 +29,6 @@ the top. Same configuration and seed give identical bytes.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -42,7 +40,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from .._io import atomic_write_json, atomic_write_text, building_dir
+from .._io import atomic_write_json, atomic_write_text, building_dir, csv_text
 from .._validate import require_count
 from ..attributes import (
     AGE_BAND_EDGES,
@@ -377,6 +375,13 @@ class PhantomConfig:
             )
         return out
 
+    def record(self) -> dict[str, Any]:
+        """The settings as ``dataset.json`` records them (without ``workers``: no effect)."""
+        cfg = asdict(self)
+        cfg["sequences"] = list(self.sequences)
+        cfg.pop("workers")
+        return cfg
+
     @property
     def age_band_names(self) -> tuple[str, ...]:
         """Names of the age bands, youngest first."""
@@ -468,8 +473,9 @@ def _age_signs(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sulcal widening and white-matter hyperintensities on the warped tissue maps.
 
-    ``atrophy``: share of cortical grey matter turned to CSF; ``caps``: strength (0-1) of the
-    periventricular caps; ``deep_mean``: expected number of deep lesions in the slice. Returns
+    Slices or volumes (2-D or 3-D maps). ``atrophy``: share of cortical grey matter turned to
+    CSF; ``caps``: strength (0-1) of the periventricular caps; ``deep_mean``: expected number of
+    deep lesions in the slice or volume. Returns
     the new grey-matter and CSF maps and the share of each pixel's white matter that is
     hyperintense (0-1).
     """
@@ -485,10 +491,14 @@ def _age_signs(
     deep = np.argwhere(wm > 0.6)
     n = int(rng.poisson(deep_mean)) if len(deep) else 0
     if n:
-        rows, cols = np.mgrid[0 : gm.shape[0], 0 : gm.shape[1]]
-        for r0, c0 in deep[rng.integers(len(deep), size=n)]:
+        grid = np.indices(gm.shape)
+        for c in deep[rng.integers(len(deep), size=n)]:
             r = float(rng.uniform(1.5, 4.0)) / pix
-            wmh = np.maximum(wmh, np.clip(r - np.hypot(rows - r0, cols - c0) + 0.5, 0.0, 1.0))
+            if gm.ndim == 2:
+                dist = np.hypot(grid[0] - c[0], grid[1] - c[1])
+            else:
+                dist = np.sqrt(((grid - c.reshape(-1, *[1] * gm.ndim)) ** 2).sum(axis=0))
+            wmh = np.maximum(wmh, np.clip(r - dist + 0.5, 0.0, 1.0))
     return gm, csf, (wmh * np.clip(wm, 0.0, 1.0)).astype(np.float32)
 
 
@@ -793,15 +803,6 @@ def anatomy_columns(params: Mapping[str, Any]) -> dict[str, str]:
     return {k: f"{params[k]:.5f}" for k in ANATOMY_COLUMNS}
 
 
-def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
-    """Rows as CSV text with a header, one line per row."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
 def split_sex_counts(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
     """Rows per split and sex."""
     counts: dict[str, dict[str, int]] = {}
@@ -871,9 +872,6 @@ def build_phantom(
         render_chunks(_render_chunk, config, jobs, 50, consume)
         atomic_write_text(tmp / "metadata.csv", csv_text(rows, METADATA_COLUMNS))
         counts = split_sex_counts(rows)
-        cfg = asdict(config)
-        cfg["sequences"] = list(config.sequences)
-        cfg.pop("workers")
         atomic_write_json(
             tmp / "dataset.json",
             {
@@ -882,7 +880,7 @@ def build_phantom(
                 "orientation": "axial, radiological (patient's right on image left), "
                 "anterior at top",
                 "intensity": f"PNG {config.bit_depth}-bit, 0 = background",
-                "config": cfg,
+                "config": config.record(),
                 "counts": counts,
                 "n": len(rows),
             },

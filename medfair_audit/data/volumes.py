@@ -29,19 +29,18 @@ from __future__ import annotations
 import gzip
 import math
 import os
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-from .._io import atomic_write_bytes, atomic_write_json, atomic_write_text, building_dir
+from .._io import atomic_write_bytes, atomic_write_json, atomic_write_text, building_dir, csv_text
 from ..attributes import age_band, age_band_range
 from ..exceptions import ConfigError, DataError
 from ..progress import ProgressCallback, report
 from ._template import TissueAtlas, load_atlas
-from .brats import _load_volume
+from .brats import _load_volume, check_percentiles, normalise_brain
 from .datasets import ImageFolderDataset
 from .phantom import (
     CENTRE_Y_MM,
@@ -50,10 +49,10 @@ from .phantom import (
     AnatomyModel,
     PhantomConfig,
     PhantomResult,
+    _age_signs,
     _assignments,
     _lobe,
     anatomy_columns,
-    csv_text,
     draw_contrast,
     grey_white_shift,
     lesion_compartments,
@@ -133,34 +132,6 @@ def _rotation(angles: np.ndarray) -> np.ndarray:
     ry = np.array([[math.cos(ay), 0, math.sin(ay)], [0, 1, 0], [-math.sin(ay), 0, math.cos(ay)]])
     rz = np.array([[math.cos(az), -math.sin(az), 0], [math.sin(az), math.cos(az), 0], [0, 0, 1]])
     return rz @ ry @ rx
-
-
-def _age_signs3(
-    rng: np.random.Generator,
-    maps: tuple[np.ndarray, np.ndarray, np.ndarray],
-    near_vent: np.ndarray,
-    pix: float,
-    atrophy: float,
-    caps: float,
-    deep_mean: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The slice phantom's sulcal widening and white-matter hyperintensities, in 3-D."""
-    gm, wm, csf = maps
-    vent = (csf > 0.3) & near_vent
-    sulcal = ndimage.gaussian_filter(np.where(vent, 0.0, csf), 2.0 / pix)
-    lost = gm * np.clip(atrophy * 4.0 * sulcal, 0.0, 0.9)
-    gm, csf = gm - lost, csf + lost
-    band = ndimage.gaussian_filter(vent.astype(np.float64), 6.0 / pix)
-    wmh = np.clip(band / 0.15, 0.0, 1.0) * caps
-    deep = np.argwhere(wm > 0.6)
-    n = int(rng.poisson(deep_mean)) if len(deep) else 0
-    if n:
-        grid = np.indices(gm.shape, dtype=np.float64)
-        for c in deep[rng.integers(len(deep), size=n)]:
-            r = float(rng.uniform(1.5, 4.0)) / pix
-            dist = np.sqrt(((grid - c.reshape(3, 1, 1, 1)) ** 2).sum(axis=0))
-            wmh = np.maximum(wmh, np.clip(r - dist + 0.5, 0.0, 1.0))
-    return gm, csf, (wmh * np.clip(wm, 0.0, 1.0)).astype(np.float32)
 
 
 def render_phantom_volume(
@@ -244,8 +215,8 @@ def render_phantom_volume(
         vc = atlas.ventricle_centre.reshape(3, 1, 1, 1)
         near_vent = np.sqrt(((q - vc) ** 2)[:2].sum(axis=0)) < 30.0
         deep = signs["wmh_load"] * DEEP_LESIONS_PER_LOAD
-        gm, csf, wmh = _age_signs3(child, (gm, wm, csf), near_vent, pix, signs["atrophy"],
-                                   min(signs["wmh_load"], 1.0), deep)  # fmt: skip
+        gm, csf, wmh = _age_signs(child, gm, wm, csf, near_vent, pix, signs["atrophy"],
+                                  min(signs["wmh_load"], 1.0), deep)  # fmt: skip
 
     seg = np.zeros((size,) * 3, dtype=np.uint8)
     parts = None
@@ -398,9 +369,6 @@ def build_phantom_volumes(
         atomic_write_text(tmp / "metadata.csv", csv_text(rows, VOLUME_COLUMNS))
         atomic_write_text(tmp / "subjects.csv", csv_text(subjects, ("Subject", "Sex", "Age")))
         counts = split_sex_counts(rows[:: len(SEQUENCES)])
-        cfg = asdict(config)
-        cfg["sequences"] = list(config.sequences)
-        cfg.pop("workers")
         atomic_write_json(
             tmp / "dataset.json",
             {
@@ -412,7 +380,7 @@ def build_phantom_volumes(
                 "shape": [config.size] * 3,
                 "intensity": f"int16, {INTENSITY_SCALE} = signal 1, 0 = background",
                 "segmentation": dict(BRATS_LABELS),
-                "config": cfg,
+                "config": config.record(),
                 "counts": counts,
                 "n_subjects": len(subjects),
             },
@@ -477,29 +445,18 @@ class VolumeFolderDataset(ImageFolderDataset):
                 raise ConfigError(
                     f"no volume of sequence '{sequence}' in '{self.root}'", param="sequence"
                 )
-        lo, hi = percentiles
-        if not 0 <= lo < hi <= 100:
-            raise ConfigError(
-                f"expected 0 ≤ low < high ≤ 100, got {percentiles}", param="percentiles"
-            )
-        self.percentiles = (float(lo), float(hi))
+        self.percentiles = check_percentiles(percentiles)
 
     def load_array(self, index: int) -> np.ndarray:
         """The normalised volume of item ``index`` (``size``³, float32 in [0, 1])."""
         path = self.root / self.metadata.at[index, self.file_column]
         vol = _load_volume(path, param=self.param)
-        brain = vol > 0
-        if not brain.any():
+        if not (vol > 0).any():
             raise DataError(f"'{path}' is empty (all zero)", param=self.param)
-        lo, hi = np.percentile(vol[brain], self.percentiles)
-        norm = np.where(brain, np.clip((vol - lo) / max(hi - lo, 1e-6), 0.0, 1.0), 0.0)
-        return resample_cube(norm, self.size)
+        return resample_cube(normalise_brain(vol, self.percentiles), self.size)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def to_tensor(self, array: np.ndarray) -> Any:
+        """A volume from :meth:`load_array` as ``(1, size, size, size)`` in [-1, 1]."""
         import torch
 
-        if not -len(self) <= index < len(self):
-            raise IndexError(index)
-        index %= len(self)
-        image = torch.from_numpy(self.load_array(index))[None] * 2.0 - 1.0
-        return {"image": image, "caption": None, "metadata": self.metadata.iloc[index].to_dict()}
+        return torch.from_numpy(array)[None] * 2.0 - 1.0
