@@ -46,6 +46,7 @@ Data = Annotated[
     Path, typer.Option("--data", help="Image folder with metadata.csv (e.g. from `medfair data`).")
 ]
 CLIP, T2I, CLF = defaults(CLIPTrainConfig), defaults(T2IConfig), defaults(ClassifierConfig)
+VOL = vars(ClassifierConfig.volumes())
 
 
 @app.command("clip")
@@ -203,16 +204,47 @@ def classifier(
             "for an evaluation classifier trained on other subjects)."
         ),
     ] = "train,val,test",
+    volumes: Annotated[
+        bool,
+        typer.Option(
+            "--volumes",
+            help="Train a 3-D classifier (MONAI's ResNet, architecture resnet3d) on NIfTI "
+            "volumes, as written by 'medfair data phantom --volumes'. Its defaults: "
+            f"--image-size {VOL['image_size']}, --widths {joined(VOL['widths'])}, --batch-size "
+            f"{VOL['batch_size']}.",
+        ),
+    ] = False,
+    sequence: Annotated[
+        str, typer.Option(help="With --volumes: the sequence to train on (t1, t1ce, t2, flair).")
+    ] = "t1",
+    image_size: Annotated[
+        int | None,
+        typer.Option(
+            min=8,
+            help=f"Input side in pixels (default {CLF['image_size']}), or in voxels with "
+            f"--volumes (default {VOL['image_size']}).",
+        ),
+    ] = None,
     widths: Annotated[
-        str, typer.Option(help="Channels of the four ResNet stages, comma-separated.")
-    ] = joined(CLF["widths"]),
+        str | None,
+        typer.Option(
+            help="Channels of the four ResNet stages, comma-separated (default "
+            f"{joined(CLF['widths'])}).",
+            show_default=False,
+        ),
+    ] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Most epochs (early stopping).")] = CLF[
         "epochs"
     ],
     patience: Annotated[
         int, typer.Option(min=1, help="Stop after this many epochs without improvement.")
     ] = CLF["patience"],
-    batch_size: Annotated[int, typer.Option(min=2, help="Images per step.")] = CLF["batch_size"],
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            min=2, help=f"Images per step (default {CLF['batch_size']}).", show_default=False
+        ),
+    ] = None,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = CLF["lr"],
     seed: Seed = CLF["seed"],
     architecture: Annotated[
@@ -240,7 +272,7 @@ def classifier(
     dtype: Dtype = "auto",
     allow_outside_root: AllowOutsideRoot = False,
 ) -> None:
-    """Train a subgroup classifier (small ResNet, or radiomics), calibrate it, and evaluate it.
+    """Train a subgroup classifier (small ResNet, radiomics, or 3-D), calibrate and evaluate it.
 
     Writes the model, classifier.json (groups, temperature) and evaluation.json (held-out
     confusion matrix, accuracy, balanced accuracy, ROC AUC, ECE, per-subgroup rates).
@@ -259,17 +291,34 @@ def classifier(
 
         medfair train classifier --data data/target_set --architecture radiomics --out
         models/sex-radiomics
+
+    A 3-D classifier of whole T1 volumes:
+
+        medfair train classifier --data data/volumes --volumes --sequence t1 --out models/sex-3d
     """
     from medfair_audit.models.classifier import train_classifier
 
+    if volumes and architecture not in (CLF["architecture"], "resnet3d"):
+        raise ConfigError(
+            f"--volumes trains the resnet3d architecture, not '{architecture}'",
+            param="architecture",
+        )
+    base = VOL if volumes else CLF
     try:
-        width_list = tuple(int(w) for w in split_list(widths) or ())
+        width_list = tuple(int(w) for w in split_list(widths) or ()) or tuple(base["widths"])
     except ValueError:
         raise ConfigError(
             f"expected integers like 16,32,64,128, got '{widths}'", param="widths"
         ) from None
     config = config_from(
-        ClassifierConfig, locals(), widths=width_list, depths=(1,) * len(width_list)
+        ClassifierConfig,
+        locals(),
+        widths=width_list,
+        depths=(1,) * len(width_list),
+        image_size=image_size or base["image_size"],
+        batch_size=batch_size or base["batch_size"],
+        architecture="resnet3d" if volumes else architecture,
+        **({"patience": base["patience"]} if volumes and patience == CLF["patience"] else {}),
     )
     with quiet_libraries(), progress_bar() as callback:
         result = train_classifier(
@@ -280,6 +329,7 @@ def classifier(
                 attribute=attribute or ["sex"],
                 groups=split_list(groups),
                 splits=tuple(split_list(splits) or ()),
+                sequence=sequence if volumes else None,
                 overwrite=overwrite,
                 placement=placement(device, dtype),
                 allow_outside_root=allow_outside_root,

@@ -192,7 +192,7 @@ class T2IConfig:
         return cls(**{**base, **overrides})
 
 
-ARCHITECTURES = ("resnet", "radiomics")
+ARCHITECTURES = ("resnet", "radiomics", "resnet3d")
 ROBUST = ("none", "noise", "pgd")
 
 
@@ -220,14 +220,17 @@ class ClassifierConfig:
         architecture: ``resnet`` (a small ResNet, the default) or ``radiomics`` (logistic
             regression on radiomics-style features of size, shape and intensity: a reader of
             another model family, e.g. an architecture-disjoint evaluator; it ignores the
-            network settings above and chooses its L2 penalty on the validation split).
+            network settings above and chooses its L2 penalty on the validation split), or
+            ``resnet3d`` (MONAI's 3-D ResNet on whole NIfTI volumes, ``image_size`` voxels a
+            side; its training data are volumes in the layout of ``medfair data phantom
+            --volumes``).
         robust: Training against small input changes, so that the classifier's gradients
             follow the anatomy rather than texture (a guide for remediation that other
             classifiers agree with): ``none``, ``noise`` (Gaussian noise of standard deviation
             ``robust_eps`` added to every training image) or ``pgd`` (adversarial training:
             each batch is replaced by its worst case within an L2 ball of radius
             ``robust_eps``, found by ``robust_steps`` steps of projected gradient ascent,
-            Madry et al. 2018). ResNet only.
+            Madry et al. 2018). ResNets only.
         robust_eps: Noise standard deviation or L2 radius, in pixel units of [-1, 1] images.
         robust_steps: Projected-gradient steps per batch with ``robust="pgd"``.
     """
@@ -251,8 +254,10 @@ class ClassifierConfig:
     def __post_init__(self) -> None:
         _one_of(self.architecture, ARCHITECTURES, "architecture")
         _one_of(self.robust, ROBUST, "robust")
-        if self.robust != "none" and self.architecture != "resnet":
-            raise ConfigError("--robust trains the resnet architecture", param="robust")
+        if self.robust != "none" and self.architecture == "radiomics":
+            raise ConfigError(
+                "--robust trains the network architectures (resnet, resnet3d)", param="robust"
+            )
         if not (math.isfinite(self.robust_eps) and self.robust_eps > 0):
             raise ConfigError(f"expected a radius > 0, got {self.robust_eps}", param="robust_eps")
         require_count(self, 1, "robust_steps")
@@ -269,6 +274,18 @@ class ClassifierConfig:
     def tiny(cls, **overrides: Any) -> ClassifierConfig:
         """A classifier of seconds, not quality: for tests and ``medfair demo --fast``."""
         base = {"widths": (8, 8, 16, 16), "epochs": 2, "patience": 2, "batch_size": 16}
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def volumes(cls, **overrides: Any) -> ClassifierConfig:
+        """The 3-D classifier's defaults: MONAI's ResNet at 32³, a quarter of the 2-D widths."""
+        base = {
+            "architecture": "resnet3d",
+            "image_size": 32,
+            "widths": (8, 16, 32, 64),
+            "batch_size": 16,
+            "patience": 6,
+        }
         return cls(**{**base, **overrides})
 
 
@@ -939,17 +956,25 @@ class ClassifierJob(TrainJob):
             for one joint classifier over their cells (``"female/<40"``, ...).
         groups: Known groups (default: the labels found, sorted). Labels outside are an error.
         splits: Values of the ``split`` column used as train, val and test.
+        sequence: With the ``resnet3d`` architecture, the volumes' ``sequence`` (``t1``,
+            ``flair``, ...) to train on; needed when the data hold several.
     """
 
     config: ClassifierConfig = field(default_factory=ClassifierConfig)
     attribute: str | Sequence[str] = "sex"
     groups: Sequence[str] | None = None
     splits: Sequence[str] = SPLITS
+    sequence: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _config_of(self, ClassifierConfig)
         object.__setattr__(self, "splits", tuple(self.splits))
+        if self.sequence is not None and self.config.architecture != "resnet3d":
+            raise ConfigError(
+                "a sequence chooses among volumes; it needs the resnet3d architecture",
+                param="sequence",
+            )
         if self.groups is not None:
             object.__setattr__(self, "groups", tuple(self.groups))
 

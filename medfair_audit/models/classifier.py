@@ -140,7 +140,11 @@ class SubgroupClassifier:
                 "image_size": self.image_size,
                 "channels": self.channels,
                 **({} if self.architecture == "resnet" else {"architecture": self.architecture}),
-                "input": "(N, C, H, W) float in [-1, 1]; other sizes and channels are converted",
+                "input": (
+                    "(N, 1, D, H, W) volume in [-1, 1], RAS+ (X, Y, Z); other sizes are resampled"
+                    if self.volumetric
+                    else "(N, C, H, W) float in [-1, 1]; other sizes and channels are converted"
+                ),
                 **(extra or {}),
             },
         )
@@ -195,8 +199,26 @@ class SubgroupClassifier:
                 param=param,
             ) from exc
 
+    @property
+    def volumetric(self) -> bool:
+        """Whether it reads 3-D volumes ``(N, 1, D, H, W)`` rather than images."""
+        return self.architecture == "resnet3d"
+
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        """Convert ``(N, C, H, W)`` images in [-1, 1] to this classifier's channels and size."""
+        """Convert ``(N, C, H, W)`` images in [-1, 1] to this classifier's channels and size.
+
+        A 3-D classifier takes ``(N, C, D, H, W)`` volumes and resamples them to its side.
+        """
+        if self.volumetric:
+            if images.ndim != 5:
+                raise DataError(
+                    f"this classifier reads volumes of shape (N, C, D, H, W), got "
+                    f"{tuple(images.shape)}",
+                    param="images",
+                )
+            from .resnet3d import adapt_volumes
+
+            return adapt_volumes(images, self.image_size)
         if images.ndim != 4:
             raise DataError(
                 f"expected images of shape (N, C, H, W), got {tuple(images.shape)}", param="images"
@@ -247,6 +269,10 @@ def _model_class(architecture: str) -> Any:
         from .radiomics import RadiomicsForImageClassification
 
         return RadiomicsForImageClassification
+    if architecture == "resnet3d":
+        from .resnet3d import ResNet3DForVolumeClassification
+
+        return ResNet3DForVolumeClassification
     from transformers import ResNetForImageClassification
 
     return ResNetForImageClassification
@@ -278,6 +304,17 @@ def _features(model: Any, x: torch.Tensor) -> torch.Tensor:
 
 
 def _build(cfg: ClassifierConfig, groups: Sequence[str]) -> Any:
+    labels = {
+        "num_labels": len(groups),
+        "id2label": dict(enumerate(groups)),
+        "label2id": {g: i for i, g in enumerate(groups)},
+    }
+    if cfg.architecture == "resnet3d":
+        from .resnet3d import ResNet3DConfig, ResNet3DForVolumeClassification
+
+        return ResNet3DForVolumeClassification(
+            ResNet3DConfig(num_channels=1, widths=cfg.widths, depths=cfg.depths, **labels)
+        )
     from transformers import ResNetConfig, ResNetForImageClassification
 
     config = ResNetConfig(
@@ -286,9 +323,7 @@ def _build(cfg: ClassifierConfig, groups: Sequence[str]) -> Any:
         hidden_sizes=list(cfg.widths),
         depths=list(cfg.depths),
         layer_type="basic",
-        num_labels=len(groups),
-        id2label=dict(enumerate(groups)),
-        label2id={g: i for i, g in enumerate(groups)},
+        **labels,
     )
     return ResNetForImageClassification(config)
 
@@ -304,28 +339,33 @@ def random_affine(
     """Random small rotations, shifts, left-right flips and intensity gains (differentiable).
 
     Args:
-        x: ``(N, C, H, W)`` images in [-1, 1] (the background at -1 stays at -1).
+        x: ``(N, C, H, W)`` images or ``(N, C, X, Y, Z)`` RAS+ volumes in [-1, 1] (the
+            background at -1 stays at -1). A volume turns in its axial plane (about its
+            superior axis), shifts along all three axes and flips left-right (along ``X``).
         max_rotation: Largest rotation in degrees.
         max_shift: Largest shift as a fraction of the side.
         generator: CPU generator of the random draws (one set per image).
         max_gain: Largest relative change of the intensity above the background.
     """
-    n = len(x)
+    n, dims = len(x), x.ndim - 2
     angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(max_rotation)
-    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * max_shift * 2
+    shift = (torch.rand(n, dims, generator=generator) * 2 - 1) * max_shift * 2
     flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
     cos, sin = torch.cos(angle), torch.sin(angle)
-    theta = torch.stack(
-        [
-            torch.stack([cos * flip, -sin, shift[:, 0]], 1),
-            torch.stack([sin * flip, cos, shift[:, 1]], 1),
-        ],
-        1,
-    ).to(x)
+    zero, one = torch.zeros(n), torch.ones(n)
+    if dims == 2:
+        rows = [[cos * flip, -sin, shift[:, 0]], [sin * flip, cos, shift[:, 1]]]
+    else:  # grid coordinates run (Z, Y, X): X (left-right) is the last
+        rows = [
+            [one, zero, zero, shift[:, 0]],
+            [zero, cos, -sin * flip, shift[:, 1]],
+            [zero, sin, cos * flip, shift[:, 2]],
+        ]
+    theta = torch.stack([torch.stack(row, 1) for row in rows], 1).to(x)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     out = F.grid_sample(x + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1
-    gain = 1 + (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * max_gain
-    return ((out + 1) * gain.to(x) - 1).clamp(-1, 1)
+    gain = 1 + (torch.rand(n, generator=generator) * 2 - 1) * max_gain
+    return ((out + 1) * gain.view(-1, *[1] * (x.ndim - 1)).to(x) - 1).clamp(-1, 1)
 
 
 def _augment(x: torch.Tensor, cfg: ClassifierConfig, generator: torch.Generator) -> torch.Tensor:
@@ -378,10 +418,11 @@ def _perturb(
             logits = model(pixel_values=x + delta).logits
         loss = F.cross_entropy(logits.float(), y, weight=weights)
         (grad,) = torch.autograd.grad(loss, delta)
-        norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        per_image = (-1, *[1] * (x.ndim - 1))
+        norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(per_image)
         delta = delta.detach() + alpha * grad / norm
         scale = (eps / delta.flatten(1).norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)
-        delta = ((x + delta * scale.view(-1, 1, 1, 1)).clamp(-1, 1) - x).detach()
+        delta = ((x + delta * scale.view(per_image)).clamp(-1, 1) - x).detach()
     return x + delta
 
 
@@ -709,6 +750,29 @@ def _splits(
     ), "image"
 
 
+def _dataset(job: ClassifierJob, columns: Sequence[str]) -> ImageFolderDataset:
+    """The labelled images (or, for ``resnet3d``, volumes of one sequence) of ``job.data``."""
+    kwargs = {
+        "require": tuple(columns),
+        "size": job.config.image_size,
+        "param": "data",
+        "allow_outside_root": job.allow_outside_root,
+    }
+    if job.config.architecture != "resnet3d":
+        return ImageFolderDataset(job.data, **kwargs)
+    from ..data.volumes import VolumeFolderDataset
+
+    dataset = VolumeFolderDataset(job.data, sequence=job.sequence, **kwargs)
+    meta = dataset.metadata
+    if job.sequence is None and "sequence" in meta.columns and meta["sequence"].nunique() > 1:
+        found = ", ".join(sorted(map(str, meta["sequence"].unique())))
+        raise ConfigError(
+            f"'{job.data}' holds volumes of several sequences ({found}); choose one",
+            param="sequence",
+        )
+    return dataset
+
+
 @locks_out
 def train_classifier(
     job: ClassifierJob, *, progress: ProgressCallback | None = None
@@ -735,7 +799,7 @@ def train_classifier(
     """
     data, out, cfg, placement = job.data, job.out, job.config, job.placement
     attribute, groups, splits = job.attribute, job.groups, job.splits
-    overwrite, allow_outside_root = job.overwrite, job.allow_outside_root
+    overwrite = job.overwrite
     check_out(out, overwrite=overwrite)  # before the training, not after it
     placement = placement or Placement(device="cpu", dtype="float32")
     device = placement.device
@@ -746,13 +810,7 @@ def train_classifier(
     if not all(columns) or len(set(columns)) != len(columns):
         raise ConfigError(f"expected distinct column names, got {columns}", param="attribute")
     attribute = ",".join(columns)
-    dataset = ImageFolderDataset(
-        data,
-        require=tuple(columns),
-        size=cfg.image_size,
-        param="data",
-        allow_outside_root=allow_outside_root,
-    )
+    dataset = _dataset(job, columns)
     meta = dataset.metadata
     if len(columns) == 1:
         labels_raw = meta[attribute].astype(str).str.strip()
@@ -834,6 +892,7 @@ def train_classifier(
             tmp,
             extra={
                 "data": str(data),
+                **({"sequence": job.sequence} if job.sequence is not None else {}),
                 "config": asdict(cfg),
                 "history": history,
                 "seconds": seconds,
