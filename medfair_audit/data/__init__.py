@@ -13,7 +13,12 @@ from .phantom import (
     render_phantom_slice,
 )
 from .roco import RocoDataset
-from .volumes import VolumeFolderDataset, build_phantom_volumes, render_phantom_volume
+from .volumes import (
+    VolumeFolderDataset,
+    build_phantom_volumes,
+    import_brats_volumes,
+    render_phantom_volume,
+)
 
 __all__ = [
     "METADATA_COLUMNS",
@@ -30,6 +35,7 @@ __all__ = [
     "build_phantom_volumes",
     "check_out",
     "export_image_folder",
+    "import_brats_volumes",
     "normalise_sex",
     "render_phantom_slice",
     "render_phantom_volume",

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,11 +42,23 @@ from ._imageio import to_model_tensor
 from .datasets import ImageDataset, check_inside
 from .phantom import SEQUENCE_NAMES
 
-__all__ = ["BRATS_GRADES", "BratsDataset", "normalise_sex"]
+__all__ = [
+    "BRATS_GRADES",
+    "BratsCohort",
+    "BratsDataset",
+    "brats_cohort",
+    "find_volume",
+    "normalise_sex",
+]
 
 BRATS_GRADES = ("HGG", "LGG")
+#: Folders of subjects without a glioma, read beside the grades (``medfair data phantom
+#: --volumes`` writes them; BraTS itself has none).
+HEALTHY = "healthy"
 #: Columns the importer writes itself; a user column of the same name gets a ``table_`` prefix.
-OWN_COLUMNS = ("file", "subject", "grade", "sex", "sequence", "slice_index", "tumour", "caption")
+OWN_COLUMNS = (
+    "file", "subject", "grade", "sex", "sequence", "slice_index", "tumour", "caption", "seg",
+)  # fmt: skip
 
 
 def _column(table: pd.DataFrame, name: str, path: object, param: str) -> str:
@@ -138,6 +151,98 @@ def _to_display(axial: np.ndarray) -> np.ndarray:
     return axial.T[::-1, ::-1]
 
 
+@dataclass(frozen=True)
+class BratsCohort:
+    """The BraTS subjects on disk that the sex table labels.
+
+    Attributes:
+        subjects: Subject → (grade, folder), for the labelled subjects in folder order.
+        sex: Subject → ``female``/``male``, in the same order.
+        extra: Subject → the table's other columns (``age`` and ``age_band`` among them).
+        skipped: Subjects found on disk but absent from the table.
+    """
+
+    subjects: dict[str, tuple[str, Path]]
+    sex: dict[str, str]
+    extra: dict[str, dict[str, str]]
+    skipped: list[str]
+
+
+def brats_cohort(
+    root: Path,
+    sex_csv: str | os.PathLike[str],
+    *,
+    subject_column: str = "subject",
+    sex_column: str = "sex",
+    age_bands: Sequence[int] | str = AGE_BAND_EDGES,
+    param: str = "root",
+) -> BratsCohort:
+    """Find the subject folders under ``root/HGG`` and ``root/LGG`` and join the sex table.
+
+    Subjects under ``root/healthy`` (the volume phantom's subjects without a glioma) are found
+    too, with the grade ``healthy``.
+
+    Raises:
+        DataError: No subject folders, missing columns, unknown sex values, or no subject of the
+            folders in the table.
+    """
+    if not root.is_dir():
+        raise DataError(MSG_NOT_A_DIR.format(path=root), param=param)
+    subjects: dict[str, tuple[str, Path]] = {}
+    for grade in (*BRATS_GRADES, HEALTHY):
+        for folder in sorted((root / grade).glob("*")):
+            if folder.is_dir():
+                subjects[folder.name] = (grade, folder)
+    if not subjects:
+        raise DataError(
+            f"no subject folders under '{root}/HGG' or '{root}/LGG' (BraTS18 layout expected)",
+            param=param,
+        )
+    edges = parse_age_bands(age_bands)
+    table = read_label_table(sex_csv, [], param="sex_csv")
+    subject_column = _column(table, subject_column, sex_csv, "sex_csv")
+    sex_column = _column(table, sex_column, sex_csv, "sex_csv")
+    extra = _extra_columns(table, [subject_column, sex_column], edges, sex_csv)
+    sex_of: dict[str, str] = {}
+    bad = []
+    for sid, raw in zip(table[subject_column], table[sex_column], strict=True):
+        sex = normalise_sex(raw)
+        if sex is None:
+            bad.append(raw)
+        else:
+            sex_of[sid.strip()] = sex
+    if bad:
+        raise DataError(
+            MSG_UNKNOWN_GROUPS.format(known=["female", "male"], unknown=sorted(set(bad))[:5]),
+            param="sex_csv",
+        )
+    labelled = [sid for sid in subjects if sid in sex_of]
+    if not labelled:
+        raise DataError(
+            f"none of the {len(subjects)} subjects under '{root}' is in '{sex_csv}'",
+            param="sex_csv",
+        )
+    return BratsCohort(
+        subjects={sid: subjects[sid] for sid in labelled},
+        sex={sid: sex_of[sid] for sid in labelled},
+        extra=extra,
+        skipped=sorted(set(subjects) - set(sex_of)),
+    )
+
+
+def find_volume(folder: Path, sid: str, kind: str, *, required: bool = True) -> Path | None:
+    """``<folder>/<sid>_<kind>.nii.gz`` (or ``.nii``); ``None`` or an error where absent."""
+    for suffix in (".nii.gz", ".nii"):
+        path = folder / f"{sid}_{kind}{suffix}"
+        if path.is_file():
+            return path
+    if required:
+        raise DataError(
+            f"'{folder}' has no '{sid}_{kind}.nii.gz' (BraTS18 layout expected)", param="root"
+        )
+    return None
+
+
 class BratsDataset(ImageDataset):
     """Axial slices of BraTS18 subjects that have a sex label.
 
@@ -198,48 +303,22 @@ class BratsDataset(ImageDataset):
             raise ConfigError("slices_per_subject must be ≥ 1 and band ≥ 0", param="slices")
         bounds = check_percentiles(percentiles)
         root = Path(root)
-        if not root.is_dir():
-            raise DataError(MSG_NOT_A_DIR.format(path=root), param=param)
-        subjects: dict[str, tuple[str, Path]] = {}
-        for grade in BRATS_GRADES:
-            for folder in sorted((root / grade).glob("*")):
-                if folder.is_dir():
-                    subjects[folder.name] = (grade, folder)
-        if not subjects:
-            raise DataError(
-                f"no subject folders under '{root}/HGG' or '{root}/LGG' (BraTS18 layout expected)",
-                param=param,
-            )
-        edges = parse_age_bands(age_bands)
-        table = read_label_table(sex_csv, [], param="sex_csv")
-        subject_column = _column(table, subject_column, sex_csv, "sex_csv")
-        sex_column = _column(table, sex_column, sex_csv, "sex_csv")
-        extra = _extra_columns(table, [subject_column, sex_column], edges, sex_csv)
-        sex_of: dict[str, str] = {}
-        bad = []
-        for sid, raw in zip(table[subject_column], table[sex_column], strict=True):
-            sex = normalise_sex(raw)
-            if sex is None:
-                bad.append(raw)
-            else:
-                sex_of[sid.strip()] = sex
-        if bad:
-            raise DataError(
-                MSG_UNKNOWN_GROUPS.format(known=["female", "male"], unknown=sorted(set(bad))[:5]),
-                param="sex_csv",
-            )
-        self.skipped = sorted(set(subjects) - set(sex_of))
-        labelled = [sid for sid in subjects if sid in sex_of]
-        if not labelled:
-            raise DataError(
-                f"none of the {len(subjects)} subjects under '{root}' is in '{sex_csv}'",
-                param="sex_csv",
-            )
+        cohort = brats_cohort(
+            root,
+            sex_csv,
+            subject_column=subject_column,
+            sex_column=sex_column,
+            age_bands=age_bands,
+            param=param,
+        )
+        subjects, sex_of, extra = cohort.subjects, cohort.sex, cohort.extra
+        self.skipped = cohort.skipped
+        labelled = list(cohort.sex)
         self.sequence = sequence
         self._slices: list[np.ndarray] = []
         rows = []
-        volumes = {sid: self._find(subjects[sid][1], sid, sequence) for sid in labelled}
-        segs = {sid: self._find(subjects[sid][1], sid, "seg", required=False) for sid in labelled}
+        volumes = {sid: find_volume(subjects[sid][1], sid, sequence) for sid in labelled}
+        segs = {sid: find_volume(subjects[sid][1], sid, "seg", required=False) for sid in labelled}
         if not allow_outside_root:  # symlinked subject folders or volumes leading out
             found = [*volumes.values(), *(s for s in segs.values() if s is not None)]
             check_inside(root, found, "found in the subject folders", param)
@@ -298,18 +377,6 @@ class BratsDataset(ImageDataset):
                     }
                 )
         self.metadata = pd.DataFrame(rows)
-
-    @staticmethod
-    def _find(folder: Path, sid: str, kind: str, *, required: bool = True) -> Path | None:
-        for suffix in (".nii.gz", ".nii"):
-            path = folder / f"{sid}_{kind}{suffix}"
-            if path.is_file():
-                return path
-        if required:
-            raise DataError(
-                f"'{folder}' has no '{sid}_{kind}.nii.gz' (BraTS18 layout expected)", param="root"
-            )
-        return None
 
     def load_array(self, index: int) -> np.ndarray:
         """The normalised slice of item ``index`` (already at the output size)."""

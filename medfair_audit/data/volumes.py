@@ -29,6 +29,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +37,12 @@ import numpy as np
 from scipy import ndimage
 
 from .._io import atomic_write_bytes, atomic_write_json, atomic_write_text, building_dir, csv_text
-from ..attributes import age_band, age_band_range
+from ..attributes import AGE_BAND_EDGES, age_band, age_band_range
 from ..exceptions import ConfigError, DataError
 from ..progress import ProgressCallback, report
 from ._template import TissueAtlas, load_atlas
-from .brats import _load_volume, check_percentiles, normalise_brain
-from .datasets import ImageFolderDataset
+from .brats import _load_volume, brats_cohort, check_percentiles, find_volume, normalise_brain
+from .datasets import ImageFolderDataset, check_inside
 from .phantom import (
     CENTRE_Y_MM,
     FOV_MM,
@@ -67,7 +68,9 @@ __all__ = [
     "BRATS_LABELS",
     "VOLUME_COLUMNS",
     "VolumeFolderDataset",
+    "VolumeImport",
     "build_phantom_volumes",
+    "import_brats_volumes",
     "render_phantom_volume",
     "volume_affine",
 ]
@@ -389,20 +392,151 @@ def build_phantom_volumes(
     return PhantomResult(root=out, metadata_csv=out / "metadata.csv", counts=counts)
 
 
-def resample_cube(volume: np.ndarray, size: int) -> np.ndarray:
+def resample_cube(volume: np.ndarray, size: int, *, order: int = 1) -> np.ndarray:
     """Zero-pad a volume to a cube (centred) and resample it to ``size`` voxels a side.
 
-    Linear interpolation; an isotropic volume keeps its proportions (BraTS's 240×240×155 is
-    padded to 240³ first).
+    Linear interpolation (``order=0``: nearest, for label maps); an isotropic volume keeps its
+    proportions (BraTS's 240×240×155 is padded to 240³ first).
     """
     side = max(volume.shape)
     pad = [((side - n) // 2, side - n - (side - n) // 2) for n in volume.shape]
     cube = np.pad(volume, pad)
     if side == size:
         return cube.astype(np.float32)
-    return ndimage.zoom(cube, size / side, order=1, grid_mode=True, mode="grid-constant")[
+    return ndimage.zoom(cube, size / side, order=order, grid_mode=True, mode="grid-constant")[
         :size, :size, :size
     ].astype(np.float32)
+
+
+@dataclass(frozen=True)
+class VolumeImport:
+    """What :func:`import_brats_volumes` wrote.
+
+    Attributes:
+        root: The output folder.
+        n_subjects: Subjects written.
+        n_volumes: Volumes written (the sequences and the segmentations).
+        skipped: Subjects on disk without a sex label.
+    """
+
+    root: Path
+    n_subjects: int
+    n_volumes: int
+    skipped: list[str]
+
+
+def _isotropic(path: Path, size: int, *, order: int) -> tuple[np.ndarray, float]:
+    """A NIfTI volume in RAS+, resampled to isotropic voxels, padded and resampled to ``size``³.
+
+    Returns the cube and its voxel side in millimetres.
+    """
+    import nibabel as nib
+
+    try:  # the header only: the voxel sizes in RAS+ axis order
+        img = nib.load(str(path))
+        axes = nib.orientations.io_orientation(img.affine)[:, 0].astype(int)
+        zooms = np.empty(3)
+        zooms[axes] = np.asarray(img.header.get_zooms()[:3], dtype=np.float64)
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise DataError(f"cannot read NIfTI '{path}': {exc}", param="root") from exc
+    vol = _load_volume(path, param="root")
+    if not np.all(zooms > 0):
+        raise DataError(f"'{path}' has voxel sizes {zooms.tolist()} mm", param="root")
+    if zooms.max() / zooms.min() > 1.01:  # anisotropic: to the finest voxel first
+        vol = ndimage.zoom(vol, zooms / zooms.min(), order=order, grid_mode=True,
+                           mode="grid-constant")  # fmt: skip
+    side_mm = max(vol.shape) * float(zooms.min())
+    return resample_cube(vol, size, order=order), side_mm / size
+
+
+def import_brats_volumes(
+    root: str | os.PathLike[str],
+    sex_csv: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    size: int = 64,
+    subject_column: str = "subject",
+    sex_column: str = "sex",
+    age_bands: Any = None,
+    overwrite: bool = False,
+    allow_outside_root: bool = False,
+    progress: ProgressCallback | None = None,
+) -> VolumeImport:
+    """Copy BraTS18 subjects with a sex label into a volume folder medfair reads.
+
+    Each labelled subject's four sequences (and its segmentation, where present) are reoriented
+    to RAS+, made isotropic, zero-padded to a centred cube and resampled to ``size`` voxels a
+    side (linear; nearest for the segmentation), keeping their raw intensities (float32;
+    :class:`VolumeFolderDataset` normalises when it reads). The output has the layout of
+    ``medfair data phantom --volumes``: ``<grade>/<subject>/<subject>_<sequence>.nii.gz``,
+    ``metadata.csv`` with one row per volume (file, subject, grade, sex, tumour, sequence, seg,
+    and the sex table's other columns, ``age`` and ``age_band`` among them) and
+    ``subjects.csv``, so it can be imported again. Built beside ``out`` and moved into place.
+
+    Raises:
+        DataError: As :class:`~.brats.BratsDataset` (layout, sex table, unreadable volumes).
+    """
+    if not 8 <= size <= 256:
+        raise ConfigError(f"expected a side of 8-256 voxels, got {size}", param="size")
+    root = Path(root)
+    cohort = brats_cohort(
+        root,
+        sex_csv,
+        subject_column=subject_column,
+        sex_column=sex_column,
+        age_bands=AGE_BAND_EDGES if age_bands is None else age_bands,
+    )
+    found: dict[str, dict[str, Path | None]] = {}
+    for sid, (_, folder) in cohort.subjects.items():
+        found[sid] = {seq: find_volume(folder, sid, seq) for seq in SEQUENCES}
+        found[sid]["seg"] = find_volume(folder, sid, "seg", required=False)
+    if not allow_outside_root:  # symlinked subject folders or volumes leading out
+        paths = [p for files in found.values() for p in files.values() if p is not None]
+        check_inside(root, paths, "found in the subject folders", "root")
+    rows: list[dict[str, Any]] = []
+    subjects: list[dict[str, Any]] = []
+    n_volumes = 0
+    with building_dir(out, overwrite=overwrite, param="out") as tmp:
+        for i, (sid, (grade, _)) in enumerate(cohort.subjects.items()):
+            report(progress, "import volumes", i, len(cohort.subjects))
+            extra = cohort.extra.get(sid, {})
+            folder = f"{grade}/{sid}"
+            seg_name, tumour = "", 0
+            if found[sid]["seg"] is not None:
+                seg, pix = _isotropic(found[sid]["seg"], size, order=0)
+                seg_name = f"{folder}/{sid}_seg.nii.gz"
+                tumour = int((seg > 0).any())
+                atomic_write_bytes(
+                    tmp / seg_name, nifti_bytes(seg.astype(np.uint8), _affine(pix, size))
+                )
+                n_volumes += 1
+            for seq in SEQUENCES:
+                vol, pix = _isotropic(found[sid][seq], size, order=1)
+                name = f"{folder}/{sid}_{seq}.nii.gz"
+                atomic_write_bytes(tmp / name, nifti_bytes(vol, _affine(pix, size)))
+                n_volumes += 1
+                rows.append(
+                    {"file": name, "subject": sid, "grade": grade, "sex": cohort.sex[sid],
+                     "tumour": tumour, "sequence": seq, "seg": seg_name, **extra}
+                )  # fmt: skip
+            subjects.append({"Subject": sid, "Sex": cohort.sex[sid], "Age": extra.get("age", "")})
+        report(progress, "import volumes", len(cohort.subjects), len(cohort.subjects))
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        atomic_write_text(tmp / "metadata.csv", csv_text(rows, columns))
+        has_age = any(s["Age"] != "" for s in subjects)
+        fields = ("Subject", "Sex", "Age") if has_age else ("Subject", "Sex")
+        subjects = [{k: s[k] for k in fields} for s in subjects]
+        atomic_write_text(tmp / "subjects.csv", csv_text(subjects, fields))
+    return VolumeImport(
+        root=Path(out), n_subjects=len(subjects), n_volumes=n_volumes, skipped=cohort.skipped
+    )
+
+
+def _affine(pix: float, size: int) -> np.ndarray:
+    """RAS+ diagonal affine of a ``size``³ cube of ``pix``-mm voxels centred on the origin."""
+    affine = np.diag([pix, pix, pix, 1.0])
+    affine[:3, 3] = -(size - 1) / 2.0 * pix
+    return affine
 
 
 class VolumeFolderDataset(ImageFolderDataset):

@@ -94,11 +94,13 @@ def test_import_brats_reads_the_phantom_volumes(volumes):
     subjects = pd.read_csv(out / "subjects.csv").set_index("Subject")
     meta = ds.metadata
     tumour = pd.read_csv(out / "metadata.csv").drop_duplicates("subject").set_index("subject")
-    # the HGG subjects, three slices each, labelled with their sex and age
-    assert sorted(meta.subject.unique()) == sorted(tumour.index[tumour.tumour == 1])
-    assert len(meta) == 3 * (tumour.tumour == 1).sum()
+    # every subject (HGG/ and healthy/), three slices each, labelled with their sex and age
+    assert sorted(meta.subject.unique()) == sorted(tumour.index)
+    assert len(meta) == 3 * len(tumour)
     for row in meta.itertuples():
         assert row.sex == subjects.Sex[row.subject] and int(row.age) == subjects.Age[row.subject]
+        assert row.grade == ("HGG" if tumour.tumour[row.subject] else "healthy")
+        assert row.tumour <= tumour.tumour[row.subject]  # a slice of a healthy head: none
     x = ds[0]["image"]
     assert x.shape == (1, 32, 32) and -1 <= float(x.min()) and float(x.max()) <= 1
 
@@ -202,3 +204,82 @@ def test_volume_dataset_errors(volumes, tmp_path):
     (broken / "metadata.csv").write_text("file,sex\nv.nii.gz,male\n")
     with pytest.raises(DataError, match="cannot read NIfTI"):
         VolumeFolderDataset(broken, size=16)[0]
+
+
+# -- import-brats --volumes -----------------------------------------------------------------
+
+
+def test_import_brats_volumes_round_trip(volumes, tmp_path):
+    from medfair_audit.data import VolumeFolderDataset, import_brats_volumes
+
+    out, cfg, _ = volumes
+    first = import_brats_volumes(out, out / "subjects.csv", tmp_path / "a", size=24)
+    src = pd.read_csv(out / "metadata.csv").set_index(["subject", "sequence"]).sort_index()
+    meta = pd.read_csv(tmp_path / "a" / "metadata.csv")
+    assert first.n_subjects == cfg.n and not first.skipped
+    assert len(meta) == cfg.n * len(SEQUENCES)
+    for row in meta.itertuples():
+        ref = src.loc[(row.subject, row.sequence)]
+        assert (row.sex, row.grade, row.age, row.age_band) == (
+            ref.sex, ref.grade, ref.age, ref.age_band
+        )  # fmt: skip
+        img = nib.load(tmp_path / "a" / row.file)
+        assert img.shape == (24, 24, 24) and nib.aff2axcodes(img.affine) == ("R", "A", "S")
+        # 200 mm of field of view over 24 voxels
+        assert np.allclose(img.header.get_zooms(), 200 / 24, rtol=1e-3)
+        seg = np.asarray(nib.load(tmp_path / "a" / row.seg).dataobj)
+        assert set(np.unique(seg)) <= {0, *BRATS_LABELS.values()}  # nearest, no blends
+        assert row.tumour == int((seg > 0).any())
+    # the output is BraTS-shaped itself: importing it again at its own side changes nothing
+    again = import_brats_volumes(tmp_path / "a", tmp_path / "a" / "subjects.csv", tmp_path / "b",
+                                 size=24)  # fmt: skip
+    assert again.n_volumes == first.n_volumes == cfg.n * (len(SEQUENCES) + 1)
+    assert (tmp_path / "a" / "metadata.csv").read_text() == (
+        tmp_path / "b" / "metadata.csv"
+    ).read_text()
+    for path in sorted((tmp_path / "a").rglob("*.nii.gz")):
+        x, y = nib.load(path), nib.load(tmp_path / "b" / path.relative_to(tmp_path / "a"))
+        assert np.array_equal(np.asarray(x.dataobj), np.asarray(y.dataobj))
+        assert np.allclose(x.affine, y.affine, rtol=1e-6)  # the voxel size, to float32
+    ds = VolumeFolderDataset(tmp_path / "a", sequence="t1", size=16)
+    assert len(ds) == cfg.n and ds[0]["image"].shape == (1, 16, 16, 16)
+
+
+def test_import_brats_volumes_makes_anisotropic_voxels_isotropic(tmp_path):
+    from medfair_audit.data import import_brats_volumes
+
+    folder = tmp_path / "root" / "LGG" / "s1"
+    folder.mkdir(parents=True)
+    vol = np.zeros((20, 20, 10), dtype=np.float32)
+    vol[5:15, 5:15, 2:8] = 100.0  # a box 10 x 10 x 12 mm (2 mm slices)
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    for seq in SEQUENCES:
+        nib.save(nib.Nifti1Image(vol, affine), folder / f"s1_{seq}.nii.gz")
+    (tmp_path / "sex.csv").write_text("subject,sex\ns1,F\nother,M\n")
+    result = import_brats_volumes(tmp_path / "root", tmp_path / "sex.csv", tmp_path / "out",
+                                  size=20)  # fmt: skip
+    img = nib.load(tmp_path / "out" / "LGG" / "s1" / "s1_t1.nii.gz")
+    data = np.asarray(img.dataobj)
+    assert np.allclose(img.header.get_zooms(), 1.0)  # 20 mm over 20 voxels
+    extent = [int((data > 50).any(axis=tuple(a for a in range(3) if a != k)).sum())
+              for k in range(3)]  # fmt: skip
+    assert extent[0] == extent[1] == 10 and 11 <= extent[2] <= 13  # proportions in millimetres
+    meta = pd.read_csv(tmp_path / "out" / "metadata.csv")
+    assert set(meta.sex) == {"female"} and (meta.seg.isna()).all() and (meta.tumour == 0).all()
+    assert result.n_volumes == len(SEQUENCES)
+
+
+def test_import_brats_volumes_cli(volumes, tmp_path, capsys):
+    out, cfg, _ = volumes
+    code, text, _ = run(capsys, "data", "import-brats", "--root", out, "--sex-csv",
+                        out / "subjects.csv", "--volumes", "--size", 16, "--out",
+                        tmp_path / "v")  # fmt: skip
+    assert code == 0 and f"of {cfg.n} subjects" in text
+    assert len(pd.read_csv(tmp_path / "v" / "metadata.csv")) == cfg.n * len(SEQUENCES)
+    # the slice options are not used, a missing sequence is a one-line error naming --root
+    first = sorted((tmp_path / "v").glob("*/*/*_t2.nii.gz"))[0]
+    first.unlink()
+    code, _, err = run(capsys, "data", "import-brats", "--root", tmp_path / "v", "--sex-csv",
+                       out / "subjects.csv", "--volumes", "--out", tmp_path / "w")  # fmt: skip
+    assert_one_line_error(code, err, "--root", "_t2.nii.gz")
+    assert not (tmp_path / "w").exists()
