@@ -12,10 +12,16 @@ Writes ``benchmarks/calibration.json`` and prints a table for ``RESULTS.md``.
     .venv/bin/python benchmarks/bench_calibration.py [--reps 1000] [--workers 2]
     .venv/bin/python benchmarks/bench_calibration.py --only censored   # that section alone
     .venv/bin/python benchmarks/bench_calibration.py --only sequential # the --precision rule
+    .venv/bin/python benchmarks/bench_calibration.py --only conditional # conditioned models
 
 The sequential section simulates ``--precision`` audits: looks every 256 images, stop when every
 share's interval is within ± H, against the naive rule that recomputes the fixed-n bootstrap
 interval at every look and stops when it is narrow enough.
+
+The conditional section simulates a model conditioned on sex (``medfair audit --condition
+sex``): asked for each group in turn, it shows the asked-for group with a known fidelity; the
+rows check the per-request PACC intervals and the marginal share of the output under a declared
+mix of requests.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from pathlib import Path
 from medfair_audit.metrics.simulate import (
     SimulatedCategorical,
     censored_study,
+    conditional_study,
     coverage_study,
     dispersion_study,
     paired_study,
@@ -172,6 +179,71 @@ def sequential_table(studies: list[dict]) -> list[str]:
     return lines
 
 
+#: Conditioned-model settings: (true male share when asked for female, for male), weights.
+CONDITIONAL = [((0.15, 0.90), (0.5, 0.5)), ((0.02, 0.97), (0.3, 0.7)), ((0.42, 0.58), (0.5, 0.5))]
+
+
+def _conditional(args: tuple) -> dict:
+    shares, weights, reps, n_boot, seed = args
+    return conditional_study(
+        male_share_when_asked=shares, weights=weights, n_per_condition=128, reps=reps,
+        n_boot=n_boot, seed=seed,
+    )  # fmt: skip
+
+
+def _merge_conditional(results: list[dict]) -> dict:
+    """Pool chunks: coverages and widths weighted by replications."""
+    out = json.loads(json.dumps(results[0]))
+    total = sum(r["reps"] for r in results)
+    out["reps"] = total
+    out["fidelity_coverage"] = [
+        sum(r["fidelity_coverage"][i] * r["reps"] for r in results) / total
+        for i in range(len(out["fidelity_coverage"]))
+    ]
+    for reading in out["marginal"]:
+        for key in out["marginal"][reading]:
+            out["marginal"][reading][key] = (
+                sum(r["marginal"][reading][key] * r["reps"] for r in results) / total
+            )
+    return out
+
+
+def conditional_section(reps: int, n_boot: int, workers: int) -> list[dict]:
+    """Every :data:`CONDITIONAL` setting, its replications split over ``workers`` processes."""
+    jobs, per = [], len(_split(reps, workers))
+    for i, (shares, weights) in enumerate(CONDITIONAL):
+        for j, r in enumerate(_split(reps, workers)):
+            jobs.append((shares, weights, r, n_boot, 7000 + 100 * i + j))
+    with ProcessPoolExecutor(workers) as pool:
+        chunks = list(pool.map(_conditional, jobs))
+    return [_merge_conditional(chunks[i * per : (i + 1) * per]) for i in range(len(CONDITIONAL))]
+
+
+def conditional_table(studies: list[dict]) -> list[str]:
+    """The conditional rows as Markdown (between the ``conditional-table`` markers)."""
+    s = studies[0]
+    lines = [
+        f"{s['reps']} simulated audits per row of a model conditioned on sex, asked for each "
+        f"group in turn ({s['n_per_condition']} images per request); the calibration table's "
+        f"classifier, {s['per_group']} held-out images per group, drawn once for both requests; "
+        f"{s['n_boot']} bootstrap draws. Coverage of nominal 95% intervals.",
+        "",
+        "| true male share when asked for female / male | requests female / male | true marginal "
+        "male share | fidelity PACC covers (female / male request) | marginal ACC covers | "
+        "**marginal PACC covers** | marginal PACC width |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for st in studies:
+        a, m = st["male_share_when_asked"], st["marginal"]
+        lines.append(
+            f"| {a[0]:.2f} / {a[1]:.2f} | {st['weights'][0]:.1f} / {st['weights'][1]:.1f} | "
+            f"{st['true_marginal']:.3f} | {st['fidelity_coverage'][0]:.3f} / "
+            f"{st['fidelity_coverage'][1]:.3f} | {m['acc']['coverage']:.3f} | "
+            f"**{m['pacc']['coverage']:.3f}** | {m['pacc']['mean_width']:.3f} |"
+        )
+    return lines
+
+
 def _split(reps: int, parts: int) -> list[int]:
     return [reps // parts + (i < reps % parts) for i in range(parts)]
 
@@ -211,8 +283,11 @@ def main() -> None:
         "--sequential-reps", type=int, default=300, help="replications of the sequential study"
     )
     ap.add_argument(
+        "--conditional-reps", type=int, default=1000, help="replications of the conditional study"
+    )
+    ap.add_argument(
         "--only",
-        choices=("all", "censored", "sequential"),
+        choices=("all", "censored", "sequential", "conditional"),
         default="all",
         help="run every section, or only the censored-bound study (kept beside the others)",
     )
@@ -222,6 +297,14 @@ def main() -> None:
         result = json.loads(OUT.read_text())
         result["censored"] = censored_section(args.censored_reps, args.n_boot, args.workers)
         result["censored_seconds"] = time.perf_counter() - start
+        _write(result)
+        return
+    if args.only == "conditional":
+        result = json.loads(OUT.read_text())
+        result["conditional"] = conditional_section(
+            args.conditional_reps, args.n_boot, args.workers
+        )
+        result["conditional_seconds"] = time.perf_counter() - start
         _write(result)
         return
     if args.only == "sequential":
@@ -276,6 +359,9 @@ def main() -> None:
     t = time.perf_counter()
     result["sequential"] = sequential_section(args.sequential_reps, args.workers)
     result["sequential_seconds"] = time.perf_counter() - t
+    t = time.perf_counter()
+    result["conditional"] = conditional_section(args.conditional_reps, args.n_boot, args.workers)
+    result["conditional_seconds"] = time.perf_counter() - t
     _write(result)
 
 
@@ -290,6 +376,8 @@ def _write(result: dict) -> None:
             splice(path, censored_table(result["censored"]), marker="censored-table")
         if "sequential" in result:
             splice(path, sequential_table(result["sequential"]), marker="sequential-table")
+        if "conditional" in result:
+            splice(path, conditional_table(result["conditional"]), marker="conditional-table")
 
 
 def table(result: dict) -> list[str]:

@@ -29,13 +29,45 @@ from ._common import (
 )
 
 GEN = defaults(GenerationConfig)
+
+
+def _condition_prompts(
+    checkpoint: Path, attribute: str, prompts: Path | None, prompt: list[str] | None
+) -> list[str]:
+    """``--condition ATTRIBUTE``: one request ``ATTRIBUTE=GROUP`` per group the bundle declares."""
+    from medfair_audit.models.monai_ldm import bundle_conditioning, is_monai_bundle
+
+    if prompts is not None or prompt:
+        raise ConfigError("--condition makes the prompts; leave out --prompt(s)", param="condition")
+    if not is_monai_bundle(checkpoint):
+        raise ConfigError(
+            f"--condition asks a MONAI bundle for each group; '{checkpoint}' has no "
+            "configs/inference.json",
+            param="condition",
+        )
+    declared = bundle_conditioning(checkpoint)
+    if declared is None or attribute not in declared["groups"]:
+        known = sorted(declared["groups"]) if declared else []
+        raise ConfigError(
+            f"'{checkpoint}' declares no conditioning on '{attribute}' (its configs/medfair.json "
+            f"conditions on {known or 'nothing'})",
+            param="condition",
+        )
+    return [f"{attribute}={group}" for group in declared["groups"][attribute]]
+
+
 #: ``--precision`` without ``--max-n-per-prompt``: at most this many images per prompt.
 MAX_N_PER_PROMPT = 2048
 
 
 def audit(
     checkpoint: Annotated[
-        Path, typer.Argument(metavar="CKPT", help="Diffusers text-to-image pipeline folder.")
+        Path,
+        typer.Argument(
+            metavar="CKPT",
+            help="Diffusers text-to-image pipeline folder, or a MONAI latent diffusion bundle "
+            "(configs/ + models/) that draws volumes.",
+        ),
     ],
     classifier: Classifiers,
     target: TargetSpec,
@@ -106,6 +138,24 @@ def audit(
     mode: Annotated[
         str, typer.Option(help="marginal (neutral prompts) or conditional (prompts name a group).")
     ] = "marginal",
+    condition: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ATTRIBUTE",
+            help="A MONAI bundle conditioned on a vector: ask for each group of this attribute "
+            "in turn (the prompts become ATTRIBUTE=GROUP, as its configs/medfair.json declares "
+            "them) and report the conditioning fidelity; sets --mode conditional.",
+        ),
+    ] = None,
+    condition_distribution: Annotated[
+        str | None,
+        typer.Option(
+            metavar="GROUP=SHARE,...",
+            help="Conditional mode: the share of requests per group (e.g. female=0.5,male=0.5), "
+            "under which the marginal share of the output is reported (default: the bundle's "
+            "declared distribution, else equal).",
+        ),
+    ] = None,
     n_boot: Annotated[
         int,
         typer.Option(
@@ -210,11 +260,25 @@ def audit(
 
         medfair audit models/t2medi --classifier sex=models/sex --classifier age_band=models/age
         --target joint-target.json --prompts prompts.txt --out reports/audit-joint
+
+    A MONAI latent diffusion bundle conditioned on sex, read by a 3-D classifier:
+
+        medfair audit models/brain-ldm --classifier models/sex-3d --target target.json
+        --condition sex --n-per-prompt 64 --out reports/audit-ldm
     """
     from medfair_audit import AuditConfig, run_audit
     from medfair_audit.config import Speed
+    from medfair_audit.target import parse_shares
 
-    texts = prompt_texts(prompts, prompt)
+    if condition is not None:
+        texts, mode = _condition_prompts(checkpoint, condition, prompts, prompt), "conditional"
+    else:
+        texts = prompt_texts(prompts, prompt)
+    shares = (
+        None
+        if condition_distribution is None
+        else parse_shares(condition_distribution, param="condition_distribution")
+    )
     classifier_spec, target_value = classifiers_and_target(classifier, target)
     if precision is None and max_n_per_prompt is not None:
         raise ConfigError("--max-n-per-prompt goes with --precision", param="max_n_per_prompt")
@@ -242,6 +306,7 @@ def audit(
         frd=frd,
         features=features,
         mode=mode,
+        condition_distribution=shares,
         n_boot=n_boot,
         half_width=half_width,
         precision=precision,

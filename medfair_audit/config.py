@@ -715,6 +715,10 @@ class AuditConfig:
             them, e.g. to read one set of images with another classifier. That audit must have
             drawn them from the same checkpoint, prompts, dtype and generation settings
             (images per prompt, seed, steps, guidance, batch size); anything else is refused.
+        condition_distribution: Conditional mode: the share of requests for each group that
+            the model's use makes (group → share), under which the audit also reports the
+            marginal share of what comes out. ``None``: a MONAI bundle's declared distribution
+            (``configs/medfair.json``), else equal shares.
     """
 
     checkpoint: Path
@@ -747,9 +751,27 @@ class AuditConfig:
     precision: float | None = None
     min_n_per_prompt: int = 0
     images_from: Path | None = None
+    condition_distribution: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prompts", tuple(self.prompts))
+        if self.condition_distribution is not None:
+            shares = {str(k): float(v) for k, v in self.condition_distribution.items()}
+            if (
+                not shares
+                or any(not (math.isfinite(v) and v >= 0) for v in shares.values())
+                or abs(sum(shares.values()) - 1) > 1e-6
+            ):
+                raise ConfigError(
+                    f"expected shares ≥ 0 summing to 1, got {shares}",
+                    param="condition_distribution",
+                )
+            if self.mode != "conditional":
+                raise ConfigError(
+                    "a conditioning distribution goes with --mode conditional",
+                    param="condition_distribution",
+                )
+            object.__setattr__(self, "condition_distribution", shares)
         object.__setattr__(self, "readers", tuple(Path(p) for p in self.readers))
         if self.readers and isinstance(self.classifier, Mapping) and len(self.classifier) > 1:
             raise ConfigError(

@@ -106,6 +106,7 @@ def audit_document(
         "by_prompt": est.by_prompt,
         **({"attributes": est.attributes, "joint": est.joint} if loaded.cset.multi else {}),
         **({"readers": est.readers} if est.readers else {}),
+        **({"conditioning": est.conditioning} if est.conditioning else {}),
         **({"sequential": sequential} if sequential is not None else {}),
         "warnings": warnings,
         "prompts_truncated": loaded.truncated,

@@ -53,6 +53,8 @@ class Estimates:
         joint: The joint cells (several attributes).
         readers: The readers' section.
         warnings: Everything the numbers need said beside them.
+        conditioning: Conditional mode: each named group's fidelity and the marginal share
+            under the requests' distribution.
     """
 
     data: dict[str, Any]
@@ -68,6 +70,7 @@ class Estimates:
     joint: dict[str, Any] | None
     readers: dict[str, Any] | None
     warnings: list[str]
+    conditioning: dict[str, Any] | None = None
 
 
 def _kw(cfg: AuditConfig, loaded: Loaded) -> dict[str, Any]:
@@ -105,15 +108,70 @@ def _by_prompt(
         if loaded.named is not None:
             named = loaded.named[i]
             hit = int((pred[sel] == groups.index(named)).sum())
+            reading = headline_reading(entry["proportions"])
             entry["conditional"] = {
                 "named_group": named,
                 "share": hit / int(sel.sum()),
                 "ci": list(wilson_interval(hit, int(sel.sum()), confidence=cfg.confidence)),
                 "method": "wilson, classifier's labels",
+                "corrected": {"reading": reading, **entry["proportions"][reading][named]},
             }
         by_prompt.append(entry)
         report(progress, "statistics", i + 1, len(cfg.prompts) + 1)
     return by_prompt, prompt_estimates
+
+
+def _conditioning(
+    cfg: AuditConfig,
+    loaded: Loaded,
+    probs: np.ndarray,
+    data: dict[str, Any],
+    by_prompt: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Conditioning fidelity per named group, and the marginal share under the requests' mix.
+
+    Fidelity: the corrected share of images showing the group a request named (pooling the
+    prompts that name it). Marginal: each prompt weighted by its group's share of requests
+    (split equally among the prompts naming that group), corrected once with the classifier's
+    error shared by all (:func:`~medfair_audit.metrics.estimates.mixture_estimates`).
+    """
+    from ..metrics.estimates import mixture_estimates
+    from ..metrics.frame import proportions_entry
+
+    groups, named, shares = loaded.groups, loaded.named, loaded.distribution["shares"]
+    kw = {"n_boot": cfg.n_boot, "seed": cfg.generation.seed + 7919}
+    parts = [probs[data["prompt_index"] == i] for i in range(len(cfg.prompts))]
+    weights = [shares[g] / named.count(g) for g in named]
+    fidelity = {}
+    for g in dict.fromkeys(named):
+        mine = [i for i, h in enumerate(named) if h == g]
+        pooled = estimate_shares(np.concatenate([parts[i] for i in mine]), loaded.heldout, **kw)
+        reading = headline_reading(pooled.point)
+        hits = sum(int(by_prompt[i]["counts"][g]) for i in mine)
+        n = sum(len(parts[i]) for i in mine)
+        fidelity[g] = {
+            "prompts": mine,
+            "n": n,
+            "labels": {"value": hits / n,
+                       "ci": list(wilson_interval(hits, n, confidence=cfg.confidence))},
+            "corrected": {"reading": reading,
+                          **proportions_entry(pooled, reading, groups, loaded.heldout,
+                                              cfg.confidence)[g]},
+        }  # fmt: skip
+    mixture = mixture_estimates(parts, weights, loaded.heldout, **kw)
+    marginal = {
+        r: proportions_entry(mixture, r, groups, loaded.heldout, cfg.confidence)
+        for r in ("acc", "pacc")
+    }
+    return {
+        "distribution": shares,
+        "distribution_source": loaded.distribution["source"],
+        "fidelity": fidelity,
+        "marginal": marginal,
+        "note": "fidelity: share of images classified as the group the request named, corrected "
+        "for the classifier's held-out errors; marginal: the share of each group among the "
+        "images of a use that requests the groups in the distribution's shares",
+    }
 
 
 def _sample_size(
@@ -215,6 +273,8 @@ def estimate(
             seed=seed,
         )  # fmt: skip
         est.warnings += reader_warnings(est.readers)
+    if loaded.named is not None and loaded.heldout is not None:
+        est.conditioning = _conditioning(cfg, loaded, probs, data, by_prompt)
     report(progress, "statistics", len(cfg.prompts) + 1, len(cfg.prompts) + 1)
     est.sample_size = _sample_size(cfg, overall, by_prompt, reading)
     return est

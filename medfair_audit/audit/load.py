@@ -50,6 +50,8 @@ class Loaded:
         ref_images: The reference images as uint8 (kept only for FRD).
         settings: What determines a shard's content (hashes, extractor, dtype).
         classifiers_sha256: Per-attribute classifier hashes (several attributes).
+        distribution: Conditional mode: the share of requests per named group, and where it
+            came from (``{"shares": ..., "source": ...}``).
     """
 
     cset: ClassifierSet
@@ -65,6 +67,7 @@ class Loaded:
     ref_images: np.ndarray | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     classifiers_sha256: Any = None
+    distribution: dict[str, Any] | None = None
 
     @property
     def groups(self) -> list[str]:
@@ -150,6 +153,26 @@ def _classifiers(cfg: AuditConfig) -> tuple[ClassifierSet, list[str] | None]:
     return cset, named
 
 
+def _distribution(cfg: AuditConfig, pipe: Any, named: list[str]) -> dict[str, Any]:
+    """The requests' distribution over the named groups: given, declared by a bundle, or equal."""
+    declared = (getattr(pipe, "conditioning", None) or {}).get("distribution", {})
+    attribute = next((a for a, shares in declared.items() if set(named) <= set(shares)), None)
+    if cfg.condition_distribution is not None:
+        shares, source = dict(cfg.condition_distribution), "given (--condition-distribution)"
+    elif attribute is not None:
+        shares, source = dict(declared[attribute]), "declared by the model (configs/medfair.json)"
+    else:
+        shares = dict.fromkeys(dict.fromkeys(named), 1 / len(set(named)))
+        source = "equal shares (none given or declared)"
+    missing = sorted(set(named) - set(shares))
+    if missing:
+        raise ConfigError(
+            f"the conditioning distribution gives no share to {missing}, which prompts ask for",
+            param="condition_distribution",
+        )
+    return {"shares": {g: float(shares[g]) for g in dict.fromkeys(named)}, "source": source}
+
+
 def load(cfg: AuditConfig, state: Any, progress: ProgressCallback | None = None) -> Loaded:
     """Check the inputs and load the models.
 
@@ -173,6 +196,8 @@ def load(cfg: AuditConfig, state: Any, progress: ProgressCallback | None = None)
         cfg.features, cset.primary, trust_pickle=cfg.trust_pickle, device=cfg.placement.device
     )
     loaded = Loaded(cset, heldout, named, pipe, info, truncated, extractor)
+    if named is not None:
+        loaded.distribution = _distribution(cfg, pipe, named)
     # The audit's classifier first, then the readers; with a reference (one attribute), each
     # one's support test in its own feature space.
     members = [(cfg.classifier.name, cfg.classifier, cset), *readers] if not cset.multi else []

@@ -32,6 +32,7 @@ from ..metrics import results as r
 from ..metrics.results_json import (
     attribute_summary_from_json,
     classifier_from_json,
+    conditioning_from_json,
     dispersion_from_json,
     estimate_from_json,
     joint_from_json,
@@ -241,6 +242,11 @@ class AuditResult:
     def readers(self) -> r.Readers | None:
         """Other readers' shares and the support shares, if any."""
         return readers_from_json(self.data.get("readers"))
+
+    @cached_property
+    def conditioning(self) -> r.Conditioning | None:
+        """Conditional mode: fidelity per named group and the marginal shares of the output."""
+        return conditioning_from_json(self.data.get("conditioning"))
 
     @cached_property
     def joint(self) -> r.Joint | None:

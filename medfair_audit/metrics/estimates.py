@@ -454,6 +454,77 @@ def estimate_shares(
     )
 
 
+def mixture_estimates(
+    parts: Sequence[np.ndarray],
+    weights: Sequence[float],
+    heldout: HeldOut,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> ShareEstimates:
+    """Shares of a generator asked for condition ``i`` with probability ``weights[i]``.
+
+    ``parts[i]`` are the probabilities of the images drawn for condition ``i`` (a conditioned
+    model asked for each group in turn). The marginal share under the declared mixture is
+    ``Σ_i w_i q_i``; ACC and PACC are linear in the observed shares, so it is the adjusted count
+    of the weighted mean labels (ACC) or probabilities (PACC). Each bootstrap replicate
+    resamples every condition's images and, once for all conditions, the held-out images (the
+    classifier's error is shared by every condition, so drawing it per condition would
+    understate it). EM is not linear and is not given.
+
+    Returns:
+        A :class:`ShareEstimates` with the readings ``raw`` (weighted labels; its interval is
+        the bootstrap's), ``probabilistic``, ``acc`` and ``pacc``.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    if len(parts) != len(w) or not len(w) or (w < 0).any() or w.sum() <= 0:
+        raise ConfigError("expected one non-negative weight per condition", param="weights")
+    w = w / w.sum()
+    ps = [np.asarray(p, dtype=np.float64) for p in parts]
+    k = heldout.k
+    if any(len(p) < 1 or p.shape[1] != k for p in ps):
+        raise ConfigError(f"expected (n ≥ 1, {k}) probabilities per condition", param="parts")
+    hots = [np.eye(k)[p.argmax(1)] for p in ps]
+    raw = sum(wi * h.mean(0) for wi, h in zip(w, hots, strict=True))
+    mean_p = sum(wi * p.mean(0) for wi, p in zip(w, ps, strict=True))
+    c_hat, s_hat = heldout.matrix(soft=False), heldout.matrix(soft=True)
+    point = {
+        "raw": raw,
+        "probabilistic": mean_p,
+        "acc": adjusted_count(raw, c_hat),
+        "pacc": adjusted_count(mean_p, s_hat),
+    }
+    condition = {"hard": condition_number(c_hat), "soft": condition_number(s_hat)}
+    samples: dict[str, np.ndarray] = {}
+    if n_boot:
+        rng, *held = map(
+            np.random.default_rng, np.random.SeedSequence(seed).spawn(1 + 2 * heldout.k)
+        )
+        r_b = np.zeros((n_boot, k))
+        p_b = np.zeros((n_boot, k))
+        for wi, p, h in zip(w, ps, hots, strict=True):
+            draw = rng.multinomial(len(p), np.full(len(p), 1 / len(p)), size=n_boot) / len(p)
+            r_b += wi * draw @ h
+            p_b += wi * draw @ p
+        hard = heldout.resample(held[: heldout.k], n_boot, soft=False)
+        soft = heldout.resample(held[heldout.k :], n_boot, soft=True)
+        samples = {
+            "raw": r_b,
+            "probabilistic": p_b,
+            "acc": adjusted_count(r_b, hard),
+            "pacc": adjusted_count(p_b, soft),
+        }
+    return ShareEstimates(
+        n=int(sum(len(p) for p in ps)),
+        counts=sum(h.sum(0) for h in hots).astype(int),
+        point=point,
+        samples=samples,
+        condition=condition,
+        identifiable=all(v <= MAX_CONDITION for v in condition.values()),
+        probs=np.concatenate(ps),
+    )
+
+
 def percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
     """Percentile interval of bootstrap replicates (NaN replicates dropped), clipped to [0, 1]."""
     v = np.asarray(values, dtype=np.float64)

@@ -20,10 +20,12 @@ __all__ = [
     "ChiSquare",
     "ClassifierInfo",
     "Conditional",
+    "Conditioning",
     "Dispersion",
     "Distances",
     "Estimate",
     "Evaluation",
+    "Fidelity",
     "Homogeneity",
     "IndependenceCheck",
     "IndependenceTest",
@@ -188,6 +190,42 @@ class Conditional:
     named_group: str
     share: float
     ci: Interval
+    corrected: Estimate | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Fidelity:
+    """How often a conditioned model shows the group a request named (its prompts pooled).
+
+    Attributes:
+        prompts: Indices of the prompts that name the group.
+        n: Their images.
+        labels: The share classified as the group (Wilson interval).
+        corrected: The same share corrected for the classifier's errors (the headline reading).
+    """
+
+    prompts: tuple[int, ...]
+    n: int
+    labels: Estimate
+    corrected: Estimate
+
+
+@dataclass(frozen=True, kw_only=True)
+class Conditioning:
+    """Conditional mode: fidelity per named group, and the output's marginal shares.
+
+    Attributes:
+        distribution: Share of requests per group.
+        distribution_source: Given, declared by the model, or equal shares.
+        fidelity: Named group → :class:`Fidelity`.
+        marginal: Reading (``acc``, ``pacc``) → group → share among the images of a use that
+            requests the groups in ``distribution``'s shares.
+    """
+
+    distribution: dict[str, float]
+    distribution_source: str
+    fidelity: dict[str, Fidelity]
+    marginal: dict[str, dict[str, Estimate]]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -15,10 +15,12 @@ from .results import (
     ChiSquare,
     ClassifierInfo,
     Conditional,
+    Conditioning,
     Dispersion,
     Distances,
     Estimate,
     Evaluation,
+    Fidelity,
     Homogeneity,
     IndependenceCheck,
     IndependenceTest,
@@ -46,6 +48,7 @@ __all__ = [
     "SHOWN_SETTINGS",
     "attribute_summary_from_json",
     "classifier_from_json",
+    "conditioning_from_json",
     "dispersion_from_json",
     "estimate_from_json",
     "joint_from_json",
@@ -166,6 +169,29 @@ def quality_from_json(q: dict[str, Any] | None) -> Quality | None:
 
 def _support_share(d: dict[str, Any]) -> SupportShare:
     return SupportShare(share=d.get("share"), ci=tuple(d["ci"]), n=d["n"])
+
+
+def conditioning_from_json(d: dict[str, Any] | None) -> Conditioning | None:
+    """A :class:`Conditioning` from ``audit.json``'s ``conditioning`` section."""
+    if not d:
+        return None
+    return Conditioning(
+        distribution=dict(d["distribution"]),
+        distribution_source=d["distribution_source"],
+        fidelity={
+            g: Fidelity(
+                prompts=tuple(f["prompts"]),
+                n=f["n"],
+                labels=estimate_from_json(f["labels"]),
+                corrected=estimate_from_json(f["corrected"]),
+            )
+            for g, f in d["fidelity"].items()
+        },
+        marginal={
+            r: {g: estimate_from_json(e) for g, e in per.items()}
+            for r, per in d["marginal"].items()
+        },
+    )
 
 
 def readers_from_json(d: dict[str, Any] | None) -> Readers | None:
@@ -355,7 +381,10 @@ def prompt_summary_from_json(d: dict[str, Any]) -> PromptSummary:
         index=d["index"],
         prompt=d["prompt"],
         conditional=Conditional(
-            named_group=cond["named_group"], share=cond["share"], ci=tuple(cond["ci"])
+            named_group=cond["named_group"],
+            share=cond["share"],
+            ci=tuple(cond["ci"]),
+            corrected=estimate_from_json(cond.get("corrected")),
         )
         if cond
         else None,

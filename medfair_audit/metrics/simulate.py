@@ -27,6 +27,7 @@ __all__ = [
     "SimulatedCategorical",
     "SimulatedClassifier",
     "censored_study",
+    "conditional_study",
     "coverage_study",
     "dispersion_study",
     "joint_coverage_study",
@@ -174,6 +175,65 @@ def coverage_study(
             for r, per in dist_hits.items()
         },
         "chi_square_rejection": float(np.mean(rejected)),
+    }
+
+
+def conditional_study(
+    *,
+    male_share_when_asked: Sequence[float],
+    weights: Sequence[float],
+    n_per_condition: int,
+    reps: int,
+    per_group: int = 200,
+    n_boot: int = 500,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Coverage of a conditioned model's readings: fidelity per request, and the marginal.
+
+    Condition ``i`` (asking for "female", then "male", ...) gives images whose true male share
+    is ``male_share_when_asked[i]``; a use requests condition ``i`` with probability
+    ``weights[i]``, so the true marginal male share is ``Σ w_i · share_i``. Each replication
+    draws a held-out set and ``n_per_condition`` images per condition, then checks each
+    condition's PACC interval against its true share and the marginal's
+    (:func:`~medfair_audit.metrics.estimates.mixture_estimates`) against the true marginal.
+    The held-out draw is shared by all conditions, as one classifier reads them all.
+    """
+    from .estimates import mixture_estimates, share_intervals
+
+    clf = SimulatedClassifier()
+    rng = np.random.default_rng(seed)
+    shares = np.asarray(male_share_when_asked, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64) / np.sum(weights)
+    truth = float(w @ shares)
+    per_hits: list[list[bool]] = [[] for _ in shares]
+    hits, widths = {"acc": [], "pacc": []}, {"acc": [], "pacc": []}
+    for rep in range(reps):
+        held = clf.heldout(rng, per_group)
+        parts = [_draw(rng, clf, q, n_per_condition) for q in shares]
+        for i, probs in enumerate(parts):
+            est = estimate_shares(probs, held, n_boot=n_boot, seed=rep * 1000 + i)
+            lo, hi = share_intervals(est, "pacc", confidence)[1]
+            per_hits[i].append(bool(lo - 1e-12 <= shares[i] <= hi + 1e-12))
+        mix = mixture_estimates(parts, w, held, n_boot=n_boot, seed=rep * 1000 + 999)
+        for reading in hits:
+            lo, hi = share_intervals(mix, reading, confidence)[1]
+            hits[reading].append(bool(lo - 1e-12 <= truth <= hi + 1e-12))
+            widths[reading].append(hi - lo)
+    return {
+        "male_share_when_asked": shares.tolist(),
+        "weights": w.tolist(),
+        "true_marginal": truth,
+        "n_per_condition": n_per_condition,
+        "reps": reps,
+        "per_group": per_group,
+        "n_boot": n_boot,
+        "confidence": confidence,
+        "fidelity_coverage": [float(np.mean(h)) for h in per_hits],
+        "marginal": {
+            r: {"coverage": float(np.mean(hits[r])), "mean_width": float(np.mean(widths[r]))}
+            for r in hits
+        },
     }
 
 

@@ -1,5 +1,9 @@
 """Any local diffusers text-to-image pipeline: loading, placement, what it is, and drawing images.
 
+A folder in the MONAI bundle layout (``configs/inference.json``) is loaded as a 3-D latent
+diffusion model instead (:class:`~medfair_audit.models.monai_ldm.MonaiLatentDiffusion`), with the
+same functions: the audit draws volumes from it as it draws images from a pipeline.
+
 medfair's own T2MedI folder is a Stable Diffusion pipeline, so the same code audits a user's
 SD 1.x, SD 2.x (ε- or v-prediction) or SDXL fine-tune. :func:`load_pipeline` puts the whole
 pipeline on one device in the generation dtype; :func:`pipeline_info` says what was found;
@@ -22,6 +26,7 @@ from ..config import Placement, Speed
 from ..device import initial_latents
 from ..exceptions import ConfigError, ModelError
 from ._loading import check_no_pickle, load_pretrained
+from .monai_ldm import MonaiLatentDiffusion, is_monai_bundle
 
 __all__ = [
     "apply_speed",
@@ -81,11 +86,15 @@ def load_pipeline(
     from diffusers import DiffusionPipeline
 
     placement = placement or Placement(device="cpu", dtype="float32")
+    if is_monai_bundle(path):  # its .pt weights load with weights_only=True, which refuses code
+        return MonaiLatentDiffusion.from_bundle(path, placement=placement, param=param)
     folder = check_no_pickle(path, trust_pickle=trust_pickle, param=param)
     index = folder / "model_index.json"
     if not index.is_file():
         raise ModelError(
-            f"'{folder}' is not a diffusers pipeline folder (no model_index.json)", param=param
+            f"'{folder}' is not a diffusers pipeline folder (no model_index.json) nor a MONAI "
+            "bundle (no configs/inference.json)",
+            param=param,
         )
     try:
         components = json.loads(index.read_text())
@@ -131,6 +140,8 @@ def latent_shape(pipe: Any) -> tuple[int, int, int]:
 
 def pipeline_info(pipe: Any) -> dict[str, Any]:
     """What kind of pipeline this is: class, family, prediction type, text encoders, size."""
+    if isinstance(pipe, MonaiLatentDiffusion):
+        return pipe.info()
     name = type(pipe).__name__
     c, h, w = latent_shape(pipe)
     scale = getattr(pipe, "vae_scale_factor", 1)
@@ -148,9 +159,19 @@ def pipeline_info(pipe: Any) -> dict[str, Any]:
 
 def describe(info: dict[str, Any]) -> str:
     """One line for the CLI: ``StableDiffusionXLPipeline (SDXL, v-prediction, 2 text ...)``."""
-    family = {"stable-diffusion": "SD 1.x/2.x", "stable-diffusion-xl": "SDXL"}.get(
-        info["family"], "other UNet pipeline"
-    )
+    family = {
+        "stable-diffusion": "SD 1.x/2.x",
+        "stable-diffusion-xl": "SDXL",
+        "monai-ldm": "MONAI latent diffusion",
+    }.get(info["family"], "other UNet pipeline")
+    if info["family"] == "monai-ldm":
+        cond = info.get("conditioning")
+        return (
+            f"{info['class']} ({family}, {info['prediction_type']}, "
+            f"{'conditioned on ' + ', '.join(cond['vector']) if cond else 'unconditional'}, "
+            f"{info['unet_parameters'] / 1e6:.1f}M UNet parameters, "
+            f"{'x'.join(map(str, info['resolution']))} volumes)"
+        )
     h, w = info["resolution"]
     return (
         f"{info['class']} ({family}, {info['prediction_type']}, {info['text_encoders']} text "
@@ -169,9 +190,14 @@ def generate(
 ) -> torch.Tensor:
     """Images ``(N, C, H, W)`` in [-1, 1] (float32, on the pipeline's device), one per seed.
 
+    A MONAI bundle's model draws volumes ``(N, 1, D, H, W)`` for the conditioning ``prompt``
+    asks for (``guidance`` does not apply).
+
     The starting latents come from :func:`~medfair_audit.device.initial_latents` and are handed
     to the pipeline, which scales them by its scheduler's ``init_noise_sigma``.
     """
+    if isinstance(pipe, MonaiLatentDiffusion):
+        return pipe.generate(prompt, seeds, steps=steps)
     if not seeds:
         raise ConfigError("expected at least one seed", param="seeds")
     unet = pipe.unet

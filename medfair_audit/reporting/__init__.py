@@ -52,13 +52,18 @@ def image_grid_png(images: Any, cols: int = 8) -> bytes:
     """PNG bytes of a grid of images.
 
     Args:
-        images: ``(N, C, H, W)`` uint8 tensor or array (colour is averaged to grey).
+        images: ``(N, C, H, W)`` uint8 tensor or array (colour is averaged to grey), or RAS+
+            volumes ``(N, C, X, Y, Z)``, shown by their middle axial slice in radiological
+            convention (anterior at the top, the patient's right on the left), as the slice
+            phantom shows a head.
         cols: Images per row.
     """
     import numpy as np
     from PIL import Image
 
     x = np.asarray(images)
+    if x.ndim == 5:
+        x = np.ascontiguousarray(x[..., x.shape[-1] // 2].swapaxes(-1, -2)[..., ::-1, ::-1])
     x = x[:, 0] if x.shape[1] == 1 else x.astype(np.float32).mean(1).round().astype(np.uint8)
     rows = max(1, -(-len(x) // cols))
     h, w = x.shape[1:] if len(x) else (64, 64)

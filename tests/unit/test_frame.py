@@ -367,3 +367,36 @@ def test_a_truly_absent_group_is_censored_often_and_its_bound_always_holds():
         # a share of exactly 0 is under every "at most" bound: the study must count it as held
         assert e["coverage_given_censored"] == 1.0
         assert e["coverage"] >= e["censored"]
+
+
+def test_a_conditioned_models_readings_cover_the_truth():
+    """Fast version of bench_calibration.py --only conditional (fixed seeds, 150 audits)."""
+    from medfair_audit.metrics.simulate import conditional_study
+
+    r = conditional_study(male_share_when_asked=[0.15, 0.9], weights=[0.3, 0.7],
+                          n_per_condition=128, reps=150, n_boot=200, seed=5)  # fmt: skip
+    assert r["true_marginal"] == pytest.approx(0.3 * 0.15 + 0.7 * 0.9)
+    assert min(r["fidelity_coverage"]) >= 0.88
+    for reading in ("acc", "pacc"):
+        assert 0.89 <= r["marginal"][reading]["coverage"] <= 1.0, r["marginal"]
+
+
+def test_mixture_estimates_are_the_adjusted_count_of_the_weighted_mean():
+    from medfair_audit.metrics.estimates import mixture_estimates
+    from medfair_audit.metrics.simulate import SimulatedClassifier
+
+    clf = SimulatedClassifier()
+    rng = np.random.default_rng(2)
+    held = clf.heldout(rng, 300)
+    parts = [clf.probs(rng, (rng.random(n) < q).astype(int)) for q, n in ((0.1, 90), (0.8, 60))]
+    est = mixture_estimates(parts, [1, 3], held, n_boot=300, seed=1)
+    mean = 0.25 * parts[0].mean(0) + 0.75 * parts[1].mean(0)
+    soft = np.stack([held.probs[held.labels == k].mean(0) for k in range(2)])
+    assert np.allclose(est.point["pacc"], np.linalg.solve(soft.T, mean))  # q S = mean
+    assert est.samples["pacc"].shape == (300, 2) and est.n == 150
+    # the same images as one prompt with equal weights: the pooled audit's point estimate
+    pooled = estimate_shares(np.concatenate([parts[0][:60], parts[1]]), held, n_boot=0)
+    equal = mixture_estimates([parts[0][:60], parts[1]], [1, 1], held, n_boot=0)
+    assert np.allclose(equal.point["pacc"], pooled.point["pacc"])
+    with pytest.raises(ConfigError):
+        mixture_estimates(parts, [1], held)

@@ -283,3 +283,18 @@ def test_import_brats_volumes_cli(volumes, tmp_path, capsys):
                        out / "subjects.csv", "--volumes", "--out", tmp_path / "w")  # fmt: skip
     assert_one_line_error(code, err, "--root", "_t2.nii.gz")
     assert not (tmp_path / "w").exists()
+
+
+def test_report_grids_show_a_volume_by_its_middle_axial_slice_radiologically():
+    import io
+
+    from PIL import Image
+
+    from medfair_audit.reporting import image_grid_png
+
+    vol = np.zeros((2, 1, 6, 8, 5), dtype=np.uint8)  # (N, C, X, Y, Z), RAS+
+    vol[0, 0, -1, -1, 2] = 255  # the patient's right, anterior, in the middle axial slice
+    vol[1, 0, 0, 0, 0] = 255  # left, posterior, but not in the middle slice
+    grid = np.asarray(Image.open(io.BytesIO(image_grid_png(vol, cols=2))))
+    assert grid.shape == (8, 12)  # rows anterior to posterior (Y), columns right to left (X)
+    assert grid[0, 0] == 255 and grid.sum() == 255
