@@ -119,18 +119,44 @@ def _ref_labels(ref: ImageFolderDataset, cset: ClassifierSet) -> list[str]:
     return [cell_name(t) for t in zip(*columns, strict=True)]
 
 
+def _classifier_sequence(cfg: AuditConfig) -> str | None:
+    """The volume sequence a 3-D classifier was trained on (``classifier.json``), if recorded."""
+    import json
+
+    try:
+        meta = json.loads((Path(cfg.classifier) / "classifier.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return None
+    return meta.get("sequence")
+
+
 def _reference(cfg: AuditConfig, cset: ClassifierSet) -> ImageFolderDataset | None:
     """The ``--reference`` images, their labels checked against the classifier's groups."""
     if cfg.reference is None:
         return None
-    ref = ImageFolderDataset(
-        cfg.reference,
-        require=cset.attributes,
-        split=cfg.reference_split,
-        size=None,
-        param="reference",
-        allow_outside_root=cfg.allow_outside_root,
-    )
+    kwargs = {
+        "require": cset.attributes,
+        "split": cfg.reference_split,
+        "param": "reference",
+        "allow_outside_root": cfg.allow_outside_root,
+    }
+    if getattr(cset.primary, "volumetric", False):
+        # real volumes of the sequence the 3-D classifier was trained on, at its side
+        from ..data.volumes import VolumeFolderDataset
+
+        if cfg.frd:
+            raise ConfigError(
+                "FRD reads 2-D slices; a 3-D classifier's audit has FID/KID in its features",
+                param="frd",
+            )
+        ref = VolumeFolderDataset(
+            cfg.reference,
+            sequence=_classifier_sequence(cfg),
+            size=cset.primary.image_size,
+            **kwargs,
+        )
+    else:
+        ref = ImageFolderDataset(cfg.reference, size=None, **kwargs)
     unknown = sorted(set(_ref_labels(ref, cset)) - set(cset.groups))
     if unknown:
         raise DataError(

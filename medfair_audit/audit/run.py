@@ -249,17 +249,30 @@ def _image_table(cfg: AuditConfig, loaded: Loaded, est: Estimates) -> pd.DataFra
 
 
 def _export_pngs(out: Path, plan: list[Shard], table: pd.DataFrame) -> None:
-    """``--save-images``: every image as ``images/p<prompt>_i<image>.png``, named in the table."""
+    """``--save-images``: every image as ``images/p<prompt>_i<image>.png``, named in the table.
+
+    Volumes are written as ``.nii.gz`` (uint8, as the shards store them).
+    """
     from PIL import Image
 
     (out / "images").mkdir(parents=True, exist_ok=True)
     k = 0
     for shard in iter_shards(out / "shards", plan):
         for img in shard["images"]:
-            name = f"images/p{table.prompt_index[k]:04d}_i{table.image_index[k]:06d}.png"
-            Image.fromarray(
-                img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()
-            ).save(out / name)
+            stem = f"images/p{table.prompt_index[k]:04d}_i{table.image_index[k]:06d}"
+            if img.ndim == 4:  # a volume (C, X, Y, Z): NIfTI, RAS+, 1 mm voxels
+                import numpy as np
+
+                from .._io import atomic_write_bytes
+                from ..data.volumes import nifti_bytes
+
+                name = f"{stem}.nii.gz"
+                atomic_write_bytes(out / name, nifti_bytes(img[0].numpy(), np.eye(4)))
+            else:
+                name = f"{stem}.png"
+                Image.fromarray(
+                    img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()
+                ).save(out / name)
             table.loc[k, "file"] = name
             k += 1
 

@@ -193,7 +193,10 @@ def get_extractor(
             classifier.features,
             {
                 "grayscale": f"{classifier.channels} channel(s)",
-                "resize": f"{classifier.image_size}x{classifier.image_size}",
+                "resize": "x".join(
+                    [str(classifier.image_size)]
+                    * (3 if getattr(classifier, "volumetric", False) else 2)
+                ),
                 "layer": "pooled output of the last ResNet stage",
             },
             classifier.device,

@@ -90,6 +90,11 @@ def classifier3d(tmp_path_factory):
     return root / "clf"
 
 
+@pytest.fixture(scope="module")
+def heads(classifier3d):
+    return classifier3d.parent / "v"
+
+
 def test_bundle_loads_and_draws_seeded_conditioned_volumes(bundle, tmp_path):
     pipe = load_pipeline(bundle)
     assert isinstance(pipe, MonaiLatentDiffusion)
@@ -234,3 +239,29 @@ def test_references_and_missing_declarations(tmp_path):
     assert pipe.conditioning is None and pipe.scheduler.num_train_timesteps == 1000
     x = generate(pipe, "anything: an unconditional model ignores it", [1], steps=2, guidance=1)
     assert x.shape == (1, 1, 16, 16, 16)
+
+
+def test_volume_reference_gives_3d_quality_and_volumes_are_saved(
+    bundle, classifier3d, heads, tmp_path, capsys
+):
+    out = tmp_path / "q"
+    code, _, _ = run(capsys, "audit", bundle, "--classifier", classifier3d, "--target",
+                     "female=0.5,male=0.5", "--condition", "sex", "--n-per-prompt", 4,
+                     "--steps", 2, "--n-boot", 50, "--reference", heads, "--save-images",
+                     "--out", out)  # fmt: skip
+    assert code == 0
+    doc = json.loads((out / "audit.json").read_text())
+    quality = doc["quality"]["by_group"]
+    assert doc["config"]["features"]["name"] == "classifier-penultimate"
+    # the reference is the t1 volumes the classifier was trained on, all 16 subjects
+    assert sum(quality[g]["n_reference"] for g in ("female", "male")) == 16
+    assert quality["overall"]["at_n"]["8"]["fid"]["mean"] >= 0
+    table = pd.read_csv(out / "images.csv")
+    import nibabel as nib
+
+    first = nib.load(out / table.file[0])
+    assert table.file[0].endswith(".nii.gz") and first.shape == (16, 16, 16)
+    code, _, err = run(capsys, "audit", bundle, "--classifier", classifier3d, "--target",
+                       "female=0.5,male=0.5", "--condition", "sex", "--reference", heads,
+                       "--frd", "--out", tmp_path / "f")  # fmt: skip
+    assert code == 2 and "--frd" in err
