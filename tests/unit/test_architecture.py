@@ -370,3 +370,26 @@ def test_no_audit_json_key_is_read_outside_the_result():
     assert _json_reads(ast.parse('a.data["groups"]; b.data.get("x"); c.to_json()["y"]')) == [
         "line 1: .data", "line 1: .data", "line 1: .to_json()",
     ]  # fmt: skip
+
+
+def test_the_readme_3d_commands_use_options_that_exist() -> None:
+    """The commands of the README's 3-D section name options their commands have."""
+    import re
+    import shlex
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## 3D volumes and MONAI models\n", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1).replace("\\\n", " ")
+    commands, checked = _commands(), 0
+    for line in block.splitlines():
+        words = shlex.split(line, comments=True)
+        if not words or words[0] != "medfair":
+            continue
+        name = next(n for n in sorted(commands, key=len, reverse=True)
+                    if words[1 : 1 + len(n.split())] == n.split())  # fmt: skip
+        known = {o for p in commands[name].params for o in p.opts}
+        for word in words:
+            if word.startswith("--"):
+                assert word in known, f"medfair {name}: no option {word}"
+                checked += 1
+    assert checked >= 15
