@@ -45,6 +45,15 @@ def demo(
             "target, one classifier per attribute, joint audit and remediation) in OUT/attributes."
         ),
     ] = "sex",
+    volumes: Annotated[
+        bool,
+        typer.Option(
+            "--volumes",
+            help="The 3-D path instead, in OUT/volumes: phantom volumes, a 3-D sex classifier, "
+            "a small MONAI latent diffusion model conditioned on sex (a MONAI bundle), and its "
+            "audit with --condition sex (conditioning fidelity, marginal share, 3-D FID/KID).",
+        ),
+    ] = False,
 ) -> None:
     """Run the embedded default end to end: phantom data, models, audit, remediation, report.
 
@@ -73,6 +82,8 @@ def demo(
         medfair demo --quick --out reports/demo-quick
 
         medfair demo --out reports/demo --attributes sex,age_band
+
+        medfair demo --volumes --out reports/demo
     """
     from medfair_audit.demo import DemoConfig, run_demo
 
@@ -80,6 +91,10 @@ def demo(
 
     def log(line: str) -> None:
         err_console.print(f"{time.perf_counter() - start:7.1f}s  {line}")
+
+    if volumes:
+        _volumes(out, fast=fast, seed=seed, device=device, dtype=dtype, log=log, start=start)
+        return
 
     with quiet_libraries(), progress_bar() as callback:
         result = run_demo(
@@ -107,3 +122,34 @@ def demo(
     report = result.stages.get("report") or result.stages.get("sa_report")
     if report:
         out_console.print(f"before-and-after report: {report['paths'][0]}")
+
+
+def _volumes(
+    out: Path, *, fast: bool, seed: int, device: str, dtype: str, log: object, start: float
+) -> None:
+    """``--volumes``: the 3-D demo in OUT/volumes."""
+    import dataclasses
+
+    from medfair_audit.config import Placement
+    from medfair_audit.demo_volumes import VolumeDemoConfig, run_volume_demo
+
+    base = VolumeDemoConfig.tiny() if fast else VolumeDemoConfig()
+    config = dataclasses.replace(
+        base,
+        out=out,
+        placement=Placement(device=device, dtype=dtype),
+        phantom=dataclasses.replace(base.phantom, seed=seed),
+        classifier=dataclasses.replace(base.classifier, seed=seed),
+        ldm=dataclasses.replace(base.ldm, seed=seed),
+        generation=dataclasses.replace(base.generation, seed=seed),
+    )
+    with quiet_libraries(), progress_bar() as callback:
+        result = run_volume_demo(config, progress=callback, log=log)
+    for name, st in result.stages.items():
+        note = " (reused)" if st.get("reused") else ""
+        out_console.print(f"{st.get('seconds') or 0:8.0f} s  {name}{note}")
+    audit = result.stages["audit3d"]
+    out_console.print(
+        f"3-D demo finished in {time.perf_counter() - start:.1f} s; audit report: "
+        f"{Path(audit['path']) / 'audit.html'}"
+    )

@@ -265,3 +265,23 @@ def test_volume_reference_gives_3d_quality_and_volumes_are_saved(
                        "female=0.5,male=0.5", "--condition", "sex", "--reference", heads,
                        "--frd", "--out", tmp_path / "f")  # fmt: skip
     assert code == 2 and "--frd" in err
+
+
+def test_demo_volumes_fast_runs_the_3d_path_and_reuses_its_stages(tmp_path, capsys):
+    code, text, _ = run(capsys, "demo", "--volumes", "--fast", "--out", tmp_path / "d")
+    assert code == 0 and "audit report" in text
+    root = tmp_path / "d" / "volumes"
+    record = json.loads((root / "demo.json").read_text())
+    assert set(record["stages"]) == {"volumes", "classifier3d", "ldm", "audit3d"}
+    training = json.loads((root / "models" / "brain-ldm" / "configs" / "training.json").read_text())
+    assert training["finite"] and training["steps"] == {"autoencoder": 2, "diffusion": 2}
+    # the bundle it wrote is one the audit reads: conditioned on sex, declared 50/50
+    doc = json.loads((root / "audit" / "audit.json").read_text())
+    assert doc["conditioning"]["distribution"] == {"female": 0.5, "male": 0.5}
+    assert doc["quality"]["by_group"]["overall"]["n_reference"] > 0
+    # the target is the held-out test subjects' sex mix
+    meta = pd.read_csv(root / "data" / "metadata.csv")
+    test = meta[(meta.split == "test") & (meta.sequence == "t1")]
+    assert doc["target"]["male"] == pytest.approx((test.sex == "male").mean())
+    code, text, _ = run(capsys, "demo", "--volumes", "--fast", "--out", tmp_path / "d")
+    assert code == 0 and text.count("(reused)") == 4
