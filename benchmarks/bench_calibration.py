@@ -31,6 +31,7 @@ import json
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from medfair_audit.metrics.simulate import (
     SimulatedCategorical,
@@ -142,15 +143,23 @@ def _merge_sequential(results: list[dict]) -> dict:
     return out
 
 
+def _section(rows: list[tuple], fn: Any, merge: Any, reps: int, workers: int, seed: int) -> list:
+    """Each row's study, its replications split over ``workers`` processes, then merged.
+
+    ``fn`` takes ``(*row, reps, seed)``; chunk ``j`` of row ``i`` is seeded ``seed + 100 i + j``.
+    """
+    jobs, per = [], len(_split(reps, workers))
+    for i, row in enumerate(rows):
+        for j, r in enumerate(_split(reps, workers)):
+            jobs.append((*row, r, seed + 100 * i + j))
+    with ProcessPoolExecutor(workers) as pool:
+        chunks = list(pool.map(fn, jobs))
+    return [merge(chunks[i * per : (i + 1) * per]) for i in range(len(rows))]
+
+
 def sequential_section(reps: int, workers: int) -> list[dict]:
     """Every :data:`SEQUENTIAL` setting, its replications split over ``workers`` processes."""
-    jobs, per = [], len(_split(reps, workers))
-    for i, (share, h) in enumerate(SEQUENTIAL):
-        for j, r in enumerate(_split(reps, workers)):
-            jobs.append((share, h, r, 9000 + 100 * i + j))
-    with ProcessPoolExecutor(workers) as pool:
-        chunks = list(pool.map(_sequential, jobs))
-    return [_merge_sequential(chunks[i * per : (i + 1) * per]) for i in range(len(SEQUENTIAL))]
+    return _section(SEQUENTIAL, _sequential, _merge_sequential, reps, workers, 9000)
 
 
 def sequential_table(studies: list[dict]) -> list[str]:
@@ -184,7 +193,7 @@ CONDITIONAL = [((0.15, 0.90), (0.5, 0.5)), ((0.02, 0.97), (0.3, 0.7)), ((0.42, 0
 
 
 def _conditional(args: tuple) -> dict:
-    shares, weights, reps, n_boot, seed = args
+    shares, weights, n_boot, reps, seed = args
     return conditional_study(
         male_share_when_asked=shares, weights=weights, n_per_condition=128, reps=reps,
         n_boot=n_boot, seed=seed,
@@ -210,13 +219,8 @@ def _merge_conditional(results: list[dict]) -> dict:
 
 def conditional_section(reps: int, n_boot: int, workers: int) -> list[dict]:
     """Every :data:`CONDITIONAL` setting, its replications split over ``workers`` processes."""
-    jobs, per = [], len(_split(reps, workers))
-    for i, (shares, weights) in enumerate(CONDITIONAL):
-        for j, r in enumerate(_split(reps, workers)):
-            jobs.append((shares, weights, r, n_boot, 7000 + 100 * i + j))
-    with ProcessPoolExecutor(workers) as pool:
-        chunks = list(pool.map(_conditional, jobs))
-    return [_merge_conditional(chunks[i * per : (i + 1) * per]) for i in range(len(CONDITIONAL))]
+    rows = [(shares, weights, n_boot) for shares, weights in CONDITIONAL]
+    return _section(rows, _conditional, _merge_conditional, reps, workers, 7000)
 
 
 def conditional_table(studies: list[dict]) -> list[str]:

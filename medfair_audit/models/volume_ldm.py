@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from .._io import atomic_write_json, building_dir, check_out
 from ..exceptions import ConfigError, DataError
 from ..progress import ProgressCallback, report
-from ..training import load_images, seed_everything, warmup_cosine
+from ..training import backward_step, load_images, seed_everything, warmup_cosine
 
 __all__ = ["VolumeLDMConfig", "train_volume_ldm"]
 
@@ -115,6 +115,16 @@ def _build(spec: dict[str, Any]) -> Any:
     return cls(**{k: v for k, v in spec.items() if k != "_target_"})
 
 
+def _step(
+    loss: torch.Tensor, model: Any, opt: Any, sched: Any, history: list[float], *,
+    max_norm: float | None,
+) -> None:  # fmt: skip
+    """One optimiser step (gradients clipped to ``max_norm``); the loss joins ``history``."""
+    backward_step(loss, model, opt, None, max_norm=max_norm)
+    sched.step()
+    history.append(round(loss.item(), 5))
+
+
 def train_volume_ldm(
     data: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -175,13 +185,10 @@ def train_volume_ldm(
         rec, mu, sigma = ae(batch)
         kl = 0.5 * (mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2) + 1e-8) - 1).mean()
         loss = F.l1_loss(rec, batch) + cfg.kl_weight * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        value = loss.item()
-        history["autoencoder"].append(round(value, 5))
-        report(progress, "train autoencoder", step + 1, cfg.ae_steps, loss=value)
+        _step(loss, ae, opt, sched, history["autoencoder"], max_norm=None)
+        report(
+            progress, "train autoencoder", step + 1, cfg.ae_steps, loss=history["autoencoder"][-1]
+        )
     ae.eval()
     with torch.no_grad():
         latents = torch.cat([ae.encode(x[i : i + 16])[0] for i in range(0, len(x), 16)])
@@ -205,14 +212,8 @@ def train_volume_ldm(
         noisy = train_sched.add_noise(original_samples=z[idx], noise=noise, timesteps=t)
         eps = unet(noisy, timesteps=t, context=cond[idx].view(-1, 1, 1))
         loss = F.mse_loss(eps, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        value = loss.item()
-        history["diffusion"].append(round(value, 5))
-        report(progress, "train diffusion", step + 1, cfg.unet_steps, loss=value)
+        _step(loss, unet, opt, sched, history["diffusion"], max_norm=1.0)
+        report(progress, "train diffusion", step + 1, cfg.unet_steps, loss=history["diffusion"][-1])
     unet.eval()
     side = cfg.size // 4
     declared = {
