@@ -2,7 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup setup-test demo demo-quick demo-attributes test test-fast test-slow lint format example example-attributes clean
+.PHONY: setup setup-test demo demo-quick demo-attributes demo-volumes test test-fast test-slow lint format example example-attributes clean
 
 setup:
 	@bash scripts/setup.sh
@@ -15,6 +15,9 @@ demo-quick: setup  ## the same protocol at smaller sizes, about 10 minutes (repo
 
 demo-attributes: setup  ## the two-attribute pipeline (sex × age band) in reports/demo/attributes
 	$(BIN)/medfair demo --out reports/demo --attributes sex,age_band
+
+demo-volumes: setup  ## the 3-D path (volumes, 3-D classifier, MONAI LDM) in reports/demo/volumes
+	$(BIN)/medfair demo --volumes --out reports/demo
 
 setup-test:
 	@MEDFAIR_FRD=1 bash scripts/setup.sh
