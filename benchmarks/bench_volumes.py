@@ -148,6 +148,15 @@ def render_demo(d: dict) -> str:
         "",
         f"Marginal male share of the output under equal requests: {_share(d['marginal_male'])}.",
     ]
+    chance = 1 / len(d["fidelity"])
+    weak = [g for g, e in d["fidelity"].items() if e.get("ci") and e["ci"][0] <= chance]
+    if weak:
+        lines.append(
+            f"The fidelity interval of {' and of '.join(repr(g) for g in weak)} reaches "
+            f"{chance:.0%}, what a model that ignored the request would show: at this size and "
+            "training time the model's conditioning is weak, and the audit says so with an "
+            "interval rather than a point."
+        )
     return "\n".join(lines)
 
 
