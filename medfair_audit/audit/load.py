@@ -119,17 +119,6 @@ def _ref_labels(ref: ImageFolderDataset, cset: ClassifierSet) -> list[str]:
     return [cell_name(t) for t in zip(*columns, strict=True)]
 
 
-def _classifier_sequence(cfg: AuditConfig) -> str | None:
-    """The volume sequence a 3-D classifier was trained on (``classifier.json``), if recorded."""
-    import json
-
-    try:
-        meta = json.loads((Path(cfg.classifier) / "classifier.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, TypeError):
-        return None
-    return meta.get("sequence")
-
-
 def _reference(cfg: AuditConfig, cset: ClassifierSet) -> ImageFolderDataset | None:
     """The ``--reference`` images, their labels checked against the classifier's groups."""
     if cfg.reference is None:
@@ -140,7 +129,7 @@ def _reference(cfg: AuditConfig, cset: ClassifierSet) -> ImageFolderDataset | No
         "param": "reference",
         "allow_outside_root": cfg.allow_outside_root,
     }
-    if getattr(cset.primary, "volumetric", False):
+    if cset.primary.volumetric:
         # real volumes of the sequence the 3-D classifier was trained on, at its side
         from ..data.volumes import VolumeFolderDataset
 
@@ -151,7 +140,7 @@ def _reference(cfg: AuditConfig, cset: ClassifierSet) -> ImageFolderDataset | No
             )
         ref = VolumeFolderDataset(
             cfg.reference,
-            sequence=_classifier_sequence(cfg),
+            sequence=cset.primary.sequence,
             size=cset.primary.image_size,
             **kwargs,
         )

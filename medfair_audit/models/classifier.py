@@ -85,8 +85,9 @@ class SubgroupClassifier:
         image_size: Input side it was trained at.
         channels: Input channels it expects.
         evaluation: Its held-out evaluation (``evaluation.json``), if known.
-        architecture: ``resnet`` or ``radiomics`` (see
+        architecture: ``resnet``, ``radiomics`` or ``resnet3d`` (see
             :class:`~medfair_audit.config.ClassifierConfig`).
+        sequence: A 3-D classifier's volume sequence (``t1``, ...), if it was trained on one.
     """
 
     def __init__(
@@ -100,9 +101,11 @@ class SubgroupClassifier:
         channels: int = 1,
         evaluation: dict[str, Any] | None = None,
         architecture: str = "resnet",
+        sequence: str | None = None,
     ) -> None:
         self.model = model.eval()
         self.architecture = architecture
+        self.sequence = sequence
         self.attribute = attribute
         self.groups = tuple(groups)
         self.temperature = float(temperature)
@@ -140,6 +143,7 @@ class SubgroupClassifier:
                 "image_size": self.image_size,
                 "channels": self.channels,
                 **({} if self.architecture == "resnet" else {"architecture": self.architecture}),
+                **({} if self.sequence is None else {"sequence": self.sequence}),
                 "input": (
                     "(N, 1, D, H, W) volume in [-1, 1], RAS+ (X, Y, Z); other sizes are resampled"
                     if self.volumetric
@@ -192,6 +196,7 @@ class SubgroupClassifier:
                 channels=meta["channels"],
                 evaluation=evaluation,
                 architecture=architecture,
+                sequence=meta.get("sequence"),
             )
         except load_errors() as exc:
             raise ModelError(
@@ -864,6 +869,7 @@ def train_classifier(
         image_size=cfg.image_size,
         channels=1,
         architecture=cfg.architecture,
+        sequence=job.sequence,
     )
     probs = clf.predict_proba(images[test_idx]).numpy()
     evaluation = evaluate_classifier(
@@ -892,7 +898,6 @@ def train_classifier(
             tmp,
             extra={
                 "data": str(data),
-                **({"sequence": job.sequence} if job.sequence is not None else {}),
                 "config": asdict(cfg),
                 "history": history,
                 "seconds": seconds,

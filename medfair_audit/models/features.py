@@ -194,8 +194,7 @@ def get_extractor(
             {
                 "grayscale": f"{classifier.channels} channel(s)",
                 "resize": "x".join(
-                    [str(classifier.image_size)]
-                    * (3 if getattr(classifier, "volumetric", False) else 2)
+                    [str(classifier.image_size)] * (3 if classifier.volumetric else 2)
                 ),
                 "layer": "pooled output of the last ResNet stage",
             },
