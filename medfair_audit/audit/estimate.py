@@ -127,11 +127,13 @@ def _conditioning(
     probs: np.ndarray,
     data: dict[str, Any],
     by_prompt: list[dict[str, Any]],
+    prompt_estimates: list[Any],
 ) -> dict[str, Any]:
     """Conditioning fidelity per named group, and the marginal share under the requests' mix.
 
     Fidelity: the corrected share of images showing the group a request named (pooling the
-    prompts that name it). Marginal: each prompt weighted by its group's share of requests
+    prompts that name it; a group one prompt names reuses that prompt's estimates, so the two
+    tables print the same interval). Marginal: each prompt weighted by its group's share of requests
     (split equally among the prompts naming that group), corrected once with the classifier's
     error shared by all (:func:`~medfair_audit.metrics.estimates.mixture_estimates`).
     """
@@ -145,7 +147,11 @@ def _conditioning(
     fidelity = {}
     for g in dict.fromkeys(named):
         mine = [i for i, h in enumerate(named) if h == g]
-        pooled = estimate_shares(np.concatenate([parts[i] for i in mine]), loaded.heldout, **kw)
+        pooled = (
+            prompt_estimates[mine[0]]
+            if len(mine) == 1
+            else estimate_shares(np.concatenate([parts[i] for i in mine]), loaded.heldout, **kw)
+        )
         reading = headline_reading(pooled.point)
         hits = sum(int(by_prompt[i]["counts"][g]) for i in mine)
         n = sum(len(parts[i]) for i in mine)
@@ -274,7 +280,7 @@ def estimate(
         )  # fmt: skip
         est.warnings += reader_warnings(est.readers)
     if loaded.named is not None and loaded.heldout is not None:
-        est.conditioning = _conditioning(cfg, loaded, probs, data, by_prompt)
+        est.conditioning = _conditioning(cfg, loaded, probs, data, by_prompt, prompt_estimates)
     report(progress, "statistics", len(cfg.prompts) + 1, len(cfg.prompts) + 1)
     est.sample_size = _sample_size(cfg, overall, by_prompt, reading)
     return est

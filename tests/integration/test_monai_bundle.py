@@ -147,6 +147,8 @@ def test_audit_a_conditioned_bundle_end_to_end(bundle, classifier3d, tmp_path, c
             assert pacc[g]["value"] == pytest.approx(expected[j], abs=1e-6)
         hits = int((table[table.prompt_index == j].predicted == g).sum())
         assert cond["fidelity"][g]["labels"]["value"] == pytest.approx(hits / 6)
+        # one request per group: the fidelity table and the prompt table print one interval
+        assert cond["fidelity"][g]["corrected"] == doc["by_prompt"][j]["conditional"]["corrected"]
     html = (out / "audit.html").read_text()
     assert "Conditioning fidelity" in html and (out / "grid_female.png").is_file()
     # the same audit again resumes from its shards: nothing is drawn twice
