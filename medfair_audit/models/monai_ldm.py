@@ -55,6 +55,7 @@ from ..exceptions import MSG_NOT_A_DIR, ConfigError, ModelError
 __all__ = [
     "BUNDLE_TARGETS",
     "MonaiLatentDiffusion",
+    "build_component",
     "bundle_conditioning",
     "is_monai_bundle",
     "save_bundle",
@@ -127,7 +128,7 @@ def _literal(value: Any, refs: dict[str, Any], where: str, param: str, depth: in
     return value
 
 
-def _component(config: dict[str, Any], name: str, param: str) -> Any:
+def build_component(config: dict[str, Any], name: str, param: str) -> Any:
     """Build one of :data:`COMPONENTS` from its definition in ``inference.json``."""
     import importlib
 
@@ -328,7 +329,7 @@ class MonaiLatentDiffusion:
         config = _read_json(folder / "configs" / "inference.json", param)
         declared_path = folder / "configs" / "medfair.json"
         declared = _read_json(declared_path, param) if declared_path.is_file() else {}
-        parts = {name: _component(config, name, param) for name in COMPONENTS}
+        parts = {name: build_component(config, name, param) for name in COMPONENTS}
         weights = declared.get("weights", {})
         for name in ("autoencoder", "diffusion"):
             file = _weights(folder, name, weights, param)

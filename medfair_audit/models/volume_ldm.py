@@ -29,6 +29,15 @@ from ..training import backward_step, load_images, seed_everything, warmup_cosin
 
 __all__ = ["VolumeLDMConfig", "train_volume_ldm"]
 
+#: The noise schedule: DDPM while training, DDIM (the bundle's scheduler) while sampling.
+NOISE_SCHEDULE = {
+    "num_train_timesteps": 1000,
+    "schedule": "scaled_linear_beta",
+    "beta_start": 0.0015,
+    "beta_end": 0.0195,
+    "clip_sample": False,
+}
+
 
 @dataclass(frozen=True, kw_only=True)
 class VolumeLDMConfig:
@@ -99,20 +108,9 @@ class VolumeLDMConfig:
                 "norm_num_groups": max(1, min(self.unet_channels) // 2),
                 "with_conditioning": True, "cross_attention_dim": 1,
             },
-            "scheduler": {
-                "_target_": "monai.networks.schedulers.DDIMScheduler",
-                "num_train_timesteps": 1000, "schedule": "scaled_linear_beta",
-                "beta_start": 0.0015, "beta_end": 0.0195, "clip_sample": False,
-            },
+            "scheduler": {"_target_": "monai.networks.schedulers.DDIMScheduler",
+                          **NOISE_SCHEDULE},
         }  # fmt: skip
-
-
-def _build(spec: dict[str, Any]) -> Any:
-    import importlib
-
-    module, _, name = spec["_target_"].rpartition(".")
-    cls = getattr(importlib.import_module(module), name)
-    return cls(**{k: v for k, v in spec.items() if k != "_target_"})
 
 
 def _step(
@@ -154,7 +152,7 @@ def train_volume_ldm(
         The bundle folder (with ``configs/training.json``: settings, losses, seconds).
     """
     from ..data.volumes import VolumeFolderDataset
-    from .monai_ldm import save_bundle
+    from .monai_ldm import build_component, save_bundle
 
     cfg = config or VolumeLDMConfig()
     if len(groups) != 2:
@@ -172,7 +170,10 @@ def train_volume_ldm(
     cond = torch.tensor([groups.index(v) for v in labels], dtype=torch.float32)
     x = (load_images(dataset, progress=progress, stage="load volumes") + 1) / 2  # [0, 1]
     defs = cfg.definitions()
-    ae, unet = _build(defs["autoencoder_def"]), _build(defs["network_def"])
+    ae, unet = (
+        build_component(defs, "autoencoder", "config"),
+        build_component(defs, "diffusion", "config"),
+    )
     history: dict[str, list[float]] = {"autoencoder": [], "diffusion": []}
 
     # the autoencoder: L1 reconstruction and a small KL term
@@ -198,10 +199,7 @@ def train_volume_ldm(
     # the diffusion UNet: DDPM noise prediction, conditioned by cross-attention
     from monai.networks.schedulers import DDPMScheduler
 
-    train_sched = DDPMScheduler(
-        num_train_timesteps=1000, schedule="scaled_linear_beta", beta_start=0.0015,
-        beta_end=0.0195, clip_sample=False,
-    )  # fmt: skip
+    train_sched = DDPMScheduler(**NOISE_SCHEDULE)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr)
     sched = warmup_cosine(opt, total=cfg.unet_steps, warmup=min(50, cfg.unet_steps), floor=0.1)
     unet.train()
