@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from _markers import splice
 
+from medfair_audit.audit.result import format_estimate
 from medfair_audit.config import ClassifierConfig, ClassifierJob, PhantomConfig
 from medfair_audit.data import build_phantom_volumes
 from medfair_audit.models.classifier import train_classifier
@@ -117,13 +118,7 @@ def record_demo(out: Path) -> dict:
 
 
 def _share(e: dict) -> str:
-    if e.get("value") is None and not e.get("bound"):
-        return "not identifiable"
-    if e.get("value") is None:
-        ((kind, v),) = e["bound"].items()
-        return f"{'≤' if kind == 'at_most' else '≥'} {v:.1%} (censored)"
-    lo, hi = e["ci"]
-    return f"{e['value']:.1%} [{lo:.1%}, {hi:.1%}]"
+    return format_estimate(e, ".1%")
 
 
 def render_demo(d: dict) -> str:

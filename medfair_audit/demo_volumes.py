@@ -119,11 +119,11 @@ def volume_stages(
             ),
             progress=progress,
         )  # fmt: skip
-        cond = r.data["conditioning"]
+        cond = r.conditioning
         return {
             "path": str(root / "audit"),
-            "fidelity": {g: f["corrected"] for g, f in cond["fidelity"].items()},
-            "marginal_male": cond["marginal"][r.default_reading]["male"],
+            "fidelity": {g: f.corrected.to_json() for g, f in cond.fidelity.items()},
+            "marginal_male": cond.marginal[r.default_reading]["male"].to_json(),
         }
 
     return [

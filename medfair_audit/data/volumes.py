@@ -457,7 +457,7 @@ def import_brats_volumes(
     size: int = 64,
     subject_column: str = "subject",
     sex_column: str = "sex",
-    age_bands: Any = None,
+    age_bands: Any = AGE_BAND_EDGES,
     overwrite: bool = False,
     allow_outside_root: bool = False,
     progress: ProgressCallback | None = None,
@@ -484,7 +484,7 @@ def import_brats_volumes(
         sex_csv,
         subject_column=subject_column,
         sex_column=sex_column,
-        age_bands=AGE_BAND_EDGES if age_bands is None else age_bands,
+        age_bands=age_bands,
     )
     found: dict[str, dict[str, Path | None]] = {}
     for sid, (_, folder) in cohort.subjects.items():
