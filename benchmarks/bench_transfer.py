@@ -64,8 +64,6 @@ DEFAULT_VARIANT = "single"
 DEFAULT_SEEDS = (0, 1, 2)
 #: Images per held-out prompt in each audit (the demo draws 64).
 N_PER_PROMPT = 32
-#: Prompts per optimiser step (the demo uses 2; one halves the cost of every run).
-PROMPTS_PER_STEP = 1
 HERE = Path(__file__).resolve().parent
 
 
@@ -103,7 +101,6 @@ def _remediate(demo: Path, cfg: DemoConfig, variant: dict, seed: int, out: Path)
     rcfg = dataclasses.replace(
         cfg.remediation,
         seed=seed,
-        prompts_per_step=PROMPTS_PER_STEP,
         augment=variant.get("augment", 0),
         audit_every=0,
     )
@@ -180,7 +177,7 @@ def measure(
     With ``cached``, a run whose remediated model is not finished is left out (and its
     ``variant-sSEED`` name appended to ``skipped``) instead of computed.
     """
-    cfg = DemoConfig(out=demo)
+    cfg = DemoConfig(out=demo, robust_guide=True)  # the robust variants guide with it
     run_demo(cfg, until="reader", log=print)
     work = demo / "transfer"
     rows = [row_of("biased", None, None, _audit(demo, demo / "models" / "t2medi",
@@ -215,7 +212,7 @@ def demo_rows(folders: list[Path]) -> list[dict]:
     """One row per finished demo folder: its remediated model's audit (held-out prompts, the
     evaluator, read by every guide and the reader), labelled with the demo's training seed.
 
-    The demo runs the default with its own settings (2 prompts per step, 64 images per prompt),
+    The demo runs the default with its own settings (64 images per held-out prompt),
     and each folder retrains every model from its seed: this is the run-to-run spread a user
     would see, where the variant rows hold the trained models fixed.
     """
@@ -276,7 +273,7 @@ def variant_summary(rows: list[dict], target: float) -> dict:
     return variants
 
 
-def summarise(rows: list[dict], *, steps: int) -> dict:
+def summarise(rows: list[dict], *, steps: int, prompts_per_step: int) -> dict:
     """The record: rows with FID/KID at one n all runs have, and a summary per variant."""
     n = common_size([r["quality"].get("overall") for r in rows])
     groups = [g for g in rows[0]["quality"] if g != "overall"]
@@ -299,7 +296,7 @@ def summarise(rows: list[dict], *, steps: int) -> dict:
         "evaluator": "models/evaluator (ResNet, eval_train/eval_val subjects)",
         "reader": "models/reader (radiomics + logistic regression, its own phantom subjects)",
         "n_per_prompt": N_PER_PROMPT,
-        "prompts_per_step": PROMPTS_PER_STEP,
+        "prompts_per_step": prompts_per_step,
         "steps": steps,
         "quality_n": n,
         "prdc_n": n_prdc,
@@ -499,7 +496,8 @@ def main() -> None:
         skipped: list[str] = []
         rows = measure(args.demo, plan, cached=args.cached, skipped=skipped)
         rows += demo_rows(args.demo_runs)
-        doc = summarise(rows, steps=DemoConfig(out=args.demo).remediation.steps)
+        tuning = DemoConfig(out=args.demo).remediation
+        doc = summarise(rows, steps=tuning.steps, prompts_per_step=tuning.prompts_per_step)
         doc["not_run"] = skipped
         doc["seconds"] = time.perf_counter() - start
         (HERE / "transfer.json").write_text(json.dumps(doc, indent=2) + "\n")

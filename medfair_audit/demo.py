@@ -93,6 +93,11 @@ class DemoConfig:
         attributes: ``("sex",)`` (the default demo) or ``("sex", "age_band")``: the
             two-attribute pipeline (see :data:`ATTRIBUTE_STAGES`), written under
             ``OUT/attributes`` beside the default demo, whose CLIP and T2MedI it starts from.
+        robust_guide: Also train ``classifier-robust`` (L2-PGD adversarial training: about
+            five minutes on 2 CPU cores, the demo's costliest classifier) and read the
+            evaluator's audits with it too. The demo aligns against the plain training
+            classifier, so its headline does not need it; ``benchmarks/bench_transfer.py``
+            does (its ``robust``, ``ensemble`` and ``combined`` variants guide with it).
     """
 
     out: Path = Path("reports/demo")
@@ -104,6 +109,7 @@ class DemoConfig:
     device: str = "auto"
     dtype: str = "float32"
     attributes: tuple[str, ...] = ("sex",)
+    robust_guide: bool = False
 
     def __post_init__(self) -> None:
         attrs = tuple(a.strip() for a in self.attributes)
@@ -170,7 +176,10 @@ class DemoConfig:
             return T2IConfig.tiny(checkpoint_every=0, seed=self.seed)
         if self.quick:
             return T2IConfig(**QUICK["t2i"], seed=self.seed)
-        return T2IConfig(seed=self.seed)
+        # The autoencoder's first 800 steps on 32² crops: the reconstruction error and the
+        # classifiers' reading of reconstructions of the 1000 whole-image steps, in 37% of the
+        # time (benchmarks/RESULTS.md, autoencoder table).
+        return T2IConfig(vae_crop=32, seed=self.seed)
 
     @property
     def classifier(self) -> ClassifierConfig:
@@ -191,22 +200,27 @@ class DemoConfig:
         """More guiding classifiers of sex for remediation (with the training classifier).
 
         Trained on the training classifier's subjects (``train``/``val``), never the
-        evaluators': ``classifier-b`` differs in seed and width, ``classifier-robust`` is
-        adversarially trained (L2 PGD), so its gradients follow anatomy more than texture.
+        evaluators': ``classifier-b`` differs in seed and width; with :attr:`robust_guide`,
+        ``classifier-robust`` is adversarially trained (L2 PGD), so its gradients follow
+        anatomy more than texture.
         """
+        if self.quick:
+            return {}
         if self.fast:
-            return {
+            guides = {
                 "classifier-b": ClassifierConfig.tiny(widths=(8, 8, 8, 16), seed=self.seed + 3),
                 "classifier-robust": ClassifierConfig.tiny(
                     robust="pgd", robust_steps=2, seed=self.seed + 4
                 ),
             }
-        if self.quick:
-            return {}
-        return {
-            "classifier-b": ClassifierConfig(widths=(12, 24, 48, 96), seed=self.seed + 3),
-            "classifier-robust": ClassifierConfig(robust="pgd", seed=self.seed + 4),
-        }
+        else:
+            guides = {
+                "classifier-b": ClassifierConfig(widths=(12, 24, 48, 96), seed=self.seed + 3),
+                "classifier-robust": ClassifierConfig(robust="pgd", seed=self.seed + 4),
+            }
+        if not self.robust_guide:
+            del guides["classifier-robust"]
+        return guides
 
     @property
     def reader_set(self) -> PhantomConfig:
@@ -334,8 +348,13 @@ class DemoConfig:
 
     @property
     def remediation_attributes(self) -> RemediationConfig:
-        """Joint alignment over the six cells (``align="joint"``, PACC-corrected)."""
-        return dataclasses.replace(self.remediation, align="joint")
+        """Joint alignment over the six cells (``align="joint"``, PACC-corrected).
+
+        Two prompts per step, the committed two-attribute example's tuning.
+        """
+        if self.fast:
+            return dataclasses.replace(self.remediation, align="joint")
+        return dataclasses.replace(self.remediation, align="joint", prompts_per_step=2)
 
 
 #: What ``--quick`` shrinks (every other setting is the full demo's): chosen so that the whole
@@ -347,8 +366,8 @@ QUICK: dict[str, Any] = {
     "clip": {"epochs": 3},
     "t2i": {"vae_steps": 400, "vae_batch_size": 16, "unet_steps": 650, "batch_size": 32,
             "lr": 1e-3, "unet_channels": (32, 64, 64), "checkpoint_every": 0},
-    "remediation": {"steps": 60, "batch_per_prompt": 6, "sampling_steps": 8, "audit_every": 0,
-                    "audit_images": 8, "audit_steps": 15},
+    "remediation": {"steps": 60, "prompts_per_step": 2, "batch_per_prompt": 6,
+                    "sampling_steps": 8, "audit_every": 0, "audit_images": 8, "audit_steps": 15},
     "audit": {"n_per_prompt": 32, "steps": 20, "shard_size": 32},
 }  # fmt: skip
 
@@ -477,6 +496,8 @@ LATER_FIELDS: dict[str, Any] = {
     "atrophy_per_year": 0.004,
     "atrophy_onset": 20.0,
     "age_signs": 0.0,
+    "vae_crop": 0,
+    "vae_crop_share": 0.8,
 }
 
 

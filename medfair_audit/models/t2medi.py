@@ -203,6 +203,14 @@ def _text_encoder(clip_model: Any) -> Any:
     return encoder
 
 
+def _random_crops(x: torch.Tensor, side: int, generator: torch.Generator) -> torch.Tensor:
+    """A random ``side``² crop of each image of ``x`` (N, C, H, W), placed by ``generator``."""
+    top = torch.randint(x.shape[-2] - side + 1, (len(x),), generator=generator).tolist()
+    left = torch.randint(x.shape[-1] - side + 1, (len(x),), generator=generator).tolist()
+    windows = zip(x, top, left, strict=True)
+    return torch.stack([im[:, t : t + side, j : j + side] for im, t, j in windows])
+
+
 def _train_vae(
     vae: Any,
     images: torch.Tensor,
@@ -221,7 +229,10 @@ def _train_vae(
     vae.train()
     for step in range(start, cfg.vae_steps):
         idx = torch.randint(len(images), (cfg.vae_batch_size,), generator=generator)
-        x = images[idx].to(device)
+        x = images[idx]
+        if step < cfg.vae_crop_steps:
+            x = _random_crops(x, cfg.vae_crop, generator)
+        x = x.to(device)
         with placement.autocast():
             post = vae.encode(x).latent_dist
             eps = torch.randn(post.mean.shape, generator=generator).to(device)

@@ -12,7 +12,7 @@ from medfair_audit.exceptions import ConfigError
 
 def test_fast_demo_builds_biased_corpus_and_target_and_reuses_stages(tmp_path, capsys):
     out = tmp_path / "demo"
-    result = run_demo(DemoConfig(out=out, fast=True))
+    result = run_demo(DemoConfig(out=out, fast=True, robust_guide=True))
     corpus = pd.read_csv(out / "data" / "corpus" / "metadata.csv")
     assert (corpus.sex == "male").mean() == 0.85
     target = json.loads((out / "target.json").read_text())
@@ -103,14 +103,14 @@ def test_fast_demo_builds_biased_corpus_and_target_and_reuses_stages(tmp_path, c
     assert (out / "report.md").is_file() and "\\toprule" in (out / "report.tex").read_text()
     stamp = (out / "data" / "corpus" / "metadata.csv").stat().st_mtime_ns
     # second run through the CLI reuses every stage
-    assert main(["demo", "--out", str(out), "--fast"]) == 0
+    assert main(["demo", "--out", str(out), "--fast", "--robust-guide"]) == 0
     assert "reused" in capsys.readouterr().err
     assert (out / "data" / "corpus" / "metadata.csv").stat().st_mtime_ns == stamp
     doc = json.loads((out / "demo.json").read_text())
     assert all(s["reused"] for s in doc["stages"].values())
     # a benchmark's partial run stops after a stage and leaves the whole run's record alone
     record = (out / "demo.json").read_text()
-    partial = run_demo(DemoConfig(out=out, fast=True), until="reader")
+    partial = run_demo(DemoConfig(out=out, fast=True, robust_guide=True), until="reader")
     assert list(partial.stages)[-1] == "reader" and all(
         s["reused"] for s in partial.stages.values()
     )
@@ -174,7 +174,14 @@ def test_quick_demo_is_the_full_protocol_at_smaller_sizes(capsys):
         "reader_set", "reader", "audit_before", "remediate", "audit_after", "report",
     ]  # fmt: skip
     assert quick.readers == ("classifier", "reader")
-    assert full.readers == ("classifier", "classifier-b", "classifier-robust", "reader")
+    assert full.readers == ("classifier", "classifier-b", "reader")
+    # the PGD-trained guide is opt-in: trained and read only with robust_guide
+    robust = DemoConfig(robust_guide=True)
+    assert robust.readers == ("classifier", "classifier-b", "classifier-robust", "reader")
+    assert "classifier-robust" not in [st.name for st in demo_stages(full)]
+    assert "classifier-robust" in [st.name for st in demo_stages(robust)]
+    assert full.remediation == robust.remediation and full.remediation.prompts_per_step == 1
+    assert full.t2i.vae_crop_steps == 800 and quick.t2i.vae_crop_steps == 0
     assert all("quick" in label for label in quick.report_columns.values())
     report = {st.name: st for st in demo_stages(quick)}["report"]
     assert report.inputs == ("audit_before", "audit_after")

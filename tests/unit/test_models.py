@@ -9,8 +9,9 @@ import pytest
 import torch
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score
 
-from medfair_audit.config import ClassifierJob, T2IJob
-from medfair_audit.exceptions import DataError, ModelError
+from medfair_audit.config import ClassifierJob, Placement, T2IJob
+from medfair_audit.data.datasets import ImageFolderDataset
+from medfair_audit.exceptions import ConfigError, DataError, ModelError
 from medfair_audit.metrics.functional import expected_calibration_error
 from medfair_audit.models._loading import check_no_pickle
 from medfair_audit.models.classifier import (
@@ -20,9 +21,17 @@ from medfair_audit.models.classifier import (
     train_classifier,
 )
 from medfair_audit.models.clip import CLIP, encode_images
-from medfair_audit.models.t2medi import T2IConfig, load_pipeline, sample_images, train_t2i
+from medfair_audit.models.t2medi import (
+    T2IConfig,
+    _build_vae,
+    _random_crops,
+    _train_vae,
+    load_pipeline,
+    sample_images,
+    train_t2i,
+)
 from medfair_audit.models.tokenizer import train_caption_tokenizer
-from medfair_audit.training import load_images
+from medfair_audit.training import Checkpointer, load_images
 from tests.conftest import TINY_CLF, TINY_T2I
 
 
@@ -381,3 +390,37 @@ def test_fine_tuning_from_init_moves_its_vae_and_text_encoder_to_the_training_de
     )
     to_device = {name for name, d in moved if str(d) == "cpu:0"}
     assert to_device == {"AutoencoderKL", "CLIPTextModel"}, moved
+
+
+def test_vae_trains_on_random_crops_first_then_on_whole_images(small_phantom, tmp_path):
+    # each crop is the window of its image at offsets drawn from the generator, edges included
+    x = torch.arange(6 * 8 * 8, dtype=torch.float32).reshape(6, 1, 8, 8)
+    crops = _random_crops(x, 4, torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    top, left = torch.randint(5, (6,), generator=g), torch.randint(5, (6,), generator=g)
+    assert crops.shape == (6, 1, 4, 4)
+    for i in range(6):
+        t, j = int(top[i]), int(left[i])
+        assert torch.equal(crops[i], x[i, :, t : t + 4, j : j + 4])
+    many = _random_crops(x.repeat(50, 1, 1, 1), 4, torch.Generator().manual_seed(2))
+    corners = {(int(c[0, 0, 0]) % 64) for c in many}  # top-left pixel index within its image
+    assert {0, 4, 32, 36} <= corners  # every extreme placement occurs
+
+    cfg = T2IConfig.tiny(vae_steps=5, vae_crop=32, vae_crop_share=0.6)
+    assert cfg.vae_crop_steps == 3 and T2IConfig().vae_crop_steps == 0
+    vae = _build_vae(cfg)
+    seen: list[tuple[int, ...]] = []
+    vae.encoder.register_forward_pre_hook(lambda m, a: seen.append(tuple(a[0].shape[-2:])))
+    images = load_images(ImageFolderDataset(small_phantom, size=64))
+    _train_vae(vae, images, cfg, Checkpointer(tmp_path), torch.Generator().manual_seed(0), None,
+               Placement(device="cpu", dtype="float32"))  # fmt: skip
+    assert seen == [(32, 32)] * 3 + [(64, 64)] * 2
+    for bad, param in (
+        ({"vae_crop": 30}, "vae_crop"),
+        ({"vae_crop": 64}, "vae_crop"),
+        ({"vae_crop": 4}, "vae_crop"),
+        ({"vae_crop_share": 1.5}, "vae_crop_share"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            T2IConfig(**bad)
+        assert err.value.param == param
