@@ -36,6 +36,7 @@ the same settings are reused, so a re-run continues where an earlier one stopped
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import os
 import time
@@ -69,7 +70,7 @@ from .progress import ProgressCallback
 from .remediation import remediate
 from .target import Target, target_from_labels
 
-__all__ = ["DemoConfig", "DemoResult", "run_demo", "stage_names", "stage_table"]
+__all__ = ["DemoConfig", "DemoResult", "run_demo", "stage_names", "stage_span", "stage_table"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -458,6 +459,8 @@ def _stage(
     )
     if stamp_file.is_file():
         done = json.loads(stamp_file.read_text())
+        # stamps written before "finished" was recorded: the file was written when it finished
+        done.setdefault("finished", _utc(stamp_file.stat().st_mtime))
         if done.get("stamp") == stamp:
             if log:
                 log(f"[{name}] reused (finished earlier in {done['seconds']:.1f} s)")
@@ -467,11 +470,16 @@ def _stage(
     start = time.perf_counter()
     info = work()
     seconds = time.perf_counter() - start
-    record = {"stamp": stamp, "seconds": seconds, **info}
+    record = {"stamp": stamp, "seconds": seconds, "finished": _utc(time.time()), **info}
     atomic_write_json(stamp_file, record)
     if log:
         log(f"[{name}] done in {seconds:.1f} s")
     return {**record, "reused": False}
+
+
+def _utc(timestamp: float) -> str:
+    """A POSIX time as an ISO 8601 UTC time to the second."""
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")
 
 
 #: Fields added to stage configurations after stamps were first written, with their defaults:
@@ -797,6 +805,38 @@ def stage_table(stages: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def stage_span(record: dict[str, Any]) -> str:
+    """When a demo record's stages ran, as a sentence (empty for records without the times).
+
+    The wall clock from the first stage's start to the last stage's end, beside the stages'
+    summed time: equal for one uninterrupted run from scratch, larger when stages were reused
+    from earlier invocations. With the machine's CPU count and the torch threads of the run
+    that wrote the record.
+    """
+    stages = list(record.get("stages", {}).values())
+    if not stages or any("finished" not in st for st in stages):
+        return ""
+    ends = [dt.datetime.fromisoformat(st["finished"]) for st in stages]
+    starts = [
+        dt.datetime.fromisoformat(st["finished"]) - dt.timedelta(seconds=st.get("seconds") or 0)
+        for st in stages
+    ]
+    first, last = min(starts), max(ends)
+    wall = (last - first).total_seconds() / 60
+    total = sum(st.get("seconds") or 0 for st in stages) / 60
+    until = last.strftime("%H:%M") if last.date() == first.date() else f"{last:%Y-%m-%d %H:%M}"
+    machine = record.get("machine") or {}
+    where = (
+        f" on {machine['cpus']} CPU cores ({machine['threads']} torch threads)"
+        if {"cpus", "threads"} <= set(machine)
+        else ""
+    )
+    return (
+        f"The stages ran from {first:%Y-%m-%d %H:%M} to {until} UTC{where}: {wall:.1f} minutes "
+        f"of wall clock for {total:.1f} minutes of stage time."
+    )
+
+
 def run_demo(
     config: DemoConfig,
     *,
@@ -831,12 +871,15 @@ def run_demo(
         if st.name == until:
             return DemoResult(out=out, stages=stages)  # a partial run leaves demo.json as it was
     record = out / "demo.json" if config.attributes == ("sex",) else out / "attributes/demo.json"
+    import torch
+
     atomic_write_json(
         record,
         {
             "config": {
                 k: str(v) if isinstance(v, os.PathLike) else v for k, v in asdict(config).items()
             },
+            "machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads()},
             "stages": stages,
         },
     )

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
 
 import pandas as pd
 import pytest
 from medfair_cli.main import main
 
-from medfair_audit.demo import DemoConfig, run_demo
+from medfair_audit.demo import DemoConfig, run_demo, stage_span
 from medfair_audit.exceptions import ConfigError
 
 
@@ -108,6 +110,8 @@ def test_fast_demo_builds_biased_corpus_and_target_and_reuses_stages(tmp_path, c
     assert (out / "data" / "corpus" / "metadata.csv").stat().st_mtime_ns == stamp
     doc = json.loads((out / "demo.json").read_text())
     assert all(s["reused"] for s in doc["stages"].values())
+    assert doc["machine"]["cpus"] == os.cpu_count() and doc["machine"]["threads"] >= 1
+    assert stage_span(doc).startswith("The stages ran from ")
     # a benchmark's partial run stops after a stage and leaves the whole run's record alone
     record = (out / "demo.json").read_text()
     partial = run_demo(DemoConfig(out=out, fast=True, robust_guide=True), until="reader")
@@ -195,3 +199,28 @@ def test_quick_demo_is_the_full_protocol_at_smaller_sizes(capsys):
     assert main(["demo", "--quick", "--fast"]) == 2
     err_text = capsys.readouterr().err.strip()
     assert len(err_text.splitlines()) == 1 and "quick" in err_text
+
+
+def test_stage_span_is_the_wall_clock_of_the_recorded_stages():
+    """Wall clock from the first stage's start to the last one's end, beside the summed stage
+    time; a record without the times gives no sentence."""
+    t0 = dt.datetime(2026, 12, 3, 12, 0, tzinfo=dt.UTC)
+
+    def at(minutes: float) -> str:
+        return (t0 + dt.timedelta(minutes=minutes)).isoformat()
+
+    one_run = {"stages": {"a": {"seconds": 600, "finished": at(10)},
+                          "b": {"seconds": 1200, "finished": at(30)}},
+               "machine": {"cpus": 2, "threads": 2}}  # fmt: skip
+    assert stage_span(one_run) == (
+        "The stages ran from 2026-12-03 12:00 to 12:30 UTC on 2 CPU cores (2 torch threads): "
+        "30.0 minutes of wall clock for 30.0 minutes of stage time."
+    )
+    # a stage reused from the day before: the span says so
+    reused = {"stages": {**one_run["stages"], "c": {"seconds": 60, "finished": at(-24 * 60)}}}
+    assert stage_span(reused) == (
+        "The stages ran from 2026-12-02 11:59 to 2026-12-03 12:30 UTC: 1471.0 minutes of wall "
+        "clock for 31.0 minutes of stage time."
+    )
+    assert stage_span({"stages": {"a": {"seconds": 600}}}) == ""
+    assert stage_span({"stages": {}}) == ""

@@ -145,12 +145,21 @@ def test_markdown_and_latex_print_the_same_sections(root):
 @pytest.mark.parametrize("root", [EXAMPLE, ATTRIBUTES], ids=["one", "two"])
 def test_readme_stage_times_are_the_example_demo_record(root):
     """The demo's stage times in the README come from the example run's demo.json, not by hand."""
-    from medfair_audit.demo import ATTRIBUTE_STAGES, STAGE_ORDER, stage_table
+    from medfair_audit.demo import (
+        ATTRIBUTE_STAGES,
+        DemoConfig,
+        demo_stages,
+        stage_span,
+        stage_table,
+    )
 
-    stages = json.loads((root / "demo.json").read_text())["stages"]
-    expected = STAGE_ORDER if root == EXAMPLE else ATTRIBUTE_STAGES
+    record = json.loads((root / "demo.json").read_text())
+    stages = record["stages"]
+    cfg = DemoConfig(**{k: record["config"][k] for k in ("robust_guide",) if k in record["config"]})
+    expected = [st.name for st in demo_stages(cfg)] if root == EXAMPLE else ATTRIBUTE_STAGES
     assert set(expected) <= set(stages)  # every stage of that pipeline is recorded
-    table = "\n".join(stage_table(stages))
+    span = stage_span(record)
+    table = "\n".join(stage_table(stages)) + (f"\n\n{span}" if span else "")
     assert (root / "demo-stages.md").read_text().strip() == table
     readme = (ROOT / "README.md").read_text()
     marker = "demo-timings" if root == EXAMPLE else "attributes-timings"
