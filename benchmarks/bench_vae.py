@@ -13,6 +13,10 @@ Writes ``benchmarks/vae.json`` and, with ``--render``, the table between the ``v
 markers of ``benchmarks/RESULTS.md``::
 
     .venv/bin/python benchmarks/bench_vae.py reports/demo --steps 250,1000
+
+A step count ``N:C`` trains the first 80% of the N steps on random C² crops
+(``T2IConfig.vae_crop``); ``--append`` adds the retrained rows to the record instead of
+replacing it (the same demo folder's real slices and classifiers).
 """
 
 from __future__ import annotations
@@ -84,7 +88,13 @@ def measure_vae(vae: torch.nn.Module, real: tuple, clfs: dict, refs: dict) -> di
     return row
 
 
-def measure(demo: Path, steps: list[int], threads: int) -> dict:
+def _vae_label(steps: int, crop: int) -> str:
+    cfg = T2IConfig(vae_steps=steps, vae_crop=crop)
+    crops = f" (first {cfg.vae_crop_steps} on {crop}² crops)" if crop else ""
+    return f"retrained, {steps} steps{crops}"
+
+
+def measure(demo: Path, steps: list[tuple[int, int]], threads: int, *, append: bool) -> dict:
     from diffusers import AutoencoderKL
 
     torch.set_num_threads(threads)
@@ -95,28 +105,32 @@ def measure(demo: Path, steps: list[int], threads: int) -> dict:
         feats = clf.features(real[0]).numpy()
         own = knn_radius(feats, feats, SUPPORT_K, leave_one_out=True)
         refs[name] = (feats, float(np.quantile(own, SUPPORT_QUANTILE)))
-    rows = [
-        {
-            "vae": f"{demo.name}'s T2MedI (models/t2medi/vae)",
-            "steps": json.loads((demo / "models" / "t2medi" / "medfair.json").read_text())[
-                "config"
-            ]["vae_steps"],
-            "seconds": None,
-            **measure_vae(
-                AutoencoderKL.from_pretrained(demo / "models" / "t2medi" / "vae").eval(),
-                real,
-                clfs,
-                refs,
-            ),
-        }
-    ]
+    rows = (
+        []
+        if append
+        else [
+            {
+                "vae": f"{demo.name}'s T2MedI (models/t2medi/vae)",
+                "steps": json.loads((demo / "models" / "t2medi" / "medfair.json").read_text())[
+                    "config"
+                ]["vae_steps"],
+                "seconds": None,
+                **measure_vae(
+                    AutoencoderKL.from_pretrained(demo / "models" / "t2medi" / "vae").eval(),
+                    real,
+                    clfs,
+                    refs,
+                ),
+            }
+        ]
+    )
     corpus = ImageFolderDataset(demo / "data" / "corpus", size=64)
     meta = corpus.metadata
     if "split" in meta.columns:
         corpus.metadata = meta[meta.split == "train"].reset_index(drop=True)
     images = load_images(corpus)
-    for n in steps:
-        cfg = T2IConfig(vae_steps=n, checkpoint_every=0)
+    for n, crop in steps:
+        cfg = T2IConfig(vae_steps=n, vae_crop=crop, checkpoint_every=0)
         vae = _build_vae(cfg).float()
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
@@ -125,13 +139,15 @@ def measure(demo: Path, steps: list[int], threads: int) -> dict:
         seconds = time.perf_counter() - start
         rows.append(
             {
-                "vae": f"retrained, {n} steps",
+                "vae": _vae_label(n, crop),
                 "steps": n,
+                "vae_crop": crop,
                 "seconds": seconds,
+                "threads": threads,
                 **measure_vae(vae.eval(), real, clfs, refs),
             }
         )
-        print(f"{n} steps: done in {seconds:.0f} s", flush=True)
+        print(f"{_vae_label(n, crop)}: done in {seconds:.0f} s", flush=True)
     return {"n_real": N_REAL // 2, "threads": threads, "classifiers": CLASSIFIERS, "rows": rows}
 
 
@@ -143,7 +159,7 @@ def table(doc: dict) -> str:
     lines = [
         f"{doc['n_real']} real held-out slices (`reader_set`), read before and after an "
         "encode–decode round trip; male share by each classifier's labels, mean |Δp| in brackets; "
-        f"VAE training time on {doc['threads']} CPU thread(s).",
+        "VAE training time in seconds, on the CPU threads in brackets.",
         "",
         "| " + " | ".join(head) + " |",
         "|---|" + "---:|" * (len(head) - 1),
@@ -159,23 +175,40 @@ def table(doc: dict) -> str:
             )
         ev, rb = r["readers"]["evaluator"], r["readers"]["classifier-robust"]
         cells.append(f"{ev['outside_support']:.0%} / {rb['outside_support']:.0%}")
-        cells.append("–" if r["seconds"] is None else f"{r['seconds']:.0f}")
+        threads = r.get("threads", doc["threads"])  # rows before per-row threads: the record's
+        cells.append("–" if r["seconds"] is None else f"{r['seconds']:.0f} ({threads} thr.)")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _spec(text: str) -> tuple[int, int]:
+    """``N`` or ``N:C`` → (steps, crop side; 0 for whole images)."""
+    steps, _, crop = text.strip().partition(":")
+    return int(steps), int(crop or 0)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("demo", nargs="?", type=Path, default=HERE.parent / "reports" / "demo")
-    ap.add_argument("--steps", default="250,1000", help="VAE training steps to retrain with")
+    ap.add_argument(
+        "--steps",
+        default="250,1000",
+        help="VAE training steps to retrain with; N:C trains the first 80%% on C² crops",
+    )
+    ap.add_argument("--append", action="store_true", help="add rows to benchmarks/vae.json")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--render", action="store_true", help="the table again from the JSON")
     args = ap.parse_args()
     if not args.render:
         if not (args.demo / "models" / "t2medi" / "vae").is_dir():
             raise SystemExit(f"error: {args.demo} holds no trained T2MedI; run 'make demo' first")
-        steps = [int(s) for s in args.steps.split(",") if s.strip()]
-        doc = measure(args.demo, steps, args.threads)
+        steps = [_spec(s) for s in args.steps.split(",") if s.strip()]
+        doc = measure(args.demo, steps, args.threads, append=args.append)
+        if args.append:
+            old = json.loads((HERE / "vae.json").read_text())
+            if old["n_real"] != doc["n_real"] or old["classifiers"] != list(doc["classifiers"]):
+                raise SystemExit("error: --append needs the record's slices and classifiers")
+            doc = {**old, "rows": old["rows"] + doc["rows"]}
         (HERE / "vae.json").write_text(json.dumps(doc, indent=1) + "\n")
     doc = json.loads((HERE / "vae.json").read_text())
     text = table(doc)
