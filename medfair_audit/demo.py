@@ -600,7 +600,7 @@ def _t2medi(
         info = {"path": str(r.path), "unet_loss": r.unet_loss}
         return info if init else {"path": str(r.path), "vae_loss": r.vae_loss, **info}
 
-    return Stage(name, inputs, {"cfg": asdict(cfg)}, work)
+    return Stage(name, inputs, {"cfg": _settings(cfg)}, work)
 
 
 def _target(name: str, inputs: tuple[str, ...], labels: Path, out: Path, **how: Any) -> Stage:

@@ -132,7 +132,7 @@ def test_fields_added_later_leave_finished_stages_valid_while_at_their_default()
 
     from medfair_audit.config import ClassifierConfig, RemediationConfig, T2IConfig
     from medfair_audit.data import AnatomyModel, PhantomConfig
-    from medfair_audit.demo import LATER_FIELDS, _settings
+    from medfair_audit.demo import LATER_FIELDS, _settings, demo_stages
 
     defaults = {}
     for cls in (AnatomyModel, PhantomConfig, ClassifierConfig, RemediationConfig, T2IConfig):
@@ -152,6 +152,16 @@ def test_fields_added_later_leave_finished_stages_valid_while_at_their_default()
     cfg = DemoConfig()
     for stage_cfg in (cfg.corpus, cfg.target_set, cfg.classifier, cfg.remediation):
         assert not keys(_settings(stage_cfg)) & set(LATER_FIELDS)
+
+    # what each stage of the default demo hashes, too (the T2MedI's autoencoder crops included)
+    def at_default(node):
+        if isinstance(node, dict):
+            here = {k for k, v in node.items() if k in LATER_FIELDS and v == LATER_FIELDS[k]}
+            return here | {k for v in node.values() for k in at_default(v)}
+        return set()
+
+    for st in demo_stages(cfg):
+        assert not at_default(st.settings), st.name
     aged = _settings(cfg.corpus_attributes)
     assert aged["anatomy"]["age_signs"] == cfg.age_anatomy.age_signs > 0
 
