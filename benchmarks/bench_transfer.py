@@ -344,7 +344,7 @@ def table(doc: dict) -> str:
         cells = [
             r["variant"],
             "–" if r["seed"] is None else str(r["seed"]),
-            *(format_estimate(m[k], ".3f") for k in
+            *(format_estimate(m[k], ".3f") if k in m else "–" for k in
               ("evaluator", "reader", "classifier", "classifier-b", "classifier-robust")),
             _pp(r["gap"]),
             format_estimate(r["kl"], ".4f"),
@@ -402,8 +402,10 @@ def summary_text(doc: dict) -> str:
         f"remediation seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}): "
         + "; ".join(parts)
         + ". The gap is the guides' own reading minus the evaluator's; the readers' spread is the "
-        "largest minus the smallest PACC share among the five readers of the same images (mean "
-        "over seeds)." + _closest_text(doc) + _cut_text(doc)
+        "largest minus the smallest PACC share among the readers of the same images (five; four "
+        "in a demo run without --robust-guide; mean over seeds)."
+        + _closest_text(doc)
+        + _cut_text(doc)
     )
 
 

@@ -32,9 +32,15 @@ rm -f "$OUT/evaluation.json"
 # readers of the evaluator's audits (the other guides and the radiomics reader)
 cp "$DEMO/models/$GUIDE/evaluation.json" "$OUT/evaluation-training-classifier.json"
 cp "$DEMO/models/evaluator/evaluation.json" "$OUT/evaluation-evaluator.json"
+# (those the evaluator's audit names as readers; a model folder left from another run is not one)
+READERS="$("$BIN/python" -c 'import json, pathlib, sys
+doc = json.load(open(sys.argv[1]))
+print(" ".join(pathlib.Path(r["name"]).name for r in doc["readers"]["readers"]))' \
+  "$DEMO/after/audit.json")"
 for name in classifier classifier-b classifier-robust reader; do
   rm -f "$OUT/evaluation-$name.json"
-  if [ "$name" != "$GUIDE" ] && [ -f "$DEMO/models/$name/evaluation.json" ]; then
+  if [ "$name" != "$GUIDE" ] && [[ " $READERS " == *" $name "* ]] \
+     && [ -f "$DEMO/models/$name/evaluation.json" ]; then
     cp "$DEMO/models/$name/evaluation.json" "$OUT/evaluation-$name.json"
   fi
 done
