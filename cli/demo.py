@@ -71,13 +71,11 @@ def demo(
     classifier, an independent evaluator on other subjects, a second guide of another seed and
     width, and a radiomics reader of another model family on a phantom set of its own); the
     audit of the biased model (OUT/before, read by all of them, with the out-of-support share
-    per group); remediation
-    (OUT/models/t2medi-fair); the audit of the remediated model with the same seeds
-    (OUT/after); the before-and-after report
-    (OUT/report.html, report.md, report.tex). Finished stages are reused when re-run with the
-    same settings. Over an hour from scratch on 2 CPU cores (each stage's time is printed at the
-    end and kept in OUT/demo.json); --quick runs the same protocol at smaller sizes in about 10
-    minutes.
+    per group); remediation (OUT/models/t2medi-fair); the audit of the remediated model with the
+    same seeds (OUT/after); the before-and-after report (OUT/report.html, report.md,
+    report.tex). Finished stages are reused when re-run with the same settings. Most of an hour
+    from scratch on 2 CPU cores (each stage's time is printed at the end and kept in
+    OUT/demo.json); --quick runs the same protocol at smaller sizes in about 10 minutes.
 
     With --attributes sex,age_band it runs the two-attribute pipeline instead, in
     OUT/attributes: a corpus skewed in sex and age band, the default demo's T2MedI fine-tuned on

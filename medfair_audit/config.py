@@ -505,9 +505,9 @@ class RemediationConfig:
     def demo(cls, **overrides: Any) -> RemediationConfig:
         """The demo's tuning: 150 steps of one prompt each, PACC-corrected alignment.
 
-        One prompt per step, as ``benchmarks/bench_transfer.py`` measured it: two per step
-        (the earlier default) cost twice the time per step and transferred no better to the
-        independent evaluator (``benchmarks/RESULTS.md``). ``align_to="corrected"`` compares
+        One prompt per step, the protocol ``benchmarks/bench_transfer.py`` measures (its
+        ``single`` rows), so the benchmark's seeds describe the demo's own tuning.
+        ``align_to="corrected"`` compares
         the batch's mean probability with ``target · S`` (``S``: the classifier's soft confusion
         matrix), so the PACC share rather than the classifier's mean probability meets the
         target (the paper's form, ``align_to="probabilities"``, is biased toward the classifier's
