@@ -507,11 +507,10 @@ class RemediationConfig:
 
         One prompt per step, the protocol ``benchmarks/bench_transfer.py`` measures (its
         ``single`` rows), so the benchmark's seeds describe the demo's own tuning.
-        ``align_to="corrected"`` compares
-        the batch's mean probability with ``target · S`` (``S``: the classifier's soft confusion
-        matrix), so the PACC share rather than the classifier's mean probability meets the
-        target (the paper's form, ``align_to="probabilities"``, is biased toward the classifier's
-        training prior).
+        ``align_to="corrected"`` compares the batch's mean probability with ``target · S``
+        (``S``: the classifier's soft confusion matrix), so the PACC share rather than the
+        classifier's mean probability meets the target (the paper's form,
+        ``align_to="probabilities"``, is biased toward the classifier's training prior).
         """
         base = {"steps": 150, "prompts_per_step": 1, "align_to": "corrected", "audit_every": 50}
         return cls(**{**base, **overrides})

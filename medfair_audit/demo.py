@@ -819,10 +819,8 @@ def stage_span(record: dict[str, Any]) -> str:
     if not stages or any("finished" not in st for st in stages):
         return ""
     ends = [dt.datetime.fromisoformat(st["finished"]) for st in stages]
-    starts = [
-        dt.datetime.fromisoformat(st["finished"]) - dt.timedelta(seconds=st.get("seconds") or 0)
-        for st in stages
-    ]
+    lengths = [dt.timedelta(seconds=st.get("seconds") or 0) for st in stages]
+    starts = [end - length for end, length in zip(ends, lengths, strict=True)]
     first, last = min(starts), max(ends)
     wall = (last - first).total_seconds() / 60
     total = sum(st.get("seconds") or 0 for st in stages) / 60
