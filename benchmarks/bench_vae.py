@@ -14,8 +14,8 @@ markers of ``benchmarks/RESULTS.md``::
 
     .venv/bin/python benchmarks/bench_vae.py reports/demo --steps 250,1000
 
-A step count ``N:C`` trains the first 80% of the N steps on random C² crops
-(``T2IConfig.vae_crop``); ``--append`` adds the retrained rows to the record instead of
+A step count ``N:C`` trains the first ``T2IConfig.vae_crop_share`` of the N steps on random
+C² crops (``T2IConfig.vae_crop``); ``--append`` adds the retrained rows to the record instead of
 replacing it (the same demo folder's real slices and classifiers).
 """
 
@@ -193,7 +193,8 @@ def main() -> None:
     ap.add_argument(
         "--steps",
         default="250,1000",
-        help="VAE training steps to retrain with; N:C trains the first 80%% on C² crops",
+        help="VAE training steps to retrain with; N:C trains the first "
+        f"{T2IConfig().vae_crop_share:.0%}% on C² crops",
     )
     ap.add_argument("--append", action="store_true", help="add rows to benchmarks/vae.json")
     ap.add_argument("--threads", type=int, default=2)

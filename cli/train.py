@@ -123,9 +123,9 @@ def t2i(
         int,
         typer.Option(
             min=0,
-            help="Train the VAE's first steps (80%) on random crops of this side, a multiple of "
-            "4 below the image size: 32 on 64² images costs about a quarter per step (0: whole "
-            "images throughout).",
+            help=f"Train the VAE's first steps ({T2I['vae_crop_share']:.0%}) on random crops of "
+            "this side, a multiple of 4 below the image size: 32 on 64² images costs about a "
+            "quarter per step (0: whole images throughout).",
         ),
     ] = T2I["vae_crop"],
     batch_size: Annotated[int, typer.Option(min=1, help="Latents per UNet step.")] = T2I[
