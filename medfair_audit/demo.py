@@ -177,12 +177,10 @@ class DemoConfig:
             return T2IConfig.tiny(checkpoint_every=0, seed=self.seed)
         if self.quick:
             return T2IConfig(**QUICK["t2i"], seed=self.seed)
-        # Whole images for the autoencoder: trained 800 of its 1000 steps on 32² crops it
-        # reconstructs real slices as well in well under half the time (benchmarks/RESULTS.md,
-        # autoencoder table), but the biased model's reading moves by more than its interval
-        # between UNet trainings, so a new generator needs the example and the transfer table
-        # regenerated on it; the demo keeps the generator they were measured on.
-        return T2IConfig(seed=self.seed)
+        # The autoencoder trains 800 of its 1000 steps on 32² crops: it reconstructs real
+        # slices as closely as on whole images and moves the classifiers' readings as little,
+        # in well under half the time (benchmarks/RESULTS.md, autoencoder table).
+        return T2IConfig(vae_crop=32, seed=self.seed)
 
     @property
     def classifier(self) -> ClassifierConfig:
@@ -469,10 +467,19 @@ def _stage(
             return {**done, "reused": True}
     if log:
         log(f"[{name}] running")
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     info = work()
     seconds = time.perf_counter() - start
-    record = {"stamp": stamp, "seconds": seconds, "finished": _utc(time.time()), **info}
+    # CPU time of every thread of this process: with ``seconds``, how many cores the stage kept
+    # busy (the stage table's "CPU use")
+    cpu_seconds = time.process_time() - cpu_start
+    record = {
+        "stamp": stamp,
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "finished": _utc(time.time()),
+        **info,
+    }
     atomic_write_json(stamp_file, record)
     if log:
         log(f"[{name}] done in {seconds:.1f} s")
@@ -794,17 +801,33 @@ def stage_names(stages: dict[str, Any]) -> list[str]:
 def stage_table(stages: dict[str, dict[str, Any]]) -> list[str]:
     """Each stage's wall time as Markdown rows (from ``demo.json``'s ``stages``), then the total.
 
-    A stage reused from an earlier invocation shows the time it took when it ran.
+    A stage reused from an earlier invocation shows the time it took when it ran. Where every
+    stage recorded its CPU time (``cpu_seconds``), a column gives the cores it kept busy on
+    average (CPU time over wall time): a stage well under the machine's cores leaves room to
+    run another beside it.
     """
     names = stage_names(stages)
-    lines = ["| stage | wall time | ran |", "|---|---:|---|"]
+    cpu = bool(stages) and all("cpu_seconds" in st for st in stages.values())
+    head = "| stage | wall time | CPU use | ran |" if cpu else "| stage | wall time | ran |"
+    lines = [head, "|---|---:|---:|---|" if cpu else "|---|---:|---|"]
     for name in names:
         st = stages[name]
         when = "earlier (reused now)" if st.get("reused") else "this run"
-        lines.append(f"| {name} | {st.get('seconds') or 0:.0f} s | {when} |")
+        seconds = st.get("seconds") or 0
+        use = f" {_cores(st['cpu_seconds'], seconds)} |" if cpu else ""
+        lines.append(f"| {name} | {seconds:.0f} s |{use} {when} |")
     total = sum(st.get("seconds") or 0 for st in stages.values())
-    lines.append(f"| **all stages** | **{total / 60:.1f} min** | |")
+    if cpu:
+        all_cpu = sum(st["cpu_seconds"] for st in stages.values())
+        lines.append(f"| **all stages** | **{total / 60:.1f} min** | {_cores(all_cpu, total)} | |")
+    else:
+        lines.append(f"| **all stages** | **{total / 60:.1f} min** | |")
     return lines
+
+
+def _cores(cpu_seconds: float, seconds: float) -> str:
+    """CPU time over wall time, as the number of cores kept busy ("–" for an instant)."""
+    return f"{cpu_seconds / seconds:.1f} cores" if seconds >= 0.5 else "–"
 
 
 def stage_span(record: dict[str, Any]) -> str:

@@ -3,13 +3,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import time
 
 import pandas as pd
 import pytest
 from medfair_cli.main import main
 
 from medfair_audit.config import T2IConfig
-from medfair_audit.demo import DemoConfig, run_demo, stage_span
+from medfair_audit.demo import DemoConfig, run_demo, stage_span, stage_table
 from medfair_audit.exceptions import ConfigError
 
 
@@ -235,3 +236,36 @@ def test_stage_span_is_the_wall_clock_of_the_recorded_stages():
     )
     assert stage_span({"stages": {"a": {"seconds": 600}}}) == ""
     assert stage_span({"stages": {}}) == ""
+
+
+def test_stage_records_cpu_time_and_the_table_gives_cores_kept_busy(tmp_path):
+    """``_stage`` records the process's CPU time; the table turns it into cores (CPU over wall
+    time), and keeps its old form for records that lack it in any stage."""
+    from medfair_audit.demo import _stage
+
+    def spin() -> dict:
+        end = time.perf_counter() + 0.6
+        while time.perf_counter() < end:  # busy on one core
+            pass
+        return {}
+
+    def sleep() -> dict:
+        time.sleep(0.6)  # no CPU
+        return {}
+
+    busy = _stage(tmp_path, "busy", {"a": 1}, spin, None)
+    idle = _stage(tmp_path, "idle", {"a": 1}, sleep, None)
+    assert 0.3 < busy["cpu_seconds"] / busy["seconds"] < 1.5
+    assert idle["cpu_seconds"] / idle["seconds"] < 0.2
+    stored = json.loads((tmp_path / ".stages" / "busy.json").read_text())
+    assert stored["cpu_seconds"] == busy["cpu_seconds"]  # the record keeps it
+
+    stages = {"a": {"seconds": 100, "cpu_seconds": 180},
+              "b": {"seconds": 50, "cpu_seconds": 45, "reused": True}}  # fmt: skip
+    table = stage_table(stages)
+    assert table[0] == "| stage | wall time | CPU use | ran |"
+    assert table[2] == "| a | 100 s | 1.8 cores | this run |"
+    assert table[3] == "| b | 50 s | 0.9 cores | earlier (reused now) |"
+    assert table[-1] == "| **all stages** | **2.5 min** | 1.5 cores | |"
+    del stages["b"]["cpu_seconds"]
+    assert stage_table(stages)[0] == "| stage | wall time | ran |"
