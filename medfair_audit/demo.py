@@ -467,12 +467,11 @@ def _stage(
             return {**done, "reused": True}
     if log:
         log(f"[{name}] running")
-    start, cpu_start = time.perf_counter(), time.process_time()
+    start, cpu_start = time.perf_counter(), _cpu_time()
     info = work()
     seconds = time.perf_counter() - start
-    # CPU time of every thread of this process: with ``seconds``, how many cores the stage kept
-    # busy (the stage table's "CPU use")
-    cpu_seconds = time.process_time() - cpu_start
+    # with ``seconds``, how many cores the stage kept busy (the stage table's "CPU use")
+    cpu_seconds = _cpu_time() - cpu_start
     record = {
         "stamp": stamp,
         "seconds": seconds,
@@ -484,6 +483,15 @@ def _stage(
     if log:
         log(f"[{name}] done in {seconds:.1f} s")
     return {**record, "reused": False}
+
+
+def _cpu_time() -> float:
+    """CPU seconds of this process's threads and of its finished child processes.
+
+    Children count once they have been waited for (a stage's worker pool, when it closes).
+    """
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def _utc(timestamp: float) -> str:

@@ -239,8 +239,9 @@ def test_stage_span_is_the_wall_clock_of_the_recorded_stages():
 
 
 def test_stage_records_cpu_time_and_the_table_gives_cores_kept_busy(tmp_path):
-    """``_stage`` records the process's CPU time; the table turns it into cores (CPU over wall
-    time), and keeps its old form for records that lack it in any stage."""
+    """``_stage`` records the CPU time of the process and its children; the table turns it
+    into cores (CPU over wall time), and keeps its old form for records that lack it in any
+    stage."""
     from medfair_audit.demo import _stage
 
     def spin() -> dict:
@@ -253,10 +254,20 @@ def test_stage_records_cpu_time_and_the_table_gives_cores_kept_busy(tmp_path):
         time.sleep(0.6)  # no CPU
         return {}
 
+    def child() -> dict:  # the work of a stage's worker processes counts too
+        import subprocess
+        import sys
+
+        subprocess.run([sys.executable, "-c", "import time\nt = time.perf_counter()\n"
+                        "while time.perf_counter() - t < 0.6: pass"], check=True)  # fmt: skip
+        return {}
+
     busy = _stage(tmp_path, "busy", {"a": 1}, spin, None)
     idle = _stage(tmp_path, "idle", {"a": 1}, sleep, None)
+    forked = _stage(tmp_path, "forked", {"a": 1}, child, None)
     assert 0.3 < busy["cpu_seconds"] / busy["seconds"] < 1.5
     assert idle["cpu_seconds"] / idle["seconds"] < 0.2
+    assert forked["cpu_seconds"] > 0.3
     stored = json.loads((tmp_path / ".stages" / "busy.json").read_text())
     assert stored["cpu_seconds"] == busy["cpu_seconds"]  # the record keeps it
 
