@@ -3,8 +3,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 from medfair_cli.main import main
@@ -211,6 +213,52 @@ def test_quick_demo_is_the_full_protocol_at_smaller_sizes(capsys):
     assert main(["demo", "--quick", "--fast"]) == 2
     err_text = capsys.readouterr().err.strip()
     assert len(err_text.splitlines()) == 1 and "quick" in err_text
+
+
+def test_sex_demo_tunes_on_varied_wordings_and_the_two_attribute_demo_on_the_corpus_style():
+    """The sex demo's remediation sees the corpus-style prompts and free wordings (words the
+    corpus's captions never use among them), none of them an audit's; the two-attribute demo
+    keeps the four corpus-style prompts its committed example was tuned on."""
+    from medfair_audit.data.phantom import SEQUENCE_NAMES, _caption
+    from medfair_audit.demo import (
+        CORPUS_STYLE_PROMPTS,
+        HELD_OUT_PROMPTS,
+        TRAIN_PROMPTS,
+        demo_stages,
+    )
+
+    assert not set(TRAIN_PROMPTS) & set(HELD_OUT_PROMPTS)
+    assert len(set(TRAIN_PROMPTS)) == len(TRAIN_PROMPTS) > len(CORPUS_STYLE_PROMPTS)
+    assert TRAIN_PROMPTS[: len(CORPUS_STYLE_PROMPTS)] == CORPUS_STYLE_PROMPTS
+    # every corpus-style prompt opens as a corpus caption does: "Axial <sequence name> ..."
+    assert all(
+        any(p.startswith(f"Axial {seq} ") for seq in SEQUENCE_NAMES.values())
+        for p in CORPUS_STYLE_PROMPTS
+    )
+    # the corpus's caption vocabulary, from its caption writer over every form and site
+    rng = np.random.default_rng(0)
+    sites = [{"side": a, "lobe": b} for a in ("left", "right")
+             for b in ("frontal", "parietal", "temporal", "occipital")]  # fmt: skip
+    corpus = {
+        _caption(rng, seq, "male", 50, t, name_sex=False)
+        for seq in SEQUENCE_NAMES
+        for t in (None, *sites)
+        for _ in range(20)
+    }
+
+    def words(text):
+        return set(re.findall(r"[a-z0-9-]+", text.lower()))
+
+    vocabulary = set().union(*map(words, corpus))
+    assert all(words(p) <= vocabulary for p in CORPUS_STYLE_PROMPTS)
+    free = TRAIN_PROMPTS[len(CORPUS_STYLE_PROMPTS) :]
+    assert sum(bool(words(p) - vocabulary) for p in free) >= len(free) // 2
+    sex = {st.name: st for st in demo_stages(DemoConfig())}
+    assert sex["remediate"].settings["prompts"] == TRAIN_PROMPTS
+    assert sex["remediate"].settings["cfg"]["audit_images"] * len(TRAIN_PROMPTS) == 144
+    joint = {st.name: st for st in demo_stages(DemoConfig(attributes=("sex", "age_band")))}
+    assert joint["sa_remediate"].settings["prompts"] == CORPUS_STYLE_PROMPTS
+    assert joint["sa_remediate"].settings["cfg"]["audit_images"] == 32
 
 
 def test_stage_span_is_the_wall_clock_of_the_recorded_stages():
