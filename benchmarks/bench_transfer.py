@@ -166,6 +166,9 @@ def row_of(
         "guides": guides,
         "male": {k: e.to_json() for k, e in shares.items()},
         "gap": gap,
+        # the evaluator's male label share on each held-out prompt (a prompt the tuning moves
+        # past the target shows here before it shows in the pooled share)
+        "evaluator_by_prompt": [p.counts["male"] / p.n for p in audit.by_prompt],
         "kl": audit.kl().to_json(),
         "quality": audit.quality.by_group,
         "seconds_per_step": timing.get("seconds_per_step"),
@@ -338,15 +341,17 @@ def table(doc: dict) -> str:
     lines = [
         f"Target male share {doc['target_male']:.0%}; {doc['steps']} steps × "
         f"{doc['prompts_per_step']} prompt(s) per step; audits of {doc['n_per_prompt']} images "
-        f"per held-out prompt. PACC male share with 95% interval by each reader."
+        f"per held-out prompt. PACC male share with 95% interval by each reader; the "
+        f"evaluator's male label share on each held-out prompt, in the order of "
+        f"`demo.HELD_OUT_PROMPTS`."
         + (f" Planned but not run: {', '.join(doc['not_run'])}." if doc.get("not_run") else ""),
         "",
         "| variant | seed | evaluator | radiomics reader | classifier (plain ResNet) "
         "| classifier-b | classifier-robust | gap (guides − evaluator) | KL, evaluator "
         f"| FID (n = {n}) | KID "
         + (f"| recall {' / '.join(groups)} | coverage {' / '.join(groups)} " if prdc else "")
-        + "| outside support (evaluator / reader) | s/step |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        + "| outside support (evaluator / reader) | evaluator's male labels by prompt | s/step |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         + ("---:|---:|" if prdc else ""),
     ]
     for r in doc["rows"]:
@@ -365,6 +370,8 @@ def table(doc: dict) -> str:
             *([_per_group(r, "recall", groups), _per_group(r, "coverage", groups)]
               if prdc else []),
             f"{ev['overall']['share']:.0%} / {out['reader']['overall']['share']:.0%}",
+            " / ".join(f"{x:.2f}" for x in r["evaluator_by_prompt"])
+            if r.get("evaluator_by_prompt") else "–",
             "–" if r["seconds_per_step"] is None
             else f"{r['seconds_per_step']:.1f} ({r.get('threads', 2)} thr.)",
         ]  # fmt: skip
