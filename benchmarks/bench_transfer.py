@@ -23,7 +23,7 @@ table between the ``transfer-table`` markers of ``benchmarks/RESULTS.md``; runs 
 ``DEMO/transfer/`` so a rerun computes only what is missing.
 
 Run: .venv/bin/python benchmarks/bench_transfer.py [DEMO_DIR] [--variants a,b] [--seeds 0,1]
-     [--default-seeds 0,1,2] [--threads 2] [--cached]
+     [--default-seeds 0,1,2] [--seeds-of VARIANT=0,1,2] [--threads 2] [--cached]
      .venv/bin/python benchmarks/bench_transfer.py --render   (tables again from transfer.json)
 """
 
@@ -44,16 +44,25 @@ import torch
 
 from medfair_audit import AuditConfig, run_audit
 from medfair_audit.audit.result import AuditResult, format_estimate
-from medfair_audit.demo import HELD_OUT_PROMPTS, TRAIN_PROMPTS, DemoConfig, run_demo
+from medfair_audit.demo import (
+    CORPUS_STYLE_PROMPTS,
+    HELD_OUT_PROMPTS,
+    TRAIN_PROMPTS,
+    DemoConfig,
+    run_demo,
+)
 from medfair_audit.metrics.results import Estimate, common_size, prdc_size
 from medfair_audit.metrics.results_json import estimate_from_json
 from medfair_audit.remediation import RemediationJob, remediate
 from medfair_audit.target import Target
 
 #: Variant → how it guides: ``guide`` (the classifier aligned against, default the training
-#: classifier), ``ensemble`` (more guides, each one's loss averaged), ``augment`` (EOT views).
+#: classifier), ``ensemble`` (more guides, each one's loss averaged), ``augment`` (EOT views),
+#: ``prompts`` (``"corpus"``: tuned on the four corpus-style prompts alone, not all of
+#: ``demo.TRAIN_PROMPTS``).
 VARIANTS: dict[str, dict] = {
     "single": {},
+    "corpus-prompts": {"prompts": "corpus"},
     "eot": {"augment": 4},
     "ensemble": {"ensemble": ("classifier-b", "classifier-robust")},
     "robust": {"guide": "classifier-robust"},
@@ -67,6 +76,11 @@ DEFAULT_SEEDS = (0, 1, 2)
 #: interval was about ±9.5 pp wide, as wide as the bar on the spread between seeds).
 N_PER_PROMPT = 64
 HERE = Path(__file__).resolve().parent
+
+
+def prompts_of(variant: dict) -> tuple[str, ...]:
+    """The prompts a variant tunes on."""
+    return CORPUS_STYLE_PROMPTS if variant.get("prompts") == "corpus" else TRAIN_PROMPTS
 
 
 def guides_of(variant: dict) -> list[str]:
@@ -101,7 +115,7 @@ def _remediate(demo: Path, cfg: DemoConfig, variant: dict, seed: int, out: Path)
     """
     record_file = out / "remediation.json"
     if record_file.is_file() and json.loads(record_file.read_text())["prompts"] != list(
-        TRAIN_PROMPTS
+        prompts_of(variant)
     ):
         shutil.rmtree(out.parent / "audit", ignore_errors=True)
         shutil.rmtree(out)
@@ -123,7 +137,7 @@ def _remediate(demo: Path, cfg: DemoConfig, variant: dict, seed: int, out: Path)
             classifier=demo / "models" / variant.get("guide", "classifier"),
             ensemble=[demo / "models" / g for g in variant.get("ensemble", ())],
             target=Target.load(demo / "target.json"),
-            prompts=TRAIN_PROMPTS,
+            prompts=prompts_of(variant),
             out=out,
             config=rcfg,
             image_encoders=[(demo / "models" / "clip", 1.0)],
@@ -307,7 +321,8 @@ def summarise(rows: list[dict], *, steps: int, prompts_per_step: int) -> dict:
     target = rows[0]["target_male"]
     variants = variant_summary(rows, target)
     return {
-        "prompts": "held-out (demo.HELD_OUT_PROMPTS); remediation on demo.TRAIN_PROMPTS",
+        "prompts": "held-out (demo.HELD_OUT_PROMPTS); remediation on demo.TRAIN_PROMPTS "
+        "(corpus-prompts: demo.CORPUS_STYLE_PROMPTS)",
         "evaluator": "models/evaluator (ResNet, eval_train/eval_val subjects)",
         "reader": "models/reader (radiomics + logistic regression, its own phantom subjects)",
         "n_per_prompt": N_PER_PROMPT,
@@ -485,6 +500,13 @@ def main() -> None:
         default=",".join(map(str, DEFAULT_SEEDS)),
         help=f"seeds of the demo's default variant ({DEFAULT_VARIANT})",
     )
+    parser.add_argument(
+        "--seeds-of",
+        action="append",
+        default=[],
+        metavar="VARIANT=0,1,2",
+        help="seeds of one variant instead of --seeds (repeatable)",
+    )
     parser.add_argument("--render", action="store_true")
     parser.add_argument(
         "--demo-runs",
@@ -514,6 +536,11 @@ def main() -> None:
         seeds = [int(s) for s in args.seeds.split(",") if s]
         default_seeds = [int(s) for s in args.default_seeds.split(",") if s]
         plan = {v: default_seeds if v == DEFAULT_VARIANT else seeds for v in variants}
+        for item in args.seeds_of:
+            name, _, given = item.partition("=")
+            if name not in plan:
+                sys.exit(f"--seeds-of {item}: {name!r} is not among --variants")
+            plan[name] = [int(x) for x in given.split(",") if x]
         skipped: list[str] = []
         rows = measure(args.demo, plan, cached=args.cached, skipped=skipped)
         rows += demo_rows(args.demo_runs)
