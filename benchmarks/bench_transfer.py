@@ -45,9 +45,9 @@ import torch
 from medfair_audit import AuditConfig, run_audit
 from medfair_audit.audit.result import AuditResult, format_estimate
 from medfair_audit.demo import (
-    CORPUS_STYLE_PROMPTS,
     HELD_OUT_PROMPTS,
     TRAIN_PROMPTS,
+    VARIED_TRAIN_PROMPTS,
     DemoConfig,
     run_demo,
 )
@@ -58,11 +58,11 @@ from medfair_audit.target import Target
 
 #: Variant → how it guides: ``guide`` (the classifier aligned against, default the training
 #: classifier), ``ensemble`` (more guides, each one's loss averaged), ``augment`` (EOT views),
-#: ``prompts`` (``"corpus"``: tuned on the four corpus-style prompts alone, not all of
-#: ``demo.TRAIN_PROMPTS``).
+#: ``prompts`` (``"varied"``: tuned on ``demo.VARIED_TRAIN_PROMPTS``, the training prompts and
+#: eight free wordings, instead of ``demo.TRAIN_PROMPTS``).
 VARIANTS: dict[str, dict] = {
     "single": {},
-    "corpus-prompts": {"prompts": "corpus"},
+    "varied-prompts": {"prompts": "varied"},
     "eot": {"augment": 4},
     "ensemble": {"ensemble": ("classifier-b", "classifier-robust")},
     "robust": {"guide": "classifier-robust"},
@@ -80,7 +80,7 @@ HERE = Path(__file__).resolve().parent
 
 def prompts_of(variant: dict) -> tuple[str, ...]:
     """The prompts a variant tunes on."""
-    return CORPUS_STYLE_PROMPTS if variant.get("prompts") == "corpus" else TRAIN_PROMPTS
+    return VARIED_TRAIN_PROMPTS if variant.get("prompts") == "varied" else TRAIN_PROMPTS
 
 
 def guides_of(variant: dict) -> list[str]:
@@ -322,7 +322,7 @@ def summarise(rows: list[dict], *, steps: int, prompts_per_step: int) -> dict:
     variants = variant_summary(rows, target)
     return {
         "prompts": "held-out (demo.HELD_OUT_PROMPTS); remediation on demo.TRAIN_PROMPTS "
-        "(corpus-prompts: demo.CORPUS_STYLE_PROMPTS)",
+        "(varied-prompts: demo.VARIED_TRAIN_PROMPTS)",
         "evaluator": "models/evaluator (ResNet, eval_train/eval_val subjects)",
         "reader": "models/reader (radiomics + logistic regression, its own phantom subjects)",
         "n_per_prompt": N_PER_PROMPT,

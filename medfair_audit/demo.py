@@ -13,9 +13,8 @@ CLIP's text tower frozen, and the sex classifier on the target set.
 
 The evaluation is kept apart from the tuning, as Shen et al. evaluate theirs:
 
-* remediation trains on :data:`TRAIN_PROMPTS` (sex-neutral glioma prompts, in the corpus's
-  caption style and in free wording; a prompt without a lesion would not belong to a glioma
-  cohort's sex ratio) with the **training classifier**
+* remediation trains on :data:`TRAIN_PROMPTS` (sex-neutral glioma prompts; a prompt without a
+  lesion would not belong to a glioma cohort's sex ratio) with the **training classifier**
   (``models/classifier``, trained on the target set's ``train``/``val`` subjects);
 * the audits use :data:`HELD_OUT_PROMPTS` (same clinical content, other wording) and an
   **independent evaluation classifier** (``models/evaluator``: another seed, another width, and
@@ -281,15 +280,12 @@ class DemoConfig:
 
     @property
     def remediation(self) -> RemediationConfig:
-        """Subgroup distribution aligned tuning of the biased T2MedI (see its ``demo()``).
-
-        On :data:`TRAIN_PROMPTS`; its quick audits draw 12 images per prompt (144 in all).
-        """
+        """Subgroup distribution aligned tuning of the biased T2MedI (see its ``demo()``)."""
         if self.fast:
             return RemediationConfig.tiny(seed=self.seed)
         if self.quick:
             return RemediationConfig.demo(**QUICK["remediation"], seed=self.seed)
-        return RemediationConfig.demo(seed=self.seed, audit_images=12)
+        return RemediationConfig.demo(seed=self.seed)
 
     @property
     def audit_generation(self) -> GenerationConfig:
@@ -358,14 +354,11 @@ class DemoConfig:
     def remediation_attributes(self) -> RemediationConfig:
         """Joint alignment over the six cells (``align="joint"``, PACC-corrected).
 
-        Two prompts per step on :data:`CORPUS_STYLE_PROMPTS` with 32 quick-audit images per
-        prompt, the committed two-attribute example's tuning.
+        Two prompts per step, the committed two-attribute example's tuning.
         """
         if self.fast:
             return dataclasses.replace(self.remediation, align="joint")
-        return dataclasses.replace(
-            self.remediation, align="joint", prompts_per_step=2, audit_images=32
-        )
+        return dataclasses.replace(self.remediation, align="joint", prompts_per_step=2)
 
 
 #: What ``--quick`` shrinks (every other setting is the full demo's): chosen so that the whole
@@ -414,21 +407,22 @@ TARGET_JOINT = {
 }
 
 
-# Sex-neutral glioma prompts in the corpus's caption style.
-CORPUS_STYLE_PROMPTS = (
+# Sex-neutral glioma prompts in the corpus's caption style: what remediation trains on.
+TRAIN_PROMPTS = (
     "Axial FLAIR MRI of the brain showing a glioma in the left frontal lobe.",
     "Axial T2-weighted MRI of the brain showing a glioma in the right parietal lobe.",
     "Axial contrast-enhanced T1-weighted brain MRI: glioma of the left temporal lobe with rim "
     "enhancement.",
     "Axial T1-weighted MR image demonstrating an intra-axial mass in the right occipital lobe.",
 )
-# What remediation trains on: the corpus-style prompts and free-text wordings a user might type
-# (words the corpus's captions never use among them). Trained on the first four alone, the
-# tuning learned one shift towards female for every prompt, and a held-out prompt that the
-# biased model already drew near balance went on to about 30% male (benchmarks/RESULTS.md,
-# transfer); prompts that start at different shares teach it to align each one instead.
-TRAIN_PROMPTS = (
-    *CORPUS_STYLE_PROMPTS,
+# The training prompts and free wordings a user might type (words the corpus's captions never
+# use among them): what ``benchmarks/bench_transfer.py``'s ``varied-prompts`` variant tunes on.
+# Tuned on TRAIN_PROMPTS alone, the model moves every prompt towards female, and a held-out
+# prompt the biased model already draws near balance goes far past the target; tuned on these,
+# it evens the prompts out but, in the demo's 150 steps, stops above the target
+# (benchmarks/RESULTS.md, transfer).
+VARIED_TRAIN_PROMPTS = (
+    *TRAIN_PROMPTS,
     "MRI head, axial T2: high-grade glioma in the left frontal lobe.",
     "Brain tumour on an axial T1-weighted MRI, right temporal lobe.",
     "Axial FLAIR image of the head showing a mass in the left occipital lobe.",
@@ -763,7 +757,6 @@ def _remediate(
     folder: Path,
     encoder: Path,
     ensemble: tuple[Path, ...] = (),
-    prompts: tuple[str, ...] = TRAIN_PROMPTS,
 ) -> Stage:
     def work() -> dict[str, Any]:
         r = remediate(
@@ -772,7 +765,7 @@ def _remediate(
                 classifier=classifier,
                 ensemble=ensemble,
                 target=Target.load(target),
-                prompts=prompts,
+                prompts=TRAIN_PROMPTS,
                 out=folder,
                 config=rcfg,
                 image_encoders=[(encoder, 1.0)],
@@ -790,7 +783,7 @@ def _remediate(
 
     # a memory knob that leaves the weights unchanged is not part of the stamp
     cfg = {k: v for k, v in _settings(rcfg).items() if k != "unet_checkpointing"}
-    settings: dict[str, Any] = {"cfg": cfg, "prompts": prompts}
+    settings: dict[str, Any] = {"cfg": cfg, "prompts": TRAIN_PROMPTS}
     if ensemble:
         settings["ensemble"] = [p.name for p in ensemble]
     return Stage(name, inputs, settings, work)
@@ -1092,8 +1085,7 @@ def _attribute_stages(ctx: _Context) -> list[Stage]:
         _remediate(ctx, "sa_remediate", cfg.remediation_attributes,
                    ("sa_t2medi", *clf_stages["classifier"], "sa_target", "clip"),
                    checkpoint=models / "t2medi", classifier=pairs["classifier"], target=target,
-                   folder=models / "t2medi-fair", encoder=cfg.out / "models" / "clip",
-                   prompts=CORPUS_STYLE_PROMPTS)
+                   folder=models / "t2medi-fair", encoder=cfg.out / "models" / "clip")
     )  # fmt: skip
     stages += [
         _audit(ctx, f"audit_sa_after{suffix}",
