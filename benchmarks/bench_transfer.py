@@ -59,10 +59,11 @@ from medfair_audit.target import Target
 #: Variant → how it guides: ``guide`` (the classifier aligned against, default the training
 #: classifier), ``ensemble`` (more guides, each one's loss averaged), ``augment`` (EOT views),
 #: ``prompts`` (``"varied"``: tuned on ``demo.VARIED_TRAIN_PROMPTS``, the training prompts and
-#: eight free wordings, instead of ``demo.TRAIN_PROMPTS``).
+#: eight free wordings, instead of ``demo.TRAIN_PROMPTS``), ``steps`` (instead of the demo's).
 VARIANTS: dict[str, dict] = {
     "single": {},
     "varied-prompts": {"prompts": "varied"},
+    "varied-prompts-250": {"prompts": "varied", "steps": 250},
     "eot": {"augment": 4},
     "ensemble": {"ensemble": ("classifier-b", "classifier-robust")},
     "robust": {"guide": "classifier-robust"},
@@ -128,6 +129,7 @@ def _remediate(demo: Path, cfg: DemoConfig, variant: dict, seed: int, out: Path)
         cfg.remediation,
         seed=seed,
         augment=variant.get("augment", 0),
+        steps=variant.get("steps", cfg.remediation.steps),
         audit_every=0,
     )
     start = time.perf_counter()
@@ -354,11 +356,11 @@ def table(doc: dict) -> str:
     groups = list(doc.get("prdc_n") or {})
     prdc = any(r.get(f"recall_{g}") for r in doc["rows"] for g in groups)
     lines = [
-        f"Target male share {doc['target_male']:.0%}; {doc['steps']} steps × "
-        f"{doc['prompts_per_step']} prompt(s) per step; audits of {doc['n_per_prompt']} images "
-        f"per held-out prompt. PACC male share with 95% interval by each reader; the "
-        f"evaluator's male label share on each held-out prompt, in the order of "
-        f"`demo.HELD_OUT_PROMPTS`."
+        f"Target male share {doc['target_male']:.0%}; {doc['steps']} steps (a variant named "
+        f"…-N: N steps) × {doc['prompts_per_step']} prompt(s) per step; audits of "
+        f"{doc['n_per_prompt']} images per held-out prompt. PACC male share with 95% interval "
+        f"by each reader; the evaluator's male label share on each held-out prompt, in the "
+        f"order of `demo.HELD_OUT_PROMPTS`."
         + (f" Planned but not run: {', '.join(doc['not_run'])}." if doc.get("not_run") else ""),
         "",
         "| variant | seed | evaluator | radiomics reader | classifier (plain ResNet) "
