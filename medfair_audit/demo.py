@@ -417,9 +417,10 @@ TRAIN_PROMPTS = (
 )
 # The training prompts and free wordings a user might type (words the corpus's captions never
 # use among them): what ``benchmarks/bench_transfer.py``'s ``varied-prompts`` variant tunes on.
-# Tuned on TRAIN_PROMPTS alone, the model moves every prompt towards female, and a held-out
-# prompt the biased model already draws near balance goes far past the target; tuned on these,
-# it evens the prompts out but, in the demo's 150 steps, stops above the target
+# On the example's models, tuned on TRAIN_PROMPTS the model moves every prompt towards female,
+# and a held-out prompt the biased model already draws near balance goes far past the target;
+# tuned on these, it evens the prompts out but, in the demo's 150 steps, stops above the
+# target. On models trained from another seed, both push one held-out prompt far past it
 # (benchmarks/RESULTS.md, transfer).
 VARIED_TRAIN_PROMPTS = (
     *TRAIN_PROMPTS,
