@@ -420,7 +420,7 @@ TRAIN_PROMPTS = (
 # On the example's models, tuned on TRAIN_PROMPTS the model moves every prompt towards female,
 # and a held-out prompt the biased model already draws near balance goes far past the target;
 # tuned on these, it evens the prompts out but, in the demo's 150 steps, stops above the
-# target. On models trained from another seed, both push one held-out prompt far past it
+# target. On models trained from another seed, both go far past it on one prompt
 # (benchmarks/RESULTS.md, transfer).
 VARIED_TRAIN_PROMPTS = (
     *TRAIN_PROMPTS,
