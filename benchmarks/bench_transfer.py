@@ -109,15 +109,21 @@ def _audit(demo: Path, checkpoint: Path, out: Path, cfg: DemoConfig) -> AuditRes
     return AuditResult.load(out)
 
 
+def _tuned(out: Path, variant: dict) -> bool:
+    """Whether ``out`` holds a finished model tuned on the variant's prompts."""
+    if not (out / "model_index.json").is_file():
+        return False
+    record = json.loads((out / "remediation.json").read_text())
+    return record["prompts"] == list(prompts_of(variant))
+
+
 def _remediate(demo: Path, cfg: DemoConfig, variant: dict, seed: int, out: Path) -> dict:
     """Remediate unless ``out`` is finished on today's prompts; seconds per step, CPU threads.
 
     A model tuned on other prompts is tuned again, and its audit (``out``'s sibling) dropped.
     """
     record_file = out / "remediation.json"
-    if record_file.is_file() and json.loads(record_file.read_text())["prompts"] != list(
-        prompts_of(variant)
-    ):
+    if record_file.is_file() and not _tuned(out, variant):
         shutil.rmtree(out.parent / "audit", ignore_errors=True)
         shutil.rmtree(out)
     if (out / "model_index.json").is_file():
@@ -216,7 +222,7 @@ def measure(
     for name, seeds in plan.items():
         for seed in seeds:
             run = work / f"{name}-s{seed}"
-            if cached and not (run / "model" / "model_index.json").is_file():
+            if cached and not _tuned(run / "model", VARIANTS[name]):
                 if skipped is not None:
                     skipped.append(run.name)
                 continue
