@@ -251,7 +251,10 @@ def demo_rows(folders: list[Path]) -> list[dict]:
 
     The demo runs the default with its own settings (64 images per held-out prompt),
     and each folder retrains every model from its seed: this is the run-to-run spread a user
-    would see, where the variant rows hold the trained models fixed.
+    would see, where the variant rows hold the trained models fixed. Each row also keeps the
+    biased model's evaluator reading (``before``: the models differ by folder) and the male
+    share the tuning's last quick audit reported (the training classifier, corrected, on the
+    training prompts).
     """
     rows = []
     for folder in folders:
@@ -262,7 +265,15 @@ def demo_rows(folders: list[Path]) -> list[dict]:
             "guide": Path(tuned["classifier"]).name,
             "ensemble": tuple(Path(p).name for p in tuned.get("ensemble", ())),
         }
-        rows.append(row_of(_demo_name(variant["guide"]), doc["config"]["seed"], variant, audit, {}))
+        row = row_of(_demo_name(variant["guide"]), doc["config"]["seed"], variant, audit, {})
+        row["before_evaluator"] = AuditResult.load(folder / "before").share("male").to_json()
+        last = tuned["audits"][-1]
+        row["quick_audit_male"] = {
+            "share": (last.get("share_corrected") or last["share"])["male"],
+            "n": last["n"],
+            "step": last["step"],
+        }
+        rows.append(row)
     return rows
 
 
@@ -416,6 +427,18 @@ def table(doc: dict) -> str:
             f"{every if s['reader_holds_target'] else 'no'} | "
             f"{_pp(s.get('readers_spread')).lstrip('+')} |"
         )
+    demos = [r for r in doc["rows"] if r.get("before_evaluator")]
+    if demos:
+        lines += ["", "Whole demo runs, each on its own models:", ""]
+        lines += [
+            f"- training seed {r['seed']}: the biased model read by the evaluator "
+            f"{format_estimate(r['before_evaluator'], '.3f')}; the tuning's last quick audit "
+            f"(the training classifier on {r['quick_audit_male']['n']} images of the training "
+            f"prompts, step {r['quick_audit_male']['step']}) {r['quick_audit_male']['share']:.3f};"
+            f" after, the evaluator on the held-out prompts "
+            f"{format_estimate(r['male']['evaluator'], '.3f')}."
+            for r in demos
+        ]
     return "\n".join(lines)
 
 
