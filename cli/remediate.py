@@ -80,9 +80,9 @@ def remediate(
             help="K: last-k keeps the last K steps (default 2); adjusted a random K (default all)."
         ),
     ] = R["grad_steps"],
-    sampling_steps: Annotated[int, typer.Option(help="T: DDIM steps while training.")] = R[
-        "sampling_steps"
-    ],
+    sampling_steps: Annotated[
+        int, typer.Option(help="T: DDIM steps while training; tune with the steps you audit with.")
+    ] = R["sampling_steps"],
     sampling_steps_max: Annotated[
         int | None,
         typer.Option(help="Draw T per batch from --sampling-steps … this (Shen et al.: 19–23)."),

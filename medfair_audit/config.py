@@ -337,6 +337,11 @@ class RemediationConfig:
         grad_steps: K: with ``last-k`` the last K steps (default 2); with ``adjusted`` a random
             subset of K steps per batch (default: all steps).
         sampling_steps: T, DDIM steps while training (the lower end with ``sampling_steps_max``).
+            The tuned model meets the target at the T it was tuned with; drawn with other
+            steps it can land elsewhere (the demo's model tuned at T = 10 drew further past the
+            target at 25 steps: ``benchmarks/RESULTS.md``), so tune with the steps you audit
+            with (``medfair audit --steps``, 25 by default) when you can: a training step's
+            cost grows with T.
         sampling_steps_max: Draw T uniformly from ``sampling_steps … sampling_steps_max`` for each
             batch (Shen et al. use 19–23), so the tuned model does not fit one step count.
         guidance: Classifier-free guidance scale during training and quick audits.
@@ -503,16 +508,19 @@ class RemediationConfig:
 
     @classmethod
     def demo(cls, **overrides: Any) -> RemediationConfig:
-        """The demo's tuning: 150 steps of one prompt each, PACC-corrected alignment.
+        """The demo's tuning: 150 steps of one prompt each, T = 25, PACC-corrected alignment.
 
         One prompt per step, the protocol ``benchmarks/bench_transfer.py`` measures (its
-        ``single`` rows), so the benchmark's seeds describe the demo's own tuning.
+        ``single`` rows), so the benchmark's seeds describe the demo's own tuning. T = 25 DDIM
+        steps, as the demo's audits draw: tuned at T = 10, the remediated model drew further
+        past the target at the audits' 25 steps than at 10 (``benchmarks/RESULTS.md``).
         ``align_to="corrected"`` compares the batch's mean probability with ``target · S``
         (``S``: the classifier's soft confusion matrix), so the PACC share rather than the
         classifier's mean probability meets the target (the paper's form,
         ``align_to="probabilities"``, is biased toward the classifier's training prior).
         """
-        base = {"steps": 150, "prompts_per_step": 1, "align_to": "corrected", "audit_every": 50}
+        base = {"steps": 150, "prompts_per_step": 1, "sampling_steps": 25,
+                "align_to": "corrected", "audit_every": 50}  # fmt: skip
         return cls(**{**base, **overrides})
 
     @property

@@ -199,6 +199,9 @@ def test_quick_demo_is_the_full_protocol_at_smaller_sizes(capsys):
     assert "classifier-robust" not in [st.name for st in demo_stages(full)]
     assert "classifier-robust" in [st.name for st in demo_stages(robust)]
     assert full.remediation == robust.remediation and full.remediation.prompts_per_step == 1
+    # the full demo tunes with the sampler its audits (and quick audits) draw with
+    assert full.remediation.sampling_steps == full.audit_generation.steps
+    assert full.remediation.audit_steps == full.audit_generation.steps
     assert full.t2i == T2IConfig(seed=full.seed)  # the generator the transfer record measured
     assert all("quick" in label for label in quick.report_columns.values())
     report = {st.name: st for st in demo_stages(quick)}["report"]
