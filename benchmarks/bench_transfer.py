@@ -18,12 +18,19 @@ remediates the biased model on the demo's *training* prompts, then audits the re
   feature spaces.
 
 Per variant: the mean gap over seeds, the spread of the evaluator's reading, and whether every
-seed's evaluator and reader intervals hold the target. Writes ``benchmarks/transfer.json`` and the
-table between the ``transfer-table`` markers of ``benchmarks/RESULTS.md``; runs are kept under
-``DEMO/transfer/`` so a rerun computes only what is missing.
+seed's evaluator and reader intervals hold the target. ``--draw`` runs variants on another draw
+of the models too (a demo folder trained with another ``--seed``), summarised apart, since the
+tuning seeds of one draw hold the trained models fixed. ``--sampler-check`` draws a T = 10
+run's held-out audit again at T = 10, with the same seeds as its 25-step audit. Writes
+``benchmarks/transfer.json`` and the table between the ``transfer-table`` markers of
+``benchmarks/RESULTS.md``; runs are kept under ``DEMO/transfer/`` so a rerun computes only what
+is missing.
 
 Run: .venv/bin/python benchmarks/bench_transfer.py [DEMO_DIR] [--variants a,b] [--seeds 0,1]
      [--default-seeds 0,1,2] [--seeds-of VARIANT=0,1,2] [--threads 2] [--cached]
+     [--draw reports/demo-seed1 --draw-variants single,T10 --draw-seeds 1]
+     [--demo-runs reports/demo,reports/demo-seed1] [--sampler-check T10=0]
+     [--sampler-check reports/demo-seed1:T10=1]
      .venv/bin/python benchmarks/bench_transfer.py --render   (tables again from transfer.json)
 """
 
@@ -59,9 +66,16 @@ from medfair_audit.target import Target
 #: Variant → how it guides: ``guide`` (the classifier aligned against, default the training
 #: classifier), ``ensemble`` (more guides, each one's loss averaged), ``augment`` (EOT views),
 #: ``prompts`` (``"varied"``: tuned on ``demo.VARIED_TRAIN_PROMPTS``, the training prompts and
-#: eight free wordings, instead of ``demo.TRAIN_PROMPTS``), ``steps`` (instead of the demo's).
+#: eight free wordings, instead of ``demo.TRAIN_PROMPTS``), ``steps`` (instead of the demo's),
+#: ``tuning`` (other :class:`~medfair_audit.config.RemediationConfig` settings than the demo's:
+#: ``T10…`` tune at T = 10 DDIM steps, the demo's default before it tuned at its audits' 25).
 VARIANTS: dict[str, dict] = {
     "single": {},
+    # the demo's default until it tuned with the audits' sampler (T = 25): T = 10
+    "T10": {"tuning": {"sampling_steps": 10}},
+    "T10-ema": {"tuning": {"sampling_steps": 10, "ema_decay": 0.98}},
+    "T10-lr-half": {"tuning": {"sampling_steps": 10, "lr": 5e-4}},
+    "T10-all-prompts-50": {"tuning": {"sampling_steps": 10, "prompts_per_step": 4}, "steps": 50},
     "varied-prompts": {"prompts": "varied"},
     "varied-prompts-250": {"prompts": "varied", "steps": 250},
     "eot": {"augment": 4},
@@ -109,21 +123,43 @@ def _audit(demo: Path, checkpoint: Path, out: Path, cfg: DemoConfig) -> AuditRes
     return AuditResult.load(out)
 
 
-def _tuned(out: Path, variant: dict) -> bool:
-    """Whether ``out`` holds a finished model tuned on the variant's prompts."""
+#: Settings that do not change what a tuning learns (a cached run may differ in them).
+_FREE = ("audit_every", "checkpoint_every", "until_kl", "unet_checkpointing",
+         "decode_checkpointing")  # fmt: skip
+
+
+def _tuning(cfg: DemoConfig, variant: dict, seed: int) -> Any:
+    """The variant's remediation settings: the demo's, with the variant's changes."""
+    return dataclasses.replace(
+        cfg.remediation,
+        seed=seed,
+        augment=variant.get("augment", 0),
+        steps=variant.get("steps", cfg.remediation.steps),
+        audit_every=0,
+        **variant.get("tuning", {}),
+    )
+
+
+def _tuned(out: Path, variant: dict, rcfg: Any) -> bool:
+    """Whether ``out`` holds a finished model tuned on the variant's prompts with ``rcfg``."""
     if not (out / "model_index.json").is_file():
         return False
     record = json.loads((out / "remediation.json").read_text())
-    return record["prompts"] == list(prompts_of(variant))
+    want = json.loads(json.dumps(dataclasses.asdict(rcfg)))
+    return record["prompts"] == list(prompts_of(variant)) and all(
+        record["config"].get(k) == v for k, v in want.items() if k not in _FREE
+    )
 
 
 def _remediate(demo: Path, cfg: DemoConfig, variant: dict, seed: int, out: Path) -> dict:
     """Remediate unless ``out`` is finished on today's prompts; seconds per step, CPU threads.
 
-    A model tuned on other prompts is tuned again, and its audit (``out``'s sibling) dropped.
+    A model tuned on other prompts or settings is tuned again, and its audit (``out``'s
+    sibling) dropped.
     """
+    rcfg = _tuning(cfg, variant, seed)
     record_file = out / "remediation.json"
-    if record_file.is_file() and not _tuned(out, variant):
+    if record_file.is_file() and not _tuned(out, variant, rcfg):
         shutil.rmtree(out.parent / "audit", ignore_errors=True)
         shutil.rmtree(out)
     if (out / "model_index.json").is_file():
@@ -131,13 +167,6 @@ def _remediate(demo: Path, cfg: DemoConfig, variant: dict, seed: int, out: Path)
         # Runs recorded before the thread count was kept used the default, 2.
         return {"seconds_per_step": record.get("seconds_per_step"),
                 "threads": record.get("threads", 2)}  # fmt: skip
-    rcfg = dataclasses.replace(
-        cfg.remediation,
-        seed=seed,
-        augment=variant.get("augment", 0),
-        steps=variant.get("steps", cfg.remediation.steps),
-        audit_every=0,
-    )
     start = time.perf_counter()
     remediate(
         RemediationJob(
@@ -206,15 +235,31 @@ def row_of(
     }
 
 
+def _config(demo: Path) -> DemoConfig:
+    """The demo settings that made ``demo``'s models (its training seed, its guides)."""
+    doc = demo / "demo.json"
+    seed = json.loads(doc.read_text())["config"]["seed"] if doc.is_file() else 0
+    return DemoConfig(
+        out=demo, seed=seed, robust_guide=(demo / "models" / "classifier-robust").is_dir()
+    )
+
+
 def measure(
-    demo: Path, plan: dict[str, list[int]], *, cached: bool = False, skipped: list | None = None
+    demo: Path,
+    plan: dict[str, list[int]],
+    *,
+    cached: bool = False,
+    skipped: list | None = None,
+    draw: bool = False,
 ) -> list[dict]:
     """Every (variant, seed) of ``plan``; finished runs under ``DEMO/transfer/`` are reused.
 
     With ``cached``, a run whose remediated model is not finished is left out (and its
-    ``variant-sSEED`` name appended to ``skipped``) instead of computed.
+    ``variant-sSEED`` name appended to ``skipped``) instead of computed. With ``draw``,
+    ``demo`` is another draw of the models (a demo folder trained with another seed): its
+    settings are read from its ``demo.json`` and its rows keep that seed as ``draw``.
     """
-    cfg = DemoConfig(out=demo, robust_guide=True)  # the robust variants guide with it
+    cfg = _config(demo) if draw else DemoConfig(out=demo, robust_guide=True)
     run_demo(cfg, until="reader", log=print)
     work = demo / "transfer"
     rows = [row_of("biased", None, None, _audit(demo, demo / "models" / "t2medi",
@@ -222,15 +267,56 @@ def measure(
     for name, seeds in plan.items():
         for seed in seeds:
             run = work / f"{name}-s{seed}"
-            if cached and not _tuned(run / "model", VARIANTS[name]):
+            variant = VARIANTS[name]
+            if cached and not _tuned(run / "model", variant, _tuning(cfg, variant, seed)):
                 if skipped is not None:
-                    skipped.append(run.name)
+                    skipped.append(run.name + (f" (models of seed {cfg.seed})" if draw else ""))
                 continue
-            timing = _remediate(demo, cfg, VARIANTS[name], seed, run / "model")
+            timing = _remediate(demo, cfg, variant, seed, run / "model")
             audit = _audit(demo, run / "model", run / "audit", cfg)
-            rows.append(row_of(name, seed, VARIANTS[name], audit, timing))
+            rows.append(row_of(name, seed, variant, audit, timing))
             print(f"{name}, seed {seed}: done", flush=True)
+    for r in rows:
+        r["draw"] = cfg.seed if draw else None
     return rows
+
+
+def sampler_check(demo: Path, name: str, seed: int) -> dict | None:
+    """One T = 10 run's held-out audit drawn again at T = 10 (its regular audit draws 25).
+
+    The same seeds at both step counts, read by the evaluator and every guide: how far the
+    reading of a model tuned at T = 10 moves when the audit draws with more steps.
+    """
+    run = demo / "transfer" / f"{name}-s{seed}"
+    if not (run / "audit" / "audit.json").is_file():
+        return None
+    cfg = _config(demo)
+    steps = VARIANTS[name]["tuning"]["sampling_steps"]
+    out = run / f"audit-steps{steps}"
+    done = out / "audit.json"
+    if not done.is_file() or json.loads(done.read_text())["config"]["n_per_prompt"] != N_PER_PROMPT:
+        generation = dataclasses.replace(
+            cfg.audit_generation, n_per_prompt=N_PER_PROMPT, steps=steps
+        )
+        run_audit(
+            AuditConfig(
+                checkpoint=run / "model",
+                classifier=demo / "models" / "evaluator",
+                readers=tuple(demo / "models" / r for r in cfg.readers),
+                prompts=HELD_OUT_PROMPTS,
+                target=Target.load(demo / "target.json"),
+                out=out,
+                generation=generation,
+                overwrite=True,
+            )
+        )
+    by_steps = {}
+    for n_steps, folder in ((steps, out), (cfg.audit_generation.steps, run / "audit")):
+        audit = AuditResult.load(folder)
+        shares = {"evaluator": audit.share("male")}
+        shares |= {r.name: r.proportions["male"] for r in audit.readers.readers}
+        by_steps[str(n_steps)] = {k: e.to_json() for k, e in shares.items()}
+    return {"variant": name, "seed": seed, "draw": cfg.seed, "male_by_audit_steps": by_steps}
 
 
 #: The start of the names of rows read off whole demo runs; each adds the run's guide.
@@ -277,6 +363,17 @@ def demo_rows(folders: list[Path]) -> list[dict]:
     return rows
 
 
+def group_of(row: dict) -> str:
+    """A row's variant, with the seed of its models when they are another draw's."""
+    if row.get("draw") is None:
+        return row["variant"]
+    return f"{row['variant']} (models of seed {row['draw']})"
+
+
+def _other_draw(group: str) -> bool:
+    return "(models of seed" in group
+
+
 def _readers_spread(row: dict) -> float | None:
     """Largest minus smallest PACC male share among all readers of one run's images."""
     points = [_point(e) for e in row["male"].values()]
@@ -288,7 +385,7 @@ def closest(doc: dict) -> str | None:
     scored = {
         k: v["target_miss"]
         for k, v in doc["summary"].items()
-        if v.get("target_miss") is not None and not _is_demo(k)
+        if v.get("target_miss") is not None and not _is_demo(k) and not _other_draw(k)
     }
     return min(scored, key=scored.get) if scored else None
 
@@ -296,8 +393,8 @@ def closest(doc: dict) -> str | None:
 def variant_summary(rows: list[dict], target: float) -> dict:
     """Per variant: seeds, mean gap, the evaluator's mean, spread and miss, what holds."""
     variants = {}
-    for name in dict.fromkeys(r["variant"] for r in rows[1:]):
-        runs = [r for r in rows if r["variant"] == name]
+    for name in dict.fromkeys(group_of(r) for r in rows if r["variant"] != "biased"):
+        runs = [r for r in rows if group_of(r) == name]
         evals = [_point(r["male"]["evaluator"]) for r in runs]
         gaps = [r["gap"] for r in runs if r["gap"] is not None]
 
@@ -393,7 +490,7 @@ def table(doc: dict) -> str:
         out = r["outside_support"]
         ev = out.get("evaluator") or out.get("classifier")
         cells = [
-            r["variant"],
+            group_of(r),
             "–" if r["seed"] is None else str(r["seed"]),
             *(format_estimate(m[k], ".3f") if k in m else "–" for k in
               ("evaluator", "reader", "classifier", "classifier-b", "classifier-robust")),
@@ -427,6 +524,16 @@ def table(doc: dict) -> str:
             f"{every if s['reader_holds_target'] else 'no'} | "
             f"{_pp(s.get('readers_spread')).lstrip('+')} |"
         )
+    for check in doc.get("sampler_check") or []:
+        by = check["male_by_audit_steps"]
+        lines += ["", f"`{check['variant']}` seed {check['seed']}'s model on the models of seed "
+                  f"{check['draw']} (tuned at T = {min(by, key=int)}), its held-out audit drawn "
+                  "at each step count with the same seeds:", ""]  # fmt: skip
+        lines += [
+            f"- {steps} steps: "
+            + "; ".join(f"{k} {format_estimate(e, '.3f')}" for k, e in shares.items())
+            for steps, shares in by.items()
+        ]
     demos = [r for r in doc["rows"] if r.get("before_evaluator")]
     if demos:
         lines += ["", "Whole demo runs, each on its own models:", ""]
@@ -447,7 +554,7 @@ def summary_text(doc: dict) -> str:
     target = doc["target_male"]
     parts = []
     for name, s in doc["summary"].items():
-        runs = [r for r in doc["rows"] if r["variant"] == name]
+        runs = [r for r in doc["rows"] if group_of(r) == name]
         ev = ", ".join(format_estimate(r["male"]["evaluator"], ".1%") for r in runs)
         rd = ", ".join(format_estimate(r["male"]["reader"], ".1%") for r in runs)
         spread = s.get("readers_spread")
@@ -501,7 +608,10 @@ def _closest_text(doc: dict) -> str:
     within = [
         f"`{k}` (evaluator {'on' if v['evaluator_holds_target'] else 'off'} target)"
         for k, v in doc["summary"].items()
-        if not _is_demo(k) and v["mean_gap"] is not None and abs(v["mean_gap"]) <= 0.05
+        if not _is_demo(k)
+        and not _other_draw(k)
+        and v["mean_gap"] is not None
+        and abs(v["mean_gap"]) <= 0.05
     ]
     return (
         (f" Within the ±5 pp gap bar: {', '.join(within)}." if within else "")
@@ -546,6 +656,25 @@ def main() -> None:
         help="finished demo folders (e.g. reports/demo,reports/demo-seed1) added as rows",
     )
     parser.add_argument(
+        "--draw",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DEMO_DIR",
+        help="another draw of the models (a demo folder made with another --seed; repeatable): "
+        "--draw-variants are run on it too, with --draw-seeds",
+    )
+    parser.add_argument("--draw-variants", default=f"{DEFAULT_VARIANT}")
+    parser.add_argument("--draw-seeds", default="1")
+    parser.add_argument(
+        "--sampler-check",
+        action="append",
+        default=[],
+        metavar="[DEMO_DIR:]VARIANT=SEED",
+        help="a T10… run whose held-out audit is drawn again at its own T (repeatable; "
+        "DEMO_DIR: the run of another --draw)",
+    )
+    parser.add_argument(
         "--threads", type=int, default=2, help="CPU threads (s/step is measured with them)"
     )
     parser.add_argument(
@@ -574,10 +703,23 @@ def main() -> None:
             plan[name] = [int(x) for x in given.split(",") if x]
         skipped: list[str] = []
         rows = measure(args.demo, plan, cached=args.cached, skipped=skipped)
+        draw_plan = {
+            v: [int(x) for x in args.draw_seeds.split(",") if x]
+            for v in args.draw_variants.split(",")
+            if v
+        }
+        for folder in args.draw:
+            rows += measure(folder, draw_plan, cached=args.cached, skipped=skipped, draw=True)
         rows += demo_rows(args.demo_runs)
         tuning = DemoConfig(out=args.demo).remediation
         doc = summarise(rows, steps=tuning.steps, prompts_per_step=tuning.prompts_per_step)
         doc["not_run"] = skipped
+        checks = []
+        for item in args.sampler_check:
+            where, _, run = item.rpartition(":")
+            name, _, seed = run.partition("=")
+            checks.append(sampler_check(Path(where) if where else args.demo, name, int(seed)))
+        doc["sampler_check"] = [c for c in checks if c is not None]
         doc["seconds"] = time.perf_counter() - start
         (HERE / "transfer.json").write_text(json.dumps(doc, indent=2) + "\n")
     splice(HERE / "RESULTS.md", table(doc), "transfer-table")
