@@ -338,8 +338,8 @@ class RemediationConfig:
             subset of K steps per batch (default: all steps).
         sampling_steps: T, DDIM steps while training (the lower end with ``sampling_steps_max``).
             The tuned model meets the target at the T it was tuned with; drawn with other
-            steps it can land elsewhere (the demo's model tuned at T = 10 drew further past the
-            target at 25 steps: ``benchmarks/RESULTS.md``), so tune with the steps you audit
+            steps it can land elsewhere (the demo's models tuned at T = 10 drew more female images
+            at 25 steps: ``benchmarks/RESULTS.md``), so tune with the steps you audit
             with (``medfair audit --steps``, 25 by default) when you can: a training step's
             cost grows with T.
         sampling_steps_max: Draw T uniformly from ``sampling_steps … sampling_steps_max`` for each
@@ -512,8 +512,8 @@ class RemediationConfig:
 
         One prompt per step, the protocol ``benchmarks/bench_transfer.py`` measures (its
         ``single`` rows), so the benchmark's seeds describe the demo's own tuning. T = 25 DDIM
-        steps, as the demo's audits draw: tuned at T = 10, the remediated model drew further
-        past the target at the audits' 25 steps than at 10 (``benchmarks/RESULTS.md``).
+        steps, as the demo's audits draw: tuned at T = 10, the remediated models drew more female
+        images at the audits' 25 steps than at 10 (``benchmarks/RESULTS.md``).
         ``align_to="corrected"`` compares the batch's mean probability with ``target · S``
         (``S``: the classifier's soft confusion matrix), so the PACC share rather than the
         classifier's mean probability meets the target (the paper's form,
