@@ -103,9 +103,28 @@ def guides_of(variant: dict) -> list[str]:
     return [variant.get("guide", "classifier"), *variant.get("ensemble", ())]
 
 
-def _audit(demo: Path, checkpoint: Path, out: Path, cfg: DemoConfig) -> AuditResult:
+def _audit(
+    demo: Path,
+    checkpoint: Path,
+    out: Path,
+    cfg: DemoConfig,
+    *,
+    steps: int | None = None,
+    quality: bool = True,
+) -> AuditResult:
+    """The held-out audit by the evaluator and every reader (reused when ``out`` has it).
+
+    ``steps``: DDIM steps of the images (default the demo's audits'); ``quality``: with FID/KID
+    against the target set's real test images.
+    """
+    generation = dataclasses.replace(
+        cfg.audit_generation,
+        n_per_prompt=N_PER_PROMPT,
+        steps=steps or cfg.audit_generation.steps,
+    )
     done = out / "audit.json"
-    if not done.is_file() or json.loads(done.read_text())["config"]["n_per_prompt"] != N_PER_PROMPT:
+    made = json.loads(done.read_text())["config"] if done.is_file() else {}
+    if (made.get("n_per_prompt"), made.get("steps")) != (N_PER_PROMPT, generation.steps):
         run_audit(
             AuditConfig(
                 checkpoint=checkpoint,
@@ -114,9 +133,12 @@ def _audit(demo: Path, checkpoint: Path, out: Path, cfg: DemoConfig) -> AuditRes
                 prompts=HELD_OUT_PROMPTS,
                 target=Target.load(demo / "target.json"),
                 out=out,
-                generation=dataclasses.replace(cfg.audit_generation, n_per_prompt=N_PER_PROMPT),
-                reference=demo / "data" / "target_set",
-                reference_split="test",
+                generation=generation,
+                **(
+                    {"reference": demo / "data" / "target_set", "reference_split": "test"}
+                    if quality
+                    else {}
+                ),
                 overwrite=True,
             )
         )
@@ -200,13 +222,18 @@ def _support(share: Any) -> dict:
     return {"share": share.share, "ci": list(share.ci), "n": share.n}
 
 
+def _male_shares(audit: AuditResult) -> dict[str, Estimate]:
+    """The PACC male share by the audit's evaluator and by each reader of the same images."""
+    shares = {"evaluator": audit.share("male")}
+    return shares | {r.name: r.proportions["male"] for r in audit.readers.readers}
+
+
 def row_of(
     name: str, seed: int | None, variant: dict | None, audit: AuditResult, timing: dict
 ) -> dict:
     """One run's numbers from its audit (estimates stored as ``audit.json`` writes them)."""
     readers = audit.readers
-    shares = {"evaluator": audit.share("male")}
-    shares |= {r.name: r.proportions["male"] for r in readers.readers}
+    shares = _male_shares(audit)
     guides = guides_of(variant) if variant is not None else []
     gap = None
     if guides and all(_point(shares[g]) is not None for g in guides):
@@ -292,30 +319,10 @@ def sampler_check(demo: Path, name: str, seed: int) -> dict | None:
         return None
     cfg = _config(demo)
     steps = VARIANTS[name]["tuning"]["sampling_steps"]
-    out = run / f"audit-steps{steps}"
-    done = out / "audit.json"
-    if not done.is_file() or json.loads(done.read_text())["config"]["n_per_prompt"] != N_PER_PROMPT:
-        generation = dataclasses.replace(
-            cfg.audit_generation, n_per_prompt=N_PER_PROMPT, steps=steps
-        )
-        run_audit(
-            AuditConfig(
-                checkpoint=run / "model",
-                classifier=demo / "models" / "evaluator",
-                readers=tuple(demo / "models" / r for r in cfg.readers),
-                prompts=HELD_OUT_PROMPTS,
-                target=Target.load(demo / "target.json"),
-                out=out,
-                generation=generation,
-                overwrite=True,
-            )
-        )
-    by_steps = {}
-    for n_steps, folder in ((steps, out), (cfg.audit_generation.steps, run / "audit")):
-        audit = AuditResult.load(folder)
-        shares = {"evaluator": audit.share("male")}
-        shares |= {r.name: r.proportions["male"] for r in audit.readers.readers}
-        by_steps[str(n_steps)] = {k: e.to_json() for k, e in shares.items()}
+    again = _audit(demo, run / "model", run / f"audit-steps{steps}", cfg, steps=steps,
+                   quality=False)  # fmt: skip
+    audits = ((steps, again), (cfg.audit_generation.steps, AuditResult.load(run / "audit")))
+    by_steps = {str(n): {r: e.to_json() for r, e in _male_shares(a).items()} for n, a in audits}
     return {"variant": name, "seed": seed, "draw": cfg.seed, "male_by_audit_steps": by_steps}
 
 
@@ -370,10 +377,6 @@ def group_of(row: dict) -> str:
     return f"{row['variant']} (models of seed {row['draw']})"
 
 
-def _other_draw(group: str) -> bool:
-    return "(models of seed" in group
-
-
 def _readers_spread(row: dict) -> float | None:
     """Largest minus smallest PACC male share among all readers of one run's images."""
     points = [_point(e) for e in row["male"].values()]
@@ -385,7 +388,7 @@ def closest(doc: dict) -> str | None:
     scored = {
         k: v["target_miss"]
         for k, v in doc["summary"].items()
-        if v.get("target_miss") is not None and not _is_demo(k) and not _other_draw(k)
+        if v.get("target_miss") is not None and not _is_demo(k) and v.get("draw") is None
     }
     return min(scored, key=scored.get) if scored else None
 
@@ -404,6 +407,7 @@ def variant_summary(rows: list[dict], target: float) -> dict:
 
         spreads = [_readers_spread(r) for r in runs]
         variants[name] = {
+            "draw": runs[0].get("draw"),
             "seeds": [r["seed"] for r in runs],
             "readers_spread": float(np.mean(spreads)) if None not in spreads else None,
             "target_miss": float(np.mean([abs(e - target) for e in evals]))
@@ -609,7 +613,7 @@ def _closest_text(doc: dict) -> str:
         f"`{k}` (evaluator {'on' if v['evaluator_holds_target'] else 'off'} target)"
         for k, v in doc["summary"].items()
         if not _is_demo(k)
-        and not _other_draw(k)
+        and v.get("draw") is None
         and v["mean_gap"] is not None
         and abs(v["mean_gap"]) <= 0.05
     ]
