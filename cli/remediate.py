@@ -168,6 +168,22 @@ def remediate(
     until_kl: Annotated[
         float | None, typer.Option(help="Stop once a quick audit's KL(target‖share) ≤ this.")
     ] = R["until_kl"],
+    keep: Annotated[
+        str,
+        typer.Option(
+            help="Weights to save: 'last' (the final step's) or 'best' (the quick audit with the "
+            "lowest KL, the untuned start included; needs --audit-every > 0).",
+        ),
+    ] = R["keep"],
+    audit_prompts: Annotated[
+        Path | None,
+        typer.Option(
+            "--audit-prompts",
+            help="Prompts the quick audits read instead of the training prompts (a text file, "
+            "one per line). With --keep best they choose the saved weights: word them apart "
+            "from both the training prompts and the prompts you will audit with.",
+        ),
+    ] = None,
     resume: Resume = False,
     keep_checkpoints: KeepCheckpoints = False,
     overwrite: Overwrite = False,
@@ -230,6 +246,10 @@ def remediate(
     from medfair_audit.remediation import remediate as run
 
     texts = prompt_texts(prompts, prompt)
+    if audit_prompts is not None:
+        from medfair_audit import read_prompts
+
+        selection = read_prompts(audit_prompts, param="audit_prompts")
     where = placement(device, dtype)
     config = config_from(RemediationConfig, locals(), align_weights=_weights(align_weights))
     classifier_spec, tgt = classifiers_and_target(classifier, target)
@@ -244,6 +264,7 @@ def remediate(
                 classifier=classifier_spec,
                 target=tgt,
                 prompts=texts,
+                audit_prompts=selection if audit_prompts is not None else (),
                 out=out,
                 config=config,
                 image_encoders=encoders,

@@ -396,6 +396,11 @@ class RemediationConfig:
         audit_seed: Seed of the quick audit's images (disjoint from training noise).
         until_kl: Stop once a quick audit's KL(target ‖ share) is at most this (decided on the
             main process and broadcast).
+        keep: Which weights to save: ``"last"`` (the final step's) or ``"best"`` (those of the
+            quick audit with the lowest KL, the step-0 original included). Quick audits read the
+            job's ``audit_prompts`` when it has them: selection prompts, worded apart from both
+            the training and the evaluation prompts, so the choice follows how the model draws
+            wordings it was not tuned on without looking at the evaluation's prompts.
     """
 
     steps: int = 200
@@ -435,6 +440,7 @@ class RemediationConfig:
     audit_steps: int = 25
     audit_seed: int = 1_000_003
     until_kl: float | None = None
+    keep: str = "last"
 
     def __post_init__(self) -> None:
         require_count(self, 1, "steps", "prompts_per_step", "sampling_steps", "ot_draws")
@@ -497,6 +503,10 @@ class RemediationConfig:
                 raise ConfigError(f"expected KL ≥ 0, got {self.until_kl}", param="until_kl")
             if self.audit_every == 0:
                 raise ConfigError("--until-kl needs --audit-every N > 0", param="until_kl")
+        if self.keep not in ("last", "best"):
+            raise ConfigError(f"expected keep 'last' or 'best', got '{self.keep}'", param="keep")
+        if self.keep == "best" and self.audit_every == 0:
+            raise ConfigError("--keep best needs --audit-every N > 0", param="keep")
 
     @classmethod
     def tiny(cls, **overrides: Any) -> RemediationConfig:
@@ -541,6 +551,7 @@ class RemediationConfig:
             "checkpoint_every",
             "audit_every",
             "until_kl",
+            "keep",
             "unet_checkpointing",
             "decode_checkpointing",
         )
@@ -889,6 +900,9 @@ class RemediationJob:
             per-attribute loss) or one joint classifier's folder, with a joint target.
         target: Target proportions (e.g. the BraTS18-like set's sex proportions).
         prompts: Training prompts (keep held-out prompts for the evaluation).
+        audit_prompts: Prompts the quick audits read (default: the training prompts). With
+            ``config.keep="best"`` they choose the weights to save, so give them wordings of
+            their own, neither training nor evaluation prompts.
         out: New pipeline folder; checkpoints live in ``<out>.partial/`` while it runs.
         config: Training settings.
         image_encoders: ``(folder, weight)`` of each CLIP or DINOv2 encoder of the
@@ -911,6 +925,7 @@ class RemediationJob:
     target: Target
     prompts: Sequence[str]
     out: Path
+    audit_prompts: Sequence[str] = ()
     config: RemediationConfig = field(default_factory=RemediationConfig)
     image_encoders: Sequence[tuple[Path, float]] = ()
     ensemble: Sequence[Path] = ()
@@ -940,6 +955,7 @@ class RemediationJob:
         if not prompts:
             raise ConfigError("expected at least one non-empty prompt", param="prompts")
         object.__setattr__(self, "prompts", prompts)
+        object.__setattr__(self, "audit_prompts", tuple(p for p in self.audit_prompts if p.strip()))
         encoders = tuple((Path(p), float(w)) for p, w in self.image_encoders)
         object.__setattr__(self, "image_encoders", encoders)
         object.__setattr__(self, "ensemble", tuple(Path(p) for p in self.ensemble))

@@ -1,6 +1,8 @@
 """Quick audits during remediation: the training classifier on held-out seeds of the prompts.
 
-These numbers steer the run (``--until-kl``) and draw its curve; they are not the evaluation of
+They read the training prompts, or the job's own ``audit_prompts`` (selection prompts). These
+numbers steer the run (``--until-kl``), choose the saved weights (``--keep best``) and draw its
+curve; they are not the evaluation of
 the result, which belongs to ``medfair audit`` with an independent classifier on held-out
 prompts. They judge the weights that will be saved (the EMA when there is one).
 """
@@ -24,6 +26,12 @@ __all__ = ["quick_audit"]
 
 @torch.no_grad()
 def quick_audit(m: Models, cfg: RemediationConfig) -> dict[str, Any]:
+    """Classify ``audit_images`` images per audit prompt (see :func:`_quick_audit`)."""
+    with m.audit_prompts():
+        return _quick_audit(m, cfg)
+
+
+def _quick_audit(m: Models, cfg: RemediationConfig) -> dict[str, Any]:
     """Classify ``audit_images`` images per prompt drawn from the held-out ``audit_seed``.
 
     Returns:

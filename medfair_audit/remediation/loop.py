@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .._io import check_out, locks_out
+from .._io import atomic_write_bytes, check_out, locks_out
 from ..config import Placement, RemediationConfig, RemediationJob
 from ..progress import ProgressCallback, report
 from .evaluate import quick_audit
@@ -59,9 +59,15 @@ class RemediationResult:
         return self.data["audits"][0]
 
     @property
+    def kept_step(self) -> int:
+        """The step whose weights were saved (the last one unless ``keep="best"``)."""
+        return int(self.data.get("kept_step", self.data["steps_done"]))
+
+    @property
     def final_audit(self) -> dict[str, Any]:
-        """The last quick audit (share per group and KL to the target)."""
-        return self.data["audits"][-1]
+        """The quick audit of the saved weights (with ``keep="best"``, the lowest KL's)."""
+        audits = self.data["audits"]
+        return next((a for a in audits if a["step"] == self.kept_step), audits[-1])
 
     def summary(self) -> list[str]:
         """Lines for a terminal: the first and last quick audits, steps, time and where."""
@@ -74,6 +80,11 @@ class RemediationResult:
             lines.append(f"quick audit {label} (step {a['step']}): {shares}; KL {a['kl']:.4f}")
         run_on, skipped = self.data["placement"], self.data["skipped_steps"]
         note = f", {skipped} skipped (non-finite gradients)" if skipped else ""
+        if self.data["config"].get("keep") == "best":
+            lines.append(
+                f"kept the weights of step {self.kept_step} "
+                "(the lowest quick-audit KL; --keep best)"
+            )
         lines.append(
             f"{self.data['steps_done']} steps{note} in {self.seconds:.0f} s on "
             f"{run_on['device']} ({run_on['dtype']}); wrote {self.path}"
@@ -105,6 +116,38 @@ def _audit(m: Models, cfg: RemediationConfig, step: int, ema: Any, acc: Any) -> 
         out = {"step": step, **quick_audit(m, cfg)}
     m.unet.train()
     return out
+
+
+_BEST = "best.safetensors"
+
+
+def _note_best(m: Models, audit: dict | None, audits: list, ema: Any, work: Path) -> None:
+    """With ``keep="best"``: keep the audited weights in ``work`` if no earlier audit beat them."""
+    if audit is None or m.cfg.keep != "best":
+        return
+    if any(a["kl"] <= audit["kl"] for a in audits if a is not audit):
+        return
+    from safetensors.torch import save
+
+    with _saved_weights(m, ema):
+        state = {k: p.detach().to("cpu", copy=True).contiguous() for k, p in m.trainable.items()}
+    atomic_write_bytes(work / _BEST, save(state, metadata={"step": str(audit["step"])}))
+
+
+def _restore_best(m: Models, audits: list, step: int, work: Path) -> int:
+    """The step whose weights get saved; with ``keep="best"`` its weights are put in place."""
+    if m.cfg.keep != "best" or not audits:
+        return step
+    best = min(audits, key=lambda a: (a["kl"], a["step"]))  # the first of equals, as noted
+    if best["step"] == step:
+        return step
+    from safetensors.torch import load_file
+
+    state = load_file(str(work / _BEST))
+    with torch.no_grad():
+        for key, p in m.trainable.items():
+            p.copy_(state[key].to(p.device, p.dtype))
+    return int(best["step"])
 
 
 def _decide_stop(audit: dict | None, cfg: RemediationConfig, acc: Any) -> bool:
@@ -173,7 +216,7 @@ def remediate(
     torch.manual_seed(cfg.seed)
     m = load_models(
         checkpoint, job.classifier, job.target, job.prompts, job.image_encoders, cfg, placement,
-        job.trust_pickle, job.ensemble,
+        job.trust_pickle, job.ensemble, job.audit_prompts,
     )  # fmt: skip
     params = list(m.trainable.values())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -205,6 +248,7 @@ def remediate(
         _append(work / "log.jsonl", log, replace=True)
     if start == 0 and not audits and (a := _audit(m, cfg, 0, ema, acc)):
         audits.append(a)
+        _note_best(m, a, audits, ema, work)
     step = start
     while step < cfg.steps and not stopped:
         record = train_step(m, cfg, step, optimizer, lr_sched, acc, ema, scaler)
@@ -215,6 +259,7 @@ def remediate(
             if audit:
                 audits.append(audit)
                 record["audit"] = {"share": audit["share"], "kl": audit["kl"]}
+                _note_best(m, audit, audits, ema, work)
             stopped = _decide_stop(audit, cfg, acc)
         log.append(record)
         if acc.is_main_process:
@@ -244,12 +289,13 @@ def remediate(
         ema.copy_to(params)
     if (not audits or audits[-1]["step"] != step) and (a := _audit(m, cfg, step, None, acc)):
         audits.append(a)
+    kept = _restore_best(m, audits, step, work) if acc.is_main_process else step
     seconds = time.perf_counter() - started
     data = _record(
         m, cfg, log, audits, checkpoint=str(checkpoint), classifier=_spec_json(job.classifier),
         target=job.target.to_json(), prompts=list(job.prompts), steps_done=step,
         stopped_early=bool(stopped and step < cfg.steps), processes=acc.num_processes,
-        seconds=seconds,
+        seconds=seconds, kept_step=kept, audit_prompts=list(job.audit_prompts) or None,
     )  # fmt: skip
     if acc.is_main_process:
         write_output(run, checkpoint, m, data, log, trust_pickle=job.trust_pickle)

@@ -60,6 +60,8 @@ class Models:
     ensemble: list[tuple[Any, torch.Tensor | None]] = field(default_factory=list)
     ensemble_paths: list[Path] = field(default_factory=list)
     ensemble_sha256: list[str] = field(default_factory=list)
+    # quick audits' own prompts (--audit-prompt), the empty prompt last; None: the training prompts
+    audit_tokens: torch.Tensor | None = None
     _frozen_states: torch.Tensor | None = None
     _schedulers: dict[int, Any] = field(default_factory=dict)
 
@@ -99,6 +101,19 @@ class Models:
         else:  # text adapters: through them, with gradients
             cond, uncond = self._states(self.tokens[[prompt, self.n_prompts]]).split(1)
         return torch.cat([uncond.expand(n, -1, -1), cond.expand(n, -1, -1)])
+
+    @contextlib.contextmanager
+    def audit_prompts(self) -> Iterator[None]:
+        """Within the block prompt ``i`` is the quick audits' ``i``-th prompt (if they have own)."""
+        if self.audit_tokens is None:
+            yield
+            return
+        kept = self.tokens, self._frozen_states
+        self.tokens, self._frozen_states = self.audit_tokens, None
+        try:
+            yield
+        finally:
+            self.tokens, self._frozen_states = kept
 
     @contextlib.contextmanager
     def original(self) -> Iterator[Any]:
@@ -267,6 +282,7 @@ def load_models(
     placement: Placement,
     trust_pickle: bool,
     ensemble: Sequence[Path] = (),
+    audit_prompts: Sequence[str] = (),
 ) -> Models:
     """Load the pipeline, classifier(s) and encoders, and add what gets tuned."""
     from .._io import folder_sha256
@@ -341,13 +357,17 @@ def load_models(
         inject_adapter_in_model(lora, text)
         text.peft_config = {"default": lora}
     unet.train()
-    tokens = pipe.tokenizer(
-        [*prompts, ""],
-        padding="max_length",
-        max_length=pipe.tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
+
+    def tokenize(texts: Sequence[str]) -> torch.Tensor:
+        return pipe.tokenizer(
+            [*texts, ""],
+            padding="max_length",
+            max_length=pipe.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+
+    tokens = tokenize(prompts)
     trainable = {f"unet.{n}": p for n, p in unet.named_parameters() if p.requires_grad}
     trainable |= {f"text.{n}": p for n, p in text.named_parameters() if p.requires_grad}
     for p in trainable.values():  # the float32 master copy of what is trained
@@ -360,6 +380,7 @@ def load_models(
         classifier=classifier,
         encoders=loaded,
         tokens=tokens,
+        audit_tokens=tokenize(audit_prompts) if audit_prompts else None,
         target=torch.tensor(target.vector(classifier.groups), device=device),
         soft_confusion=soft,
         marginals=marginals,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -256,6 +257,13 @@ def test_cli_remediate_and_bad_input(capsys, tiny_models, tmp_path):
             "--sampling-steps-max",
             "≥",
         ),
+        (["--target", "male=0.5,female=0.5", "--keep", "best"], "--keep", "--audit-every"),
+        (["--target", "male=0.5,female=0.5", "--keep", "worst"], "--keep", "'last' or 'best'"),
+        (
+            ["--target", "male=0.5,female=0.5", "--audit-prompts", tmp_path / "none.txt"],
+            "--audit-prompts",
+            "does not exist",
+        ),
     ]
     for extra, flag, needle in bad:
         code, _, err = run(capsys, *common, *small, "--out", tmp_path / "x", *extra)
@@ -462,6 +470,64 @@ def test_until_kl_stops_at_the_first_audit_that_meets_it(tiny_models, tmp_path):
     assert [a["step"] for a in result.data["audits"]] == [0, 2]
     with pytest.raises(ConfigError, match="--audit-every"):
         tiny(until_kl=0.1, audit_every=0)
+
+
+def test_keep_best_saves_the_weights_of_the_audit_with_the_lowest_kl(tiny_models, tmp_path):
+    selection = ["Axial FLAIR brain MR image with a glioma."]
+    cfg = tiny(steps=6, audit_every=2, audit_images=3)
+    best = _run(tiny_models, tmp_path / "b", replace(cfg, keep="best"), audit_prompts=selection)
+    last = _run(tiny_models, tmp_path / "l", cfg, audit_prompts=selection)
+    audits = best.data["audits"]
+    # The quick audits read the selection prompt (3 images of one prompt), not the two training
+    # prompts, and the audits of both runs are the same: keeping decides only what is saved.
+    assert [a["n"] for a in audits] == [3] * 4 and [a["step"] for a in audits] == [0, 2, 4, 6]
+    assert audits == last.data["audits"] and best.data["audit_prompts"] == selection
+    kls = [a["kl"] for a in audits]
+    kept = audits[kls.index(min(kls))]["step"]  # the first of equal KLs
+    assert best.data["kept_step"] == best.kept_step == kept and last.kept_step == 6
+    assert best.final_audit["step"] == kept and last.final_audit["step"] == 6
+    assert any(f"kept the weights of step {kept}" in line for line in best.summary())
+    a, b = _unet_weights(tmp_path / "b"), _unet_weights(tmp_path / "l")
+    assert all(torch.equal(a[k], b[k]) for k in a) == (kept == 6)
+    if kept == 0:  # the untuned start kept: the base UNet itself
+        base = load_pipeline(tiny_models["t2medi"]).unet.state_dict()
+        assert all(torch.allclose(a[k], base[k]) for k in a)
+    with pytest.raises(ConfigError, match="--audit-every"):
+        tiny(keep="best", audit_every=0)
+    with pytest.raises(ConfigError, match="'last' or 'best'"):
+        tiny(keep="first")
+
+
+def test_restore_best_puts_back_the_noted_weights(tiny_models, tmp_path):
+    from medfair_audit.remediation.loop import _note_best, _restore_best
+
+    m = load_models(
+        tiny_models["t2medi"], tiny_models["classifier"], TARGET, PROMPTS, [],
+        tiny(lambda_clip=0.0, keep="best", audit_every=2),
+        Placement(device="cpu", dtype="float32"), False,
+    )  # fmt: skip
+    params = list(m.trainable.values())
+
+    def shift(by):
+        with torch.no_grad():
+            for p in params:
+                p.add_(by)
+        return [p.detach().clone() for p in params]
+
+    audits = []
+    for step, kl in ((0, 0.9), (2, 0.3), (4, 0.3), (6, 0.5)):
+        snapshot = shift(1.0)
+        if step == 2:
+            at_2 = snapshot
+        audits.append({"step": step, "kl": kl})
+        _note_best(m, audits[-1], audits, None, tmp_path)
+    # Step 2's weights come back (step 4 only ties it); the run's last weights are dropped.
+    assert _restore_best(m, audits, 6, tmp_path) == 2
+    assert all(torch.equal(p, w) for p, w in zip(params, at_2, strict=True))
+    # When the last audit is the best, the weights in place are kept as they are.
+    now = shift(1.0)
+    assert _restore_best(m, [*audits, {"step": 8, "kl": 0.1}], 8, tmp_path) == 8
+    assert all(torch.equal(p, w) for p, w in zip(params, now, strict=True))
 
 
 def test_missing_default_image_encoder_is_named(tiny_models, tmp_path):
