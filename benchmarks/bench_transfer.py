@@ -53,6 +53,7 @@ from medfair_audit import AuditConfig, run_audit
 from medfair_audit.audit.result import AuditResult, format_estimate
 from medfair_audit.demo import (
     HELD_OUT_PROMPTS,
+    SELECTION_PROMPTS,
     TRAIN_PROMPTS,
     VARIED_TRAIN_PROMPTS,
     DemoConfig,
@@ -67,10 +68,14 @@ from medfair_audit.target import Target
 #: classifier), ``ensemble`` (more guides, each one's loss averaged), ``augment`` (EOT views),
 #: ``prompts`` (``"varied"``: tuned on ``demo.VARIED_TRAIN_PROMPTS``, the training prompts and
 #: eight free wordings, instead of ``demo.TRAIN_PROMPTS``), ``steps`` (instead of the demo's),
+#: ``select`` (the demo's choice of the kept weights: quick audits on ``demo.SELECTION_PROMPTS``,
+#: ``keep="best"``; without it a variant keeps its last weights and makes no quick audits),
 #: ``tuning`` (other :class:`~medfair_audit.config.RemediationConfig` settings than the demo's:
 #: ``T10…`` tune at T = 10 DDIM steps, the demo's default before it tuned at its audits' 25).
 VARIANTS: dict[str, dict] = {
-    "single": {},
+    "single": {"select": True},
+    # the demo's default until it chose the kept weights on selection prompts: the last ones
+    "last": {},
     # the demo's default until it tuned with the audits' sampler (T = 25): T = 10
     "T10": {"tuning": {"sampling_steps": 10}},
     "T10-ema": {"tuning": {"sampling_steps": 10, "ema_decay": 0.98}},
@@ -96,6 +101,11 @@ HERE = Path(__file__).resolve().parent
 def prompts_of(variant: dict) -> tuple[str, ...]:
     """The prompts a variant tunes on."""
     return VARIED_TRAIN_PROMPTS if variant.get("prompts") == "varied" else TRAIN_PROMPTS
+
+
+def audit_prompts_of(variant: dict) -> tuple[str, ...]:
+    """The prompts a variant's quick audits read (none: its training prompts)."""
+    return SELECTION_PROMPTS if variant.get("select") else ()
 
 
 def guides_of(variant: dict) -> list[str]:
@@ -145,21 +155,22 @@ def _audit(
     return AuditResult.load(out)
 
 
-#: Settings that do not change what a tuning learns (a cached run may differ in them).
-_FREE = ("audit_every", "checkpoint_every", "until_kl", "unet_checkpointing",
-         "decode_checkpointing")  # fmt: skip
+#: Settings that do not change what a tuning that keeps its last weights saves (a cached run may
+#: differ in them).
+_FREE = ("audit_every", "audit_images", "audit_steps", "audit_seed", "checkpoint_every",
+         "until_kl", "unet_checkpointing", "decode_checkpointing")  # fmt: skip
 
 
 def _tuning(cfg: DemoConfig, variant: dict, seed: int) -> Any:
     """The variant's remediation settings: the demo's, with the variant's changes."""
-    return dataclasses.replace(
-        cfg.remediation,
-        seed=seed,
-        augment=variant.get("augment", 0),
-        steps=variant.get("steps", cfg.remediation.steps),
-        audit_every=0,
+    changes = {
+        "seed": seed,
+        "augment": variant.get("augment", 0),
+        "steps": variant.get("steps", cfg.remediation.steps),
+        **({} if variant.get("select") else {"keep": "last", "audit_every": 0}),
         **variant.get("tuning", {}),
-    )
+    }
+    return dataclasses.replace(cfg.remediation, **changes)
 
 
 def _tuned(out: Path, variant: dict, rcfg: Any) -> bool:
@@ -168,8 +179,14 @@ def _tuned(out: Path, variant: dict, rcfg: Any) -> bool:
         return False
     record = json.loads((out / "remediation.json").read_text())
     want = json.loads(json.dumps(dataclasses.asdict(rcfg)))
-    return record["prompts"] == list(prompts_of(variant)) and all(
-        record["config"].get(k) == v for k, v in want.items() if k not in _FREE
+    # a run recorded before a setting existed ran with its default
+    default = json.loads(json.dumps(dataclasses.asdict(type(rcfg)())))
+    # the quick audits choose what is saved under keep="best", so their settings count then
+    free = _FREE if rcfg.keep == "last" else ()
+    return (
+        record["prompts"] == list(prompts_of(variant))
+        and (record.get("audit_prompts") or []) == list(audit_prompts_of(variant))
+        and all(record["config"].get(k, default[k]) == v for k, v in want.items() if k not in free)
     )
 
 
@@ -197,6 +214,7 @@ def _remediate(demo: Path, cfg: DemoConfig, variant: dict, seed: int, out: Path)
             ensemble=[demo / "models" / g for g in variant.get("ensemble", ())],
             target=Target.load(demo / "target.json"),
             prompts=prompts_of(variant),
+            audit_prompts=audit_prompts_of(variant),
             out=out,
             config=rcfg,
             image_encoders=[(demo / "models" / "clip", 1.0)],
@@ -289,7 +307,9 @@ def measure(
     cfg = _config(demo) if draw else DemoConfig(out=demo, robust_guide=True)
     run_demo(cfg, until="reader", log=print)
     work = demo / "transfer"
-    rows = [row_of("biased", None, None, _audit(demo, demo / "models" / "t2medi",
+    # the biased model's gap: how far the training classifier reads it from the evaluator before
+    # any tuning (the tuning cannot know that offset)
+    rows = [row_of("biased", None, {}, _audit(demo, demo / "models" / "t2medi",
                                                  work / "audit-biased", cfg), {})]  # fmt: skip
     for name, seeds in plan.items():
         for seed in seeds:
@@ -346,8 +366,8 @@ def demo_rows(folders: list[Path]) -> list[dict]:
     and each folder retrains every model from its seed: this is the run-to-run spread a user
     would see, where the variant rows hold the trained models fixed. Each row also keeps the
     biased model's evaluator reading (``before``: the models differ by folder) and the male
-    share the tuning's last quick audit reported (the training classifier, corrected, on the
-    training prompts).
+    share the quick audit of the kept weights reported (the training classifier, corrected, on
+    the selection prompts, or the training prompts for a run that kept its last weights).
     """
     rows = []
     for folder in folders:
@@ -360,11 +380,13 @@ def demo_rows(folders: list[Path]) -> list[dict]:
         }
         row = row_of(_demo_name(variant["guide"]), doc["config"]["seed"], variant, audit, {})
         row["before_evaluator"] = AuditResult.load(folder / "before").share("male").to_json()
-        last = tuned["audits"][-1]
+        kept = tuned.get("kept_step", tuned["steps_done"])
+        last = next((a for a in tuned["audits"] if a["step"] == kept), tuned["audits"][-1])
         row["quick_audit_male"] = {
             "share": (last.get("share_corrected") or last["share"])["male"],
             "n": last["n"],
             "step": last["step"],
+            "prompts": "selection" if tuned.get("audit_prompts") else "training",
         }
         rows.append(row)
     return rows
@@ -543,9 +565,10 @@ def table(doc: dict) -> str:
         lines += ["", "Whole demo runs, each on its own models:", ""]
         lines += [
             f"- training seed {r['seed']}: the biased model read by the evaluator "
-            f"{format_estimate(r['before_evaluator'], '.3f')}; the tuning's last quick audit "
-            f"(the training classifier on {r['quick_audit_male']['n']} images of the training "
-            f"prompts, step {r['quick_audit_male']['step']}) {r['quick_audit_male']['share']:.3f};"
+            f"{format_estimate(r['before_evaluator'], '.3f')}; the kept weights' quick audit "
+            f"(the training classifier on {r['quick_audit_male']['n']} images of the "
+            f"{r['quick_audit_male'].get('prompts', 'training')} prompts, step "
+            f"{r['quick_audit_male']['step']}) {r['quick_audit_male']['share']:.3f};"
             f" after, the evaluator on the held-out prompts "
             f"{format_estimate(r['male']['evaluator'], '.3f')}."
             for r in demos

@@ -528,9 +528,13 @@ class RemediationConfig:
         (``S``: the classifier's soft confusion matrix), so the PACC share rather than the
         classifier's mean probability meets the target (the paper's form,
         ``align_to="probabilities"``, is biased toward the classifier's training prior).
+        ``keep="best"`` with a quick audit of 64 images per prompt every 25 steps: the demo's
+        quick audits read its selection prompts (``demo.SELECTION_PROMPTS``), and the weights
+        whose reading there is nearest the target are saved.
         """
         base = {"steps": 150, "prompts_per_step": 1, "sampling_steps": 25,
-                "align_to": "corrected", "audit_every": 50}  # fmt: skip
+                "align_to": "corrected", "audit_every": 25, "audit_images": 64,
+                "keep": "best"}  # fmt: skip
         return cls(**{**base, **overrides})
 
     @property

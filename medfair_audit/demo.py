@@ -354,11 +354,18 @@ class DemoConfig:
     def remediation_attributes(self) -> RemediationConfig:
         """Joint alignment over the six cells (``align="joint"``, PACC-corrected).
 
-        Two prompts per step, the committed two-attribute example's tuning.
+        Two prompts per step, the committed two-attribute example's tuning: it keeps the last
+        weights, with a quick audit every 50 steps of 32 images per prompt (choosing the kept
+        weights on selection prompts is measured for one attribute only).
         """
         if self.fast:
             return dataclasses.replace(self.remediation, align="joint")
-        return dataclasses.replace(self.remediation, align="joint", prompts_per_step=2)
+        if self.quick:
+            return dataclasses.replace(self.remediation, align="joint", prompts_per_step=2)
+        return dataclasses.replace(
+            self.remediation, align="joint", prompts_per_step=2, keep="last", audit_every=50,
+            audit_images=32,
+        )  # fmt: skip
 
 
 #: What ``--quick`` shrinks (every other setting is the full demo's): chosen so that the whole
@@ -371,7 +378,8 @@ QUICK: dict[str, Any] = {
     "t2i": {"vae_steps": 400, "vae_batch_size": 16, "unet_steps": 650, "batch_size": 32,
             "lr": 1e-3, "unet_channels": (32, 64, 64), "checkpoint_every": 0},
     "remediation": {"steps": 60, "prompts_per_step": 2, "batch_per_prompt": 6,
-                    "sampling_steps": 8, "audit_every": 0, "audit_images": 8, "audit_steps": 15},
+                    "sampling_steps": 8, "audit_every": 0, "audit_images": 8, "audit_steps": 15,
+                    "keep": "last"},
     "audit": {"n_per_prompt": 32, "steps": 20, "shard_size": 32},
 }  # fmt: skip
 
@@ -432,6 +440,16 @@ VARIED_TRAIN_PROMPTS = (
     "T1-weighted axial MRI with a tumour in the left parietal lobe.",
     "Contrast-enhanced axial brain MR showing an enhancing lesion in the left temporal lobe.",
     "Axial T2 brain MR image: space-occupying lesion of the right occipital lobe.",
+)
+# A third wording of the same content, apart from the training and the held-out prompts: what
+# the remediation's quick audits read to choose the weights it keeps (``keep="best"``), so the
+# choice follows how the model draws wordings it was not tuned on without looking at the
+# evaluation's prompts.
+SELECTION_PROMPTS = (
+    "FLAIR MR image of the brain in the axial plane, left frontal glioma.",
+    "Axial T2 MRI of the head demonstrating a right parietal glioma.",
+    "Glioma of the left temporal lobe, enhancing on axial T1 post-contrast brain MRI.",
+    "Axial T1 MRI of the brain: right occipital intra-axial glioma.",
 )
 # The same clinical content in other words (and other sites): what the audits measure. None of
 # these is a training prompt.
@@ -759,6 +777,9 @@ def _remediate(
     encoder: Path,
     ensemble: tuple[Path, ...] = (),
 ) -> Stage:
+    # the kept weights are chosen on prompts worded apart from the training and held-out ones
+    audit_prompts = SELECTION_PROMPTS if rcfg.keep == "best" else ()
+
     def work() -> dict[str, Any]:
         r = remediate(
             RemediationJob(
@@ -767,6 +788,7 @@ def _remediate(
                 ensemble=ensemble,
                 target=Target.load(target),
                 prompts=TRAIN_PROMPTS,
+                audit_prompts=audit_prompts,
                 out=folder,
                 config=rcfg,
                 image_encoders=[(encoder, 1.0)],
@@ -780,11 +802,14 @@ def _remediate(
             "path": str(r.path),
             "quick_audit_before": {"share": first["share"], "kl": first["kl"]},
             "quick_audit_after": {"share": last["share"], "kl": last["kl"]},
+            "kept_step": r.kept_step,
         }
 
     # a memory knob that leaves the weights unchanged is not part of the stamp
     cfg = {k: v for k, v in _settings(rcfg).items() if k != "unet_checkpointing"}
     settings: dict[str, Any] = {"cfg": cfg, "prompts": TRAIN_PROMPTS}
+    if audit_prompts:
+        settings["audit_prompts"] = audit_prompts
     if ensemble:
         settings["ensemble"] = [p.name for p in ensemble]
     return Stage(name, inputs, settings, work)

@@ -257,6 +257,33 @@ def test_the_demo_tunes_on_corpus_style_prompts_and_the_varied_set_adds_free_wor
     assert sex["remediate"].settings["prompts"] == TRAIN_PROMPTS
 
 
+def test_the_full_demo_keeps_the_weights_chosen_on_selection_prompts():
+    """The full demo's quick audits read a third wording of the prompts (none a training, varied
+    or held-out prompt) and choose the kept weights; quick, fast and two-attribute runs keep the
+    last weights, as their records were made."""
+    from medfair_audit.demo import (
+        HELD_OUT_PROMPTS,
+        SELECTION_PROMPTS,
+        VARIED_TRAIN_PROMPTS,
+        demo_stages,
+    )
+
+    assert len(set(SELECTION_PROMPTS)) == len(SELECTION_PROMPTS) == len(HELD_OUT_PROMPTS)
+    assert not set(SELECTION_PROMPTS) & (set(VARIED_TRAIN_PROMPTS) | set(HELD_OUT_PROMPTS))
+    full = DemoConfig()
+    assert full.remediation.keep == "best" and full.remediation.audit_every > 0
+    stage = {st.name: st for st in demo_stages(full)}["remediate"]
+    assert stage.settings["audit_prompts"] == SELECTION_PROMPTS
+    for other in (DemoConfig(quick=True), DemoConfig(fast=True)):
+        assert other.remediation.keep == "last"
+        assert (
+            "audit_prompts" not in {st.name: st for st in demo_stages(other)}["remediate"].settings
+        )
+    joint = {st.name: st for st in demo_stages(DemoConfig(attributes=("sex", "age_band")))}
+    assert joint["sa_remediate"].settings["cfg"]["keep"] == "last"
+    assert "audit_prompts" not in joint["sa_remediate"].settings
+
+
 def test_stage_span_is_the_wall_clock_of_the_recorded_stages():
     """Wall clock from the first stage's start to the last one's end, beside the summed stage
     time; a record without the times gives no sentence."""
