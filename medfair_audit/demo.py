@@ -15,7 +15,9 @@ The evaluation is kept apart from the tuning, as Shen et al. evaluate theirs:
 
 * remediation trains on :data:`TRAIN_PROMPTS` (sex-neutral glioma prompts; a prompt without a
   lesion would not belong to a glioma cohort's sex ratio) with the **training classifier**
-  (``models/classifier``, trained on the target set's ``train``/``val`` subjects);
+  (``models/classifier``, trained on the target set's ``train``/``val`` subjects), and keeps
+  the weights whose quick audit on :data:`SELECTION_PROMPTS` (a third wording) reads nearest
+  the target;
 * the audits use :data:`HELD_OUT_PROMPTS` (same clinical content, other wording) and an
   **independent evaluation classifier** (``models/evaluator``: another seed, another width, and
   trained on target-set subjects the training classifier never saw, ``eval_train``/``eval_val``).
