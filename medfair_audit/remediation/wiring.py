@@ -60,7 +60,7 @@ class Models:
     ensemble: list[tuple[Any, torch.Tensor | None]] = field(default_factory=list)
     ensemble_paths: list[Path] = field(default_factory=list)
     ensemble_sha256: list[str] = field(default_factory=list)
-    # quick audits' own prompts (--audit-prompt), the empty prompt last; None: the training prompts
+    # quick audits' own prompts (--audit-prompts), the empty prompt last; None: the training prompts
     audit_tokens: torch.Tensor | None = None
     _frozen_states: torch.Tensor | None = None
     _schedulers: dict[int, Any] = field(default_factory=dict)
