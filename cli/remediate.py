@@ -246,10 +246,9 @@ def remediate(
     from medfair_audit.remediation import remediate as run
 
     texts = prompt_texts(prompts, prompt)
-    if audit_prompts is not None:
-        from medfair_audit import read_prompts
+    from medfair_audit import read_prompts
 
-        selection = read_prompts(audit_prompts, param="audit_prompts")
+    selection = () if audit_prompts is None else read_prompts(audit_prompts, param="audit_prompts")
     where = placement(device, dtype)
     config = config_from(RemediationConfig, locals(), align_weights=_weights(align_weights))
     classifier_spec, tgt = classifiers_and_target(classifier, target)
@@ -264,7 +263,7 @@ def remediate(
                 classifier=classifier_spec,
                 target=tgt,
                 prompts=texts,
-                audit_prompts=selection if audit_prompts is not None else (),
+                audit_prompts=selection,
                 out=out,
                 config=config,
                 image_encoders=encoders,

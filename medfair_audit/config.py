@@ -555,7 +555,6 @@ class RemediationConfig:
             "checkpoint_every",
             "audit_every",
             "until_kl",
-            "keep",
             "unet_checkpointing",
             "decode_checkpointing",
         )

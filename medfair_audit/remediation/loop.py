@@ -121,11 +121,14 @@ def _audit(m: Models, cfg: RemediationConfig, step: int, ema: Any, acc: Any) -> 
 _BEST = "best.safetensors"
 
 
+def _best(audits: list) -> dict:
+    """The audit whose weights ``keep="best"`` saves: the lowest KL, the first of equals."""
+    return min(audits, key=lambda a: (a["kl"], a["step"]))
+
+
 def _note_best(m: Models, audit: dict | None, audits: list, ema: Any, work: Path) -> None:
-    """With ``keep="best"``: keep the audited weights in ``work`` if no earlier audit beat them."""
-    if audit is None or m.cfg.keep != "best":
-        return
-    if any(a["kl"] <= audit["kl"] for a in audits if a is not audit):
+    """With ``keep="best"``: keep the audited weights in ``work`` if they are now the best."""
+    if audit is None or m.cfg.keep != "best" or _best(audits) is not audit:
         return
     from safetensors.torch import save
 
@@ -138,7 +141,7 @@ def _restore_best(m: Models, audits: list, step: int, work: Path) -> int:
     """The step whose weights get saved; with ``keep="best"`` its weights are put in place."""
     if m.cfg.keep != "best" or not audits:
         return step
-    best = min(audits, key=lambda a: (a["kl"], a["step"]))  # the first of equals, as noted
+    best = _best(audits)
     if best["step"] == step:
         return step
     from safetensors.torch import load_file

@@ -169,6 +169,9 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(tiny_models, t
     # Resuming with other settings is refused and leaves the checkpoint alone.
     with pytest.raises(ConfigError, match="other settings"):
         _run(tiny_models, tmp_path / "b", tiny(steps=5, ema_decay=0.5, lr=0.5), resume=True)
+    # Another --keep too: a run that kept its last weights noted no best ones to go back to.
+    with pytest.raises(ConfigError, match="other settings"):
+        _run(tiny_models, tmp_path / "b", tiny(steps=5, ema_decay=0.5, keep="best"), resume=True)
     # So is a checkpoint made by another number of processes (they draw other noise).
     state = partial / "checkpoints" / "step-0000002" / "state.json"
     doc = json.loads(state.read_text())
