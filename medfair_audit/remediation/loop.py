@@ -77,7 +77,10 @@ class RemediationResult:
             if "share_corrected" in a:
                 corrected = ", ".join(f"{g} {v:.1%}" for g, v in a["share_corrected"].items())
                 shares += f" raw; {corrected} corrected"
-            lines.append(f"quick audit {label} (step {a['step']}): {shares}; KL {a['kl']:.4f}")
+            kl = f"KL {a['kl']:.4f}"
+            if "ensemble" in a:
+                kl += f" (the mean of {1 + len(a['ensemble'])} guides' KLs)"
+            lines.append(f"quick audit {label} (step {a['step']}): {shares}; {kl}")
         run_on, skipped = self.data["placement"], self.data["skipped_steps"]
         note = f", {skipped} skipped (non-finite gradients)" if skipped else ""
         if self.data["config"].get("keep") == "best":

@@ -350,6 +350,43 @@ def test_remediation_with_an_ensemble_and_eot(tiny_models, readers, tmp_path):
     assert audit.data["config"]["remediation"]["same_classifier"] is True
 
 
+def test_quick_audits_of_an_ensemble_read_every_guide(tiny_models, readers, tmp_path):
+    """With an ensemble the quick audit's KL (what --keep best and --until-kl use) is the mean
+    of each guide's own KL on the same images: each equals that guide's quick audit alone."""
+
+    def run(name, classifier, ensemble):
+        return remediate(
+            RemediationJob(
+                checkpoint=tiny_models["t2medi"],
+                classifier=classifier,
+                ensemble=ensemble,
+                target=parse_target(TARGET),
+                prompts=PROMPTS,
+                out=tmp_path / name,
+                config=RemediationConfig.tiny(
+                    steps=1, audit_every=1, audit_images=3, align_to="corrected", lambda_clip=0
+                ),
+            )
+        )
+
+    members = [readers["resnet-2"], readers["radiomics"]]
+    result = run("both", tiny_models["classifier"], members)
+    # step 0: the untuned model, the same images in every run
+    both = result.data["audits"][0]
+    alone = [
+        run(f"alone-{i}", c, []).data["audits"][0]
+        for i, c in enumerate([tiny_models["classifier"], *members])
+    ]
+    assert both["step"] == 0 and "ensemble" not in alone[0]
+    assert both["kl_guide"] == pytest.approx(alone[0]["kl"])
+    assert both["share_corrected"] == pytest.approx(alone[0]["share_corrected"])
+    for got, want in zip(both["ensemble"], alone[1:], strict=True):
+        assert got["kl"] == pytest.approx(want["kl"])
+        assert got["share"] == pytest.approx(want["share"])
+    assert both["kl"] == pytest.approx(np.mean([a["kl"] for a in alone]))
+    assert "(the mean of 3 guides' KLs)" in result.summary()[0]
+
+
 def test_ensemble_needs_one_attribute_and_the_same_groups(tiny_models, small_phantom, tmp_path):
     train_classifier(
         ClassifierJob(
