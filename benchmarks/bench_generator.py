@@ -1,0 +1,168 @@
+"""Does a longer-trained generator make the remediation hold? The demo's UNet, trained on.
+
+The classifiers read generated images off their training manifold, and the transfer table's
+other draw of the models (seed 1) has the worse biased model by FID. Here each given demo's
+T2MedI UNet trains ``--extra`` more steps on the same corpus (``medfair train t2i --init``:
+its autoencoder and text encoder kept, a new warm-up and cosine schedule, the same batch size
+and learning rate), into ``DEMO/generator/unet-plus-N/`` beside links to the demo's data and
+classifiers. The biased model is audited on the held-out prompts as ``bench_transfer.py`` does
+(64 images per prompt, the evaluator and every reader, FID/KID at n = 256 against the target
+set's real test images), then remediated with the demo's default (``bench_transfer`` variant
+``single``, the draw's own seed) and audited again. The demo's own models (``DEMO/transfer/``,
+from ``bench_transfer.py``) are the rows to compare with. Writes ``benchmarks/generator.json``
+and the table between the ``generator-table`` markers of ``benchmarks/RESULTS.md``.
+
+Run: .venv/bin/python benchmarks/bench_generator.py --run reports/demo --run reports/demo-seed1
+     [--extra 700] [--threads 2]
+     .venv/bin/python benchmarks/bench_generator.py --render   (the table again)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from _markers import splice
+from bench_transfer import VARIANTS, _audit, _config, _point, _remediate, row_of
+
+from medfair_audit.config import T2IConfig, T2IJob
+from medfair_audit.metrics.results import common_size
+from medfair_audit.models.t2medi import train_t2i
+
+HERE = Path(__file__).resolve().parent
+VARIANT = "single"
+
+
+def _linked(demo: Path, work: Path) -> None:
+    """``work`` as a demo folder: links to ``demo``'s data, target and classifiers."""
+    (work / "models").mkdir(parents=True, exist_ok=True)
+    for name in ("data", "target.json", "demo.json"):
+        if not (work / name).exists():
+            (work / name).symlink_to((demo / name).resolve())
+    for model in (demo / "models").iterdir():
+        if (
+            model.name not in ("t2medi", "t2medi-fair")
+            and not (work / "models" / model.name).exists()
+        ):
+            (work / "models" / model.name).symlink_to(model.resolve())
+
+
+def trained_on(demo: Path, extra: int) -> tuple[Path, float | None]:
+    """The demo folder whose UNet trained ``extra`` steps more (trained if missing), seconds."""
+    work = demo / "generator" / f"unet-plus-{extra}"
+    _linked(demo, work)
+    out = work / "models" / "t2medi"
+    if (out / "model_index.json").is_file():
+        return work, None
+    seed = _config(demo).seed
+    start = time.perf_counter()
+    train_t2i(
+        T2IJob(
+            data=demo / "data" / "corpus",
+            out=out,
+            init=demo / "models" / "t2medi",
+            config=T2IConfig(seed=seed + 100, vae_steps=0, unet_steps=extra),
+            overwrite=True,
+        )
+    )
+    return work, time.perf_counter() - start
+
+
+def rows_of(demo: Path, generator: str, extra_seconds: float | None) -> list[dict]:
+    """The biased and the remediated model of ``demo``: their held-out audits' rows."""
+    cfg = _config(demo)
+    work = demo / "transfer"
+    variant = VARIANTS[VARIANT]
+    biased = row_of("biased", None, {}, _audit(demo, demo / "models" / "t2medi",
+                                               work / "audit-biased", cfg), {})  # fmt: skip
+    run = work / f"{VARIANT}-s{cfg.seed}"
+    timing = _remediate(demo, cfg, variant, cfg.seed, run / "model")
+    tuned = row_of(VARIANT, cfg.seed, variant, _audit(demo, run / "model", run / "audit", cfg),
+                   timing)  # fmt: skip
+    kept = json.loads((run / "model" / "remediation.json").read_text()).get("kept_step")
+    for r in (biased, tuned):
+        r |= {"draw": cfg.seed, "generator": generator, "unet_seconds": extra_seconds}
+    tuned["kept_step"] = kept
+    return [biased, tuned]
+
+
+def _share(row: dict, who: str, ci: bool = False) -> str:
+    est = row["male"].get(who)
+    if est is None:
+        return "–"
+    value = _point(est)
+    if not ci or not est.get("ci"):
+        return f"{value:.3f}"
+    lo, hi = est["ci"]
+    return f"{value:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _fid(row: dict) -> str:
+    fid = row.get("fid")
+    return f"{fid['mean']:.2f} ± {fid['sd']:.2f}" if fid else "–"
+
+
+def with_quality(rows: list[dict]) -> int:
+    """FID/KID of every row at one n all of them have (the audits' quality entries dropped)."""
+    n = common_size([r["quality"].get("overall") for r in rows])
+    for r in rows:
+        at = r.pop("quality")["overall"].at(n)
+        r["fid"] = at.fid.to_json() if at and at.fid else None
+        r["kid"] = at.kid.to_json() if at and at.kid else None
+    return n
+
+
+def render(doc: dict) -> str:
+    """The RESULTS table of ``generator.json``."""
+    lines = [
+        f"Held-out prompts, 64 images each; target 58% male. Remediation: `bench_transfer.py`'s "
+        f"`{VARIANT}` (the demo's default), tuning seed = the draw's seed. PACC male share with "
+        "95% interval by the evaluator; the training classifier (the guide) and the radiomics "
+        "reader on the same images; gap = guide − evaluator; FID (mean ± sd over "
+        f"subsamples; n = {doc['quality_n']}).",
+        "",
+        "| models | generator | model | evaluator | guide | reader | gap | FID | kept step |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in doc["rows"]:
+        gap = r["gap"]
+        gap_s = "–" if gap is None else f"{gap * 100:+.1f} pp".replace("-", "−")
+        lines.append(
+            f"| seed {r['draw']} | {r['generator']} | {r['variant']} | "
+            f"{_share(r, 'evaluator', ci=True)} | {_share(r, 'classifier')} | "
+            f"{_share(r, 'reader')} | {gap_s} | {_fid(r)} | {r.get('kept_step', '–') or '–'} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", action="append", default=[], type=Path, metavar="DEMO")
+    ap.add_argument("--extra", type=int, default=700, help="more UNet steps (default 700)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--render", action="store_true", help="only the table, from generator.json")
+    args = ap.parse_args()
+    record = HERE / "generator.json"
+    if not args.render:
+        torch.set_num_threads(args.threads)
+        doc: dict = {"extra_steps": args.extra, "rows": []}
+        for demo in args.run:
+            base = f"the demo's (UNet {T2IConfig().unet_steps} steps)"
+            doc["rows"] += rows_of(demo, base, None)
+            work, seconds = trained_on(demo, args.extra)
+            doc["rows"] += rows_of(work, f"UNet +{args.extra} steps", seconds)
+            print(f"{demo}: done", flush=True)
+        doc["quality_n"] = with_quality(doc["rows"])
+        record.write_text(json.dumps(doc, indent=1) + "\n")
+    doc = json.loads(record.read_text())
+    table = render(doc)
+    print(table)
+    if not splice(HERE / "RESULTS.md", "generator-table", table):
+        print("RESULTS.md has no generator-table markers; the table is not pasted")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""The reader-panel and generator benchmarks: the fold split their guides learn on, and the
+RESULTS tables as their committed records rendered."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "benchmarks"
+
+
+def _bench(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH))
+    return module
+
+
+def _between(path: Path, marker: str) -> str:
+    start, end = f"<!-- {marker}:start -->\n", f"\n<!-- {marker}:end -->"
+    return path.read_text().split(start, 1)[1].split(end, 1)[0]
+
+
+def test_fold_guides_learn_on_disjoint_thirds_of_the_training_subjects(tmp_path):
+    bench = _bench("bench_readers")
+    demo = tmp_path / "demo"
+    src = demo / "data" / "target_set"
+    (src / "images").mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    splits = rng.choice(["train", "val", "eval_train", "test"], size=200, p=[0.5, 0.1, 0.3, 0.1])
+    # two slices per subject: a fold holds whole subjects
+    meta = pd.DataFrame(
+        {
+            "file": [f"images/{i}.png" for i in range(400)],
+            "subject": [f"s{i // 2:03d}" for i in range(400)],
+            "split": np.repeat(splits, 2),
+        }
+    )
+    meta.to_csv(src / "metadata.csv", index=False)
+    out = pd.read_csv(bench.folded(demo, tmp_path / "work") / "metadata.csv")
+    train = meta.split == "train"
+    # every other split is untouched; every training subject lands in exactly one fold
+    assert (out.split[~train] == meta.split[~train]).all()
+    folds = out[train].groupby("subject")["split"].unique()
+    assert all(len(f) == 1 for f in folds)
+    sizes = folds.map(lambda f: f[0]).value_counts()
+    assert set(sizes.index) == {f"train_f{k}" for k in range(bench.FOLDS)}
+    assert sizes.max() - sizes.min() <= 1
+    # the same folds on another call (every panel member of a draw sees one split)
+    again = pd.read_csv(bench.folded(demo, tmp_path / "work2") / "metadata.csv")
+    assert again.split.equals(out.split)
+
+
+@pytest.mark.parametrize(
+    ("name", "record", "marker"),
+    [
+        ("bench_readers", "readers.json", "readers-table"),
+        ("bench_generator", "generator.json", "generator-table"),
+    ],
+)
+def test_results_tables_are_the_records_rendered(name, record, marker):
+    bench = _bench(name)
+    doc = json.loads((BENCH / record).read_text())
+    assert _between(BENCH / "RESULTS.md", marker) == bench.render(doc)
+
+
+def test_reader_panel_statistics_follow_from_the_readings():
+    bench = _bench("bench_readers")
+    doc = json.loads((BENCH / "readers.json").read_text())
+    for row in doc["rows"]:
+        stats = bench.stats(row)
+        values = {k: v["value"] for k, v in row["male"].items()}
+        folds = [values[f"fold{k}"] for k in range(bench.FOLDS)]
+        assert stats["fold_mean_minus_evaluator"] == pytest.approx(
+            np.mean(folds) - values["evaluator"]
+        )
+        lo, hi = stats["range"]
+        assert lo == min(values.values()) and hi == max(values.values())
+        assert stats["resnet_range"][0] >= lo and stats["resnet_range"][1] <= hi
