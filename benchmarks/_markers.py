@@ -18,3 +18,10 @@ def splice(path: Path, marker: str, text: str) -> bool:
     head, rest = doc.split(start, 1)
     path.write_text(head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1])
     return True
+
+
+def paste(path: Path, marker: str, text: str) -> None:
+    """Print ``text`` and put it between ``marker``'s comments in ``path``, or say it is not."""
+    print(text)
+    if not splice(path, marker, text):
+        print(f"{path.name} has no {marker} markers; the text is not pasted")

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from _markers import splice
+from _markers import paste
 from bench_transfer import VARIANTS, _audit, _config, _point, _remediate, row_of
 
 from medfair_audit.config import T2IConfig, T2IJob
@@ -157,11 +157,7 @@ def main() -> None:
             print(f"{demo}: done", flush=True)
         doc["quality_n"] = with_quality(doc["rows"])
         record.write_text(json.dumps(doc, indent=1) + "\n")
-    doc = json.loads(record.read_text())
-    table = render(doc)
-    print(table)
-    if not splice(HERE / "RESULTS.md", "generator-table", table):
-        print("RESULTS.md has no generator-table markers; the table is not pasted")
+    paste(HERE / "RESULTS.md", "generator-table", render(json.loads(record.read_text())))
 
 
 if __name__ == "__main__":

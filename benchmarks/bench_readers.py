@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from _markers import splice
+from _markers import paste
 
 from medfair_audit import AuditConfig, run_audit
 from medfair_audit.audit.result import AuditResult
@@ -255,11 +255,7 @@ def main() -> None:
                 print(f"models of seed {seed}, {name}: read", flush=True)
         doc["seconds"] = time.perf_counter() - start
         record.write_text(json.dumps(doc, indent=1) + "\n")
-    doc = json.loads(record.read_text())
-    table = render(doc)
-    print(table)
-    if not splice(HERE / "RESULTS.md", "readers-table", table):
-        print("RESULTS.md has no readers-table markers; the table is not pasted")
+    paste(HERE / "RESULTS.md", "readers-table", render(json.loads(record.read_text())))
 
 
 if __name__ == "__main__":
