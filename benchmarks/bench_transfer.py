@@ -81,6 +81,8 @@ VARIANTS: dict[str, dict] = {
     "T10-ema": {"tuning": {"sampling_steps": 10, "ema_decay": 0.98}},
     "T10-lr-half": {"tuning": {"sampling_steps": 10, "lr": 5e-4}},
     "T10-all-prompts-50": {"tuning": {"sampling_steps": 10, "prompts_per_step": 4}, "steps": 50},
+    # every training prompt in each step, at the audits' T = 25, weights chosen as the default's
+    "all-prompts-50": {"select": True, "tuning": {"prompts_per_step": 4}, "steps": 50},
     "varied-prompts": {"prompts": "varied"},
     "varied-prompts-250": {"prompts": "varied", "steps": 250},
     "eot": {"augment": 4},
