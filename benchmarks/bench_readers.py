@@ -119,21 +119,20 @@ def train_panel(demo: Path, cfg: DemoConfig) -> dict[str, dict]:
 
 def read(demo: Path, cfg: DemoConfig, audit: Path, members: dict[str, dict]) -> AuditResult:
     """``audit``'s stored images read by the evaluator, the demo's readers and the panel."""
-    made = json.loads((audit / "audit.json").read_text())["config"]
+    made = AuditResult.load(audit).settings
     model = audit.parent / "model"
     checkpoint = model if model.is_dir() else demo / "models" / "t2medi"
     out = demo / "readers" / "reads" / str(audit.relative_to(demo)).replace("/", "--")
     names = [*DEMO_READERS, *members]
-    done = out / "audit.json"
-    if done.is_file():
-        have = [r["name"] for r in json.loads(done.read_text())["readers"]["readers"]]
-        if have == names:
-            return AuditResult.load(out)
+    if (out / "audit.json").is_file():
+        done = AuditResult.load(out)
+        if [r.name for r in done.readers.readers] == names:
+            return done
     generation = dataclasses.replace(
         cfg.audit_generation,
-        n_per_prompt=made["n_per_prompt"],
-        steps=made["steps"],
-        seed=made["seed"],
+        n_per_prompt=made.n_per_prompt,
+        steps=made.steps,
+        seed=made.seed,
     )
     run_audit(
         AuditConfig(
@@ -141,7 +140,7 @@ def read(demo: Path, cfg: DemoConfig, audit: Path, members: dict[str, dict]) -> 
             classifier=demo / "models" / "evaluator",
             readers=[demo / "models" / r for r in DEMO_READERS]
             + [demo / m["path"] for m in members.values()],
-            prompts=made["prompts"],
+            prompts=made.prompts,
             target=Target.load(demo / "target.json"),
             out=out,
             generation=generation,
