@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -240,7 +239,6 @@ def main() -> None:
     record = HERE / "readers.json"
     if not args.render:
         torch.set_num_threads(args.threads)
-        start = time.perf_counter()
         doc: dict = {"panel": {}, "rows": []}
         for spec in args.run:
             folder, _, audits = spec.partition("=")
@@ -252,7 +250,6 @@ def main() -> None:
             for name in audits.split(","):
                 doc["rows"].append(row_of(seed, name, read(demo, cfg, demo / name, members)))
                 print(f"models of seed {seed}, {name}: read", flush=True)
-        doc["seconds"] = time.perf_counter() - start
         record.write_text(json.dumps(doc, indent=1) + "\n")
     paste(HERE / "RESULTS.md", "readers-table", render(json.loads(record.read_text())))
 
