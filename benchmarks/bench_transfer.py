@@ -69,7 +69,8 @@ from medfair_audit.target import Target
 #: ``prompts`` (``"varied"``: tuned on ``demo.VARIED_TRAIN_PROMPTS``, the training prompts and
 #: eight free wordings, instead of ``demo.TRAIN_PROMPTS``), ``steps`` (instead of the demo's),
 #: ``select`` (the demo's choice of the kept weights: quick audits on ``demo.SELECTION_PROMPTS``,
-#: ``keep="best"``; without it a variant keeps its last weights and makes no quick audits),
+#: ``keep="best"``; ``"sites"``: on those and :data:`MIRRORED_SELECTION_PROMPTS`; without it a
+#: variant keeps its last weights and makes no quick audits),
 #: ``tuning`` (other :class:`~medfair_audit.config.RemediationConfig` settings than the demo's:
 #: ``T10…`` tune at T = 10 DDIM steps, the demo's default before it tuned at its audits' 25).
 VARIANTS: dict[str, dict] = {
@@ -83,6 +84,8 @@ VARIANTS: dict[str, dict] = {
     "T10-all-prompts-50": {"tuning": {"sampling_steps": 10, "prompts_per_step": 4}, "steps": 50},
     # every training prompt in each step, at the audits' T = 25, weights chosen as the default's
     "all-prompts-50": {"select": True, "tuning": {"prompts_per_step": 4}, "steps": 50},
+    # the default, its weights chosen on selection prompts of both sides (see audit_prompts_of)
+    "select-sites": {"select": "sites"},
     "varied-prompts": {"prompts": "varied"},
     "varied-prompts-250": {"prompts": "varied", "steps": 250},
     "eot": {"augment": 4},
@@ -105,9 +108,22 @@ def prompts_of(variant: dict) -> tuple[str, ...]:
     return VARIED_TRAIN_PROMPTS if variant.get("prompts") == "varied" else TRAIN_PROMPTS
 
 
+#: ``demo.SELECTION_PROMPTS`` with the tumour on the other side: the selection prompts name the
+#: training prompts' sites, the held-out prompts the mirrored ones (``select="sites"`` reads both).
+MIRRORED_SELECTION_PROMPTS = (
+    "FLAIR MR image of the brain in the axial plane, right frontal glioma.",
+    "Axial T2 MRI of the head demonstrating a left parietal glioma.",
+    "Glioma of the right temporal lobe, enhancing on axial T1 post-contrast brain MRI.",
+    "Axial T1 MRI of the brain: left occipital intra-axial glioma.",
+)
+
+
 def audit_prompts_of(variant: dict) -> tuple[str, ...]:
     """The prompts a variant's quick audits read (none: its training prompts)."""
-    return SELECTION_PROMPTS if variant.get("select") else ()
+    select = variant.get("select")
+    if select == "sites":
+        return SELECTION_PROMPTS + MIRRORED_SELECTION_PROMPTS
+    return SELECTION_PROMPTS if select else ()
 
 
 def guides_of(variant: dict) -> list[str]:
