@@ -1,5 +1,5 @@
-"""The reader-panel and generator benchmarks: the fold split their guides learn on, and the
-RESULTS tables as their committed records rendered."""
+"""The reader-panel, generator and demo-models benchmarks: the fold split the panel's guides
+learn on, and the README and RESULTS tables as their committed records rendered."""
 
 from __future__ import annotations
 
@@ -63,16 +63,17 @@ def test_fold_guides_learn_on_disjoint_thirds_of_the_training_subjects(tmp_path)
 
 
 @pytest.mark.parametrize(
-    ("name", "record", "marker"),
+    ("name", "record", "marker", "doc"),
     [
-        ("bench_readers", "readers.json", "readers-table"),
-        ("bench_generator", "generator.json", "generator-table"),
+        ("bench_readers", "readers.json", "readers-table", BENCH / "RESULTS.md"),
+        ("bench_generator", "generator.json", "generator-table", BENCH / "RESULTS.md"),
+        ("bench_models", "models.json", "models-table", BENCH / "RESULTS.md"),
+        ("bench_models", "models.json", "models-table", ROOT / "README.md"),
     ],
 )
-def test_results_tables_are_the_records_rendered(name, record, marker):
+def test_tables_are_the_records_rendered(name, record, marker, doc):
     bench = _bench(name)
-    doc = json.loads((BENCH / record).read_text())
-    assert _between(BENCH / "RESULTS.md", marker) == bench.render(doc)
+    assert _between(doc, marker) == bench.render(json.loads((BENCH / record).read_text()))
 
 
 def test_reader_panel_statistics_follow_from_the_readings():
