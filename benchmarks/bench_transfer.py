@@ -86,6 +86,8 @@ VARIANTS: dict[str, dict] = {
     "all-prompts-50": {"select": True, "tuning": {"prompts_per_step": 4}, "steps": 50},
     # the default, its weights chosen on selection prompts of both sides (see audit_prompts_of)
     "select-sites": {"select": "sites"},
+    # the default's tuning and choice of weights, tuned on the varied wordings
+    "varied-select": {"prompts": "varied", "select": True},
     "varied-prompts": {"prompts": "varied"},
     "varied-prompts-250": {"prompts": "varied", "steps": 250},
     "eot": {"augment": 4},
