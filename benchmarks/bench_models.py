@@ -73,13 +73,16 @@ def main(demo: Path, n: int) -> None:
     male = clf.groups.index("male")
     share = float((p_gen.argmax(1) == male).float().mean())
     real_share = float((p_real.argmax(1) == male).float().mean())
+    real_true = float(np.mean(real_ds.labels("sex") == np.array("male")))
     print(
         f"share classified male: generated {share:.3f}, real corpus test split "
-        f"{real_share:.3f} (true {np.mean(real_ds.labels('sex') == np.array('male')):.3f})"
+        f"{real_share:.3f} (true {real_true:.3f})"
     )
+    confidence = {"generated": float(p_gen.max(1).values.mean()),
+                  "real": float(p_real.max(1).values.mean())}  # fmt: skip
     print(
-        f"mean classifier confidence: generated {p_gen.max(1).values.mean():.3f}, "
-        f"real {p_real.max(1).values.mean():.3f}"
+        f"mean classifier confidence: generated {confidence['generated']:.3f}, "
+        f"real {confidence['real']:.3f}"
     )
     f_real = clf.features(real).numpy()
     half = len(f_real) // 2
@@ -92,6 +95,7 @@ def main(demo: Path, n: int) -> None:
         results[name] = kid
         print(f"KID(classifier features) {name} vs real: {kid:.4f} ± {sd:.4f}")
     kid, sd = kernel_inception_distance(f_real[:half], f_real[half:], subset_size=100)
+    results["real vs real"] = kid
     print(f"KID real vs real (floor): {kid:.4f} ± {sd:.4f}")
     out = demo / "models" / "samples.png"
     picked = gen[torch.arange(0, len(gen), max(1, len(gen) // 32))][:32]
@@ -100,9 +104,9 @@ def main(demo: Path, n: int) -> None:
     print(f"sample grid: {out}")
     doc = json.loads((demo / "demo.json").read_text())
     seed, stages = doc["config"]["seed"], doc["stages"]
-    t2i = DemoConfig(out=demo, seed=seed).t2i
+    cfg = DemoConfig(out=demo, seed=seed)
+    t2i = cfg.t2i
     by_sex = ev["by_group"]["sex"]
-    kid_real = kernel_inception_distance(f_real[:half], f_real[half:], subset_size=100)
     record = {
         "demo_seed": seed,
         "seconds": {k: stages[k]["seconds"] for k in ("clip", "t2medi", "classifier")},
@@ -116,13 +120,12 @@ def main(demo: Path, n: int) -> None:
         },
         "prompts": len(PROMPTS),
         "n_per_prompt": n,
-        "corpus_male_fraction": DemoConfig().corpus_male_fraction,
+        "corpus_male_fraction": cfg.corpus_male_fraction,
         "male_share_generated": share,
         "male_share_real_classified": real_share,
-        "male_share_real_true": float(np.mean(real_ds.labels("sex") == np.array("male"))),
-        "confidence": {"generated": float(p_gen.max(1).values.mean()),
-                       "real": float(p_real.max(1).values.mean())},
-        "kid": results | {"real vs real": kid_real[0]},
+        "male_share_real_true": real_true,
+        "confidence": confidence,
+        "kid": results,
         "images_per_second": len(gen) / seconds,
     }  # fmt: skip
     (HERE / "models.json").write_text(json.dumps(record, indent=2) + "\n")
