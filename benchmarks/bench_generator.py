@@ -26,10 +26,17 @@ from pathlib import Path
 
 import torch
 from _markers import paste
-from bench_transfer import VARIANTS, _audit, _config, _point, _remediate, row_of
+from bench_transfer import (
+    VARIANTS,
+    _audit,
+    _config,
+    _point,
+    _remediate,
+    fid_kid_at_common_n,
+    row_of,
+)
 
 from medfair_audit.config import T2IConfig, T2IJob
-from medfair_audit.metrics.results import common_size
 from medfair_audit.models.t2medi import train_t2i
 
 HERE = Path(__file__).resolve().parent
@@ -105,16 +112,6 @@ def _fid(row: dict) -> str:
     return f"{fid['mean']:.2f} ± {fid['sd']:.2f}" if fid else "–"
 
 
-def with_quality(rows: list[dict]) -> int:
-    """FID/KID of every row at one n all of them have (the audits' quality entries dropped)."""
-    n = common_size([r["quality"].get("overall") for r in rows])
-    for r in rows:
-        at = r.pop("quality")["overall"].at(n)
-        r["fid"] = at.fid.to_json() if at and at.fid else None
-        r["kid"] = at.kid.to_json() if at and at.kid else None
-    return n
-
-
 def render(doc: dict) -> str:
     """The RESULTS table of ``generator.json``."""
     lines = [
@@ -155,7 +152,9 @@ def main() -> None:
             work, seconds = trained_on(demo, args.extra)
             doc["rows"] += rows_of(work, f"UNet +{args.extra} steps", seconds)
             print(f"{demo}: done", flush=True)
-        doc["quality_n"] = with_quality(doc["rows"])
+        doc["quality_n"] = fid_kid_at_common_n(doc["rows"])
+        for r in doc["rows"]:
+            del r["quality"]  # the audits' entries; FID/KID at quality_n are kept
         record.write_text(json.dumps(doc, indent=1) + "\n")
     paste(HERE / "RESULTS.md", "generator-table", render(json.loads(record.read_text())))
 

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 from _markers import paste
+from bench_transfer import _male_shares
 
 from medfair_audit import AuditConfig, run_audit
 from medfair_audit.audit.result import AuditResult
@@ -152,8 +153,7 @@ def read(demo: Path, cfg: DemoConfig, audit: Path, members: dict[str, dict]) -> 
 
 def row_of(draw: int, audit: str, result: AuditResult) -> dict:
     """Every reader's PACC male share of one audit's images."""
-    shares = {"evaluator": result.share("male")}
-    shares |= {r.name: r.proportions["male"] for r in result.readers.readers}
+    shares = _male_shares(result)
     return {
         "draw": draw,
         "audit": audit,

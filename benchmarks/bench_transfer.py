@@ -464,15 +464,22 @@ def variant_summary(rows: list[dict], target: float) -> dict:
     return variants
 
 
-def summarise(rows: list[dict], *, steps: int, prompts_per_step: int) -> dict:
-    """The record: rows with FID/KID at one n all runs have, and a summary per variant."""
+def fid_kid_at_common_n(rows: list[dict]) -> int:
+    """Set each row's overall ``fid`` and ``kid`` at one n all rows have; that n."""
     n = common_size([r["quality"].get("overall") for r in rows])
-    groups = [g for g in rows[0]["quality"] if g != "overall"]
-    n_prdc = {g: prdc_size([r["quality"].get(g) for r in rows]) for g in groups}
     for r in rows:
         at = r["quality"]["overall"].at(n)
         r["fid"] = at.fid.to_json() if at and at.fid else None
         r["kid"] = at.kid.to_json() if at and at.kid else None
+    return n
+
+
+def summarise(rows: list[dict], *, steps: int, prompts_per_step: int) -> dict:
+    """The record: rows with FID/KID at one n all runs have, and a summary per variant."""
+    n = fid_kid_at_common_n(rows)
+    groups = [g for g in rows[0]["quality"] if g != "overall"]
+    n_prdc = {g: prdc_size([r["quality"].get(g) for r in rows]) for g in groups}
+    for r in rows:
         for g in groups:  # per-group recall and coverage (a group collapsed onto prototypes)
             pr = r["quality"][g].at(n_prdc[g])
             prdc = (pr.prdc if pr else None) or {}
