@@ -61,7 +61,7 @@ from medfair_audit.demo import (
 )
 from medfair_audit.metrics.results import Estimate, common_size, prdc_size
 from medfair_audit.metrics.results_json import estimate_from_json
-from medfair_audit.remediation import RemediationJob, remediate
+from medfair_audit.remediation import RemediationJob, RemediationResult, remediate
 from medfair_audit.target import Target
 
 #: Variant → how it guides: ``guide`` (the classifier aligned against, default the training
@@ -400,8 +400,8 @@ def demo_rows(folders: list[Path]) -> list[dict]:
         }
         row = row_of(_demo_name(variant["guide"]), doc["config"]["seed"], variant, audit, {})
         row["before_evaluator"] = AuditResult.load(folder / "before").share("male").to_json()
-        kept = tuned.get("kept_step", tuned["steps_done"])
-        last = next((a for a in tuned["audits"] if a["step"] == kept), tuned["audits"][-1])
+        fair = folder / "models" / "t2medi-fair"
+        last = RemediationResult(path=fair, data=tuned, seconds=tuned["seconds"]).final_audit
         row["quick_audit_male"] = {
             "share": (last.get("share_corrected") or last["share"])["male"],
             "n": last["n"],
