@@ -245,7 +245,7 @@ def estimate(
     reading = headline_reading(overall["proportions"])
     spread = dispersion(
         prompt_estimates, by_prompt, cfg.prompts, groups, target, reading=reading,
-        confidence=cfg.confidence,
+        confidence=cfg.confidence, heldout=loaded.heldout, n_boot=cfg.n_boot, seed=seed,
     )  # fmt: skip
     est = Estimates(
         data, stored, probs, overall, by_prompt, reading, spread, {}, None, None, None, None, []

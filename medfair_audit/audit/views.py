@@ -92,4 +92,11 @@ def summary_lines(result: AuditResult) -> list[str]:
     worst = result.dispersion.worst_prompt
     if worst and len(result.by_prompt) > 1:
         lines.append(f"worst prompt #{worst.index}: |gap| {worst.abs_gap.text('.1%')}")
+    if (spread := result.dispersion.over_prompts) is not None:
+        shares = ", ".join(f"{g} {spread.share(g).text('.1%')}" for g in result.groups)
+        sds = [v for v in spread.between_prompt_sd.values() if v is not None]
+        sd = f"; prompts' sd about {max(sds):.1%}" if sds else ""
+        lines.append(
+            f"over the wordings ({spread.prompts} prompts taken as a sample of them): {shares}{sd}"
+        )
     return lines

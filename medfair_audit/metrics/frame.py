@@ -44,6 +44,7 @@ __all__ = [
     "cell_tests",
     "dispersion",
     "holm_adjust",
+    "over_prompts",
     "proportions_entry",
     "shen_bias",
     "summarise",
@@ -279,11 +280,16 @@ def dispersion(
     *,
     reading: str,
     confidence: float = 0.95,
+    heldout: HeldOut | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """How prompts differ: Shen et al.'s per-prompt bias, mean and worst gap, homogeneity.
 
     Intervals of the mean and the worst prompt hold for all prompts at once (Bonferroni over
-    prompts), and come from each prompt's share region, so they can contain 0.
+    prompts), and come from each prompt's share region, so they can contain 0. With the
+    classifier's ``heldout`` set, ``over_prompts`` is the share over the wordings the prompts
+    were drawn from (:func:`over_prompts`; ``None`` where it does not apply).
     """
     target = np.asarray(target, dtype=np.float64)
     k, n_prompts = len(groups), len(prompts)
@@ -350,9 +356,95 @@ def dispersion(
         "mean_abs_gap": mean_entry(gaps, gap_ranges),
         "worst_prompt": {"index": worst_i, "prompt": prompts[worst_i], "abs_gap": worst_gap},
         "homogeneity": homogeneity,
+        "over_prompts": over_prompts(
+            estimates,
+            groups,
+            reading=reading,
+            heldout=heldout,
+            confidence=confidence,
+            n_boot=n_boot,
+            seed=seed,
+        ),
         "note": f"{reading} reading; |gap| = largest |share − target| over groups; the mean and "
         "worst-prompt intervals hold jointly over prompts (Bonferroni)",
     }
+
+
+def over_prompts(
+    estimates: Sequence[ShareEstimates],
+    groups: Sequence[str],
+    *,
+    reading: str,
+    heldout: HeldOut | None,
+    confidence: float = 0.95,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any] | None:
+    """The share over the wordings the prompts stand for, with prompts as a random sample.
+
+    The audit's pooled share holds for *these* prompts. When the prompts are a few of the many
+    ways a user could word the same request, which ones were picked moves the reading too, and
+    prompts often differ by more than the images of one prompt do. This estimates the mean of
+    the per-prompt true shares over the population of wordings the prompts were drawn from:
+    the mean of the prompts' corrected shares, with a Student-t interval (``k − 1`` degrees of
+    freedom) whose variance is the prompts' sample variance over ``k`` (the spread between
+    prompts and within them) plus the variance shared by every prompt through the classifier's
+    held-out matrix (the prompts' shares recomputed under ``n_boot`` resampled matrices).
+
+    Only for a corrected reading with a held-out set (``acc``, ``pacc``) and at least two
+    prompts, every one identifiable; else ``None``. A mean outside ``[0, 1]`` is reported as a
+    bound (censored), not a value.
+    """
+    k = len(estimates)
+    if k < 2 or heldout is None or reading not in ("acc", "pacc"):
+        return None
+    if not all(e.identifiable and reading in e.point for e in estimates):
+        return None
+    soft = reading == "pacc"
+    points = np.stack([np.asarray(e.point[reading], dtype=np.float64) for e in estimates])
+    observed = np.stack([_observed(e, soft) for e in estimates])  # (k, K)
+    mats = heldout.resample(np.random.default_rng(seed), n_boot, soft=soft)  # (B, K, K)
+    # q·M = observed for each resampled M: the prompts' shares move together with the matrix
+    shared = observed[None] @ np.linalg.pinv(mats)  # (B, k, K)
+    calib_var = shared.mean(1).var(0, ddof=1)
+    mean, var = points.mean(0), points.var(0, ddof=1)
+    within = np.array(
+        [
+            e.samples[reading].var(0, ddof=1) if e.samples.get(reading) is not None else np.nan
+            for e in estimates
+        ]
+    ).mean(0)
+    half = stats.t.ppf(0.5 + confidence / 2, k - 1) * np.sqrt(var / k + calib_var)
+    shares: dict[str, Any] = {}
+    for g, m, h in zip(groups, mean, half, strict=True):
+        ci = [float(max(m - h, 0.0)), float(min(m + h, 1.0))]
+        entry: dict[str, Any] = {"value": float(m), "ci": ci}
+        if m > 1 or m < 0:
+            side = "above" if m > 1 else "below"
+            bound = {"at_least": ci[0]} if side == "above" else {"at_most": ci[1]}
+            entry = {"value": None, "ci": ci, "censored": side, "bound": bound}
+        shares[g] = entry
+    between = np.sqrt(np.clip(var - within, 0, None))
+    return {
+        "reading": reading,
+        "prompts": k,
+        "shares": shares,
+        "between_prompt_sd": {
+            g: None if np.isnan(b) else float(b) for g, b in zip(groups, between, strict=True)
+        },
+        "method": f"mean of the prompts' {reading} shares; Student-t interval with {k - 1} "
+        "degrees of freedom on the prompts' variance / k plus the held-out matrix's shared "
+        "variance",
+        "note": "prompts taken as a random sample of wordings: the interval holds for the mean "
+        "over the wordings they were drawn from, not only for these prompts",
+    }
+
+
+def _observed(est: ShareEstimates, soft: bool) -> np.ndarray:
+    """What a corrected reading inverts: the mean probability (PACC) or the label shares (ACC)."""
+    if soft:
+        return np.asarray(est.probs, dtype=np.float64).mean(0)
+    return np.asarray(est.counts, dtype=np.float64) / max(est.n, 1)
 
 
 def cell_tests(

@@ -31,6 +31,7 @@ __all__ = [
     "IndependenceTest",
     "Joint",
     "JointCell",
+    "OverPrompts",
     "PromptSummary",
     "Quality",
     "QualityAtN",
@@ -265,6 +266,30 @@ class Homogeneity:
 
 
 @dataclass(frozen=True, kw_only=True)
+class OverPrompts:
+    """The share over the wordings the prompts were drawn from (prompts as a random sample).
+
+    Attributes:
+        shares: Group → mean of the prompts' corrected shares, with a Student-t interval that
+            carries the spread between prompts and the held-out matrix's shared error.
+        between_prompt_sd: Group → the sd of the prompts' true shares (estimated: their shares'
+            variance less the mean within-prompt bootstrap variance).
+        prompts: How many prompts the mean is over.
+    """
+
+    reading: str
+    prompts: int
+    shares: dict[str, Estimate]
+    between_prompt_sd: dict[str, float | None]
+    method: str = ""
+    note: str = ""
+
+    def share(self, group: str) -> Estimate:
+        """One group's share over the wordings."""
+        return self.shares[group]
+
+
+@dataclass(frozen=True, kw_only=True)
 class Dispersion:
     """How the prompts spread around the target (in one reading).
 
@@ -279,6 +304,7 @@ class Dispersion:
     shen_bias: Estimate | None = None
     shen_bias_definition: str = ""
     homogeneity: Homogeneity | None = None
+    over_prompts: OverPrompts | None = None
     note: str = ""
 
 

@@ -26,6 +26,7 @@ from .results import (
     IndependenceTest,
     Joint,
     JointCell,
+    OverPrompts,
     PromptSummary,
     Quality,
     QualityAtN,
@@ -411,6 +412,20 @@ def dispersion_from_json(d: dict[str, Any], reading: str) -> Dispersion:
         )
         if hom
         else None,
+        over_prompts=_over_prompts(d.get("over_prompts")),
+        note=d.get("note", ""),
+    )
+
+
+def _over_prompts(d: dict[str, Any] | None) -> OverPrompts | None:
+    if not d:
+        return None
+    return OverPrompts(
+        reading=d["reading"],
+        prompts=d["prompts"],
+        shares={g: estimate_from_json(e) for g, e in d["shares"].items()},
+        between_prompt_sd=dict(d.get("between_prompt_sd") or {}),
+        method=d.get("method", ""),
         note=d.get("note", ""),
     )
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .estimates import DEFAULT_READING, DISTANCES, HeldOut, _distance_functions, estimate_shares
-from .frame import dispersion, summarise
+from .frame import dispersion, over_prompts, summarise
 from .functional import DEFAULT_SMOOTHING
 from .paired import paired_change
 
@@ -33,6 +33,7 @@ __all__ = [
     "joint_coverage_study",
     "paired_study",
     "sequential_study",
+    "wording_study",
 ]
 
 
@@ -289,6 +290,67 @@ def dispersion_study(
         "mean_abs_gap_coverage": float(np.mean(mean_hits)),
         "worst_prompt_coverage": float(np.mean(worst_hits)),
         "homogeneity_rejection": float(np.mean(rejected)),
+    }
+
+
+def wording_study(
+    *,
+    male_share: float,
+    between_sd: float,
+    prompts: int,
+    n_per_prompt: int,
+    reps: int,
+    per_group: int = 200,
+    n_boot: int = 200,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Coverage of :func:`~medfair_audit.metrics.frame.over_prompts` with known truth.
+
+    Each replication draws a held-out set, then ``prompts`` wordings whose true male shares
+    come from a beta distribution with mean ``male_share`` and sd ``between_sd`` (every prompt
+    the same share when 0), and ``n_per_prompt`` images of each. The estimand is the
+    population mean ``male_share``, not the mean of the drawn prompts. Also returns how often
+    the interval of the pooled share of the same images (which treats the prompts as fixed)
+    covers it.
+    """
+    clf = SimulatedClassifier()
+    rng = np.random.default_rng(seed)
+    if between_sd > 0:
+        nu = male_share * (1 - male_share) / between_sd**2 - 1
+        a, b = male_share * nu, (1 - male_share) * nu
+    hits, pooled_hits, widths, sds = [], [], [], []
+    for rep in range(reps):
+        held = clf.heldout(rng, per_group)
+        shares = rng.beta(a, b, prompts) if between_sd > 0 else np.full(prompts, male_share)
+        draws = [_draw(rng, clf, q, n_per_prompt) for q in shares]
+        ests = [
+            estimate_shares(x, held, n_boot=n_boot, seed=rep * 1000 + p)
+            for p, x in enumerate(draws)
+        ]
+        out = over_prompts(
+            ests, ["female", "male"], reading=DEFAULT_READING, heldout=held,
+            confidence=confidence, n_boot=n_boot, seed=rep,
+        )  # fmt: skip
+        male = out["shares"]["male"]
+        hits.append(_covers(male, male_share))
+        widths.append(male["ci"][1] - male["ci"][0])
+        sds.append(out["between_prompt_sd"]["male"])
+        pooled = summarise(
+            np.concatenate(draws), ["female", "male"], np.array([0.42, 0.58]), heldout=held,
+            n_boot=n_boot, seed=rep,
+        )  # fmt: skip
+        pooled_hits.append(_covers(pooled["proportions"][DEFAULT_READING]["male"], male_share))
+    return {
+        "male_share": male_share,
+        "between_sd": between_sd,
+        "prompts": prompts,
+        "n_per_prompt": n_per_prompt,
+        "reps": reps,
+        "coverage": float(np.mean(hits)),
+        "pooled_coverage": float(np.mean(pooled_hits)),
+        "mean_width": float(np.mean(widths)),
+        "mean_between_sd": float(np.mean(sds)),
     }
 
 

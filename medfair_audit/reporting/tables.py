@@ -220,6 +220,11 @@ def headline_rows(columns: Sequence[AuditColumn]) -> list[dict[str, Any]]:
             "share",
             [_cell(c.result.overall.share(g, "raw")) for c in columns],
         )
+    spreads = [c.result.dispersion.over_prompts for c in columns]
+    for g in groups if any(spreads) else ():
+        cells = [_cell(s.share(g) if s else None) for s in spreads]
+        label = f"{g} share over the wordings (prompts as a sample of them)"
+        add(label, "share", cells, first.target.get(g))
     dist = [c.result.overall.distances.get(reading) for c in columns]
     add(
         f"KL(target‖generated), {name}",

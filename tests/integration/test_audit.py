@@ -72,6 +72,8 @@ def test_audit_outputs_and_invariants(audited, small_phantom):
     assert sum(a["counts"].values()) == 12
     assert [p["n"] for p in a["by_prompt"]] == [6, 6]
     assert a["dispersion"]["worst_prompt"]["index"] in (0, 1)
+    # the tiny classifier's shares are not identifiable: no share over the wordings either
+    assert not a["identifiable"] and a["dispersion"]["over_prompts"] is None
     assert set(a["quality"]["by_group"]) == {"female", "male", "overall"}
     overall = a["quality"]["by_group"]["overall"]
     assert overall["n_reference"] == 60 and overall["n_generated"] == 12

@@ -16,7 +16,7 @@ from medfair_audit.metrics.estimates import (
     sample_size,
     share_intervals,
 )
-from medfair_audit.metrics.frame import dispersion, summarise
+from medfair_audit.metrics.frame import dispersion, over_prompts, summarise
 from medfair_audit.metrics.functional import (
     MAX_CONDITION,
     adjusted_count,
@@ -31,6 +31,7 @@ from medfair_audit.metrics.simulate import (
     coverage_study,
     dispersion_study,
     paired_study,
+    wording_study,
 )
 
 GROUPS = ["female", "male"]
@@ -284,6 +285,85 @@ def test_dispersion_matches_scipy_and_contains_zero_on_target():
     assert d["mean_abs_gap"]["ci"][0] == 0.0
     r = dispersion_study(male_share=0.9, n_per_prompt=64, prompts=3, reps=40, n_boot=300)
     assert r["mean_abs_gap_coverage"] >= 0.85 and r["worst_prompt_coverage"] >= 0.85
+
+
+def test_over_prompts_is_the_prompts_mean_with_scipys_t_interval_when_the_matrix_is_exact():
+    """With a held-out set so large that the matrix's error vanishes, the share over the
+    wordings is the mean of the prompts' PACC shares and its interval scipy's t interval."""
+    held = _held(per_group=100_000)
+    ests = [
+        estimate_shares(_generated(q, 200, seed=30 + i), held, n_boot=200, seed=i)
+        for i, q in enumerate((0.4, 0.55, 0.7, 0.62, 0.5))
+    ]
+    out = over_prompts(ests, GROUPS, reading="pacc", heldout=held, n_boot=200)
+    points = np.array([e.point["pacc"][1] for e in ests])
+    male = out["shares"]["male"]
+    assert male["value"] == pytest.approx(points.mean())
+    lo, hi = stats.t.interval(0.95, len(points) - 1, loc=points.mean(), scale=stats.sem(points))
+    assert male["ci"] == pytest.approx([lo, hi], abs=2e-3)
+    assert out["shares"]["female"]["value"] == pytest.approx(1 - points.mean())
+    # the prompts truly differ (0.4 to 0.7): their sd is seen through the images' noise
+    assert 0.06 < out["between_prompt_sd"]["male"] < 0.2
+    # one prompt, no held-out set, or a reading without a matrix: not estimated
+    assert over_prompts(ests[:1], GROUPS, reading="pacc", heldout=held) is None
+    assert over_prompts(ests, GROUPS, reading="pacc", heldout=None) is None
+    assert over_prompts(ests, GROUPS, reading="raw", heldout=held) is None
+
+
+def test_dispersion_carries_the_share_over_wordings_and_it_round_trips():
+    from medfair_audit.metrics.results_json import dispersion_from_json
+
+    held = _held()
+    probs = [_generated(q, 120, seed=60 + i) for i, q in enumerate((0.5, 0.7, 0.6))]
+    ests = [estimate_shares(p, held, n_boot=100, seed=i) for i, p in enumerate(probs)]
+    sums = [
+        summarise(p, GROUPS, TARGET, heldout=held, estimates=e)
+        for p, e in zip(probs, ests, strict=True)
+    ]
+    d = dispersion(ests, sums, ["a", "b", "c"], GROUPS, TARGET, reading="pacc", heldout=held)
+    assert d["over_prompts"] == over_prompts(ests, GROUPS, reading="pacc", heldout=held)
+    assert (
+        dispersion(ests, sums, ["a", "b", "c"], GROUPS, TARGET, reading="pacc")["over_prompts"]
+        is None
+    )  # without the held-out set
+    loaded = dispersion_from_json(d, "pacc").over_prompts
+    male = d["over_prompts"]["shares"]["male"]
+    assert loaded.prompts == 3 and loaded.share("male").value == male["value"]
+    assert list(loaded.share("male").ci) == male["ci"]
+    assert loaded.between_prompt_sd == d["over_prompts"]["between_prompt_sd"]
+
+
+def test_over_prompts_adds_the_matrix_error_every_prompt_shares_and_reports_a_bound():
+    small, large = _held(per_group=40), _held(per_group=100_000)
+    probs = [_generated(0.58, 300, seed=40 + i) for i in range(6)]
+    widths = []
+    for held in (small, large):
+        ests = [estimate_shares(p, held, n_boot=100, seed=i) for i, p in enumerate(probs)]
+        ci = over_prompts(ests, GROUPS, reading="pacc", heldout=held)["shares"]["male"]["ci"]
+        widths.append(ci[1] - ci[0])
+    assert widths[0] > widths[1]
+    # every prompt drawn all male: the mean leaves the simplex and is a bound, not a value
+    held = _held(per_group=60)
+    ests = [estimate_shares(_generated(1.0, 200, seed=50 + i), held, n_boot=50) for i in range(4)]
+    assert np.mean([e.point["pacc"][1] for e in ests]) > 1
+    male = over_prompts(ests, GROUPS, reading="pacc", heldout=held)["shares"]["male"]
+    assert male["value"] is None and male["censored"] == "above"
+    assert male["bound"]["at_least"] == male["ci"][0] and male["ci"][1] == 1.0
+
+
+@pytest.mark.parametrize("between_sd", [0.0, 0.15])
+def test_the_share_over_wordings_covers_the_population_mean_where_the_pooled_share_does_not(
+    between_sd,
+):
+    """Known truth: prompts' true shares drawn around 0.58. The t interval covers the mean over
+    wordings at its level; the pooled interval (prompts fixed) falls short once prompts differ."""
+    r = wording_study(
+        male_share=0.58, between_sd=between_sd, prompts=6, n_per_prompt=48, reps=150, n_boot=60
+    )
+    assert r["coverage"] >= 0.9
+    if between_sd:
+        assert r["pooled_coverage"] < 0.85 < r["coverage"]
+        assert r["mean_between_sd"] == pytest.approx(between_sd, abs=0.04)
 
 
 def test_paired_change_matches_statsmodels_mcnemar_and_covers():
