@@ -56,6 +56,8 @@ from medfair_audit.demo import (
     SELECTION_PROMPTS,
     TRAIN_PROMPTS,
     VARIED_TRAIN_PROMPTS,
+    WORDING_SELECTION_PROMPTS,
+    WORDING_TRAIN_PROMPTS,
     DemoConfig,
     run_demo,
 )
@@ -67,10 +69,12 @@ from medfair_audit.target import Target
 #: Variant → how it guides: ``guide`` (the classifier aligned against, default the training
 #: classifier), ``ensemble`` (more guides, each one's loss averaged), ``augment`` (EOT views),
 #: ``prompts`` (``"varied"``: tuned on ``demo.VARIED_TRAIN_PROMPTS``, the training prompts and
-#: eight free wordings, instead of ``demo.TRAIN_PROMPTS``), ``steps`` (instead of the demo's),
+#: eight free wordings, instead of ``demo.TRAIN_PROMPTS``; ``"wordings"``: on
+#: ``demo.WORDING_TRAIN_PROMPTS``, 150 wordings), ``steps`` (instead of the demo's),
 #: ``select`` (the demo's choice of the kept weights: quick audits on ``demo.SELECTION_PROMPTS``,
-#: ``keep="best"``; ``"sites"``: on those and :data:`MIRRORED_SELECTION_PROMPTS`; without it a
-#: variant keeps its last weights and makes no quick audits),
+#: ``keep="best"``; ``"sites"``: on those and :data:`MIRRORED_SELECTION_PROMPTS`; ``"wordings"``:
+#: on ``demo.WORDING_SELECTION_PROMPTS``; without it a variant keeps its last weights and makes
+#: no quick audits),
 #: ``tuning`` (other :class:`~medfair_audit.config.RemediationConfig` settings than the demo's:
 #: ``T10…`` tune at T = 10 DDIM steps, the demo's default before it tuned at its audits' 25).
 VARIANTS: dict[str, dict] = {
@@ -89,6 +93,9 @@ VARIANTS: dict[str, dict] = {
     # the default's tuning and choice of weights, tuned on the varied wordings
     "varied-select": {"prompts": "varied", "select": True},
     "varied-prompts": {"prompts": "varied"},
+    # tuned on 150 wordings (one a step), weights chosen on 8 more of the same spread
+    # (32 images each: the default's 256 a quick audit)
+    "wordings": {"prompts": "wordings", "select": "wordings", "tuning": {"audit_images": 32}},
     "varied-prompts-250": {"prompts": "varied", "steps": 250},
     "eot": {"augment": 4},
     "ensemble": {"ensemble": ("classifier-b", "classifier-robust")},
@@ -107,7 +114,9 @@ HERE = Path(__file__).resolve().parent
 
 def prompts_of(variant: dict) -> tuple[str, ...]:
     """The prompts a variant tunes on."""
-    return VARIED_TRAIN_PROMPTS if variant.get("prompts") == "varied" else TRAIN_PROMPTS
+    return {"varied": VARIED_TRAIN_PROMPTS, "wordings": WORDING_TRAIN_PROMPTS}.get(
+        variant.get("prompts", ""), TRAIN_PROMPTS
+    )
 
 
 #: ``demo.SELECTION_PROMPTS`` with the tumour on the other side: the selection prompts name the
@@ -125,6 +134,8 @@ def audit_prompts_of(variant: dict) -> tuple[str, ...]:
     select = variant.get("select")
     if select == "sites":
         return SELECTION_PROMPTS + MIRRORED_SELECTION_PROMPTS
+    if select == "wordings":
+        return WORDING_SELECTION_PROMPTS
     return SELECTION_PROMPTS if select else ()
 
 

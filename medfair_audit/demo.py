@@ -462,6 +462,64 @@ HELD_OUT_PROMPTS = (
     "Axial MR of the head, T1-weighted: intra-axial tumour of the left occipital lobe.",
 )
 
+# Parts of free wordings of the same clinical content (sequence, lesion, site, sentence
+# pattern): :func:`prompt_wordings` combines them into many prompts a user might type, for
+# tuning on a spread of wordings and choosing the kept weights on others of the same spread.
+# No pattern is a held-out prompt's, and no combination is a held-out prompt.
+_SEQUENCES = (
+    "FLAIR", "T2-weighted", "T2", "T1-weighted", "contrast-enhanced T1-weighted",
+    "post-contrast T1", "gadolinium-enhanced T1",
+)  # fmt: skip
+_LESIONS = (
+    "glioma", "high-grade glioma", "low-grade glioma", "glioblastoma", "tumour", "mass",
+    "intra-axial mass", "infiltrative lesion",
+)  # fmt: skip
+_SITES = tuple(
+    (side, lobe)
+    for side in ("left", "right")
+    for lobe in ("frontal", "parietal", "temporal", "occipital")
+)
+_PATTERNS = (
+    "Axial {seq} MRI of the brain with {a} {lesion} in the {side} {lobe} lobe.",
+    "{Seq} axial brain MRI: {lesion}, {side} {lobe} lobe.",
+    "Brain MR, axial {seq} image, showing a {side} {lobe} {lesion}.",
+    "Axial {seq} image of the head: {lesion} of the {side} {lobe} lobe.",
+    "MRI of the brain, axial {seq}, demonstrating {a} {lesion} in the {side} {lobe} lobe.",
+    "{Lesion} in the {side} {lobe} lobe on an axial {seq} brain MRI.",
+    "Axial {seq} MR of the brain, {side} {lobe} {lesion}.",
+    "Head MRI in the axial plane, {seq}: {a} {lesion} of the {side} {lobe} lobe.",
+)
+
+
+def prompt_wordings(n: int, *, seed: int, exclude: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """``n`` distinct sex-neutral glioma prompts drawn from the wording parts above.
+
+    The same ``seed`` gives the same prompts; none is in ``exclude`` or :data:`HELD_OUT_PROMPTS`.
+    """
+    import random
+
+    rng = random.Random(seed)
+    banned = set(exclude) | set(HELD_OUT_PROMPTS)
+    out: list[str] = []
+    while len(out) < n:
+        seq, lesion = rng.choice(_SEQUENCES), rng.choice(_LESIONS)
+        side, lobe = rng.choice(_SITES)
+        text = rng.choice(_PATTERNS).format(
+            seq=seq, Seq=seq[0].upper() + seq[1:], lesion=lesion,
+            Lesion=lesion[0].upper() + lesion[1:], side=side, lobe=lobe,
+            a="an" if lesion[0] in "aeiou" else "a",
+        )  # fmt: skip
+        if text not in banned:
+            banned.add(text)
+            out.append(text)
+    return tuple(out)
+
+
+#: Tuning prompts of many wordings (one per step of the demo's tuning) and selection prompts
+#: of the same spread, none of them a tuning or a held-out prompt.
+WORDING_TRAIN_PROMPTS = prompt_wordings(150, seed=0)
+WORDING_SELECTION_PROMPTS = prompt_wordings(8, seed=1, exclude=WORDING_TRAIN_PROMPTS)
+
 
 # Report columns: audit folder → label. The evaluator's pair first (the headline), then the
 # training classifier's reading of the same images.

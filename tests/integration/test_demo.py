@@ -351,3 +351,31 @@ def test_stage_records_cpu_time_and_the_table_gives_cores_kept_busy(tmp_path):
     assert table[-1] == "| **all stages** | **2.5 min** | 1.5 cores | |"
     del stages["b"]["cpu_seconds"]
     assert stage_table(stages)[0] == "| stage | wall time | ran |"
+
+
+def test_prompt_wordings_are_a_reproducible_spread_apart_from_every_audit_prompt():
+    """The wording grammar gives the same distinct prompts for a seed, never a held-out,
+    selection or excluded prompt, names no sex, and spreads over every site and sequence."""
+    from medfair_audit.demo import (
+        HELD_OUT_PROMPTS,
+        SELECTION_PROMPTS,
+        WORDING_SELECTION_PROMPTS,
+        WORDING_TRAIN_PROMPTS,
+        prompt_wordings,
+    )
+
+    assert prompt_wordings(40, seed=3) == prompt_wordings(40, seed=3) != prompt_wordings(40, seed=4)
+    assert len(set(WORDING_TRAIN_PROMPTS)) == len(WORDING_TRAIN_PROMPTS) == 150
+    assert not set(WORDING_SELECTION_PROMPTS) & set(WORDING_TRAIN_PROMPTS)
+    audits = set(HELD_OUT_PROMPTS) | set(SELECTION_PROMPTS)
+    assert not (set(WORDING_TRAIN_PROMPTS) | set(WORDING_SELECTION_PROMPTS)) & audits
+    some = prompt_wordings(20, seed=5)
+    assert not set(prompt_wordings(30, seed=5, exclude=some)) & set(some)
+    words = {w for p in WORDING_TRAIN_PROMPTS for w in re.findall(r"[a-z]+", p.lower())}
+    assert not words & {"male", "female", "man", "woman", "men", "women", "boy", "girl"}
+    for side in ("left", "right"):
+        for lobe in ("frontal", "parietal", "temporal", "occipital"):
+            assert any(f"{side} {lobe}" in p for p in WORDING_TRAIN_PROMPTS), (side, lobe)
+    for seq in ("FLAIR", "T2", "T1"):
+        assert any(seq in p for p in WORDING_TRAIN_PROMPTS), seq
+    assert not any(re.search(r"\ba [aeiou]", p) for p in WORDING_TRAIN_PROMPTS)
