@@ -1,5 +1,6 @@
-"""The reader-panel, generator and demo-models benchmarks: the fold split the panel's guides
-learn on, and the README and RESULTS tables as their committed records rendered."""
+"""The reader-panel, generator, demo-models and wordings benchmarks: the fold split the panel's
+guides learn on, the wordings the record audited, and the README and RESULTS tables as their
+committed records rendered."""
 
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ def test_fold_guides_learn_on_disjoint_thirds_of_the_training_subjects(tmp_path)
         ("bench_generator", "generator.json", "generator-table", BENCH / "RESULTS.md"),
         ("bench_models", "models.json", "models-table", BENCH / "RESULTS.md"),
         ("bench_models", "models.json", "models-table", ROOT / "README.md"),
+        ("bench_wordings", "wordings.json", "wordings-table", BENCH / "RESULTS.md"),
     ],
 )
 def test_tables_are_the_records_rendered(name, record, marker, doc):
@@ -89,3 +91,25 @@ def test_reader_panel_statistics_follow_from_the_readings():
         lo, hi = stats["range"]
         assert lo == min(values.values()) and hi == max(values.values())
         assert stats["resnet_range"][0] >= lo and stats["resnet_range"][1] <= hi
+
+
+def test_the_wordings_record_audits_todays_wordings_none_a_tuning_or_audit_prompt():
+    from medfair_audit.demo import (
+        HELD_OUT_PROMPTS,
+        SELECTION_PROMPTS,
+        TRAIN_PROMPTS,
+        WORDING_SELECTION_PROMPTS,
+        WORDING_TRAIN_PROMPTS,
+    )
+
+    bench = _bench("bench_wordings")
+    doc = json.loads((BENCH / "wordings.json").read_text())
+    assert doc["wordings"] == list(bench.AUDIT_WORDINGS) and len(set(doc["wordings"])) == 16
+    used = {*HELD_OUT_PROMPTS, *SELECTION_PROMPTS, *TRAIN_PROMPTS, *WORDING_TRAIN_PROMPTS}
+    assert not set(doc["wordings"]) & (used | set(WORDING_SELECTION_PROMPTS))
+    for row in doc["rows"]:
+        for side, k in (("held_out", len(HELD_OUT_PROMPTS)), ("wordings", 16)):
+            over = row[side]["over"]
+            assert over["prompts"] == k
+            lo, hi = over["share"]["ci"]
+            assert lo <= (over["share"]["value"] or lo) <= hi
