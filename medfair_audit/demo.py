@@ -806,6 +806,9 @@ def _audit(
         # shards record how their pixels were drawn (``images_from``): an audit finished
         # before runs again once, reusing its shards, and records it
         "shards": 2,
+        # the share over the wordings (``dispersion.over_prompts``): an audit finished before
+        # it runs again once from its shards
+        "statistics": 2,
     }
     if readers:
         settings["readers"] = [p.name for p in readers]
