@@ -152,26 +152,37 @@ def _audit(
     *,
     steps: int | None = None,
     quality: bool = True,
+    prompts: tuple[str, ...] = HELD_OUT_PROMPTS,
+    n_per_prompt: int = N_PER_PROMPT,
 ) -> AuditResult:
     """The held-out audit by the evaluator and every reader (reused when ``out`` has it).
 
     ``steps``: DDIM steps of the images (default the demo's audits'); ``quality``: with FID/KID
-    against the target set's real test images.
+    against the target set's real test images; ``prompts`` and ``n_per_prompt``: other prompts
+    than the held-out ones. An audit of the same images written before the audit gave the share
+    over the wordings has its statistics recomputed from its stored images.
     """
     generation = dataclasses.replace(
         cfg.audit_generation,
-        n_per_prompt=N_PER_PROMPT,
+        n_per_prompt=n_per_prompt,
         steps=steps or cfg.audit_generation.steps,
     )
     done = out / "audit.json"
-    made = json.loads(done.read_text())["config"] if done.is_file() else {}
-    if (made.get("n_per_prompt"), made.get("steps")) != (N_PER_PROMPT, generation.steps):
+    made = json.loads(done.read_text()) if done.is_file() else {"config": {}, "dispersion": {}}
+    drawn = made["config"]
+    same = (drawn.get("n_per_prompt"), drawn.get("steps"), drawn.get("prompts")) == (
+        n_per_prompt,
+        generation.steps,
+        list(prompts),
+    )
+    if not same or "over_prompts" not in made["dispersion"]:
+        # overwrite keeps the stored images: an audit of the same settings resumes from them
         run_audit(
             AuditConfig(
                 checkpoint=checkpoint,
                 classifier=demo / "models" / "evaluator",
                 readers=tuple(demo / "models" / r for r in cfg.readers),
-                prompts=HELD_OUT_PROMPTS,
+                prompts=prompts,
                 target=Target.load(demo / "target.json"),
                 out=out,
                 generation=generation,

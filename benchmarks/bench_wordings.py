@@ -13,9 +13,9 @@ reader's pooled shares of the 16. Writes ``benchmarks/wordings.json`` and the ta
 ``wordings-table`` markers of ``benchmarks/RESULTS.md``.
 
 The held-out audits are ``bench_transfer.py``'s (``transfer/audit-biased`` for the biased model,
-``transfer/<variant>-s<seed>/audit`` for a remediated one); one written before the audit gave
-the share over the wordings has its statistics recomputed from its stored images (no image is
-drawn again).
+``transfer/<variant>-s<seed>/audit`` for a remediated one, through its ``_audit``); one written
+before the audit gave the share over the wordings has its statistics recomputed from its stored
+images (no image is drawn again).
 
 Run: .venv/bin/python benchmarks/bench_wordings.py
         --run reports/demo=biased,single-s0,wordings-s0
@@ -26,7 +26,6 @@ Run: .venv/bin/python benchmarks/bench_wordings.py
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
@@ -34,7 +33,6 @@ import torch
 from _markers import paste
 from bench_transfer import _audit, _config, _male_shares, _point
 
-from medfair_audit import AuditConfig, run_audit
 from medfair_audit.audit.result import AuditResult
 from medfair_audit.demo import (
     HELD_OUT_PROMPTS,
@@ -43,7 +41,6 @@ from medfair_audit.demo import (
     DemoConfig,
     prompt_wordings,
 )
-from medfair_audit.target import Target
 
 HERE = Path(__file__).resolve().parent
 #: The wordings each model is audited on, and images per wording.
@@ -62,42 +59,10 @@ def model_of(demo: Path, name: str) -> tuple[Path, Path]:
 
 def audit_wordings(demo: Path, cfg: DemoConfig, checkpoint: Path, out: Path) -> AuditResult:
     """The model on :data:`AUDIT_WORDINGS` by the evaluator and the demo's readers (reused)."""
-    done = out / "audit.json"
-    if done.is_file():
-        made = json.loads(done.read_text())
-        fresh = made["dispersion"].get("over_prompts") is not None
-        same = (made["config"]["prompts"], made["config"]["n_per_prompt"]) == (
-            list(AUDIT_WORDINGS),
-            N_PER_WORDING,
-        )
-        if same and fresh:
-            return AuditResult.load(out)
-        if same:
-            done.unlink()  # statistics again from the stored images
-    run_audit(
-        AuditConfig(
-            checkpoint=checkpoint,
-            classifier=demo / "models" / "evaluator",
-            readers=tuple(demo / "models" / r for r in cfg.readers),
-            prompts=AUDIT_WORDINGS,
-            target=Target.load(demo / "target.json"),
-            out=out,
-            generation=dataclasses.replace(cfg.audit_generation, n_per_prompt=N_PER_WORDING),
-            overwrite=True,  # keeps stored images: an audit of the same settings resumes
-        )
-    )
-    return AuditResult.load(out)
-
-
-def refresh(demo: Path, cfg: DemoConfig, checkpoint: Path, audit: Path) -> AuditResult:
-    """A held-out audit with the share over the wordings (recomputed from its stored images)."""
-    result = AuditResult.load(audit)
-    if result.dispersion.over_prompts is not None:
-        return result
-    if list(result.settings.prompts) != list(HELD_OUT_PROMPTS):
-        raise SystemExit(f"{audit} is not an audit of demo.HELD_OUT_PROMPTS")
-    (audit / "audit.json").unlink()  # bench_transfer's audit then resumes from the shards
-    return _audit(demo, checkpoint, audit, cfg)
+    return _audit(
+        demo, checkpoint, out, cfg, quality=False, prompts=AUDIT_WORDINGS,
+        n_per_prompt=N_PER_WORDING,
+    )  # fmt: skip
 
 
 def _estimate(e) -> dict:
@@ -198,7 +163,7 @@ def main() -> None:
             cfg = _config(demo)
             for name in names.split(","):
                 checkpoint, held_out = model_of(demo, name)
-                held = refresh(demo, cfg, checkpoint, held_out)
+                held = _audit(demo, checkpoint, held_out, cfg)
                 words = audit_wordings(
                     demo, cfg, checkpoint, demo / "transfer" / "wordings-audit" / name
                 )
