@@ -807,8 +807,9 @@ def _audit(
         # before runs again once, reusing its shards, and records it
         "shards": 2,
         # the share over the wordings (``dispersion.over_prompts``): an audit finished before
-        # it runs again once from its shards
-        "statistics": 2,
+        # it (or before its prompts' sd left out the held-out matrix's part) runs again once
+        # from its shards
+        "statistics": 3,
     }
     if readers:
         settings["readers"] = [p.name for p in readers]

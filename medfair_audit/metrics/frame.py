@@ -424,7 +424,10 @@ def over_prompts(
             bound = {"at_least": ci[0]} if side == "above" else {"at_most": ci[1]}
             entry = {"value": None, "ci": ci, "censored": side, "bound": bound}
         shares[g] = entry
-    between = np.sqrt(np.clip(var - within, 0, None))
+    # the prompts' points share one matrix, their bootstrap replicates resample it: take the
+    # matrix's part out of the within-prompt variance before subtracting it
+    within_images = within - shared.var(0, ddof=1).mean(0)
+    between = np.sqrt(np.clip(var - within_images, 0, None))
     return {
         "reading": reading,
         "prompts": k,

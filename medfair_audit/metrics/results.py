@@ -273,7 +273,8 @@ class OverPrompts:
         shares: Group → mean of the prompts' corrected shares, with a Student-t interval that
             carries the spread between prompts and the held-out matrix's shared error.
         between_prompt_sd: Group → the sd of the prompts' true shares (estimated: their shares'
-            variance less the mean within-prompt bootstrap variance).
+            variance less the mean variance of one prompt's images, the bootstrap's less the
+            held-out matrix's part, which the prompts' points share).
         prompts: How many prompts the mean is over.
     """
 
