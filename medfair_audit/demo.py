@@ -41,6 +41,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -495,11 +496,15 @@ def prompt_wordings(n: int, *, seed: int, exclude: tuple[str, ...] = ()) -> tupl
     """``n`` distinct sex-neutral glioma prompts drawn from the wording parts above.
 
     The same ``seed`` gives the same prompts; none is in ``exclude`` or :data:`HELD_OUT_PROMPTS`.
-    """
-    import random
 
+    Raises:
+        ConfigError: More prompts than the parts make.
+    """
     rng = random.Random(seed)
     banned = set(exclude) | set(HELD_OUT_PROMPTS)
+    made = len(_SEQUENCES) * len(_LESIONS) * len(_SITES) * len(_PATTERNS)
+    if not 0 <= n <= made - len(banned):
+        raise ConfigError(f"n must be between 0 and {made - len(banned)}, got {n}", param="n")
     out: list[str] = []
     while len(out) < n:
         seq, lesion = rng.choice(_SEQUENCES), rng.choice(_LESIONS)

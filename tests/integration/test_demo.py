@@ -379,3 +379,5 @@ def test_prompt_wordings_are_a_reproducible_spread_apart_from_every_audit_prompt
     for seq in ("FLAIR", "T2", "T1"):
         assert any(seq in p for p in WORDING_TRAIN_PROMPTS), seq
     assert not any(re.search(r"\ba [aeiou]", p) for p in WORDING_TRAIN_PROMPTS)
+    with pytest.raises(ConfigError, match="n must be between 0 and"):
+        prompt_wordings(10_000, seed=0)
