@@ -457,7 +457,7 @@ def _write(result: dict) -> None:
             splice(path, sequential_table(result["sequential"]), marker="sequential-table")
         if "conditional" in result:
             splice(path, conditional_table(result["conditional"]), marker="conditional-table")
-        if "wordings" in result and path.name == "RESULTS.md":
+        if "wordings" in result:
             table_w = wording_table(result["wordings"], result["wordings_n_boot"])
             splice(path, table_w, marker="wording-table")
 

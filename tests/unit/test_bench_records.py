@@ -113,3 +113,13 @@ def test_the_wordings_record_audits_todays_wordings_none_a_tuning_or_audit_promp
             assert over["prompts"] == k
             lo, hi = over["share"]["ci"]
             assert lo <= (over["share"]["value"] or lo) <= hi
+
+
+@pytest.mark.parametrize("doc", [BENCH / "RESULTS.md", ROOT / "README.md"])
+def test_the_wordings_coverage_table_is_the_calibration_record_rendered(doc):
+    bench = _bench("bench_calibration")
+    record = json.loads((BENCH / "calibration.json").read_text())
+    table = bench.wording_table(record["wordings"], record["wordings_n_boot"])
+    assert _between(doc, "wording-table") == "\n".join(table)
+    # the interval over the wordings holds its level in every simulated setting
+    assert all(row["coverage"] >= 0.93 for row in record["wordings"])
