@@ -31,9 +31,9 @@ from pathlib import Path
 
 import torch
 from _markers import paste
-from bench_transfer import _audit, _config, _male_shares, _point
+from bench_transfer import N_PER_PROMPT, _audit, _config, _male_shares
 
-from medfair_audit.audit.result import AuditResult
+from medfair_audit.audit.result import AuditResult, format_estimate
 from medfair_audit.demo import (
     HELD_OUT_PROMPTS,
     WORDING_SELECTION_PROMPTS,
@@ -95,22 +95,19 @@ def row_of(seed: int, name: str, held: AuditResult, words: AuditResult) -> dict:
 
 
 def _cell(est: dict | None) -> str:
-    from medfair_audit.metrics.results_json import estimate_from_json
+    return "–" if est is None else format_estimate(est, ".3f")
 
-    e = estimate_from_json(est)
-    if e is None:
-        return "–"
-    point = _point(est)
-    lo, hi = e.ci
-    prefix = "≥ " if e.censored == "above" else "≤ " if e.censored == "below" else ""
-    return f"{prefix}{point:.3f} [{lo:.3f}, {hi:.3f}]"
+
+def _sd(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.0f} pp"
 
 
 def render(doc: dict) -> str:
     """The record as the RESULTS table."""
     lines = [
         f"Target 58% male. The evaluator's PACC male share with 95% interval: pooled over the "
-        f"images of the {len(HELD_OUT_PROMPTS)} held-out prompts (64 images each) and of "
+        f"images of the {len(HELD_OUT_PROMPTS)} held-out prompts ({N_PER_PROMPT} images each) "
+        f"and of "
         f"{doc['n_wordings']} other wordings ({doc['n_per_wording']} images each); *over the "
         "wordings*: the same prompts taken as a sample of wordings (Student-t interval); sd: "
         "the estimated sd of the wordings' true male shares. Guide and reader: their pooled "
@@ -123,15 +120,11 @@ def render(doc: dict) -> str:
     ]
     for r in doc["rows"]:
         h, w = r["held_out"], r["wordings"]
-
-        def sd(x):
-            return "–" if x is None else f"{100 * x:.0f} pp"
-
         lines.append(
             f"| seed {r['models']} | {r['model']} | {_cell(h['pooled'])} | "
-            f"{_cell(h['over']['share'])} | {sd(h['over']['prompts_sd'])} | "
+            f"{_cell(h['over']['share'])} | {_sd(h['over']['prompts_sd'])} | "
             f"{_cell(w['pooled'])} | {_cell(w['over']['share'])} | "
-            f"{sd(w['over']['prompts_sd'])} | {_cell(w['guide'])} | {_cell(w['reader'])} |"
+            f"{_sd(w['over']['prompts_sd'])} | {_cell(w['guide'])} | {_cell(w['reader'])} |"
         )
     return "\n".join(lines)
 
