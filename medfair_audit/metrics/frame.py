@@ -391,12 +391,12 @@ def over_prompts(
     prompts and within them) plus the variance shared by every prompt through the classifier's
     held-out matrix (the prompts' shares recomputed under ``n_boot`` resampled matrices).
 
-    Only for a corrected reading with a held-out set (``acc``, ``pacc``) and at least two
-    prompts, every one identifiable; else ``None``. A mean outside ``[0, 1]`` is reported as a
-    bound (censored), not a value.
+    Only for a corrected reading with a held-out set (``acc``, ``pacc``), at least two prompts,
+    every one identifiable, and at least two resampled matrices (``n_boot``); else ``None``. A
+    mean outside ``[0, 1]`` is reported as a bound (censored), not a value.
     """
     k = len(estimates)
-    if k < 2 or heldout is None or reading not in ("acc", "pacc"):
+    if k < 2 or n_boot < 2 or heldout is None or reading not in ("acc", "pacc"):
         return None
     if not all(e.identifiable and reading in e.point for e in estimates):
         return None

@@ -308,6 +308,8 @@ def test_over_prompts_is_the_prompts_mean_with_scipys_t_interval_when_the_matrix
     assert over_prompts(ests[:1], GROUPS, reading="pacc", heldout=held) is None
     assert over_prompts(ests, GROUPS, reading="pacc", heldout=None) is None
     assert over_prompts(ests, GROUPS, reading="raw", heldout=held) is None
+    # without resampled matrices the shared error is unknown: no interval, never a NaN one
+    assert over_prompts(ests, GROUPS, reading="pacc", heldout=held, n_boot=0) is None
 
 
 def test_dispersion_carries_the_share_over_wordings_and_it_round_trips():
