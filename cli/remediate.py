@@ -171,8 +171,11 @@ def remediate(
     keep: Annotated[
         str,
         typer.Option(
-            help="Weights to save: 'last' (the final step's) or 'best' (the quick audit with the "
-            "lowest KL, the untuned start included; needs --audit-every > 0).",
+            help="Weights to save: 'last' (the final step's), 'best' (the quick audit with the "
+            "lowest KL, the untuned start included) or 'first-within' (stop at the first quick "
+            "audit, the untuned start included, whose 95% interval holds the target: the least "
+            "tuning it cannot tell from the target; else as 'best'). 'best' and 'first-within' "
+            "need --audit-every > 0.",
         ),
     ] = R["keep"],
     audit_prompts: Annotated[

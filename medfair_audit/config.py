@@ -396,11 +396,15 @@ class RemediationConfig:
         audit_seed: Seed of the quick audit's images (disjoint from training noise).
         until_kl: Stop once a quick audit's KL(target ‖ share) is at most this (decided on the
             main process and broadcast).
-        keep: Which weights to save: ``"last"`` (the final step's) or ``"best"`` (those of the
-            quick audit with the lowest KL, the step-0 original included). Quick audits read the
-            job's ``audit_prompts`` when it has them: selection prompts, worded apart from both
-            the training and the evaluation prompts, so the choice follows how the model draws
-            wordings it was not tuned on without looking at the evaluation's prompts.
+        keep: Which weights to save: ``"last"`` (the final step's), ``"best"`` (those of the
+            quick audit with the lowest KL, the step-0 original included) or
+            ``"first-within"`` (stop at the first quick audit, the step-0 original included,
+            whose 95% interval holds the target for every group, and save those weights: the
+            least tuning the quick audit cannot tell from the target; when none does, as
+            ``"best"``). Quick audits read the job's ``audit_prompts`` when it has them:
+            selection prompts, worded apart from both the training and the evaluation prompts,
+            so the choice follows how the model draws wordings it was not tuned on without
+            looking at the evaluation's prompts.
     """
 
     steps: int = 200
@@ -503,10 +507,12 @@ class RemediationConfig:
                 raise ConfigError(f"expected KL ≥ 0, got {self.until_kl}", param="until_kl")
             if self.audit_every == 0:
                 raise ConfigError("--until-kl needs --audit-every N > 0", param="until_kl")
-        if self.keep not in ("last", "best"):
-            raise ConfigError(f"expected keep 'last' or 'best', got '{self.keep}'", param="keep")
-        if self.keep == "best" and self.audit_every == 0:
-            raise ConfigError("--keep best needs --audit-every N > 0", param="keep")
+        if self.keep not in ("last", "best", "first-within"):
+            raise ConfigError(
+                f"expected keep 'last', 'best' or 'first-within', got '{self.keep}'", param="keep"
+            )
+        if self.keep != "last" and self.audit_every == 0:
+            raise ConfigError(f"--keep {self.keep} needs --audit-every N > 0", param="keep")
 
     @classmethod
     def tiny(cls, **overrides: Any) -> RemediationConfig:

@@ -60,12 +60,12 @@ class RemediationResult:
 
     @property
     def kept_step(self) -> int:
-        """The step whose weights were saved (the last one unless ``keep="best"``)."""
+        """The step whose weights were saved (the last one with ``keep="last"``)."""
         return int(self.data.get("kept_step", self.data["steps_done"]))
 
     @property
     def final_audit(self) -> dict[str, Any]:
-        """The quick audit of the saved weights (with ``keep="best"``, the lowest KL's)."""
+        """The quick audit of the saved weights."""
         audits = self.data["audits"]
         return next((a for a in audits if a["step"] == self.kept_step), audits[-1])
 
@@ -78,15 +78,25 @@ class RemediationResult:
                 corrected = ", ".join(f"{g} {v:.1%}" for g, v in a["share_corrected"].items())
                 shares += f" raw; {corrected} corrected"
             kl = f"KL {a['kl']:.4f}"
+            if a.get("ci"):  # older records have none
+                ci = ", ".join(f"{g} [{lo:.1%}, {hi:.1%}]" for g, (lo, hi) in a["ci"].items())
+                kl = f"95% interval {ci}; {kl}"
             if "ensemble" in a:
                 kl += f" (the mean of {1 + len(a['ensemble'])} guides' KLs)"
             lines.append(f"quick audit {label} (step {a['step']}): {shares}; {kl}")
         run_on, skipped = self.data["placement"], self.data["skipped_steps"]
         note = f", {skipped} skipped (non-finite gradients)" if skipped else ""
-        if self.data["config"].get("keep") == "best":
+        keep = self.data["config"].get("keep")
+        if keep == "best" or (keep == "first-within" and not self.final_audit.get("within")):
             lines.append(
                 f"kept the weights of step {self.kept_step} "
-                "(the lowest quick-audit KL; --keep best)"
+                f"(the lowest quick-audit KL; --keep {keep}"
+                + (": no quick audit's interval held the target)" if keep != "best" else ")")
+            )
+        elif keep == "first-within":
+            lines.append(
+                f"kept the weights of step {self.kept_step} (the first quick audit whose interval "
+                "holds the target; --keep first-within)"
             )
         lines.append(
             f"{self.data['steps_done']} steps{note} in {self.seconds:.0f} s on "
@@ -124,14 +134,21 @@ def _audit(m: Models, cfg: RemediationConfig, step: int, ema: Any, acc: Any) -> 
 _BEST = "best.safetensors"
 
 
-def _best(audits: list) -> dict:
-    """The audit whose weights ``keep="best"`` saves: the lowest KL, the first of equals."""
+def _best(audits: list, keep: str = "best") -> dict:
+    """The audit whose weights ``keep`` saves: the lowest KL, the first of equals.
+
+    With ``keep="first-within"`` the first audit whose interval holds the target comes first.
+    """
+    if keep == "first-within":
+        within = [a for a in audits if a.get("within")]
+        if within:
+            return within[0]
     return min(audits, key=lambda a: (a["kl"], a["step"]))
 
 
 def _note_best(m: Models, audit: dict | None, audits: list, ema: Any, work: Path) -> None:
-    """With ``keep="best"``: keep the audited weights in ``work`` if they are now the best."""
-    if audit is None or m.cfg.keep != "best" or _best(audits) is not audit:
+    """Unless ``keep="last"``: keep the audited weights in ``work`` if they are now the best."""
+    if audit is None or m.cfg.keep == "last" or _best(audits, m.cfg.keep) is not audit:
         return
     from safetensors.torch import save
 
@@ -141,10 +158,10 @@ def _note_best(m: Models, audit: dict | None, audits: list, ema: Any, work: Path
 
 
 def _restore_best(m: Models, audits: list, step: int, work: Path) -> int:
-    """The step whose weights get saved; with ``keep="best"`` its weights are put in place."""
-    if m.cfg.keep != "best" or not audits:
+    """The step whose weights get saved; unless ``keep="last"`` its weights are put in place."""
+    if m.cfg.keep == "last" or not audits:
         return step
-    best = _best(audits)
+    best = _best(audits, m.cfg.keep)
     if best["step"] == step:
         return step
     from safetensors.torch import load_file
@@ -157,10 +174,21 @@ def _restore_best(m: Models, audits: list, step: int, work: Path) -> int:
 
 
 def _decide_stop(audit: dict | None, cfg: RemediationConfig, acc: Any) -> bool:
-    """``until_kl`` decided on the main process and broadcast, so processes stop together."""
+    """Whether to stop (``until_kl`` or ``keep="first-within"``).
+
+    Decided on the main process and broadcast, so processes stop together.
+    """
     from accelerate.utils import broadcast_object_list
 
-    flag = [bool(audit and cfg.until_kl is not None and audit["kl"] <= cfg.until_kl)]
+    flag = [
+        bool(
+            audit
+            and (
+                (cfg.until_kl is not None and audit["kl"] <= cfg.until_kl)
+                or (cfg.keep == "first-within" and audit.get("within"))
+            )
+        )
+    ]
     if acc.num_processes > 1:
         broadcast_object_list(flag, from_process=0)
     return flag[0]
@@ -252,9 +280,13 @@ def remediate(
     if acc.is_main_process:
         work.mkdir(parents=True, exist_ok=True)
         _append(work / "log.jsonl", log, replace=True)
-    if start == 0 and not audits and (a := _audit(m, cfg, 0, ema, acc)):
-        audits.append(a)
-        _note_best(m, a, audits, ema, work)
+    if start == 0 and not audits:
+        a = _audit(m, cfg, 0, ema, acc)
+        if a:
+            audits.append(a)
+            _note_best(m, a, audits, ema, work)
+        if cfg.keep == "first-within":  # the original may already hold the target
+            stopped = _decide_stop(a, cfg, acc)
     step = start
     while step < cfg.steps and not stopped:
         record = train_step(m, cfg, step, optimizer, lr_sched, acc, ema, scaler)

@@ -43,10 +43,10 @@ def tiny(**kw):
 
 def _run(models, out, cfg, progress=None, **kw):
     kw.setdefault("image_encoders", [(models["clip"], 1.0)])
+    kw.setdefault("target", TARGET)
     job = RemediationJob(
         checkpoint=models["t2medi"],
         classifier=models["classifier"],
-        target=TARGET,
         prompts=PROMPTS,
         out=out,
         config=cfg,
@@ -261,7 +261,7 @@ def test_cli_remediate_and_bad_input(capsys, tiny_models, tmp_path):
             "≥",
         ),
         (["--target", "male=0.5,female=0.5", "--keep", "best"], "--keep", "--audit-every"),
-        (["--target", "male=0.5,female=0.5", "--keep", "worst"], "--keep", "'last' or 'best'"),
+        (["--target", "male=0.5,female=0.5", "--keep", "worst"], "--keep", "'first-within'"),
         (
             ["--target", "male=0.5,female=0.5", "--audit-prompts", tmp_path / "none.txt"],
             "--audit-prompts",
@@ -497,8 +497,56 @@ def test_keep_best_saves_the_weights_of_the_audit_with_the_lowest_kl(tiny_models
         assert all(torch.allclose(a[k], base[k]) for k in a)
     with pytest.raises(ConfigError, match="--audit-every"):
         tiny(keep="best", audit_every=0)
-    with pytest.raises(ConfigError, match="'last' or 'best'"):
+    with pytest.raises(ConfigError, match="'last', 'best' or 'first-within'"):
         tiny(keep="first")
+
+
+@pytest.mark.parametrize("male", [0.58, 0.0])
+def test_keep_first_within_stops_at_the_first_audit_whose_interval_holds_the_target(
+    tiny_models, tmp_path, male
+):
+    # The tiny model draws what its classifier reads as female: 58% male is never within the
+    # quick audits' intervals, an all-female target is from the start.
+    selection = ["Axial FLAIR brain MR image with a glioma."]
+    target = {"male": male, "female": 1 - male}
+    kw = {"audit_prompts": selection, "target": parse_target(f"male={male},female={1 - male}")}
+    cfg = tiny(steps=6, audit_every=2, audit_images=4)
+    last = _run(tiny_models, tmp_path / "l", cfg, **kw)
+    first = _run(tiny_models, tmp_path / "f", replace(cfg, keep="first-within"), **kw)
+    audits = last.data["audits"]
+    for a in audits:  # each audit's interval, and whether it holds the target
+        assert a["within"] == all(lo <= target[g] <= hi for g, (lo, hi) in a["ci"].items())
+    within = [a["step"] for a in audits if a["within"]]
+    assert within == ([0, 2, 4, 6] if male == 0 else [])
+    # The same trajectory up to the stop: the audits are the keep="last" run's, cut there.
+    stop = within[0] if within else 6
+    kls = [a["kl"] for a in audits]
+    kept = stop if within else audits[kls.index(min(kls))]["step"]  # none within: as "best"
+    assert first.data["steps_done"] == stop and first.kept_step == kept
+    assert first.data["audits"] == [a for a in audits if a["step"] <= stop]
+    assert first.data["stopped_early"] == (stop < 6)
+    assert any(f"kept the weights of step {kept}" in line for line in first.summary())
+    if kept == 0:  # the untuned start kept: the base UNet is saved
+        base = load_pipeline(tiny_models["t2medi"]).unet.state_dict()
+        saved = _unet_weights(tmp_path / "f")
+        assert all(torch.allclose(saved[k], base[k]) for k in saved)
+    with pytest.raises(ConfigError, match="--audit-every"):
+        tiny(keep="first-within", audit_every=0)
+
+
+def test_first_within_keeps_the_first_audit_within_else_the_lowest_kl():
+    from medfair_audit.remediation.loop import _best
+
+    audits = [
+        {"step": 0, "kl": 0.9, "within": False},
+        {"step": 2, "kl": 0.1, "within": False},
+        {"step": 4, "kl": 0.3, "within": True},
+        {"step": 6, "kl": 0.05, "within": True},
+    ]
+    assert _best(audits, "first-within")["step"] == 4
+    assert _best(audits)["step"] == 6  # "best" ignores the intervals
+    none_within = [{**a, "within": False} for a in audits]
+    assert _best(none_within, "first-within")["step"] == 6
 
 
 def test_restore_best_puts_back_the_noted_weights(tiny_models, tmp_path):
