@@ -72,13 +72,18 @@ from medfair_audit.target import Target
 #: eight free wordings, instead of ``demo.TRAIN_PROMPTS``; ``"wordings"``: on
 #: ``demo.WORDING_TRAIN_PROMPTS``, 150 wordings), ``steps`` (instead of the demo's),
 #: ``select`` (the demo's choice of the kept weights: quick audits on ``demo.SELECTION_PROMPTS``,
-#: ``keep="best"``; ``"sites"``: on those and :data:`MIRRORED_SELECTION_PROMPTS`; ``"wordings"``:
+#: ``keep="best"`` unless ``tuning`` says another ``keep``; ``"sites"``: on those and
+#: :data:`MIRRORED_SELECTION_PROMPTS`; ``"wordings"``:
 #: on ``demo.WORDING_SELECTION_PROMPTS``; without it a variant keeps its last weights and makes
 #: no quick audits),
 #: ``tuning`` (other :class:`~medfair_audit.config.RemediationConfig` settings than the demo's:
 #: ``T10…`` tune at T = 10 DDIM steps, the demo's default before it tuned at its audits' 25).
 VARIANTS: dict[str, dict] = {
     "single": {"select": True},
+    # the default's tuning, stopped at the first quick audit (selection prompts) whose interval
+    # holds the target, and those weights kept: the least tuning the selection cannot tell
+    # from the target
+    "first-within": {"select": True, "tuning": {"keep": "first-within"}},
     # the demo's default until it chose the kept weights on selection prompts: the last ones
     "last": {},
     # the demo's default until it tuned with the audits' sampler (T = 25): T = 10
@@ -246,8 +251,11 @@ def _remediate(demo: Path, cfg: DemoConfig, variant: dict, seed: int, out: Path)
     if (out / "model_index.json").is_file():
         record = json.loads(record_file.read_text())
         # Runs recorded before the thread count was kept used the default, 2.
-        return {"seconds_per_step": record.get("seconds_per_step"),
-                "threads": record.get("threads", 2)}  # fmt: skip
+        return {
+            "seconds_per_step": record.get("seconds_per_step"),
+            "threads": record.get("threads", 2),
+            "steps_done": record["steps_done"],
+        }
     start = time.perf_counter()
     remediate(
         RemediationJob(
@@ -263,11 +271,14 @@ def _remediate(demo: Path, cfg: DemoConfig, variant: dict, seed: int, out: Path)
             overwrite=True,
         )
     )
-    per_step = (time.perf_counter() - start) / rcfg.steps
+    elapsed = time.perf_counter() - start
     record = json.loads((out / "remediation.json").read_text())
-    timing = {"seconds_per_step": per_step, "threads": torch.get_num_threads()}
+    # a run that stopped early (keep="first-within") took fewer steps than configured
+    done = record["steps_done"]
+    timing = {"seconds_per_step": elapsed / done if done else None,
+              "threads": torch.get_num_threads()}  # fmt: skip
     (out / "remediation.json").write_text(json.dumps({**record, **timing}))
-    return timing
+    return {**timing, "steps_done": done}
 
 
 def _point(est: dict | Estimate) -> float | None:
@@ -311,6 +322,7 @@ def row_of(
         "quality": audit.quality.by_group,
         "seconds_per_step": timing.get("seconds_per_step"),
         "threads": timing.get("threads"),
+        "steps_done": timing.get("steps_done"),
         "outside_support": {
             s.space: {
                 "overall": _support(s.overall),
@@ -546,7 +558,8 @@ def table(doc: dict) -> str:
     prdc = any(r.get(f"recall_{g}") for r in doc["rows"] for g in groups)
     lines = [
         f"Target male share {doc['target_male']:.0%}; {doc['steps']} steps (a variant named "
-        f"…-N: N steps) × {doc['prompts_per_step']} prompt(s) per step; audits of "
+        f"…-N: N steps; a run that stopped early, `first-within`, names its steps beside its "
+        f"s/step) × {doc['prompts_per_step']} prompt(s) per step; audits of "
         f"{doc['n_per_prompt']} images per held-out prompt. PACC male share with 95% interval "
         f"by each reader; the evaluator's male label share on each held-out prompt, in the "
         f"order of `demo.HELD_OUT_PROMPTS`."
@@ -579,7 +592,9 @@ def table(doc: dict) -> str:
             " / ".join(f"{x:.2f}" for x in r["evaluator_by_prompt"])
             if r.get("evaluator_by_prompt") else "–",
             "–" if r["seconds_per_step"] is None
-            else f"{r['seconds_per_step']:.1f} ({r.get('threads', 2)} thr.)",
+            else f"{r['seconds_per_step']:.1f} ({r.get('threads', 2)} thr."
+            + ("" if r.get("steps_done") in (None, doc["steps"])
+               else f"; {r['steps_done']} steps") + ")",
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
