@@ -668,7 +668,62 @@ def summary_text(doc: dict) -> str:
         "largest minus the smallest PACC share among the readers of the same images (five; four "
         "in a demo run without --robust-guide; mean over seeds)."
         + _closest_text(doc)
+        + _readers_text(doc)
         + _cut_text(doc)
+    )
+
+
+def reader_room(row: dict, target: float) -> tuple[float, float, float | None, float | None]:
+    """How far the evaluator and the radiomics reader read one model's images apart, and where
+    the evaluator's reading would have to lie for both intervals to hold ``target``.
+
+    With ``d`` = evaluator − reader fixed by the images, both intervals (half-widths ``h_e``,
+    ``h_r``) hold the target exactly when the evaluator reads within ``[t − h_e, t + h_e]`` and
+    within ``[t + d − h_r, t + d + h_r]``; they meet only when ``|d| ≤ h_e + h_r``.
+
+    Returns:
+        ``d``, ``h_e + h_r``, and the lowest and highest evaluator reading that would do
+        (``None`` when none would).
+    """
+    ev, rd = row["male"]["evaluator"], row["male"]["reader"]
+    d = ev["value"] - rd["value"]
+    he, hr = (ev["ci"][1] - ev["ci"][0]) / 2, (rd["ci"][1] - rd["ci"][0]) / 2
+    lo, hi = max(target - he, target + d - hr), min(target + he, target + d + hr)
+    return d, he + hr, *((lo, hi) if lo <= hi else (None, None))
+
+
+def _readers_text(doc: dict) -> str:
+    """Per draw, the evaluator's distance from the radiomics reader on the same images."""
+    t = doc["target_male"]
+    parts = []
+    for draw in sorted({r.get("draw") for r in doc["rows"]}, key=lambda x: (x is not None, x)):
+        rows = [r for r in doc["rows"] if r.get("draw") == draw and not _is_demo(r["variant"])
+                and "reader" in r["male"] and "evaluator" in r["male"]]  # fmt: skip
+        tuned = [r for r in rows if r["seed"] is not None]
+        biased = [r for r in rows if r["seed"] is None]
+        if not tuned:
+            continue
+        rooms = [reader_room(r, t) for r in tuned]
+        ds = [x[0] for x in rooms]
+        d, allow, lo, hi = max(rooms, key=lambda x: abs(x[0]))
+        where = (
+            "no evaluator reading would let both hold the target"
+            if lo is None
+            else f"both hold the target only with the evaluator between {lo:.1%} and {hi:.1%}"
+        )
+        label = "the example's models" if draw is None else f"the models of seed {draw}"
+        parts.append(
+            f"on {label} {_pp(min(ds))} to {_pp(max(ds))}"
+            + (f" (the biased model {_pp(reader_room(biased[0], t)[0])})" if biased else "")
+            + f"; at the widest, {_pp(d)} against {allow * 100:.1f} pp that the two intervals' "
+            f"half-widths allow together: {where}"
+        )
+    if not parts:
+        return ""
+    return (
+        " The evaluator minus the radiomics reader on the same remediated images: "
+        + "; ".join(parts)
+        + ". The tuning reads with neither, so it cannot aim at that distance."
     )
 
 

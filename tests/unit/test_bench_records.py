@@ -123,3 +123,29 @@ def test_the_wordings_coverage_table_is_the_calibration_record_rendered(doc):
     assert _between(doc, "wording-table") == "\n".join(table)
     # the interval over the wordings holds its level in every simulated setting
     assert all(row["coverage"] >= 0.93 for row in record["wordings"])
+
+
+def test_the_transfer_tables_are_the_committed_record_rendered():
+    bench = _bench("bench_transfer")
+    doc = json.loads((BENCH / "transfer.json").read_text())
+    assert _between(BENCH / "RESULTS.md", "transfer-table") == bench.table(doc)
+    assert _between(ROOT / "README.md", "transfer-summary") == bench.summary_text(doc)
+
+
+@pytest.mark.parametrize(
+    ("ev", "rd"),
+    [((0.60, 0.53, 0.67), (0.55, 0.48, 0.62)), ((0.49, 0.42, 0.56), (0.34, 0.27, 0.41))],
+)
+def test_reader_room_is_where_both_intervals_would_hold_the_target(ev, rd):
+    bench = _bench("bench_transfer")
+    row = {"male": {k: {"value": v[0], "ci": [v[1], v[2]]} for k, v in
+                    (("evaluator", ev), ("reader", rd))}}  # fmt: skip
+    d, allow, lo, hi = bench.reader_room(row, 0.58)
+    assert d == pytest.approx(ev[0] - rd[0]) and allow == pytest.approx(0.14)
+    # by brute force: shift both readings together (their distance is the images'), keep widths
+    grid = np.linspace(0, 1, 100_001)
+    ok = (np.abs(grid - 0.58) <= 0.07 + 1e-12) & (np.abs(grid - d - 0.58) <= 0.07 + 1e-12)
+    if ok.any():
+        assert (lo, hi) == pytest.approx((grid[ok].min(), grid[ok].max()), abs=1e-5)
+    else:
+        assert lo is None and hi is None and abs(d) > allow
