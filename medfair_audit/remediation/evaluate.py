@@ -51,7 +51,6 @@ def _quick_audit(m: Models, cfg: RemediationConfig) -> dict[str, Any]:
     sched = m.scheduler(cfg.audit_steps)
     readers = 1 + len(m.ensemble)
     counts = np.zeros((readers, m.n_prompts, len(groups)), dtype=np.int64)
-    prob_sum = np.zeros((readers, len(groups)))
     # per prompt: sum of probabilities and of their outer products (the reading's variance)
     psum = np.zeros((readers, m.n_prompts, len(groups)))
     pouter = np.zeros((readers, m.n_prompts, len(groups), len(groups)))
@@ -67,15 +66,13 @@ def _quick_audit(m: Models, cfg: RemediationConfig) -> dict[str, Any]:
             each = [m.probs(images)] + [member.member_probs(images)[0] for member, _ in m.ensemble]
             for r, probs in enumerate(each):
                 probs = probs.cpu().double().numpy()
-                prob_sum[r] += probs.sum(0)
                 psum[r, p] += probs.sum(0)
                 pouter[r, p] += probs.T @ probs
                 counts[r, p] += np.bincount(probs.argmax(1), minlength=len(groups))
     softs = [m.soft_confusion] + [soft for _, soft in m.ensemble]
     tvec = m.target.double().cpu().numpy()  # in the classifier's group order
     out, *others = [
-        _reading(counts[r], prob_sum[r], softs[r], groups, tvec, psum[r], pouter[r])
-        for r in range(readers)
+        _reading(counts[r], psum[r], pouter[r], softs[r], groups, tvec) for r in range(readers)
     ]
     out["within"] = all(o["within"] for o in [out, *others])
     if others:
@@ -133,12 +130,11 @@ def reading_interval(
 
 def _reading(
     counts: np.ndarray,
-    prob_sum: np.ndarray,
+    psum: np.ndarray,
+    pouter: np.ndarray,
     soft: torch.Tensor | None,
     groups: list[str],
     tvec: np.ndarray,
-    psum: np.ndarray,
-    pouter: np.ndarray,
 ) -> dict[str, Any]:
     """One classifier's reading of the quick audit's images (see :func:`_quick_audit`).
 
@@ -148,7 +144,7 @@ def _reading(
     """
     total = counts.sum()
     share = counts.sum(0) / total
-    mean_probs = prob_sum / total
+    mean_probs = psum.sum(0) / total
     out: dict[str, Any] = {
         "n": int(total),
         "share": dict(zip(groups, share.tolist(), strict=True)),
