@@ -196,11 +196,18 @@ def audit(
     compile: Annotated[
         bool,
         typer.Option(
-            "--compile", help="torch.compile the UNet and VAE decoder (pays off on long runs)."
+            "--compile",
+            help="Fuse the attention projections and torch.compile the UNet and VAE decoder: "
+            "the fastest audit on a GPU with --channels-last; the first batch pays about a "
+            "minute of compiling, so it pays off on long audits (benchmarks/RESULTS.md).",
         ),
     ] = False,
     channels_last: Annotated[
-        bool, typer.Option("--channels-last", help="Channels-last memory format (GPUs).")
+        bool,
+        typer.Option(
+            "--channels-last",
+            help="Channels-last memory format: with --compile on GPUs (slower without it).",
+        ),
     ] = False,
     vae_slicing: Annotated[
         bool, typer.Option("--vae-slicing", help="Decode one image at a time (less memory).")

@@ -646,9 +646,12 @@ class Speed:
     :func:`medfair_audit.models.pipelines.apply_speed` applies them to a loaded pipeline.
 
     Args:
-        compile: ``torch.compile`` the UNet and the VAE decoder (first batch pays the compile).
-        channels_last: Channels-last memory format for the UNet and VAE (faster convolutions
-            on GPUs).
+        compile: Fuse the attention projections, then ``torch.compile`` the UNet and the VAE
+            decoder. The first batch pays the compile (about a minute for an SD-1.5 UNet on a
+            GPU); a prompt's last, smaller batch is padded to the full size, so nothing
+            recompiles. Worth it for long audits (``benchmarks/RESULTS.md``: the break-even).
+        channels_last: Channels-last memory format for the UNet and VAE; with ``compile`` on
+            GPUs (measured slower without it in float16: ``benchmarks/RESULTS.md``).
         vae_slicing: Decode a batch one image at a time (less memory for large batches).
         vae_tiling: Decode large images in overlapping tiles (less memory for large images).
     """

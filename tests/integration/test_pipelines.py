@@ -14,7 +14,13 @@ import torch
 from medfair_audit import AuditConfig, run_audit
 from medfair_audit.config import Placement, Speed
 from medfair_audit.generation import GenerationConfig, image_seed
-from medfair_audit.models.pipelines import apply_speed, generate, load_pipeline, pipeline_info
+from medfair_audit.models.pipelines import (
+    apply_speed,
+    fuse_qkv,
+    generate,
+    load_pipeline,
+    pipeline_info,
+)
 from medfair_audit.models.sd_like import save_sd_like
 from medfair_audit.target import parse_target
 from tests.cli.test_cli import assert_one_line_error, run
@@ -99,8 +105,12 @@ def test_half_precision_places_the_pipeline_but_keeps_the_classifier_float32(
     clf = SubgroupClassifier.from_pretrained(tiny_models["classifier"])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert clf.logits(images).dtype == torch.float32  # autocast does not reach it
-    # a float32 audit into the same folder redraws: shards record their dtype
-    again = run_audit(_config(sd_like["sd15"], tiny_models["classifier"], out, overwrite=True))
+    # a float32 audit into the same folder redraws: shards record their dtype (the placement is
+    # named: the default would pick a GPU in half precision where there is one)
+    f32 = Placement(device="cpu", dtype="float32")
+    again = run_audit(
+        _config(sd_like["sd15"], tiny_models["classifier"], out, overwrite=True, placement=f32)
+    )
     assert again.data["config"]["placement"]["dtype"] == "float32"
     assert not torch.equal(
         torch.tensor(again.images["p_male"].to_numpy()),
@@ -117,13 +127,33 @@ def test_channels_last_and_vae_slicing_change_nothing_beyond_kernel_tolerance(sd
     assert torch.allclose(got, ref, atol=1e-4)
 
 
-@pytest.mark.slow
-def test_compiled_pipeline_agrees_with_the_eager_one(sd_like):
+def test_fused_attention_projections_change_nothing_beyond_kernel_tolerance(sd_like):
     ref = generate(load_pipeline(sd_like["sd15"]), "brain MRI", [4, 5], steps=2, guidance=2.0)
     pipe = load_pipeline(sd_like["sd15"])
-    apply_speed(pipe, Speed(compile=True))
+    assert fuse_qkv(pipe)
+    attention = [m for m in pipe.unet.modules() if hasattr(m, "fused_projections")]
+    assert attention and all(m.fused_projections for m in attention)
     got = generate(pipe, "brain MRI", [4, 5], steps=2, guidance=2.0)
     assert torch.allclose(got, ref, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_compiled_pipeline_agrees_with_the_eager_one_and_a_smaller_batch_does_not_recompile(
+    sd_like,
+):
+    from torch._dynamo.utils import counters
+
+    eager = load_pipeline(sd_like["sd15"])
+    ref = generate(eager, "brain MRI", [4, 5, 6], steps=2, guidance=2.0)
+    pipe = load_pipeline(sd_like["sd15"])
+    apply_speed(pipe, Speed(compile=True))
+    got = generate(pipe, "brain MRI", [4, 5, 6], steps=2, guidance=2.0)
+    assert torch.allclose(got, ref, atol=1e-4)
+    graphs = counters["stats"]["unique_graphs"]
+    last = generate(pipe, "brain MRI", [6], steps=2, guidance=2.0)  # a prompt's last shard
+    assert counters["stats"]["unique_graphs"] == graphs  # padded to 3: the same graphs
+    assert last.shape == (1, *ref.shape[1:])
+    assert torch.allclose(last, ref[2:], atol=1e-4)
 
 
 def test_cli_refuses_an_unavailable_device_before_writing_anything(capsys, tiny_models, tmp_path):
