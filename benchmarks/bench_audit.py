@@ -9,6 +9,10 @@ Sections (``--sections``, default all that apply to the device):
   whole ``run_audit`` (plus statistics and reports), on one checkpoint, steps and guidance,
   measured in one run after one warm-up batch each. On the CPU with the demo's T2MedI; on a GPU
   with the SD-1.5-size scale fixture in each ``--dtypes``.
+* ``speedups``: images/s of the generation engine under each speed-up (``--compile``,
+  ``--channels-last``, fused attention projections alone) beside the batched diffusers loop,
+  each on a freshly loaded pipeline, one warm-up batch each (for ``--compile`` that batch pays
+  the compile: its seconds are recorded); on accelerators in the first of ``--dtypes``.
 * ``fid``: FID from moments (eigh, medfair) vs ``scipy.linalg.sqrtm`` at d = 2048: time and
   agreement.
 * ``memory``: peak resident memory of a whole audit of 1k, 5k and 20k images (a fresh process
@@ -50,6 +54,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _markers import paste
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -164,6 +169,80 @@ def throughput(checkpoint: Path, classifier: Path, placement, n: int, batch: int
                 "statistics, reports)",
                 n / _timed(lambda: run_audit(audit_config(Path(tmp) / "a", n)), device),
             )
+    return result
+
+
+#: The ``speedups`` rows: label -> (plain diffusers loop?, fused projections, Speed settings).
+SPEEDUPS: dict[str, tuple[bool, bool, dict]] = {
+    "batched diffusers loop": (True, False, {}),
+    "medfair engine, eager": (False, False, {}),
+    "medfair engine, --channels-last": (False, False, {"channels_last": True}),
+    "medfair engine, --channels-last + fused attention projections": (
+        False, True, {"channels_last": True},
+    ),
+    "medfair engine, --compile --channels-last": (
+        False, False, {"compile": True, "channels_last": True},
+    ),
+}  # fmt: skip
+
+
+def speedups(checkpoint: Path, classifier: Path, placement, n: int, batch: int, steps: int,
+             guidance: float, *, save=None) -> dict:  # fmt: skip
+    """Images/s of the engine under each speed-up of :data:`SPEEDUPS`, a fresh pipeline each.
+
+    ``--compile`` fuses the attention projections itself (``apply_speed``). ``save(result)`` is
+    called after every row.
+    """
+    from medfair_audit.config import Speed
+    from medfair_audit.generation import GenerationConfig, image_seed
+    from medfair_audit.generation.engine import run_shards
+    from medfair_audit.models.classifier import SubgroupClassifier
+    from medfair_audit.models.features import get_extractor
+    from medfair_audit.models.pipelines import apply_speed, fuse_qkv, generate, load_pipeline
+
+    device = placement.device
+    clf = SubgroupClassifier.from_pretrained(classifier).to(device)
+    extractor = get_extractor("classifier", clf, device=device)
+    seeds = [image_seed(0, 0, i) for i in range(n)]
+    result = {
+        "placement": placement.describe(), "n": n, "batch": batch, "steps": steps,
+        "guidance": guidance, "rows": {},
+    }  # fmt: skip
+    for label, (plain, fused, speed) in SPEEDUPS.items():
+        pipe = load_pipeline(checkpoint, placement=placement)
+        if fused:
+            fuse_qkv(pipe)
+        apply_speed(pipe, Speed(**speed))
+
+        def run(count: int, folder: str, pipe=pipe, plain=plain) -> None:
+            if plain:
+                for a in range(0, count, batch):
+                    gens = [torch.Generator().manual_seed(s) for s in seeds[a : a + batch]]
+                    pipe(
+                        prompt=PROMPTS[0], num_images_per_prompt=len(gens), generator=gens,
+                        num_inference_steps=steps, guidance_scale=guidance, output_type="pt",
+                    )  # fmt: skip
+                return
+            cfg = GenerationConfig(n_per_prompt=count, steps=steps, guidance=guidance,
+                                   shard_size=batch)  # fmt: skip
+            run_shards(
+                lambda p, s: generate(pipe, p, s, steps=steps, guidance=guidance),
+                PROMPTS[:1], cfg, folder, analyse=lambda x: (clf.predict_proba(x), extractor(x)),
+                settings={}, overlap=device.type != "cpu",
+            )  # fmt: skip
+
+        with torch.inference_mode():
+            with tempfile.TemporaryDirectory() as tmp:
+                warm = _timed(lambda: run(min(batch, n), tmp), device)
+            with tempfile.TemporaryDirectory() as tmp:
+                seconds = _timed(lambda: run(n, tmp), device)
+        result["rows"][label] = {"images_per_s": n / seconds, "warmup_s": warm}
+        print(f"  {label}: {n / seconds:.2f} images/s (warm-up {warm:.0f} s)", flush=True)
+        if save:
+            save(result)
+        del pipe
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     return result
 
 
@@ -394,6 +473,114 @@ def _fmt_rows(doc: dict, where: str) -> list[str]:
     return lines
 
 
+#: The GPU targets: images/s in half precision at SD-1.5 size, the engine's ratio to the
+#: batched diffusers loop, remediation's peak memory at the defaults.
+TARGET_IMAGES_PER_S, TARGET_RATIO, TARGET_REMEDIATION_GIB = 8.0, 1.25, 24.0
+#: ... and its ratio to the naive loop (one pipeline call per image) of the throughput rows.
+TARGET_NAIVE = 9.0
+
+
+def _speedup_lines(gpu: dict | None) -> list[str]:
+    sp = (gpu or {}).get("speedups")
+    if not sp:
+        return []
+    rows = sp["rows"]
+    ref = rows.get("batched diffusers loop", {}).get("images_per_s")
+    p = sp["placement"]
+    lines = [
+        "",
+        f"Speed-ups of the engine ({p.get('name', p['device'])}, {p['dtype']}, SD-1.5 size, "
+        f"{sp['n']} images, {sp['steps']} steps, batch {sp['batch']}; a freshly loaded "
+        "pipeline each, after one warm-up batch, whose seconds include any compiling):",
+        "",
+        "| loop | images/s | × batched diffusers | warm-up batch s |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, r in rows.items():
+        ratio = f"{r['images_per_s'] / ref:.2f}" if ref else "–"
+        lines.append(f"| {label} | {r['images_per_s']:.2f} | {ratio} | {r['warmup_s']:.0f} |")
+    if sp.get("note"):
+        lines += ["", f"{sp['note']}."]
+    best_label, best = max(rows.items(), key=lambda kv: kv[1]["images_per_s"])
+    verdict = [
+        f"{best['images_per_s']:.2f} images/s with {best_label.split(', ', 1)[-1]} "
+        f"({'meets' if best['images_per_s'] >= TARGET_IMAGES_PER_S else 'misses'} the "
+        f"{TARGET_IMAGES_PER_S:g} images/s target)"
+    ]
+    if ref:
+        ratio = best["images_per_s"] / ref
+        verdict.append(
+            f"{ratio:.2f}× the batched diffusers loop "
+            f"({'meets' if ratio >= TARGET_RATIO else 'misses'} the {TARGET_RATIO:g}× target)"
+        )
+    naive = next(
+        (
+            v
+            for t in (gpu or {}).get("throughput", [])
+            if t["placement"]["dtype"] == p["dtype"]
+            for k, v in t["images_per_s"].items()
+            if k.startswith("naive")
+        ),
+        None,
+    )
+    if naive:
+        ratio = best["images_per_s"] / naive
+        verdict.append(
+            f"{ratio:.1f}× the naive loop of the {p['dtype']} throughput rows "
+            f"({'meets' if ratio >= TARGET_NAIVE else 'misses'} the {TARGET_NAIVE:g}× target)"
+        )
+    eager = rows.get("medfair engine, eager")
+    if eager and ref:
+        verdict.append(
+            f"eager, the engine runs at {eager['images_per_s'] / ref:.2f}× the loop: the pipeline "
+            "call is the work, and only compiling it speeds it up"
+        )
+        n = _break_even(rows)
+        if n:
+            verdict.append(f"the compile pays for itself after about {n:,.0f} images")
+    rem = (gpu or {}).get("remediation", {}).get("rows", {}).get("defaults", {})
+    if rem.get("peak_gib") is not None:
+        ok = rem["peak_gib"] <= TARGET_REMEDIATION_GIB
+        verdict.append(
+            f"remediation at the defaults peaks at {rem['peak_gib']:.1f} GiB "
+            f"({'within' if ok else 'over'} {TARGET_REMEDIATION_GIB:g} GiB)"
+        )
+    return [*lines, "", "Against the GPU targets: " + "; ".join(verdict) + "."]
+
+
+def _break_even(rows: dict) -> float | None:
+    """Images after which ``--compile`` has paid for its compile: its extra first-batch seconds
+    over the seconds per image it saves (to the hundred; ``None`` if it saves nothing)."""
+    eager, best = rows["medfair engine, eager"], rows["medfair engine, --compile --channels-last"]
+    saved = 1 / eager["images_per_s"] - 1 / best["images_per_s"]
+    if saved <= 0:
+        return None
+    return round((best["warmup_s"] - eager["warmup_s"]) / saved, -2)
+
+
+def gpu_summary(gpu: dict | None) -> str:
+    """The README's sentence on GPU speed, from the record (``gpu-speed`` markers)."""
+    sp = (gpu or {}).get("speedups")
+    if not sp:
+        return "GPU speed: not measured yet (`scripts/gpu_check.sh`)."
+    rows = sp["rows"]
+    ref = rows["batched diffusers loop"]["images_per_s"]
+    eager = rows["medfair engine, eager"]["images_per_s"]
+    cl = rows["medfair engine, --channels-last"]["images_per_s"]
+    best = rows["medfair engine, --compile --channels-last"]
+    p = sp["placement"]
+    n = _break_even(rows)
+    even = f"; it pays for itself after about {n:,.0f} images" if n else ""
+    return (
+        f"Measured on one {p.get('name', p['device'])} ({gpu['date']}, {p['dtype']}, SD-1.5 "
+        f"size, {sp['steps']} steps, batch {sp['batch']}): `--compile --channels-last` draws "
+        f"{best['images_per_s']:.1f} images/s, {best['images_per_s'] / ref:.2f}× the batched "
+        f"diffusers loop, after a first batch of {best['warmup_s']:.0f} s that compiles; eager, "
+        f"the engine matches the loop ({eager / ref:.2f}×) and `--channels-last` alone is "
+        f"slower ({cl / ref:.2f}×){even}."
+    )
+
+
 def render(cpu: dict, gpu: dict | None) -> None:
     lines = [
         f"CPU run: {cpu['date']}, {cpu['machine']}.",
@@ -438,6 +625,7 @@ def render(cpu: dict, gpu: dict | None) -> None:
             f"({100 * q['share']:.1f}% of the audit; target < 15%)"
             + (f"; {q['date']}, {q['note']}." if q.get("note") else "."),
         ]
+    lines += _speedup_lines(gpu)
     rem = (gpu or {}).get("remediation")
     if rem and all("settings" in r for r in rem["rows"].values()):
         lines += ["", f"Remediation at SD-1.5 size ({rem['placement']['dtype']}; peak memory "
@@ -464,6 +652,7 @@ def render(cpu: dict, gpu: dict | None) -> None:
     pattern = re.escape(start) + ".*?" + re.escape(end)
     path.write_text(re.sub(pattern, lambda m: f"{start}\n{text}\n{end}", doc, flags=re.S))
     print(text)
+    paste(ROOT / "README.md", "gpu-speed", gpu_summary(gpu))
 
 
 def main() -> None:
@@ -539,6 +728,24 @@ def main() -> None:
             ]
             print(json.dumps(doc["throughput"][-1]["images_per_s"], indent=1), flush=True)
             save()
+    if "speedups" in sections:
+        placement = Placement(device=device, dtype=(args.dtypes or "auto").split(",")[0])
+        from medfair_audit.models.sd_like import save_sd_like
+
+        if gpu or args.size:
+            tmp = tempfile.mkdtemp()
+            ckpt = save_sd_like(Path(tmp) / "sd15", "sd15", size, dtype=placement.dtype)
+        else:
+            ckpt = args.demo / "models" / "t2medi"
+        print(f"speed-ups {placement.describe()['dtype']} ...", flush=True)
+
+        def partial_speedups(result: dict) -> None:
+            doc["speedups"] = result
+            save()
+
+        doc["speedups"] = speedups(ckpt, clf, placement, args.n or 64, args.batch or 32,
+                                   args.steps, args.guidance, save=partial_speedups)  # fmt: skip
+        save()
     if "fid" in sections:
         doc["fid"] = fid_timing()
         print("fid", doc["fid"], flush=True)

@@ -149,3 +149,52 @@ def test_reader_room_is_where_both_intervals_would_hold_the_target(ev, rd):
         assert (lo, hi) == pytest.approx((grid[ok].min(), grid[ok].max()), abs=1e-5)
     else:
         assert lo is None and hi is None and abs(d) > allow
+
+
+def test_gpu_speedup_rows_and_target_verdicts_are_the_records():
+    bench = _bench("bench_audit")
+    gpu = json.loads((BENCH / "audit-gpu.json").read_text())
+    text = "\n".join(bench._speedup_lines(gpu))
+    rows = gpu["speedups"]["rows"]
+    ref = rows["batched diffusers loop"]["images_per_s"]
+    for label, r in rows.items():
+        ratio = r["images_per_s"] / ref
+        assert f"| {label} | {r['images_per_s']:.2f} | {ratio:.2f} |" in text
+    best = max(r["images_per_s"] for r in rows.values())
+    met = best >= bench.TARGET_IMAGES_PER_S
+    assert ("meets the 8 images/s" if met else "misses the 8 images/s") in text
+    assert ("meets the 1.25×" if best / ref >= bench.TARGET_RATIO else "misses the 1.25×") in text
+    naive = next(
+        v
+        for t in gpu["throughput"]
+        if t["placement"]["dtype"] == "float16"
+        for k, v in t["images_per_s"].items()
+        if k.startswith("naive")
+    )
+    hit = "meets" if best / naive >= bench.TARGET_NAIVE else "misses"
+    assert (
+        f"{best / naive:.1f}× the naive loop of the float16 throughput rows ({hit} the 9×" in text
+    )
+    peak = gpu["remediation"]["rows"]["defaults"]["peak_gib"]
+    assert f"peaks at {peak:.1f} GiB ({'within' if peak <= 24 else 'over'} 24 GiB)" in text
+    # the same record below the bars reads as misses, not as a pass
+    slow = json.loads(json.dumps(gpu))
+    for r in slow["speedups"]["rows"].values():
+        r["images_per_s"] = 5.0
+    slow["speedups"]["rows"]["batched diffusers loop"]["images_per_s"] = 4.5
+    slow["remediation"]["rows"]["defaults"]["peak_gib"] = 30.0
+    verdict = bench._speedup_lines(slow)[-1]
+    assert "misses the 8 images/s" in verdict and "misses the 1.25×" in verdict
+    assert "misses the 9×" in verdict
+    assert "over 24 GiB" in verdict
+    # the break-even: at that many images both loops have taken the same time (to the hundred)
+    eager, comp = rows["medfair engine, eager"], rows["medfair engine, --compile --channels-last"]
+    n = bench._break_even(rows)
+    gap = (comp["warmup_s"] + n / comp["images_per_s"]) - (
+        eager["warmup_s"] + n / eager["images_per_s"]
+    )
+    assert abs(gap) <= 50 * (1 / eager["images_per_s"] - 1 / comp["images_per_s"])
+    # RESULTS.md and the README hold what the records render
+    results = (BENCH / "RESULTS.md").read_text()
+    assert text.strip() in results
+    assert _between(ROOT / "README.md", "gpu-speed") == bench.gpu_summary(gpu)
