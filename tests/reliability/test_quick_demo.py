@@ -36,10 +36,17 @@ def test_quick_demo_moves_the_evaluators_reading_toward_the_target(tmp_path, cap
     # before: a share (or its censoring bound) whose interval lies above the target
     low = b["ci"][0] if b.get("value") is not None else b["bound"]["at_least"]
     assert low > target + 0.1
-    # after: a measured share, at least halfway from the biased reading to the target
+    # after: a measured share whose interval lies wholly below the biased one (a real move),
+    # moved at least halfway toward the target and ending closer to it than it started. Where
+    # it ends is not pinned tighter: the same demo trained on another CPU ends on either side of
+    # the target (on one 2-core machine 64% male, on another 40%, from 99% and 93%): the gap
+    # between the guiding classifier and the evaluator that the README's "Guidance that
+    # transfers" (benchmarks/bench_transfer.py) measures.
     assert a.get("value") is not None
     start = b["value"] if b.get("value") is not None else low
-    assert abs(a["value"] - target) < 0.5 * abs(start - target)
+    assert a["ci"][1] < low
+    assert start - a["value"] >= 0.5 * (start - target)
+    assert abs(a["value"] - target) < abs(start - target)
     md = (out / "report.md").read_text()
     assert "before (quick demo)" in md and "after (quick demo)" in md
     record = json.loads((out / "demo.json").read_text())
