@@ -81,13 +81,19 @@ def fuse_qkv(pipe: Any) -> bool:
     """Fuse the attention projections of the UNet (and of an ``AutoencoderKL``).
 
     One matrix product instead of three, the same arithmetic. Returns whether the pipeline
-    supported it.
+    supported it; one that does not (no such method, or a UNet with added key/value
+    projections, which diffusers refuses before changing anything) is left as it was.
     """
     if not hasattr(pipe, "fuse_qkv_projections") or getattr(pipe, "unet", None) is None:
         return False
     from diffusers import AutoencoderKL
 
-    pipe.fuse_qkv_projections(unet=True, vae=isinstance(getattr(pipe, "vae", None), AutoencoderKL))
+    try:
+        pipe.fuse_qkv_projections(
+            unet=True, vae=isinstance(getattr(pipe, "vae", None), AutoencoderKL)
+        )
+    except ValueError:
+        return False
     return True
 
 

@@ -137,6 +137,17 @@ def test_fused_attention_projections_change_nothing_beyond_kernel_tolerance(sd_l
     assert torch.allclose(got, ref, atol=1e-4)
 
 
+def test_a_pipeline_that_refuses_fused_projections_is_left_as_it_was():
+    class Refuses:  # diffusers' answer for a UNet with added key/value projections
+        unet = torch.nn.Identity()
+
+        def fuse_qkv_projections(self, **_):
+            raise ValueError("`fuse_qkv_projections()` is not supported for models having added KV")
+
+    assert fuse_qkv(Refuses()) is False
+    assert fuse_qkv(object()) is False  # no such method at all
+
+
 @pytest.mark.slow
 def test_compiled_pipeline_agrees_with_the_eager_one_and_a_smaller_batch_does_not_recompile(
     sd_like,
