@@ -74,6 +74,33 @@ def _timed(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def _batched_loop(pipe, seeds: list[int], count: int, batch: int, steps: int,
+                  guidance: float) -> None:  # fmt: skip
+    """Plain diffusers, one call per batch of ``batch`` with per-image CPU generators."""
+    for a in range(0, count, batch):
+        gens = [torch.Generator().manual_seed(s) for s in seeds[a : min(a + batch, count)]]
+        pipe(
+            prompt=PROMPTS[0], num_images_per_prompt=len(gens), generator=gens,
+            num_inference_steps=steps, guidance_scale=guidance, output_type="pt",
+        )  # fmt: skip
+
+
+def _engine_run(pipe, clf, extractor, count: int, batch: int, steps: int, guidance: float,
+                folder: str, *, overlap: bool) -> None:  # fmt: skip
+    """``count`` images through medfair's engine as ``medfair audit`` draws them: generation,
+    classification, features and shard writes."""
+    from medfair_audit.generation import GenerationConfig
+    from medfair_audit.generation.engine import run_shards
+    from medfair_audit.models.pipelines import generate
+
+    cfg = GenerationConfig(n_per_prompt=count, steps=steps, guidance=guidance, shard_size=batch)
+    run_shards(
+        lambda p, s: generate(pipe, p, s, steps=steps, guidance=guidance),
+        PROMPTS[:1], cfg, folder, analyse=lambda x: (clf.predict_proba(x), extractor(x)),
+        settings={}, overlap=overlap,
+    )  # fmt: skip
+
+
 def throughput(checkpoint: Path, classifier: Path, placement, n: int, batch: int, steps: int,
                guidance: float, *, statistics: bool = True, save=None) -> dict:  # fmt: skip
     """Images/s of the naive loop, the batched loop, the engine and the whole audit.
@@ -82,10 +109,9 @@ def throughput(checkpoint: Path, classifier: Path, placement, n: int, batch: int
     """
     from medfair_audit import AuditConfig, run_audit
     from medfair_audit.generation import GenerationConfig, image_seed
-    from medfair_audit.generation.engine import run_shards
     from medfair_audit.models.classifier import SubgroupClassifier
     from medfair_audit.models.features import get_extractor
-    from medfair_audit.models.pipelines import generate, load_pipeline, pipeline_info
+    from medfair_audit.models.pipelines import load_pipeline, pipeline_info
     from medfair_audit.target import parse_target
 
     device = placement.device
@@ -100,18 +126,10 @@ def throughput(checkpoint: Path, classifier: Path, placement, n: int, batch: int
             pipe(prompt=PROMPTS[0], generator=torch.Generator().manual_seed(s), **kw)
 
     def batched(count: int) -> None:
-        for a in range(0, count, batch):
-            gens = [torch.Generator().manual_seed(s) for s in seeds[a : min(a + batch, count)]]
-            pipe(prompt=PROMPTS[0], num_images_per_prompt=len(gens), generator=gens, **kw)
+        _batched_loop(pipe, seeds, count, batch, steps, guidance)
 
-    def engine(overlap: bool, folder: str) -> None:
-        cfg = GenerationConfig(n_per_prompt=n, steps=steps, guidance=guidance, shard_size=batch)
-        run_shards(
-            lambda p, s: generate(pipe, p, s, steps=steps, guidance=guidance),
-            PROMPTS[:1], cfg, folder,
-            analyse=lambda x: (clf.predict_proba(x), extractor(x)),
-            settings={}, overlap=overlap,
-        )  # fmt: skip
+    def engine(count: int, folder: str, overlap: bool) -> None:
+        _engine_run(pipe, clf, extractor, count, batch, steps, guidance, folder, overlap=overlap)
 
     info = pipeline_info(pipe)
     result = {
@@ -132,13 +150,7 @@ def throughput(checkpoint: Path, classifier: Path, placement, n: int, batch: int
         naive(1)
         batched(min(batch, n))
         with tempfile.TemporaryDirectory() as tmp:
-            warm = GenerationConfig(n_per_prompt=min(batch, n), steps=steps, guidance=guidance,
-                                    shard_size=batch)  # fmt: skip
-            run_shards(
-                lambda p, s: generate(pipe, p, s, steps=steps, guidance=guidance),
-                PROMPTS[:1], warm, tmp, analyse=lambda x: (clf.predict_proba(x), extractor(x)),
-                settings={}, overlap=False,
-            )  # fmt: skip
+            engine(min(batch, n), tmp, overlap=False)
         naive_n = max(1, n // 4)  # the naive loop is timed on a quarter of the images
         put(
             "naive diffusers loop (1 image per call)",
@@ -148,7 +160,7 @@ def throughput(checkpoint: Path, classifier: Path, placement, n: int, batch: int
         for overlap in (False, True):
             with tempfile.TemporaryDirectory() as tmp:
                 label = f"medfair engine: + classifier, features, shard writes{', overlapped' if overlap else ''}"  # noqa: E501
-                put(label, n / _timed(lambda o=overlap, d=tmp: engine(o, d), device))
+                put(label, n / _timed(lambda o=overlap, d=tmp: engine(n, d, o), device))
     if statistics:
         del pipe  # run_audit loads its own
 
@@ -194,11 +206,10 @@ def speedups(checkpoint: Path, classifier: Path, placement, n: int, batch: int, 
     called after every row.
     """
     from medfair_audit.config import Speed
-    from medfair_audit.generation import GenerationConfig, image_seed
-    from medfair_audit.generation.engine import run_shards
+    from medfair_audit.generation import image_seed
     from medfair_audit.models.classifier import SubgroupClassifier
     from medfair_audit.models.features import get_extractor
-    from medfair_audit.models.pipelines import apply_speed, fuse_qkv, generate, load_pipeline
+    from medfair_audit.models.pipelines import apply_speed, fuse_qkv, load_pipeline
 
     device = placement.device
     clf = SubgroupClassifier.from_pretrained(classifier).to(device)
@@ -216,20 +227,10 @@ def speedups(checkpoint: Path, classifier: Path, placement, n: int, batch: int, 
 
         def run(count: int, folder: str, pipe=pipe, plain=plain) -> None:
             if plain:
-                for a in range(0, count, batch):
-                    gens = [torch.Generator().manual_seed(s) for s in seeds[a : a + batch]]
-                    pipe(
-                        prompt=PROMPTS[0], num_images_per_prompt=len(gens), generator=gens,
-                        num_inference_steps=steps, guidance_scale=guidance, output_type="pt",
-                    )  # fmt: skip
-                return
-            cfg = GenerationConfig(n_per_prompt=count, steps=steps, guidance=guidance,
-                                   shard_size=batch)  # fmt: skip
-            run_shards(
-                lambda p, s: generate(pipe, p, s, steps=steps, guidance=guidance),
-                PROMPTS[:1], cfg, folder, analyse=lambda x: (clf.predict_proba(x), extractor(x)),
-                settings={}, overlap=device.type != "cpu",
-            )  # fmt: skip
+                _batched_loop(pipe, seeds, count, batch, steps, guidance)
+            else:
+                _engine_run(pipe, clf, extractor, count, batch, steps, guidance, folder,
+                            overlap=device.type != "cpu")  # fmt: skip
 
         with torch.inference_mode():
             with tempfile.TemporaryDirectory() as tmp:
@@ -453,6 +454,11 @@ def quality_share(demo: Path, n: int = 256, steps: int = 25) -> dict:
     }
 
 
+def _loop(images_per_s: dict, start: str) -> float | None:
+    """The images/s of the loop whose label starts with ``start`` (``None``: not measured)."""
+    return next((v for k, v in images_per_s.items() if k.startswith(start)), None)
+
+
 def _fmt_rows(doc: dict, where: str) -> list[str]:
     lines = []
     for t in doc.get("throughput", []):
@@ -460,8 +466,7 @@ def _fmt_rows(doc: dict, where: str) -> list[str]:
         head = f"{p.get('name', where)}, {p['dtype']}"
         model = f"{t['pipeline']['class']} {t['pipeline']['unet_parameters'] / 1e6:.0f}M UNet"
         base = t["images_per_s"]
-        ref = next((v for k, v in base.items() if k.startswith("batched")), None)
-        naive = next((v for k, v in base.items() if k.startswith("naive")), None)
+        ref, naive = _loop(base, "batched"), _loop(base, "naive")
         for label, value in base.items():
             ratios = [f"{value / ref:.2f}× batched" if ref else "", f"{value / naive:.1f}× naive"
                       if naive else ""]  # fmt: skip
@@ -515,11 +520,9 @@ def _speedup_lines(gpu: dict | None) -> list[str]:
         )
     naive = next(
         (
-            v
+            _loop(t["images_per_s"], "naive")
             for t in (gpu or {}).get("throughput", [])
             if t["placement"]["dtype"] == p["dtype"]
-            for k, v in t["images_per_s"].items()
-            if k.startswith("naive")
         ),
         None,
     )
@@ -704,16 +707,19 @@ def main() -> None:
         tmp.replace(args.out)
 
     size = args.size or ("full" if gpu else "tiny")
+
+    def fixture(placement: Placement) -> Path:
+        """The SD-1.5-size scale fixture (``--size``) in the placement's dtype."""
+        from medfair_audit.models.sd_like import save_sd_like
+
+        return save_sd_like(Path(tempfile.mkdtemp()) / "sd15", "sd15", size, dtype=placement.dtype)
+
     if "throughput" in sections:
         dtypes = (args.dtypes or ("float16,bfloat16" if gpu else "float32")).split(",")
         for dtype in dtypes:
             placement = Placement(device=device, dtype=dtype)
             if gpu or args.size:
-                from medfair_audit.models.sd_like import save_sd_like
-
-                tmp = tempfile.mkdtemp()
-                ckpt = save_sd_like(Path(tmp) / "sd15", "sd15", size, dtype=placement.dtype)
-                n, batch = args.n or 128, args.batch or 32
+                ckpt, n, batch = fixture(placement), args.n or 128, args.batch or 32
             else:
                 ckpt, n, batch = args.demo / "models" / "t2medi", args.n or 64, args.batch or 32
             print(f"throughput {dtype} ...", flush=True)
@@ -730,13 +736,7 @@ def main() -> None:
             save()
     if "speedups" in sections:
         placement = Placement(device=device, dtype=(args.dtypes or "auto").split(",")[0])
-        from medfair_audit.models.sd_like import save_sd_like
-
-        if gpu or args.size:
-            tmp = tempfile.mkdtemp()
-            ckpt = save_sd_like(Path(tmp) / "sd15", "sd15", size, dtype=placement.dtype)
-        else:
-            ckpt = args.demo / "models" / "t2medi"
+        ckpt = fixture(placement) if gpu or args.size else args.demo / "models" / "t2medi"
         print(f"speed-ups {placement.describe()['dtype']} ...", flush=True)
 
         def partial_speedups(result: dict) -> None:
