@@ -17,20 +17,26 @@ remediates the biased model on the demo's *training* prompts, then audits the re
 * the share of images outside the real images' support in the evaluator's and the reader's
   feature spaces.
 
-Per variant: the mean gap over seeds, the spread of the evaluator's reading, and whether every
-seed's evaluator and reader intervals hold the target. ``--draw`` runs variants on another draw
+Per variant: the mean gap over seeds, the biased model's gap (the same guides and evaluator on
+the biased model's images, before any tuning) and the tuning's part of the gap (the gap minus
+that), the spread of the evaluator's reading, and whether every seed's evaluator and reader
+intervals hold the target. ``--draw`` runs variants on another draw
 of the models too (a demo folder trained with another ``--seed``), summarised apart, since the
 tuning seeds of one draw hold the trained models fixed. ``--sampler-check`` draws a T = 10
 run's held-out audit again at T = 10, with the same seeds as its 25-step audit. Writes
 ``benchmarks/transfer.json`` and the table between the ``transfer-table`` markers of
 ``benchmarks/RESULTS.md``; runs are kept under ``DEMO/transfer/`` so a rerun computes only what
-is missing.
+is missing. ``--add`` puts the runs measured now into the committed record instead (a row of the
+same variant, seed and draw replaced, FID/KID at the record's common size), e.g. another draw
+whose folder is at hand when the record's own demo folders are not; ``--draw-name`` names such a
+draw in the tables (the example's seed trained again on another machine is not "seed 0").
 
 Run: .venv/bin/python benchmarks/bench_transfer.py [DEMO_DIR] [--variants a,b] [--seeds 0,1]
      [--default-seeds 0,1,2] [--seeds-of VARIANT=0,1,2] [--threads 2] [--cached]
      [--draw reports/demo-seed1 --draw-variants single,T10 --draw-seeds 1]
      [--demo-runs reports/demo,reports/demo-seed1] [--sampler-check T10=0]
      [--sampler-check reports/demo-seed1:T10=1]
+     [--add --draw DIR --draw-name NAME --draw-variants single,text --draw-seeds 0,1]
      .venv/bin/python benchmarks/bench_transfer.py --render   (tables again from transfer.json)
 """
 
@@ -105,6 +111,10 @@ VARIANTS: dict[str, dict] = {
     "eot": {"augment": 4},
     "ensemble": {"ensemble": ("classifier-b", "classifier-robust")},
     "robust": {"guide": "classifier-robust"},
+    # Shen et al.'s default: LoRA on the text encoder's attention, the UNet frozen (the denoiser
+    # cannot learn image-space patterns, only how a prompt is encoded), weights chosen as the
+    # default's
+    "text": {"select": True, "tuning": {"lora_on": "text"}},
     "combined": {"ensemble": ("classifier-b", "classifier-robust"), "augment": 4},
 }
 SEEDS = (0, 1)
@@ -350,13 +360,16 @@ def measure(
     cached: bool = False,
     skipped: list | None = None,
     draw: bool = False,
+    draw_name: str | None = None,
 ) -> list[dict]:
     """Every (variant, seed) of ``plan``; finished runs under ``DEMO/transfer/`` are reused.
 
     With ``cached``, a run whose remediated model is not finished is left out (and its
     ``variant-sSEED`` name appended to ``skipped``) instead of computed. With ``draw``,
     ``demo`` is another draw of the models (a demo folder trained with another seed): its
-    settings are read from its ``demo.json`` and its rows keep that seed as ``draw``.
+    settings are read from its ``demo.json`` and its rows keep that seed as ``draw`` (and
+    ``draw_name``, when given, as the name the tables show instead of ``seed N``: a demo of the
+    example's seed trained again on another machine is another draw of the same seed).
     """
     cfg = _config(demo) if draw else DemoConfig(out=demo, robust_guide=True)
     run_demo(cfg, until="reader", log=print)
@@ -371,7 +384,8 @@ def measure(
             variant = VARIANTS[name]
             if cached and not _tuned(run / "model", variant, _tuning(cfg, variant, seed)):
                 if skipped is not None:
-                    skipped.append(run.name + (f" (models of seed {cfg.seed})" if draw else ""))
+                    where = draw_name or f"seed {cfg.seed}"
+                    skipped.append(run.name + (f" (models of {where})" if draw else ""))
                 continue
             timing = _remediate(demo, cfg, variant, seed, run / "model")
             audit = _audit(demo, run / "model", run / "audit", cfg)
@@ -379,6 +393,8 @@ def measure(
             print(f"{name}, seed {seed}: done", flush=True)
     for r in rows:
         r["draw"] = cfg.seed if draw else None
+        if draw and draw_name:
+            r["draw_name"] = draw_name
     return rows
 
 
@@ -446,11 +462,43 @@ def demo_rows(folders: list[Path]) -> list[dict]:
     return rows
 
 
-def group_of(row: dict) -> str:
-    """A row's variant, with the seed of its models when they are another draw's."""
+def draw_of(row: dict) -> str | None:
+    """Which models a row's run started from: ``None`` for the example's, else the draw's name
+    (``seed N`` for a demo trained with another seed, or the name given with ``--draw-name``)."""
     if row.get("draw") is None:
-        return row["variant"]
-    return f"{row['variant']} (models of seed {row['draw']})"
+        return None
+    return row.get("draw_name") or f"seed {row['draw']}"
+
+
+def group_of(row: dict) -> str:
+    """A row's variant, with the draw of its models when they are another draw's."""
+    draw = draw_of(row)
+    return row["variant"] if draw is None else f"{row['variant']} (models of {draw})"
+
+
+def tuning_gaps(rows: list[dict]) -> None:
+    """Set each tuned row's ``gap_before`` (its draw's biased model's gap, read with the same
+    guides) and ``tuning_gap`` (its gap minus that): the part of the transfer gap the tuning
+    made, beside the offset the guides and the evaluator already had on the generator's images.
+
+    The biased model's gap is the mean over the row's guides of each guide's reading minus the
+    evaluator's on the biased model's held-out images (``None`` where one of them is missing or
+    censored).
+    """
+    biased = {draw_of(r): r for r in rows if r["variant"] == "biased"}
+    for r in rows:
+        # a whole demo run retrained its own biased model, which the record does not read
+        if r["variant"] == "biased" or _is_demo(r["variant"]):
+            continue
+        before = biased.get(draw_of(r))
+        gap = None
+        if before is not None and r["guides"]:
+            points = [_point(before["male"][g]) if g in before["male"] else None
+                      for g in ("evaluator", *r["guides"])]  # fmt: skip
+            if None not in points:
+                gap = float(np.mean(points[1:])) - points[0]
+        r["gap_before"] = gap
+        r["tuning_gap"] = None if gap is None or r["gap"] is None else r["gap"] - gap
 
 
 def _readers_spread(row: dict) -> float | None:
@@ -470,12 +518,16 @@ def closest(doc: dict) -> str | None:
 
 
 def variant_summary(rows: list[dict], target: float) -> dict:
-    """Per variant: seeds, mean gap, the evaluator's mean, spread and miss, what holds."""
+    """Per variant: seeds, mean gap (and the tuning's part of it), the evaluator's mean, spread
+    and miss, what holds. Sets the rows' ``gap_before`` and ``tuning_gap``
+    (:func:`tuning_gaps`)."""
+    tuning_gaps(rows)
     variants = {}
     for name in dict.fromkeys(group_of(r) for r in rows if r["variant"] != "biased"):
         runs = [r for r in rows if group_of(r) == name]
         evals = [_point(r["male"]["evaluator"]) for r in runs]
         gaps = [r["gap"] for r in runs if r["gap"] is not None]
+        own = [r.get("tuning_gap") for r in runs]
 
         def holds(reader: str, runs: list[dict] = runs) -> bool:
             cis = [estimate_from_json(r["male"][reader]).ci for r in runs]
@@ -490,6 +542,8 @@ def variant_summary(rows: list[dict], target: float) -> dict:
             if None not in evals
             else None,
             "mean_gap": float(np.mean(gaps)) if gaps else None,
+            "gap_before": runs[0].get("gap_before"),
+            "mean_tuning_gap": None if None in own else float(np.mean(own)),
             "evaluator_mean": float(np.mean(evals)) if None not in evals else None,
             "evaluator_spread": float(np.ptp(evals)) if None not in evals else None,
             "evaluator_holds_target": holds("evaluator"),
@@ -498,14 +552,69 @@ def variant_summary(rows: list[dict], target: float) -> dict:
     return variants
 
 
-def fid_kid_at_common_n(rows: list[dict]) -> int:
-    """Set each row's overall ``fid`` and ``kid`` at one n all rows have; that n."""
-    n = common_size([r["quality"].get("overall") for r in rows])
+def _fid_kid_at(rows: list[dict], n: str | None) -> None:
+    """Set each row's overall ``fid`` and ``kid`` at subsample size ``n``."""
     for r in rows:
         at = r["quality"]["overall"].at(n)
         r["fid"] = at.fid.to_json() if at and at.fid else None
         r["kid"] = at.kid.to_json() if at and at.kid else None
+
+
+def fid_kid_at_common_n(rows: list[dict]) -> str | None:
+    """Set each row's overall ``fid`` and ``kid`` at one n all rows have; that n."""
+    n = common_size([r["quality"].get("overall") for r in rows])
+    _fid_kid_at(rows, n)
     return n
+
+
+def variants_defined() -> dict:
+    """:data:`VARIANTS` as the record stores them."""
+    return {
+        k: {a: list(b) if isinstance(b, tuple) else b for a, b in v.items()}
+        for k, v in VARIANTS.items()
+    }
+
+
+def _prdc_at(rows: list[dict], n_prdc: dict) -> None:
+    """Set each row's per-group recall and coverage at ``n_prdc`` (a group collapsed onto
+    prototypes shows there) and drop its quality entries."""
+    for r in rows:
+        for g, n in n_prdc.items():
+            pr = r["quality"][g].at(n)
+            prdc = (pr.prdc if pr else None) or {}
+            r[f"recall_{g}"], r[f"coverage_{g}"] = (
+                prdc[k].to_json() if prdc.get(k) else None for k in ("recall", "coverage")
+            )
+        del r["quality"]
+
+
+def add_rows(doc: dict, rows: list[dict]) -> list[str]:
+    """Put freshly measured ``rows`` into the record ``doc`` and summarise it again.
+
+    A row replaces the record's row of the same run (variant, seed and draw); the others are
+    appended. Their FID/KID and recall/coverage are taken at the record's common sizes, so the
+    new rows compare with the old ones. Returns the runs that were replaced.
+
+    Raises:
+        SystemExit: a new row has fewer images than the record's common size.
+    """
+    n, n_prdc = doc["quality_n"], doc["prdc_n"]
+    short = [group_of(r) for r in rows if r["quality"]["overall"].at(n) is None]
+    if short:
+        sys.exit(f"--add: fewer than the record's {n} images for FID/KID in {short}")
+    _fid_kid_at(rows, n)
+    _prdc_at(rows, n_prdc)
+
+    def key(r: dict) -> tuple:
+        return r["variant"], r["seed"], draw_of(r)
+
+    new = {key(r): r for r in rows}
+    replaced = [group_of(r) for r in doc["rows"] if key(r) in new]
+    kept = [r for r in doc["rows"] if key(r) not in new]
+    doc["rows"] = kept + rows
+    doc["variants_defined"] = variants_defined()
+    doc["summary"] = variant_summary(doc["rows"], doc["target_male"])
+    return replaced
 
 
 def summarise(rows: list[dict], *, steps: int, prompts_per_step: int) -> dict:
@@ -513,14 +622,7 @@ def summarise(rows: list[dict], *, steps: int, prompts_per_step: int) -> dict:
     n = fid_kid_at_common_n(rows)
     groups = [g for g in rows[0]["quality"] if g != "overall"]
     n_prdc = {g: prdc_size([r["quality"].get(g) for r in rows]) for g in groups}
-    for r in rows:
-        for g in groups:  # per-group recall and coverage (a group collapsed onto prototypes)
-            pr = r["quality"][g].at(n_prdc[g])
-            prdc = (pr.prdc if pr else None) or {}
-            r[f"recall_{g}"], r[f"coverage_{g}"] = (
-                prdc[k].to_json() if prdc.get(k) else None for k in ("recall", "coverage")
-            )
-        del r["quality"]
+    _prdc_at(rows, n_prdc)
     target = rows[0]["target_male"]
     variants = variant_summary(rows, target)
     return {
@@ -534,10 +636,7 @@ def summarise(rows: list[dict], *, steps: int, prompts_per_step: int) -> dict:
         "quality_n": n,
         "prdc_n": n_prdc,
         "target_male": target,
-        "variants_defined": {
-            k: {a: list(b) if isinstance(b, tuple) else b for a, b in v.items()}
-            for k, v in VARIANTS.items()
-        },
+        "variants_defined": variants_defined(),
         "rows": rows,
         "summary": variants,
     }
@@ -566,11 +665,12 @@ def table(doc: dict) -> str:
         + (f" Planned but not run: {', '.join(doc['not_run'])}." if doc.get("not_run") else ""),
         "",
         "| variant | seed | evaluator | radiomics reader | classifier (plain ResNet) "
-        "| classifier-b | classifier-robust | gap (guides − evaluator) | KL, evaluator "
+        "| classifier-b | classifier-robust | gap (guides − evaluator) "
+        "| tuning's part (gap − biased model's) | KL, evaluator "
         f"| FID (n = {n}) | KID "
         + (f"| recall {' / '.join(groups)} | coverage {' / '.join(groups)} " if prdc else "")
         + "| outside support (evaluator / reader) | evaluator's male labels by prompt | s/step |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         + ("---:|---:|" if prdc else ""),
     ]
     for r in doc["rows"]:
@@ -583,6 +683,7 @@ def table(doc: dict) -> str:
             *(format_estimate(m[k], ".3f") if k in m else "–" for k in
               ("evaluator", "reader", "classifier", "classifier-b", "classifier-robust")),
             _pp(r["gap"]),
+            _pp(r.get("tuning_gap")),
             format_estimate(r["kl"], ".4f"),
             "–" if not r["fid"] else f"{r['fid']['mean']:.2f} ± {r['fid']['sd']:.2f}",
             "–" if not r["kid"] else f"{r['kid']['mean']:.3f} ± {r['kid']['sd']:.3f}",
@@ -599,9 +700,10 @@ def table(doc: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        "| variant | seeds | mean gap | evaluator mean (spread) | evaluator holds target "
-        "| reader holds target | readers' spread |",
-        "|---|---|---:|---:|---|---|---:|",
+        "| variant | seeds | mean gap | biased model's gap | tuning's part "
+        "| evaluator mean (spread) | evaluator holds target | reader holds target "
+        "| readers' spread |",
+        "|---|---|---:|---:|---:|---:|---|---|---:|",
     ]
     for name, s in doc["summary"].items():
         mean = "–" if s["evaluator_mean"] is None else f"{s['evaluator_mean']:.3f}"
@@ -609,7 +711,8 @@ def table(doc: dict) -> str:
             mean += f" ({s['evaluator_spread'] * 100:.1f} pp)"
         every = "every seed" if len(s["seeds"]) > 1 else "yes"
         lines.append(
-            f"| {name} | {', '.join(map(str, s['seeds']))} | {_pp(s['mean_gap'])} | {mean} | "
+            f"| {name} | {', '.join(map(str, s['seeds']))} | {_pp(s['mean_gap'])} | "
+            f"{_pp(s.get('gap_before'))} | {_pp(s.get('mean_tuning_gap'))} | {mean} | "
             f"{every if s['evaluator_holds_target'] else 'no'} | "
             f"{every if s['reader_holds_target'] else 'no'} | "
             f"{_pp(s.get('readers_spread')).lstrip('+')} |"
@@ -668,6 +771,7 @@ def summary_text(doc: dict) -> str:
         "largest minus the smallest PACC share among the readers of the same images (five; four "
         "in a demo run without --robust-guide; mean over seeds)."
         + _closest_text(doc)
+        + _offset_text(doc)
         + _readers_text(doc)
         + _cut_text(doc)
     )
@@ -692,12 +796,46 @@ def reader_room(row: dict, target: float) -> tuple[float, float, float | None, f
     return d, he + hr, *((lo, hi) if lo <= hi else (None, None))
 
 
+def _offset_text(doc: dict) -> str:
+    """Per draw, the biased model's gap and the range of the tuning's part of the gap."""
+    parts, own = [], []
+    for draw in dict.fromkeys(draw_of(r) for r in doc["rows"]):
+        rows = [r for r in doc["rows"] if draw_of(r) == draw and not _is_demo(r["variant"])]
+        biased = [r for r in rows if r["variant"] == "biased" and r["gap"] is not None]
+        tuned = [r["tuning_gap"] for r in rows if r.get("tuning_gap") is not None]
+        if not biased or not tuned:
+            continue
+        own += tuned
+        label = "the example's models" if draw is None else f"the models of {draw}"
+        parts.append(
+            f"on {label} the biased model {_pp(biased[0]['gap'])}, the tuning's part "
+            f"{_pp(min(tuned))} to {_pp(max(tuned))} ({len(tuned)} runs)"
+        )
+    if not parts:
+        return ""
+    small = max(abs(x) for x in own) <= 0.05
+    return (
+        " Before any tuning the training classifier already reads the biased model's images "
+        "apart from the evaluator; the tuning's part of the gap is the gap after tuning minus "
+        "that offset (same guides): "
+        + "; ".join(parts)
+        + (
+            ". Every run's tuning part (point estimates) is within ±5 pp: what the guides and "
+            "the evaluator still disagree on after tuning is mostly the offset they had on the "
+            "generator's images before it, not a pattern the tuning taught the guide."
+            if small
+            else ". Some run's tuning part exceeds ±5 pp: there the tuning itself moved the "
+            "guides apart from the evaluator."
+        )
+    )
+
+
 def _readers_text(doc: dict) -> str:
     """Per draw, the evaluator's distance from the radiomics reader on the same images."""
     t = doc["target_male"]
     parts = []
-    for draw in sorted({r.get("draw") for r in doc["rows"]}, key=lambda x: (x is not None, x)):
-        rows = [r for r in doc["rows"] if r.get("draw") == draw and not _is_demo(r["variant"])
+    for draw in dict.fromkeys(draw_of(r) for r in doc["rows"]):
+        rows = [r for r in doc["rows"] if draw_of(r) == draw and not _is_demo(r["variant"])
                 and "reader" in r["male"] and "evaluator" in r["male"]]  # fmt: skip
         tuned = [r for r in rows if r["seed"] is not None]
         biased = [r for r in rows if r["seed"] is None]
@@ -711,7 +849,7 @@ def _readers_text(doc: dict) -> str:
             if lo is None
             else f"both hold the target only with the evaluator between {lo:.1%} and {hi:.1%}"
         )
-        label = "the example's models" if draw is None else f"the models of seed {draw}"
+        label = "the example's models" if draw is None else f"the models of {draw}"
         parts.append(
             f"on {label} {_pp(min(ds))} to {_pp(max(ds))}"
             + (f" (the biased model {_pp(reader_room(biased[0], t)[0])})" if biased else "")
@@ -780,7 +918,11 @@ def splice(path: Path, text: str, name: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("demo", nargs="?", type=Path, default=Path("reports/demo"))
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument(
+        "--variants",
+        default=None,
+        help="variants run on DEMO (default: every one; with --add, none unless named)",
+    )
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     parser.add_argument(
         "--default-seeds",
@@ -796,6 +938,12 @@ def main() -> None:
     )
     parser.add_argument("--render", action="store_true")
     parser.add_argument(
+        "--add",
+        action="store_true",
+        help="put the runs measured now into the committed record (a row of the same variant, "
+        "seed and draw is replaced) instead of writing a new record of these runs only",
+    )
+    parser.add_argument(
         "--demo-runs",
         type=lambda v: [Path(p) for p in v.split(",") if p],
         default=[],
@@ -809,6 +957,12 @@ def main() -> None:
         metavar="DEMO_DIR",
         help="another draw of the models (a demo folder made with another --seed; repeatable): "
         "--draw-variants are run on it too, with --draw-seeds",
+    )
+    parser.add_argument(
+        "--draw-name",
+        default=None,
+        help="the name the tables give the --draw models instead of 'seed N' (e.g. the "
+        "example's seed trained again on another machine)",
     )
     parser.add_argument("--draw-variants", default=f"{DEFAULT_VARIANT}")
     parser.add_argument("--draw-seeds", default="1")
@@ -835,7 +989,8 @@ def main() -> None:
     else:
         torch.set_num_threads(args.threads)
         start = time.perf_counter()
-        variants = [v for v in args.variants.split(",") if v]
+        named = args.variants if args.variants is not None else "" if args.add else None
+        variants = list(VARIANTS) if named is None else [v for v in named.split(",") if v]
         unknown = sorted(set(variants) - set(VARIANTS))
         if unknown:
             sys.exit(f"unknown variants {unknown}; expected some of {', '.join(VARIANTS)}")
@@ -848,26 +1003,42 @@ def main() -> None:
                 sys.exit(f"--seeds-of {item}: {name!r} is not among --variants")
             plan[name] = [int(x) for x in given.split(",") if x]
         skipped: list[str] = []
-        rows = measure(args.demo, plan, cached=args.cached, skipped=skipped)
+        rows = measure(args.demo, plan, cached=args.cached, skipped=skipped) if plan else []
         draw_plan = {
             v: [int(x) for x in args.draw_seeds.split(",") if x]
             for v in args.draw_variants.split(",")
             if v
         }
         for folder in args.draw:
-            rows += measure(folder, draw_plan, cached=args.cached, skipped=skipped, draw=True)
+            rows += measure(
+                folder,
+                draw_plan,
+                cached=args.cached,
+                skipped=skipped,
+                draw=True,
+                draw_name=args.draw_name,
+            )
         rows += demo_rows(args.demo_runs)
-        tuning = DemoConfig(out=args.demo).remediation
-        doc = summarise(rows, steps=tuning.steps, prompts_per_step=tuning.prompts_per_step)
-        doc["not_run"] = skipped
         checks = []
         for item in args.sampler_check:
             where, _, run = item.rpartition(":")
             name, _, seed = run.partition("=")
             checks.append(sampler_check(Path(where) if where else args.demo, name, int(seed)))
-        doc["sampler_check"] = [c for c in checks if c is not None]
-        doc["seconds"] = time.perf_counter() - start
-        (HERE / "transfer.json").write_text(json.dumps(doc, indent=2) + "\n")
+        checks = [c for c in checks if c is not None]
+        if args.add:
+            doc = json.loads((HERE / "transfer.json").read_text())
+            replaced = add_rows(doc, rows)
+            print(f"added {len(rows) - len(replaced)} rows, replaced {replaced or 'none'}")
+            doc["not_run"] = sorted(set(doc["not_run"]) | set(skipped))
+            doc["sampler_check"] += checks
+            doc["seconds_added"] = doc.get("seconds_added", 0.0) + time.perf_counter() - start
+        else:
+            tuning = DemoConfig(out=args.demo).remediation
+            doc = summarise(rows, steps=tuning.steps, prompts_per_step=tuning.prompts_per_step)
+            doc["not_run"] = skipped
+            doc["sampler_check"] = checks
+            doc["seconds"] = time.perf_counter() - start
+    (HERE / "transfer.json").write_text(json.dumps(doc, indent=2) + "\n")
     splice(HERE / "RESULTS.md", table(doc), "transfer-table")
     splice(HERE.parent / "README.md", summary_text(doc), "transfer-summary")
     print(table(doc))

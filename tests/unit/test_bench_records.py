@@ -8,6 +8,7 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -198,3 +199,91 @@ def test_gpu_speedup_rows_and_target_verdicts_are_the_records():
     results = (BENCH / "RESULTS.md").read_text()
     assert text.strip() in results
     assert _between(ROOT / "README.md", "gpu-speed") == bench.gpu_summary(gpu)
+
+
+def _row(variant, seed, gap, male, *, draw=None, name=None, guides=("classifier",)):
+    male = {"reader": 0.6, **male}
+    shares = {k: {"value": v, "ci": [v - 0.07, v + 0.07]} for k, v in male.items()}
+    row = {"variant": variant, "seed": seed, "gap": gap, "guides": list(guides), "draw": draw,
+           "male": shares}  # fmt: skip
+    return row | ({"draw_name": name} if name else {})
+
+
+def test_the_tuning_part_of_the_gap_is_the_gap_minus_the_same_draws_biased_gap():
+    bench = _bench("bench_transfer")
+    rows = [
+        _row("biased", None, 0.03, {"evaluator": 0.80, "classifier": 0.83, "classifier-b": 0.90}),
+        _row("single", 0, 0.01, {"evaluator": 0.60, "classifier": 0.61, "classifier-b": 0.70}),
+        _row(
+            "ensemble",
+            0,
+            0.06,
+            {"evaluator": 0.55, "classifier": 0.56, "classifier-b": 0.67},
+            guides=("classifier", "classifier-b"),
+        ),
+        _row("biased", None, 0.10, {"evaluator": 0.70, "classifier": 0.80}, draw=0, name="again"),
+        _row("single", 0, 0.12, {"evaluator": 0.47, "classifier": 0.59}, draw=0, name="again"),
+        _row("biased", None, 0.07, {"evaluator": 0.82, "classifier": 0.89}, draw=1),
+        _row("single", 1, 0.05, {"evaluator": 0.45, "classifier": 0.50}, draw=1),
+        _row("robust", 1, 0.02, {"evaluator": 0.45}, draw=1, guides=("classifier-robust",)),
+        _row(bench._demo_name("classifier"), 1, 0.05, {"evaluator": 0.45, "classifier": 0.50}),
+    ]
+    summary = bench.variant_summary(rows, 0.58)
+    # each run against its own draw's biased model, read with the run's own guides
+    assert rows[1]["gap_before"] == pytest.approx(0.03)
+    assert rows[1]["tuning_gap"] == pytest.approx(0.01 - 0.03)
+    assert rows[2]["gap_before"] == pytest.approx((0.83 + 0.90) / 2 - 0.80)
+    assert rows[4]["tuning_gap"] == pytest.approx(0.12 - 0.10)
+    assert rows[6]["tuning_gap"] == pytest.approx(0.05 - 0.07)
+    # a guide the biased audit did not read, and a whole demo run (its own biased model): none
+    assert rows[7]["tuning_gap"] is None and rows[8].get("tuning_gap") is None
+    assert bench.group_of(rows[4]) == "single (models of again)"
+    assert bench.group_of(rows[6]) == "single (models of seed 1)"
+    assert summary["single (models of again)"]["mean_tuning_gap"] == pytest.approx(0.02)
+    assert summary["robust (models of seed 1)"]["mean_tuning_gap"] is None
+    # the README sentence names each draw's biased gap and the tuning part's range
+    text = bench._offset_text({"rows": rows})
+    assert "on the models of again the biased model +10.0 pp, the tuning's part +2.0 pp" in text
+    assert "within ±5 pp" in text
+    rows[4]["gap"] = 0.20
+    bench.variant_summary(rows, 0.58)
+    assert "exceeds ±5 pp" in bench._offset_text({"rows": rows})
+
+
+class _At:
+    def __init__(self, fid):
+        self.fid = self.kid = SimpleNamespace(to_json=lambda: {"mean": fid, "sd": 0.1})
+        self.prdc = {"recall": SimpleNamespace(to_json=lambda: {"mean": 0.9})}
+
+
+def _quality(fid, sizes=("128", "256")):
+    entry = SimpleNamespace(at=lambda n: _At(fid) if n in sizes else None)
+    return {"overall": entry, "female": entry, "male": entry}
+
+
+def test_added_runs_replace_the_same_run_and_take_the_records_sizes():
+    bench = _bench("bench_transfer")
+    male = {"evaluator": 0.6, "reader": 0.6, "classifier": 0.6}
+    old = [_row("biased", None, 0.03, male), _row("single", 0, 0.0, male),
+           _row("single", 1, 0.0, male)]  # fmt: skip
+    for r in old:
+        r |= {"fid": {"mean": 9.0, "sd": 0.1}, "kid": None}
+    doc = {"rows": old, "quality_n": "256", "prdc_n": {"female": "128", "male": "128"},
+           "target_male": 0.58}  # fmt: skip
+    new = [_row("single", 1, 0.01, male), _row("single", 0, 0.05, male, draw=0, name="again")]
+    for r in new:
+        r["quality"] = _quality(2.0)
+    replaced = bench.add_rows(doc, new)
+    assert replaced == ["single"]
+    assert [(r["variant"], r["seed"], bench.draw_of(r)) for r in doc["rows"]] == [
+        ("biased", None, None), ("single", 0, None), ("single", 1, None), ("single", 0, "again")
+    ]  # fmt: skip
+    assert doc["rows"][2]["gap"] == 0.01 and doc["rows"][2]["fid"]["mean"] == 2.0
+    assert doc["rows"][2]["recall_female"] == {"mean": 0.9} and "quality" not in doc["rows"][2]
+    assert doc["rows"][1]["fid"]["mean"] == 9.0  # the record's other rows are untouched
+    assert set(doc["summary"]) == {"single", "single (models of again)"}
+    assert "text" in doc["variants_defined"]
+    short = [_row("single", 2, 0.0, male)]
+    short[0]["quality"] = _quality(2.0, sizes=("128",))
+    with pytest.raises(SystemExit, match="256 images"):
+        bench.add_rows(doc, short)
