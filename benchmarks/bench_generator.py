@@ -8,12 +8,15 @@ and learning rate), into ``DEMO/generator/unet-plus-N/`` beside links to the dem
 classifiers. The biased model is audited on the held-out prompts as ``bench_transfer.py`` does
 (64 images per prompt, the evaluator and every reader, FID/KID at n = 256 against the target
 set's real test images), then remediated with the demo's default (``bench_transfer`` variant
-``single``, the draw's own seed) and audited again. The demo's own models (``DEMO/transfer/``,
-from ``bench_transfer.py``) are the rows to compare with. Writes ``benchmarks/generator.json``
-and the table between the ``generator-table`` markers of ``benchmarks/RESULTS.md``.
+``single``, or the ``--variants`` named; the draw's own seed) and audited again. The demo's own
+models (``DEMO/transfer/``, from ``bench_transfer.py``) are the rows to compare with. Writes
+``benchmarks/generator.json`` and the table between the ``generator-table`` markers of
+``benchmarks/RESULTS.md``; ``--add`` puts the runs measured now into the committed record
+instead (a row of the same draw, generator and variant replaced; FID/KID at the record's n),
+and ``--draw-name`` names the draw as ``bench_transfer.py`` does.
 
 Run: .venv/bin/python benchmarks/bench_generator.py --run reports/demo --run reports/demo-seed1
-     [--extra 700] [--threads 2]
+     [--extra 700] [--threads 2] [--variants single,text] [--add] [--draw-name NAME]
      .venv/bin/python benchmarks/bench_generator.py --render   (the table again)
 """
 
@@ -30,8 +33,11 @@ from bench_transfer import (
     VARIANTS,
     _audit,
     _config,
+    _fid_kid_at,
     _point,
+    _pp,
     _remediate,
+    draw_of,
     fid_kid_at_common_n,
     row_of,
 )
@@ -78,22 +84,58 @@ def trained_on(demo: Path, extra: int) -> tuple[Path, float | None]:
     return work, time.perf_counter() - start
 
 
-def rows_of(demo: Path, generator: str, extra_seconds: float | None) -> list[dict]:
-    """The biased and the remediated model of ``demo``: their held-out audits' rows."""
+def rows_of(
+    demo: Path,
+    generator: str,
+    extra_seconds: float | None,
+    variants: tuple[str, ...] = (VARIANT,),
+    draw_name: str | None = None,
+) -> list[dict]:
+    """The biased model of ``demo`` and its remediation by each of ``variants``: their held-out
+    audits' rows."""
     cfg = _config(demo)
     work = demo / "transfer"
-    variant = VARIANTS[VARIANT]
     biased = row_of("biased", None, {}, _audit(demo, demo / "models" / "t2medi",
                                                work / "audit-biased", cfg), {})  # fmt: skip
-    run = work / f"{VARIANT}-s{cfg.seed}"
-    timing = _remediate(demo, cfg, variant, cfg.seed, run / "model")
-    tuned = row_of(VARIANT, cfg.seed, variant, _audit(demo, run / "model", run / "audit", cfg),
-                   timing)  # fmt: skip
-    kept = json.loads((run / "model" / "remediation.json").read_text()).get("kept_step")
-    for r in (biased, tuned):
+    rows = [biased]
+    for name in variants:
+        variant = VARIANTS[name]
+        run = work / f"{name}-s{cfg.seed}"
+        timing = _remediate(demo, cfg, variant, cfg.seed, run / "model")
+        tuned = row_of(name, cfg.seed, variant, _audit(demo, run / "model", run / "audit", cfg),
+                       timing)  # fmt: skip
+        tuned["kept_step"] = json.loads((run / "model" / "remediation.json").read_text()).get(
+            "kept_step"
+        )
+        rows.append(tuned)
+    for r in rows:
         r |= {"draw": cfg.seed, "generator": generator, "unet_seconds": extra_seconds}
-    tuned["kept_step"] = kept
-    return [biased, tuned]
+        if draw_name:
+            r["draw_name"] = draw_name
+    return rows
+
+
+def add_rows(doc: dict, rows: list[dict]) -> list[str]:
+    """Put ``rows`` into the record ``doc`` (FID/KID at its n; a row of the same draw, generator
+    and variant replaced); the rows replaced, as ``draw / generator / variant``.
+
+    Raises:
+        SystemExit: a new row has fewer images than the record's n.
+    """
+    n = doc["quality_n"]
+    if any(r["quality"]["overall"].at(n) is None for r in rows):
+        raise SystemExit(f"--add: a new row has fewer than the record's {n} images for FID/KID")
+    _fid_kid_at(rows, n)
+    for r in rows:
+        del r["quality"]
+
+    def key(r: dict) -> tuple:
+        return draw_of(r), r["generator"], r["variant"]
+
+    new = {key(r) for r in rows}
+    replaced = [" / ".join(map(str, key(r))) for r in doc["rows"] if key(r) in new]
+    doc["rows"] = [r for r in doc["rows"] if key(r) not in new] + rows
+    return replaced
 
 
 def _share(row: dict, who: str, ci: bool = False) -> str:
@@ -115,22 +157,27 @@ def _fid(row: dict) -> str:
 def render(doc: dict) -> str:
     """The RESULTS table of ``generator.json``."""
     lines = [
-        f"Held-out prompts, 64 images each; target 58% male. Remediation: `bench_transfer.py`'s "
-        f"`{VARIANT}` (the demo's default), tuning seed = the draw's seed. PACC male share with "
+        "Held-out prompts, 64 images each; target 58% male. Remediation: the `bench_transfer.py` "
+        f"variant named in the model column (`{VARIANT}`: the demo's default), tuning seed = the "
+        "draw's seed (0 for retrained seed 0). PACC male share with "
         "95% interval by the evaluator; the training classifier (the guide) and the radiomics "
-        "reader on the same images; gap = guide − evaluator; FID (mean ± sd over "
-        f"subsamples; n = {doc['quality_n']}).",
+        "reader on the same images; gap = guide − evaluator; tuning's part = the gap minus the "
+        "biased model's of the same draw and generator; FID (mean ± sd over subsamples; "
+        f"n = {doc['quality_n']}).",
         "",
-        "| models | generator | model | evaluator | guide | reader | gap | FID | kept step |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| models | generator | model | evaluator | guide | reader | gap | tuning's part | FID "
+        "| kept step |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    biased = {(draw_of(r), r["generator"]): r["gap"] for r in doc["rows"] if r["seed"] is None}
     for r in doc["rows"]:
-        gap = r["gap"]
-        gap_s = "–" if gap is None else f"{gap * 100:+.1f} pp".replace("-", "−")
+        before = biased.get((draw_of(r), r["generator"]))
+        own = None if r["seed"] is None or None in (before, r["gap"]) else r["gap"] - before
         lines.append(
-            f"| seed {r['draw']} | {r['generator']} | {r['variant']} | "
+            f"| {draw_of(r)} | {r['generator']} | {r['variant']} | "
             f"{_share(r, 'evaluator', ci=True)} | {_share(r, 'classifier')} | "
-            f"{_share(r, 'reader')} | {gap_s} | {_fid(r)} | {r.get('kept_step', '–') or '–'} |"
+            f"{_share(r, 'reader')} | {_pp(r['gap'])} | {_pp(own)} | {_fid(r)} | "
+            f"{r.get('kept_step', '–') or '–'} |"
         )
     return "\n".join(lines)
 
@@ -141,20 +188,33 @@ def main() -> None:
     ap.add_argument("--extra", type=int, default=700, help="more UNet steps (default 700)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--render", action="store_true", help="only the table, from generator.json")
+    ap.add_argument("--variants", default=VARIANT, help=f"remediations (default {VARIANT})")
+    ap.add_argument("--draw-name", default=None, help="the draw's name in the table")
+    ap.add_argument(
+        "--add",
+        action="store_true",
+        help="put these runs into the committed record instead of writing a record of them only",
+    )
     args = ap.parse_args()
     record = HERE / "generator.json"
     if not args.render:
         torch.set_num_threads(args.threads)
-        doc: dict = {"extra_steps": args.extra, "rows": []}
+        variants = tuple(v for v in args.variants.split(",") if v)
+        rows: list[dict] = []
         for demo in args.run:
             base = f"the demo's (UNet {T2IConfig().unet_steps} steps)"
-            doc["rows"] += rows_of(demo, base, None)
+            rows += rows_of(demo, base, None, variants, args.draw_name)
             work, seconds = trained_on(demo, args.extra)
-            doc["rows"] += rows_of(work, f"UNet +{args.extra} steps", seconds)
+            rows += rows_of(work, f"UNet +{args.extra} steps", seconds, variants, args.draw_name)
             print(f"{demo}: done", flush=True)
-        doc["quality_n"] = fid_kid_at_common_n(doc["rows"])
-        for r in doc["rows"]:
-            del r["quality"]  # the audits' entries; FID/KID at quality_n are kept
+        if args.add:
+            doc = json.loads(record.read_text())
+            print(f"replaced: {add_rows(doc, rows) or 'none'}")
+        else:
+            doc = {"extra_steps": args.extra, "rows": rows}
+            doc["quality_n"] = fid_kid_at_common_n(doc["rows"])
+            for r in doc["rows"]:
+                del r["quality"]  # the audits' entries; FID/KID at quality_n are kept
         record.write_text(json.dumps(doc, indent=1) + "\n")
     paste(HERE / "RESULTS.md", "generator-table", render(json.loads(record.read_text())))
 

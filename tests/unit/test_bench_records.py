@@ -287,3 +287,25 @@ def test_added_runs_replace_the_same_run_and_take_the_records_sizes():
     short[0]["quality"] = _quality(2.0, sizes=("128",))
     with pytest.raises(SystemExit, match="256 images"):
         bench.add_rows(doc, short)
+
+
+def test_added_generator_runs_replace_the_same_draw_generator_and_variant():
+    bench = _bench("bench_generator")
+    male = {"evaluator": 0.6, "classifier": 0.6}
+    old = [_row("biased", None, 0.0, male, draw=1), _row("single", 1, 0.0, male, draw=1)]
+    for r in old:
+        r |= {"generator": "longer", "fid": {"mean": 9.0, "sd": 0.1}}
+    doc = {"rows": old, "quality_n": "256"}
+    new = [_row("single", 1, 0.02, male, draw=1), _row("text", 0, 0.01, male, draw=0, name="b")]
+    for r in new:
+        r |= {"generator": "longer", "quality": _quality(2.0)}
+    assert bench.add_rows(doc, new) == ["seed 1 / longer / single"]
+    assert [(bench.draw_of(r), r["variant"]) for r in doc["rows"]] == [
+        ("seed 1", "biased"), ("seed 1", "single"), ("b", "text")
+    ]  # fmt: skip
+    assert doc["rows"][1]["fid"]["mean"] == 2.0 and "quality" not in doc["rows"][1]
+    assert "| b | longer | text |" in bench.render(doc | {"quality_n": "256"})
+    short = [_row("text", 2, 0.0, male, draw=2) | {"generator": "longer"}]
+    short[0]["quality"] = _quality(2.0, sizes=("128",))
+    with pytest.raises(SystemExit, match="256 images"):
+        bench.add_rows(doc, short)
