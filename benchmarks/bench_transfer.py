@@ -385,7 +385,9 @@ def measure(
             if cached and not _tuned(run / "model", variant, _tuning(cfg, variant, seed)):
                 if skipped is not None:
                     where = draw_name or f"seed {cfg.seed}"
-                    skipped.append(run.name + (f" (models of {where})" if draw else ""))
+                    skipped.append(_run_name({"variant": name, "seed": seed,
+                                              "draw": cfg.seed if draw else None,
+                                              "draw_name": where}))  # fmt: skip
                 continue
             timing = _remediate(demo, cfg, variant, seed, run / "model")
             audit = _audit(demo, run / "model", run / "audit", cfg)
@@ -468,6 +470,12 @@ def draw_of(row: dict) -> str | None:
     if row.get("draw") is None:
         return None
     return row.get("draw_name") or f"seed {row['draw']}"
+
+
+def _run_name(row: dict) -> str:
+    """How ``not_run`` names a run: ``variant-sSEED``, with its draw when not the example's."""
+    draw = draw_of(row)
+    return f"{row['variant']}-s{row['seed']}" + ("" if draw is None else f" (models of {draw})")
 
 
 def group_of(row: dict) -> str:
@@ -1029,7 +1037,8 @@ def main() -> None:
             doc = json.loads((HERE / "transfer.json").read_text())
             replaced = add_rows(doc, rows)
             print(f"added {len(rows) - len(replaced)} rows, replaced {replaced or 'none'}")
-            doc["not_run"] = sorted(set(doc["not_run"]) | set(skipped))
+            done = {_run_name(r) for r in rows}
+            doc["not_run"] = sorted((set(doc["not_run"]) | set(skipped)) - done)
             doc["sampler_check"] += checks
             doc["seconds_added"] = doc.get("seconds_added", 0.0) + time.perf_counter() - start
         else:

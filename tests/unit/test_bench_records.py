@@ -239,6 +239,10 @@ def test_the_tuning_part_of_the_gap_is_the_gap_minus_the_same_draws_biased_gap()
     assert rows[7]["tuning_gap"] is None and rows[8].get("tuning_gap") is None
     assert bench.group_of(rows[4]) == "single (models of again)"
     assert bench.group_of(rows[6]) == "single (models of seed 1)"
+    # how `not_run` names a run, so that adding it takes it off that list
+    assert [bench._run_name(rows[i]) for i in (1, 4, 6)] == [
+        "single-s0", "single-s0 (models of again)", "single-s1 (models of seed 1)"
+    ]  # fmt: skip
     assert summary["single (models of again)"]["mean_tuning_gap"] == pytest.approx(0.02)
     assert summary["robust (models of seed 1)"]["mean_tuning_gap"] is None
     # the README sentence names each draw's biased gap and the tuning part's range
