@@ -39,6 +39,7 @@ from bench_transfer import (
     _remediate,
     draw_of,
     fid_kid_at_common_n,
+    merge_rows,
     row_of,
 )
 
@@ -117,7 +118,7 @@ def rows_of(
 
 def add_rows(doc: dict, rows: list[dict]) -> list[str]:
     """Put ``rows`` into the record ``doc`` (FID/KID at its n; a row of the same draw, generator
-    and variant replaced); the rows replaced, as ``draw / generator / variant``.
+    and variant replaced); the rows replaced, by variant and draw.
 
     Raises:
         SystemExit: a new row has fewer images than the record's n.
@@ -129,12 +130,9 @@ def add_rows(doc: dict, rows: list[dict]) -> list[str]:
     for r in rows:
         del r["quality"]
 
-    def key(r: dict) -> tuple:
-        return draw_of(r), r["generator"], r["variant"]
-
-    new = {key(r) for r in rows}
-    replaced = [" / ".join(map(str, key(r))) for r in doc["rows"] if key(r) in new]
-    doc["rows"] = [r for r in doc["rows"] if key(r) not in new] + rows
+    doc["rows"], replaced = merge_rows(
+        doc["rows"], rows, key=lambda r: (draw_of(r), r["generator"], r["variant"])
+    )
     return replaced
 
 
@@ -159,7 +157,7 @@ def render(doc: dict) -> str:
     lines = [
         "Held-out prompts, 64 images each; target 58% male. Remediation: the `bench_transfer.py` "
         f"variant named in the model column (`{VARIANT}`: the demo's default), tuning seed = the "
-        "draw's seed (0 for retrained seed 0). PACC male share with "
+        "seed the draw's models were trained with. PACC male share with "
         "95% interval by the evaluator; the training classifier (the guide) and the radiomics "
         "reader on the same images; gap = guide − evaluator; tuning's part = the gap minus the "
         "biased model's of the same draw and generator; FID (mean ± sd over subsamples; "

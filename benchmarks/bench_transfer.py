@@ -596,12 +596,22 @@ def _prdc_at(rows: list[dict], n_prdc: dict) -> None:
         del r["quality"]
 
 
+def merge_rows(old: list[dict], new: list[dict], *, key: Any) -> tuple[list[dict], list[str]]:
+    """``old`` without the rows whose ``key`` a row of ``new`` has, then ``new``; and the
+    replaced rows' names (:func:`group_of`)."""
+    keys = {key(r) for r in new}
+    return [r for r in old if key(r) not in keys] + new, [
+        group_of(r) for r in old if key(r) in keys
+    ]
+
+
 def add_rows(doc: dict, rows: list[dict]) -> list[str]:
     """Put freshly measured ``rows`` into the record ``doc`` and summarise it again.
 
     A row replaces the record's row of the same run (variant, seed and draw); the others are
     appended. Their FID/KID and recall/coverage are taken at the record's common sizes, so the
-    new rows compare with the old ones. Returns the runs that were replaced.
+    new rows compare with the old ones. Returns the runs that were replaced (by variant and
+    draw).
 
     Raises:
         SystemExit: a new row has fewer images than the record's common size.
@@ -613,13 +623,9 @@ def add_rows(doc: dict, rows: list[dict]) -> list[str]:
     _fid_kid_at(rows, n)
     _prdc_at(rows, n_prdc)
 
-    def key(r: dict) -> tuple:
-        return r["variant"], r["seed"], draw_of(r)
-
-    new = {key(r): r for r in rows}
-    replaced = [group_of(r) for r in doc["rows"] if key(r) in new]
-    kept = [r for r in doc["rows"] if key(r) not in new]
-    doc["rows"] = kept + rows
+    doc["rows"], replaced = merge_rows(
+        doc["rows"], rows, key=lambda r: (r["variant"], r["seed"], draw_of(r))
+    )
     doc["variants_defined"] = variants_defined()
     doc["summary"] = variant_summary(doc["rows"], doc["target_male"])
     return replaced

@@ -303,7 +303,7 @@ def test_added_generator_runs_replace_the_same_draw_generator_and_variant():
     new = [_row("single", 1, 0.02, male, draw=1), _row("text", 0, 0.01, male, draw=0, name="b")]
     for r in new:
         r |= {"generator": "longer", "quality": _quality(2.0)}
-    assert bench.add_rows(doc, new) == ["seed 1 / longer / single"]
+    assert bench.add_rows(doc, new) == ["single (models of seed 1)"]
     assert [(bench.draw_of(r), r["variant"]) for r in doc["rows"]] == [
         ("seed 1", "biased"), ("seed 1", "single"), ("b", "text")
     ]  # fmt: skip
