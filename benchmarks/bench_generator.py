@@ -41,6 +41,7 @@ from bench_transfer import (
     fid_kid_at_common_n,
     merge_rows,
     row_of,
+    tuning_gaps,
 )
 
 from medfair_audit.config import T2IConfig, T2IJob
@@ -167,14 +168,12 @@ def render(doc: dict) -> str:
         "| kept step |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    biased = {(draw_of(r), r["generator"]): r["gap"] for r in doc["rows"] if r["seed"] is None}
+    tuning_gaps(doc["rows"], key=lambda r: (draw_of(r), r["generator"]))
     for r in doc["rows"]:
-        before = biased.get((draw_of(r), r["generator"]))
-        own = None if r["seed"] is None or None in (before, r["gap"]) else r["gap"] - before
         lines.append(
             f"| {draw_of(r)} | {r['generator']} | {r['variant']} | "
             f"{_share(r, 'evaluator', ci=True)} | {_share(r, 'classifier')} | "
-            f"{_share(r, 'reader')} | {_pp(r['gap'])} | {_pp(own)} | {_fid(r)} | "
+            f"{_share(r, 'reader')} | {_pp(r['gap'])} | {_pp(r.get('tuning_gap'))} | {_fid(r)} | "
             f"{r.get('kept_step', '–') or '–'} |"
         )
     return "\n".join(lines)

@@ -484,21 +484,22 @@ def group_of(row: dict) -> str:
     return row["variant"] if draw is None else f"{row['variant']} (models of {draw})"
 
 
-def tuning_gaps(rows: list[dict]) -> None:
+def tuning_gaps(rows: list[dict], *, key: Any = draw_of) -> None:
     """Set each tuned row's ``gap_before`` (its draw's biased model's gap, read with the same
     guides) and ``tuning_gap`` (its gap minus that): the part of the transfer gap the tuning
     made, beside the offset the guides and the evaluator already had on the generator's images.
+    ``key``: which biased row is a row's (default: the one of its draw).
 
     The biased model's gap is the mean over the row's guides of each guide's reading minus the
     evaluator's on the biased model's held-out images (``None`` where one of them is missing or
     censored).
     """
-    biased = {draw_of(r): r for r in rows if r["variant"] == "biased"}
+    biased = {key(r): r for r in rows if r["variant"] == "biased"}
     for r in rows:
         # a whole demo run retrained its own biased model, which the record does not read
         if r["variant"] == "biased" or _is_demo(r["variant"]):
             continue
-        before = biased.get(draw_of(r))
+        before = biased.get(key(r))
         gap = None
         if before is not None and r["guides"]:
             points = [_point(before["male"][g]) if g in before["male"] else None
@@ -1003,8 +1004,10 @@ def main() -> None:
     else:
         torch.set_num_threads(args.threads)
         start = time.perf_counter()
-        named = args.variants if args.variants is not None else "" if args.add else None
-        variants = list(VARIANTS) if named is None else [v for v in named.split(",") if v]
+        if args.variants is not None:
+            variants = [v for v in args.variants.split(",") if v]
+        else:  # every variant, or with --add only the draws' runs
+            variants = [] if args.add else list(VARIANTS)
         unknown = sorted(set(variants) - set(VARIANTS))
         if unknown:
             sys.exit(f"unknown variants {unknown}; expected some of {', '.join(VARIANTS)}")
